@@ -1,0 +1,62 @@
+# Switchyard — the doors in. `make help` lists them.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+
+.PHONY: help install migrate run test test-fast bench lint format up down clean
+
+help:
+	@echo "make install   create .venv with the project and dev tools (idempotent)"
+	@echo "make migrate   create the database if missing and apply migrations"
+	@echo "make run       migrate, then start api, scheduler, worker and logger (dev mode)"
+	@echo "make test      run the whole test suite against local PostgreSQL + RabbitMQ"
+	@echo "make bench     run the benchmark (figures printed and written as JSON)"
+	@echo "make lint      ruff + mypy"
+	@echo "make up        docker compose up --build"
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	@rm -f $(VENV)/.installed-*
+	@touch $(STAMP)
+
+migrate: install
+	$(BIN)/python -m shared.dbtools create
+	$(BIN)/alembic upgrade head
+
+run: migrate
+	@echo "==> dev mode (SWITCHYARD_DEV=1): without SWITCHYARD_API_KEYS, requests need no key and act as admin"
+	@echo "==> API on http://$${SWITCHYARD_API_HOST:-127.0.0.1}:$${SWITCHYARD_API_PORT:-8000}  (docs: /docs)"
+	SWITCHYARD_DEV=$${SWITCHYARD_DEV:-1} $(BIN)/honcho start -f Procfile
+
+test: install
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test-fast: install
+	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+bench: install
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy shared services
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+up:
+	docker compose up --build
+
+down:
+	docker compose down
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

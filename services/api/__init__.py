@@ -1,0 +1,1 @@
+"""The REST + WebSocket API service."""

@@ -1,0 +1,127 @@
+"""The API app factory: ``api/main``-style, it only wires resources and mounts routers."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from sqlalchemy import func, select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+from uuid_utils.compat import uuid7
+
+from services.api.deps import hash_key
+from services.api.errors import install_error_handlers
+from services.api.middleware import BodySizeLimit
+from services.api.routers import health, jobs
+from shared import demo_tasks
+from shared.catalog import TaskCatalog, announce_task_types
+from shared.db import create_engine, create_sessionmaker
+from shared.errors import ConfigError
+from shared.jobs import Limits
+from shared.messaging import Broker
+from shared.models import ApiKey
+from shared.settings import Settings, get_settings
+
+log = logging.getLogger("switchyard.api")
+
+
+async def bootstrap_api_keys(session: AsyncSession, keys: dict[str, str]) -> int:
+    """Store the ``SWITCHYARD_API_KEYS`` keys (hashed); revoke env keys no longer listed.
+
+    Returns the number of usable keys (env and API-created) afterwards.
+    """
+    hashes = {hash_key(k): role for k, role in keys.items()}
+    for key_hash, role in hashes.items():
+        stmt = insert(ApiKey).values(
+            id=uuid7(), key_hash=key_hash, role=role, label=f"env:{role}", source="env"
+        )
+        await session.execute(
+            stmt.on_conflict_do_update(
+                index_elements=[ApiKey.key_hash],
+                set_={"role": role, "revoked_at": None, "source": "env"},
+            )
+        )
+    await session.execute(
+        update(ApiKey)
+        .where(
+            ApiKey.source == "env",
+            ApiKey.revoked_at.is_(None),
+            ApiKey.key_hash.not_in(list(hashes) or [""]),
+        )
+        .values(revoked_at=func.now())
+    )
+    return int(
+        await session.scalar(
+            select(func.count()).select_from(ApiKey).where(ApiKey.revoked_at.is_(None))
+        )
+        or 0
+    )
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = create_engine(settings)
+        sessionmaker = create_sessionmaker(engine)
+        try:
+            async with sessionmaker() as session:
+                usable = await bootstrap_api_keys(session, settings.api_keys)
+                if usable == 0 and not settings.dev:
+                    raise ConfigError(
+                        "no API keys: set SWITCHYARD_API_KEYS='key:role,...' (roles: viewer, "
+                        "submitter, admin), or SWITCHYARD_DEV=1 for a local dev stack"
+                    )
+                if settings.demo_tasks:
+                    await announce_task_types(session, demo_tasks.registry)
+                await session.commit()
+            broker = Broker(
+                settings.amqp_url,
+                settings.namespace,
+                name="switchyard-api",
+                publish_timeout=settings.publish_timeout_seconds,
+            )
+            await broker.connect()
+        except BaseException:
+            await engine.dispose()
+            raise
+        app.state.settings = settings
+        app.state.engine = engine
+        app.state.sessionmaker = sessionmaker
+        app.state.broker = broker
+        app.state.catalog = TaskCatalog()
+        app.state.limits = Limits(
+            max_payload_bytes=settings.max_payload_bytes,
+            max_json_depth=settings.max_json_depth,
+            max_dependencies=settings.max_dependencies,
+            max_batch_jobs=settings.max_batch_jobs,
+        )
+        # Dev mode without keys: requests without a key act as admin.
+        app.state.open_dev_mode = settings.dev and not settings.api_keys
+        if app.state.open_dev_mode:
+            log.warning(
+                "SWITCHYARD_DEV=1 and no SWITCHYARD_API_KEYS: requests without a key act "
+                "as admin. Never expose this API."
+            )
+        try:
+            yield
+        finally:
+            await broker.close()
+            await engine.dispose()
+
+    app = FastAPI(
+        title="Switchyard",
+        version="0.1.0",
+        summary="Jobs over REST, scheduled by priority, dependencies and free worker CPU/memory.",
+        lifespan=lifespan,
+    )
+    app.state.broker = None
+    install_error_handlers(app)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.include_router(health.router)
+    app.include_router(jobs.router)
+    return app

@@ -1,0 +1,84 @@
+"""FastAPI dependencies as ``Annotated`` aliases: the session, the caller, role checks."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Annotated, Any
+
+from fastapi import Depends, HTTPException, Request
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from shared.jobs import Actor
+from shared.models import ApiKey
+
+
+async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
+    async with request.app.state.sessionmaker() as session:
+        yield session
+
+
+SessionDep = Annotated[AsyncSession, Depends(get_session)]
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+async def resolve_token(request: Request, session: AsyncSession, token: str | None) -> Actor:
+    """The actor for ``token`` (None: no key given); raises 401 when it is not valid."""
+    state = request.app.state
+    if not token:
+        if state.open_dev_mode:
+            return Actor(key_id="dev", role="admin", label="dev mode")
+        raise HTTPException(
+            401,
+            "missing API key: send 'Authorization: Bearer <key>'",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    row = (
+        await session.execute(
+            select(ApiKey.id, ApiKey.role, ApiKey.label).where(
+                ApiKey.key_hash == hash_key(token), ApiKey.revoked_at.is_(None)
+            )
+        )
+    ).first()
+    if row is None:
+        raise HTTPException(
+            401, "invalid or revoked API key", headers={"WWW-Authenticate": "Bearer"}
+        )
+    return Actor(key_id=str(row.id), role=row.role, label=row.label)
+
+
+async def current_actor(request: Request, session: SessionDep) -> Actor:
+    header = request.headers.get("authorization")
+    token: str | None = None
+    if header:
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise HTTPException(
+                401,
+                "malformed Authorization header: use 'Authorization: Bearer <key>'",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        token = token.strip()
+    actor = await resolve_token(request, session, token)
+    request.state.actor = actor
+    return actor
+
+
+def require_role(role: str) -> Callable[..., Coroutine[Any, Any, Actor]]:
+    async def check(actor: Annotated[Actor, Depends(current_actor)]) -> Actor:
+        if not actor.has_role(role):
+            raise HTTPException(
+                403, f"this needs role {role!r} or higher; your key has role {actor.role!r}"
+            )
+        return actor
+
+    return check
+
+
+ViewerDep = Annotated[Actor, Depends(require_role("viewer"))]
+SubmitterDep = Annotated[Actor, Depends(require_role("submitter"))]
+AdminDep = Annotated[Actor, Depends(require_role("admin"))]

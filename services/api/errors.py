@@ -1,0 +1,98 @@
+"""Map Switchyard's errors to HTTP answers (the only place HTTP codes are chosen)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from starlette.exceptions import HTTPException
+
+from services.api.audit import audit_refusal
+from shared.errors import (
+    InvalidJobRequest,
+    JobConflict,
+    JobNotFound,
+    JobRequestError,
+    PermissionDenied,
+    UnknownDependency,
+)
+
+log = logging.getLogger(__name__)
+
+STATUS_OF: dict[type[JobRequestError], int] = {
+    InvalidJobRequest: 422,
+    UnknownDependency: 404,
+    JobNotFound: 404,
+    JobConflict: 409,
+    PermissionDenied: 403,
+}
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if p not in ("body",)]
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if p.isdigit() else (f".{p}" if out else p)
+    return out or "body"
+
+
+def _describe_validation(exc: RequestValidationError) -> str:
+    messages = []
+    for err in exc.errors():
+        where = _loc(tuple(err.get("loc", ())))
+        messages.append(f"{where}: {err.get('msg', 'invalid')}")
+    return "; ".join(messages) or "invalid request"
+
+
+def _is_db_outage(exc: BaseException) -> bool:
+    if isinstance(exc, OperationalError | InterfaceError | PoolTimeout):
+        return True
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(exc, ConnectionError | OSError | asyncio.TimeoutError)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(JobRequestError)
+    async def job_request_error(request: Request, exc: JobRequestError) -> JSONResponse:
+        status = STATUS_OF.get(type(exc), 422)
+        await audit_refusal(request, status, exc.message)
+        return JSONResponse({"detail": exc.message}, status_code=status)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        detail = _describe_validation(exc)
+        await audit_refusal(request, 422, detail)
+        errors = [
+            {"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")}
+            for e in exc.errors()
+        ]
+        return JSONResponse({"detail": detail, "errors": errors}, status_code=422)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        if exc.status_code in (401, 403, 404, 405, 409, 413):
+            await audit_refusal(request, exc.status_code, exc.detail)
+        return JSONResponse(
+            {"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers
+        )
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        if _is_db_outage(exc):
+            log.warning(
+                "database unavailable during %s %s: %s", request.method, request.url.path, exc
+            )
+            return JSONResponse(
+                {"detail": "the database is unavailable; nothing was changed, retry shortly"},
+                status_code=503,
+                headers={"Retry-After": "2"},
+            )
+        log.exception("unhandled error in %s %s", request.method, request.url.path)
+        return JSONResponse({"detail": "internal error; see the API logs"}, status_code=500)

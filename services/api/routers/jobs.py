@@ -1,0 +1,196 @@
+"""``/jobs``: submit, batch submit, read, list, cancel, logs."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+from uuid import UUID
+
+from fastapi import APIRouter, Query, Request, Response
+
+from services.api.deps import SessionDep, SubmitterDep, ViewerDep
+from services.api.events import publish_after_commit
+from shared.jobs import (
+    IdempotencyRace,
+    JobFilter,
+    SubmitResult,
+    cancel_job,
+    get_job,
+    job_logs,
+    job_to_read,
+    list_jobs,
+    submit_jobs,
+)
+from shared.messages import JobCancel, JobSubmitted, _Message
+from shared.schemas import (
+    BatchCreate,
+    BatchRead,
+    ErrorBody,
+    JobCreate,
+    JobLogs,
+    JobPage,
+    JobRead,
+    Priority,
+)
+from shared.states import JobStatus
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {code: {"model": ErrorBody} for code in codes}
+
+
+async def _submit(
+    request: Request,
+    session: SessionDep,
+    actor: Any,
+    specs: list[Any],
+    *,
+    batch: bool,
+) -> SubmitResult:
+    state = request.app.state
+    for attempt in (1, 2):
+        try:
+            result = await submit_jobs(
+                session,
+                catalog=state.catalog,
+                specs=specs,
+                actor=actor,
+                limits=state.limits,
+                batch=batch,
+            )
+            await session.commit()
+            break
+        except IdempotencyRace:
+            await session.rollback()
+            if attempt == 2:
+                raise
+        except BaseException:
+            await session.rollback()
+            raise
+    messages: list[_Message] = list(result.events)
+    messages.extend(
+        JobSubmitted(job_id=job.id, type=job.type, priority=Priority.from_rank(job.priority))
+        for job, created in zip(result.jobs, result.created, strict=True)
+        if created and job.status in (JobStatus.READY, JobStatus.PENDING)
+    )
+    await publish_after_commit(state.broker, messages)
+    return result
+
+
+@router.post(
+    "",
+    name="job.submit",
+    status_code=201,
+    response_model=JobRead,
+    responses={200: {"model": JobRead, "description": "idempotent repeat: the stored job"}}
+    | _errors(401, 403, 404, 413, 422, 503),
+)
+async def submit_job(
+    body: JobCreate,
+    request: Request,
+    response: Response,
+    session: SessionDep,
+    actor: SubmitterDep,
+) -> JobRead:
+    """Submit one job. With an ``idempotency_key`` already used for the same request,
+    answers 200 with the stored job and runs nothing new."""
+    result = await _submit(request, session, actor, [body], batch=False)
+    if not result.created[0]:
+        response.status_code = 200
+    return job_to_read(result.jobs[0])
+
+
+@router.post(
+    "/batch",
+    name="job.batch_submit",
+    status_code=201,
+    response_model=BatchRead,
+    responses=_errors(401, 403, 404, 413, 422, 503),
+)
+async def submit_batch(
+    body: BatchCreate,
+    request: Request,
+    session: SessionDep,
+    actor: SubmitterDep,
+) -> BatchRead:
+    """Submit a DAG at once: ``depends_on`` may name ``@ref`` of any job of the same
+    request, or ids of stored jobs. All or nothing; a cycle is refused naming it."""
+    result = await _submit(request, session, actor, body.jobs, batch=True)
+    return BatchRead(jobs=[job_to_read(j) for j in result.jobs])
+
+
+@router.get(
+    "",
+    name="jobs.list",
+    response_model=JobPage,
+    responses=_errors(401, 403, 422, 503),
+)
+async def list_jobs_route(
+    session: SessionDep,
+    actor: ViewerDep,
+    status: Annotated[list[JobStatus] | None, Query(description="repeat to OR")] = None,
+    type: Annotated[str | None, Query(max_length=200)] = None,
+    priority: Priority | None = None,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    cursor: Annotated[str | None, Query(max_length=500)] = None,
+) -> JobPage:
+    """Newest first; pass ``next_cursor`` back as ``cursor`` for the next page."""
+    jobs, next_cursor = await list_jobs(
+        session,
+        filters=JobFilter(
+            status=status,
+            type=type,
+            priority=priority,
+            created_after=created_after,
+            created_before=created_before,
+        ),
+        limit=limit,
+        cursor=cursor,
+    )
+    return JobPage(items=[job_to_read(j) for j in jobs], next_cursor=next_cursor)
+
+
+@router.get(
+    "/{job_id}", name="jobs.get", response_model=JobRead, responses=_errors(401, 403, 404, 422, 503)
+)
+async def get_job_route(job_id: UUID, session: SessionDep, actor: ViewerDep) -> JobRead:
+    return job_to_read(await get_job(session, job_id))
+
+
+@router.patch(
+    "/{job_id}/cancel",
+    name="job.cancel",
+    response_model=JobRead,
+    responses=_errors(401, 403, 404, 409, 422, 503),
+)
+async def cancel_job_route(
+    job_id: UUID, request: Request, session: SessionDep, actor: SubmitterDep
+) -> JobRead:
+    """Not yet running: cancelled at once (its dependents fail). Running: the worker is
+    told, the answer shows ``cancel_requested: true``, the job ends ``cancelled`` soon."""
+    try:
+        job, events, notify_worker = await cancel_job(session, job_id, actor=actor)
+        await session.commit()
+    except BaseException:
+        await session.rollback()
+        raise
+    messages: list[_Message] = list(events)
+    if notify_worker:
+        messages.append(JobCancel(job_id=job.id, attempt=job.attempts))
+    await publish_after_commit(request.app.state.broker, messages)
+    return job_to_read(job)
+
+
+@router.get(
+    "/{job_id}/logs",
+    name="jobs.logs",
+    response_model=JobLogs,
+    responses=_errors(401, 403, 404, 422, 503),
+)
+async def job_logs_route(job_id: UUID, session: SessionDep, actor: ViewerDep) -> JobLogs:
+    """Every attempt (``executions``) and exactly the lines the task logged, in order."""
+    return await job_logs(session, job_id)

@@ -1,0 +1,1 @@
+"""Switchyard's shared core: settings, schema, messages, topology, task registry."""

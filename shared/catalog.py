@@ -1,0 +1,110 @@
+"""Task types as the API sees them: the ``task_types`` table, cached briefly in memory.
+
+Workers announce their registries into ``task_types`` (the API announces the demo tasks
+too), so the API validates submissions without importing anyone's task code.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import jsonschema
+from sqlalchemy import func, select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from shared.models import TaskType
+from shared.schemas import Resources, RetryPolicy
+from shared.tasks import TaskRegistry
+
+
+@dataclass(frozen=True)
+class TaskTypeInfo:
+    name: str
+    parameters_schema: dict[str, Any]
+    resources: Resources
+    timeout_seconds: float | None
+    retry: RetryPolicy
+    roles: frozenset[str]
+    validator: jsonschema.protocols.Validator
+
+    def payload_errors(self, payload: dict[str, Any]) -> list[str]:
+        """Human-readable errors naming the field, e.g. ``payload.seconds: ...``."""
+        messages = []
+        for error in sorted(self.validator.iter_errors(payload), key=lambda e: list(e.path)):
+            path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)
+            messages.append(f"payload{path}: {error.message}")
+        return messages
+
+
+def _info_from_row(row: TaskType) -> TaskTypeInfo:
+    schema = row.parameters_schema or {"type": "object"}
+    validator_cls = jsonschema.validators.validator_for(
+        schema, default=jsonschema.Draft202012Validator
+    )
+    return TaskTypeInfo(
+        name=row.name,
+        parameters_schema=schema,
+        resources=Resources(cpu_units=row.cpu_units, memory_mb=row.memory_mb),
+        timeout_seconds=row.timeout_seconds,
+        retry=RetryPolicy(
+            max_attempts=row.max_attempts,
+            initial_delay_seconds=row.retry_initial_delay,
+            backoff_multiplier=row.retry_backoff,
+            max_delay_seconds=row.retry_max_delay,
+        ),
+        roles=frozenset(row.roles or ()),
+        validator=validator_cls(schema),
+    )
+
+
+class TaskCatalog:
+    """Read-through cache of ``task_types`` (a changed definition shows within ``ttl``)."""
+
+    def __init__(self, *, ttl: float = 2.0) -> None:
+        self.ttl = ttl
+        self._entries: dict[str, tuple[float, TaskTypeInfo | None]] = {}
+
+    async def get(self, session: AsyncSession, name: str) -> TaskTypeInfo | None:
+        now = time.monotonic()
+        cached = self._entries.get(name)
+        if cached is not None and now - cached[0] < self.ttl:
+            return cached[1]
+        row = await session.get(TaskType, name)
+        info = _info_from_row(row) if row is not None else None
+        self._entries[name] = (now, info)
+        return info
+
+    async def names(self, session: AsyncSession) -> list[str]:
+        return list((await session.scalars(select(TaskType.name).order_by(TaskType.name))).all())
+
+
+async def announce_task_types(session: AsyncSession, registry: TaskRegistry) -> None:
+    """Upsert every task of ``registry`` into ``task_types`` (the caller commits)."""
+    rows = [
+        {
+            "name": d.name,
+            "parameters_schema": d.parameters_schema(),
+            "cpu_units": d.resources.cpu_units,
+            "memory_mb": d.resources.memory_mb,
+            "timeout_seconds": d.timeout_seconds,
+            "max_attempts": d.retry.max_attempts,
+            "retry_initial_delay": d.retry.initial_delay_seconds,
+            "retry_backoff": d.retry.backoff_multiplier,
+            "retry_max_delay": d.retry.max_delay_seconds,
+            "roles": sorted(d.roles),
+            "description": d.description,
+        }
+        for d in sorted(registry, key=lambda d: d.name)
+    ]
+    if not rows:
+        return
+    stmt = insert(TaskType).values(rows)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[TaskType.name],
+        set_={col: stmt.excluded[col] for col in rows[0] if col != "name"}
+        | {"updated_at": func.now()},
+    )
+    await session.execute(stmt)

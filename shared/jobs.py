@@ -1,0 +1,679 @@
+"""Job operations over the database: submit (single and DAG batch), read, list, cancel.
+
+Functions take a keyword-only ``session`` and never commit: the caller owns the
+transaction, so the job, its edges and its audit row commit together. Each mutating
+function returns the ``JobStateChanged`` events to publish *after* the commit.
+"""
+
+from __future__ import annotations
+
+import base64
+import graphlib
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
+
+import orjson
+from sqlalchemy import Select, select, text, tuple_, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+from uuid_utils.compat import uuid7
+
+from shared.catalog import TaskCatalog, TaskTypeInfo
+from shared.errors import (
+    InvalidJobRequest,
+    JobConflict,
+    JobNotFound,
+    PermissionDenied,
+    UnknownDependency,
+)
+from shared.messages import JobStateChanged
+from shared.models import AuditEntry, Job, JobDependency, JobExecution, JobLogLine
+from shared.schemas import (
+    BatchJobCreate,
+    ExecutionRead,
+    JobCreate,
+    JobLogs,
+    JobRead,
+    LogLine,
+    Priority,
+    Resources,
+    RetryPolicy,
+    check_json_value,
+)
+from shared.states import CANCELLABLE_AT_ONCE, TERMINAL, JobStatus, check_transition, sources_for
+
+S = JobStatus
+ROLE_RANK = {"viewer": 0, "submitter": 1, "admin": 2}
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who makes a request: an API key's id and role (``dev`` in dev mode)."""
+
+    key_id: str
+    role: str
+    label: str | None = None
+
+    def has_role(self, role: str) -> bool:
+        return ROLE_RANK[self.role] >= ROLE_RANK[role]
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_payload_bytes: int = 262_144
+    max_json_depth: int = 32
+    max_dependencies: int = 1_000
+    max_batch_jobs: int = 10_000
+
+
+@dataclass
+class _Prepared:
+    """A validated submission with defaults applied, ready to insert."""
+
+    id: UUID
+    spec: JobCreate | BatchJobCreate
+    task: TaskTypeInfo
+    resources: Resources
+    retry: RetryPolicy
+    timeout_seconds: float | None
+    fingerprint: str
+    external_deps: list[UUID] = field(default_factory=list)
+    local_deps: list[int] = field(default_factory=list)  # indexes into the batch
+    existing: Job | None = None  # idempotent repeat: the job already stored
+
+
+@dataclass
+class SubmitResult:
+    jobs: list[Job]
+    created: list[bool]
+    events: list[JobStateChanged]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+# ---------------------------------------------------------------- validation
+
+
+async def _prepare(
+    session: AsyncSession,
+    catalog: TaskCatalog,
+    spec: JobCreate | BatchJobCreate,
+    actor: Actor,
+    limits: Limits,
+    *,
+    where: str,
+) -> _Prepared:
+    task = await catalog.get(session, spec.type)
+    if task is None:
+        known = await catalog.names(session)
+        raise InvalidJobRequest(
+            f"{where}type: unknown task type {spec.type!r}; registered types: "
+            + (", ".join(known) if known else "none (start a worker that registers tasks)")
+        )
+    if task.roles and not actor.has_role("admin") and actor.role not in task.roles:
+        raise PermissionDenied(
+            f"task type {spec.type!r} may only be submitted by role(s) "
+            f"{', '.join(sorted(task.roles | {'admin'}))}; your key has role {actor.role!r}"
+        )
+    try:
+        check_json_value(spec.payload, max_depth=limits.max_json_depth, where=f"{where}payload")
+    except ValueError as exc:
+        raise InvalidJobRequest(str(exc)) from exc
+    encoded = orjson.dumps(spec.payload)
+    if len(encoded) > limits.max_payload_bytes:
+        raise InvalidJobRequest(
+            f"{where}payload is {len(encoded)} bytes; the limit is {limits.max_payload_bytes}"
+        )
+    errors = task.payload_errors(spec.payload)
+    if errors:
+        raise InvalidJobRequest("; ".join(f"{where}{e}" for e in errors))
+    if len(spec.depends_on) > limits.max_dependencies:
+        raise InvalidJobRequest(
+            f"{where}depends_on lists {len(spec.depends_on)} jobs; "
+            f"the limit is {limits.max_dependencies}"
+        )
+    given_res = spec.resources.model_dump(exclude_none=True) if spec.resources else {}
+    resources = task.resources.model_copy(update=given_res)
+    given_retry = spec.retry.model_dump(exclude_none=True) if spec.retry else {}
+    retry = task.retry.model_copy(update=given_retry)
+    timeout = spec.timeout_seconds if spec.timeout_seconds is not None else task.timeout_seconds
+    # The fingerprint covers the request after defaults, so "same request" means the
+    # same job would be built; run_at counts only when the client gave one.
+    canonical = {
+        "type": spec.type,
+        "payload": spec.payload,
+        "priority": spec.priority.value,
+        "resources": resources.model_dump(),
+        "retry": retry.model_dump(),
+        "timeout_seconds": timeout,
+        "run_at": spec.run_at.isoformat() if spec.run_at else None,
+        "depends_on": sorted(str(d) for d in spec.depends_on),
+        "name": spec.name,
+    }
+    fingerprint = hashlib.sha256(orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    return _Prepared(
+        id=UUID(str(uuid7())),
+        spec=spec,
+        task=task,
+        resources=resources,
+        retry=retry,
+        timeout_seconds=timeout,
+        fingerprint=fingerprint,
+    )
+
+
+def _resolve_batch_refs(items: list[_Prepared]) -> None:
+    """Turn ``@ref`` / id strings into local indexes / external ids; refuse cycles."""
+    refs: dict[str, int] = {}
+    for i, item in enumerate(items):
+        ref = getattr(item.spec, "ref", None)
+        if ref is None:
+            continue
+        if ref in refs:
+            raise InvalidJobRequest(f"jobs[{i}].ref: {ref!r} is used by jobs[{refs[ref]}] too")
+        refs[ref] = i
+    for i, item in enumerate(items):
+        for dep in item.spec.depends_on:
+            dep_s = str(dep)
+            if dep_s.startswith("@"):
+                index = refs.get(dep_s[1:])
+                if index is None:
+                    raise InvalidJobRequest(
+                        f"jobs[{i}].depends_on: {dep_s!r} names no job of this batch "
+                        f"(refs: {', '.join(sorted(refs)) or 'none'})"
+                    )
+                if index not in item.local_deps:
+                    item.local_deps.append(index)
+            else:
+                try:
+                    ext = UUID(dep_s)
+                except ValueError:
+                    raise InvalidJobRequest(
+                        f"jobs[{i}].depends_on: {dep_s!r} is neither a job id nor '@ref'"
+                    ) from None
+                if ext not in item.external_deps:
+                    item.external_deps.append(ext)
+    sorter: graphlib.TopologicalSorter[int] = graphlib.TopologicalSorter(
+        {i: item.local_deps for i, item in enumerate(items)}
+    )
+    try:
+        sorter.prepare()
+    except graphlib.CycleError as exc:
+        cycle = exc.args[1]
+
+        def label(i: int) -> str:
+            return getattr(items[i].spec, "ref", None) or f"jobs[{i}]"
+
+        raise InvalidJobRequest(
+            "depends_on forms a cycle: " + " -> ".join(label(i) for i in reversed(cycle))
+        ) from None
+
+
+# ---------------------------------------------------------------- submission
+
+
+async def submit_jobs(
+    session: AsyncSession,
+    *,
+    catalog: TaskCatalog,
+    specs: Sequence[JobCreate | BatchJobCreate],
+    actor: Actor,
+    limits: Limits,
+    batch: bool,
+) -> SubmitResult:
+    """Validate, then insert jobs, edges and the audit row (caller commits).
+
+    Raises InvalidJobRequest / UnknownDependency / PermissionDenied and writes nothing
+    in that case (the caller rolls back).
+    """
+    if batch and len(specs) > limits.max_batch_jobs:
+        raise InvalidJobRequest(
+            f"jobs: the batch has {len(specs)} jobs; the limit is {limits.max_batch_jobs}"
+        )
+    items = [
+        await _prepare(session, catalog, spec, actor, limits, where=f"jobs[{i}]." if batch else "")
+        for i, spec in enumerate(specs)
+    ]
+    if batch:
+        _resolve_batch_refs(items)
+    else:
+        for item in items:
+            item.external_deps = list(dict.fromkeys(item.spec.depends_on))  # type: ignore[arg-type]
+
+    # Idempotent repeats: same key and same request -> the stored job.
+    keys = [it.spec.idempotency_key for it in items if it.spec.idempotency_key]
+    if len(set(keys)) != len(keys):
+        raise InvalidJobRequest("idempotency_key: the same key is used twice in one request")
+    if keys:
+        found = {
+            j.idempotency_key: j
+            for j in (await session.scalars(select(Job).where(Job.idempotency_key.in_(keys))))
+        }
+        for it in items:
+            job = found.get(it.spec.idempotency_key) if it.spec.idempotency_key else None
+            if job is None:
+                continue
+            if job.idempotency_fingerprint != it.fingerprint:
+                raise InvalidJobRequest(
+                    f"idempotency_key {it.spec.idempotency_key!r} was already used for a "
+                    f"different request (job {job.id}); use a new key for a new job"
+                )
+            it.existing = job
+
+    # Dependencies on stored jobs: they must exist. FOR SHARE keeps their status still
+    # until we commit, so a parent finishing right now cannot miss our new edge.
+    external = {d for it in items for d in it.external_deps}
+    parents: dict[UUID, str] = {}
+    if external:
+        rows = await session.execute(
+            select(Job.id, Job.status).where(Job.id.in_(external)).with_for_update(read=True)
+        )
+        parents = {row.id: row.status for row in rows}
+        missing = sorted(str(d) for d in external - parents.keys())
+        if missing:
+            raise UnknownDependency(f"depends_on: no job with id {', '.join(missing)}")
+
+    now = utcnow()
+    order = list(
+        graphlib.TopologicalSorter({i: it.local_deps for i, it in enumerate(items)}).static_order()
+    )
+    statuses: dict[int, S] = {}
+    rows_to_insert: list[dict[str, Any]] = []
+    edges: list[dict[str, Any]] = []
+    errors: dict[int, str | None] = {}
+    for i in order:
+        it = items[i]
+        if it.existing is not None:
+            statuses[i] = S(it.existing.status)
+            continue
+        unmet = 0
+        failed_reason: str | None = None
+        for dep in it.external_deps:
+            status = parents[dep]
+            if status in (S.FAILED, S.CANCELLED):
+                failed_reason = failed_reason or f"dependency {dep} is {status}"
+            elif status != S.COMPLETED:
+                unmet += 1
+        for j in it.local_deps:
+            parent_status = statuses[j]
+            if parent_status in (S.FAILED, S.CANCELLED):
+                failed_reason = failed_reason or f"dependency {items[j].id} is {parent_status}"
+            elif parent_status != S.COMPLETED:
+                unmet += 1
+        run_at = it.spec.run_at or now
+        status = check_transition(
+            None,
+            S.FAILED
+            if failed_reason
+            else S.BLOCKED
+            if unmet
+            else S.PENDING
+            if run_at > now
+            else S.READY,
+        )
+        statuses[i] = status
+        errors[i] = failed_reason
+        dep_ids = list(dict.fromkeys([*it.external_deps, *(items[j].id for j in it.local_deps)]))
+        edges.extend({"job_id": it.id, "depends_on_id": d} for d in dep_ids)
+        spec = it.spec
+        rows_to_insert.append(
+            {
+                "id": it.id,
+                "type": spec.type,
+                "name": spec.name,
+                "status": status.value,
+                "priority": spec.priority.rank,
+                "payload": spec.payload,
+                "cpu_units": it.resources.cpu_units,
+                "memory_mb": it.resources.memory_mb,
+                "timeout_seconds": it.timeout_seconds,
+                "max_attempts": it.retry.max_attempts,
+                "retry_initial_delay": it.retry.initial_delay_seconds,
+                "retry_backoff": it.retry.backoff_multiplier,
+                "retry_max_delay": it.retry.max_delay_seconds,
+                "run_at": run_at,
+                "depends_on": dep_ids,
+                "unmet_dependencies": unmet if not failed_reason else 0,
+                "error": failed_reason,
+                "idempotency_key": spec.idempotency_key,
+                "idempotency_fingerprint": it.fingerprint if spec.idempotency_key else None,
+                "created_by": actor.key_id,
+                "created_at": now,
+                "updated_at": now,
+                "ready_at": now if status == S.READY else None,
+                "finished_at": now if status == S.FAILED else None,
+            }
+        )
+
+    if rows_to_insert:
+        inserted = await session.execute(
+            insert(Job)
+            .on_conflict_do_nothing(
+                index_elements=[Job.idempotency_key],
+                index_where=text("idempotency_key IS NOT NULL"),
+            )
+            .returning(Job.id),
+            rows_to_insert,
+        )
+        if len(inserted.all()) != len(rows_to_insert):
+            # A concurrent request took one of our idempotency keys between our check
+            # and our insert; the caller retries once and then sees the stored job.
+            raise IdempotencyRace()
+    if edges:
+        await session.execute(insert(JobDependency), edges)
+    new_ids = [it.id for it in items if it.existing is None]
+    session.add(
+        AuditEntry(
+            actor=actor.key_id,
+            role=actor.role,
+            action="job.batch_submit" if batch else "job.submit",
+            job_id=items[0].id if not batch else None,
+            outcome="ok" if new_ids else "idempotent_repeat",
+            status_code=None,
+            detail={"job_ids": [str(i) for i in new_ids][:1000], "count": len(new_ids)},
+        )
+    )
+    await session.flush()
+
+    ids = [it.existing.id if it.existing else it.id for it in items]
+    stored = {j.id: j for j in await session.scalars(select(Job).where(Job.id.in_(ids)))}
+    jobs = [stored[i] for i in ids]
+    events = [
+        JobStateChanged(
+            job_id=job.id,
+            type=job.type,
+            old_status=None,
+            new_status=job.status,
+            attempt=0,
+            reason=job.error or "submitted",
+        )
+        for job, it in zip(jobs, items, strict=True)
+        if it.existing is None
+    ]
+    return SubmitResult(jobs=jobs, created=[it.existing is None for it in items], events=events)
+
+
+class IdempotencyRace(Exception):
+    """Internal: retry the submission (another request inserted the same key first)."""
+
+
+# ---------------------------------------------------------------- reads
+
+
+def job_to_read(job: Job) -> JobRead:
+    return JobRead(
+        id=job.id,
+        type=job.type,
+        name=job.name,
+        status=S(job.status),
+        priority=Priority.from_rank(job.priority),
+        payload=job.payload,
+        resources=Resources(cpu_units=job.cpu_units, memory_mb=job.memory_mb),
+        depends_on=list(job.depends_on or []),
+        retry=RetryPolicy(
+            max_attempts=job.max_attempts,
+            initial_delay_seconds=job.retry_initial_delay,
+            backoff_multiplier=job.retry_backoff,
+            max_delay_seconds=job.retry_max_delay,
+        ),
+        timeout_seconds=job.timeout_seconds,
+        attempts=job.attempts,
+        worker_id=job.worker_id,
+        result=job.result,
+        error=job.error,
+        progress=job.progress,
+        created_at=job.created_at,
+        updated_at=job.updated_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        run_at=job.run_at,
+        created_by=job.created_by,
+        idempotency_key=job.idempotency_key,
+        cancel_requested=job.cancel_requested,
+        waiting_reason=waiting_reason(job),
+    )
+
+
+def waiting_reason(job: Job) -> str | None:
+    """Why a job is not running yet, in words (None once it runs or ends)."""
+    match job.status:
+        case S.BLOCKED:
+            n = job.unmet_dependencies
+            return f"waiting on {n} unfinished dependenc{'y' if n == 1 else 'ies'}"
+        case S.PENDING:
+            return f"delayed: not before {job.run_at.isoformat()}"
+        case S.RETRYING:
+            return (
+                f"attempt {job.attempts} failed; attempt {job.attempts + 1} not before "
+                f"{job.run_at.isoformat()}"
+            )
+        case S.READY:
+            return job.waiting_reason or (
+                f"waiting for a worker with {job.cpu_units:g} free cpu units and "
+                f"{job.memory_mb} MB free memory that runs {job.type!r}"
+            )
+    return None
+
+
+async def get_job(session: AsyncSession, job_id: UUID, *, for_update: bool = False) -> Job:
+    stmt = select(Job).where(Job.id == job_id)
+    if for_update:
+        stmt = stmt.with_for_update()
+    job = await session.scalar(stmt)
+    if job is None:
+        raise JobNotFound(f"no job with id {job_id}")
+    return job
+
+
+@dataclass(frozen=True)
+class JobFilter:
+    status: list[S] | None = None
+    type: str | None = None
+    priority: Priority | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+
+
+def encode_cursor(job: Job) -> str:
+    raw = f"{job.created_at.isoformat()}|{job.id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        created, job_id = raw.split("|")
+        return datetime.fromisoformat(created), UUID(job_id)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidJobRequest(
+            "cursor: not a cursor this API issued; pass next_cursor from the previous page"
+        ) from None
+
+
+async def list_jobs(
+    session: AsyncSession, *, filters: JobFilter, limit: int, cursor: str | None
+) -> tuple[list[Job], str | None]:
+    """Newest first, keyset-paginated on (created_at, id): each page is an index scan."""
+    stmt: Select[tuple[Job]] = select(Job)
+    if filters.status:
+        stmt = stmt.where(Job.status.in_([s.value for s in filters.status]))
+    if filters.type:
+        stmt = stmt.where(Job.type == filters.type)
+    if filters.priority:
+        stmt = stmt.where(Job.priority == filters.priority.rank)
+    if filters.created_after:
+        stmt = stmt.where(Job.created_at >= filters.created_after)
+    if filters.created_before:
+        stmt = stmt.where(Job.created_at < filters.created_before)
+    if cursor:
+        created, job_id = decode_cursor(cursor)
+        stmt = stmt.where(tuple_(Job.created_at, Job.id) < tuple_(created, job_id))
+    stmt = stmt.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
+    jobs = list(await session.scalars(stmt))
+    next_cursor = encode_cursor(jobs[limit - 1]) if len(jobs) > limit else None
+    return jobs[:limit], next_cursor
+
+
+async def job_logs(session: AsyncSession, job_id: UUID) -> JobLogs:
+    await get_job(session, job_id)
+    executions = await session.scalars(
+        select(JobExecution).where(JobExecution.job_id == job_id).order_by(JobExecution.attempt)
+    )
+    lines = await session.scalars(
+        select(JobLogLine)
+        .where(JobLogLine.job_id == job_id)
+        .order_by(JobLogLine.attempt, JobLogLine.seq)
+    )
+    return JobLogs(
+        executions=[
+            ExecutionRead(
+                attempt=e.attempt,
+                worker_id=e.worker_id,
+                started_at=e.started_at,
+                finished_at=e.finished_at,
+                duration_seconds=e.duration_seconds,
+                status=e.status,
+                error=e.error,
+                result=e.result,
+                resources=e.resources,
+            )
+            for e in executions
+        ],
+        lines=[
+            LogLine(ts=ln.ts, attempt=ln.attempt, level=ln.level, message=ln.message)
+            for ln in lines
+        ],
+    )
+
+
+# ---------------------------------------------------------------- cancel
+
+
+async def fail_dependents(
+    session: AsyncSession, parent_id: UUID, parent_status: str
+) -> list[JobStateChanged]:
+    """Fail every unfinished descendant of ``parent_id``; each error names its parent."""
+    rows = await session.execute(
+        text(
+            """
+            WITH RECURSIVE tree(job_id, parent_id) AS (
+                SELECT jd.job_id, jd.depends_on_id FROM job_dependencies jd
+                WHERE jd.depends_on_id = :root
+                UNION
+                SELECT jd.job_id, jd.depends_on_id
+                FROM job_dependencies jd JOIN tree t ON jd.depends_on_id = t.job_id
+            ), first_parent AS (
+                SELECT DISTINCT ON (job_id) job_id, parent_id FROM tree ORDER BY job_id, parent_id
+            )
+            UPDATE jobs j
+            SET status = 'failed',
+                error = 'dependency ' || fp.parent_id::text || ' '
+                        || CASE WHEN fp.parent_id = :root THEN :root_status ELSE 'failed' END,
+                finished_at = now(), updated_at = now(), unmet_dependencies = 0
+            FROM first_parent fp
+            WHERE j.id = fp.job_id AND j.status = ANY(:sources)
+            RETURNING j.id, j.type, j.error, j.attempts
+            """
+        ),
+        {
+            "root": parent_id,
+            "root_status": parent_status,
+            # Only jobs still waiting can fail this way; descendants of an unfinished
+            # parent are blocked by construction.
+            "sources": [s for s in sources_for(S.FAILED) if s in (S.BLOCKED, S.PENDING)],
+        },
+    )
+    return [
+        JobStateChanged(
+            job_id=r.id,
+            type=r.type,
+            old_status=S.BLOCKED.value,
+            new_status=S.FAILED.value,
+            attempt=r.attempts,
+            reason=r.error,
+        )
+        for r in rows
+    ]
+
+
+async def cancel_job(
+    session: AsyncSession, job_id: UUID, *, actor: Actor
+) -> tuple[Job, list[JobStateChanged], bool]:
+    """Cancel at once if not running; if running, flag it (the worker is told).
+
+    Returns (job, events, cancel_to_publish: True when a running attempt must be told).
+    """
+    job = await get_job(session, job_id, for_update=True)
+    if actor.role == "submitter" and job.created_by != actor.key_id:
+        raise PermissionDenied(
+            f"job {job_id} was submitted by another key; a submitter may cancel only its "
+            "own jobs (ask an admin)"
+        )
+    status = S(job.status)
+    if status in TERMINAL:
+        raise JobConflict(f"job {job_id} is already {status}; nothing to cancel")
+    events: list[JobStateChanged] = []
+    if status in CANCELLABLE_AT_ONCE:
+        check_transition(status, S.CANCELLED)
+        now = utcnow()
+        await session.execute(
+            update(Job)
+            .where(Job.id == job_id)
+            .values(
+                status=S.CANCELLED.value,
+                cancel_requested=True,
+                finished_at=now,
+                updated_at=now,
+                error=f"cancelled by {actor.label or actor.key_id}",
+            )
+        )
+        events.append(
+            JobStateChanged(
+                job_id=job.id,
+                type=job.type,
+                old_status=status.value,
+                new_status=S.CANCELLED.value,
+                attempt=job.attempts,
+                reason="cancelled by user",
+            )
+        )
+        events.extend(await fail_dependents(session, job.id, S.CANCELLED.value))
+        notify_worker = False
+    else:  # running: the worker ends the attempt and reports `cancelled`
+        await session.execute(
+            update(Job).where(Job.id == job_id).values(cancel_requested=True, updated_at=utcnow())
+        )
+        notify_worker = True
+    session.add(
+        AuditEntry(
+            actor=actor.key_id,
+            role=actor.role,
+            action="job.cancel",
+            job_id=job.id,
+            outcome="ok" if not notify_worker else "requested",
+        )
+    )
+    await session.flush()
+    await session.refresh(job)
+    return job, events, notify_worker
+
+
+__all__ = [
+    "Actor",
+    "IdempotencyRace",
+    "JobFilter",
+    "Limits",
+    "cancel_job",
+    "fail_dependents",
+    "get_job",
+    "job_logs",
+    "job_to_read",
+    "list_jobs",
+    "submit_jobs",
+]

@@ -1,0 +1,196 @@
+"""Every message body on the ``<namespace>.events`` exchange, as versioned pydantic models.
+
+One wire schema for all services (conventions §1): senders build these models,
+receivers call :func:`decode`. Bodies are JSON; ``v`` is the schema version and
+``kind`` names the model, so a body is self-describing.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+from uuid import UUID
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from shared.errors import DecodeError
+
+SCHEMA_VERSION = 1
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    v: Literal[1] = SCHEMA_VERSION
+    ts: datetime = Field(default_factory=utcnow)
+
+
+class ResourceSpec(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    cpu_units: float = Field(gt=0)
+    memory_mb: int = Field(gt=0)
+
+
+class JobSubmitted(_Message):
+    """api -> scheduler: wake-up hint (the database is the truth)."""
+
+    kind: Literal["job.submitted"] = "job.submitted"
+    job_id: UUID
+    type: str
+    priority: str
+
+
+class JobDispatch(_Message):
+    """scheduler -> the chosen worker."""
+
+    kind: Literal["job.dispatch"] = "job.dispatch"
+    job_id: UUID
+    attempt: int
+    type: str
+    payload: dict[str, Any]
+    resources: ResourceSpec
+    timeout_seconds: float | None
+    lease_expires_at: datetime
+
+
+class JobCancel(_Message):
+    """api/scheduler -> workers: stop this attempt."""
+
+    kind: Literal["job.cancel"] = "job.cancel"
+    job_id: UUID
+    attempt: int
+
+
+class JobStatusReport(_Message):
+    """worker -> scheduler, logger: what happened to one attempt."""
+
+    kind: Literal["job.status"] = "job.status"
+    job_id: UUID
+    attempt: int
+    worker_id: str
+    status: Literal["started", "completed", "failed", "cancelled", "handed_back"]
+    result: Any = None
+    error: str | None = None
+    traceback: str | None = None
+    timed_out: bool = False
+
+
+class JobStateChanged(_Message):
+    """Whoever committed a status change -> anyone: one persisted transition."""
+
+    kind: Literal["job.state"] = "job.state"
+    job_id: UUID
+    type: str
+    old_status: str | None
+    new_status: str
+    attempt: int
+    worker_id: str | None = None
+    reason: str | None = None
+
+
+class JobProgress(_Message):
+    kind: Literal["job.progress"] = "job.progress"
+    job_id: UUID
+    attempt: int
+    done: float
+    total: float | None = None
+    message: str | None = None
+
+
+class JobLog(_Message):
+    """worker -> logger, api: one line a task logged. ``seq`` orders lines of an attempt."""
+
+    kind: Literal["job.logs"] = "job.logs"
+    job_id: UUID
+    attempt: int
+    seq: int
+    level: str
+    message: str
+
+
+class WorkerCapacity(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    cpu_units: float
+    memory_mb: int
+    slots: int
+
+
+class WorkerHeartbeat(_Message):
+    kind: Literal["worker.heartbeat"] = "worker.heartbeat"
+    worker_id: str
+    state: Literal["alive", "draining", "stopped"] = "alive"
+    capacity: WorkerCapacity
+    allocated: WorkerCapacity
+    running: list[UUID] = Field(default_factory=list)
+    task_types: list[str] = Field(default_factory=list)
+    cpu_percent: float = 0.0
+    memory_percent: float = 0.0
+    started_at: datetime | None = None
+
+
+class MonitoringQueue(_Message):
+    kind: Literal["job.monitoring.queue"] = "job.monitoring.queue"
+    by_status: dict[str, int]
+    by_priority: dict[str, int]
+
+
+class MonitoringResource(_Message):
+    kind: Literal["job.monitoring.resource"] = "job.monitoring.resource"
+    workers_alive: int
+    capacity: WorkerCapacity
+    allocated: WorkerCapacity
+
+
+Message = Annotated[
+    JobSubmitted
+    | JobDispatch
+    | JobCancel
+    | JobStatusReport
+    | JobStateChanged
+    | JobProgress
+    | JobLog
+    | WorkerHeartbeat
+    | MonitoringQueue
+    | MonitoringResource,
+    Field(discriminator="kind"),
+]
+_adapter: TypeAdapter[Message] = TypeAdapter(Message)
+
+
+def routing_key(message: _Message) -> str:
+    """The routing key design.md gives each message (dispatch needs the worker id)."""
+    match message:
+        case JobSubmitted() | JobCancel() | JobStatusReport() | JobStateChanged() | JobProgress():
+            return f"{message.kind}.{message.job_id}"
+        case JobLog():
+            return f"job.logs.{message.job_id}"
+        case WorkerHeartbeat():
+            return f"worker.heartbeat.{message.worker_id}"
+        case MonitoringQueue() | MonitoringResource():
+            return message.kind
+        case JobDispatch():
+            raise ValueError("a dispatch's routing key needs the worker id: dispatch_key()")
+    raise TypeError(f"not a Switchyard message: {type(message).__name__}")
+
+
+def dispatch_key(worker_id: str, job_id: UUID) -> str:
+    return f"job.dispatch.{worker_id}.{job_id}"
+
+
+def encode(message: _Message) -> bytes:
+    return orjson.dumps(message.model_dump(mode="json"))
+
+
+def decode(body: bytes) -> Message:
+    """Parse a body into its model; anything else raises DecodeError (never requeue it)."""
+    try:
+        return _adapter.validate_json(body)
+    except ValidationError as exc:
+        raise DecodeError(f"undecodable message: {exc.error_count()} error(s): {exc}") from exc

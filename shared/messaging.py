@@ -1,0 +1,299 @@
+"""AMQP topology and transport: the only module that imports aio_pika (conventions §2).
+
+Names derive from ``SWITCHYARD_NAMESPACE`` so two stacks can share one broker:
+
+* ``<ns>.events``       durable topic exchange every message goes through
+* ``<ns>.dead``         fanout exchange for messages no consumer can decode
+* ``<ns>.dead-letter``  durable queue bound to it (inspect it in the RabbitMQ UI)
+* ``<ns>.scheduler`` / ``<ns>.logger`` / ``<ns>.worker.<id>``  durable service queues
+
+Messages are persistent, channels use publisher confirms, and a publish waits at most
+``publish_timeout`` for the confirm; broker failures surface as BrokerUnavailable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import aio_pika
+import aio_pika.abc
+import aio_pika.exceptions
+import aiormq.exceptions
+
+from shared.errors import BrokerUnavailable, DecodeError
+from shared.messages import (
+    JobDispatch,
+    Message,
+    _Message,
+    decode,
+    dispatch_key,
+    encode,
+    routing_key,
+)
+
+log = logging.getLogger(__name__)
+
+_BROKER_ERRORS = (
+    aio_pika.exceptions.AMQPException,
+    aiormq.exceptions.AMQPError,
+    ConnectionError,
+    OSError,
+    asyncio.TimeoutError,
+)
+
+
+@dataclass(frozen=True)
+class Topology:
+    """Exchange and queue names for one namespace, plus each service's bindings."""
+
+    namespace: str
+
+    @property
+    def exchange(self) -> str:
+        return f"{self.namespace}.events"
+
+    @property
+    def dead_exchange(self) -> str:
+        return f"{self.namespace}.dead"
+
+    @property
+    def dead_queue(self) -> str:
+        return f"{self.namespace}.dead-letter"
+
+    @property
+    def scheduler_queue(self) -> str:
+        return f"{self.namespace}.scheduler"
+
+    @property
+    def logger_queue(self) -> str:
+        return f"{self.namespace}.logger"
+
+    def worker_queue(self, worker_id: str) -> str:
+        return f"{self.namespace}.worker.{worker_id}"
+
+    SCHEDULER_BINDINGS: tuple[str, ...] = (
+        "job.submitted.#",
+        "job.status.#",
+        "worker.heartbeat.#",
+        "job.progress.#",
+    )
+    LOGGER_BINDINGS: tuple[str, ...] = ("job.logs.#", "job.status.#")
+    API_BINDINGS: tuple[str, ...] = (
+        "job.state.#",
+        "job.logs.#",
+        "job.progress.#",
+        "worker.heartbeat.#",
+    )
+
+    @staticmethod
+    def worker_bindings(worker_id: str) -> tuple[str, ...]:
+        return (f"job.dispatch.{worker_id}.#", "job.cancel.#")
+
+
+class Delivery:
+    """One received message, decoded, with explicit ack / reject."""
+
+    __slots__ = ("_raw", "message", "redelivered", "routing_key")
+
+    def __init__(self, raw: aio_pika.abc.AbstractIncomingMessage, message: Message) -> None:
+        self._raw = raw
+        self.message = message
+        self.routing_key = raw.routing_key or ""
+        self.redelivered = bool(raw.redelivered)
+
+    async def ack(self) -> None:
+        await self._raw.ack()
+
+    async def reject(self, *, requeue: bool) -> None:
+        await self._raw.reject(requeue=requeue)
+
+
+Handler = Callable[[Delivery], Awaitable[None]]
+
+
+class Broker:
+    """A robust connection, one confirming publish channel, and consumers."""
+
+    def __init__(
+        self, url: str, namespace: str, *, name: str, publish_timeout: float = 5.0
+    ) -> None:
+        self.url = url
+        self.topology = Topology(namespace)
+        self.name = name
+        self.publish_timeout = publish_timeout
+        self._connection: aio_pika.abc.AbstractRobustConnection | None = None
+        self._publish_channel: aio_pika.abc.AbstractChannel | None = None
+        self._exchange: aio_pika.abc.AbstractExchange | None = None
+        self._consumer_channels: list[aio_pika.abc.AbstractChannel] = []
+
+    async def __aenter__(self) -> Broker:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def connect(self, *, timeout: float = 30.0) -> None:
+        """Connect (retrying until ``timeout``) and declare the shared exchanges."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            try:
+                self._connection = await aio_pika.connect_robust(
+                    self.url, client_properties={"connection_name": self.name}, timeout=5
+                )
+                break
+            except _BROKER_ERRORS as exc:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise BrokerUnavailable(f"cannot connect to RabbitMQ: {exc}") from exc
+                log.warning("RabbitMQ not reachable (%s); retrying in 1 s", exc)
+                await asyncio.sleep(1)
+        self._publish_channel = await self._connection.channel(publisher_confirms=True)
+        self._exchange = await self._declare_exchanges(self._publish_channel)
+
+    async def _declare_exchanges(
+        self, channel: aio_pika.abc.AbstractChannel
+    ) -> aio_pika.abc.AbstractExchange:
+        topo = self.topology
+        dead = await channel.declare_exchange(
+            topo.dead_exchange, aio_pika.ExchangeType.FANOUT, durable=True
+        )
+        dead_queue = await channel.declare_queue(topo.dead_queue, durable=True)
+        await dead_queue.bind(dead)
+        return await channel.declare_exchange(
+            topo.exchange, aio_pika.ExchangeType.TOPIC, durable=True
+        )
+
+    async def close(self) -> None:
+        if self._connection is not None:
+            await self._connection.close()
+            self._connection = None
+
+    @property
+    def is_connected(self) -> bool:
+        return self._connection is not None and not self._connection.is_closed
+
+    async def ping(self) -> bool:
+        """True when the connection is up (the robust connection reconnects by itself)."""
+        return (
+            self.is_connected
+            and self._publish_channel is not None
+            and not (self._publish_channel.is_closed)
+        )
+
+    async def publish(
+        self,
+        message: _Message,
+        key: str | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> None:
+        """Publish one persistent message and wait for the broker's confirm."""
+        if self._exchange is None:
+            raise BrokerUnavailable("broker is not connected")
+        if key is None:
+            key = routing_key(message)
+        amqp_message = aio_pika.Message(
+            encode(message),
+            content_type="application/json",
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            type=message.kind,  # type: ignore[attr-defined]
+        )
+        try:
+            await self._exchange.publish(
+                amqp_message,
+                key,
+                mandatory=False,
+                timeout=timeout if timeout is not None else self.publish_timeout,
+            )
+        except _BROKER_ERRORS as exc:
+            raise BrokerUnavailable(f"publish of {key} failed: {exc!r}") from exc
+
+    async def publish_many(
+        self, items: Iterable[tuple[_Message, str | None]], *, timeout: float | None = None
+    ) -> None:
+        """Publish several messages with their confirms pipelined (not one by one)."""
+        results = await asyncio.gather(
+            *(self.publish(msg, key, timeout=timeout) for msg, key in items),
+            return_exceptions=True,
+        )
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            raise BrokerUnavailable(
+                f"{len(errors)} of {len(results)} publishes failed; first: {errors[0]}"
+            ) from errors[0]
+
+    async def publish_dispatch(self, dispatch: JobDispatch, worker_id: str) -> None:
+        await self.publish(dispatch, dispatch_key(worker_id, dispatch.job_id))
+
+    async def consume(
+        self,
+        queue_name: str,
+        bindings: Sequence[str],
+        handler: Handler,
+        *,
+        prefetch: int = 100,
+        durable: bool = True,
+        exclusive: bool = False,
+        auto_delete: bool = False,
+        arguments: dict[str, Any] | None = None,
+    ) -> None:
+        """Declare ``queue_name`` bound to ``bindings`` and hand each delivery to ``handler``.
+
+        The handler acks or rejects. An undecodable body is rejected without requeue,
+        so it goes to the dead-letter queue instead of looping forever. A handler
+        exception is logged and the message requeued (the database is the truth, and
+        every handler is idempotent).
+        """
+        if self._connection is None:
+            raise BrokerUnavailable("broker is not connected")
+        channel = await self._connection.channel()
+        await channel.set_qos(prefetch_count=prefetch)
+        self._consumer_channels.append(channel)
+        exchange = await channel.get_exchange(self.topology.exchange)
+        args: dict[str, Any] = {
+            "x-dead-letter-exchange": self.topology.dead_exchange,
+            "x-queue-type": "classic",
+        }
+        args.update(arguments or {})
+        queue = await channel.declare_queue(
+            queue_name,
+            durable=durable,
+            exclusive=exclusive,
+            auto_delete=auto_delete,
+            arguments=args,
+        )
+        for binding in bindings:
+            await queue.bind(exchange, binding)
+
+        async def on_message(raw: aio_pika.abc.AbstractIncomingMessage) -> None:
+            try:
+                message = decode(raw.body)
+            except DecodeError as exc:
+                log.error("dead-lettering undecodable message %s: %s", raw.routing_key, exc)
+                await raw.reject(requeue=False)
+                return
+            delivery = Delivery(raw, message)
+            try:
+                await handler(delivery)
+            except Exception:
+                log.exception("handler failed for %s; message requeued", raw.routing_key)
+                await asyncio.sleep(0.5)  # keep a persistent failure from spinning hot
+                await raw.reject(requeue=True)
+
+        await queue.consume(on_message)
+
+    async def delete_namespace(self, extra_queues: Sequence[str] = ()) -> None:
+        """Remove this namespace's exchanges and queues (tests clean up what they made)."""
+        if self._connection is None:
+            return
+        channel = await self._connection.channel()
+        topo = self.topology
+        for name in (topo.scheduler_queue, topo.logger_queue, topo.dead_queue, *extra_queues):
+            await channel.queue_delete(name)
+        await channel.exchange_delete(topo.exchange)
+        await channel.exchange_delete(topo.dead_exchange)
+        await channel.close()

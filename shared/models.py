@@ -1,0 +1,244 @@
+"""SQLAlchemy 2.0 table models. The migration in ``shared/migrations`` builds exactly these,
+plus what SQLAlchemy cannot express (the audit-log trigger).
+
+Index choices (see docs/database.md for the plans on 1M rows):
+
+* claim: ``(priority, run_at, id) WHERE status = 'ready'`` — the scheduler reads the head
+  of this partial index; it only ever holds the ready jobs, however large history grows.
+* due: ``(run_at) WHERE status IN ('pending', 'retrying')`` — delayed jobs and backoffs.
+* running: ``(worker_id) WHERE status = 'running'`` — lease checks per worker.
+* list: ``(created_at, id)``, ``(status, created_at, id)``, ``(type, created_at, id)``
+  — keyset pagination newest first, filtered or not.
+* idempotency: unique ``(idempotency_key) WHERE idempotency_key IS NOT NULL``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    SmallInteger,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlalchemy.dialects.postgresql import UUID as PG_UUID
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from shared.states import JobStatus
+
+STATUSES_SQL = ", ".join(f"'{s.value}'" for s in JobStatus)
+TZ = DateTime(timezone=True)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+
+    id: Mapped[UUID] = mapped_column(PG_UUID(as_uuid=True), primary_key=True)
+    type: Mapped[str] = mapped_column(Text)
+    name: Mapped[str | None] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(Text)
+    priority: Mapped[int] = mapped_column(SmallInteger)  # 0 critical .. 3 low
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    cpu_units: Mapped[float] = mapped_column(Float)
+    memory_mb: Mapped[int] = mapped_column(Integer)
+    timeout_seconds: Mapped[float | None] = mapped_column(Float)
+    max_attempts: Mapped[int] = mapped_column(Integer)
+    retry_initial_delay: Mapped[float] = mapped_column(Float)
+    retry_backoff: Mapped[float] = mapped_column(Float)
+    retry_max_delay: Mapped[float] = mapped_column(Float)
+    # Number of the latest attempt handed to a worker (0 = never). Fences stale reports.
+    attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+    worker_id: Mapped[str | None] = mapped_column(Text)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(TZ)
+    # Not before this time; the submission time when the client gave none.
+    run_at: Mapped[datetime] = mapped_column(TZ)
+    depends_on: Mapped[list[UUID]] = mapped_column(
+        ARRAY(PG_UUID(as_uuid=True)), server_default="{}"
+    )
+    unmet_dependencies: Mapped[int] = mapped_column(Integer, server_default="0")
+    result: Mapped[Any | None] = mapped_column(JSONB)
+    error: Mapped[str | None] = mapped_column(Text)
+    progress: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, server_default="false")
+    waiting_reason: Mapped[str | None] = mapped_column(Text)
+    idempotency_key: Mapped[str | None] = mapped_column(Text)
+    idempotency_fingerprint: Mapped[str | None] = mapped_column(Text)
+    created_by: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(TZ, server_default=text("now()"))
+    updated_at: Mapped[datetime] = mapped_column(TZ, server_default=text("now()"))
+    ready_at: Mapped[datetime | None] = mapped_column(TZ)
+    started_at: Mapped[datetime | None] = mapped_column(TZ)
+    finished_at: Mapped[datetime | None] = mapped_column(TZ)
+
+    __table_args__ = (
+        CheckConstraint(f"status IN ({STATUSES_SQL})", name="jobs_status_valid"),
+        CheckConstraint("priority BETWEEN 0 AND 3", name="jobs_priority_valid"),
+        CheckConstraint("cpu_units > 0 AND memory_mb > 0", name="jobs_resources_positive"),
+        CheckConstraint("unmet_dependencies >= 0", name="jobs_unmet_nonnegative"),
+        Index(
+            "jobs_claim_idx",
+            "priority",
+            "run_at",
+            "id",
+            postgresql_where=text("status = 'ready'"),
+        ),
+        Index("jobs_due_idx", "run_at", postgresql_where=text("status IN ('pending', 'retrying')")),
+        Index("jobs_running_idx", "worker_id", postgresql_where=text("status = 'running'")),
+        Index("jobs_created_idx", "created_at", "id"),
+        Index("jobs_status_created_idx", "status", "created_at", "id"),
+        Index("jobs_type_created_idx", "type", "created_at", "id"),
+        Index(
+            "jobs_idempotency_key_idx",
+            "idempotency_key",
+            unique=True,
+            postgresql_where=text("idempotency_key IS NOT NULL"),
+        ),
+    )
+
+
+class JobDependency(Base):
+    """Edge ``job_id`` depends on ``depends_on_id``; indexed both ways."""
+
+    __tablename__ = "job_dependencies"
+
+    job_id: Mapped[UUID] = mapped_column(
+        PG_UUID(as_uuid=True), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
+    )
+    depends_on_id: Mapped[UUID] = mapped_column(
+        PG_UUID(as_uuid=True), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
+    )
+
+    __table_args__ = (Index("job_dependencies_parent_idx", "depends_on_id", "job_id"),)
+
+
+class JobExecution(Base):
+    """One row per attempt."""
+
+    __tablename__ = "job_executions"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    job_id: Mapped[UUID] = mapped_column(
+        PG_UUID(as_uuid=True), ForeignKey("jobs.id", ondelete="CASCADE")
+    )
+    attempt: Mapped[int] = mapped_column(Integer)
+    worker_id: Mapped[str | None] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(Text)  # running, completed, failed, cancelled, lost
+    started_at: Mapped[datetime | None] = mapped_column(TZ)
+    finished_at: Mapped[datetime | None] = mapped_column(TZ)
+    duration_seconds: Mapped[float | None] = mapped_column(Float)
+    error: Mapped[str | None] = mapped_column(Text)
+    result: Mapped[Any | None] = mapped_column(JSONB)
+    resources: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+
+    __table_args__ = (UniqueConstraint("job_id", "attempt", name="job_executions_attempt_key"),)
+
+
+class JobLogLine(Base):
+    __tablename__ = "job_logs"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    job_id: Mapped[UUID] = mapped_column(
+        PG_UUID(as_uuid=True), ForeignKey("jobs.id", ondelete="CASCADE")
+    )
+    attempt: Mapped[int] = mapped_column(Integer)
+    seq: Mapped[int] = mapped_column(Integer)
+    ts: Mapped[datetime] = mapped_column(TZ)
+    level: Mapped[str] = mapped_column(Text)
+    message: Mapped[str] = mapped_column(Text)
+
+    # Unique per line of an attempt, so a redelivered batch inserts nothing twice.
+    __table_args__ = (UniqueConstraint("job_id", "attempt", "seq", name="job_logs_line_key"),)
+
+
+class Worker(Base):
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(Text, primary_key=True)
+    state: Mapped[str] = mapped_column(Text)  # alive, draining, dead
+    hostname: Mapped[str | None] = mapped_column(Text)
+    cpu_units: Mapped[float] = mapped_column(Float)
+    memory_mb: Mapped[int] = mapped_column(Integer)
+    slots: Mapped[int] = mapped_column(Integer)
+    allocated_cpu_units: Mapped[float] = mapped_column(Float, server_default="0")
+    allocated_memory_mb: Mapped[int] = mapped_column(Integer, server_default="0")
+    allocated_slots: Mapped[int] = mapped_column(Integer, server_default="0")
+    running: Mapped[list[UUID]] = mapped_column(ARRAY(PG_UUID(as_uuid=True)), server_default="{}")
+    task_types: Mapped[list[str]] = mapped_column(ARRAY(Text), server_default="{}")
+    cpu_percent: Mapped[float | None] = mapped_column(Float)
+    memory_percent: Mapped[float | None] = mapped_column(Float)
+    started_at: Mapped[datetime | None] = mapped_column(TZ)
+    last_heartbeat_at: Mapped[datetime] = mapped_column(TZ, server_default=text("now()"))
+
+
+class TaskType(Base):
+    """The task registry as announced by workers (and by the API for the demo tasks)."""
+
+    __tablename__ = "task_types"
+
+    name: Mapped[str] = mapped_column(Text, primary_key=True)
+    parameters_schema: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    cpu_units: Mapped[float] = mapped_column(Float)
+    memory_mb: Mapped[int] = mapped_column(Integer)
+    timeout_seconds: Mapped[float | None] = mapped_column(Float)
+    max_attempts: Mapped[int] = mapped_column(Integer)
+    retry_initial_delay: Mapped[float] = mapped_column(Float)
+    retry_backoff: Mapped[float] = mapped_column(Float)
+    retry_max_delay: Mapped[float] = mapped_column(Float)
+    roles: Mapped[list[str]] = mapped_column(ARRAY(Text), server_default="{}")
+    description: Mapped[str | None] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(TZ, server_default=text("now()"))
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[UUID] = mapped_column(PG_UUID(as_uuid=True), primary_key=True)
+    key_hash: Mapped[str] = mapped_column(Text, unique=True)  # sha256 hex of the key
+    role: Mapped[str] = mapped_column(Text)
+    label: Mapped[str | None] = mapped_column(Text)
+    source: Mapped[str] = mapped_column(Text, server_default="api")  # api | env
+    created_at: Mapped[datetime] = mapped_column(TZ, server_default=text("now()"))
+    revoked_at: Mapped[datetime | None] = mapped_column(TZ)
+
+    __table_args__ = (
+        CheckConstraint("role IN ('viewer', 'submitter', 'admin')", name="api_keys_role_valid"),
+    )
+
+
+class AuditEntry(Base):
+    """Append-only: a trigger refuses UPDATE and DELETE (see the migration)."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(TZ, server_default=text("now()"))
+    actor: Mapped[str | None] = mapped_column(Text)  # api key id, or 'dev', or a service
+    role: Mapped[str | None] = mapped_column(Text)
+    action: Mapped[str] = mapped_column(Text)
+    job_id: Mapped[UUID | None] = mapped_column(PG_UUID(as_uuid=True))
+    outcome: Mapped[str] = mapped_column(Text)  # ok, denied, invalid, not_found, conflict...
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    client: Mapped[str | None] = mapped_column(Text)
+    detail: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+
+    __table_args__ = (
+        Index("audit_log_at_idx", "at", "id"),
+        Index("audit_log_job_idx", "job_id", postgresql_where=text("job_id IS NOT NULL")),
+        Index("audit_log_actor_idx", "actor", "at"),
+    )

@@ -1,0 +1,200 @@
+"""REST wire schemas (separate Create / Read models; never the table on the wire)."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any
+from uuid import UUID
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+
+from shared.states import JobStatus
+
+
+class Priority(StrEnum):
+    CRITICAL = "critical"
+    HIGH = "high"
+    NORMAL = "normal"
+    LOW = "low"
+
+    @property
+    def rank(self) -> int:
+        """0 = most urgent; the claim index orders by this."""
+        return _PRIORITY_RANK[self]
+
+    @classmethod
+    def from_rank(cls, rank: int) -> Priority:
+        return _RANK_PRIORITY[rank]
+
+
+_PRIORITY_RANK = {Priority.CRITICAL: 0, Priority.HIGH: 1, Priority.NORMAL: 2, Priority.LOW: 3}
+_RANK_PRIORITY = {rank: p for p, rank in _PRIORITY_RANK.items()}
+
+TaskName = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=200, pattern=r"^[A-Za-z_][A-Za-z0-9_.:-]*$"),
+]
+ShortText = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+
+_STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class Resources(BaseModel):
+    """What one attempt reserves on a worker."""
+
+    model_config = _STRICT
+
+    cpu_units: float = Field(gt=0, le=4096, description="CPU cores (fractions allowed)")
+    memory_mb: int = Field(gt=0, le=16_777_216, description="memory in MiB")
+
+
+class ResourcesIn(BaseModel):
+    """Resources in a request: omitted fields take the task's defaults."""
+
+    model_config = _STRICT
+
+    cpu_units: float | None = Field(default=None, gt=0, le=4096)
+    memory_mb: int | None = Field(default=None, gt=0, le=16_777_216)
+
+
+class RetryPolicy(BaseModel):
+    """delay before attempt n+1 = initial_delay × multiplier^(n-1), ±10 % jitter, capped."""
+
+    model_config = _STRICT
+
+    max_attempts: int = Field(default=3, ge=1, le=100)
+    initial_delay_seconds: float = Field(default=1.0, ge=0, le=86_400)
+    backoff_multiplier: float = Field(default=2.0, ge=1, le=100)
+    max_delay_seconds: float = Field(default=300.0, ge=0, le=604_800)
+
+
+class RetryIn(BaseModel):
+    model_config = _STRICT
+
+    max_attempts: int | None = Field(default=None, ge=1, le=100)
+    initial_delay_seconds: float | None = Field(default=None, ge=0, le=86_400)
+    backoff_multiplier: float | None = Field(default=None, ge=1, le=100)
+    max_delay_seconds: float | None = Field(default=None, ge=0, le=604_800)
+
+
+class _JobFields(BaseModel):
+    model_config = _STRICT
+
+    type: TaskName = Field(description="a registered task name")
+    payload: dict[str, Any] = Field(
+        default_factory=dict, description="validated against the task's parameter model"
+    )
+    priority: Priority = Priority.NORMAL
+    resources: ResourcesIn | None = None
+    retry: RetryIn | None = None
+    timeout_seconds: float | None = Field(default=None, gt=0, le=604_800)
+    run_at: AwareDatetime | None = Field(default=None, description="RFC 3339, with offset")
+    idempotency_key: ShortText | None = None
+    name: ShortText | None = None
+
+
+class JobCreate(_JobFields):
+    """Body of ``POST /jobs``."""
+
+    depends_on: list[UUID] = Field(default_factory=list, max_length=1000)
+
+
+class BatchJobCreate(_JobFields):
+    """One job of ``POST /jobs/batch``: ``depends_on`` may name ``@ref`` of the same batch."""
+
+    ref: ShortText | None = None
+    depends_on: list[Annotated[str, StringConstraints(min_length=1, max_length=201)]] = Field(
+        default_factory=list, max_length=1000
+    )
+
+
+class BatchCreate(BaseModel):
+    model_config = _STRICT
+
+    jobs: list[BatchJobCreate] = Field(min_length=1)
+
+
+class JobRead(BaseModel):
+    id: UUID
+    type: str
+    name: str | None
+    status: JobStatus
+    priority: Priority
+    payload: dict[str, Any]
+    resources: Resources
+    depends_on: list[UUID]
+    retry: RetryPolicy
+    timeout_seconds: float | None
+    attempts: int
+    worker_id: str | None
+    result: Any = None
+    error: str | None
+    progress: dict[str, Any] | None
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    run_at: datetime
+    created_by: str | None
+    idempotency_key: str | None
+    cancel_requested: bool
+    waiting_reason: str | None
+
+
+class JobPage(BaseModel):
+    items: list[JobRead]
+    next_cursor: str | None
+
+
+class BatchRead(BaseModel):
+    jobs: list[JobRead]
+
+
+class ExecutionRead(BaseModel):
+    attempt: int
+    worker_id: str | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    duration_seconds: float | None
+    status: str
+    error: str | None
+    result: Any = None
+    resources: dict[str, Any] | None
+
+
+class LogLine(BaseModel):
+    ts: datetime
+    attempt: int
+    level: str
+    message: str
+
+
+class JobLogs(BaseModel):
+    executions: list[ExecutionRead]
+    lines: list[LogLine]
+
+
+class ErrorBody(BaseModel):
+    detail: Any
+
+
+def check_json_value(value: Any, *, max_depth: int, where: str = "payload") -> None:
+    """Reject what JSON/JSONB cannot hold faithfully: NaN/Infinity and absurd nesting."""
+    stack: list[tuple[Any, int, str]] = [(value, 1, where)]
+    while stack:
+        item, depth, path = stack.pop()
+        if depth > max_depth and isinstance(item, dict | list):
+            raise ValueError(f"{path}: nested deeper than {max_depth} levels")
+        if isinstance(item, float) and not math.isfinite(item):
+            raise ValueError(f"{path}: NaN and Infinity are not valid JSON numbers")
+        if isinstance(item, str) and "\x00" in item:
+            raise ValueError(f"{path}: strings may not contain the NUL character")
+        if isinstance(item, dict):
+            for k, v in item.items():
+                if "\x00" in k:
+                    raise ValueError(f"{path}: keys may not contain the NUL character")
+                stack.append((v, depth + 1, f"{path}.{k}"))
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1, f"{path}[{i}]") for i, v in enumerate(item))

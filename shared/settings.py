@@ -1,0 +1,84 @@
+"""Configuration from environment variables (pydantic-settings).
+
+Settings are built by :func:`get_settings` (or by a service's factory), never at
+import time, so tests can give each process its own environment.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ROLES = ("viewer", "submitter", "admin")
+
+
+class Settings(BaseSettings):
+    """Every variable in design.md, with its default."""
+
+    model_config = SettingsConfigDict(env_prefix="SWITCHYARD_", extra="ignore")
+
+    database_url: str = Field(
+        default="postgresql+asyncpg://postgres@127.0.0.1:5432/switchyard",
+        validation_alias=AliasChoices("DATABASE_URL", "SWITCHYARD_DATABASE_URL"),
+    )
+    amqp_url: str = Field(
+        default="amqp://guest:guest@127.0.0.1:5672/",
+        validation_alias=AliasChoices("AMQP_URL", "SWITCHYARD_AMQP_URL"),
+    )
+    namespace: str = Field(default="switchyard", pattern=r"^[A-Za-z0-9_.-]{1,100}$")
+
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    # "key:role,key:role"; parsed into a dict key -> role.
+    api_keys: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
+    dev: bool = False
+
+    # Where the CLI and the SDK connect.
+    url: str = "http://127.0.0.1:8000"
+    api_key: str | None = None
+
+    max_body_bytes: int = 1_048_576
+    heartbeat_seconds: float = 2.0
+    worker_lease_seconds: float = 10.0
+    aging_seconds: float = 300.0
+
+    # Publishing a message waits at most this long for the broker's confirm.
+    publish_timeout_seconds: float = 5.0
+    # Register the built-in demo.* tasks (API: announce them; worker: run them).
+    demo_tasks: bool = True
+
+    # Hostile-input limits (see docs/api.md).
+    max_payload_bytes: int = 262_144
+    max_json_depth: int = 32
+    max_dependencies: int = 1_000
+    max_batch_jobs: int = 10_000
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _parse_api_keys(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        keys: dict[str, str] = {}
+        for item in filter(None, (part.strip() for part in value.split(","))):
+            key, sep, role = item.rpartition(":")
+            if not sep or not key:
+                raise ValueError(f"SWITCHYARD_API_KEYS entry {item!r} is not 'key:role'")
+            if role not in ROLES:
+                raise ValueError(
+                    f"SWITCHYARD_API_KEYS entry for role {role!r}: role must be one of "
+                    + ", ".join(ROLES)
+                )
+            keys[key] = role
+        return keys
+
+    @property
+    def sync_database_url(self) -> str:
+        """The same database for tools that want libpq-style URLs (psql, asyncpg)."""
+        return self.database_url.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+
+def get_settings(**overrides: object) -> Settings:
+    """Read the environment now (not at import time)."""
+    return Settings(**overrides)  # type: ignore[arg-type]

@@ -1,0 +1,77 @@
+"""The job state machine: every allowed status transition, in one place.
+
+Nothing writes ``jobs.status`` without going through :func:`check_transition` (Python
+side) or :func:`sources_for` (SQL side: ``UPDATE ... WHERE status = ANY(:sources)``).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from shared.errors import InvalidTransition
+
+
+class JobStatus(StrEnum):
+    PENDING = "pending"  # accepted; waiting for run_at
+    BLOCKED = "blocked"  # waiting on unmet dependencies
+    READY = "ready"  # eligible, waiting for a worker with room
+    RUNNING = "running"  # placed on a worker (dispatched or executing)
+    RETRYING = "retrying"  # an attempt failed; waiting for the backoff delay
+    COMPLETED = "completed"  # terminal: success
+    FAILED = "failed"  # terminal: attempts exhausted, dependency failed, worker lost
+    CANCELLED = "cancelled"  # terminal: cancelled by a user
+
+
+TERMINAL: frozenset[JobStatus] = frozenset(
+    {JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED}
+)
+
+S = JobStatus
+# old status -> statuses it may move to. ``None`` is "the job does not exist yet".
+TRANSITIONS: dict[JobStatus | None, frozenset[JobStatus]] = {
+    None: frozenset({S.PENDING, S.BLOCKED, S.READY, S.FAILED}),
+    S.PENDING: frozenset({S.READY, S.BLOCKED, S.CANCELLED, S.FAILED}),
+    S.BLOCKED: frozenset({S.READY, S.PENDING, S.FAILED, S.CANCELLED}),
+    S.READY: frozenset({S.RUNNING, S.CANCELLED, S.FAILED}),
+    # running -> ready: the worker handed the job back unstarted (drain), attempt kept.
+    S.RUNNING: frozenset({S.COMPLETED, S.FAILED, S.RETRYING, S.CANCELLED, S.READY}),
+    S.RETRYING: frozenset({S.READY, S.CANCELLED, S.FAILED}),
+    S.COMPLETED: frozenset(),
+    # failed/cancelled -> ready|blocked|pending: explicit retry (dead-letter requeue).
+    S.FAILED: frozenset({S.READY, S.BLOCKED, S.PENDING}),
+    S.CANCELLED: frozenset({S.READY, S.BLOCKED, S.PENDING}),
+}
+
+# Statuses from which a user's cancel takes effect at once (no worker involved).
+CANCELLABLE_AT_ONCE: frozenset[JobStatus] = frozenset({S.PENDING, S.BLOCKED, S.READY, S.RETRYING})
+
+
+def can_transition(old: JobStatus | str | None, new: JobStatus | str) -> bool:
+    old_status = None if old is None else JobStatus(old)
+    return JobStatus(new) in TRANSITIONS[old_status]
+
+
+def check_transition(old: JobStatus | str | None, new: JobStatus | str) -> JobStatus:
+    """Return ``new`` as a JobStatus, or raise InvalidTransition."""
+    if not can_transition(old, new):
+        raise InvalidTransition(None if old is None else str(old), str(new))
+    return JobStatus(new)
+
+
+def sources_for(new: JobStatus | str) -> list[str]:
+    """Statuses a job may be in for an UPDATE to ``new`` to be allowed (SQL guard)."""
+    target = JobStatus(new)
+    return sorted(
+        str(old) for old, targets in TRANSITIONS.items() if old is not None and target in targets
+    )
+
+
+def initial_status(*, unmet_dependencies: int, failed_dependency: bool, delayed: bool) -> JobStatus:
+    """Status of a job at submission, as design.md orders the rules."""
+    if failed_dependency:
+        return S.FAILED
+    if unmet_dependencies > 0:
+        return S.BLOCKED
+    if delayed:
+        return S.PENDING
+    return S.READY

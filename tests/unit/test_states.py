@@ -1,0 +1,87 @@
+"""The state machine, exhaustively: every (old, new) pair against the table."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from shared.errors import InvalidTransition
+from shared.states import (
+    CANCELLABLE_AT_ONCE,
+    TERMINAL,
+    TRANSITIONS,
+    JobStatus,
+    can_transition,
+    check_transition,
+    initial_status,
+    sources_for,
+)
+
+S = JobStatus
+ALL: list[JobStatus | None] = [None, *JobStatus]
+
+# The contract, written out independently of TRANSITIONS so a slip in either shows.
+EXPECTED = {
+    (None, S.PENDING), (None, S.BLOCKED), (None, S.READY), (None, S.FAILED),
+    (S.PENDING, S.READY), (S.PENDING, S.BLOCKED), (S.PENDING, S.CANCELLED), (S.PENDING, S.FAILED),
+    (S.BLOCKED, S.READY), (S.BLOCKED, S.PENDING), (S.BLOCKED, S.FAILED), (S.BLOCKED, S.CANCELLED),
+    (S.READY, S.RUNNING), (S.READY, S.CANCELLED), (S.READY, S.FAILED),
+    (S.RUNNING, S.COMPLETED), (S.RUNNING, S.FAILED), (S.RUNNING, S.RETRYING),
+    (S.RUNNING, S.CANCELLED), (S.RUNNING, S.READY),
+    (S.RETRYING, S.READY), (S.RETRYING, S.CANCELLED), (S.RETRYING, S.FAILED),
+    (S.FAILED, S.READY), (S.FAILED, S.BLOCKED), (S.FAILED, S.PENDING),
+    (S.CANCELLED, S.READY), (S.CANCELLED, S.BLOCKED), (S.CANCELLED, S.PENDING),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(("old", "new"), list(itertools.product(ALL, list(JobStatus))))
+def test_every_pair(old: JobStatus | None, new: JobStatus) -> None:
+    allowed = (old, new) in EXPECTED
+    assert can_transition(old, new) is allowed
+    if allowed:
+        assert check_transition(old, new) is new
+    else:
+        with pytest.raises(InvalidTransition) as info:
+            check_transition(old, new)
+        assert str(new) in str(info.value)
+
+
+def test_table_has_every_status() -> None:
+    assert set(TRANSITIONS) == set(ALL)
+
+
+def test_completed_is_final_and_nothing_returns_to_running_but_ready() -> None:
+    assert TRANSITIONS[S.COMPLETED] == frozenset()
+    assert {old for old in ALL if can_transition(old, S.RUNNING)} == {S.READY}
+
+
+def test_terminal_and_cancellable_sets() -> None:
+    assert {S.COMPLETED, S.FAILED, S.CANCELLED} == TERMINAL
+    assert all(can_transition(s, S.CANCELLED) for s in CANCELLABLE_AT_ONCE)
+    assert not (CANCELLABLE_AT_ONCE & TERMINAL)
+    assert S.RUNNING not in CANCELLABLE_AT_ONCE
+
+
+@pytest.mark.parametrize("new", list(JobStatus))
+def test_sources_for_matches_table(new: JobStatus) -> None:
+    expected = sorted(str(old) for old, n in EXPECTED if n == new and old is not None)
+    assert sources_for(new) == expected
+
+
+@pytest.mark.parametrize(
+    ("unmet", "failed", "delayed", "expected"),
+    [
+        (0, False, False, S.READY),
+        (0, False, True, S.PENDING),
+        (2, False, False, S.BLOCKED),
+        (2, False, True, S.BLOCKED),
+        (1, True, False, S.FAILED),
+        (0, True, True, S.FAILED),
+    ],
+)
+def test_initial_status(unmet: int, failed: bool, delayed: bool, expected: JobStatus) -> None:
+    assert (
+        initial_status(unmet_dependencies=unmet, failed_dependency=failed, delayed=delayed)
+        is expected
+    )
