@@ -6,10 +6,11 @@ import asyncio
 import logging
 from typing import Any
 
+import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException
 
@@ -50,12 +51,32 @@ def _describe_validation(exc: RequestValidationError) -> str:
     return "; ".join(messages) or "invalid request"
 
 
+# SQLSTATE classes that mean "the database is not there right now", not "bad query":
+# 08 connection exception, 53 insufficient resources, 57 operator intervention
+# (shutdown, terminated backend), and 55000 for "not currently accepting connections".
+_OUTAGE_SQLSTATE_PREFIXES = ("08", "53", "57")
+
+
 def _is_db_outage(exc: BaseException) -> bool:
-    if isinstance(exc, OperationalError | InterfaceError | PoolTimeout):
-        return True
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return True
-    return isinstance(exc, ConnectionError | OSError | asyncio.TimeoutError)
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OperationalError | InterfaceError | PoolTimeout):
+            return True
+        if isinstance(current, ConnectionError | OSError | asyncio.TimeoutError):
+            return True
+        if isinstance(current, asyncpg.exceptions.InterfaceError):
+            return True  # "connection was closed in the middle of operation"
+        sqlstate = getattr(current, "sqlstate", None)
+        if isinstance(sqlstate, str) and (
+            sqlstate.startswith(_OUTAGE_SQLSTATE_PREFIXES) or sqlstate == "55000"
+        ):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -83,7 +104,11 @@ def install_error_handlers(app: FastAPI) -> None:
             {"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers
         )
 
-    @app.exception_handler(Exception)
+    # Registered per class (not on Exception) so the answer is the whole story: Starlette
+    # re-raises what reaches its catch-all handler.
+    @app.exception_handler(SQLAlchemyError)
+    @app.exception_handler(OSError)
+    @app.exception_handler(asyncio.TimeoutError)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         if _is_db_outage(exc):
             log.warning(
@@ -94,5 +119,5 @@ def install_error_handlers(app: FastAPI) -> None:
                 status_code=503,
                 headers={"Retry-After": "2"},
             )
-        log.exception("unhandled error in %s %s", request.method, request.url.path)
+        log.exception("database error in %s %s", request.method, request.url.path)
         return JSONResponse({"detail": "internal error; see the API logs"}, status_code=500)
