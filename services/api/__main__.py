@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 
 import uvicorn
+from pydantic import ValidationError
+from sqlalchemy.exc import SQLAlchemyError
 
-from services.api.app import create_app
+from services.api.app import create_app, preflight
+from shared.errors import ConfigError
 from shared.settings import get_settings
 
 
@@ -15,7 +19,15 @@ def main() -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    settings = get_settings()
+    try:
+        settings = get_settings()
+        asyncio.run(preflight(settings))
+    except (ConfigError, ValidationError) as exc:
+        print(f"switchyard api: cannot start: {exc}", file=sys.stderr)
+        return 2
+    except (OSError, SQLAlchemyError) as exc:
+        print(f"switchyard api: cannot reach the database: {exc}", file=sys.stderr)
+        return 2
     app = create_app(settings)
     config = uvicorn.Config(
         app,

@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from uuid_utils.compat import uuid7
 
 from services.api.deps import hash_key
@@ -61,6 +61,31 @@ async def bootstrap_api_keys(session: AsyncSession, keys: dict[str, str]) -> int
     )
 
 
+async def prepare_database(
+    settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    """Store the bootstrap keys and the demo task types; refuse to run with no keys."""
+    async with sessionmaker() as session:
+        usable = await bootstrap_api_keys(session, settings.api_keys)
+        if usable == 0 and not settings.dev:
+            raise ConfigError(
+                "no API keys: set SWITCHYARD_API_KEYS='key:role,...' (roles: viewer, "
+                "submitter, admin), or SWITCHYARD_DEV=1 for a local dev stack"
+            )
+        if settings.demo_tasks:
+            await announce_task_types(session, demo_tasks.registry)
+        await session.commit()
+
+
+async def preflight(settings: Settings) -> None:
+    """What ``python -m services.api`` checks before serving, to fail with one clear line."""
+    engine = create_engine(settings, pool_size=1)
+    try:
+        await prepare_database(settings, create_sessionmaker(engine))
+    finally:
+        await engine.dispose()
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
 
@@ -69,16 +94,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         engine = create_engine(settings)
         sessionmaker = create_sessionmaker(engine)
         try:
-            async with sessionmaker() as session:
-                usable = await bootstrap_api_keys(session, settings.api_keys)
-                if usable == 0 and not settings.dev:
-                    raise ConfigError(
-                        "no API keys: set SWITCHYARD_API_KEYS='key:role,...' (roles: viewer, "
-                        "submitter, admin), or SWITCHYARD_DEV=1 for a local dev stack"
-                    )
-                if settings.demo_tasks:
-                    await announce_task_types(session, demo_tasks.registry)
-                await session.commit()
+            await prepare_database(settings, sessionmaker)
             broker = Broker(
                 settings.amqp_url,
                 settings.namespace,

@@ -1,0 +1,113 @@
+"""Build a jobs table of N rows (default 1M) and print the plans of the hot queries.
+
+    python -m bench.explain [--rows 1000000] [--keep]
+
+Uses its own database (``swy_explain``). The rows are shaped like a busy system's
+history: most jobs finished, a few thousand ready, pending, retrying and running.
+The output is what docs/database.md quotes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import asyncpg
+
+ROOT = Path(__file__).resolve().parent.parent
+ADMIN = os.environ.get("TEST_DATABASE_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+DB = "swy_explain"
+
+LOAD = """
+INSERT INTO jobs (id, type, status, priority, payload, cpu_units, memory_mb, max_attempts,
+                  retry_initial_delay, retry_backoff, retry_max_delay, attempts, run_at,
+                  created_at, updated_at, idempotency_key, worker_id)
+SELECT gen_random_uuid(),
+       (ARRAY['demo.echo', 'demo.sleep', 'etl.load', 'ml.train', 'report.pdf'])[1 + g % 5],
+       CASE WHEN g % 1000 < 940 THEN 'completed'
+            WHEN g % 1000 < 970 THEN 'failed'
+            WHEN g % 1000 < 975 THEN 'cancelled'
+            WHEN g % 1000 < 985 THEN 'ready'
+            WHEN g % 1000 < 990 THEN 'pending'
+            WHEN g % 1000 < 993 THEN 'retrying'
+            WHEN g % 1000 < 996 THEN 'blocked'
+            ELSE 'running' END,
+       g % 4, '{}'::jsonb, 1, 128, 3, 1, 2, 300, 1,
+       now() - make_interval(secs => ($1 - g) * 0.5) + CASE WHEN g % 1000 BETWEEN 985 AND 989
+            THEN interval '1 hour' ELSE interval '0' END,
+       now() - make_interval(secs => ($1 - g) * 0.5),
+       now() - make_interval(secs => ($1 - g) * 0.5),
+       CASE WHEN g % 3 = 0 THEN 'key-' || g END,
+       CASE WHEN g % 1000 >= 996 THEN 'worker-' || (g % 8) END
+FROM generate_series(1, $1) AS g
+"""
+
+QUERIES = {
+    "claim (heads of the ready index, per priority)": (
+        "shared.queries.CLAIM_READY_HEADS",
+        "CLAIM_READY_HEADS",
+        [200],
+    ),
+    "due delayed / retrying jobs": ("shared.queries.DUE_JOBS", "DUE_JOBS", [500]),
+    "list page, newest first, no filter": (None, "LIST_ALL", None),
+    "list page, status = failed": (None, "LIST_FAILED", None),
+    "list page, type = etl.load": (None, "LIST_TYPE", None),
+    "idempotency key lookup": (None, "IDEMPOTENCY", None),
+}
+
+ADHOC = {
+    "LIST_ALL": "SELECT * FROM jobs WHERE (created_at, id) < (now(), 'ffffffff-ffff-ffff-ffff-ffffffffffff'::uuid) ORDER BY created_at DESC, id DESC LIMIT 101",
+    "LIST_FAILED": "SELECT * FROM jobs WHERE status IN ('failed') AND (created_at, id) < (now(), 'ffffffff-ffff-ffff-ffff-ffffffffffff'::uuid) ORDER BY created_at DESC, id DESC LIMIT 101",
+    "LIST_TYPE": "SELECT * FROM jobs WHERE type = 'etl.load' ORDER BY created_at DESC, id DESC LIMIT 101",
+    "IDEMPOTENCY": "SELECT * FROM jobs WHERE idempotency_key IN ('key-300000')",
+}
+
+
+async def main(rows: int, keep: bool) -> None:
+    admin = await asyncpg.connect(ADMIN)
+    await admin.execute(f'DROP DATABASE IF EXISTS "{DB}" WITH (FORCE)')
+    await admin.execute(f'CREATE DATABASE "{DB}"')
+    url = ADMIN.rsplit("/", 1)[0] + f"/{DB}"
+    subprocess.run(
+        [sys.executable, "-m", "alembic", "upgrade", "head"],
+        cwd=ROOT,
+        env={**os.environ, "DATABASE_URL": url.replace("postgresql://", "postgresql+asyncpg://")},
+        check=True,
+        capture_output=True,
+    )
+    conn = await asyncpg.connect(url)
+    start = time.monotonic()
+    await conn.execute(LOAD, rows)
+    await conn.execute("VACUUM ANALYZE jobs")
+    print(f"-- loaded {rows:,} jobs in {time.monotonic() - start:.1f} s")
+    counts = await conn.fetch("SELECT status, count(*) FROM jobs GROUP BY 1 ORDER BY 1")
+    print("-- " + ", ".join(f"{r['status']}: {r['count']:,}" for r in counts))
+    from shared import queries
+
+    for title, (_, name, args) in QUERIES.items():
+        sql = getattr(queries, name, None) or ADHOC[name]
+        plan = await conn.fetch(
+            f"EXPLAIN (ANALYZE, BUFFERS, COSTS OFF, SUMMARY ON) {sql}", *(args or [])
+        )
+        print(f"\n### {title}\n")
+        print("```")
+        for line in plan:
+            print(line[0])
+        print("```")
+    await conn.close()
+    if not keep:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{DB}" WITH (FORCE)')
+    await admin.close()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--keep", action="store_true", help="keep the database afterwards")
+    ns = parser.parse_args()
+    asyncio.run(main(ns.rows, ns.keep))

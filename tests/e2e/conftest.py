@@ -1,0 +1,115 @@
+"""Start the real services as processes, each with this test's database and namespace."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from shared.settings import Settings
+from tests.conftest import ROOT, TEST_KEYS
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ServiceProcess:
+    """One ``python -m services.<name>`` process; its output goes to a log file."""
+
+    def __init__(self, name: str, env: dict[str, str], log_dir: Path, args: list[str] | None = None) -> None:
+        self.name = name
+        self.log_path = log_dir / f"{name}-{time.monotonic_ns()}.log"
+        self._log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", f"services.{name}", *(args or [])],
+            cwd=ROOT,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def output(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def signal(self, sig: int) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+
+    def wait(self, timeout: float) -> int:
+        return self.proc.wait(timeout=timeout)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        self._log.close()
+
+
+@pytest.fixture
+def service_env(settings: Settings) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHYARD_")}
+    env.update(
+        {
+            "DATABASE_URL": settings.database_url,
+            "AMQP_URL": settings.amqp_url,
+            "SWITCHYARD_NAMESPACE": settings.namespace,
+            "SWITCHYARD_API_KEYS": ",".join(f"{k}:{r}" for k, r in TEST_KEYS.items()),
+            "SWITCHYARD_HEARTBEAT_SECONDS": "0.5",
+            "SWITCHYARD_WORKER_LEASE_SECONDS": "3",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    return env
+
+
+@pytest.fixture
+def start_service(service_env: dict[str, str], tmp_path: Path) -> Iterator[object]:
+    started: list[ServiceProcess] = []
+
+    def start(name: str, *args: str, env: dict[str, str] | None = None) -> ServiceProcess:
+        proc = ServiceProcess(name, {**service_env, **(env or {})}, tmp_path, list(args))
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in reversed(started):
+        proc.stop()
+
+
+def wait_http_ok(url: str, proc: ServiceProcess, *, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.proc.poll() is not None:
+            raise AssertionError(f"{proc.name} exited with {proc.proc.returncode}:\n{proc.output()}")
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"{url} not healthy after {timeout}s:\n{proc.output()}")
+
+
+@pytest.fixture
+def api_url(start_service: object) -> str:
+    port = free_port()
+    proc = start_service("api", env={"SWITCHYARD_API_PORT": str(port)})  # type: ignore[operator]
+    url = f"http://127.0.0.1:{port}"
+    wait_http_ok(f"{url}/healthz", proc)
+    return url
