@@ -64,6 +64,8 @@ class Job(Base):
     retry_max_delay: Mapped[float] = mapped_column(Float)
     # Number of the latest attempt handed to a worker (0 = never). Fences stale reports.
     attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+    # Attempts that count against max_attempts: dispatches not handed back unstarted.
+    runs: Mapped[int] = mapped_column(Integer, server_default="0")
     worker_id: Mapped[str | None] = mapped_column(Text)
     lease_expires_at: Mapped[datetime | None] = mapped_column(TZ)
     # Not before this time; the submission time when the client gave none.
@@ -83,6 +85,7 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(TZ, server_default=text("now()"))
     updated_at: Mapped[datetime] = mapped_column(TZ, server_default=text("now()"))
     ready_at: Mapped[datetime | None] = mapped_column(TZ)
+    dispatched_at: Mapped[datetime | None] = mapped_column(TZ)
     started_at: Mapped[datetime | None] = mapped_column(TZ)
     finished_at: Mapped[datetime | None] = mapped_column(TZ)
 

@@ -44,6 +44,23 @@ class Settings(BaseSettings):
     worker_lease_seconds: float = 10.0
     aging_seconds: float = 300.0
 
+    # Worker (flags override these; defaults from psutil when unset).
+    worker_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.:-]{1,100}$")
+    worker_threads: int | None = Field(default=None, ge=1, le=1024)
+    worker_cpu_units: float | None = Field(default=None, gt=0)
+    worker_memory_mb: int | None = Field(default=None, gt=0)
+    worker_tasks: str = ""  # comma-separated modules, like --tasks
+    # SIGTERM: how long running jobs may take to finish before they are handed back.
+    worker_grace_seconds: float = 30.0
+    # After a cancel or a timeout, how long a task may take to notice before its
+    # attempt is reported ended anyway (its thread is then counted as stuck).
+    cancel_grace_seconds: float = 3.0
+
+    # Scheduler
+    scheduler_tick_seconds: float = 0.5
+    scheduler_batch_size: int = Field(default=500, ge=1, le=100_000)
+    monitoring_seconds: float = 5.0
+
     # Publishing a message waits at most this long for the broker's confirm.
     publish_timeout_seconds: float = 5.0
     # Register the built-in demo.* tasks (API: announce them; worker: run them).

@@ -86,6 +86,7 @@ def upgrade() -> None:
         sa.Column("retry_backoff", sa.Float(), nullable=False),
         sa.Column("retry_max_delay", sa.Float(), nullable=False),
         sa.Column("attempts", sa.Integer(), server_default="0", nullable=False),
+        sa.Column("runs", sa.Integer(), server_default="0", nullable=False),
         sa.Column("worker_id", sa.Text(), nullable=True),
         sa.Column("lease_expires_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("run_at", sa.DateTime(timezone=True), nullable=False),
@@ -112,6 +113,7 @@ def upgrade() -> None:
             nullable=False,
         ),
         sa.Column("ready_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("dispatched_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("started_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
         sa.CheckConstraint(

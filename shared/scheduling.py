@@ -1,0 +1,183 @@
+"""Scheduling policy as plain functions over plain data (no broker, no database).
+
+Placement, each cycle:
+
+1. Candidates are the heads of the ready index, one window per priority level.
+2. Effective priority = priority − ⌊waited / aging_seconds⌋ (never above critical):
+   a job rises one level per ``SWITCHYARD_AGING_SECONDS`` spent ready, slowly enough
+   that fresh priority still wins.
+3. In (effective priority, run_at, id) order, each job goes to the live worker that
+   runs its type and has the free cpu, memory and a slot, choosing the *best fit*
+   (least cpu + memory left over, as fractions of that worker's capacity).
+4. A job that fits nowhere right now does not stop the jobs behind it (backfill) —
+   unless it has waited ``aging_seconds`` already: then it *reserves* the worker it
+   would fit best when empty, and nothing else is placed there until it runs. That is
+   the anti-starvation rule: small jobs cannot keep a large one out forever.
+5. A job larger than every live worker (or whose type no live worker runs) waits,
+   reserving nothing, and its ``waiting_reason`` says why.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+from datetime import datetime
+from uuid import UUID
+
+
+@dataclass
+class Candidate:
+    id: UUID
+    type: str
+    priority: int  # 0 critical .. 3 low
+    cpu_units: float
+    memory_mb: int
+    run_at: datetime  # when it became eligible (or was submitted)
+
+
+@dataclass
+class WorkerView:
+    id: str
+    cpu_units: float
+    memory_mb: int
+    slots: int
+    task_types: frozenset[str]
+    used_cpu: float = 0.0
+    used_memory: int = 0
+    used_slots: int = 0
+    accepting: bool = True  # alive and not draining
+
+    @property
+    def free_cpu(self) -> float:
+        return self.cpu_units - self.used_cpu
+
+    @property
+    def free_memory(self) -> int:
+        return self.memory_mb - self.used_memory
+
+    @property
+    def free_slots(self) -> int:
+        return self.slots - self.used_slots
+
+    def fits_now(self, job: Candidate) -> bool:
+        return (
+            self.accepting
+            and job.type in self.task_types
+            and self.free_slots >= 1
+            and job.cpu_units <= self.free_cpu + 1e-9
+            and job.memory_mb <= self.free_memory
+        )
+
+    def fits_when_empty(self, job: Candidate) -> bool:
+        return (
+            self.accepting
+            and job.type in self.task_types
+            and self.slots >= 1
+            and job.cpu_units <= self.cpu_units + 1e-9
+            and job.memory_mb <= self.memory_mb
+        )
+
+    def take(self, job: Candidate) -> None:
+        self.used_cpu += job.cpu_units
+        self.used_memory += job.memory_mb
+        self.used_slots += 1
+
+    def leftover(self, job: Candidate) -> float:
+        return (self.free_cpu - job.cpu_units) / max(self.cpu_units, 1e-9) + (
+            self.free_memory - job.memory_mb
+        ) / max(self.memory_mb, 1)
+
+
+@dataclass
+class Plan:
+    placements: list[tuple[Candidate, str]] = field(default_factory=list)
+    waiting: dict[UUID, str] = field(default_factory=dict)  # job id -> reason
+    reservations: dict[str, UUID] = field(default_factory=dict)  # worker id -> job id
+
+
+def effective_priority(job: Candidate, now: datetime, aging_seconds: float) -> int:
+    if aging_seconds <= 0:
+        return job.priority
+    waited = max(0.0, (now - job.run_at).total_seconds())
+    return max(0, job.priority - math.floor(waited / aging_seconds))
+
+
+def plan_placements(
+    candidates: list[Candidate],
+    workers: list[WorkerView],
+    *,
+    now: datetime,
+    aging_seconds: float,
+) -> Plan:
+    """Decide where each candidate runs this cycle (mutates the workers' usage)."""
+    plan = Plan()
+    order = sorted(
+        candidates, key=lambda j: (effective_priority(j, now, aging_seconds), j.run_at, j.id)
+    )
+    reserved: set[str] = set()
+    for job in order:
+        open_workers = [w for w in workers if w.id not in reserved]
+        fitting = [w for w in open_workers if w.fits_now(job)]
+        if fitting:
+            best = min(fitting, key=lambda w: (w.leftover(job), w.id))
+            best.take(job)
+            plan.placements.append((job, best.id))
+            continue
+        could_fit = [w for w in workers if w.fits_when_empty(job)]
+        if not could_fit:
+            plan.waiting[job.id] = _why_never(job, workers)
+            continue
+        waited = (now - job.run_at).total_seconds()
+        unreserved = [w for w in could_fit if w.id not in reserved]
+        if waited >= aging_seconds and unreserved:
+            # Anti-starvation: hold the worker where it will fit soonest.
+            target = max(unreserved, key=lambda w: (w.free_cpu / w.cpu_units, w.free_memory, w.id))
+            reserved.add(target.id)
+            plan.reservations[target.id] = job.id
+            plan.waiting[job.id] = (
+                f"waiting for worker {target.id} to free {job.cpu_units:g} cpu units and "
+                f"{job.memory_mb} MB (reserved for this job: it has waited {waited:.0f} s)"
+            )
+        else:
+            plan.waiting[job.id] = (
+                f"waiting for free capacity: needs {job.cpu_units:g} cpu units, "
+                f"{job.memory_mb} MB and a slot on a worker that runs {job.type!r}"
+            )
+    return plan
+
+
+def _why_never(job: Candidate, workers: list[WorkerView]) -> str:
+    live = [w for w in workers if w.accepting]
+    if not live:
+        return "no live worker: start one (python -m services.worker)"
+    typed = [w for w in live if job.type in w.task_types]
+    if not typed:
+        return f"no live worker runs task type {job.type!r} (start one with --tasks)"
+    biggest_cpu = max(w.cpu_units for w in typed)
+    biggest_mem = max(w.memory_mb for w in typed)
+    return (
+        f"fits no live worker: needs {job.cpu_units:g} cpu units and {job.memory_mb} MB; "
+        f"the largest worker running {job.type!r} has {biggest_cpu:g} cpu units and "
+        f"{biggest_mem} MB"
+    )
+
+
+def retry_delay(
+    failed_runs: int,
+    *,
+    initial: float,
+    multiplier: float,
+    max_delay: float,
+    rng: random.Random | None = None,
+) -> float:
+    """Delay before the attempt after ``failed_runs`` failures: initial × multiplier^(n-1),
+    capped at ``max_delay``, with ±10 % jitter (the cap holds after jitter too)."""
+    n = max(1, failed_runs)
+    try:
+        base = initial * multiplier ** (n - 1)
+    except OverflowError:
+        base = max_delay
+    base = min(base, max_delay)
+    jitter = (rng or random).uniform(-0.1, 0.1)
+    return max(0.0, min(max_delay, base * (1 + jitter)))

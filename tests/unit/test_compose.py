@@ -1,0 +1,431 @@
+"""docker-compose.yml, Dockerfile and .dockerignore, checked without a Docker engine.
+
+What ``docker compose up`` would only reveal at run time is checked here statically:
+the services the design names, variable names the Settings class really reads, health
+conditions that can become true, commands that name modules of this repo, and a worker
+that ``--scale worker=3`` can multiply.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+from pydantic import AliasChoices
+
+from shared.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+DOCKERFILE = ROOT / "Dockerfile"
+DOCKERIGNORE = ROOT / ".dockerignore"
+
+APP_SERVICES = ("api", "scheduler", "worker", "logger")
+LONG_RUNNING = ("postgres", "rabbitmq", *APP_SERVICES)
+DESIGN_SERVICES = ("postgres", "rabbitmq", "migrate", *APP_SERVICES)
+# Everything built from this repo's image and configured through Settings.
+IMAGE_SERVICES = ("migrate", *APP_SERVICES)
+
+_INTERPOLATION = re.compile(
+    r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?-)(?P<default>[^}]*))?\}"
+)
+
+
+# --- helpers -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    data = yaml.safe_load(COMPOSE_FILE.read_text(encoding="utf-8"))
+    assert isinstance(data, dict), "docker-compose.yml must be a mapping"
+    assert isinstance(data.get("services"), dict), "docker-compose.yml has no services"
+    return data
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return compose["services"]
+
+
+def interpolate(value: str, env: dict[str, str] | None = None) -> str:
+    """Compose's ``${VAR:-default}`` / ``${VAR-default}`` / ``${VAR}``; a bare ``${VAR}``
+    with VAR unset is an error here (compose would silently use an empty string)."""
+    env = env or {}
+
+    def sub(match: re.Match[str]) -> str:
+        name, op, default = match["name"], match["op"], match["default"]
+        if op == ":-":
+            return env.get(name) or default
+        if op == "-":
+            return env.get(name, default)
+        if name not in env:
+            raise AssertionError(f"${{{name}}} has no default: compose would use ''")
+        return env[name]
+
+    return _INTERPOLATION.sub(sub, value).replace("$$", "$")
+
+
+def environment(service: dict[str, Any]) -> dict[str, str]:
+    """A service's environment as a dict, from either the mapping or the list form."""
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        pairs = (item.split("=", 1) for item in env)
+        env = {pair[0]: (pair[1] if len(pair) > 1 else "") for pair in pairs}
+    return {str(k): interpolate(str(v)) for k, v in env.items()}
+
+
+def command(service: dict[str, Any]) -> list[str]:
+    cmd = service.get("command")
+    assert cmd, "no command"
+    return shlex.split(cmd) if isinstance(cmd, str) else [str(part) for part in cmd]
+
+
+def depends_on(service: dict[str, Any]) -> dict[str, str]:
+    """target -> condition (the short list form means service_started)."""
+    deps = service.get("depends_on") or {}
+    if isinstance(deps, list):
+        return dict.fromkeys(deps, "service_started")
+    return {name: (spec or {}).get("condition", "service_started") for name, spec in deps.items()}
+
+
+def port_mappings(service: dict[str, Any]) -> list[tuple[str | None, int]]:
+    """(published host port or None, container port) for every ``ports`` entry."""
+    result: list[tuple[str | None, int]] = []
+    for entry in service.get("ports") or []:
+        if isinstance(entry, dict):
+            published = entry.get("published")
+            result.append((str(published) if published else None, int(entry["target"])))
+            continue
+        spec = str(entry).split("/", 1)[0]  # drop "/tcp"
+        parts = spec.rsplit(":", 2)
+        container = int(parts[-1])
+        published = parts[-2] if len(parts) >= 2 and parts[-2] else None
+        result.append((published, container))
+    return result
+
+
+def settings_env_names() -> set[str]:
+    """Every environment variable name Settings reads (upper case; it is case-insensitive)."""
+    prefix = Settings.model_config.get("env_prefix") or ""
+    names: set[str] = set()
+    for name, field in Settings.model_fields.items():
+        alias = field.validation_alias
+        if isinstance(alias, AliasChoices):
+            names.update(choice.upper() for choice in alias.choices if isinstance(choice, str))
+        elif isinstance(alias, str):
+            names.add(alias.upper())
+        else:
+            names.add(f"{prefix}{name}".upper())
+    return names
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with line continuations joined and comments dropped."""
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text(encoding="utf-8"))
+    result = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        instruction, _, args = line.partition(" ")
+        result.append((instruction.upper(), args.strip()))
+    return result
+
+
+# --- the compose file ----------------------------------------------------------------
+
+
+def test_interpolation_helper() -> None:
+    assert interpolate("${A:-x:y}") == "x:y"
+    assert interpolate("${A:-x}", {"A": "set"}) == "set"
+    assert interpolate("${A:-x}", {"A": ""}) == "x"
+    assert interpolate("${A-x}", {"A": ""}) == ""
+    with pytest.raises(AssertionError):
+        interpolate("${A}")
+
+
+def test_services_named_by_the_design_exist(services: dict[str, Any]) -> None:
+    missing = [name for name in DESIGN_SERVICES if name not in services]
+    assert not missing, f"docker-compose.yml lacks {missing}"
+
+
+def test_named_volumes_are_declared(compose: dict[str, Any]) -> None:
+    declared = set(compose.get("volumes") or {})
+    for name, service in compose["services"].items():
+        for volume in service.get("volumes") or []:
+            source = volume["source"] if isinstance(volume, dict) else str(volume).split(":")[0]
+            if source.startswith((".", "/", "~")):
+                continue  # a bind mount
+            assert source in declared, f"{name}: volume {source!r} is not declared"
+
+
+def test_postgres(services: dict[str, Any]) -> None:
+    pg = services["postgres"]
+    assert str(pg["image"]).split(":")[0] == "postgres"
+    assert str(pg["image"]).split(":")[1].split(".")[0] == "16"
+    env = environment(pg)
+    assert env["POSTGRES_PASSWORD"] and env["POSTGRES_DB"]
+    assert "pg_isready" in json.dumps(pg["healthcheck"]["test"])
+    assert any(
+        "/var/lib/postgresql/data" in (v["target"] if isinstance(v, dict) else str(v))
+        for v in pg.get("volumes") or []
+    ), "postgres data is not on a volume"
+
+
+def test_rabbitmq_has_the_management_ui(services: dict[str, Any]) -> None:
+    rabbit = services["rabbitmq"]
+    image, _, tag = str(rabbit["image"]).partition(":")
+    assert image == "rabbitmq"
+    assert "management" in tag, f"{rabbit['image']} has no management UI"
+    mappings = port_mappings(rabbit)
+    assert ("15672", 15672) in mappings, "management UI is not published on 15672"
+    assert ("5672", 5672) in mappings, "AMQP is not published on 5672"
+    test = rabbit["healthcheck"]["test"]
+    argv = shlex.split(test) if isinstance(test, str) else test[1:]
+    assert argv == ["rabbitmq-diagnostics", "-q", "ping"]
+
+
+@pytest.mark.parametrize("name", DESIGN_SERVICES)
+def test_depends_on_conditions_can_be_met(services: dict[str, Any], name: str) -> None:
+    for target, condition in depends_on(services[name]).items():
+        assert target in services, f"{name} depends on unknown service {target!r}"
+        assert target != name
+        if condition == "service_healthy":
+            check = services[target].get("healthcheck") or {}
+            test = check.get("test")
+            assert test and test != ["NONE"] and not check.get("disable"), (
+                f"{name} waits for {target} to be healthy, but {target} has no healthcheck"
+            )
+        elif condition == "service_completed_successfully":
+            assert services[target].get("restart", "no") in ("no", "on-failure"), (
+                f"{name} waits for {target} to complete, but {target} restarts forever"
+            )
+        else:
+            assert condition == "service_started", f"{name}: unknown condition {condition!r}"
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_app_services_wait_for_their_backends(services: dict[str, Any], name: str) -> None:
+    deps = depends_on(services[name])
+    assert deps.get("postgres") == "service_healthy"
+    assert deps.get("rabbitmq") == "service_healthy"
+    assert deps.get("migrate") == "service_completed_successfully"
+
+
+def test_migrate_is_one_shot_alembic(services: dict[str, Any]) -> None:
+    migrate = services["migrate"]
+    assert command(migrate) == ["alembic", "upgrade", "head"]
+    assert migrate.get("restart", "no") == "no"
+    assert depends_on(migrate).get("postgres") == "service_healthy"
+    assert (ROOT / "alembic.ini").is_file()
+
+
+@pytest.mark.parametrize("name", LONG_RUNNING)
+def test_long_running_services_restart(services: dict[str, Any], name: str) -> None:
+    assert services[name].get("restart") == "unless-stopped"
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_app_command_is_a_module_of_this_repo(services: dict[str, Any], name: str) -> None:
+    assert command(services[name]) == ["python", "-m", f"services.{name}"]
+    assert (ROOT / "services" / name).is_dir(), f"services/{name}/ does not exist"
+
+
+def test_app_services_share_one_image(services: dict[str, Any]) -> None:
+    images = {
+        json.dumps([services[n].get("image"), services[n].get("build")]) for n in IMAGE_SERVICES
+    }
+    assert len(images) == 1, f"image/build differ between app services: {images}"
+    build = services["api"].get("build")
+    context = build if isinstance(build, str) else (build or {}).get("context", ".")
+    assert (ROOT / context / "Dockerfile").resolve() == DOCKERFILE
+
+
+def test_settings_reader_knows_the_documented_names() -> None:
+    names = settings_env_names()
+    for documented in (
+        "DATABASE_URL",
+        "AMQP_URL",
+        "SWITCHYARD_NAMESPACE",
+        "SWITCHYARD_API_HOST",
+        "SWITCHYARD_API_PORT",
+        "SWITCHYARD_API_KEYS",
+        "SWITCHYARD_DEV",
+    ):
+        assert documented in names
+    assert "SWITCHYARD_API_HOTS" not in names
+
+
+@pytest.mark.parametrize("name", IMAGE_SERVICES)
+def test_app_env_names_are_read_by_settings(services: dict[str, Any], name: str) -> None:
+    # Settings ignores unknown variables (extra="ignore"): a typo would go unnoticed.
+    unknown = sorted(set(map(str.upper, environment(services[name]))) - settings_env_names())
+    assert not unknown, f"{name}: Settings reads none of {unknown}"
+
+
+@pytest.mark.parametrize("name", IMAGE_SERVICES)
+def test_app_env_builds_settings_that_reach_the_stack(
+    services: dict[str, Any], name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for var in list(os.environ):
+        if var.upper() in settings_env_names() or var.upper().startswith("SWITCHYARD_"):
+            monkeypatch.delenv(var)
+    for var, value in environment(services[name]).items():
+        monkeypatch.setenv(var, value)
+    settings = Settings()
+
+    db = urlsplit(settings.database_url)
+    pg_env = environment(services["postgres"])
+    assert db.scheme == "postgresql+asyncpg"
+    assert db.hostname == "postgres" and db.hostname in services
+    assert (db.port or 5432) == 5432
+    assert db.path.lstrip("/") == pg_env["POSTGRES_DB"]
+    assert db.username == pg_env.get("POSTGRES_USER", "postgres")
+    assert db.password == pg_env["POSTGRES_PASSWORD"]
+
+    amqp = urlsplit(settings.amqp_url)
+    assert amqp.scheme == "amqp"
+    assert amqp.hostname == "rabbitmq" and amqp.hostname in services
+    assert (amqp.port or 5672) == 5672
+    assert settings.namespace == "switchyard"
+
+
+def test_api_listens_on_all_interfaces_with_keys(
+    services: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    api = services["api"]
+    raw_keys = str(api["environment"]["SWITCHYARD_API_KEYS"])
+    assert raw_keys.startswith("${SWITCHYARD_API_KEYS"), "API keys must come from the host env"
+
+    for var in list(os.environ):
+        if var.upper().startswith("SWITCHYARD_"):
+            monkeypatch.delenv(var)
+    for var, value in environment(api).items():
+        monkeypatch.setenv(var, value)
+    settings = Settings()
+    assert settings.api_host == "0.0.0.0"
+    # Without keys the API refuses to start outside dev mode: the default must be usable.
+    assert "admin" in settings.api_keys.values()
+    assert not settings.dev
+
+    monkeypatch.setenv(
+        "SWITCHYARD_API_KEYS", interpolate(raw_keys, {"SWITCHYARD_API_KEYS": "k1:viewer"})
+    )
+    assert Settings().api_keys == {"k1": "viewer"}
+
+    assert (str(settings.api_port), settings.api_port) in port_mappings(api)
+
+
+def test_api_healthcheck_uses_python_not_curl(services: dict[str, Any]) -> None:
+    test = services["api"]["healthcheck"]["test"]
+    assert isinstance(test, list) and test[0] == "CMD"
+    assert test[1:3] == ["python", "-c"]
+    code = test[3]
+    assert "http://127.0.0.1:8000/healthz" in code
+    compile(code, "<api healthcheck>", "exec")
+    for name in IMAGE_SERVICES:
+        check = json.dumps((services[name].get("healthcheck") or {}).get("test", []))
+        assert "curl" not in check and "wget" not in check, f"{name}: slim has no curl/wget"
+
+
+class _Health(BaseHTTPRequestHandler):
+    status = 200
+
+    def do_GET(self) -> None:
+        body = b'{"status": "ok"}' if self.path == "/healthz" else b"{}"
+        self.send_response(self.status if self.path == "/healthz" else 404)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def health_server() -> Iterator[HTTPServer]:
+    server = HTTPServer(("127.0.0.1", 0), _Health)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+@pytest.mark.parametrize(("status", "healthy"), [(200, True), (503, False)])
+def test_api_healthcheck_exit_code_follows_healthz(
+    services: dict[str, Any], health_server: HTTPServer, status: int, healthy: bool
+) -> None:
+    _Health.status = status
+    code = services["api"]["healthcheck"]["test"][3].replace(
+        "127.0.0.1:8000", f"127.0.0.1:{health_server.server_address[1]}"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=30)
+    assert (result.returncode == 0) is healthy, result.stderr.decode(errors="replace")
+
+
+def test_worker_can_be_scaled(services: dict[str, Any]) -> None:
+    worker = services["worker"]
+    assert "container_name" not in worker, "container_name forbids --scale worker=N"
+    published = [host for host, _ in port_mappings(worker) if host]
+    assert not published, f"host ports {published} forbid --scale worker=N"
+    assert "hostname" not in worker
+
+
+# --- Dockerfile and .dockerignore ------------------------------------------------------
+
+
+def test_dockerfile_base_is_python_311() -> None:
+    froms = [args.split()[0] for ins, args in dockerfile_instructions() if ins == "FROM"]
+    assert froms, "Dockerfile has no FROM"
+    final = froms[-1]
+    assert re.fullmatch(r"python:3\.11(\.\d+)?(-[a-z0-9.-]+)?(@sha256:[0-9a-f]{64})?", final), final
+
+
+def test_dockerfile_installs_the_project_and_runs_the_api() -> None:
+    instructions = dockerfile_instructions()
+    runs = " ".join(args for ins, args in instructions if ins == "RUN")
+    assert re.search(r"pip install[^&;]*\s\.(\s|$)", runs), "the project is not pip-installed"
+    assert not re.search(r"pip install[^&;]*\s(-e|--editable)\s", runs), "editable install"
+    assert "[dev]" not in runs, "dev extras in the image"
+
+    copied = " ".join(args for ins, args in instructions if ins in ("COPY", "ADD"))
+    for needed in ("alembic.ini", "shared", "services", "pyproject.toml"):
+        assert needed in copied, f"{needed} is not copied into the image"
+
+    cmds = [args for ins, args in instructions if ins == "CMD"]
+    assert cmds and json.loads(cmds[-1]) == ["python", "-m", "services.api"]
+
+
+def test_dockerfile_runs_as_non_root() -> None:
+    users = [args.split(":")[0] for ins, args in dockerfile_instructions() if ins == "USER"]
+    assert users, "no USER: the container runs as root"
+    assert users[-1] not in ("root", "0")
+
+
+def test_dockerignore_keeps_the_context_small() -> None:
+    patterns = {
+        line.strip().strip("/")
+        for line in DOCKERIGNORE.read_text(encoding="utf-8").splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    for needed in (".venv", ".git", "bench/results", ".pytest_cache", ".ruff_cache"):
+        assert needed in patterns, f".dockerignore does not exclude {needed}"
+    assert any("__pycache__" in p for p in patterns)
+    for kept in ("pyproject.toml", "alembic.ini", "shared", "services"):
+        assert kept not in patterns, f".dockerignore excludes {kept}, which the image needs"

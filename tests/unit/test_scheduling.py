@@ -1,0 +1,92 @@
+"""The placement policy and the backoff, without broker or database."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from shared.scheduling import Candidate, WorkerView, effective_priority, plan_placements, retry_delay
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def job(priority: int = 2, cpu: float = 1, mem: int = 100, waited: float = 0, type: str = "t") -> Candidate:
+    return Candidate(uuid.uuid4(), type, priority, cpu, mem, NOW - timedelta(seconds=waited))
+
+
+def worker(id: str, cpu: float = 4, mem: int = 1000, slots: int = 4, types: tuple = ("t",)) -> WorkerView:
+    return WorkerView(id, cpu, mem, slots, frozenset(types))
+
+
+def test_priority_then_age_when_capacity_is_short() -> None:
+    low_old = job(priority=3, waited=10)
+    crit_new = job(priority=0, waited=0)
+    normal = job(priority=2, waited=5)
+    plan = plan_placements([low_old, normal, crit_new], [worker("w", slots=2)], now=NOW, aging_seconds=300)
+    assert [j.id for j, _ in plan.placements] == [crit_new.id, normal.id]
+    assert low_old.id in plan.waiting
+
+
+def test_best_fit_and_capacity_never_exceeded() -> None:
+    big, small = worker("big", cpu=8, mem=8000), worker("small", cpu=2, mem=1000)
+    jobs = [job(cpu=1.5, mem=900) for _ in range(10)]
+    plan = plan_placements(jobs, [big, small], now=NOW, aging_seconds=300)
+    first = plan.placements[0]
+    assert first[1] == "small"  # the tighter fit
+    for w in (big, small):
+        assert w.used_cpu <= w.cpu_units and w.used_memory <= w.memory_mb and w.used_slots <= w.slots
+    assert len(plan.placements) == 1 + 4  # small holds one; big is slot-bound at 4
+
+
+def test_too_large_waits_with_reason_and_does_not_block_backfill() -> None:
+    huge = job(priority=0, cpu=64)
+    small = job(priority=3)
+    plan = plan_placements([huge, small], [worker("w")], now=NOW, aging_seconds=300)
+    assert [j.id for j, _ in plan.placements] == [small.id]
+    assert "fits no live worker" in plan.waiting[huge.id] and "4 cpu" in plan.waiting[huge.id]
+
+
+def test_unknown_type_reason() -> None:
+    j = job(type="other")
+    plan = plan_placements([j], [worker("w")], now=NOW, aging_seconds=300)
+    assert "no live worker runs task type 'other'" in plan.waiting[j.id]
+    plan = plan_placements([j], [], now=NOW, aging_seconds=300)
+    assert "no live worker" in plan.waiting[j.id]
+
+
+def test_starving_big_job_reserves_a_worker() -> None:
+    w = worker("w", cpu=4)
+    w.used_cpu = 2  # busy with something
+    big = job(priority=2, cpu=4, waited=400)  # waited longer than aging: reserves
+    small = job(priority=3, cpu=1)
+    plan = plan_placements([big, small], [w], now=NOW, aging_seconds=300)
+    assert plan.placements == []
+    assert plan.reservations == {"w": big.id}
+    fresh_big = job(priority=2, cpu=4, waited=10)
+    w.used_cpu = 2
+    plan = plan_placements([fresh_big, small], [w], now=NOW, aging_seconds=300)
+    assert [j.id for j, _ in plan.placements] == [small.id]  # backfill while young
+
+
+def test_aging_one_level_per_period() -> None:
+    assert effective_priority(job(priority=3, waited=299), NOW, 300) == 3
+    assert effective_priority(job(priority=3, waited=300), NOW, 300) == 2
+    assert effective_priority(job(priority=3, waited=10_000), NOW, 300) == 0
+
+
+def test_draining_worker_gets_nothing() -> None:
+    w = worker("w")
+    w.accepting = False
+    plan = plan_placements([job()], [w], now=NOW, aging_seconds=300)
+    assert plan.placements == []
+
+
+@pytest.mark.parametrize(("n", "expected"), [(1, 1.0), (2, 2.0), (3, 4.0), (4, 8.0), (20, 300.0)])
+def test_retry_delay(n: int, expected: float) -> None:
+    rng = random.Random(7)
+    delays = [retry_delay(n, initial=1, multiplier=2, max_delay=300, rng=rng) for _ in range(200)]
+    assert all(expected * 0.9 - 1e-9 <= d <= min(300, expected * 1.1) + 1e-9 for d in delays)
+    assert max(delays) - min(delays) > 0  # jitter is there
