@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import asyncpg
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -49,3 +53,32 @@ async def ensure_database(database_url: str) -> bool:
         return True
     finally:
         await admin.close()
+
+
+# SQLSTATE classes that mean "the database is not there right now", not "bad query":
+# 08 connection exception, 53 insufficient resources, 57 operator intervention
+# (shutdown, terminated backend), and 55000 for "not currently accepting connections".
+_OUTAGE_SQLSTATE_PREFIXES = ("08", "53", "57")
+
+
+def is_db_outage(exc: BaseException) -> bool:
+    """True when ``exc`` means the database is unreachable (retry later), not a bad query."""
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OperationalError | InterfaceError | PoolTimeout):
+            return True
+        if isinstance(current, ConnectionError | OSError | asyncio.TimeoutError):
+            return True
+        if isinstance(current, asyncpg.exceptions.InterfaceError):
+            return True  # "connection was closed in the middle of operation"
+        sqlstate = getattr(current, "sqlstate", None)
+        if isinstance(sqlstate, str) and (
+            sqlstate.startswith(_OUTAGE_SQLSTATE_PREFIXES) or sqlstate == "55000"
+        ):
+            return True
+        current = current.__cause__ or current.__context__
+    return False

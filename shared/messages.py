@@ -74,7 +74,8 @@ class JobStatusReport(_Message):
     job_id: UUID
     attempt: int
     worker_id: str
-    status: Literal["started", "completed", "failed", "cancelled", "handed_back"]
+    # lost: written by the scheduler on behalf of a worker that died mid-attempt.
+    status: Literal["started", "completed", "failed", "cancelled", "handed_back", "lost"]
     result: Any = None
     error: str | None = None
     traceback: str | None = None
@@ -129,6 +130,11 @@ class WorkerHeartbeat(_Message):
     capacity: WorkerCapacity
     allocated: WorkerCapacity
     running: list[UUID] = Field(default_factory=list)
+    # Threads whose attempt already ended (timeout / cancel) but which still run: their
+    # resources stay taken until they return.
+    stuck: WorkerCapacity = Field(
+        default_factory=lambda: WorkerCapacity(cpu_units=0, memory_mb=0, slots=0)
+    )
     task_types: list[str] = Field(default_factory=list)
     cpu_percent: float = 0.0
     memory_percent: float = 0.0

@@ -115,6 +115,20 @@ class Delivery:
 Handler = Callable[[Delivery], Awaitable[None]]
 
 
+class Consumer:
+    """A running consumer; ``cancel()`` stops deliveries (unacked ones are requeued on close)."""
+
+    def __init__(self, queue: aio_pika.abc.AbstractQueue, tag: str) -> None:
+        self._queue = queue
+        self._tag = tag
+
+    async def cancel(self) -> None:
+        try:
+            await self._queue.cancel(self._tag)
+        except _BROKER_ERRORS as exc:
+            log.warning("cancelling consumer %s failed: %s", self._tag, exc)
+
+
 class Broker:
     """A robust connection, one confirming publish channel, and consumers."""
 
@@ -240,7 +254,7 @@ class Broker:
         exclusive: bool = False,
         auto_delete: bool = False,
         arguments: dict[str, Any] | None = None,
-    ) -> None:
+    ) -> Consumer:
         """Declare ``queue_name`` bound to ``bindings`` and hand each delivery to ``handler``.
 
         The handler acks or rejects. An undecodable body is rejected without requeue,
@@ -284,7 +298,8 @@ class Broker:
                 await asyncio.sleep(0.5)  # keep a persistent failure from spinning hot
                 await raw.reject(requeue=True)
 
-        await queue.consume(on_message)
+        tag = await queue.consume(on_message)
+        return Consumer(queue, tag)
 
     async def delete_namespace(self, extra_queues: Sequence[str] = ()) -> None:
         """Remove this namespace's exchanges and queues (tests clean up what they made)."""

@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import logging
+import itertools
 import re
 import threading
+import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -199,6 +200,53 @@ def load_task_modules(modules: list[str], registry: TaskRegistry) -> None:
         registry.include(default_registry)
 
 
+class TaskLogger:
+    """What ``ctx.log`` is: the logging.Logger methods, each line sent as ``job.logs``.
+
+    Lines are numbered per attempt (``seq``) so readers keep their order. Safe to call
+    from any thread of the task.
+    """
+
+    LEVELS = ("debug", "info", "warning", "error", "critical")
+
+    def __init__(self, emit: Callable[[int, str, str], None]) -> None:
+        self._emit = emit
+        self._seq = itertools.count(1)
+
+    def log(self, level: str, msg: object, *args: object, exc_info: bool = False) -> None:
+        level = level.lower()
+        if level not in self.LEVELS:
+            raise ValueError(f"unknown log level {level!r}; use one of {', '.join(self.LEVELS)}")
+        text = str(msg) % args if args else str(msg)
+        if exc_info:
+            text = f"{text}\n{traceback.format_exc().rstrip()}"
+        self._emit(next(self._seq), level, text)
+
+    def debug(self, msg: object, *args: object) -> None:
+        self.log("debug", msg, *args)
+
+    def info(self, msg: object, *args: object) -> None:
+        self.log("info", msg, *args)
+
+    def warning(self, msg: object, *args: object) -> None:
+        self.log("warning", msg, *args)
+
+    warn = warning
+
+    def error(self, msg: object, *args: object) -> None:
+        self.log("error", msg, *args)
+
+    def exception(self, msg: object, *args: object) -> None:
+        self.log("error", msg, *args, exc_info=True)
+
+    def critical(self, msg: object, *args: object) -> None:
+        self.log("critical", msg, *args)
+
+
+def _discard(seq: int, level: str, message: str) -> None:
+    """Default log sink when a context is built outside a worker (tests, scripts)."""
+
+
 @dataclass
 class TaskContext:
     """What a task function receives first. Safe to use from the task's thread.
@@ -210,7 +258,7 @@ class TaskContext:
 
     job_id: UUID
     attempt: int
-    log: logging.Logger
+    log: TaskLogger = field(default_factory=lambda: TaskLogger(_discard))
     cancelled: threading.Event = field(default_factory=threading.Event)
     _report_progress: Callable[[float, float | None, str | None], None] | None = None
 

@@ -6,15 +6,14 @@ import asyncio
 import logging
 from typing import Any
 
-import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException
 
 from services.api.audit import audit_refusal
+from shared.db import is_db_outage
 from shared.errors import (
     InvalidJobRequest,
     JobConflict,
@@ -51,34 +50,6 @@ def _describe_validation(exc: RequestValidationError) -> str:
     return "; ".join(messages) or "invalid request"
 
 
-# SQLSTATE classes that mean "the database is not there right now", not "bad query":
-# 08 connection exception, 53 insufficient resources, 57 operator intervention
-# (shutdown, terminated backend), and 55000 for "not currently accepting connections".
-_OUTAGE_SQLSTATE_PREFIXES = ("08", "53", "57")
-
-
-def _is_db_outage(exc: BaseException) -> bool:
-    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
-        return True
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, OperationalError | InterfaceError | PoolTimeout):
-            return True
-        if isinstance(current, ConnectionError | OSError | asyncio.TimeoutError):
-            return True
-        if isinstance(current, asyncpg.exceptions.InterfaceError):
-            return True  # "connection was closed in the middle of operation"
-        sqlstate = getattr(current, "sqlstate", None)
-        if isinstance(sqlstate, str) and (
-            sqlstate.startswith(_OUTAGE_SQLSTATE_PREFIXES) or sqlstate == "55000"
-        ):
-            return True
-        current = current.__cause__ or current.__context__
-    return False
-
-
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(JobRequestError)
     async def job_request_error(request: Request, exc: JobRequestError) -> JSONResponse:
@@ -110,7 +81,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(OSError)
     @app.exception_handler(asyncio.TimeoutError)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        if _is_db_outage(exc):
+        if is_db_outage(exc):
             log.warning(
                 "database unavailable during %s %s: %s", request.method, request.url.path, exc
             )

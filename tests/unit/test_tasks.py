@@ -29,7 +29,7 @@ def test_params_model_from_signature_and_defaults() -> None:
     assert d.retry.max_attempts == 5
     assert d.roles == {"admin"}
     assert d.parameters_schema()["required"] == ["n"]
-    ctx = TaskContext(job_id=uuid.uuid4(), attempt=1, log=__import__("logging").getLogger("t"))
+    ctx = TaskContext(job_id=uuid.uuid4(), attempt=1)
     assert d.call(ctx, {"n": 4}) == 16
 
 
@@ -117,3 +117,20 @@ def test_check_json_value(value: object, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         check_json_value(value, max_depth=3)
     check_json_value({"a": [1, 2.5, "ok", None, {"b": True}]}, max_depth=3)
+
+
+def test_task_logger_numbers_and_formats_lines() -> None:
+    from shared.tasks import TaskLogger
+
+    lines: list[tuple[int, str, str]] = []
+    log = TaskLogger(lambda seq, level, msg: lines.append((seq, level, msg)))
+    log.info("hello %s", "world")
+    log.warning("w")
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        log.exception("failed")
+    assert lines[:2] == [(1, "info", "hello world"), (2, "warning", "w")]
+    assert lines[2][:2] == (3, "error") and "ValueError: boom" in lines[2][2]
+    with pytest.raises(ValueError, match="unknown log level"):
+        log.log("loud", "x")

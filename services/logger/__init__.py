@@ -1,0 +1,1 @@
+"""The logger service: writes log lines and execution history in batches."""

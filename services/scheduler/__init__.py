@@ -1,0 +1,1 @@
+"""The scheduler service: one active instance places ready jobs on workers."""

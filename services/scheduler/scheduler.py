@@ -1,0 +1,498 @@
+"""The scheduler: one active instance (PostgreSQL advisory lock), the others stand by.
+
+The active one consumes ``<ns>.scheduler`` (job.submitted, job.status, heartbeats,
+progress) and runs a cycle whenever a message arrives or the tick passes:
+
+1. apply attempt reports (fenced by attempt number), progress and heartbeats; commit;
+   ack those messages; publish the resulting ``job.state`` events;
+2. declare lost what a dead worker held (no heartbeat for the lease) or what a live
+   worker never received, and retry or fail it like a failed attempt;
+3. promote delayed / backoff jobs whose time has come;
+4. place ready jobs (see ``shared.scheduling``), mark them running with a new attempt
+   number, commit, then publish the dispatches (undone if the publish fails).
+
+Everything it knows in memory (workers, allocations) is rebuilt from the database
+when it takes over, so a standby that takes over continues where the last one stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from uuid import UUID
+
+import asyncpg
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from services.scheduler import store
+from shared.db import create_engine, create_sessionmaker, is_db_outage
+from shared.errors import BrokerUnavailable, SwitchyardError
+from shared.messages import (
+    JobDispatch,
+    JobProgress,
+    JobStateChanged,
+    JobStatusReport,
+    MonitoringQueue,
+    MonitoringResource,
+    ResourceSpec,
+    WorkerCapacity,
+    WorkerHeartbeat,
+    _Message,
+    dispatch_key,
+)
+from shared.messaging import Broker, Consumer, Delivery, Topology
+from shared.scheduling import WorkerView, plan_placements
+from shared.settings import Settings
+
+log = logging.getLogger("switchyard.scheduler")
+
+
+class LeadershipLost(SwitchyardError):
+    """The advisory lock's connection is gone: another instance may be active now."""
+
+
+@dataclass
+class WorkerInfo:
+    id: str
+    cpu_units: float
+    memory_mb: int
+    slots: int
+    task_types: frozenset[str]
+    state: str = "alive"
+    last_seen: float = field(default_factory=time.monotonic)
+    running: frozenset[UUID] = frozenset()
+    stuck: WorkerCapacity = field(
+        default_factory=lambda: WorkerCapacity(cpu_units=0, memory_mb=0, slots=0)
+    )
+
+
+@dataclass
+class Assignment:
+    job_id: UUID
+    worker_id: str
+    attempt: int
+    cpu_units: float
+    memory_mb: int
+    dispatched: float = field(default_factory=time.monotonic)
+
+
+def lock_key(namespace: str) -> int:
+    """A stable signed 64-bit advisory lock key per namespace."""
+    return int.from_bytes(
+        hashlib.sha256(f"switchyard:{namespace}".encode()).digest()[:8], "big", signed=True
+    )
+
+
+class Scheduler:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.broker = Broker(
+            settings.amqp_url,
+            settings.namespace,
+            name="switchyard-scheduler",
+            publish_timeout=settings.publish_timeout_seconds,
+        )
+        self.workers: dict[str, WorkerInfo] = {}
+        self.assignments: dict[UUID, Assignment] = {}
+        self.inbox: list[Delivery] = []
+        self.wake = asyncio.Event()
+        self.rng = random.Random()
+        self.is_leader = False
+        self._lock_conn: asyncpg.Connection | None = None
+        self._last_lock_check = 0.0
+        self._last_monitoring = 0.0
+        self._sessionmaker: async_sessionmaker[AsyncSession] | None = None
+
+    # ------------------------------------------------------------ leadership
+
+    async def run(self, stop: asyncio.Event) -> None:
+        engine = create_engine(self.settings, pool_size=4)
+        self._sessionmaker = create_sessionmaker(engine)
+        try:
+            async with self.broker:
+                await self._wait_for_leadership(stop)
+                if not stop.is_set():
+                    await self._lead(stop)
+        finally:
+            if self._lock_conn is not None and not self._lock_conn.is_closed():
+                await self._lock_conn.close()
+            await engine.dispose()
+
+    async def _wait_for_leadership(self, stop: asyncio.Event) -> None:
+        key = lock_key(self.settings.namespace)
+        announced = False
+        while not stop.is_set():
+            try:
+                if self._lock_conn is None or self._lock_conn.is_closed():
+                    self._lock_conn = await asyncpg.connect(
+                        self.settings.sync_database_url, timeout=5
+                    )
+                if await self._lock_conn.fetchval("SELECT pg_try_advisory_lock($1)", key):
+                    self.is_leader = True
+                    log.info("active scheduler for namespace %r", self.settings.namespace)
+                    return
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+                log.warning("cannot reach the database for the scheduler lock: %s", exc)
+            if not announced:
+                log.info("standing by: another scheduler is active for %r", self.settings.namespace)
+                announced = True
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=1.0)
+            except TimeoutError:
+                pass
+
+    async def _check_leadership(self) -> None:
+        now = time.monotonic()
+        if now - self._last_lock_check < 0.5:
+            return
+        self._last_lock_check = now
+        try:
+            assert self._lock_conn is not None
+            await self._lock_conn.fetchval("SELECT 1", timeout=5)
+        except (
+            OSError,
+            asyncpg.PostgresError,
+            asyncpg.InterfaceError,
+            TimeoutError,
+            AssertionError,
+        ) as exc:
+            raise LeadershipLost(f"lost the scheduler lock's connection: {exc!r}") from exc
+
+    # ------------------------------------------------------------ the active loop
+
+    async def _lead(self, stop: asyncio.Event) -> None:
+        await self._rebuild()
+        topo = self.broker.topology
+        consumer: Consumer = await self.broker.consume(
+            topo.scheduler_queue, Topology.SCHEDULER_BINDINGS, self._on_delivery, prefetch=5000
+        )
+        try:
+            while not stop.is_set():
+                try:
+                    await asyncio.wait_for(
+                        self.wake.wait(), timeout=self.settings.scheduler_tick_seconds
+                    )
+                except TimeoutError:
+                    pass
+                if stop.is_set():
+                    break
+                self.wake.clear()
+                await self._check_leadership()
+                try:
+                    await self.cycle()
+                except (OSError, TimeoutError) as exc:
+                    log.warning("scheduler cycle failed (%s); retrying next tick", exc)
+                except Exception as exc:
+                    if is_db_outage(exc):
+                        log.warning("database unavailable during a cycle (%s); retrying", exc)
+                        await asyncio.sleep(0.5)
+                    else:
+                        raise
+        finally:
+            await consumer.cancel()
+
+    async def _on_delivery(self, delivery: Delivery) -> None:
+        self.inbox.append(delivery)
+        self.wake.set()
+
+    async def _rebuild(self) -> None:
+        """Take over: workers and allocations as the database has them."""
+        assert self._sessionmaker is not None
+        async with self._sessionmaker() as session:
+            for w in await store.load_live_workers(session):
+                self.workers[w.id] = WorkerInfo(
+                    id=w.id,
+                    cpu_units=w.cpu_units,
+                    memory_mb=w.memory_mb,
+                    slots=w.slots,
+                    task_types=frozenset(w.task_types or ()),
+                    state=w.state,
+                )
+            for r in await store.load_running(session):
+                self.assignments[r.id] = Assignment(
+                    r.id, r.worker_id, r.attempts, r.cpu_units, r.memory_mb
+                )
+        log.info(
+            "took over: %d live worker(s), %d running job(s)",
+            len(self.workers),
+            len(self.assignments),
+        )
+
+    async def cycle(self) -> None:
+        assert self._sessionmaker is not None
+        batch, self.inbox = self.inbox, []
+        reports: list[JobStatusReport] = []
+        beats: dict[str, WorkerHeartbeat] = {}
+        progress: dict[tuple[UUID, int], dict[str, object]] = {}
+        for delivery in batch:
+            msg = delivery.message
+            if isinstance(msg, JobStatusReport):
+                reports.append(msg)
+            elif isinstance(msg, WorkerHeartbeat):
+                beats[msg.worker_id] = msg
+            elif isinstance(msg, JobProgress):
+                progress[(msg.job_id, msg.attempt)] = {
+                    "done": msg.done,
+                    "total": msg.total,
+                    "message": msg.message,
+                    "ts": msg.ts.isoformat(),
+                }
+        for hb in beats.values():
+            self._register_heartbeat(hb)
+
+        events: list[JobStateChanged] = []
+        if reports or beats or progress:
+            async with self._sessionmaker() as session:
+                outcome = await store.apply_reports(session, reports, rng=self.rng)
+                await store.save_progress(session, progress)
+                await store.save_workers(session, list(beats.values()))
+                await session.commit()
+            self._free(outcome.freed)
+            events.extend(outcome.events)
+        for delivery in batch:
+            await delivery.ack()
+
+        events.extend(await self._handle_losses())
+        async with self._sessionmaker() as session:
+            events.extend(
+                await store.promote_due(session, limit=self.settings.scheduler_batch_size)
+            )
+            await session.commit()
+        await self._publish(events)
+        await self._place()
+        await self._monitor()
+
+    # ------------------------------------------------------------ workers and losses
+
+    def _register_heartbeat(self, hb: WorkerHeartbeat) -> None:
+        info = self.workers.get(hb.worker_id)
+        if info is None:
+            info = WorkerInfo(
+                id=hb.worker_id,
+                cpu_units=hb.capacity.cpu_units,
+                memory_mb=hb.capacity.memory_mb,
+                slots=hb.capacity.slots,
+                task_types=frozenset(hb.task_types),
+            )
+            self.workers[hb.worker_id] = info
+            log.info(
+                "worker %s joined (%g cpu, %d MB, %d slots)",
+                hb.worker_id,
+                info.cpu_units,
+                info.memory_mb,
+                info.slots,
+            )
+        info.cpu_units, info.memory_mb, info.slots = (
+            hb.capacity.cpu_units,
+            hb.capacity.memory_mb,
+            hb.capacity.slots,
+        )
+        info.task_types = frozenset(hb.task_types)
+        info.state = "dead" if hb.state == "stopped" else hb.state
+        info.last_seen = time.monotonic()
+        info.running = frozenset(hb.running)
+        info.stuck = hb.stuck
+
+    async def _handle_losses(self) -> list[JobStateChanged]:
+        now = time.monotonic()
+        lease = self.settings.worker_lease_seconds
+        lost: list[JobStatusReport] = []
+        newly_dead: list[str] = []
+        for info in self.workers.values():
+            silent = now - info.last_seen
+            if info.state != "dead" and silent > lease:
+                info.state = "dead"
+                newly_dead.append(info.id)
+                log.warning("worker %s lost: no heartbeat for %.1f s", info.id, silent)
+        for a in list(self.assignments.values()):
+            info = self.workers.get(a.worker_id)
+            reason = None
+            if info is None or info.state == "dead":
+                reason = f"worker {a.worker_id} lost (no heartbeat for over {lease:g} s)"
+            elif a.job_id not in info.running and info.last_seen - a.dispatched > lease:
+                reason = f"worker {a.worker_id} never started the attempt within {lease:g} s"
+            if reason:
+                lost.append(
+                    JobStatusReport(
+                        job_id=a.job_id,
+                        attempt=a.attempt,
+                        worker_id=a.worker_id,
+                        status="failed",
+                        error=reason,
+                    )
+                )
+        if not lost and not newly_dead:
+            return []
+        assert self._sessionmaker is not None
+        async with self._sessionmaker() as session:
+            outcome = await store.apply_reports(session, lost, rng=self.rng)
+            for worker_id in newly_dead:
+                await store.mark_worker_dead(session, worker_id)
+            await session.commit()
+        self._free(outcome.freed)
+        for worker_id in newly_dead:
+            if self.workers.get(worker_id) and self.workers[worker_id].state == "dead":
+                self.workers.pop(worker_id, None)
+        # Tell the logger (its executions row) what happened to each lost attempt.
+        applied = {job_id for job_id, _ in outcome.freed}
+        await self._send(
+            [
+                JobStatusReport(
+                    job_id=r.job_id,
+                    attempt=r.attempt,
+                    worker_id=r.worker_id,
+                    status="lost",
+                    error=r.error,
+                )
+                for r in lost
+                if r.job_id in applied
+            ]
+        )
+        for r in lost:  # reports the fence refused: stale memory, drop it
+            if r.job_id not in applied:
+                self.assignments.pop(r.job_id, None)
+        return outcome.events
+
+    def _free(self, freed: list[tuple[UUID, str]]) -> None:
+        for job_id, worker_id in freed:
+            a = self.assignments.get(job_id)
+            if a is not None and a.worker_id == worker_id:
+                del self.assignments[job_id]
+
+    def _views(self) -> list[WorkerView]:
+        views = {
+            w.id: WorkerView(
+                id=w.id,
+                cpu_units=w.cpu_units,
+                memory_mb=w.memory_mb,
+                slots=w.slots,
+                task_types=w.task_types,
+                used_cpu=w.stuck.cpu_units,
+                used_memory=w.stuck.memory_mb,
+                used_slots=w.stuck.slots,
+                accepting=w.state == "alive",
+            )
+            for w in self.workers.values()
+        }
+        for a in self.assignments.values():
+            v = views.get(a.worker_id)
+            if v is not None:
+                v.used_cpu += a.cpu_units
+                v.used_memory += a.memory_mb
+                v.used_slots += 1
+        return list(views.values())
+
+    # ------------------------------------------------------------ placement
+
+    async def _place(self) -> None:
+        assert self._sessionmaker is not None
+        batch = self.settings.scheduler_batch_size
+        for _ in range(20):  # bounded: let other work (reports) in between
+            async with self._sessionmaker() as session:
+                candidates = await store.ready_candidates(session, per_priority=batch)
+                if not candidates:
+                    return
+                now = datetime.now(UTC)
+                plan = plan_placements(
+                    candidates, self._views(), now=now, aging_seconds=self.settings.aging_seconds
+                )
+                placed = await store.mark_dispatched(
+                    session,
+                    [(job.id, worker_id) for job, worker_id in plan.placements],
+                    lease_seconds=self.settings.worker_lease_seconds,
+                )
+                await store.set_waiting_reasons(session, plan.waiting)
+                await session.commit()
+            if not placed:
+                return
+            for p in placed:
+                self.assignments[p.id] = Assignment(
+                    p.id, p.worker_id, p.attempts, p.cpu_units, p.memory_mb
+                )
+            lease_until = now + timedelta(seconds=self.settings.worker_lease_seconds)
+            dispatches = [
+                (
+                    JobDispatch(
+                        job_id=p.id,
+                        attempt=p.attempts,
+                        type=p.type,
+                        payload=p.payload,
+                        resources=ResourceSpec(cpu_units=p.cpu_units, memory_mb=p.memory_mb),
+                        timeout_seconds=p.timeout_seconds,
+                        lease_expires_at=lease_until,
+                    ),
+                    dispatch_key(p.worker_id, p.id),
+                )
+                for p in placed
+            ]
+            events = [
+                JobStateChanged(
+                    job_id=p.id, type=p.type, old_status="ready", new_status="running",
+                    attempt=p.attempts, worker_id=p.worker_id, reason="dispatched",
+                )
+                for p in placed
+            ]  # fmt: skip
+            try:
+                await self.broker.publish_many(dispatches)
+            except BrokerUnavailable as exc:
+                log.warning(
+                    "dispatch publish failed (%s); putting %d job(s) back", exc, len(placed)
+                )
+                async with self._sessionmaker() as session:
+                    undone = await store.undo_dispatch(session, placed)
+                    await session.commit()
+                for p in placed:
+                    self.assignments.pop(p.id, None)
+                await self._publish(undone)
+                return
+            await self._publish(events)
+            if len(plan.placements) < len(candidates) or len(placed) < batch:
+                return
+
+    # ------------------------------------------------------------ publishing
+
+    async def _publish(self, events: list[JobStateChanged]) -> None:
+        await self._send(list(events))
+
+    async def _send(self, messages: list[_Message]) -> None:
+        if not messages:
+            return
+        try:
+            await self.broker.publish_many([(m, None) for m in messages])
+        except BrokerUnavailable as exc:
+            # Committed already; these are notifications. Say what was not sent.
+            log.warning("%d event(s) not published: %s", len(messages), exc)
+
+    async def _monitor(self) -> None:
+        now = time.monotonic()
+        if now - self._last_monitoring < self.settings.monitoring_seconds:
+            return
+        self._last_monitoring = now
+        assert self._sessionmaker is not None
+        async with self._sessionmaker() as session:
+            by_status, by_priority = await store.queue_depth(session)
+        alive = [w for w in self.workers.values() if w.state != "dead"]
+        views = {v.id: v for v in self._views()}
+        await self._send(
+            [
+                MonitoringQueue(by_status=by_status, by_priority=by_priority),
+                MonitoringResource(
+                    workers_alive=len(alive),
+                    capacity=WorkerCapacity(
+                        cpu_units=sum(w.cpu_units for w in alive),
+                        memory_mb=sum(w.memory_mb for w in alive),
+                        slots=sum(w.slots for w in alive),
+                    ),
+                    allocated=WorkerCapacity(
+                        cpu_units=round(sum(views[w.id].used_cpu for w in alive), 6),
+                        memory_mb=sum(views[w.id].used_memory for w in alive),
+                        slots=sum(views[w.id].used_slots for w in alive),
+                    ),
+                ),
+            ]
+        )

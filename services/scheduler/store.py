@@ -1,0 +1,443 @@
+"""The scheduler's database operations. Each takes a session and never commits.
+
+Every status write goes through the state machine: Python checks with
+``check_transition``; SQL guards with ``WHERE status = ANY(sources_for(new))`` or the
+exact expected old status, so a concurrent cancel from the API is never overwritten.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+import orjson
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from shared import queries
+from shared.jobs import fail_dependents
+from shared.messages import JobStateChanged, JobStatusReport, WorkerHeartbeat
+from shared.scheduling import Candidate, retry_delay
+from shared.states import JobStatus, check_transition
+
+S = JobStatus
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class ReportOutcome:
+    """What applying a batch of reports changed."""
+
+    events: list[JobStateChanged] = field(default_factory=list)
+    freed: list[tuple[UUID, str]] = field(default_factory=list)  # (job, worker) no longer running
+    ignored: int = 0
+
+
+def _event(
+    row: Any, old: str, new: str, reason: str | None, worker: str | None = None
+) -> JobStateChanged:
+    return JobStateChanged(
+        job_id=row.id,
+        type=row.type,
+        old_status=old,
+        new_status=new,
+        attempt=row.attempts,
+        worker_id=worker if worker is not None else row.worker_id,
+        reason=reason,
+    )
+
+
+@dataclass
+class JobState:
+    """The columns of a job that deciding on a report needs."""
+
+    id: UUID
+    type: str
+    status: str
+    attempts: int
+    runs: int
+    max_attempts: int
+    worker_id: str | None
+    cancel_requested: bool
+    retry_initial_delay: float
+    retry_backoff: float
+    retry_max_delay: float
+    started_at: datetime | None
+
+
+async def apply_reports(
+    session: AsyncSession, reports: list[JobStatusReport], *, rng: random.Random | None = None
+) -> ReportOutcome:
+    """Apply workers' attempt reports in order; reports for a superseded attempt (or a
+    job no longer running there) are ignored: that is the attempt fence."""
+    out = ReportOutcome()
+    ids = list({r.job_id for r in reports})
+    if not ids:
+        return out
+    result = await session.execute(
+        text(
+            "SELECT id, type, status, attempts, runs, max_attempts, worker_id, cancel_requested,"
+            " retry_initial_delay, retry_backoff, retry_max_delay, started_at"
+            " FROM jobs WHERE id = ANY(:ids) ORDER BY id FOR UPDATE"
+        ),
+        {"ids": ids},
+    )
+    jobs = {r.id: JobState(**r._mapping) for r in result}
+    now = utcnow()
+    completed: list[UUID] = []
+    failed_roots: list[tuple[UUID, str]] = []
+    for report in reports:
+        job = jobs.get(report.job_id)
+        if (
+            job is None
+            or job.status != S.RUNNING
+            or job.attempts != report.attempt
+            or job.worker_id != report.worker_id
+        ):
+            out.ignored += report.status != "lost"
+            continue
+        if report.status == "started":
+            if job.started_at is None:
+                await session.execute(
+                    text("UPDATE jobs SET started_at = :ts, updated_at = now() WHERE id = :id"),
+                    {"ts": report.ts, "id": job.id},
+                )
+                job.started_at = report.ts
+            continue
+        if report.status == "lost":
+            continue  # the scheduler wrote this itself after applying the loss
+        new, values, reason = _decide(job, report, now, rng)
+        check_transition(job.status, new)
+        sets = ", ".join(f"{k} = :{k}" for k in values)
+        await session.execute(
+            text(
+                f"UPDATE jobs SET status = :new, {sets}, updated_at = now() "
+                "WHERE id = :id AND status = 'running' AND attempts = :expected"
+            ),
+            {**values, "id": job.id, "expected": job.attempts, "new": new.value},
+        )
+        out.events.append(_event(job, job.status, new.value, reason, worker=report.worker_id))
+        out.freed.append((job.id, report.worker_id))
+        job.status = new.value
+        if new == S.COMPLETED:
+            completed.append(job.id)
+        elif new in (S.FAILED, S.CANCELLED):
+            failed_roots.append((job.id, new.value))
+    if completed:
+        out.events.extend(await unblock_children(session, completed))
+    for job_id, status in failed_roots:
+        out.events.extend(await fail_dependents(session, job_id, status))
+    return out
+
+
+def _decide(
+    row: JobState, report: JobStatusReport, now: datetime, rng: random.Random | None
+) -> tuple[JobStatus, dict[str, Any], str | None]:
+    """The next status of a running job given its worker's report, and the columns to set."""
+    done = {"finished_at": now, "lease_expires_at": None}
+    match report.status:
+        case "completed":
+            return (
+                S.COMPLETED,
+                {**done, "result": _json(report.result), "error": None},
+                "completed",
+            )
+        case "cancelled":
+            return S.CANCELLED, {**done, "error": "cancelled by request"}, "cancelled"
+        case "handed_back":
+            return (
+                S.READY,
+                {
+                    "runs": row.runs - 1,
+                    "worker_id": None,
+                    "lease_expires_at": None,
+                    "ready_at": now,
+                },
+                f"handed back: {report.error}",
+            )
+    # failed (or timed out)
+    error = report.error or "failed"
+    if row.cancel_requested:
+        return S.CANCELLED, {**done, "error": f"cancelled by request ({error})"}, "cancelled"
+    if row.runs < row.max_attempts:
+        delay = retry_delay(
+            row.runs,
+            initial=row.retry_initial_delay,
+            multiplier=row.retry_backoff,
+            max_delay=row.retry_max_delay,
+            rng=rng,
+        )
+        return (
+            S.RETRYING,
+            {"run_at": now + timedelta(seconds=delay), "error": error, "lease_expires_at": None},
+            f"attempt {row.attempts} failed: {error}; retry in {delay:.2f} s",
+        )
+    return (
+        S.FAILED,
+        {**done, "error": f"attempt {row.attempts} of {row.max_attempts} failed: {error}"},
+        f"attempts exhausted: {error}",
+    )
+
+
+def _json(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+async def unblock_children(session: AsyncSession, parents: list[UUID]) -> list[JobStateChanged]:
+    """Completed parents: decrement their children's unmet counts; those reaching zero
+    become ready (or pending while their run_at is ahead)."""
+    rows = await session.execute(
+        text(
+            """
+            WITH c AS (
+                SELECT job_id, count(*) AS n FROM job_dependencies
+                WHERE depends_on_id = ANY(:parents) GROUP BY job_id
+            )
+            UPDATE jobs j
+            SET unmet_dependencies = j.unmet_dependencies - c.n,
+                status = CASE WHEN j.unmet_dependencies - c.n > 0 THEN j.status
+                              WHEN j.run_at > now() THEN 'pending' ELSE 'ready' END,
+                ready_at = CASE WHEN j.unmet_dependencies - c.n = 0 AND j.run_at <= now()
+                                THEN now() ELSE j.ready_at END,
+                updated_at = now()
+            FROM c WHERE j.id = c.job_id AND j.status = 'blocked'
+            RETURNING j.id, j.type, j.status, j.attempts, j.worker_id
+            """
+        ),
+        {"parents": parents},
+    )
+    events = []
+    for row in rows:
+        if row.status != S.BLOCKED:
+            check_transition(S.BLOCKED, row.status)
+            events.append(_event(row, S.BLOCKED.value, row.status, "dependencies completed"))
+    return events
+
+
+async def promote_due(session: AsyncSession, *, limit: int) -> list[JobStateChanged]:
+    """Delayed and backoff jobs whose time has come become ready."""
+    rows = await session.execute(
+        text(
+            f"""
+            WITH due AS ({
+                queries.DUE_JOBS.replace("SELECT id FROM", "SELECT id, status FROM").replace(
+                    "$1", ":limit"
+                )
+            } FOR UPDATE SKIP LOCKED)
+            UPDATE jobs j SET status = 'ready', ready_at = now(), updated_at = now()
+            FROM due WHERE j.id = due.id
+            RETURNING j.id, j.type, due.status AS old, j.attempts, j.worker_id
+            """
+        ),
+        {"limit": limit},
+    )
+    return [_event(r, r.old, S.READY.value, "due") for r in rows]
+
+
+async def ready_candidates(session: AsyncSession, *, per_priority: int) -> list[Candidate]:
+    rows = await session.execute(
+        text(queries.CLAIM_READY_HEADS.replace("$1", ":n")), {"n": per_priority}
+    )
+    return [Candidate(r.id, r.type, r.priority, r.cpu_units, r.memory_mb, r.run_at) for r in rows]
+
+
+@dataclass
+class Placed:
+    id: UUID
+    type: str
+    payload: dict[str, Any]
+    cpu_units: float
+    memory_mb: int
+    timeout_seconds: float | None
+    attempts: int
+    worker_id: str
+
+
+async def mark_dispatched(
+    session: AsyncSession, placements: list[tuple[UUID, str]], *, lease_seconds: float
+) -> list[Placed]:
+    """ready -> running on the chosen worker; a new attempt number (the fence)."""
+    if not placements:
+        return []
+    check_transition(S.READY, S.RUNNING)
+    rows = await session.execute(
+        text(
+            """
+            UPDATE jobs j
+            SET status = 'running', attempts = j.attempts + 1, runs = j.runs + 1,
+                worker_id = p.worker_id, dispatched_at = now(),
+                lease_expires_at = now() + make_interval(secs => :lease),
+                waiting_reason = NULL, cancel_requested = false, error = NULL,
+                updated_at = now()
+            FROM unnest(CAST(:ids AS uuid[]), CAST(:workers AS text[])) AS p(id, worker_id)
+            WHERE j.id = p.id AND j.status = 'ready'
+            RETURNING j.id, j.type, j.payload, j.cpu_units, j.memory_mb, j.timeout_seconds,
+                      j.attempts, j.worker_id, j.lease_expires_at
+            """
+        ),
+        {
+            "ids": [p[0] for p in placements],
+            "workers": [p[1] for p in placements],
+            "lease": lease_seconds,
+        },
+    )
+    return [
+        Placed(
+            r.id,
+            r.type,
+            r.payload,
+            r.cpu_units,
+            r.memory_mb,
+            r.timeout_seconds,
+            r.attempts,
+            r.worker_id,
+        )
+        for r in rows
+    ]
+
+
+async def undo_dispatch(session: AsyncSession, placed: list[Placed]) -> list[JobStateChanged]:
+    """The dispatch could not be published: put the attempt back (it never ran)."""
+    check_transition(S.RUNNING, S.READY)
+    rows = await session.execute(
+        text(
+            """
+            UPDATE jobs j SET status = 'ready', runs = j.runs - 1, worker_id = NULL,
+                lease_expires_at = NULL, ready_at = now(), updated_at = now()
+            FROM unnest(CAST(:ids AS uuid[]), CAST(:attempts AS int[])) AS p(id, attempt)
+            WHERE j.id = p.id AND j.status = 'running' AND j.attempts = p.attempt
+            RETURNING j.id, j.type, j.attempts, j.worker_id
+            """
+        ),
+        {"ids": [p.id for p in placed], "attempts": [p.attempts for p in placed]},
+    )
+    return [_event(r, S.RUNNING.value, S.READY.value, "dispatch not delivered") for r in rows]
+
+
+async def set_waiting_reasons(session: AsyncSession, reasons: dict[UUID, str]) -> None:
+    if not reasons:
+        return
+    await session.execute(
+        text(
+            """
+            UPDATE jobs j SET waiting_reason = r.reason
+            FROM unnest(CAST(:ids AS uuid[]), CAST(:reasons AS text[])) AS r(id, reason)
+            WHERE j.id = r.id AND j.status = 'ready' AND j.waiting_reason IS DISTINCT FROM r.reason
+            """
+        ),
+        {"ids": list(reasons), "reasons": list(reasons.values())},
+    )
+
+
+async def save_progress(
+    session: AsyncSession, updates: dict[tuple[UUID, int], dict[str, Any]]
+) -> None:
+    if not updates:
+        return
+    await session.execute(
+        text(
+            """
+            UPDATE jobs j SET progress = CAST(u.progress AS jsonb)
+            FROM unnest(CAST(:ids AS uuid[]), CAST(:attempts AS int[]), CAST(:progress AS text[]))
+                 AS u(id, attempt, progress)
+            WHERE j.id = u.id AND j.attempts = u.attempt AND j.status = 'running'
+            """
+        ),
+        {
+            "ids": [k[0] for k in updates],
+            "attempts": [k[1] for k in updates],
+            "progress": [_json(v) for v in updates.values()],
+        },
+    )
+
+
+async def save_workers(session: AsyncSession, beats: list[WorkerHeartbeat]) -> None:
+    for hb in beats:
+        await session.execute(
+            text(
+                """
+                INSERT INTO workers (id, state, cpu_units, memory_mb, slots, allocated_cpu_units,
+                    allocated_memory_mb, allocated_slots, running, task_types, cpu_percent,
+                    memory_percent, started_at, last_heartbeat_at)
+                VALUES (:id, :state, :cpu, :mem, :slots, :acpu, :amem, :aslots,
+                    CAST(:running AS uuid[]), CAST(:types AS text[]), :cpup, :memp, :started, :ts)
+                ON CONFLICT (id) DO UPDATE SET state = excluded.state,
+                    cpu_units = excluded.cpu_units, memory_mb = excluded.memory_mb,
+                    slots = excluded.slots, allocated_cpu_units = excluded.allocated_cpu_units,
+                    allocated_memory_mb = excluded.allocated_memory_mb,
+                    allocated_slots = excluded.allocated_slots, running = excluded.running,
+                    task_types = excluded.task_types, cpu_percent = excluded.cpu_percent,
+                    memory_percent = excluded.memory_percent, started_at = excluded.started_at,
+                    last_heartbeat_at = excluded.last_heartbeat_at
+                """
+            ),
+            {
+                "id": hb.worker_id,
+                "state": hb.state if hb.state != "stopped" else "dead",
+                "cpu": hb.capacity.cpu_units,
+                "mem": hb.capacity.memory_mb,
+                "slots": hb.capacity.slots,
+                "acpu": hb.allocated.cpu_units,
+                "amem": hb.allocated.memory_mb,
+                "aslots": hb.allocated.slots,
+                "running": [str(r) for r in hb.running],
+                "types": hb.task_types,
+                "cpup": hb.cpu_percent,
+                "memp": hb.memory_percent,
+                "started": hb.started_at,
+                "ts": hb.ts,
+            },
+        )
+
+
+async def mark_worker_dead(session: AsyncSession, worker_id: str) -> None:
+    await session.execute(
+        text("UPDATE workers SET state = 'dead', running = '{}' WHERE id = :id"), {"id": worker_id}
+    )
+
+
+async def load_running(session: AsyncSession) -> list[Any]:
+    """Running jobs, to rebuild the allocation picture on takeover."""
+    return list(
+        await session.execute(
+            text(
+                "SELECT id, worker_id, attempts, cpu_units, memory_mb FROM jobs WHERE status = 'running'"
+            )
+        )
+    )
+
+
+async def load_live_workers(session: AsyncSession) -> list[Any]:
+    return list(
+        await session.execute(
+            text(
+                "SELECT id, state, cpu_units, memory_mb, slots, task_types FROM workers"
+                " WHERE state IN ('alive', 'draining')"
+            )
+        )
+    )
+
+
+async def queue_depth(session: AsyncSession) -> tuple[dict[str, int], dict[str, int]]:
+    rows = await session.execute(
+        text(
+            "SELECT status, priority, count(*) AS n FROM jobs"
+            " WHERE status IN ('pending', 'blocked', 'ready', 'running', 'retrying')"
+            " GROUP BY status, priority"
+        )
+    )
+    by_status: dict[str, int] = {}
+    by_priority: dict[str, int] = {}
+    names = {0: "critical", 1: "high", 2: "normal", 3: "low"}
+    for r in rows:
+        by_status[r.status] = by_status.get(r.status, 0) + r.n
+        if r.status in ("ready", "retrying", "pending"):
+            key = names[r.priority]
+            by_priority[key] = by_priority.get(key, 0) + r.n
+    return by_status, by_priority

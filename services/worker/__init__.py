@@ -1,0 +1,1 @@
+"""The worker service: runs @task functions in a thread pool."""

@@ -1,0 +1,452 @@
+"""The worker: consumes its dispatch queue, runs jobs on a thread pool, reports back.
+
+* The event loop alone talks to RabbitMQ; task threads hand log lines, progress and
+  outcomes back with ``loop.call_soon_threadsafe``.
+* Dispatches are acked on receipt (a job may outlive RabbitMQ's consumer_timeout); the
+  database, not the queue, is the truth: if this process dies, the scheduler sees the
+  heartbeats stop and retries its jobs elsewhere.
+* Fencing: a dispatch already seen (duplicate delivery) is ignored; one whose lease
+  has expired before it arrived is handed back unrun (the scheduler has, or will have,
+  moved the job on, and ignores reports for a superseded attempt).
+* Timeout / cancel: the task's ``ctx.cancelled`` is set; if its thread has not returned
+  after ``cancel_grace_seconds`` the attempt is reported ended anyway and the thread is
+  counted as *stuck*: its cpu, memory and slot stay reserved (reported in heartbeats)
+  until it returns, so the worker is never overcommitted by a thread that will not stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import threading
+import time
+from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
+
+import psutil
+
+from services.worker.runner import Outcome, run_task
+from shared.catalog import announce_task_types
+from shared.db import create_engine, create_sessionmaker
+from shared.errors import BrokerUnavailable
+from shared.messages import (
+    JobCancel,
+    JobDispatch,
+    JobLog,
+    JobProgress,
+    JobStatusReport,
+    WorkerCapacity,
+    WorkerHeartbeat,
+    _Message,
+)
+from shared.messaging import Broker, Consumer, Delivery, Topology
+from shared.settings import Settings
+from shared.tasks import TaskContext, TaskLogger, TaskRegistry
+
+log = logging.getLogger("switchyard.worker")
+
+PROGRESS_INTERVAL = 0.2  # seconds between progress messages of one job
+SEEN_MEMORY = 10_000  # (job, attempt) pairs remembered for duplicate detection
+
+
+@dataclass
+class Running:
+    dispatch: JobDispatch
+    ctx: TaskContext
+    started: float
+    future: Future[Outcome] | None = None
+    reported: bool = False  # the attempt's end was reported (thread may still run)
+    cancel_requested: bool = False
+    timed_out: bool = False
+    timers: list[asyncio.TimerHandle] = field(default_factory=list)
+    last_progress: float = 0.0
+    pending_progress: JobProgress | None = None
+
+    @property
+    def key(self) -> tuple[UUID, int]:
+        return (self.dispatch.job_id, self.dispatch.attempt)
+
+
+class Worker:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        registry: TaskRegistry,
+        worker_id: str,
+        threads: int,
+        cpu_units: float,
+        memory_mb: int,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.worker_id = worker_id
+        self.capacity = WorkerCapacity(cpu_units=cpu_units, memory_mb=memory_mb, slots=threads)
+        self.broker = Broker(
+            settings.amqp_url,
+            settings.namespace,
+            name=f"switchyard-worker-{worker_id}",
+            publish_timeout=settings.publish_timeout_seconds,
+        )
+        self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="task")
+        self.running: dict[tuple[UUID, int], Running] = {}
+        self.stuck: dict[tuple[UUID, int], Running] = {}
+        self.seen: OrderedDict[tuple[UUID, int], None] = OrderedDict()
+        self.outbox: asyncio.Queue[_Message | tuple[_Message, str]] = asyncio.Queue()
+        self.state = "alive"
+        self.started_at = datetime.now(UTC)
+        self._consumer: Consumer | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._idle = asyncio.Event()
+        self._process = psutil.Process()
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Serve until ``stop`` is set, then drain and return."""
+        self._loop = asyncio.get_running_loop()
+        await self.announce()
+        async with self.broker:
+            publisher = asyncio.create_task(self._publish_outbox(), name="publisher")
+            heartbeat = asyncio.create_task(self._heartbeats(), name="heartbeat")
+            topo = self.broker.topology
+            self._consumer = await self.broker.consume(
+                topo.worker_queue(self.worker_id),
+                Topology.worker_bindings(self.worker_id),
+                self._on_delivery,
+                prefetch=self.capacity.slots * 2,
+                # A queue nobody consumes for an hour (a worker id never reused) goes away.
+                arguments={"x-expires": 3_600_000},
+            )
+            self._send_heartbeat()
+            log.info(
+                "worker %s ready: %s threads, %g cpu units, %d MB; tasks: %s",
+                self.worker_id,
+                self.capacity.slots,
+                self.capacity.cpu_units,
+                self.capacity.memory_mb,
+                ", ".join(self.registry.names()),
+            )
+            await stop.wait()
+            await self.drain()
+            heartbeat.cancel()
+            self.state = "stopped"
+            self._send_heartbeat()
+            await self._flush_outbox()
+            publisher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await publisher
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+    async def announce(self) -> None:
+        """Write this worker's task types into ``task_types`` so the API accepts them."""
+        engine = create_engine(self.settings, pool_size=1)
+        try:
+            async with create_sessionmaker(engine)() as session:
+                await announce_task_types(session, self.registry)
+                await session.commit()
+        finally:
+            await engine.dispose()
+
+    async def drain(self) -> None:
+        """SIGTERM: stop taking work, let running jobs finish within the grace period,
+        then hand back (as failed attempts, retried elsewhere) what still runs."""
+        self.state = "draining"
+        log.info(
+            "draining: %d job(s) running, grace %.0f s",
+            len(self.running),
+            self.settings.worker_grace_seconds,
+        )
+        if self._consumer is not None:
+            await self._consumer.cancel()
+        self._send_heartbeat()
+        deadline = time.monotonic() + self.settings.worker_grace_seconds
+        while self.running and time.monotonic() < deadline:
+            self._idle.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._idle.wait(), timeout=max(0.0, deadline - time.monotonic())
+                )
+        for run in list(self.running.values()):
+            run.ctx.cancelled.set()
+            self._report_end(
+                run,
+                JobStatusReport(
+                    job_id=run.dispatch.job_id,
+                    attempt=run.dispatch.attempt,
+                    worker_id=self.worker_id,
+                    status="failed",
+                    error=f"worker {self.worker_id} shut down before the attempt finished "
+                    f"(grace {self.settings.worker_grace_seconds:g} s)",
+                ),
+            )
+
+    def threads_still_running(self) -> int:
+        return sum(
+            1
+            for r in [*self.running.values(), *self.stuck.values()]
+            if r.future and not r.future.done()
+        )
+
+    # ------------------------------------------------------------ messages in
+
+    async def _on_delivery(self, delivery: Delivery) -> None:
+        message = delivery.message
+        if isinstance(message, JobDispatch):
+            self._accept(message)
+        elif isinstance(message, JobCancel):
+            self._cancel(message)
+        await delivery.ack()
+
+    def _accept(self, dispatch: JobDispatch) -> None:
+        key = (dispatch.job_id, dispatch.attempt)
+        if key in self.seen:
+            log.info("ignoring duplicate dispatch of job %s attempt %d", *key)
+            return
+        self.seen[key] = None
+        while len(self.seen) > SEEN_MEMORY:
+            self.seen.popitem(last=False)
+        definition = self.registry.get(dispatch.type)
+        reason = None
+        if self.state != "alive":
+            reason = f"worker {self.worker_id} is draining"
+        elif dispatch.lease_expires_at < datetime.now(UTC):
+            reason = "dispatch arrived after its lease expired (stale attempt)"
+        elif definition is None:
+            reason = f"worker {self.worker_id} does not run task type {dispatch.type!r}"
+        elif not self._fits(dispatch):
+            reason = f"worker {self.worker_id} has no room (threads still stopping)"
+        if reason is not None or definition is None:
+            log.info("handing back job %s attempt %d: %s", *key, reason)
+            self._emit(
+                JobStatusReport(
+                    job_id=dispatch.job_id,
+                    attempt=dispatch.attempt,
+                    worker_id=self.worker_id,
+                    status="handed_back",
+                    error=reason,
+                )
+            )
+            return
+        run = Running(dispatch=dispatch, ctx=self._context(dispatch), started=time.monotonic())
+        self.running[key] = run
+        self._emit(
+            JobStatusReport(
+                job_id=dispatch.job_id,
+                attempt=dispatch.attempt,
+                worker_id=self.worker_id,
+                status="started",
+            )
+        )
+        future = self.executor.submit(run_task, definition, run.ctx, dispatch.payload)
+        run.future = future
+        loop = self._loop
+        assert loop is not None
+        future.add_done_callback(lambda f: loop.call_soon_threadsafe(self._finished, run, f))
+        if dispatch.timeout_seconds:
+            run.timers.append(loop.call_later(dispatch.timeout_seconds, self._time_out, run))
+
+    def _cancel(self, message: JobCancel) -> None:
+        for key, run in list(self.running.items()):
+            if key[0] == message.job_id and key[1] <= message.attempt:
+                log.info("cancelling job %s attempt %d", *key)
+                run.cancel_requested = True
+                run.ctx.cancelled.set()
+                self._schedule_grace(run)
+
+    # ------------------------------------------------------------ attempt lifecycle
+
+    def _context(self, dispatch: JobDispatch) -> TaskContext:
+        loop = self._loop
+        assert loop is not None
+        job_id, attempt = dispatch.job_id, dispatch.attempt
+
+        def emit_log(seq: int, level: str, message: str) -> None:
+            line = JobLog(job_id=job_id, attempt=attempt, seq=seq, level=level, message=message)
+            loop.call_soon_threadsafe(self._emit, line)
+
+        def report_progress(done: float, total: float | None, message: str | None) -> None:
+            update = JobProgress(
+                job_id=job_id, attempt=attempt, done=done, total=total, message=message
+            )
+            loop.call_soon_threadsafe(self._progress, (job_id, attempt), update)
+
+        return TaskContext(
+            job_id=job_id,
+            attempt=attempt,
+            log=TaskLogger(emit_log),
+            cancelled=threading.Event(),
+            _report_progress=report_progress,
+        )
+
+    def _progress(self, key: tuple[UUID, int], update: JobProgress) -> None:
+        run = self.running.get(key)
+        if run is None or run.reported:
+            return
+        now = time.monotonic()
+        final = update.total is not None and update.done >= update.total
+        if final or now - run.last_progress >= PROGRESS_INTERVAL:
+            run.last_progress = now
+            run.pending_progress = None
+            self._emit(update)
+        else:  # throttled: keep the latest, sent at the next window or at the end
+            run.pending_progress = update
+
+    def _time_out(self, run: Running) -> None:
+        if run.reported or (run.future is not None and run.future.done()):
+            return
+        log.info("job %s attempt %d timed out", *run.key)
+        run.timed_out = True
+        run.ctx.cancelled.set()
+        self._schedule_grace(run)
+
+    def _schedule_grace(self, run: Running) -> None:
+        loop = self._loop
+        assert loop is not None
+        run.timers.append(
+            loop.call_later(self.settings.cancel_grace_seconds, self._give_up_waiting, run)
+        )
+
+    def _give_up_waiting(self, run: Running) -> None:
+        """The task ignored its cancelled flag: end the attempt now, keep its resources."""
+        if run.reported or (run.future is not None and run.future.done()):
+            return
+        log.warning(
+            "job %s attempt %d did not stop within %.1f s; reporting it ended, its thread is stuck",
+            *run.key,
+            self.settings.cancel_grace_seconds,
+        )
+        self._report_end(run, self._end_report(run, None))
+        self.stuck[run.key] = run
+
+    def _finished(self, run: Running, future: Future[Outcome]) -> None:
+        for timer in run.timers:
+            timer.cancel()
+        if run.reported:  # a stuck thread finally returned: free its resources
+            self.stuck.pop(run.key, None)
+            log.info("stuck thread of job %s attempt %d returned", *run.key)
+            self._send_heartbeat()
+            return
+        outcome = future.result()
+        if run.pending_progress is not None:
+            self._emit(run.pending_progress)
+            run.pending_progress = None
+        self._report_end(run, self._end_report(run, outcome))
+
+    def _end_report(self, run: Running, outcome: Outcome | None) -> JobStatusReport:
+        base = {
+            "job_id": run.dispatch.job_id,
+            "attempt": run.dispatch.attempt,
+            "worker_id": self.worker_id,
+        }
+        if run.timed_out:
+            return JobStatusReport(
+                **base,
+                status="failed",
+                timed_out=True,
+                error=f"timed out after {run.dispatch.timeout_seconds:g} s",
+            )
+        if run.cancel_requested or (outcome is not None and outcome.cancelled):
+            return JobStatusReport(**base, status="cancelled", error="cancelled by request")
+        if outcome is None:
+            return JobStatusReport(**base, status="failed", error="attempt abandoned")
+        if outcome.ok:
+            return JobStatusReport(**base, status="completed", result=outcome.result)
+        return JobStatusReport(
+            **base, status="failed", error=outcome.error, traceback=outcome.traceback
+        )
+
+    def _report_end(self, run: Running, report: JobStatusReport) -> None:
+        run.reported = True
+        self.running.pop(run.key, None)
+        self._emit(report)
+        if not self.running:
+            self._idle.set()
+
+    # ------------------------------------------------------------ resources
+
+    def _allocated(self) -> WorkerCapacity:
+        runs = [*self.running.values(), *self.stuck.values()]
+        return WorkerCapacity(
+            cpu_units=round(sum(r.dispatch.resources.cpu_units for r in runs), 6),
+            memory_mb=sum(r.dispatch.resources.memory_mb for r in runs),
+            slots=len(runs),
+        )
+
+    def _fits(self, dispatch: JobDispatch) -> bool:
+        used = self._allocated()
+        return (
+            used.slots + 1 <= self.capacity.slots
+            and used.cpu_units + dispatch.resources.cpu_units <= self.capacity.cpu_units + 1e-9
+            and used.memory_mb + dispatch.resources.memory_mb <= self.capacity.memory_mb
+        )
+
+    # ------------------------------------------------------------ messages out
+
+    def _emit(self, message: _Message) -> None:
+        self.outbox.put_nowait(message)
+
+    def _send_heartbeat(self) -> None:
+        stuck = list(self.stuck.values())
+        self._emit(
+            WorkerHeartbeat(
+                worker_id=self.worker_id,
+                state=self.state,  # type: ignore[arg-type]
+                capacity=self.capacity,
+                allocated=self._allocated(),
+                stuck=WorkerCapacity(
+                    cpu_units=sum(r.dispatch.resources.cpu_units for r in stuck),
+                    memory_mb=sum(r.dispatch.resources.memory_mb for r in stuck),
+                    slots=len(stuck),
+                ),
+                running=[k[0] for k in self.running],
+                task_types=self.registry.names(),
+                cpu_percent=psutil.cpu_percent(interval=None),
+                memory_percent=round(self._process.memory_percent(), 3),
+                started_at=self.started_at,
+            )
+        )
+
+    async def _heartbeats(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_seconds)
+            self._send_heartbeat()
+
+    async def _publish_outbox(self) -> None:
+        """Publish queued messages in order, batches pipelined; retry, never drop."""
+        while True:
+            first = await self.outbox.get()
+            batch: list[Any] = [first]
+            while not self.outbox.empty() and len(batch) < 500:
+                batch.append(self.outbox.get_nowait())
+            delay = 0.2
+            while True:
+                try:
+                    await self.broker.publish_many([(m, None) for m in batch])
+                    break
+                except BrokerUnavailable as exc:
+                    log.warning(
+                        "publishing %d message(s) failed (%s); retrying in %.1f s",
+                        len(batch),
+                        exc,
+                        delay,
+                    )
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+            for _ in batch:
+                self.outbox.task_done()
+
+    async def _flush_outbox(self, timeout: float = 10.0) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.outbox.join(), timeout=timeout)
+
+
+def default_worker_id() -> str:
+    host = "".join(c if c.isalnum() or c in "-_." else "-" for c in os.uname().nodename)
+    return f"{host[:60]}-{os.getpid()}"
