@@ -297,13 +297,13 @@ async def submit_jobs(
         for dep in it.external_deps:
             status = parents[dep]
             if status in (S.FAILED, S.CANCELLED):
-                failed_reason = failed_reason or f"dependency {dep} is {status}"
+                failed_reason = failed_reason or f"dependency {dep} {status}"
             elif status != S.COMPLETED:
                 unmet += 1
         for j in it.local_deps:
             parent_status = statuses[j]
             if parent_status in (S.FAILED, S.CANCELLED):
-                failed_reason = failed_reason or f"dependency {items[j].id} is {parent_status}"
+                failed_reason = failed_reason or f"dependency {items[j].id} {parent_status}"
             elif parent_status != S.COMPLETED:
                 unmet += 1
         run_at = it.spec.run_at or now
@@ -558,48 +558,49 @@ async def job_logs(session: AsyncSession, job_id: UUID) -> JobLogs:
 async def fail_dependents(
     session: AsyncSession, parent_id: UUID, parent_status: str
 ) -> list[JobStateChanged]:
-    """Fail every unfinished descendant of ``parent_id``; each error names its parent."""
-    rows = await session.execute(
-        text(
-            """
-            WITH RECURSIVE tree(job_id, parent_id) AS (
-                SELECT jd.job_id, jd.depends_on_id FROM job_dependencies jd
-                WHERE jd.depends_on_id = :root
-                UNION
-                SELECT jd.job_id, jd.depends_on_id
-                FROM job_dependencies jd JOIN tree t ON jd.depends_on_id = t.job_id
-            ), first_parent AS (
-                SELECT DISTINCT ON (job_id) job_id, parent_id FROM tree ORDER BY job_id, parent_id
+    """Fail every unfinished descendant of ``parent_id``; each error names its parent.
+
+    Level by level, each level a statement of its own: a job's children are read only
+    after the job itself is locked (updated), so a child committed concurrently by the
+    API (which reads its parents FOR SHARE) is either seen here or sees its parent
+    already failed. The caller has locked ``parent_id``.
+    """
+    # Only jobs still waiting can fail this way: descendants of an unfinished parent
+    # are blocked (or pending) by construction.
+    sources = [s for s in sources_for(S.FAILED) if s in (S.BLOCKED, S.PENDING)]
+    events: list[JobStateChanged] = []
+    frontier, status = [parent_id], parent_status
+    while frontier:
+        rows = (
+            await session.execute(
+                text(
+                    """
+                    UPDATE jobs j
+                    SET status = 'failed', error = 'dependency ' || d.parent::text || ' ' || :how,
+                        finished_at = now(), updated_at = now(), unmet_dependencies = 0
+                    FROM (SELECT DISTINCT ON (job_id) job_id, depends_on_id AS parent
+                          FROM job_dependencies WHERE depends_on_id = ANY(:frontier)
+                          ORDER BY job_id, depends_on_id) d
+                    WHERE j.id = d.job_id AND j.status = ANY(:sources)
+                    RETURNING j.id, j.type, j.status, j.error, j.attempts
+                    """
+                ),
+                {"frontier": frontier, "how": status, "sources": sources},
             )
-            UPDATE jobs j
-            SET status = 'failed',
-                error = 'dependency ' || fp.parent_id::text || ' '
-                        || CASE WHEN fp.parent_id = :root THEN :root_status ELSE 'failed' END,
-                finished_at = now(), updated_at = now(), unmet_dependencies = 0
-            FROM first_parent fp
-            WHERE j.id = fp.job_id AND j.status = ANY(:sources)
-            RETURNING j.id, j.type, j.error, j.attempts
-            """
-        ),
-        {
-            "root": parent_id,
-            "root_status": parent_status,
-            # Only jobs still waiting can fail this way; descendants of an unfinished
-            # parent are blocked by construction.
-            "sources": [s for s in sources_for(S.FAILED) if s in (S.BLOCKED, S.PENDING)],
-        },
-    )
-    return [
-        JobStateChanged(
-            job_id=r.id,
-            type=r.type,
-            old_status=S.BLOCKED.value,
-            new_status=S.FAILED.value,
-            attempt=r.attempts,
-            reason=r.error,
+        ).all()
+        events.extend(
+            JobStateChanged(
+                job_id=r.id,
+                type=r.type,
+                old_status=S.BLOCKED.value,
+                new_status=S.FAILED.value,
+                attempt=r.attempts,
+                reason=r.error,
+            )
+            for r in rows
         )
-        for r in rows
-    ]
+        frontier, status = [r.id for r in rows], S.FAILED.value
+    return events
 
 
 async def cancel_job(

@@ -407,7 +407,8 @@ async def load_running(session: AsyncSession) -> list[Any]:
     return list(
         await session.execute(
             text(
-                "SELECT id, worker_id, attempts, cpu_units, memory_mb FROM jobs WHERE status = 'running'"
+                "SELECT id, worker_id, attempts, cpu_units, memory_mb"
+                " FROM jobs WHERE status = 'running'"
             )
         )
     )

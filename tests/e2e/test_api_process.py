@@ -18,7 +18,14 @@ def test_readme_example_and_docs(api_url: str) -> None:
     docs = httpx.get(f"{api_url}/docs")
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
     schema = httpx.get(f"{api_url}/openapi.json").json()
-    assert {"/jobs", "/jobs/batch", "/jobs/{job_id}", "/jobs/{job_id}/cancel", "/jobs/{job_id}/logs", "/healthz"} <= set(schema["paths"])
+    assert {
+        "/jobs",
+        "/jobs/batch",
+        "/jobs/{job_id}",
+        "/jobs/{job_id}/cancel",
+        "/jobs/{job_id}/logs",
+        "/healthz",
+    } <= set(schema["paths"])
     # The README's curl example, with httpx.
     r = httpx.post(
         f"{api_url}/jobs",
@@ -52,11 +59,16 @@ def test_refuses_to_start_without_keys(service_env: dict[str, str]) -> None:
     assert "no API keys" in result.stdout + result.stderr
 
 
-def test_dev_mode_without_keys_acts_as_admin(start_service: object, service_env: dict[str, str]) -> None:
+def test_dev_mode_without_keys_acts_as_admin(
+    start_service: object, service_env: dict[str, str]
+) -> None:
     from tests.e2e.conftest import wait_http_ok
 
     port = free_port()
-    proc = start_service("api", env={"SWITCHYARD_API_KEYS": "", "SWITCHYARD_DEV": "1", "SWITCHYARD_API_PORT": str(port)})  # type: ignore[operator]
+    proc = start_service(
+        "api",
+        env={"SWITCHYARD_API_KEYS": "", "SWITCHYARD_DEV": "1", "SWITCHYARD_API_PORT": str(port)},
+    )  # type: ignore[operator]
     wait_http_ok(f"http://127.0.0.1:{port}/healthz", proc)
     r = httpx.post(f"http://127.0.0.1:{port}/jobs", json={"type": "demo.echo"})
     assert r.status_code == 201

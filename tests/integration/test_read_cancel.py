@@ -84,7 +84,9 @@ async def test_cancel_waiting_job_fails_its_dependents(
     assert (await client.patch(f"/jobs/{uuid.uuid4()}/cancel")).status_code == 404
 
 
-async def test_cancel_running_job_flags_it(client: httpx.AsyncClient, db: asyncpg.Connection) -> None:
+async def test_cancel_running_job_flags_it(
+    client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
     job = await submit(client)
     await db.execute(
         "UPDATE jobs SET status = 'running', attempts = 1, worker_id = 'w1' WHERE id = $1",
@@ -101,7 +103,9 @@ async def test_cancel_roles(client: httpx.AsyncClient) -> None:
     theirs = r.json()
     denied = await client.patch(f"/jobs/{theirs['id']}/cancel", headers=auth(OTHER_SUBMITTER_KEY))
     assert denied.status_code == 403 and "own jobs" in denied.json()["detail"]
-    assert (await client.patch(f"/jobs/{theirs['id']}/cancel", headers=auth(VIEWER_KEY))).status_code == 403
+    assert (
+        await client.patch(f"/jobs/{theirs['id']}/cancel", headers=auth(VIEWER_KEY))
+    ).status_code == 403
     assert (await client.get(f"/jobs/{theirs['id']}")).json()["status"] == "ready"
     own = await client.patch(f"/jobs/{theirs['id']}/cancel", headers=auth(SUBMITTER_KEY))
     assert own.status_code == 200
@@ -124,7 +128,9 @@ async def test_logs(client: httpx.AsyncClient, db: asyncpg.Connection) -> None:
     )
     logs = (await client.get(f"/jobs/{job['id']}/logs")).json()
     assert [m["message"] for m in logs["lines"]] == ["a", "b", "second attempt"]
-    assert [(e["attempt"], e["status"], e["error"]) for e in logs["executions"]] == [(1, "failed", "boom")]
+    assert [(e["attempt"], e["status"], e["error"]) for e in logs["executions"]] == [
+        (1, "failed", "boom")
+    ]
     assert (await client.get(f"/jobs/{uuid.uuid4()}/logs")).status_code == 404
 
 
@@ -165,7 +171,9 @@ async def test_database_outage_is_503_not_a_stack_trace(
     assert r.status_code == 201
 
 
-async def test_committed_changes_are_published(client: httpx.AsyncClient, settings: Settings) -> None:
+async def test_committed_changes_are_published(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
     received: list[tuple[str, object]] = []
     got = asyncio.Event()
 
@@ -196,9 +204,16 @@ async def test_committed_changes_are_published(client: httpx.AsyncClient, settin
         by_key = {key: msg for key, msg in received}
         submitted = by_key[f"job.submitted.{job['id']}"]
         assert isinstance(submitted, JobSubmitted) and submitted.priority == "critical"
-        states = [m for k, m in received if isinstance(m, JobStateChanged) and str(m.job_id) == job["id"]]
-        assert [(s.old_status, s.new_status) for s in states] == [(None, "ready"), ("ready", "cancelled")]
+        states = [
+            m for k, m in received if isinstance(m, JobStateChanged) and str(m.job_id) == job["id"]
+        ]
+        assert [(s.old_status, s.new_status) for s in states] == [
+            (None, "ready"),
+            ("ready", "cancelled"),
+        ]
         assert f"job.state.{running['id']}" in by_key
-        assert not any(isinstance(m, JobCancel) for m in by_key.values())  # not running: no worker told
+        assert not any(
+            isinstance(m, JobCancel) for m in by_key.values()
+        )  # not running: no worker told
     finally:
         await broker.close()

@@ -247,7 +247,7 @@ async def test_dependencies_set_initial_status(
     )
     assert after_cancel.status_code == 201
     assert after_cancel.json()["status"] == "failed"
-    assert after_cancel.json()["error"] == f"dependency {parent['id']} is cancelled"
+    assert after_cancel.json()["error"] == f"dependency {parent['id']} cancelled"
     unmet = await db.fetchval(
         "SELECT unmet_dependencies FROM jobs WHERE id = $1", uuid.UUID(child.json()["id"])
     )

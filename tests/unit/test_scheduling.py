@@ -8,16 +8,26 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from shared.scheduling import Candidate, WorkerView, effective_priority, plan_placements, retry_delay
+from shared.scheduling import (
+    Candidate,
+    WorkerView,
+    effective_priority,
+    plan_placements,
+    retry_delay,
+)
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
 
-def job(priority: int = 2, cpu: float = 1, mem: int = 100, waited: float = 0, type: str = "t") -> Candidate:
+def job(
+    priority: int = 2, cpu: float = 1, mem: int = 100, waited: float = 0, type: str = "t"
+) -> Candidate:
     return Candidate(uuid.uuid4(), type, priority, cpu, mem, NOW - timedelta(seconds=waited))
 
 
-def worker(id: str, cpu: float = 4, mem: int = 1000, slots: int = 4, types: tuple = ("t",)) -> WorkerView:
+def worker(
+    id: str, cpu: float = 4, mem: int = 1000, slots: int = 4, types: tuple = ("t",)
+) -> WorkerView:
     return WorkerView(id, cpu, mem, slots, frozenset(types))
 
 
@@ -25,7 +35,9 @@ def test_priority_then_age_when_capacity_is_short() -> None:
     low_old = job(priority=3, waited=10)
     crit_new = job(priority=0, waited=0)
     normal = job(priority=2, waited=5)
-    plan = plan_placements([low_old, normal, crit_new], [worker("w", slots=2)], now=NOW, aging_seconds=300)
+    plan = plan_placements(
+        [low_old, normal, crit_new], [worker("w", slots=2)], now=NOW, aging_seconds=300
+    )
     assert [j.id for j, _ in plan.placements] == [crit_new.id, normal.id]
     assert low_old.id in plan.waiting
 
@@ -37,7 +49,9 @@ def test_best_fit_and_capacity_never_exceeded() -> None:
     first = plan.placements[0]
     assert first[1] == "small"  # the tighter fit
     for w in (big, small):
-        assert w.used_cpu <= w.cpu_units and w.used_memory <= w.memory_mb and w.used_slots <= w.slots
+        assert (
+            w.used_cpu <= w.cpu_units and w.used_memory <= w.memory_mb and w.used_slots <= w.slots
+        )
     assert len(plan.placements) == 1 + 4  # small holds one; big is slot-bound at 4
 
 
