@@ -61,11 +61,12 @@ def _info_from_row(row: TaskType) -> TaskTypeInfo:
 
 
 class TaskCatalog:
-    """Read-through cache of ``task_types`` (a changed definition shows within ``ttl``)."""
+    """Read-through cache of ``task_types``: a changed definition shows within ``ttl``;
+    unknown names are not cached, so a newly announced type is accepted at once."""
 
     def __init__(self, *, ttl: float = 2.0) -> None:
         self.ttl = ttl
-        self._entries: dict[str, tuple[float, TaskTypeInfo | None]] = {}
+        self._entries: dict[str, tuple[float, TaskTypeInfo]] = {}
 
     async def get(self, session: AsyncSession, name: str) -> TaskTypeInfo | None:
         now = time.monotonic()
@@ -73,7 +74,9 @@ class TaskCatalog:
         if cached is not None and now - cached[0] < self.ttl:
             return cached[1]
         row = await session.get(TaskType, name)
-        info = _info_from_row(row) if row is not None else None
+        if row is None:
+            return None  # not cached: a worker announcing it makes it valid at once
+        info = _info_from_row(row)
         self._entries[name] = (now, info)
         return info
 

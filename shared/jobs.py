@@ -17,7 +17,7 @@ from typing import Any
 from uuid import UUID
 
 import orjson
-from sqlalchemy import Select, select, text, tuple_, update
+from sqlalchemy import select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from uuid_utils.compat import uuid7
@@ -272,7 +272,10 @@ async def submit_jobs(
     parents: dict[UUID, str] = {}
     if external:
         rows = await session.execute(
-            select(Job.id, Job.status).where(Job.id.in_(external)).with_for_update(read=True)
+            select(Job.id, Job.status)
+            .where(Job.id.in_(external))
+            .order_by(Job.id)  # one lock order everywhere: no deadlocks
+            .with_for_update(read=True)
         )
         parents = {row.id: row.status for row in rows}
         missing = sorted(str(d) for d in external - parents.keys())
@@ -500,7 +503,7 @@ async def list_jobs(
     session: AsyncSession, *, filters: JobFilter, limit: int, cursor: str | None
 ) -> tuple[list[Job], str | None]:
     """Newest first, keyset-paginated on (created_at, id): each page is an index scan."""
-    stmt: Select[tuple[Job]] = select(Job)
+    stmt = select(Job)
     if filters.status:
         stmt = stmt.where(Job.status.in_([s.value for s in filters.status]))
     if filters.type:
@@ -515,7 +518,7 @@ async def list_jobs(
         created, job_id = decode_cursor(cursor)
         stmt = stmt.where(tuple_(Job.created_at, Job.id) < tuple_(created, job_id))
     stmt = stmt.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
-    jobs = list(await session.scalars(stmt))
+    jobs: list[Job] = list(await session.scalars(stmt))
     next_cursor = encode_cursor(jobs[limit - 1]) if len(jobs) > limit else None
     return jobs[:limit], next_cursor
 

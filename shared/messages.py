@@ -26,7 +26,7 @@ def utcnow() -> datetime:
 class _Message(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
-    v: Literal[1] = SCHEMA_VERSION
+    v: Literal[1] = 1  # SCHEMA_VERSION
     ts: datetime = Field(default_factory=utcnow)
 
 

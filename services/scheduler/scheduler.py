@@ -27,6 +27,7 @@ from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
 import asyncpg
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.scheduler import store
@@ -185,14 +186,13 @@ class Scheduler:
                 await self._check_leadership()
                 try:
                     await self.cycle()
-                except (OSError, TimeoutError) as exc:
-                    log.warning("scheduler cycle failed (%s); retrying next tick", exc)
-                except Exception as exc:
-                    if is_db_outage(exc):
-                        log.warning("database unavailable during a cycle (%s); retrying", exc)
-                        await asyncio.sleep(0.5)
-                    else:
-                        raise
+                except (OSError, TimeoutError, SQLAlchemyError) as exc:
+                    # Outage, deadlock victim, serialization failure: nothing was
+                    # committed for the failed step; the next cycle redoes it.
+                    what = "database unavailable" if is_db_outage(exc) else "cycle failed"
+                    log.warning("%s (%s); retrying", what, exc)
+                    await asyncio.sleep(0.5)
+                    self.wake.set()
         finally:
             await consumer.cancel()
 
@@ -247,11 +247,16 @@ class Scheduler:
 
         events: list[JobStateChanged] = []
         if reports or beats or progress:
-            async with self._sessionmaker() as session:
-                outcome = await store.apply_reports(session, reports, rng=self.rng)
-                await store.save_progress(session, progress)
-                await store.save_workers(session, list(beats.values()))
-                await session.commit()
+            try:
+                async with self._sessionmaker() as session:
+                    # Progress first: the final value often shares a batch with the completion.
+                    await store.save_progress(session, progress)
+                    outcome = await store.apply_reports(session, reports, rng=self.rng)
+                    await store.save_workers(session, list(beats.values()))
+                    await session.commit()
+            except BaseException:
+                self.inbox[:0] = batch  # not applied: keep them (unacked) for the next cycle
+                raise
             self._free(outcome.freed)
             events.extend(outcome.events)
         for delivery in batch:
@@ -310,11 +315,11 @@ class Scheduler:
                 newly_dead.append(info.id)
                 log.warning("worker %s lost: no heartbeat for %.1f s", info.id, silent)
         for a in list(self.assignments.values()):
-            info = self.workers.get(a.worker_id)
+            holder = self.workers.get(a.worker_id)
             reason = None
-            if info is None or info.state == "dead":
+            if holder is None or holder.state == "dead":
                 reason = f"worker {a.worker_id} lost (no heartbeat for over {lease:g} s)"
-            elif a.job_id not in info.running and info.last_seen - a.dispatched > lease:
+            elif a.job_id not in holder.running and holder.last_seen - a.dispatched > lease:
                 reason = f"worker {a.worker_id} never started the attempt within {lease:g} s"
             if reason:
                 lost.append(

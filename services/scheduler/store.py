@@ -340,13 +340,14 @@ async def save_progress(
 ) -> None:
     if not updates:
         return
+    updates = dict(sorted(updates.items()))  # lock rows in id order, as everyone does
     await session.execute(
         text(
             """
             UPDATE jobs j SET progress = CAST(u.progress AS jsonb)
             FROM unnest(CAST(:ids AS uuid[]), CAST(:attempts AS int[]), CAST(:progress AS text[]))
                  AS u(id, attempt, progress)
-            WHERE j.id = u.id AND j.attempts = u.attempt AND j.status = 'running'
+            WHERE j.id = u.id AND j.attempts = u.attempt
             """
         ),
         {

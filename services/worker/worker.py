@@ -340,27 +340,25 @@ class Worker:
         self._report_end(run, self._end_report(run, outcome))
 
     def _end_report(self, run: Running, outcome: Outcome | None) -> JobStatusReport:
-        base = {
-            "job_id": run.dispatch.job_id,
-            "attempt": run.dispatch.attempt,
-            "worker_id": self.worker_id,
-        }
-        if run.timed_out:
+        def report(status: str, **fields: Any) -> JobStatusReport:
             return JobStatusReport(
-                **base,
-                status="failed",
-                timed_out=True,
-                error=f"timed out after {run.dispatch.timeout_seconds:g} s",
+                job_id=run.dispatch.job_id,
+                attempt=run.dispatch.attempt,
+                worker_id=self.worker_id,
+                status=status,  # type: ignore[arg-type]
+                **fields,
             )
+
+        if run.timed_out:
+            timeout = run.dispatch.timeout_seconds or 0
+            return report("failed", timed_out=True, error=f"timed out after {timeout:g} s")
         if run.cancel_requested or (outcome is not None and outcome.cancelled):
-            return JobStatusReport(**base, status="cancelled", error="cancelled by request")
+            return report("cancelled", error="cancelled by request")
         if outcome is None:
-            return JobStatusReport(**base, status="failed", error="attempt abandoned")
+            return report("failed", error="attempt abandoned")
         if outcome.ok:
-            return JobStatusReport(**base, status="completed", result=outcome.result)
-        return JobStatusReport(
-            **base, status="failed", error=outcome.error, traceback=outcome.traceback
-        )
+            return report("completed", result=outcome.result)
+        return report("failed", error=outcome.error, traceback=outcome.traceback)
 
     def _report_end(self, run: Running, report: JobStatusReport) -> None:
         run.reported = True

@@ -239,3 +239,27 @@ def test_scheduler_failover(stack: Stack) -> None:
     jobs = [stack.submit({"type": "demo.echo", "payload": {"i": i}}) for i in range(5)]
     for j in jobs:
         assert stack.wait_status(j["id"], "completed")["attempts"] == 1
+
+
+def test_custom_task_module(stack: Stack) -> None:
+    unknown = stack.http.post("/jobs", json={"type": "sample.greet", "payload": {"name": "x"}})
+    assert unknown.status_code == 422  # not registered until a worker announces it
+    stack.worker("custom", "--tasks", "tests.e2e.sample_tasks", "--no-demo-tasks")
+    bad = stack.http.post("/jobs", json={"type": "sample.greet", "payload": {"times": 2}})
+    assert (
+        bad.status_code == 422 and "payload: 'name' is a required property" in bad.json()["detail"]
+    )
+    job = stack.submit({"type": "sample.greet", "payload": {"name": "Ada", "times": 3}})
+    assert job["resources"] == {"cpu_units": 0.5, "memory_mb": 64} and job["timeout_seconds"] == 10
+    done = stack.wait_status(job["id"], "completed")
+    assert done["result"] == {"greeting": "hello Ada"} and done["worker_id"] == "custom"
+    assert done["progress"]["done"] == 3 and done["progress"]["total"] == 3
+    # demo tasks are off on that worker: a demo job waits and says why.
+    demo = stack.submit({"type": "demo.echo"})
+    stack.wait_for(
+        lambda: (
+            "no live worker runs task type 'demo.echo'"
+            in (stack.job(demo["id"])["waiting_reason"] or "")
+        ),
+        what="waiting_reason for a type no worker runs",
+    )

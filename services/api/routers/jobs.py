@@ -84,8 +84,8 @@ async def _submit(
     name="job.submit",
     status_code=201,
     response_model=JobRead,
-    responses={200: {"model": JobRead, "description": "idempotent repeat: the stored job"}}
-    | _errors(401, 403, 404, 413, 422, 503),
+    responses=_errors(401, 403, 404, 413, 422, 503)
+    | {200: {"model": JobRead, "description": "idempotent repeat: the stored job"}},
 )
 async def submit_job(
     body: JobCreate,
