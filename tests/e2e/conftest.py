@@ -75,6 +75,7 @@ def service_env(settings: Settings) -> dict[str, str]:
             "SWITCHYARD_HEARTBEAT_SECONDS": "0.5",
             "SWITCHYARD_WORKER_LEASE_SECONDS": "3",
             "SWITCHYARD_SCHEDULER_TICK_SECONDS": "0.1",
+            "SWITCHYARD_MONITORING_SECONDS": "1",
             "SWITCHYARD_CANCEL_GRACE_SECONDS": "1",
             "SWITCHYARD_WORKER_GRACE_SECONDS": "10",
             "PYTHONUNBUFFERED": "1",

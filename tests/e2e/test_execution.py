@@ -263,3 +263,44 @@ def test_custom_task_module(stack: Stack) -> None:
         ),
         what="waiting_reason for a type no worker runs",
     )
+
+
+def test_monitoring_messages(stack: Stack, settings: object) -> None:
+    import asyncio
+
+    from shared.messages import MonitoringQueue, MonitoringResource
+    from shared.messaging import Broker, Delivery
+
+    stack.worker("w1", "--cpu-units", "2", "--memory-mb", "1024", "--threads", "3")
+    stack.submit({"type": "demo.echo", "resources": {"cpu_units": 99}})  # waits forever
+
+    async def listen() -> tuple[MonitoringQueue, MonitoringResource]:
+        got: dict[str, object] = {}
+        done = asyncio.Event()
+
+        async def on(delivery: Delivery) -> None:
+            got[delivery.message.kind] = delivery.message  # type: ignore[union-attr]
+            await delivery.ack()
+            if len(got) == 2:
+                done.set()
+
+        broker = Broker(settings.amqp_url, settings.namespace, name="test-monitor")  # type: ignore[attr-defined]
+        await broker.connect()
+        try:
+            await broker.consume(
+                f"{settings.namespace}.test-monitor", ["job.monitoring.#"], on,  # type: ignore[attr-defined]
+                durable=False, exclusive=True, auto_delete=True,
+            )  # fmt: skip
+            await asyncio.wait_for(done.wait(), timeout=15)
+        finally:
+            await broker.close()
+        return got["job.monitoring.queue"], got["job.monitoring.resource"]  # type: ignore[return-value]
+
+    queue, resource = asyncio.run(listen())
+    assert queue.by_status.get("ready") == 1 and queue.by_priority.get("normal") == 1
+    assert resource.workers_alive == 1
+    assert (resource.capacity.cpu_units, resource.capacity.memory_mb, resource.capacity.slots) == (
+        2,
+        1024,
+        3,
+    )
