@@ -93,11 +93,15 @@ class JobStateChanged(_Message):
     attempt: int
     worker_id: str | None = None
     reason: str | None = None
+    # running: seconds it waited ready before dispatch; terminal: attempt run time.
+    wait_seconds: float | None = None
+    duration_seconds: float | None = None
 
 
 class JobProgress(_Message):
     kind: Literal["job.progress"] = "job.progress"
     job_id: UUID
+    type: str | None = None
     attempt: int
     done: float
     total: float | None = None
@@ -109,6 +113,7 @@ class JobLog(_Message):
 
     kind: Literal["job.logs"] = "job.logs"
     job_id: UUID
+    type: str | None = None
     attempt: int
     seq: int
     level: str

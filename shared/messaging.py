@@ -254,13 +254,15 @@ class Broker:
         exclusive: bool = False,
         auto_delete: bool = False,
         arguments: dict[str, Any] | None = None,
+        no_ack: bool = False,
     ) -> Consumer:
         """Declare ``queue_name`` bound to ``bindings`` and hand each delivery to ``handler``.
 
-        The handler acks or rejects. An undecodable body is rejected without requeue,
-        so it goes to the dead-letter queue instead of looping forever. A handler
-        exception is logged and the message requeued (the database is the truth, and
-        every handler is idempotent).
+        The handler acks or rejects (with ``no_ack`` the broker forgets each message as
+        it sends it: only for fan-out copies that may be lost). An undecodable body is
+        rejected without requeue, so it goes to the dead-letter queue instead of
+        looping forever. A handler exception is logged and the message requeued (the
+        database is the truth, and every handler is idempotent).
         """
         if self._connection is None:
             raise BrokerUnavailable("broker is not connected")
@@ -288,17 +290,21 @@ class Broker:
                 message = decode(raw.body)
             except DecodeError as exc:
                 log.error("dead-lettering undecodable message %s: %s", raw.routing_key, exc)
-                await raw.reject(requeue=False)
+                if not no_ack:
+                    await raw.reject(requeue=False)
                 return
             delivery = Delivery(raw, message)
             try:
                 await handler(delivery)
             except Exception:
+                if no_ack:
+                    log.exception("handler failed for %s (no-ack queue: skipped)", raw.routing_key)
+                    return
                 log.exception("handler failed for %s; message requeued", raw.routing_key)
                 await asyncio.sleep(0.5)  # keep a persistent failure from spinning hot
                 await raw.reject(requeue=True)
 
-        tag = await queue.consume(on_message)
+        tag = await queue.consume(on_message, no_ack=no_ack)
         return Consumer(queue, tag)
 
     async def delete_namespace(self, extra_queues: Sequence[str] = ()) -> None:

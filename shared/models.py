@@ -106,6 +106,8 @@ class Job(Base):
         Index("jobs_created_idx", "created_at", "id"),
         Index("jobs_status_created_idx", "status", "created_at", "id"),
         Index("jobs_type_created_idx", "type", "created_at", "id"),
+        # Throughput and durations over the last minutes (GET /stats), retention.
+        Index("jobs_finished_idx", "finished_at", postgresql_where=text("finished_at IS NOT NULL")),
         Index(
             "jobs_idempotency_key_idx",
             "idempotency_key",

@@ -176,6 +176,45 @@ class JobLogs(BaseModel):
     lines: list[LogLine]
 
 
+class Capacity(BaseModel):
+    cpu_units: float
+    memory_mb: int
+    slots: int
+
+
+class WorkerRead(BaseModel):
+    id: str
+    state: str = Field(description="alive, draining or dead")
+    capacity: Capacity
+    allocated: Capacity
+    running: list[UUID]
+    task_types: list[str]
+    cpu_percent: float | None
+    memory_percent: float | None
+    started_at: datetime | None
+    last_heartbeat_at: datetime
+
+
+class Throughput(BaseModel):
+    last_minute: int
+    per_minute: float
+
+
+class Durations(BaseModel):
+    count: int
+    mean_seconds: float
+    p95_seconds: float
+
+
+class StatsRead(BaseModel):
+    by_status: dict[str, int]
+    by_priority: dict[str, int]
+    queue_depth: dict[str, int]
+    throughput: dict[str, Throughput]
+    durations: dict[str, Durations]
+    window_seconds: float
+
+
 class ErrorBody(BaseModel):
     detail: Any
 

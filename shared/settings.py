@@ -61,6 +61,11 @@ class Settings(BaseSettings):
     scheduler_batch_size: int = Field(default=500, ge=1, le=100_000)
     monitoring_seconds: float = 5.0
 
+    # API: events buffered per WebSocket client before new ones are dropped for it.
+    ws_buffer_events: int = Field(default=1000, ge=1, le=1_000_000)
+    # Require a (viewer) key for GET /metrics.
+    metrics_require_key: bool = False
+
     # Publishing a message waits at most this long for the broker's confirm.
     publish_timeout_seconds: float = 5.0
     # Register the built-in demo.* tasks (API: announce them; worker: run them).

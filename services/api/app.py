@@ -14,8 +14,10 @@ from uuid_utils.compat import uuid7
 
 from services.api.deps import hash_key
 from services.api.errors import install_error_handlers
+from services.api.metrics import Metrics
 from services.api.middleware import BodySizeLimit
-from services.api.routers import health, jobs
+from services.api.routers import health, jobs, observe, stream
+from services.api.stream import EventHub
 from shared import demo_tasks
 from shared.catalog import TaskCatalog, announce_task_types
 from shared.db import create_engine, create_sessionmaker
@@ -110,6 +112,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.sessionmaker = sessionmaker
         app.state.broker = broker
         app.state.catalog = TaskCatalog()
+        app.state.metrics = Metrics()
+        app.state.hub = EventHub(broker, buffer_size=settings.ws_buffer_events)
+        app.state.hub.listeners.append(app.state.metrics.observe)
+        await app.state.hub.start()
         app.state.limits = Limits(
             max_payload_bytes=settings.max_payload_bytes,
             max_json_depth=settings.max_json_depth,
@@ -140,4 +146,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.include_router(health.router)
     app.include_router(jobs.router)
+    app.include_router(stream.router)
+    app.include_router(observe.router)
     return app

@@ -26,9 +26,10 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-async def resolve_token(request: Request, session: AsyncSession, token: str | None) -> Actor:
-    """The actor for ``token`` (None: no key given); raises 401 when it is not valid."""
-    state = request.app.state
+async def resolve_token(state: Any, session: AsyncSession, token: str | None) -> Actor:
+    """The actor for ``token`` (None: no key given); raises 401 when it is not valid.
+
+    ``state`` is the app's state (shared by HTTP routes and the WebSocket)."""
     if not token:
         if state.open_dev_mode:
             return Actor(key_id="dev", role="admin", label="dev mode")
@@ -63,7 +64,7 @@ async def current_actor(request: Request, session: SessionDep) -> Actor:
                 headers={"WWW-Authenticate": "Bearer"},
             )
         token = token.strip()
-    actor = await resolve_token(request, session, token)
+    actor = await resolve_token(request.app.state, session, token)
     request.state.actor = actor
     return actor
 

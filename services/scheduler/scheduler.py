@@ -49,6 +49,7 @@ from shared.messages import (
 from shared.messaging import Broker, Consumer, Delivery, Topology
 from shared.scheduling import WorkerView, plan_placements
 from shared.settings import Settings
+from shared.stats import queue_depth
 
 log = logging.getLogger("switchyard.scheduler")
 
@@ -439,6 +440,7 @@ class Scheduler:
                 JobStateChanged(
                     job_id=p.id, type=p.type, old_status="ready", new_status="running",
                     attempt=p.attempts, worker_id=p.worker_id, reason="dispatched",
+                    wait_seconds=p.waited_seconds,
                 )
                 for p in placed
             ]  # fmt: skip
@@ -480,7 +482,7 @@ class Scheduler:
         self._last_monitoring = now
         assert self._sessionmaker is not None
         async with self._sessionmaker() as session:
-            by_status, by_priority = await store.queue_depth(session)
+            by_status, by_priority = await queue_depth(session)
         alive = [w for w in self.workers.values() if w.state != "dead"]
         views = {v.id: v for v in self._views()}
         await self._send(

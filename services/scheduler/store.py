@@ -122,7 +122,12 @@ async def apply_reports(
             ),
             {**values, "id": job.id, "expected": job.attempts, "new": new.value},
         )
-        out.events.append(_event(job, job.status, new.value, reason, worker=report.worker_id))
+        event = _event(job, job.status, new.value, reason, worker=report.worker_id)
+        if job.started_at is not None and new != S.READY:
+            event = event.model_copy(
+                update={"duration_seconds": max(0.0, (now - job.started_at).total_seconds())}
+            )
+        out.events.append(event)
         out.freed.append((job.id, report.worker_id))
         job.status = new.value
         if new == S.COMPLETED:
@@ -257,6 +262,7 @@ class Placed:
     timeout_seconds: float | None
     attempts: int
     worker_id: str
+    waited_seconds: float
 
 
 async def mark_dispatched(
@@ -278,7 +284,8 @@ async def mark_dispatched(
             FROM unnest(CAST(:ids AS uuid[]), CAST(:workers AS text[])) AS p(id, worker_id)
             WHERE j.id = p.id AND j.status = 'ready'
             RETURNING j.id, j.type, j.payload, j.cpu_units, j.memory_mb, j.timeout_seconds,
-                      j.attempts, j.worker_id, j.lease_expires_at
+                      j.attempts, j.worker_id, j.lease_expires_at,
+                      EXTRACT(EPOCH FROM now() - COALESCE(j.ready_at, j.run_at)) AS waited
             """
         ),
         {
@@ -297,6 +304,7 @@ async def mark_dispatched(
             r.timeout_seconds,
             r.attempts,
             r.worker_id,
+            max(0.0, float(r.waited)),
         )
         for r in rows
     ]
@@ -424,22 +432,3 @@ async def load_live_workers(session: AsyncSession) -> list[Any]:
             )
         )
     )
-
-
-async def queue_depth(session: AsyncSession) -> tuple[dict[str, int], dict[str, int]]:
-    rows = await session.execute(
-        text(
-            "SELECT status, priority, count(*) AS n FROM jobs"
-            " WHERE status IN ('pending', 'blocked', 'ready', 'running', 'retrying')"
-            " GROUP BY status, priority"
-        )
-    )
-    by_status: dict[str, int] = {}
-    by_priority: dict[str, int] = {}
-    names = {0: "critical", 1: "high", 2: "normal", 3: "low"}
-    for r in rows:
-        by_status[r.status] = by_status.get(r.status, 0) + r.n
-        if r.status in ("ready", "retrying", "pending"):
-            key = names[r.priority]
-            by_priority[key] = by_priority.get(key, 0) + r.n
-    return by_status, by_priority

@@ -265,15 +265,22 @@ class Worker:
     def _context(self, dispatch: JobDispatch) -> TaskContext:
         loop = self._loop
         assert loop is not None
-        job_id, attempt = dispatch.job_id, dispatch.attempt
+        job_id, attempt, job_type = dispatch.job_id, dispatch.attempt, dispatch.type
 
         def emit_log(seq: int, level: str, message: str) -> None:
-            line = JobLog(job_id=job_id, attempt=attempt, seq=seq, level=level, message=message)
+            line = JobLog(
+                job_id=job_id, type=job_type, attempt=attempt, seq=seq, level=level, message=message
+            )
             loop.call_soon_threadsafe(self._emit, line)
 
         def report_progress(done: float, total: float | None, message: str | None) -> None:
             update = JobProgress(
-                job_id=job_id, attempt=attempt, done=done, total=total, message=message
+                job_id=job_id,
+                type=job_type,
+                attempt=attempt,
+                done=done,
+                total=total,
+                message=message,
             )
             loop.call_soon_threadsafe(self._progress, (job_id, attempt), update)
 

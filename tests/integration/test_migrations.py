@@ -54,3 +54,8 @@ async def test_audit_log_is_append_only(db: asyncpg.Connection) -> None:
     with pytest.raises(asyncpg.InsufficientPrivilegeError, match="append-only"):
         await db.execute("TRUNCATE audit_log")
     assert await db.fetchval("SELECT outcome FROM audit_log") == "ok"
+
+
+def test_models_and_migrations_agree(database_url: str) -> None:
+    """``alembic check``: the migrations build exactly what shared/models.py declares."""
+    alembic(database_url, "check")

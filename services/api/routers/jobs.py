@@ -76,6 +76,9 @@ async def _submit(
         if created and job.status in (JobStatus.READY, JobStatus.PENDING)
     )
     await publish_after_commit(state.broker, messages)
+    for job, created in zip(result.jobs, result.created, strict=True):
+        if created:
+            state.metrics.submitted.labels(job.type, Priority.from_rank(job.priority).value).inc()
     return result
 
 

@@ -156,6 +156,13 @@ def upgrade() -> None:
     )
     op.create_index("jobs_status_created_idx", "jobs", ["status", "created_at", "id"], unique=False)
     op.create_index("jobs_type_created_idx", "jobs", ["type", "created_at", "id"], unique=False)
+    op.create_index(
+        "jobs_finished_idx",
+        "jobs",
+        ["finished_at"],
+        unique=False,
+        postgresql_where=sa.text("finished_at IS NOT NULL"),
+    )
     op.create_table(
         "task_types",
         sa.Column("name", sa.Text(), nullable=False),
@@ -264,6 +271,9 @@ def downgrade() -> None:
     op.drop_table("workers")
     op.drop_table("task_types")
     op.drop_index("jobs_type_created_idx", table_name="jobs")
+    op.drop_index(
+        "jobs_finished_idx", table_name="jobs", postgresql_where=sa.text("finished_at IS NOT NULL")
+    )
     op.drop_index("jobs_status_created_idx", table_name="jobs")
     op.drop_index(
         "jobs_running_idx", table_name="jobs", postgresql_where=sa.text("status = 'running'")

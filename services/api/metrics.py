@@ -1,0 +1,113 @@
+"""Prometheus metrics (prometheus-client), one registry per app.
+
+Counters and histograms come from the ``job.state`` events this replica receives.
+Every API replica receives every event, so each reports the whole cluster's counts:
+aggregate them across replicas with ``max``, not ``sum``. Submissions are counted by
+the replica that accepted them (``sum`` is right for those). Gauges (queue depth,
+workers) are read from the database at scrape time.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from shared.messages import JobStateChanged, Message
+from shared.states import TERMINAL
+from shared.stats import depth_by_status_and_priority, list_workers
+
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.submitted = Counter(
+            "switchyard_jobs_submitted",
+            "Jobs accepted by this API replica",
+            ["type", "priority"],
+            registry=r,
+        )
+        self.finished = Counter(
+            "switchyard_jobs_finished",
+            "Jobs that reached a terminal status (completed, failed, cancelled)",
+            ["type", "outcome"],
+            registry=r,
+        )
+        self.attempts_ended = Counter(
+            "switchyard_attempts_ended",
+            "Attempts that ended, by the status that came next",
+            ["type", "next_status"],
+            registry=r,
+        )
+        self.duration = Histogram(
+            "switchyard_job_duration_seconds",
+            "Run time of an attempt, start to end, by type and outcome",
+            ["type", "outcome"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.dispatch_latency = Histogram(
+            "switchyard_dispatch_latency_seconds",
+            "Time from ready to dispatched (running), by priority-blind type",
+            ["type"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "switchyard_queue_depth",
+            "Unfinished jobs by status and priority",
+            ["status", "priority"],
+            registry=r,
+        )
+        self.workers = Gauge(
+            "switchyard_workers", "Workers seen in the last hour by state", ["state"], registry=r
+        )
+        self.worker_capacity = Gauge(
+            "switchyard_worker_capacity",
+            "Capacity of each live worker",
+            ["worker", "resource"],
+            registry=r,
+        )
+        self.worker_allocated = Gauge(
+            "switchyard_worker_allocated",
+            "Resources allocated on each live worker",
+            ["worker", "resource"],
+            registry=r,
+        )
+
+    def observe(self, message: Message) -> None:
+        """Listener for the event hub."""
+        if not isinstance(message, JobStateChanged) or message.old_status is None:
+            return
+        new = message.new_status
+        if new == "running" and message.wait_seconds is not None:
+            self.dispatch_latency.labels(message.type).observe(message.wait_seconds)
+        if message.old_status == "running" and new != "running":
+            self.attempts_ended.labels(message.type, new).inc()
+            if message.duration_seconds is not None:
+                self.duration.labels(message.type, new).observe(message.duration_seconds)
+        if new in TERMINAL:
+            self.finished.labels(message.type, new).inc()
+
+    async def render(self, session: AsyncSession, *, lease_seconds: float) -> bytes:
+        self.queue_depth.clear()
+        for status, priority, n in await depth_by_status_and_priority(session):
+            self.queue_depth.labels(status, priority).set(n)
+        workers = await list_workers(session, lease_seconds=lease_seconds)
+        self.workers.clear()
+        self.worker_capacity.clear()
+        self.worker_allocated.clear()
+        counts: dict[str, int] = {"alive": 0, "draining": 0, "dead": 0}
+        for w in workers:
+            counts[w["state"]] = counts.get(w["state"], 0) + 1
+            if w["state"] == "dead":
+                continue
+            for resource in ("cpu_units", "memory_mb", "slots"):
+                self.worker_capacity.labels(w["id"], resource).set(w["capacity"][resource])
+                self.worker_allocated.labels(w["id"], resource).set(w["allocated"][resource])
+        for state, n in counts.items():
+            self.workers.labels(state).set(n)
+        return generate_latest(self.registry)

@@ -1,0 +1,53 @@
+"""``/workers``, ``/stats``, ``/metrics``: what runs where, how much, how fast."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+
+from services.api.deps import SessionDep, ViewerDep, current_actor, require_role
+from shared.schemas import ErrorBody, StatsRead, WorkerRead
+from shared.stats import job_stats, list_workers
+
+router = APIRouter(tags=["observe"])
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {code: {"model": ErrorBody} for code in codes}
+
+
+@router.get(
+    "/workers",
+    name="workers.list",
+    response_model=list[WorkerRead],
+    responses=_errors(401, 403, 503),
+)
+async def workers(request: Request, session: SessionDep, actor: ViewerDep) -> list[dict[str, Any]]:
+    """Live workers and those dead within the last hour, newest heartbeat data."""
+    settings = request.app.state.settings
+    return await list_workers(session, lease_seconds=settings.worker_lease_seconds)
+
+
+@router.get("/stats", name="stats", response_model=StatsRead, responses=_errors(401, 403, 503))
+async def stats(session: SessionDep, actor: ViewerDep) -> dict[str, Any]:
+    """Counts by status and priority, queue depth, throughput (last minute and the mean per
+    minute over the window) and mean / p95 run time per type over the window."""
+    return await job_stats(session)
+
+
+@router.get(
+    "/metrics",
+    name="metrics",
+    response_class=Response,
+    responses=_errors(401, 403, 503)
+    | {200: {"content": {"text/plain": {}}, "description": "Prometheus exposition"}},
+)
+async def metrics(request: Request, session: SessionDep) -> Response:
+    """Prometheus text format. No key needed unless SWITCHYARD_METRICS_REQUIRE_KEY=1."""
+    state = request.app.state
+    if state.settings.metrics_require_key:
+        actor = await current_actor(request, session)
+        await require_role("viewer")(actor)
+    body = await state.metrics.render(session, lease_seconds=state.settings.worker_lease_seconds)
+    return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")

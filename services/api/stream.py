@@ -1,0 +1,179 @@
+"""Fan-out of live events to WebSocket clients.
+
+Each API replica binds its own exclusive, auto-delete queue to ``job.state.#``,
+``job.logs.#`` and ``job.progress.#`` and hands every event to the connected
+clients whose filters match. A client never slows the others: each has a bounded
+buffer, and when it is full new events for that client are *dropped* (not queued),
+counted, and the client receives ``{"event": "dropped", "data": {"count": n}}`` before
+its next event. The client stays connected and can re-read what it missed over REST.
+
+The hub also keeps the last log lines of recently active jobs, so a client asking for
+``replay`` gets lines the logger has not written yet as well as those it has.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+import orjson
+
+from shared.messages import JobLog, JobProgress, JobStateChanged, Message
+from shared.messaging import Broker, Delivery
+
+log = logging.getLogger(__name__)
+
+STREAM_BINDINGS = ("job.state.#", "job.logs.#", "job.progress.#")
+RECENT_JOBS = 10_000  # jobs whose recent log lines are kept for replay
+RECENT_LINES = 2_000  # lines kept per job
+
+
+@dataclass(frozen=True)
+class StreamFilter:
+    job_ids: frozenset[UUID] | None = None
+    types: frozenset[str] | None = None
+    statuses: frozenset[str] | None = None
+
+    def matches(self, event: str, job_id: UUID, job_type: str | None, status: str | None) -> bool:
+        if self.job_ids is not None and job_id not in self.job_ids:
+            return False
+        if self.types is not None and job_type not in self.types:
+            return False
+        if self.statuses is not None:
+            # log and progress events come from running jobs only
+            current = status if event == "state" else "running"
+            if current not in self.statuses:
+                return False
+        return True
+
+
+def envelope(
+    event: str, job_id: UUID, attempt: int, ts: str, data: dict[str, Any]
+) -> dict[str, Any]:
+    return {"event": event, "job_id": str(job_id), "attempt": attempt, "ts": ts, "data": data}
+
+
+def to_envelope(message: Message) -> tuple[dict[str, Any], str | None, str | None] | None:
+    """(envelope, job type, new status) for a stream message; None for other kinds."""
+    match message:
+        case JobStateChanged():
+            data: dict[str, Any] = {
+                "old_status": message.old_status,
+                "new_status": message.new_status,
+                "type": message.type,
+                "worker_id": message.worker_id,
+                "reason": message.reason,
+            }
+            return (
+                envelope("state", message.job_id, message.attempt, message.ts.isoformat(), data),
+                message.type,
+                message.new_status,
+            )
+        case JobLog():
+            data = {"seq": message.seq, "level": message.level, "message": message.message}
+            return (
+                envelope("log", message.job_id, message.attempt, message.ts.isoformat(), data),
+                message.type,
+                None,
+            )
+        case JobProgress():
+            data = {"done": message.done, "total": message.total, "message": message.message}
+            return (
+                envelope("progress", message.job_id, message.attempt, message.ts.isoformat(), data),
+                message.type,
+                None,
+            )
+    return None
+
+
+class Subscriber:
+    """One client's bounded buffer of serialized events."""
+
+    def __init__(self, stream_filter: StreamFilter, *, maxsize: int) -> None:
+        self.filter = stream_filter
+        self.queue: asyncio.Queue[tuple[dict[str, Any], bytes]] = asyncio.Queue(maxsize=maxsize)
+        self.dropped = 0
+
+    def offer(self, event: dict[str, Any], body: bytes) -> None:
+        try:
+            self.queue.put_nowait((event, body))
+        except asyncio.QueueFull:
+            self.dropped += 1
+
+    def take_dropped(self) -> int:
+        n, self.dropped = self.dropped, 0
+        return n
+
+
+class EventHub:
+    def __init__(self, broker: Broker, *, buffer_size: int) -> None:
+        self.broker = broker
+        self.buffer_size = buffer_size
+        self.subscribers: set[Subscriber] = set()
+        self.listeners: list[Callable[[Message], None]] = []
+        self._recent: OrderedDict[UUID, tuple[float, deque[dict[str, Any]]]] = OrderedDict()
+
+    async def start(self) -> None:
+        name = f"{self.broker.topology.namespace}.api.{uuid.uuid4().hex[:12]}"
+        await self.broker.consume(
+            name,
+            STREAM_BINDINGS,
+            self._on_delivery,
+            prefetch=2000,
+            durable=False,
+            exclusive=True,
+            auto_delete=True,
+            no_ack=True,
+        )
+
+    def subscribe(self, stream_filter: StreamFilter) -> Subscriber:
+        sub = Subscriber(stream_filter, maxsize=self.buffer_size)
+        self.subscribers.add(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscriber) -> None:
+        self.subscribers.discard(sub)
+
+    def recent_lines(self, job_id: UUID) -> list[dict[str, Any]]:
+        entry = self._recent.get(job_id)
+        return list(entry[1]) if entry else []
+
+    async def _on_delivery(self, delivery: Delivery) -> None:
+        self.publish_local(delivery.message)
+
+    def publish_local(self, message: Message) -> None:
+        """Hand one event to listeners (metrics) and matching subscribers."""
+        for listener in self.listeners:
+            try:
+                listener(message)
+            except Exception:
+                log.exception("event listener failed on %s", getattr(message, "kind", "?"))
+        converted = to_envelope(message)
+        if converted is None:
+            return
+        event, job_type, status = converted
+        job_id = message.job_id  # type: ignore[union-attr]
+        if event["event"] == "log":
+            self._remember(job_id, event)
+        body: bytes | None = None
+        for sub in list(self.subscribers):
+            if sub.filter.matches(event["event"], job_id, job_type, status):
+                if body is None:
+                    body = orjson.dumps(event)
+                sub.offer(event, body)
+
+    def _remember(self, job_id: UUID, event: dict[str, Any]) -> None:
+        now = time.monotonic()
+        entry = self._recent.pop(job_id, None)
+        lines = entry[1] if entry else deque(maxlen=RECENT_LINES)
+        lines.append(event)
+        self._recent[job_id] = (now, lines)
+        while len(self._recent) > RECENT_JOBS:
+            self._recent.popitem(last=False)
