@@ -106,5 +106,6 @@ def progress(ctx: TaskContext, params: ProgressParams) -> dict[str, int]:
     for step in range(1, params.steps + 1):
         if ctx.sleep(params.delay_seconds):
             break
+        ctx.log.info("step %d of %d", step, params.steps)
         ctx.progress(step, params.steps, f"step {step} of {params.steps}")
     return {"steps": params.steps}

@@ -98,18 +98,28 @@ class Subscriber:
 
     def __init__(self, stream_filter: StreamFilter, *, maxsize: int) -> None:
         self.filter = stream_filter
-        self.queue: asyncio.Queue[tuple[dict[str, Any], bytes]] = asyncio.Queue(maxsize=maxsize)
+        self.buffer: deque[tuple[dict[str, Any], bytes]] = deque()
+        self.maxsize = maxsize
         self.dropped = 0
+        self.wakeup = asyncio.Event()
 
     def offer(self, event: dict[str, Any], body: bytes) -> None:
-        try:
-            self.queue.put_nowait((event, body))
-        except asyncio.QueueFull:
+        if len(self.buffer) >= self.maxsize:
             self.dropped += 1
+        else:
+            self.buffer.append((event, body))
+        self.wakeup.set()
 
     def take_dropped(self) -> int:
         n, self.dropped = self.dropped, 0
         return n
+
+    async def next(self) -> tuple[int, tuple[dict[str, Any], bytes] | None]:
+        """Wait for something to send: (events dropped since last time, next event or None)."""
+        while not self.buffer and not self.dropped:
+            self.wakeup.clear()
+            await self.wakeup.wait()
+        return self.take_dropped(), (self.buffer.popleft() if self.buffer else None)
 
 
 class EventHub:

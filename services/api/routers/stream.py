@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
@@ -107,18 +107,22 @@ async def job_stream(websocket: WebSocket) -> None:
 
 
 async def forward(websocket: WebSocket, sub: Subscriber, sent: set[tuple[str, int, int]]) -> None:
+    """Send the subscriber's events; a ``dropped`` notice first whenever some were lost."""
     while True:
-        event, body = await sub.queue.get()
-        dropped = sub.take_dropped()
+        dropped, item = await sub.next()
         if dropped:
-            notice = envelope(
-                "dropped", event["job_id"], event["attempt"], event["ts"], {"count": dropped}
-            )
+            now = datetime.now(UTC).isoformat()
+            notice = {"event": "dropped", "job_id": None, "attempt": None, "ts": now,
+                      "data": {"count": dropped}}  # fmt: skip
             await websocket.send_text(orjson.dumps(notice).decode())
-        if event["event"] == "log":
-            key = (event["job_id"], event["attempt"], event["data"]["seq"])
-            if key in sent:
-                continue
+        if item is None:
+            continue
+        event, body = item
+        if (
+            event["event"] == "log"
+            and (event["job_id"], event["attempt"], event["data"]["seq"]) in sent
+        ):
+            continue
         await websocket.send_text(body.decode())
 
 
