@@ -376,7 +376,9 @@ async def submit_jobs(
             actor=actor.key_id,
             role=actor.role,
             action="job.batch_submit" if batch else "job.submit",
-            job_id=items[0].id if not batch else None,
+            job_id=(items[0].existing.id if items[0].existing else items[0].id)
+            if not batch
+            else None,
             outcome="ok" if new_ids else "idempotent_repeat",
             status_code=None,
             detail={"job_ids": [str(i) for i in new_ids][:1000], "count": len(new_ids)},

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 from uuid import UUID
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from shared.errors import DecodeError
 
@@ -67,6 +67,17 @@ class JobCancel(_Message):
     attempt: int
 
 
+def _no_nul(value: Any) -> Any:
+    """PostgreSQL text and jsonb cannot hold U+0000: replace it with U+FFFD, visibly."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, list):
+        return [_no_nul(v) for v in value]
+    if isinstance(value, dict):
+        return {_no_nul(k): _no_nul(v) for k, v in value.items()}
+    return value
+
+
 class JobStatusReport(_Message):
     """worker -> scheduler, logger: what happened to one attempt."""
 
@@ -80,6 +91,8 @@ class JobStatusReport(_Message):
     error: str | None = None
     traceback: str | None = None
     timed_out: bool = False
+
+    _clean = field_validator("result", "error", "traceback", mode="before")(lambda v: _no_nul(v))
 
 
 class JobStateChanged(_Message):
@@ -107,6 +120,8 @@ class JobProgress(_Message):
     total: float | None = None
     message: str | None = None
 
+    _clean = field_validator("message", mode="before")(lambda v: _no_nul(v))
+
 
 class JobLog(_Message):
     """worker -> logger, api: one line a task logged. ``seq`` orders lines of an attempt."""
@@ -118,6 +133,8 @@ class JobLog(_Message):
     seq: int
     level: str
     message: str
+
+    _clean = field_validator("message", mode="before")(lambda v: _no_nul(v))
 
 
 class WorkerCapacity(BaseModel):

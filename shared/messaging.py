@@ -26,11 +26,9 @@ import aiormq.exceptions
 
 from shared.errors import BrokerUnavailable, DecodeError
 from shared.messages import (
-    JobDispatch,
     Message,
     _Message,
     decode,
-    dispatch_key,
     encode,
     routing_key,
 )
@@ -230,18 +228,27 @@ class Broker:
         self, items: Iterable[tuple[_Message, str | None]], *, timeout: float | None = None
     ) -> None:
         """Publish several messages with their confirms pipelined (not one by one)."""
+        errors = [e for e in await self.publish_each(items, timeout=timeout) if e is not None]
+        if errors:
+            raise BrokerUnavailable(
+                f"{len(errors)} publish(es) failed; first: {errors[0]}"
+            ) from errors[0]
+
+    async def publish_each(
+        self, items: Iterable[tuple[_Message, str | None]], *, timeout: float | None = None
+    ) -> list[BrokerUnavailable | None]:
+        """Like publish_many, but report each message's fate (None = confirmed)."""
         results = await asyncio.gather(
             *(self.publish(msg, key, timeout=timeout) for msg, key in items),
             return_exceptions=True,
         )
-        errors = [r for r in results if isinstance(r, BaseException)]
-        if errors:
-            raise BrokerUnavailable(
-                f"{len(errors)} of {len(results)} publishes failed; first: {errors[0]}"
-            ) from errors[0]
-
-    async def publish_dispatch(self, dispatch: JobDispatch, worker_id: str) -> None:
-        await self.publish(dispatch, dispatch_key(worker_id, dispatch.job_id))
+        out: list[BrokerUnavailable | None] = []
+        for r in results:
+            if isinstance(r, BrokerUnavailable) or r is None:
+                out.append(r)
+            elif isinstance(r, BaseException):
+                raise r
+        return out
 
     async def consume(
         self,

@@ -7,16 +7,16 @@ from __future__ import annotations
 # and places what fits. Four short index range scans, whatever the table size.
 CLAIM_READY_HEADS = """
 SELECT * FROM (
-    (SELECT id, type, priority, cpu_units, memory_mb, run_at, attempts
+    (SELECT id, type, priority, cpu_units, memory_mb, run_at, ready_at, attempts
      FROM jobs WHERE status = 'ready' AND priority = 0 ORDER BY run_at, id LIMIT $1)
     UNION ALL
-    (SELECT id, type, priority, cpu_units, memory_mb, run_at, attempts
+    (SELECT id, type, priority, cpu_units, memory_mb, run_at, ready_at, attempts
      FROM jobs WHERE status = 'ready' AND priority = 1 ORDER BY run_at, id LIMIT $1)
     UNION ALL
-    (SELECT id, type, priority, cpu_units, memory_mb, run_at, attempts
+    (SELECT id, type, priority, cpu_units, memory_mb, run_at, ready_at, attempts
      FROM jobs WHERE status = 'ready' AND priority = 2 ORDER BY run_at, id LIMIT $1)
     UNION ALL
-    (SELECT id, type, priority, cpu_units, memory_mb, run_at, attempts
+    (SELECT id, type, priority, cpu_units, memory_mb, run_at, ready_at, attempts
      FROM jobs WHERE status = 'ready' AND priority = 3 ORDER BY run_at, id LIMIT $1)
 ) heads
 """

@@ -10,9 +10,10 @@ Placement, each cycle:
    runs its type and has the free cpu, memory and a slot, choosing the *best fit*
    (least cpu + memory left over, as fractions of that worker's capacity).
 4. A job that fits nowhere right now does not stop the jobs behind it (backfill) —
-   unless it has waited ``aging_seconds`` already: then it *reserves* the worker it
-   would fit best when empty, and nothing else is placed there until it runs. That is
-   the anti-starvation rule: small jobs cannot keep a large one out forever.
+   unless it has waited ``aging_seconds`` already: then it *reserves* one worker it
+   fits when empty (the one with the largest free share now, so it fits soonest), and
+   nothing else is placed there until it runs. That is the anti-starvation rule:
+   small jobs cannot keep a large one out forever.
 5. A job larger than every live worker (or whose type no live worker runs) waits,
    reserving nothing, and its ``waiting_reason`` says why.
 """
@@ -33,7 +34,12 @@ class Candidate:
     priority: int  # 0 critical .. 3 low
     cpu_units: float
     memory_mb: int
-    run_at: datetime  # when it became eligible (or was submitted)
+    run_at: datetime  # not before this time: orders jobs within a priority (older first)
+    ready_since: datetime | None = None  # when it last became ready: aging counts from here
+
+    @property
+    def waiting_since(self) -> datetime:
+        return self.ready_since or self.run_at
 
 
 @dataclass
@@ -99,7 +105,7 @@ class Plan:
 def effective_priority(job: Candidate, now: datetime, aging_seconds: float) -> int:
     if aging_seconds <= 0:
         return job.priority
-    waited = max(0.0, (now - job.run_at).total_seconds())
+    waited = max(0.0, (now - job.waiting_since).total_seconds())
     return max(0, job.priority - math.floor(waited / aging_seconds))
 
 
@@ -128,7 +134,7 @@ def plan_placements(
         if not could_fit:
             plan.waiting[job.id] = _why_never(job, workers)
             continue
-        waited = (now - job.run_at).total_seconds()
+        waited = (now - job.waiting_since).total_seconds()
         unreserved = [w for w in could_fit if w.id not in reserved]
         if waited >= aging_seconds and unreserved:
             # Anti-starvation: hold the worker where it will fit soonest.

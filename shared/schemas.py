@@ -36,7 +36,8 @@ TaskName = Annotated[
     str,
     StringConstraints(min_length=1, max_length=200, pattern=r"^[A-Za-z_][A-Za-z0-9_.:-]*$"),
 ]
-ShortText = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+# No NUL: PostgreSQL text cannot hold it; refusing it here gives a 422, not a 500.
+ShortText = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00]+$")]
 
 _STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
 
@@ -105,9 +106,9 @@ class BatchJobCreate(_JobFields):
     """One job of ``POST /jobs/batch``: ``depends_on`` may name ``@ref`` of the same batch."""
 
     ref: ShortText | None = None
-    depends_on: list[Annotated[str, StringConstraints(min_length=1, max_length=201)]] = Field(
-        default_factory=list, max_length=1000
-    )
+    depends_on: list[
+        Annotated[str, StringConstraints(min_length=1, max_length=201, pattern=r"^[^\x00]+$")]
+    ] = Field(default_factory=list, max_length=1000)
 
 
 class BatchCreate(BaseModel):

@@ -176,21 +176,36 @@ class HistoryLogger:
     async def _flush(self, sessionmaker: Any) -> None:
         while self.buffer:
             batch, self.buffer = self.buffer[:BATCH_SIZE], self.buffer[BATCH_SIZE:]
-            lines = [d.message for d in batch if isinstance(d.message, JobLog)]
-            reports = [d.message for d in batch if isinstance(d.message, JobStatusReport)]
-            while True:
-                try:
-                    async with sessionmaker() as session:
-                        await write_batch(session, lines, reports)  # type: ignore[arg-type]
-                        await session.commit()
-                    break
-                except Exception as exc:
-                    if not is_db_outage(exc):
-                        raise
-                    # Keep the batch (unacked) and retry: nothing is dropped.
-                    log.warning(
-                        "database unavailable (%s); retrying the batch of %d", exc, len(batch)
-                    )
-                    await asyncio.sleep(1.0)
+            try:
+                await self._write(sessionmaker, batch)
+            except Exception as exc:
+                # Not an outage: some message in the batch cannot be stored. Write them one
+                # by one; the ones that still fail go to the dead-letter queue, loudly.
+                log.error("batch of %d failed (%s); writing one by one", len(batch), exc)
+                for delivery in batch:
+                    try:
+                        await self._write(sessionmaker, [delivery])
+                    except Exception as one:
+                        log.error("dead-lettering %s: %s", delivery.routing_key, one)
+                        await delivery.reject(requeue=False)
+                    else:
+                        await delivery.ack()
+                continue
             for d in batch:
                 await d.ack()
+
+    async def _write(self, sessionmaker: Any, batch: list[Delivery]) -> None:
+        """Write one batch, retrying through database outages (the batch stays unacked)."""
+        lines = [d.message for d in batch if isinstance(d.message, JobLog)]
+        reports = [d.message for d in batch if isinstance(d.message, JobStatusReport)]
+        while True:
+            try:
+                async with sessionmaker() as session:
+                    await write_batch(session, lines, reports)
+                    await session.commit()
+                return
+            except Exception as exc:
+                if not is_db_outage(exc):
+                    raise
+                log.warning("database unavailable (%s); retrying the batch of %d", exc, len(batch))
+                await asyncio.sleep(1.0)

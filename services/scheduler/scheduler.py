@@ -444,18 +444,20 @@ class Scheduler:
                 )
                 for p in placed
             ]  # fmt: skip
-            try:
-                await self.broker.publish_many(dispatches)
-            except BrokerUnavailable as exc:
-                log.warning(
-                    "dispatch publish failed (%s); putting %d job(s) back", exc, len(placed)
-                )
+            results = await self.broker.publish_each(dispatches)
+            failed = [p for p, err in zip(placed, results, strict=True) if err is not None]
+            if failed:
+                # Only the undelivered ones go back; the others are on their workers.
+                log.warning("%d dispatch publish(es) failed (%s); putting them back", len(failed),
+                            next(e for e in results if e is not None))  # fmt: skip
                 async with self._sessionmaker() as session:
-                    undone = await store.undo_dispatch(session, placed)
+                    undone = await store.undo_dispatch(session, failed)
                     await session.commit()
-                for p in placed:
+                for p in failed:
                     self.assignments.pop(p.id, None)
-                await self._publish(undone)
+                gone = {p.id for p in failed}
+                events = [e for e in events if e.job_id not in gone] + undone
+                await self._publish(events)
                 return
             await self._publish(events)
             if len(plan.placements) < len(candidates) or len(placed) < batch:

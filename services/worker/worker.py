@@ -98,6 +98,8 @@ class Worker:
         self.running: dict[tuple[UUID, int], Running] = {}
         self.stuck: dict[tuple[UUID, int], Running] = {}
         self.seen: OrderedDict[tuple[UUID, int], None] = OrderedDict()
+        # Cancels that arrived before their dispatch (they come from another publisher).
+        self.early_cancels: OrderedDict[UUID, int] = OrderedDict()
         self.outbox: asyncio.Queue[_Message | tuple[_Message, str]] = asyncio.Queue()
         self.state = "alive"
         self.started_at = datetime.now(UTC)
@@ -174,6 +176,8 @@ class Worker:
                     self._idle.wait(), timeout=max(0.0, deadline - time.monotonic())
                 )
         for run in list(self.running.values()):
+            # Hand the job back: it goes to another worker without using up an attempt
+            # of its retry budget (the attempt number still moves on: fencing holds).
             run.ctx.cancelled.set()
             self._report_end(
                 run,
@@ -181,11 +185,12 @@ class Worker:
                     job_id=run.dispatch.job_id,
                     attempt=run.dispatch.attempt,
                     worker_id=self.worker_id,
-                    status="failed",
+                    status="handed_back",
                     error=f"worker {self.worker_id} shut down before the attempt finished "
                     f"(grace {self.settings.worker_grace_seconds:g} s)",
                 ),
             )
+            self.stuck[run.key] = run  # its thread may still run until the process exits
 
     def threads_still_running(self) -> int:
         return sum(
@@ -213,6 +218,18 @@ class Worker:
         while len(self.seen) > SEEN_MEMORY:
             self.seen.popitem(last=False)
         definition = self.registry.get(dispatch.type)
+        if self.early_cancels.get(dispatch.job_id, -1) >= dispatch.attempt:
+            log.info("job %s attempt %d was cancelled before it arrived", *key)
+            self._emit(
+                JobStatusReport(
+                    job_id=dispatch.job_id,
+                    attempt=dispatch.attempt,
+                    worker_id=self.worker_id,
+                    status="cancelled",
+                    error="cancelled by request before it started",
+                )
+            )
+            return
         reason = None
         if self.state != "alive":
             reason = f"worker {self.worker_id} is draining"
@@ -248,17 +265,23 @@ class Worker:
         run.future = future
         loop = self._loop
         assert loop is not None
-        future.add_done_callback(lambda f: loop.call_soon_threadsafe(self._finished, run, f))
+        future.add_done_callback(lambda f: self._from_thread(self._finished, run, f))
         if dispatch.timeout_seconds:
             run.timers.append(loop.call_later(dispatch.timeout_seconds, self._time_out, run))
 
     def _cancel(self, message: JobCancel) -> None:
+        found = False
         for key, run in list(self.running.items()):
             if key[0] == message.job_id and key[1] <= message.attempt:
+                found = True
                 log.info("cancelling job %s attempt %d", *key)
                 run.cancel_requested = True
                 run.ctx.cancelled.set()
                 self._schedule_grace(run)
+        if not found:
+            self.early_cancels[message.job_id] = message.attempt
+            while len(self.early_cancels) > SEEN_MEMORY:
+                self.early_cancels.popitem(last=False)
 
     # ------------------------------------------------------------ attempt lifecycle
 
@@ -271,7 +294,7 @@ class Worker:
             line = JobLog(
                 job_id=job_id, type=job_type, attempt=attempt, seq=seq, level=level, message=message
             )
-            loop.call_soon_threadsafe(self._emit, line)
+            self._from_thread(self._emit, line)
 
         def report_progress(done: float, total: float | None, message: str | None) -> None:
             update = JobProgress(
@@ -282,7 +305,7 @@ class Worker:
                 total=total,
                 message=message,
             )
-            loop.call_soon_threadsafe(self._progress, (job_id, attempt), update)
+            self._from_thread(self._progress, (job_id, attempt), update)
 
         return TaskContext(
             job_id=job_id,
@@ -291,6 +314,14 @@ class Worker:
             cancelled=threading.Event(),
             _report_progress=report_progress,
         )
+
+    def _from_thread(self, callback: Any, *args: Any) -> None:
+        """Hand a task thread's news to the event loop (dropped once the worker has exited)."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        with contextlib.suppress(RuntimeError):  # the loop closed between check and call
+            loop.call_soon_threadsafe(callback, *args)
 
     def _progress(self, key: tuple[UUID, int], update: JobProgress) -> None:
         run = self.running.get(key)

@@ -104,3 +104,10 @@ def test_retry_delay(n: int, expected: float) -> None:
     delays = [retry_delay(n, initial=1, multiplier=2, max_delay=300, rng=rng) for _ in range(200)]
     assert all(expected * 0.9 - 1e-9 <= d <= min(300, expected * 1.1) + 1e-9 for d in delays)
     assert max(delays) - min(delays) > 0  # jitter is there
+
+
+def test_aging_counts_from_ready_not_from_submission() -> None:
+    # Submitted long ago but blocked on dependencies until a moment ago: no boost yet.
+    j = job(priority=3, waited=10_000)
+    j.ready_since = NOW - timedelta(seconds=5)
+    assert effective_priority(j, NOW, 300) == 3

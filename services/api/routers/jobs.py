@@ -134,12 +134,12 @@ async def list_jobs_route(
     session: SessionDep,
     actor: ViewerDep,
     status: Annotated[list[JobStatus] | None, Query(description="repeat to OR")] = None,
-    type: Annotated[str | None, Query(max_length=200)] = None,
+    type: Annotated[str | None, Query(max_length=200, pattern=r"^[^\x00]+$")] = None,
     priority: Priority | None = None,
     created_after: datetime | None = None,
     created_before: datetime | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    cursor: Annotated[str | None, Query(max_length=500)] = None,
+    cursor: Annotated[str | None, Query(max_length=500, pattern=r"^[A-Za-z0-9_=-]+$")] = None,
 ) -> JobPage:
     """Newest first; pass ``next_cursor`` back as ``cursor`` for the next page."""
     jobs, next_cursor = await list_jobs(
