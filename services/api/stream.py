@@ -20,6 +20,7 @@ import uuid
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
@@ -54,6 +55,11 @@ class StreamFilter:
         return True
 
 
+def iso(ts: datetime) -> str:
+    """RFC 3339 in UTC with a ``Z``, as the REST API writes times."""
+    return ts.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
 def envelope(
     event: str, job_id: UUID, attempt: int, ts: str, data: dict[str, Any]
 ) -> dict[str, Any]:
@@ -72,21 +78,21 @@ def to_envelope(message: Message) -> tuple[dict[str, Any], str | None, str | Non
                 "reason": message.reason,
             }
             return (
-                envelope("state", message.job_id, message.attempt, message.ts.isoformat(), data),
+                envelope("state", message.job_id, message.attempt, iso(message.ts), data),
                 message.type,
                 message.new_status,
             )
         case JobLog():
             data = {"seq": message.seq, "level": message.level, "message": message.message}
             return (
-                envelope("log", message.job_id, message.attempt, message.ts.isoformat(), data),
+                envelope("log", message.job_id, message.attempt, iso(message.ts), data),
                 message.type,
                 None,
             )
         case JobProgress():
             data = {"done": message.done, "total": message.total, "message": message.message}
             return (
-                envelope("progress", message.job_id, message.attempt, message.ts.isoformat(), data),
+                envelope("progress", message.job_id, message.attempt, iso(message.ts), data),
                 message.type,
                 None,
             )

@@ -241,7 +241,7 @@ class Scheduler:
                     "done": msg.done,
                     "total": msg.total,
                     "message": msg.message,
-                    "ts": msg.ts.isoformat(),
+                    "ts": msg.ts.astimezone(UTC).isoformat().replace("+00:00", "Z"),
                 }
         for hb in beats.values():
             self._register_heartbeat(hb)

@@ -307,9 +307,13 @@ def test_monitoring_messages(stack: Stack, settings: object) -> None:
 
 
 def test_sigterm_hands_back_what_outlives_the_grace(stack: Stack) -> None:
-    short = stack.start("worker", "--worker-id", "short", env={"SWITCHYARD_WORKER_GRACE_SECONDS": "0.5"})
+    short = stack.start(
+        "worker", "--worker-id", "short", env={"SWITCHYARD_WORKER_GRACE_SECONDS": "0.5"}
+    )
     stack.wait_for(lambda: stack.worker_alive("short"), what="worker short registered", proc=short)
-    job = stack.submit({"type": "demo.sleep", "payload": {"seconds": 3}, "retry": {"max_attempts": 1}})
+    job = stack.submit(
+        {"type": "demo.sleep", "payload": {"seconds": 3}, "retry": {"max_attempts": 1}}
+    )
     assert stack.wait_status(job["id"], "running")["worker_id"] == "short"
     stack.worker("other")
     short.signal(signal.SIGTERM)
@@ -319,6 +323,9 @@ def test_sigterm_hands_back_what_outlives_the_grace(stack: Stack) -> None:
     assert done["worker_id"] == "other" and done["attempts"] == 2
 
     def recorded() -> bool:
-        return [e["status"] for e in stack.logs(job["id"])["executions"]] == ["handed_back", "completed"]
+        return [e["status"] for e in stack.logs(job["id"])["executions"]] == [
+            "handed_back",
+            "completed",
+        ]
 
     stack.wait_for(recorded, what="handed_back then completed in executions")

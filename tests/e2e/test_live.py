@@ -313,3 +313,40 @@ def test_metrics_workers_and_stats_match_the_run(stack: Stack) -> None:
         >= 0
     )
     assert waiting["id"] not in w["running"]
+
+
+def test_cli_logs_follow(stack: Stack) -> None:
+    import subprocess
+    import sys
+
+    stack.worker("w1")
+    job = stack.submit({"type": "demo.progress", "payload": {"steps": 5, "delay_seconds": 0.3}})
+    stack.wait_status(job["id"], "running")
+    env = {"SWITCHYARD_URL": stack.url, "SWITCHYARD_API_KEY": ADMIN_KEY, "PATH": "/usr/bin:/bin"}
+    follow = subprocess.run(
+        [sys.executable, "-m", "shared.cli", "logs", job["id"], "--follow"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert follow.returncode == 0, follow.stderr
+    lines = follow.stdout.strip().splitlines()
+    assert [ln.split("INFO", 1)[1].strip() for ln in lines] == [
+        f"step {i} of 5" for i in range(1, 6)
+    ]
+    assert "-- completed" in follow.stderr
+    # Without --follow: the stored lines; bad key: a clear error and exit 1.
+    plain = subprocess.run(
+        [sys.executable, "-m", "shared.cli", "logs", job["id"]],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert plain.stdout == follow.stdout
+    bad = subprocess.run(
+        [sys.executable, "-m", "shared.cli", "--api-key", "nope", "status", job["id"]],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode == 1 and "invalid or revoked API key (HTTP 401)" in bad.stderr

@@ -23,7 +23,7 @@ from sqlalchemy import select
 from starlette.websockets import WebSocketState
 
 from services.api.deps import resolve_token
-from services.api.stream import StreamFilter, Subscriber, envelope
+from services.api.stream import StreamFilter, Subscriber, envelope, iso
 from shared.models import Job, JobLogLine
 from shared.states import JobStatus
 
@@ -111,7 +111,7 @@ async def forward(websocket: WebSocket, sub: Subscriber, sent: set[tuple[str, in
     while True:
         dropped, item = await sub.next()
         if dropped:
-            now = datetime.now(UTC).isoformat()
+            now = iso(datetime.now(UTC))
             notice = {"event": "dropped", "job_id": None, "attempt": None, "ts": now,
                       "data": {"count": dropped}}  # fmt: skip
             await websocket.send_text(orjson.dumps(notice).decode())
@@ -145,14 +145,14 @@ async def send_replay(
                 "worker_id": job.worker_id, "reason": "replay", "replay": True}  # fmt: skip
         await websocket.send_text(
             orjson.dumps(
-                envelope("state", job.id, job.attempts, job.updated_at.isoformat(), data)
+                envelope("state", job.id, job.attempts, iso(job.updated_at), data)
             ).decode()
         )
         lines: dict[tuple[int, int], dict[str, Any]] = {}
         for ln in stored:
             if ln.job_id == job.id:
                 lines[(ln.attempt, ln.seq)] = envelope(
-                    "log", job.id, ln.attempt, ln.ts.isoformat(),
+                    "log", job.id, ln.attempt, iso(ln.ts),
                     {"seq": ln.seq, "level": ln.level, "message": ln.message},
                 )  # fmt: skip
         for ev in state.hub.recent_lines(job.id):
@@ -163,7 +163,7 @@ async def send_replay(
             await websocket.send_text(orjson.dumps(ev).decode())
         if job.progress:
             p = job.progress
-            ts = str(p.get("ts") or job.updated_at.isoformat())
+            ts = str(p.get("ts") or iso(job.updated_at))
             data = {"done": p.get("done"), "total": p.get("total"), "message": p.get("message")}
             progress = envelope("progress", job.id, job.attempts, ts, data)
             await websocket.send_text(orjson.dumps(progress).decode())

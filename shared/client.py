@@ -1,0 +1,121 @@
+"""Python client for the Switchyard API (the SDK), on httpx.
+
+    from shared.client import Client
+
+    with Client("http://127.0.0.1:8000", api_key="…") as sy:
+        job = sy.enqueue_job("demo.sleep", {"seconds": 1}, priority="high")
+        for event in sy.stream(job_ids=[job.id], replay=True):
+            ...
+
+Errors are :class:`ApiError` carrying the API's status code and message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from types import TracebackType
+from typing import Any
+from urllib.parse import urlencode
+
+import httpx
+import orjson
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
+
+from shared.errors import SwitchyardError
+from shared.schemas import JobLogs, JobRead
+from shared.settings import get_settings
+
+
+class ApiError(SwitchyardError):
+    """The API refused a request; ``status`` and ``detail`` are what it said."""
+
+    def __init__(self, status: int, detail: Any) -> None:
+        super().__init__(f"{status}: {detail}")
+        self.status = status
+        self.detail = detail
+
+
+class Client:
+    def __init__(
+        self, url: str | None = None, api_key: str | None = None, *, timeout: float = 30
+    ) -> None:
+        if url is None or api_key is None:
+            settings = get_settings()
+            url = url or settings.url
+            api_key = api_key if api_key is not None else settings.api_key
+        self.url = url.rstrip("/")
+        self.api_key = api_key
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise ApiError(0, f"cannot reach {self.url}: {exc}") from exc
+        if response.status_code >= 400:
+            try:
+                detail = response.json().get("detail", response.text)
+            except ValueError:
+                detail = response.text
+            raise ApiError(response.status_code, detail)
+        return response.json() if response.content else None
+
+    def enqueue_job(
+        self, type: str, payload: dict[str, Any] | None = None, **options: Any
+    ) -> JobRead:
+        """Submit a job; ``options`` are the other fields of POST /jobs."""
+        body = {
+            "type": type,
+            "payload": payload or {},
+            **{k: v for k, v in options.items() if v is not None},
+        }
+        return JobRead.model_validate(self._request("POST", "/jobs", json=body))
+
+    def get_status(self, job_id: str) -> JobRead:
+        return JobRead.model_validate(self._request("GET", f"/jobs/{job_id}"))
+
+    def logs(self, job_id: str) -> JobLogs:
+        return JobLogs.model_validate(self._request("GET", f"/jobs/{job_id}/logs"))
+
+    def cancel(self, job_id: str) -> JobRead:
+        return JobRead.model_validate(self._request("PATCH", f"/jobs/{job_id}/cancel"))
+
+    def raw(self, method: str, path: str, **kwargs: Any) -> Any:
+        """Any other route, as JSON (the CLI's --json output)."""
+        return self._request(method, path, **kwargs)
+
+    def stream(
+        self,
+        *,
+        job_ids: list[str] | None = None,
+        types: list[str] | None = None,
+        statuses: list[str] | None = None,
+        replay: bool = False,
+    ) -> Iterator[dict[str, Any]]:
+        """Live events from ``WS /jobs/stream`` (envelopes as dicts), until the caller stops."""
+        query: list[tuple[str, str]] = [("job_id", j) for j in job_ids or []]
+        query += [("type", t) for t in types or []] + [("status", s) for s in statuses or []]
+        if replay:
+            query.append(("replay", "true"))
+        ws_url = self.url.replace("http://", "ws://", 1).replace("https://", "wss://", 1)
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        with connect(f"{ws_url}/jobs/stream?{urlencode(query)}", additional_headers=headers) as ws:
+            while True:
+                try:
+                    raw = ws.recv()
+                except ConnectionClosed as exc:
+                    if exc.rcvd is not None and exc.rcvd.code == 1008:
+                        raise ApiError(401, exc.rcvd.reason or "stream refused") from None
+                    return
+                yield orjson.loads(raw)
