@@ -429,3 +429,15 @@ def test_dockerignore_keeps_the_context_small() -> None:
     assert any("__pycache__" in p for p in patterns)
     for kept in ("pyproject.toml", "alembic.ini", "shared", "services"):
         assert kept not in patterns, f".dockerignore excludes {kept}, which the image needs"
+
+
+def test_prometheus_scrapes_the_api(services: dict[str, Any]) -> None:
+    prom = services["prometheus"]
+    assert prom["profiles"] == ["monitoring"]
+    assert prom["image"].startswith("prom/prometheus:")
+    mount = next(v for v in prom["volumes"] if v.endswith("/etc/prometheus/prometheus.yml:ro"))
+    config = yaml.safe_load((ROOT / mount.split(":")[0].removeprefix("./")).read_text())
+    (job,) = config["scrape_configs"]
+    assert job["metrics_path"] == "/metrics"
+    assert job["static_configs"][0]["targets"] == ["api:8000"]
+    assert services["api"]["ports"][0].endswith(":8000") or "8000" in str(services["api"]["ports"][0])
