@@ -57,6 +57,7 @@ class Actor:
     key_id: str
     role: str
     label: str | None = None
+    client: str | None = None  # the caller's address, for the audit log
 
     def has_role(self, role: str) -> bool:
         return ROLE_RANK[self.role] >= ROLE_RANK[role]
@@ -376,6 +377,7 @@ async def submit_jobs(
             actor=actor.key_id,
             role=actor.role,
             action="job.batch_submit" if batch else "job.submit",
+            client=actor.client,
             job_id=(items[0].existing.id if items[0].existing else items[0].id)
             if not batch
             else None,
@@ -662,6 +664,7 @@ async def cancel_job(
             role=actor.role,
             action="job.cancel",
             job_id=job.id,
+            client=actor.client,
             outcome="ok" if not notify_worker else "requested",
         )
     )

@@ -220,6 +220,7 @@ class ApiKey(Base):
     source: Mapped[str] = mapped_column(Text, server_default="api")  # api | env
     created_at: Mapped[datetime] = mapped_column(TZ, server_default=text("now()"))
     revoked_at: Mapped[datetime | None] = mapped_column(TZ)
+    revoked_reason: Mapped[str | None] = mapped_column(Text)  # 'admin' or 'env-removed'
 
     __table_args__ = (
         CheckConstraint("role IN ('viewer', 'submitter', 'admin')", name="api_keys_role_valid"),
@@ -240,10 +241,21 @@ class AuditEntry(Base):
     outcome: Mapped[str] = mapped_column(Text)  # ok, denied, invalid, not_found, conflict...
     status_code: Mapped[int | None] = mapped_column(Integer)
     client: Mapped[str | None] = mapped_column(Text)
+    attempt: Mapped[int | None] = mapped_column(Integer)  # execution rows
     detail: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
 
+    # Newest first is ``ORDER BY id DESC``; each filter has its own (filter, id) index.
     __table_args__ = (
-        Index("audit_log_at_idx", "at", "id"),
-        Index("audit_log_job_idx", "job_id", postgresql_where=text("job_id IS NOT NULL")),
-        Index("audit_log_actor_idx", "actor", "at"),
+        Index("audit_log_job_idx", "job_id", "id", postgresql_where=text("job_id IS NOT NULL")),
+        Index("audit_log_actor_idx", "actor", "id"),
+        Index("audit_log_action_idx", "action", "id"),
+        # One row per execution event, however often the logger sees the report.
+        Index(
+            "audit_log_execution_key",
+            "job_id",
+            "attempt",
+            "action",
+            unique=True,
+            postgresql_where=text("attempt IS NOT NULL"),
+        ),
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
@@ -214,6 +214,47 @@ class StatsRead(BaseModel):
     throughput: dict[str, Throughput]
     durations: dict[str, Durations]
     window_seconds: float
+
+
+class ApiKeyCreate(BaseModel):
+    model_config = _STRICT
+
+    role: Literal["viewer", "submitter", "admin"]
+    label: ShortText
+
+
+class ApiKeyRead(BaseModel):
+    id: UUID
+    role: str
+    label: str | None
+    source: str = Field(
+        description="api (created with POST /api-keys) or env (SWITCHYARD_API_KEYS)"
+    )
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class ApiKeyCreated(ApiKeyRead):
+    key: str = Field(description="the secret: shown this once, stored only as a hash")
+
+
+class AuditRead(BaseModel):
+    id: int
+    at: datetime
+    actor: str | None
+    role: str | None
+    action: str
+    job_id: UUID | None
+    attempt: int | None
+    outcome: str
+    status_code: int | None
+    client: str | None
+    detail: dict[str, Any] | None
+
+
+class AuditPage(BaseModel):
+    items: list[AuditRead]
+    next_cursor: str | None
 
 
 class ErrorBody(BaseModel):

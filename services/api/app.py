@@ -7,22 +7,22 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from sqlalchemy import func, select, update
+from sqlalchemy import case, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from uuid_utils.compat import uuid7
 
-from services.api.deps import hash_key
 from services.api.errors import install_error_handlers
 from services.api.metrics import Metrics
 from services.api.middleware import BodySizeLimit
-from services.api.routers import health, jobs, observe, stream
+from services.api.routers import audit, health, jobs, keys, observe, stream
 from services.api.stream import EventHub
 from shared import demo_tasks
 from shared.catalog import TaskCatalog, announce_task_types
 from shared.db import create_engine, create_sessionmaker
 from shared.errors import ConfigError
 from shared.jobs import Limits
+from shared.keys import hash_key
 from shared.messaging import Broker
 from shared.models import ApiKey
 from shared.settings import Settings, get_settings
@@ -43,7 +43,19 @@ async def bootstrap_api_keys(session: AsyncSession, keys: dict[str, str]) -> int
         await session.execute(
             stmt.on_conflict_do_update(
                 index_elements=[ApiKey.key_hash],
-                set_={"role": role, "revoked_at": None, "source": "env"},
+                # A key an admin revoked stays revoked; one revoked because it had left
+                # SWITCHYARD_API_KEYS comes back with it.
+                set_={
+                    "role": role,
+                    "source": "env",
+                    "revoked_at": case(
+                        (ApiKey.revoked_reason == "env-removed", None), else_=ApiKey.revoked_at
+                    ),
+                    "revoked_reason": case(
+                        (ApiKey.revoked_reason == "env-removed", None),
+                        else_=ApiKey.revoked_reason,
+                    ),
+                },
             )
         )
     await session.execute(
@@ -53,7 +65,7 @@ async def bootstrap_api_keys(session: AsyncSession, keys: dict[str, str]) -> int
             ApiKey.revoked_at.is_(None),
             ApiKey.key_hash.not_in(list(hashes) or [""]),
         )
-        .values(revoked_at=func.now())
+        .values(revoked_at=func.now(), revoked_reason="env-removed")
     )
     return int(
         await session.scalar(
@@ -148,4 +160,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(stream.router)
     app.include_router(observe.router)
+    app.include_router(keys.router)
+    app.include_router(audit.router)
     return app

@@ -53,7 +53,7 @@ def _describe_validation(exc: RequestValidationError) -> str:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(JobRequestError)
     async def job_request_error(request: Request, exc: JobRequestError) -> JSONResponse:
-        status = STATUS_OF.get(type(exc), 422)
+        status = next((code for cls, code in STATUS_OF.items() if isinstance(exc, cls)), 422)
         await audit_refusal(request, status, exc.message)
         return JSONResponse({"detail": exc.message}, status_code=status)
 

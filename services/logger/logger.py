@@ -71,6 +71,24 @@ UPSERT_EXECUTIONS = text(
 )
 
 
+# Executions are audited too (issue: every submission, cancel, retry and execution):
+# one row when an attempt starts, one when it ends, written with the history in the
+# same transaction and idempotent on redelivery (unique per job, attempt and action).
+INSERT_EXECUTION_AUDIT = text(
+    """
+    INSERT INTO audit_log (actor, role, action, job_id, attempt, outcome, at, detail)
+    SELECT u.worker_id, 'worker', u.action, u.job_id, u.attempt, u.outcome, u.at,
+           CASE WHEN u.error IS NULL THEN NULL ELSE jsonb_build_object('error', u.error) END
+    FROM unnest(CAST(:workers AS text[]), CAST(:actions AS text[]), CAST(:job_ids AS uuid[]),
+                CAST(:attempts AS int[]), CAST(:outcomes AS text[]),
+                CAST(:ats AS timestamptz[]), CAST(:errors AS text[]))
+         AS u(worker_id, action, job_id, attempt, outcome, at, error)
+    WHERE EXISTS (SELECT 1 FROM jobs j WHERE j.id = u.job_id)
+    ON CONFLICT (job_id, attempt, action) WHERE attempt IS NOT NULL DO NOTHING
+    """
+)
+
+
 @dataclass
 class _Execution:
     job_id: UUID
@@ -112,6 +130,22 @@ async def write_batch(
                 "ts": [ln.ts for ln in lines],
                 "levels": [ln.level for ln in lines],
                 "messages": [ln.message for ln in lines],
+            },
+        )
+    audited = reports
+    if audited:
+        await session.execute(
+            INSERT_EXECUTION_AUDIT,
+            {
+                "workers": [r.worker_id for r in audited],
+                "actions": [
+                    "execution.start" if r.status == "started" else "execution.end" for r in audited
+                ],
+                "job_ids": [r.job_id for r in audited],
+                "attempts": [r.attempt for r in audited],
+                "outcomes": [r.status for r in audited],
+                "ats": [r.ts for r in audited],
+                "errors": [(r.error or "")[:2000] or None for r in audited],
             },
         )
     executions = merge_reports(reports)

@@ -440,4 +440,6 @@ def test_prometheus_scrapes_the_api(services: dict[str, Any]) -> None:
     (job,) = config["scrape_configs"]
     assert job["metrics_path"] == "/metrics"
     assert job["static_configs"][0]["targets"] == ["api:8000"]
-    assert services["api"]["ports"][0].endswith(":8000") or "8000" in str(services["api"]["ports"][0])
+    assert services["api"]["ports"][0].endswith(":8000") or "8000" in str(
+        services["api"]["ports"][0]
+    )

@@ -41,6 +41,7 @@ def upgrade() -> None:
             nullable=False,
         ),
         sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("revoked_reason", sa.Text(), nullable=True),
         sa.CheckConstraint("role IN ('viewer', 'submitter', 'admin')", name="api_keys_role_valid"),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("key_hash"),
@@ -58,17 +59,25 @@ def upgrade() -> None:
         sa.Column("outcome", sa.Text(), nullable=False),
         sa.Column("status_code", sa.Integer(), nullable=True),
         sa.Column("client", sa.Text(), nullable=True),
+        sa.Column("attempt", sa.Integer(), nullable=True),
         sa.Column("detail", postgresql.JSONB(astext_type=sa.Text()), nullable=True),
         sa.PrimaryKeyConstraint("id"),
     )
-    op.create_index("audit_log_actor_idx", "audit_log", ["actor", "at"], unique=False)
-    op.create_index("audit_log_at_idx", "audit_log", ["at", "id"], unique=False)
+    op.create_index("audit_log_actor_idx", "audit_log", ["actor", "id"], unique=False)
+    op.create_index("audit_log_action_idx", "audit_log", ["action", "id"], unique=False)
     op.create_index(
         "audit_log_job_idx",
         "audit_log",
-        ["job_id"],
+        ["job_id", "id"],
         unique=False,
         postgresql_where=sa.text("job_id IS NOT NULL"),
+    )
+    op.create_index(
+        "audit_log_execution_key",
+        "audit_log",
+        ["job_id", "attempt", "action"],
+        unique=True,
+        postgresql_where=sa.text("attempt IS NOT NULL"),
     )
     op.create_table(
         "jobs",
@@ -291,10 +300,5 @@ def downgrade() -> None:
     op.drop_index("jobs_created_idx", table_name="jobs")
     op.drop_index("jobs_claim_idx", table_name="jobs", postgresql_where=sa.text("status = 'ready'"))
     op.drop_table("jobs")
-    op.drop_index(
-        "audit_log_job_idx", table_name="audit_log", postgresql_where=sa.text("job_id IS NOT NULL")
-    )
-    op.drop_index("audit_log_at_idx", table_name="audit_log")
-    op.drop_index("audit_log_actor_idx", table_name="audit_log")
-    op.drop_table("audit_log")
+    op.drop_table("audit_log")  # and its indexes
     op.drop_table("api_keys")

@@ -1,0 +1,53 @@
+"""``GET /audit`` (admin): the append-only audit log, newest first."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+from uuid import UUID
+
+from fastapi import APIRouter, Query
+from sqlalchemy import select
+
+from services.api.deps import AdminDep, SessionDep
+from shared.models import AuditEntry
+from shared.schemas import AuditPage, AuditRead, ErrorBody
+
+router = APIRouter(tags=["audit"])
+
+
+@router.get(
+    "/audit",
+    name="audit.list",
+    response_model=AuditPage,
+    responses={code: {"model": ErrorBody} for code in (401, 403, 422, 503)},
+)
+async def audit_log(
+    session: SessionDep,
+    actor: AdminDep,
+    actor_id: Annotated[
+        str | None, Query(alias="actor", max_length=200, pattern=r"^[^\x00]+$")
+    ] = None,
+    action: Annotated[str | None, Query(max_length=200, pattern=r"^[^\x00]+$")] = None,
+    job_id: UUID | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    cursor: Annotated[
+        int | None, Query(ge=1, description="next_cursor of the previous page")
+    ] = None,
+) -> dict[str, Any]:
+    """Filter by ``actor`` (an API key id, ``dev`` or a worker id), ``action`` (e.g.
+    ``job.submit``, ``job.cancel``, ``execution.end``) and ``job_id``; keyset pages."""
+    stmt = select(AuditEntry)
+    if actor_id:
+        stmt = stmt.where(AuditEntry.actor == actor_id)
+    if action:
+        stmt = stmt.where(AuditEntry.action == action)
+    if job_id:
+        stmt = stmt.where(AuditEntry.job_id == job_id)
+    if cursor:
+        stmt = stmt.where(AuditEntry.id < cursor)
+    rows = list(await session.scalars(stmt.order_by(AuditEntry.id.desc()).limit(limit + 1)))
+    page = rows[:limit]
+    return {
+        "items": [AuditRead.model_validate(r, from_attributes=True) for r in page],
+        "next_cursor": str(page[-1].id) if len(rows) > limit else None,
+    }

@@ -1,0 +1,53 @@
+"""``/api-keys`` (admin): create (the secret is shown once), list, revoke."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+from uuid import UUID
+
+from fastapi import APIRouter, Query, Response
+
+from services.api.deps import AdminDep, SessionDep
+from shared.keys import create_api_key, list_api_keys, revoke_api_key
+from shared.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyRead, ErrorBody
+
+router = APIRouter(prefix="/api-keys", tags=["api keys"])
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {code: {"model": ErrorBody} for code in codes}
+
+
+@router.post(
+    "", name="apikey.create", status_code=201, response_model=ApiKeyCreated,
+    responses=_errors(401, 403, 413, 422, 503),
+)  # fmt: skip
+async def create_key(body: ApiKeyCreate, session: SessionDep, actor: AdminDep) -> ApiKeyCreated:
+    """Create a key with a role and a label. Its secret is in this answer only."""
+    new = await create_api_key(session, role=body.role, label=body.label, actor=actor)
+    await session.commit()
+    return ApiKeyCreated(
+        **ApiKeyRead.model_validate(new.row, from_attributes=True).model_dump(), key=new.secret
+    )
+
+
+@router.get(
+    "", name="apikeys.list", response_model=list[ApiKeyRead], responses=_errors(401, 403, 422, 503)
+)
+async def list_keys(
+    session: SessionDep, actor: AdminDep, include_revoked: Annotated[bool, Query()] = False
+) -> list[ApiKeyRead]:
+    """Keys without their secrets."""
+    rows = await list_api_keys(session, include_revoked=include_revoked)
+    return [ApiKeyRead.model_validate(r, from_attributes=True) for r in rows]
+
+
+@router.delete(
+    "/{key_id}", name="apikey.revoke", status_code=204, response_class=Response,
+    responses=_errors(401, 403, 404, 422, 503),
+)  # fmt: skip
+async def revoke_key(key_id: UUID, session: SessionDep, actor: AdminDep) -> Response:
+    """Revoke at once: the next request with that key gets 401."""
+    await revoke_api_key(session, key_id, actor=actor)
+    await session.commit()
+    return Response(status_code=204)

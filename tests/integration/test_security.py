@@ -1,0 +1,218 @@
+"""The route × role matrix of docs/security.md, cell by cell; keys; the audit log."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Awaitable, Callable
+
+import asyncpg
+import httpx
+import pytest
+
+from shared.catalog import announce_task_types
+from shared.tasks import TaskContext, TaskRegistry
+from tests.conftest import ADMIN_KEY, OTHER_SUBMITTER_KEY, ROOT, SUBMITTER_KEY, VIEWER_KEY, auth
+
+ROLES = ("none", "viewer", "submitter", "admin", "revoked")
+
+
+def matrix() -> list[tuple[str, dict[str, str]]]:
+    text = (ROOT / "docs" / "security.md").read_text()
+    table = text.split("### Route × role matrix", 1)[1]
+    rows = []
+    for line in table.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 6 or not cells[0].startswith("`"):
+            continue
+        rows.append((cells[0].replace("`", ""), dict(zip(ROLES, cells[1:], strict=True))))
+    assert len(rows) >= 17, "the matrix in docs/security.md was not found"
+    return rows
+
+
+MATRIX = [row for row in matrix() if not row[0].startswith("WS ")]
+
+admin_only = TaskRegistry()
+
+
+@admin_only.task("ops.admin_only", roles={"admin"})
+def drop_caches(ctx: TaskContext, payload: dict) -> None: ...
+
+
+Request = Callable[[httpx.AsyncClient, dict[str, str], str], Awaitable[httpx.Response]]
+
+
+async def new_job(client: httpx.AsyncClient, key: str = ADMIN_KEY) -> str:
+    r = await client.post("/jobs", json={"type": "demo.echo"}, headers=auth(key))
+    assert r.status_code == 201, r.text
+    return str(r.json()["id"])
+
+
+async def own_job_cancel(c: httpx.AsyncClient, h: dict[str, str], role: str) -> httpx.Response:
+    owner = {"submitter": SUBMITTER_KEY, "admin": ADMIN_KEY}.get(role, SUBMITTER_KEY)
+    return await c.patch(f"/jobs/{await new_job(c, owner)}/cancel", headers=h)
+
+
+async def others_job_cancel(c: httpx.AsyncClient, h: dict[str, str], role: str) -> httpx.Response:
+    return await c.patch(f"/jobs/{await new_job(c, OTHER_SUBMITTER_KEY)}/cancel", headers=h)
+
+
+async def revoke_fresh_key(c: httpx.AsyncClient, h: dict[str, str], role: str) -> httpx.Response:
+    made = await c.post(
+        "/api-keys", json={"role": "viewer", "label": "victim"}, headers=auth(ADMIN_KEY)
+    )
+    return await c.delete(f"/api-keys/{made.json()['id']}", headers=h)
+
+
+REQUESTS: dict[str, Request] = {
+    "GET /healthz": lambda c, h, r: c.get("/healthz", headers=h),
+    "GET /metrics": lambda c, h, r: c.get("/metrics", headers=h),
+    "GET /jobs": lambda c, h, r: c.get("/jobs", headers=h),
+    "GET /jobs/{id}": lambda c, h, r: _get_job(c, h, ""),
+    "GET /jobs/{id}/logs": lambda c, h, r: _get_job(c, h, "/logs"),
+    "POST /jobs": lambda c, h, r: c.post("/jobs", json={"type": "demo.echo"}, headers=h),
+    'POST /jobs (task with roles={"admin"})': lambda c, h, r: c.post(
+        "/jobs", json={"type": "ops.admin_only"}, headers=h
+    ),
+    "POST /jobs/batch": lambda c, h, r: c.post(
+        "/jobs/batch", json={"jobs": [{"ref": "a", "type": "demo.echo"}]}, headers=h
+    ),
+    "PATCH /jobs/{id}/cancel (own job)": own_job_cancel,
+    "PATCH /jobs/{id}/cancel (another key's job)": others_job_cancel,
+    "GET /workers": lambda c, h, r: c.get("/workers", headers=h),
+    "GET /stats": lambda c, h, r: c.get("/stats", headers=h),
+    "POST /api-keys": lambda c, h, r: c.post(
+        "/api-keys", json={"role": "viewer", "label": "new"}, headers=h
+    ),
+    "GET /api-keys": lambda c, h, r: c.get("/api-keys", headers=h),
+    "DELETE /api-keys/{id}": revoke_fresh_key,
+    "GET /audit": lambda c, h, r: c.get("/audit", headers=h),
+}
+
+
+async def _get_job(c: httpx.AsyncClient, h: dict[str, str], suffix: str) -> httpx.Response:
+    return await c.get(f"/jobs/{await new_job(c)}{suffix}", headers=h)
+
+
+@pytest.mark.parametrize(("route", "expected"), MATRIX, ids=[r for r, _ in MATRIX])
+async def test_route_role_cell(
+    app: object,
+    client: httpx.AsyncClient,
+    db: asyncpg.Connection,
+    route: str,
+    expected: dict[str, str],
+) -> None:
+    async with app.state.sessionmaker() as session:  # type: ignore[attr-defined]
+        await announce_task_types(session, admin_only)
+        await session.commit()
+    made = await client.post("/api-keys", json={"role": "submitter", "label": "soon revoked"})
+    revoked_key = made.json()["key"]
+    assert (await client.delete(f"/api-keys/{made.json()['id']}")).status_code == 204
+    keys = {
+        "viewer": VIEWER_KEY,
+        "submitter": SUBMITTER_KEY,
+        "admin": ADMIN_KEY,
+        "revoked": revoked_key,
+    }
+    send = REQUESTS[route]
+    failures = []
+    for role in ROLES:
+        headers = auth(keys[role]) if role in keys else {"Authorization": ""}
+        jobs_before = await db.fetchval("SELECT count(*) FROM jobs")
+        response = await send(client, headers, role)
+        if str(response.status_code) != expected[role]:
+            failures.append(
+                f"{role}: expected {expected[role]}, got {response.status_code} {response.text[:200]}"
+            )
+        if response.status_code in (401, 403) and route.startswith("POST /jobs"):
+            assert await db.fetchval("SELECT count(*) FROM jobs") == jobs_before, (
+                f"{role} changed jobs"
+            )
+    assert not failures, f"{route}: " + "; ".join(failures)
+
+
+async def test_keys_created_shown_once_listed_without_secret_revoked_at_once(
+    client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    r = await client.post("/api-keys", json={"role": "submitter", "label": "ci robot"})
+    assert r.status_code == 201
+    created = r.json()
+    assert re.fullmatch(r"sy_[A-Za-z0-9_-]{43}", created["key"])
+    stored = await db.fetchrow(
+        "SELECT key_hash, role, label FROM api_keys WHERE id = $1", uuid.UUID(created["id"])
+    )
+    assert created["key"] not in str(dict(stored)) and len(stored["key_hash"]) == 64
+    listed = (await client.get("/api-keys")).json()
+    mine = next(k for k in listed if k["id"] == created["id"])
+    assert "key" not in mine and mine["label"] == "ci robot" and mine["source"] == "api"
+    assert (
+        await client.post("/jobs", json={"type": "demo.echo"}, headers=auth(created["key"]))
+    ).status_code == 201
+    assert (await client.delete(f"/api-keys/{created['id']}")).status_code == 204
+    refused = await client.get("/jobs", headers=auth(created["key"]))
+    assert refused.status_code == 401
+    assert (await client.delete(f"/api-keys/{created['id']}")).status_code == 404
+    assert (await client.post("/api-keys", json={"role": "root", "label": "x"})).status_code == 422
+    assert (await client.post("/api-keys", json={"role": "viewer"})).status_code == 422
+    assert created["id"] not in [k["id"] for k in (await client.get("/api-keys")).json()]
+    assert created["id"] in [
+        k["id"] for k in (await client.get("/api-keys", params={"include_revoked": True})).json()
+    ]
+
+
+async def test_audit_rows_equal_mutating_requests(
+    client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    """A scripted session: every mutating request leaves exactly one request row."""
+    job = await new_job(client)
+    script: list[tuple[str, str, dict | None, dict[str, str], int]] = [
+        ("POST", "/jobs", {"type": "demo.echo"}, auth(SUBMITTER_KEY), 201),
+        ("POST", "/jobs", {"type": "demo.echo"}, auth(VIEWER_KEY), 403),
+        ("POST", "/jobs", {"type": "demo.echo"}, {"Authorization": ""}, 401),
+        ("POST", "/jobs", {"type": "nope"}, auth(ADMIN_KEY), 422),
+        (
+            "POST",
+            "/jobs",
+            {"type": "demo.echo", "depends_on": [str(uuid.uuid4())]},
+            auth(ADMIN_KEY),
+            404,
+        ),
+        (
+            "POST",
+            "/jobs/batch",
+            {"jobs": [{"ref": "a", "type": "demo.echo", "depends_on": ["@a"]}]},
+            auth(ADMIN_KEY),
+            422,
+        ),
+        ("PATCH", f"/jobs/{job}/cancel", None, auth(OTHER_SUBMITTER_KEY), 403),
+        ("PATCH", f"/jobs/{job}/cancel", None, auth(ADMIN_KEY), 200),
+        ("PATCH", f"/jobs/{job}/cancel", None, auth(ADMIN_KEY), 409),
+        ("PATCH", f"/jobs/{uuid.uuid4()}/cancel", None, auth(ADMIN_KEY), 404),
+        ("POST", "/api-keys", {"role": "viewer", "label": "x"}, auth(SUBMITTER_KEY), 403),
+        ("POST", "/api-keys", {"role": "viewer", "label": "x"}, auth(ADMIN_KEY), 201),
+        ("DELETE", f"/api-keys/{uuid.uuid4()}", None, auth(ADMIN_KEY), 404),
+    ]
+    before = await db.fetchval("SELECT count(*) FROM audit_log")
+    for method, path, body, headers, status in script:
+        r = await client.request(method, path, json=body, headers=headers)
+        assert r.status_code == status, (method, path, r.status_code, r.text)
+    rows = await db.fetch(
+        "SELECT action, outcome, status_code, actor, role, client, job_id FROM audit_log ORDER BY id OFFSET $1",
+        before,
+    )
+    assert len(rows) == len(script)
+    assert [r["status_code"] or 200 for r in rows] == [s if s >= 400 else 200 for *_, s in script]
+    assert [r["action"] for r in rows][:6] == ["job.submit"] * 5 + ["job.batch_submit"]
+    assert all(r["client"] for r in rows if r["actor"])  # the caller's address is kept
+    assert rows[7]["job_id"] == uuid.UUID(job) and rows[7]["outcome"] == "ok"
+    # GET /audit pages newest first and filters.
+    page = (await client.get("/audit", params={"limit": 5})).json()
+    assert len(page["items"]) == 5 and page["next_cursor"]
+    ids = [i["id"] for i in page["items"]]
+    assert ids == sorted(ids, reverse=True)
+    nxt = (await client.get("/audit", params={"limit": 5, "cursor": page["next_cursor"]})).json()
+    assert max(i["id"] for i in nxt["items"]) < min(ids)
+    cancels = (await client.get("/audit", params={"action": "job.cancel", "job_id": job})).json()[
+        "items"
+    ]
+    assert [c["outcome"] for c in cancels] == ["conflict", "ok", "denied"]
