@@ -118,10 +118,13 @@ def test_resources(stack: Stack) -> None:
     )
     # Capacity was never exceeded: sweep the recorded attempts of each worker.
     capacity = {"small": (1, 512, 4), "big": (4, 4096, 4)}
-    rows = stack.sql(
+    query = (
         "SELECT e.worker_id, e.started_at, e.finished_at, j.cpu_units, j.memory_mb"
-        " FROM job_executions e JOIN jobs j ON j.id = e.job_id WHERE e.started_at IS NOT NULL"
+        " FROM job_executions e JOIN jobs j ON j.id = e.job_id"
+        " WHERE e.started_at IS NOT NULL AND e.finished_at IS NOT NULL"
     )
+    stack.wait_for(lambda: len(stack.sql(query)) == len(only_big) + len(mixed), what="history written")
+    rows = stack.sql(query)
     assert len(rows) == len(only_big) + len(mixed)
     for worker_id, (cpu, mem, slots) in capacity.items():
         edges = []
