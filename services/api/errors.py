@@ -69,6 +69,12 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
+            # FastAPI's answer when the JSON parser gives up (e.g. nesting too deep for
+            # it): a 422 like any other unreadable body, and a message that says what.
+            detail = "the body could not be parsed as JSON (is it nested too deeply?)"
+            await audit_refusal(request, 422, detail)
+            return JSONResponse({"detail": detail}, status_code=422)
         if exc.status_code in (401, 403, 404, 405, 409, 413):
             await audit_refusal(request, exc.status_code, exc.detail)
         return JSONResponse(
