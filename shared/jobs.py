@@ -269,6 +269,15 @@ async def submit_jobs(
 
     # Dependencies on stored jobs: they must exist. FOR SHARE keeps their status still
     # until we commit, so a parent finishing right now cannot miss our new edge.
+    # A batch job that is an idempotent repeat is a stored job: its children depend on
+    # it like on any stored parent (same lock, its real id).
+    for it in items:
+        for j in list(it.local_deps):
+            parent = items[j].existing
+            if parent is not None:
+                it.local_deps.remove(j)
+                if parent.id not in it.external_deps:
+                    it.external_deps.append(parent.id)
     external = {d for it in items for d in it.external_deps}
     parents: dict[UUID, str] = {}
     if external:

@@ -22,7 +22,6 @@ from typing import Any
 import aio_pika
 import aio_pika.abc
 import aio_pika.exceptions
-import aiormq.exceptions
 
 from shared.errors import BrokerUnavailable, DecodeError
 from shared.messages import (
@@ -35,11 +34,12 @@ from shared.messages import (
 
 log = logging.getLogger(__name__)
 
+# What a broker call may raise while the connection is down or being restored
+# (aio-pika's CONNECTION_EXCEPTIONS include RuntimeError: ChannelInvalidStateError
+# while a robust channel reconnects). All of it becomes BrokerUnavailable here.
 _BROKER_ERRORS = (
+    *aio_pika.exceptions.CONNECTION_EXCEPTIONS,
     aio_pika.exceptions.AMQPException,
-    aiormq.exceptions.AMQPError,
-    ConnectionError,
-    OSError,
     asyncio.TimeoutError,
 )
 
@@ -89,7 +89,9 @@ class Topology:
 
     @staticmethod
     def worker_bindings(worker_id: str) -> tuple[str, ...]:
-        return (f"job.dispatch.{worker_id}.#", "job.cancel.#")
+        # `*` (one word: the job id), not `#`: worker ids have no dots, so no worker's
+        # binding can match another's dispatches.
+        return (f"job.dispatch.{worker_id}.*", "job.cancel.#")
 
 
 class Delivery:
@@ -104,10 +106,18 @@ class Delivery:
         self.redelivered = bool(raw.redelivered)
 
     async def ack(self) -> None:
-        await self._raw.ack()
+        try:
+            await self._raw.ack()
+        except _BROKER_ERRORS as exc:
+            # Its channel is gone (reconnect): the broker redelivers the message on
+            # the new channel, and every handler is idempotent. Nothing to do here.
+            log.info("ack of %s on a closed channel skipped (%s)", self.routing_key, exc)
 
     async def reject(self, *, requeue: bool) -> None:
-        await self._raw.reject(requeue=requeue)
+        try:
+            await self._raw.reject(requeue=requeue)
+        except _BROKER_ERRORS as exc:
+            log.info("reject of %s on a closed channel skipped (%s)", self.routing_key, exc)
 
 
 Handler = Callable[[Delivery], Awaitable[None]]
@@ -282,6 +292,7 @@ class Broker:
             "x-queue-type": "classic",
         }
         args.update(arguments or {})
+        args = {k: v for k, v in args.items() if v is not None}  # None: leave that one out
         queue = await channel.declare_queue(
             queue_name,
             durable=durable,

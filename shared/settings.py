@@ -45,7 +45,8 @@ class Settings(BaseSettings):
     aging_seconds: float = 300.0
 
     # Worker (flags override these; defaults from psutil when unset).
-    worker_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.:-]{1,100}$")
+    # No dots: the id is one word of the dispatch routing key.
+    worker_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{1,100}$")
     worker_threads: int | None = Field(default=None, ge=1, le=1024)
     worker_cpu_units: float | None = Field(default=None, gt=0)
     worker_memory_mb: int | None = Field(default=None, gt=0)

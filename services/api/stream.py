@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 STREAM_BINDINGS = ("job.state.#", "job.logs.#", "job.progress.#")
 RECENT_JOBS = 10_000  # jobs whose recent log lines are kept for replay
 RECENT_LINES = 2_000  # lines kept per job
+RECENT_TOTAL = 100_000  # lines kept in all (memory bound per API replica)
+RECENT_IDLE_SECONDS = 600  # a job silent this long is forgotten (the logger has it)
+QUEUE_MAX_LENGTH = 100_000  # the replica's queue drops its oldest beyond this
 
 
 @dataclass(frozen=True)
@@ -135,6 +138,7 @@ class EventHub:
         self.subscribers: set[Subscriber] = set()
         self.listeners: list[Callable[[Message], None]] = []
         self._recent: OrderedDict[UUID, tuple[float, deque[dict[str, Any]]]] = OrderedDict()
+        self._recent_total = 0
 
     async def start(self) -> None:
         name = f"{self.broker.topology.namespace}.api.{uuid.uuid4().hex[:12]}"
@@ -147,6 +151,13 @@ class EventHub:
             exclusive=True,
             auto_delete=True,
             no_ack=True,
+            # A replica that cannot keep up loses its oldest live events (they are in
+            # the database), never the broker's memory.
+            arguments={
+                "x-max-length": QUEUE_MAX_LENGTH,
+                "x-overflow": "drop-head",
+                "x-dead-letter-exchange": None,  # overflow is not a dead letter
+            },
         )
 
     def subscribe(self, stream_filter: StreamFilter) -> Subscriber:
@@ -189,7 +200,15 @@ class EventHub:
         now = time.monotonic()
         entry = self._recent.pop(job_id, None)
         lines = entry[1] if entry else deque(maxlen=RECENT_LINES)
+        self._recent_total -= len(lines)
         lines.append(event)
+        self._recent_total += len(lines)
         self._recent[job_id] = (now, lines)
-        while len(self._recent) > RECENT_JOBS:
-            self._recent.popitem(last=False)
+        # Oldest-touched first: evict while over any bound.
+        while self._recent and (
+            len(self._recent) > RECENT_JOBS
+            or self._recent_total > RECENT_TOTAL
+            or now - next(iter(self._recent.values()))[0] > RECENT_IDLE_SECONDS
+        ):
+            _, (_, dropped) = self._recent.popitem(last=False)
+            self._recent_total -= len(dropped)

@@ -59,13 +59,19 @@ UPSERT_EXECUTIONS = text(
     ON CONFLICT (job_id, attempt) DO UPDATE SET
         worker_id = COALESCE(job_executions.worker_id, excluded.worker_id),
         started_at = COALESCE(job_executions.started_at, excluded.started_at),
-        status = CASE WHEN excluded.finished_at IS NOT NULL THEN excluded.status
-                      ELSE job_executions.status END,
-        finished_at = COALESCE(excluded.finished_at, job_executions.finished_at),
-        error = COALESCE(excluded.error, job_executions.error),
-        result = COALESCE(excluded.result, job_executions.result),
+        -- The first end recorded stands (a late report from a worker the scheduler had
+        -- already declared lost does not rewrite history).
+        status = CASE WHEN job_executions.finished_at IS NULL AND excluded.finished_at IS NOT NULL
+                      THEN excluded.status ELSE job_executions.status END,
+        finished_at = COALESCE(job_executions.finished_at, excluded.finished_at),
+        error = CASE WHEN job_executions.finished_at IS NULL
+                     THEN COALESCE(excluded.error, job_executions.error)
+                     ELSE job_executions.error END,
+        result = CASE WHEN job_executions.finished_at IS NULL
+                      THEN COALESCE(excluded.result, job_executions.result)
+                      ELSE job_executions.result END,
         duration_seconds = EXTRACT(EPOCH FROM (
-            COALESCE(excluded.finished_at, job_executions.finished_at)
+            COALESCE(job_executions.finished_at, excluded.finished_at)
             - COALESCE(job_executions.started_at, excluded.started_at)))
     """
 )

@@ -34,6 +34,7 @@ from services.scheduler import store
 from shared.db import create_engine, create_sessionmaker, is_db_outage
 from shared.errors import BrokerUnavailable, SwitchyardError
 from shared.messages import (
+    JobCancel,
     JobDispatch,
     JobProgress,
     JobStateChanged,
@@ -68,6 +69,9 @@ class WorkerInfo:
     state: str = "alive"
     last_seen: float = field(default_factory=time.monotonic)
     running: frozenset[UUID] = frozenset()
+    allocated: WorkerCapacity = field(
+        default_factory=lambda: WorkerCapacity(cpu_units=0, memory_mb=0, slots=0)
+    )
     stuck: WorkerCapacity = field(
         default_factory=lambda: WorkerCapacity(cpu_units=0, memory_mb=0, slots=0)
     )
@@ -108,6 +112,9 @@ class Scheduler:
         self._lock_conn: asyncpg.Connection | None = None
         self._last_lock_check = 0.0
         self._last_monitoring = 0.0
+        self._last_cancel_sweep = 0.0
+        self._cancels: list[JobCancel] = []
+        self._zombies: set[tuple[UUID, str]] = set()
         self._sessionmaker: async_sessionmaker[AsyncSession] | None = None
 
     # ------------------------------------------------------------ leadership
@@ -271,6 +278,7 @@ class Scheduler:
             await session.commit()
         await self._publish(events)
         await self._place()
+        await self._send_cancels()
         await self._monitor()
 
     # ------------------------------------------------------------ workers and losses
@@ -302,7 +310,14 @@ class Scheduler:
         info.state = "dead" if hb.state == "stopped" else hb.state
         info.last_seen = time.monotonic()
         info.running = frozenset(hb.running)
+        info.allocated = hb.allocated
         info.stuck = hb.stuck
+        # Attempts it runs that the database has moved on from (it was declared lost and
+        # came back, or missed a cancel): tell it to stop them.
+        for job_id in info.running:
+            a = self.assignments.get(job_id)
+            if a is None or a.worker_id != info.id:
+                self._zombies.add((job_id, info.id))
 
     async def _handle_losses(self) -> list[JobStateChanged]:
         now = time.monotonic()
@@ -321,7 +336,18 @@ class Scheduler:
             if holder is None or holder.state == "dead":
                 reason = f"worker {a.worker_id} lost (no heartbeat for over {lease:g} s)"
             elif a.job_id not in holder.running and holder.last_seen - a.dispatched > lease:
+                # Never reached the worker (or was dropped there): not a failed run, so
+                # it gives its run back like a hand-back; the worker is told to drop it
+                # should it turn up after all.
                 reason = f"worker {a.worker_id} never started the attempt within {lease:g} s"
+                lost.append(
+                    JobStatusReport(
+                        job_id=a.job_id, attempt=a.attempt, worker_id=a.worker_id,
+                        status="handed_back", error=reason,
+                    )
+                )  # fmt: skip
+                self._cancels.append(JobCancel(job_id=a.job_id, attempt=a.attempt))
+                continue
             if reason:
                 lost.append(
                     JobStatusReport(
@@ -341,9 +367,7 @@ class Scheduler:
                 await store.mark_worker_dead(session, worker_id)
             await session.commit()
         self._free(outcome.freed)
-        for worker_id in newly_dead:
-            if self.workers.get(worker_id) and self.workers[worker_id].state == "dead":
-                self.workers.pop(worker_id, None)
+        self._prune_dead_workers()
         # Tell the logger (its executions row) what happened to each lost attempt.
         applied = {job_id for job_id, _ in outcome.freed}
         await self._send(
@@ -363,6 +387,43 @@ class Scheduler:
             if r.job_id not in applied:
                 self.assignments.pop(r.job_id, None)
         return outcome.events
+
+    def _prune_dead_workers(self) -> None:
+        """Forget dead workers that hold nothing (a worker id may come back later)."""
+        holding = {a.worker_id for a in self.assignments.values()}
+        for worker_id in [w.id for w in self.workers.values() if w.state == "dead"]:
+            if worker_id not in holding:
+                del self.workers[worker_id]
+
+    async def _send_cancels(self) -> None:
+        """Re-send job.cancel for running jobs whose cancel was requested (the API's one
+        publish is best effort), and stop attempts a worker runs that were superseded."""
+        now = time.monotonic()
+        if now - self._last_cancel_sweep < max(1.0, self.settings.heartbeat_seconds):
+            if not self._cancels:
+                return
+        else:
+            self._last_cancel_sweep = now
+            assert self._sessionmaker is not None
+            async with self._sessionmaker() as session:
+                for job_id, attempt in await store.running_cancel_requests(session):
+                    self._cancels.append(JobCancel(job_id=job_id, attempt=attempt))
+                zombies, self._zombies = self._zombies, set()
+                current = await store.current_attempts(session, [j for j, _ in zombies])
+            for job_id, worker_id in zombies:
+                a = self.assignments.get(job_id)
+                # Running elsewhere as attempt N: stop attempts up to N-1 only.
+                attempt = a.attempt - 1 if a is not None else current.get(job_id, 0)
+                if attempt > 0:
+                    log.info(
+                        "telling worker %s to stop job %s (attempt <= %d)",
+                        worker_id,
+                        job_id,
+                        attempt,
+                    )
+                    self._cancels.append(JobCancel(job_id=job_id, attempt=attempt))
+        cancels, self._cancels = self._cancels, []
+        await self._send(list(cancels))
 
     def _free(self, freed: list[tuple[UUID, str]]) -> None:
         for job_id, worker_id in freed:
@@ -391,6 +452,13 @@ class Scheduler:
                 v.used_cpu += a.cpu_units
                 v.used_memory += a.memory_mb
                 v.used_slots += 1
+        # What the worker itself says it holds can be more (attempts the database has
+        # moved on from still running there): count whichever is larger.
+        for w in self.workers.values():
+            v = views[w.id]
+            v.used_cpu = max(v.used_cpu, w.allocated.cpu_units)
+            v.used_memory = max(v.used_memory, w.allocated.memory_mb)
+            v.used_slots = max(v.used_slots, w.allocated.slots)
         return list(views.values())
 
     # ------------------------------------------------------------ placement
@@ -447,6 +515,9 @@ class Scheduler:
             results = await self.broker.publish_each(dispatches)
             failed = [p for p, err in zip(placed, results, strict=True) if err is not None]
             if failed:
+                # A failed confirm does not prove the message was lost: tell the worker
+                # to drop that attempt should it arrive, then put the job back.
+                await self._send([JobCancel(job_id=p.id, attempt=p.attempts) for p in failed])
                 # Only the undelivered ones go back; the others are on their workers.
                 log.warning("%d dispatch publish(es) failed (%s); putting them back", len(failed),
                             next(e for e in results if e is not None))  # fmt: skip

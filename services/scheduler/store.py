@@ -155,6 +155,9 @@ def _decide(
             )
         case "cancelled":
             return S.CANCELLED, {**done, "error": "cancelled by request"}, "cancelled"
+        case "handed_back" if row.cancel_requested:
+            # Cancelled while on its way or draining: it must not run again.
+            return S.CANCELLED, {**done, "error": "cancelled by request"}, "cancelled"
         case "handed_back":
             return (
                 S.READY,
@@ -249,7 +252,10 @@ async def ready_candidates(session: AsyncSession, *, per_priority: int) -> list[
     rows = await session.execute(
         text(queries.CLAIM_READY_HEADS.replace("$1", ":n")), {"n": per_priority}
     )
-    return [Candidate(r.id, r.type, r.priority, r.cpu_units, r.memory_mb, r.run_at) for r in rows]
+    return [
+        Candidate(r.id, r.type, r.priority, r.cpu_units, r.memory_mb, r.run_at, r.ready_at)
+        for r in rows
+    ]
 
 
 @dataclass
@@ -279,7 +285,7 @@ async def mark_dispatched(
             SET status = 'running', attempts = j.attempts + 1, runs = j.runs + 1,
                 worker_id = p.worker_id, dispatched_at = now(),
                 lease_expires_at = now() + make_interval(secs => :lease),
-                waiting_reason = NULL, cancel_requested = false, error = NULL,
+                waiting_reason = NULL, error = NULL, started_at = NULL,
                 updated_at = now()
             FROM unnest(CAST(:ids AS uuid[]), CAST(:workers AS text[])) AS p(id, worker_id)
             WHERE j.id = p.id AND j.status = 'ready'
@@ -311,21 +317,27 @@ async def mark_dispatched(
 
 
 async def undo_dispatch(session: AsyncSession, placed: list[Placed]) -> list[JobStateChanged]:
-    """The dispatch could not be published: put the attempt back (it never ran)."""
+    """The dispatch could not be published: put the attempt back (it never ran), or
+    end the job if it was cancelled meanwhile."""
     check_transition(S.RUNNING, S.READY)
     rows = await session.execute(
         text(
             """
-            UPDATE jobs j SET status = 'ready', runs = j.runs - 1, worker_id = NULL,
+            UPDATE jobs j
+            SET status = CASE WHEN j.cancel_requested THEN 'cancelled' ELSE 'ready' END,
+                finished_at = CASE WHEN j.cancel_requested THEN now() END,
+                error = CASE WHEN j.cancel_requested THEN 'cancelled by request' END,
+                runs = j.runs - 1, worker_id = NULL,
                 lease_expires_at = NULL, ready_at = now(), updated_at = now()
             FROM unnest(CAST(:ids AS uuid[]), CAST(:attempts AS int[])) AS p(id, attempt)
             WHERE j.id = p.id AND j.status = 'running' AND j.attempts = p.attempt
-            RETURNING j.id, j.type, j.attempts, j.worker_id
+            RETURNING j.id, j.type, j.attempts, j.worker_id, j.status
             """
         ),
         {"ids": [p.id for p in placed], "attempts": [p.attempts for p in placed]},
     )
-    return [_event(r, S.RUNNING.value, S.READY.value, "dispatch not delivered") for r in rows]
+    check_transition(S.RUNNING, S.CANCELLED)
+    return [_event(r, S.RUNNING.value, r.status, "dispatch not delivered") for r in rows]
 
 
 async def set_waiting_reasons(session: AsyncSession, reasons: dict[UUID, str]) -> None:
@@ -432,3 +444,18 @@ async def load_live_workers(session: AsyncSession) -> list[Any]:
             )
         )
     )
+
+
+async def running_cancel_requests(session: AsyncSession) -> list[tuple[UUID, int]]:
+    """Running attempts whose cancel was requested: the scheduler re-sends job.cancel."""
+    rows = await session.execute(
+        text("SELECT id, attempts FROM jobs WHERE status = 'running' AND cancel_requested")
+    )
+    return [(r.id, r.attempts) for r in rows]
+
+
+async def current_attempts(session: AsyncSession, ids: list[UUID]) -> dict[UUID, int]:
+    rows = await session.execute(
+        text("SELECT id, attempts FROM jobs WHERE id = ANY(:ids)"), {"ids": ids}
+    )
+    return {r.id: r.attempts for r in rows}

@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import logging
 import os
+import re
 import signal
 import sys
 
@@ -61,6 +62,13 @@ def main(argv: list[str]) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.worker_id is not None and not re.fullmatch(r"[A-Za-z0-9_-]{1,100}", args.worker_id):
+        print(
+            f"switchyard worker: --worker-id {args.worker_id!r}: use 1-100 letters, digits, "
+            "'-' or '_' (no dots)",
+            file=sys.stderr,
+        )
+        return 2
     cpus = psutil.cpu_count(logical=True) or 1
     worker = Worker(
         settings=settings,
@@ -81,6 +89,7 @@ def main(argv: list[str]) -> int:
         await worker.run(stop)
 
     asyncio.run(serve())
+    code = 1 if worker.crashed else 0
     stuck = worker.threads_still_running()
     if stuck:
         # Threads that ignore cancellation cannot be killed; do not hang on exit for them.
@@ -88,8 +97,8 @@ def main(argv: list[str]) -> int:
             "exiting with %d task thread(s) still running", stuck
         )
         sys.stdout.flush()
-        os._exit(0)
-    return 0
+        os._exit(code)
+    return code
 
 
 if __name__ == "__main__":

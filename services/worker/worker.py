@@ -107,6 +107,7 @@ class Worker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._idle = asyncio.Event()
         self._process = psutil.Process()
+        self.crashed = False
 
     # ------------------------------------------------------------ lifecycle
 
@@ -117,6 +118,8 @@ class Worker:
         async with self.broker:
             publisher = asyncio.create_task(self._publish_outbox(), name="publisher")
             heartbeat = asyncio.create_task(self._heartbeats(), name="heartbeat")
+            for task in (publisher, heartbeat):
+                task.add_done_callback(lambda t: self._background_died(t, stop))
             topo = self.broker.topology
             self._consumer = await self.broker.consume(
                 topo.worker_queue(self.worker_id),
@@ -145,6 +148,15 @@ class Worker:
             with contextlib.suppress(asyncio.CancelledError):
                 await publisher
         self.executor.shutdown(wait=False, cancel_futures=True)
+
+    def _background_died(self, task: asyncio.Task[None], stop: asyncio.Event) -> None:
+        """A worker that can no longer report must not keep taking work: stop it
+        (exit code 1; its supervisor restarts it) rather than run as a zombie."""
+        if task.cancelled() or task.exception() is None:
+            return
+        log.critical("the %s task died: %r; stopping the worker", task.get_name(), task.exception())
+        self.crashed = True
+        stop.set()
 
     async def announce(self) -> None:
         """Write this worker's task types into ``task_types`` so the API accepts them."""
@@ -484,5 +496,5 @@ class Worker:
 
 
 def default_worker_id() -> str:
-    host = "".join(c if c.isalnum() or c in "-_." else "-" for c in os.uname().nodename)
+    host = "".join(c if c.isalnum() or c in "-_" else "-" for c in os.uname().nodename)
     return f"{host[:60]}-{os.getpid()}"

@@ -123,7 +123,9 @@ def test_resources(stack: Stack) -> None:
         " FROM job_executions e JOIN jobs j ON j.id = e.job_id"
         " WHERE e.started_at IS NOT NULL AND e.finished_at IS NOT NULL"
     )
-    stack.wait_for(lambda: len(stack.sql(query)) == len(only_big) + len(mixed), what="history written")
+    stack.wait_for(
+        lambda: len(stack.sql(query)) == len(only_big) + len(mixed), what="history written"
+    )
     rows = stack.sql(query)
     assert len(rows) == len(only_big) + len(mixed)
     for worker_id, (cpu, mem, slots) in capacity.items():

@@ -353,7 +353,9 @@ async def test_batch_unknown_stored_dependency_404(
     assert await counts(db) == (0, 0)
 
 
-async def test_absurdly_nested_body_is_422(client: httpx.AsyncClient, db: asyncpg.Connection) -> None:
+async def test_absurdly_nested_body_is_422(
+    client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
     body = b'{"type": "demo.echo", "payload": {"a": ' + b"[" * 200_000 + b"]" * 200_000 + b"}}"
     r = await client.post("/jobs", content=body, headers={"content-type": "application/json"})
     assert r.status_code == 422 and "nested too deeply" in r.json()["detail"]
