@@ -360,3 +360,22 @@ async def test_absurdly_nested_body_is_422(
     r = await client.post("/jobs", content=body, headers={"content-type": "application/json"})
     assert r.status_code == 422 and "nested too deeply" in r.json()["detail"]
     assert await counts(db) == (0, 0)
+
+
+async def test_batch_reuses_an_idempotent_parent(
+    client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    first = await client.post(
+        "/jobs/batch", json={"jobs": [{"ref": "a", "type": "demo.echo", "idempotency_key": "k1"}]}
+    )
+    stored = first.json()["jobs"][0]
+    again = await client.post(
+        "/jobs/batch",
+        json={"jobs": [{"ref": "a", "type": "demo.echo", "idempotency_key": "k1"},
+                       {"ref": "b", "type": "demo.echo", "depends_on": ["@a"]}]},
+    )  # fmt: skip
+    assert again.status_code == 201, again.text
+    a, b = again.json()["jobs"]
+    assert a["id"] == stored["id"]
+    assert b["depends_on"] == [stored["id"]] and b["status"] == "blocked"
+    assert await counts(db) == (2, 1)

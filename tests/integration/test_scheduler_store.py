@@ -1,0 +1,77 @@
+"""The scheduler's report handling against the real database (fencing, cancels)."""
+
+from __future__ import annotations
+
+import uuid
+
+import asyncpg
+import httpx
+
+from services.scheduler import store
+from shared.messages import JobStatusReport
+
+
+async def running_job(
+    client: httpx.AsyncClient, db: asyncpg.Connection, *, cancel: bool
+) -> uuid.UUID:
+    job_id = uuid.UUID((await client.post("/jobs", json={"type": "demo.echo"})).json()["id"])
+    await db.execute(
+        "UPDATE jobs SET status = 'running', attempts = 2, runs = 2, worker_id = 'w1',"
+        " cancel_requested = $2 WHERE id = $1",
+        job_id,
+        cancel,
+    )
+    return job_id
+
+
+def report(
+    job_id: uuid.UUID, status: str, *, attempt: int = 2, worker: str = "w1"
+) -> JobStatusReport:
+    return JobStatusReport(job_id=job_id, attempt=attempt, worker_id=worker, status=status)  # type: ignore[arg-type]
+
+
+async def test_fence_ignores_other_attempts_and_workers(
+    app: object, client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    job_id = await running_job(client, db, cancel=False)
+    async with app.state.sessionmaker() as session:  # type: ignore[attr-defined]
+        out = await store.apply_reports(
+            session,
+            [report(job_id, "completed", attempt=1), report(job_id, "completed", worker="w2")],
+        )
+        await session.commit()
+    assert out.ignored == 2 and out.events == []
+    assert await db.fetchval("SELECT status FROM jobs WHERE id = $1", job_id) == "running"
+    async with app.state.sessionmaker() as session:  # type: ignore[attr-defined]
+        out = await store.apply_reports(
+            session, [report(job_id, "completed"), report(job_id, "completed")]
+        )
+        await session.commit()
+    assert [e.new_status for e in out.events] == [
+        "completed"
+    ] and out.ignored == 1  # duplicate: once
+
+
+async def test_hand_back_after_cancel_ends_cancelled(
+    app: object, client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    job_id = await running_job(client, db, cancel=True)
+    async with app.state.sessionmaker() as session:  # type: ignore[attr-defined]
+        out = await store.apply_reports(session, [report(job_id, "handed_back")])
+        await session.commit()
+    assert [e.new_status for e in out.events] == ["cancelled"]
+    row = await db.fetchrow("SELECT status, runs FROM jobs WHERE id = $1", job_id)
+    assert row["status"] == "cancelled"
+
+
+async def test_hand_back_gives_the_run_back(
+    app: object, client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    job_id = await running_job(client, db, cancel=False)
+    async with app.state.sessionmaker() as session:  # type: ignore[attr-defined]
+        await store.apply_reports(session, [report(job_id, "handed_back")])
+        await session.commit()
+    row = await db.fetchrow(
+        "SELECT status, runs, attempts, worker_id FROM jobs WHERE id = $1", job_id
+    )
+    assert (row["status"], row["runs"], row["attempts"], row["worker_id"]) == ("ready", 1, 2, None)
