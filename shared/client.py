@@ -12,7 +12,9 @@ Errors are :class:`ApiError` carrying the API's status code and message.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
 from types import TracebackType
 from typing import Any
 from urllib.parse import urlencode
@@ -25,6 +27,7 @@ from websockets.sync.client import connect
 from shared.errors import SwitchyardError
 from shared.schemas import JobLogs, JobRead
 from shared.settings import get_settings
+from shared.states import TERMINAL
 
 
 class ApiError(SwitchyardError):
@@ -91,6 +94,37 @@ class Client:
     def cancel(self, job_id: str) -> JobRead:
         return JobRead.model_validate(self._request("PATCH", f"/jobs/{job_id}/cancel"))
 
+    def retry(self, job_id: str, *, dependents: bool = False) -> JobRead:
+        return JobRead.model_validate(
+            self._request("POST", f"/jobs/{job_id}/retry", params={"dependents": dependents})
+        )
+
+    def submit_batch(self, jobs: list[dict[str, Any]]) -> list[JobRead]:
+        data = self._request("POST", "/jobs/batch", json={"jobs": jobs})
+        return [JobRead.model_validate(j) for j in data["jobs"]]
+
+    def list_jobs(self, *, page_size: int = 100, **filters: Any) -> Iterator[JobRead]:
+        """Every job matching the filters (status, type, priority, created_after/before),
+        newest first, fetching page after page as the caller iterates."""
+        params = {k: v for k, v in filters.items() if v is not None} | {"limit": page_size}
+        while True:
+            page = self._request("GET", "/jobs", params=params)
+            yield from (JobRead.model_validate(j) for j in page["items"])
+            if not page["next_cursor"]:
+                return
+            params["cursor"] = page["next_cursor"]
+
+    def wait(self, job_id: str, timeout: float = 60.0, *, poll: float = 0.2) -> JobRead:
+        """Wait until the job is completed, failed or cancelled; TimeoutError after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            job = self.get_status(job_id)
+            if job.status in TERMINAL:
+                return job
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"job {job_id} still {job.status} after {timeout:g} s")
+            time.sleep(min(poll, max(0.0, deadline - time.monotonic())))
+
     def raw(self, method: str, path: str, **kwargs: Any) -> Any:
         """Any other route, as JSON (the CLI's --json output)."""
         return self._request(method, path, **kwargs)
@@ -114,6 +148,113 @@ class Client:
             while True:
                 try:
                     raw = ws.recv()
+                except ConnectionClosed as exc:
+                    if exc.rcvd is not None and exc.rcvd.code == 1008:
+                        raise ApiError(401, exc.rcvd.reason or "stream refused") from None
+                    return
+                yield orjson.loads(raw)
+
+
+class AsyncClient:
+    """The same as :class:`Client`, for asyncio code."""
+
+    def __init__(
+        self, url: str | None = None, api_key: str | None = None, *, timeout: float = 30
+    ) -> None:
+        if url is None or api_key is None:
+            settings = get_settings()
+            url = url or settings.url
+            api_key = api_key if api_key is not None else settings.api_key
+        self.url = url.rstrip("/")
+        self.api_key = api_key
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._http = httpx.AsyncClient(base_url=self.url, headers=headers, timeout=timeout)
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = await self._http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise ApiError(0, f"cannot reach {self.url}: {exc}") from exc
+        if response.status_code >= 400:
+            try:
+                detail = response.json().get("detail", response.text)
+            except ValueError:
+                detail = response.text
+            raise ApiError(response.status_code, detail)
+        return response.json() if response.content else None
+
+    async def enqueue_job(
+        self, type: str, payload: dict[str, Any] | None = None, **options: Any
+    ) -> JobRead:
+        body = {
+            "type": type,
+            "payload": payload or {},
+            **{k: v for k, v in options.items() if v is not None},
+        }
+        return JobRead.model_validate(await self._request("POST", "/jobs", json=body))
+
+    async def get_status(self, job_id: str) -> JobRead:
+        return JobRead.model_validate(await self._request("GET", f"/jobs/{job_id}"))
+
+    async def logs(self, job_id: str) -> JobLogs:
+        return JobLogs.model_validate(await self._request("GET", f"/jobs/{job_id}/logs"))
+
+    async def cancel(self, job_id: str) -> JobRead:
+        return JobRead.model_validate(await self._request("PATCH", f"/jobs/{job_id}/cancel"))
+
+    async def retry(self, job_id: str, *, dependents: bool = False) -> JobRead:
+        return JobRead.model_validate(
+            await self._request("POST", f"/jobs/{job_id}/retry", params={"dependents": dependents})
+        )
+
+    async def list_jobs(self, *, page_size: int = 100, **filters: Any) -> AsyncIterator[JobRead]:
+        params = {k: v for k, v in filters.items() if v is not None} | {"limit": page_size}
+        while True:
+            page = await self._request("GET", "/jobs", params=params)
+            for j in page["items"]:
+                yield JobRead.model_validate(j)
+            if not page["next_cursor"]:
+                return
+            params["cursor"] = page["next_cursor"]
+
+    async def wait(self, job_id: str, timeout: float = 60.0, *, poll: float = 0.2) -> JobRead:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            job = await self.get_status(job_id)
+            if job.status in TERMINAL:
+                return job
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                raise TimeoutError(f"job {job_id} still {job.status} after {timeout:g} s")
+            await asyncio.sleep(min(poll, left))
+
+    async def stream(
+        self, *, job_ids: list[str] | None = None, types: list[str] | None = None,
+        statuses: list[str] | None = None, replay: bool = False,
+    ) -> AsyncIterator[dict[str, Any]]:  # fmt: skip
+        from websockets.asyncio.client import connect as aconnect
+
+        query: list[tuple[str, str]] = [("job_id", j) for j in job_ids or []]
+        query += [("type", t) for t in types or []] + [("status", s) for s in statuses or []]
+        if replay:
+            query.append(("replay", "true"))
+        ws_url = self.url.replace("http://", "ws://", 1).replace("https://", "wss://", 1)
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        async with aconnect(
+            f"{ws_url}/jobs/stream?{urlencode(query)}", additional_headers=headers
+        ) as ws:
+            while True:
+                try:
+                    raw = await ws.recv()
                 except ConnectionClosed as exc:
                     if exc.rcvd is not None and exc.rcvd.code == 1008:
                         raise ApiError(401, exc.rcvd.reason or "stream refused") from None

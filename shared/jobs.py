@@ -101,7 +101,7 @@ def utcnow() -> datetime:
 # ---------------------------------------------------------------- validation
 
 
-async def _prepare(
+async def prepare_submission(
     session: AsyncSession,
     catalog: TaskCatalog,
     spec: JobCreate | BatchJobCreate,
@@ -238,7 +238,9 @@ async def submit_jobs(
             f"jobs: the batch has {len(specs)} jobs; the limit is {limits.max_batch_jobs}"
         )
     items = [
-        await _prepare(session, catalog, spec, actor, limits, where=f"jobs[{i}]." if batch else "")
+        await prepare_submission(
+            session, catalog, spec, actor, limits, where=f"jobs[{i}]." if batch else ""
+        )
         for i, spec in enumerate(specs)
     ]
     if batch:
@@ -566,6 +568,89 @@ async def job_logs(session: AsyncSession, job_id: UUID) -> JobLogs:
             for ln in lines
         ],
     )
+
+
+# ---------------------------------------------------------------- retry (dead letter)
+
+
+async def retry_job(
+    session: AsyncSession, job_id: UUID, *, actor: Actor, dependents: bool
+) -> tuple[Job, list[JobStateChanged]]:
+    """Re-run a failed or cancelled job: same id, history kept, attempt numbers go on
+    (the fence stays sound), a fresh ``max_attempts`` budget. With ``dependents``, the
+    jobs that failed because of it wait for it again."""
+    job = await get_job(session, job_id, for_update=True)
+    if actor.role == "submitter" and job.created_by != actor.key_id:
+        raise PermissionDenied(
+            f"job {job_id} was submitted by another key; a submitter may retry only its own jobs"
+        )
+    status = S(job.status)
+    if status not in (S.FAILED, S.CANCELLED):
+        raise JobConflict(f"job {job_id} is {status}; only failed or cancelled jobs can be retried")
+    events = [await _requeue(session, job, actor=actor)]
+    if dependents:
+        frontier = [job.id]
+        while frontier:
+            children = list(
+                await session.scalars(
+                    select(Job)
+                    .join(JobDependency, JobDependency.job_id == Job.id)
+                    .where(
+                        JobDependency.depends_on_id.in_(frontier),
+                        Job.status == S.FAILED.value,
+                        Job.error.like("dependency %"),
+                    )
+                    .order_by(Job.id)
+                    .with_for_update()
+                )
+            )
+            for child in children:
+                events.append(await _requeue(session, child, actor=actor))
+            frontier = [c.id for c in children]
+    session.add(
+        AuditEntry(actor=actor.key_id, role=actor.role, action="job.retry", job_id=job.id,
+                   outcome="ok", client=actor.client, detail={"requeued": len(events)})
+    )  # fmt: skip
+    await session.flush()
+    await session.refresh(job)
+    return job, events
+
+
+async def _requeue(session: AsyncSession, job: Job, *, actor: Actor) -> JobStateChanged:
+    """failed/cancelled -> blocked (parents unfinished), or ready; refused if a parent
+    is itself failed or cancelled (retry that one first)."""
+    parents = {
+        row.id: row.status
+        for row in await session.execute(
+            select(Job.id, Job.status)
+            .where(Job.id.in_(job.depends_on or []))
+            .order_by(Job.id)
+            .with_for_update(read=True)
+        )
+    }
+    dead = sorted(str(p) for p, st in parents.items() if st in (S.FAILED, S.CANCELLED))
+    if dead:
+        raise JobConflict(
+            f"job {job.id} depends on {', '.join(dead)}, which did not complete: retry "
+            "that first (or retry it with dependents=true)"
+        )
+    unmet = sum(1 for st in parents.values() if st != S.COMPLETED)
+    old = S(job.status)
+    new = check_transition(old, S.BLOCKED if unmet else S.READY)
+    now = utcnow()
+    await session.execute(
+        update(Job)
+        .where(Job.id == job.id)
+        .values(
+            status=new.value, unmet_dependencies=unmet, runs=0, error=None, result=None,
+            finished_at=None, started_at=None, cancel_requested=False, worker_id=None,
+            run_at=now, ready_at=now if new == S.READY else None, updated_at=now,
+        )
+    )  # fmt: skip
+    return JobStateChanged(
+        job_id=job.id, type=job.type, old_status=old.value, new_status=new.value,
+        attempt=job.attempts, reason=f"retried by {actor.label or actor.key_id}",
+    )  # fmt: skip
 
 
 # ---------------------------------------------------------------- cancel

@@ -259,3 +259,26 @@ class AuditEntry(Base):
             postgresql_where=text("attempt IS NOT NULL"),
         ),
     )
+
+
+class Schedule(Base):
+    """A periodic job: the scheduler submits ``job`` at each fire time of ``cron``."""
+
+    __tablename__ = "schedules"
+
+    id: Mapped[UUID] = mapped_column(PG_UUID(as_uuid=True), primary_key=True)
+    name: Mapped[str] = mapped_column(Text, unique=True)
+    cron: Mapped[str] = mapped_column(Text)
+    timezone: Mapped[str] = mapped_column(Text)
+    job: Mapped[dict[str, Any]] = mapped_column(JSONB)  # a POST /jobs body
+    paused: Mapped[bool] = mapped_column(Boolean, server_default="false")
+    next_run_at: Mapped[datetime | None] = mapped_column(TZ)
+    last_run_at: Mapped[datetime | None] = mapped_column(TZ)
+    last_job_id: Mapped[UUID | None] = mapped_column(PG_UUID(as_uuid=True))
+    created_by: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(TZ, server_default=text("now()"))
+    updated_at: Mapped[datetime] = mapped_column(TZ, server_default=text("now()"))
+
+    __table_args__ = (
+        Index("schedules_due_idx", "next_run_at", postgresql_where=text("NOT paused")),
+    )

@@ -257,6 +257,44 @@ class AuditPage(BaseModel):
     next_cursor: str | None
 
 
+class ScheduleCreate(BaseModel):
+    """``cron``: standard 5 fields (minute hour day month weekday), or 6 with a seconds
+    field last (croniter's form, for sub-minute schedules)."""
+
+    model_config = _STRICT
+
+    name: ShortText
+    cron: Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00]+$")]
+    timezone: ShortText = "UTC"
+    job: JobCreate
+    paused: bool = False
+
+
+class ScheduleUpdate(BaseModel):
+    model_config = _STRICT
+
+    paused: bool | None = None
+    cron: (
+        Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00]+$")]
+        | None
+    ) = None
+    timezone: ShortText | None = None
+    job: JobCreate | None = None
+
+
+class ScheduleRead(BaseModel):
+    id: UUID
+    name: str
+    cron: str
+    timezone: str
+    job: dict[str, Any]
+    paused: bool
+    next_run_at: datetime | None
+    last_run_at: datetime | None
+    last_job_id: UUID | None
+    created_at: datetime
+
+
 class ErrorBody(BaseModel):
     detail: Any
 

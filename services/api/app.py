@@ -15,7 +15,7 @@ from uuid_utils.compat import uuid7
 from services.api.errors import install_error_handlers
 from services.api.metrics import Metrics
 from services.api.middleware import BodySizeLimit
-from services.api.routers import audit, health, jobs, keys, observe, stream
+from services.api.routers import audit, health, jobs, keys, observe, schedules, stream
 from services.api.stream import EventHub
 from shared import demo_tasks
 from shared.catalog import TaskCatalog, announce_task_types
@@ -162,4 +162,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(observe.router)
     app.include_router(keys.router)
     app.include_router(audit.router)
+    app.include_router(schedules.router)
     return app

@@ -31,8 +31,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.scheduler import store
+from shared.catalog import TaskCatalog
 from shared.db import create_engine, create_sessionmaker, is_db_outage
 from shared.errors import BrokerUnavailable, SwitchyardError
+from shared.jobs import Limits
 from shared.messages import (
     JobCancel,
     JobDispatch,
@@ -48,6 +50,7 @@ from shared.messages import (
     dispatch_key,
 )
 from shared.messaging import Broker, Consumer, Delivery, Topology
+from shared.schedules import fire_due_schedules
 from shared.scheduling import WorkerView, plan_placements
 from shared.settings import Settings
 from shared.stats import queue_depth
@@ -113,6 +116,13 @@ class Scheduler:
         self._last_lock_check = 0.0
         self._last_monitoring = 0.0
         self._last_cancel_sweep = 0.0
+        self.catalog = TaskCatalog()
+        self.limits = Limits(
+            max_payload_bytes=settings.max_payload_bytes,
+            max_json_depth=settings.max_json_depth,
+            max_dependencies=settings.max_dependencies,
+            max_batch_jobs=settings.max_batch_jobs,
+        )
         self._cancels: list[JobCancel] = []
         self._zombies: set[tuple[UUID, str]] = set()
         self._sessionmaker: async_sessionmaker[AsyncSession] | None = None
@@ -275,7 +285,13 @@ class Scheduler:
             events.extend(
                 await store.promote_due(session, limit=self.settings.scheduler_batch_size)
             )
+            fired, new_jobs = await fire_due_schedules(
+                session, catalog=self.catalog, limits=self.limits
+            )
             await session.commit()
+        events.extend(fired)
+        if new_jobs:
+            log.info("schedules submitted %d job(s)", len(new_jobs))
         await self._publish(events)
         await self._place()
         await self._send_cancels()

@@ -190,6 +190,16 @@ class Stack:
         return asyncio.run(run())
 
     @staticmethod
+    def job_count_stable(expected: int, count: object) -> bool:
+        """True once ``count()`` has stayed at ``expected`` for 2 s (used for "nothing more")."""
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline:
+            if len(count()) != expected:  # type: ignore[operator]
+                raise AssertionError(f"count moved from {expected}")
+            time.sleep(0.2)
+        return True
+
+    @staticmethod
     def wait_for(
         check: object, *, timeout: float = 20.0, what: str = "", proc: ServiceProcess | None = None
     ) -> None:

@@ -19,6 +19,7 @@ from shared.jobs import (
     job_logs,
     job_to_read,
     list_jobs,
+    retry_job,
     submit_jobs,
 )
 from shared.messages import JobCancel, JobSubmitted, _Message
@@ -184,6 +185,39 @@ async def cancel_job_route(
     messages: list[_Message] = list(events)
     if notify_worker:
         messages.append(JobCancel(job_id=job.id, attempt=job.attempts))
+    await publish_after_commit(request.app.state.broker, messages)
+    return job_to_read(job)
+
+
+@router.post(
+    "/{job_id}/retry",
+    name="job.retry",
+    response_model=JobRead,
+    responses=_errors(401, 403, 404, 409, 422, 503),
+)
+async def retry_job_route(
+    job_id: UUID,
+    request: Request,
+    session: SessionDep,
+    actor: SubmitterDep,
+    dependents: Annotated[
+        bool, Query(description="also re-run the jobs that failed because of it")
+    ] = False,
+) -> JobRead:
+    """Dead-letter requeue: re-run a failed or cancelled job. Same id, its history kept,
+    attempt numbers continue, and ``max_attempts`` more attempts are allowed."""
+    try:
+        job, events = await retry_job(session, job_id, actor=actor, dependents=dependents)
+        await session.commit()
+    except BaseException:
+        await session.rollback()
+        raise
+    messages: list[_Message] = list(events)
+    messages.extend(
+        JobSubmitted(job_id=e.job_id, type=e.type, priority="retry")
+        for e in events
+        if e.new_status == "ready"
+    )
     await publish_after_commit(request.app.state.broker, messages)
     return job_to_read(job)
 
