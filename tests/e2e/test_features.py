@@ -26,14 +26,22 @@ def test_cron_every_second_fires_once_per_tick_with_two_schedulers(stack: Stack)
     stack.worker("w1")
     r = stack.http.post(
         "/schedules",
-        json={"name": "tick", "cron": "* * * * * *", "timezone": "UTC", "job": {"type": "demo.echo", "payload": {"tick": True}}},
+        json={
+            "name": "tick",
+            "cron": "* * * * * *",
+            "timezone": "UTC",
+            "job": {"type": "demo.echo", "payload": {"tick": True}},
+        },
     )
     assert r.status_code == 201, r.text
     sched = r.json()
     assert sched["next_run_at"] and sched["paused"] is False
 
     def fires() -> list[datetime]:
-        rows = stack.sql("SELECT idempotency_key FROM jobs WHERE idempotency_key LIKE $1", f"schedule:{sched['id']}:%")
+        rows = stack.sql(
+            "SELECT idempotency_key FROM jobs WHERE idempotency_key LIKE $1",
+            f"schedule:{sched['id']}:%",
+        )
         return sorted(datetime.fromisoformat(r["idempotency_key"].split(":", 2)[2]) for r in rows)
 
     stack.wait_for(lambda: len(fires()) >= 6, timeout=20, what="six fires")
@@ -45,9 +53,17 @@ def test_cron_every_second_fires_once_per_tick_with_two_schedulers(stack: Stack)
     jobs = stack.sql("SELECT count(*) AS n FROM jobs WHERE type = 'demo.echo'")
     assert jobs[0]["n"] == len(times)
     done = len(times)
-    stack.wait_for(lambda: stack.sql("SELECT count(*) AS n FROM jobs WHERE status = 'completed'")[0]["n"] >= done - 1, what="they run")
+    stack.wait_for(
+        lambda: (
+            stack.sql("SELECT count(*) AS n FROM jobs WHERE status = 'completed'")[0]["n"]
+            >= done - 1
+        ),
+        what="they run",
+    )
     after_pause = len(fires())
-    stack.wait_for(lambda: stack.job_count_stable(after_pause, fires), timeout=5, what="no fires while paused")
+    stack.wait_for(
+        lambda: stack.job_count_stable(after_pause, fires), timeout=5, what="no fires while paused"
+    )
 
 
 def test_delayed_job_starts_no_earlier_than_run_at(stack: Stack) -> None:
@@ -62,17 +78,26 @@ def test_delayed_job_starts_no_earlier_than_run_at(stack: Stack) -> None:
 
 def test_retry_of_a_failed_job_keeps_both_histories(stack: Stack) -> None:
     stack.worker("w1")
-    job = stack.submit({"type": "demo.fail", "payload": {"fail_times": 1}, "retry": {"max_attempts": 1}})
+    job = stack.submit(
+        {"type": "demo.fail", "payload": {"fail_times": 1}, "retry": {"max_attempts": 1}}
+    )
     child = stack.submit({"type": "demo.echo", "depends_on": [job["id"]]})
     stack.wait_status(job["id"], "failed")
     assert stack.wait_status(child["id"], "failed")["error"] == f"dependency {job['id']} failed"
-    assert [j["id"] for j in stack.http.get("/jobs", params={"status": "failed"}).json()["items"]] == [child["id"], job["id"]]
+    assert [
+        j["id"] for j in stack.http.get("/jobs", params={"status": "failed"}).json()["items"]
+    ] == [child["id"], job["id"]]
     r = stack.http.post(f"/jobs/{job['id']}/retry", params={"dependents": True})
     assert r.status_code == 200, r.text
     done = stack.wait_status(job["id"], "completed")
     assert done["attempts"] == 2 and done["result"] == {"attempt": 2}
     assert stack.wait_status(child["id"], "completed")["id"] == child["id"]
-    stack.wait_for(lambda: [e["status"] for e in stack.logs(job["id"])["executions"]] == ["failed", "completed"], what="both histories")
+    stack.wait_for(
+        lambda: (
+            [e["status"] for e in stack.logs(job["id"])["executions"]] == ["failed", "completed"]
+        ),
+        what="both histories",
+    )
     again = stack.http.post(f"/jobs/{job['id']}/retry")
     assert again.status_code == 409 and "only failed or cancelled" in again.json()["detail"]
 
@@ -86,7 +111,11 @@ def test_sdk_against_the_stack(stack: Stack) -> None:
             events.append(event)
             if event["event"] == "state" and event["data"]["new_status"] == "completed":
                 break
-        assert [e["data"]["message"] for e in events if e["event"] == "log"] == ["step 1 of 3", "step 2 of 3", "step 3 of 3"]
+        assert [e["data"]["message"] for e in events if e["event"] == "log"] == [
+            "step 1 of 3",
+            "step 2 of 3",
+            "step 3 of 3",
+        ]
         done = sy.wait(str(job.id), timeout=10)
         assert done.status == "completed" and done.result == {"steps": 3}
         assert [ln.message for ln in sy.logs(str(job.id)).lines][-1] == "step 3 of 3"
@@ -117,9 +146,27 @@ def test_cli_against_the_stack(stack: Stack) -> None:
     env = {"SWITCHYARD_URL": stack.url, "SWITCHYARD_API_KEY": ADMIN_KEY, "PATH": "/usr/bin:/bin"}
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "shared.cli", *args], env=env, capture_output=True, text=True, timeout=60)
+        return subprocess.run(
+            [sys.executable, "-m", "shared.cli", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
 
-    out = cli("--json", "submit", "demo.echo", "--payload", '{"x": 1}', "--priority", "high", "--cpu", "0.5", "--idempotency-key", "cli-1")
+    out = cli(
+        "--json",
+        "submit",
+        "demo.echo",
+        "--payload",
+        '{"x": 1}',
+        "--priority",
+        "high",
+        "--cpu",
+        "0.5",
+        "--idempotency-key",
+        "cli-1",
+    )
     assert out.returncode == 0, out.stderr
     job = json.loads(out.stdout)
     assert job["priority"] == "high" and job["resources"]["cpu_units"] == 0.5
@@ -127,7 +174,10 @@ def test_cli_against_the_stack(stack: Stack) -> None:
     status = cli("status", job["id"])
     assert "completed" in status.stdout and job["id"] in status.stdout
     listed = cli("list", "--type", "demo.echo")
-    assert listed.stdout.splitlines()[0].split()[:3] == ["ID", "TYPE", "STATUS"] and job["id"] in listed.stdout
+    assert (
+        listed.stdout.splitlines()[0].split()[:3] == ["ID", "TYPE", "STATUS"]
+        and job["id"] in listed.stdout
+    )
     assert "w1" in cli("workers").stdout
     assert "by status:" in cli("stats").stdout
     child = json.loads(cli("--json", "submit", "demo.echo", "--depends-on", job["id"]).stdout)
@@ -138,10 +188,24 @@ def test_cli_against_the_stack(stack: Stack) -> None:
     stack.wait_status(slow["id"], "cancelled")
     assert cli("retry", slow["id"]).returncode == 0
     stack.wait_status(slow["id"], "running")
-    made = cli("--json", "schedules", "create", "nightly", "--cron", "0 3 * * *", "--type", "demo.echo", "--timezone", "Europe/Paris")
+    made = cli(
+        "--json",
+        "schedules",
+        "create",
+        "nightly",
+        "--cron",
+        "0 3 * * *",
+        "--type",
+        "demo.echo",
+        "--timezone",
+        "Europe/Paris",
+    )
     assert made.returncode == 0, made.stderr
     sched = json.loads(made.stdout)
-    assert ts(sched["next_run_at"]).astimezone(ts("2026-01-01T00:00:00+01:00").tzinfo).hour in (3, 2)
+    assert ts(sched["next_run_at"]).astimezone(ts("2026-01-01T00:00:00+01:00").tzinfo).hour in (
+        3,
+        2,
+    )
     assert "nightly" in cli("schedules", "list").stdout
     assert "paused" in cli("schedules", "pause", sched["id"]).stdout
     assert cli("schedules", "delete", sched["id"]).returncode == 0

@@ -64,7 +64,59 @@ async def revoke_fresh_key(c: httpx.AsyncClient, h: dict[str, str], role: str) -
     return await c.delete(f"/api-keys/{made.json()['id']}", headers=h)
 
 
+async def own_job_retry(c: httpx.AsyncClient, h: dict[str, str], role: str) -> httpx.Response:
+    owner = {"submitter": SUBMITTER_KEY, "admin": ADMIN_KEY}.get(role, SUBMITTER_KEY)
+    job = await new_job(c, owner)
+    assert (await c.patch(f"/jobs/{job}/cancel", headers=auth(owner))).status_code == 200
+    return await c.post(f"/jobs/{job}/retry", headers=h)
+
+
+async def others_job_retry(c: httpx.AsyncClient, h: dict[str, str], role: str) -> httpx.Response:
+    job = await new_job(c, OTHER_SUBMITTER_KEY)
+    assert (
+        await c.patch(f"/jobs/{job}/cancel", headers=auth(OTHER_SUBMITTER_KEY))
+    ).status_code == 200
+    return await c.post(f"/jobs/{job}/retry", headers=h)
+
+
+async def new_schedule(c: httpx.AsyncClient) -> str:
+    r = await c.post(
+        "/schedules",
+        json={
+            "name": f"s-{uuid.uuid4().hex[:8]}",
+            "cron": "0 3 * * *",
+            "job": {"type": "demo.echo"},
+        },
+        headers=auth(ADMIN_KEY),
+    )
+    assert r.status_code == 201, r.text
+    return str(r.json()["id"])
+
+
+async def schedule_create(c: httpx.AsyncClient, h: dict[str, str], role: str) -> httpx.Response:
+    body = {
+        "name": f"s-{uuid.uuid4().hex[:8]}",
+        "cron": "*/5 * * * *",
+        "job": {"type": "demo.echo"},
+    }
+    return await c.post("/schedules", json=body, headers=h)
+
+
+async def schedule_patch(c: httpx.AsyncClient, h: dict[str, str], role: str) -> httpx.Response:
+    return await c.patch(f"/schedules/{await new_schedule(c)}", json={"paused": True}, headers=h)
+
+
+async def schedule_delete(c: httpx.AsyncClient, h: dict[str, str], role: str) -> httpx.Response:
+    return await c.delete(f"/schedules/{await new_schedule(c)}", headers=h)
+
+
 REQUESTS: dict[str, Request] = {
+    "POST /jobs/{id}/retry (own cancelled job)": own_job_retry,
+    "POST /jobs/{id}/retry (another key's job)": others_job_retry,
+    "POST /schedules": schedule_create,
+    "GET /schedules": lambda c, h, r: c.get("/schedules", headers=h),
+    "PATCH /schedules/{id}": schedule_patch,
+    "DELETE /schedules/{id}": schedule_delete,
     "GET /healthz": lambda c, h, r: c.get("/healthz", headers=h),
     "GET /metrics": lambda c, h, r: c.get("/metrics", headers=h),
     "GET /jobs": lambda c, h, r: c.get("/jobs", headers=h),
@@ -124,7 +176,10 @@ async def test_route_role_cell(
             failures.append(
                 f"{role}: expected {expected[role]}, got {response.status_code} {response.text[:200]}"
             )
-        if response.status_code in (401, 403) and route.startswith("POST /jobs"):
+        if response.status_code in (401, 403) and route.split(" (")[0] in (
+            "POST /jobs",
+            "POST /jobs/batch",
+        ):
             assert await db.fetchval("SELECT count(*) FROM jobs") == jobs_before, (
                 f"{role} changed jobs"
             )

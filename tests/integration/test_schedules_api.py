@@ -1,0 +1,83 @@
+"""POST/GET/PATCH/DELETE /schedules: validation and effects."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+import asyncpg
+import httpx
+import pytest
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (
+            {"cron": "every day", "job": {"type": "demo.echo"}},
+            "cron: 'every day' is not a cron expression",
+        ),
+        ({"cron": "61 * * * *", "job": {"type": "demo.echo"}}, "is not a cron expression"),
+        (
+            {"cron": "* * * * *", "timezone": "Mars/Olympus", "job": {"type": "demo.echo"}},
+            "timezone: 'Mars/Olympus'",
+        ),
+        ({"cron": "* * * * *", "job": {"type": "nope"}}, "job.type: unknown task type"),
+        ({"cron": "* * * * *", "job": {"type": "demo.sleep", "payload": {}}}, "job.payload"),
+        (
+            {"cron": "* * * * *", "job": {"type": "demo.echo", "depends_on": [str(uuid.uuid4())]}},
+            "cannot depend",
+        ),
+        ({"cron": "* * * * *"}, "job"),
+    ],
+)
+async def test_bad_schedules_are_422_and_store_nothing(
+    client: httpx.AsyncClient, db: asyncpg.Connection, body: dict, message: str
+) -> None:
+    r = await client.post("/schedules", json={"name": "x", **body})
+    assert r.status_code == 422, r.text
+    assert message in r.json()["detail"]
+    assert await db.fetchval("SELECT count(*) FROM schedules") == 0
+
+
+async def test_schedule_lifecycle(client: httpx.AsyncClient, db: asyncpg.Connection) -> None:
+    r = await client.post(
+        "/schedules",
+        json={
+            "name": "hourly",
+            "cron": "0 * * * *",
+            "timezone": "Europe/Paris",
+            "job": {"type": "demo.echo", "payload": {"a": 1}},
+        },
+    )
+    assert r.status_code == 201, r.text
+    s = r.json()
+    nxt = datetime.fromisoformat(s["next_run_at"])
+    assert nxt > datetime.now(UTC) and nxt.minute == 0 and nxt.second == 0
+    assert s["job"] == {"type": "demo.echo", "payload": {"a": 1}}
+    assert (
+        await client.post(
+            "/schedules", json={"name": "hourly", "cron": "* * * * *", "job": {"type": "demo.echo"}}
+        )
+    ).status_code == 409
+    assert [x["id"] for x in (await client.get("/schedules")).json()] == [s["id"]]
+    assert (await client.get(f"/schedules/{s['id']}")).json()["name"] == "hourly"
+    paused = await client.patch(
+        f"/schedules/{s['id']}", json={"paused": True, "cron": "30 2 * * *"}
+    )
+    assert (
+        paused.status_code == 200
+        and paused.json()["paused"] is True
+        and paused.json()["cron"] == "30 2 * * *"
+    )
+    assert (await client.patch(f"/schedules/{s['id']}", json={"cron": "nope"})).status_code == 422
+    assert (await client.delete(f"/schedules/{s['id']}")).status_code == 204
+    assert (await client.get(f"/schedules/{s['id']}")).status_code == 404
+    assert (await client.delete(f"/schedules/{s['id']}")).status_code == 404
+    actions = [
+        r["action"]
+        for r in await db.fetch(
+            "SELECT action FROM audit_log WHERE action LIKE 'schedule.%' AND outcome = 'ok' ORDER BY id"
+        )
+    ]
+    assert actions == ["schedule.create", "schedule.update", "schedule.delete"]
