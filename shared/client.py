@@ -21,6 +21,7 @@ from urllib.parse import urlencode
 
 import httpx
 import orjson
+from websockets.asyncio.client import connect as aconnect
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
@@ -39,17 +40,62 @@ class ApiError(SwitchyardError):
         self.detail = detail
 
 
+def _where(url: str | None, api_key: str | None) -> tuple[str, str | None, dict[str, str]]:
+    """URL, key and auth header: the arguments, else SWITCHYARD_URL / SWITCHYARD_API_KEY."""
+    if url is None or api_key is None:
+        settings = get_settings()
+        url = url or settings.url
+        api_key = api_key if api_key is not None else settings.api_key
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    return url.rstrip("/"), api_key, headers
+
+
+def _result(response: httpx.Response) -> Any:
+    """The JSON answer, or ApiError with the API's own message."""
+    if response.status_code >= 400:
+        try:
+            detail = response.json().get("detail", response.text)
+        except ValueError:
+            detail = response.text
+        raise ApiError(response.status_code, detail)
+    return response.json() if response.content else None
+
+
+def _job_body(type: str, payload: dict[str, Any] | None, options: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": type,
+        "payload": payload or {},
+        **{k: v for k, v in options.items() if v is not None},
+    }
+
+
+def _stream_url(
+    url: str,
+    job_ids: list[str] | None,
+    types: list[str] | None,
+    statuses: list[str] | None,
+    replay: bool,
+) -> str:
+    query: list[tuple[str, str]] = [("job_id", j) for j in job_ids or []]
+    query += [("type", t) for t in types or []] + [("status", s) for s in statuses or []]
+    if replay:
+        query.append(("replay", "true"))
+    ws_url = url.replace("http://", "ws://", 1).replace("https://", "wss://", 1)
+    return f"{ws_url}/jobs/stream?{urlencode(query)}"
+
+
+def _closed(exc: ConnectionClosed) -> None:
+    """A 1008 close is the API refusing the key; any other close ends the stream."""
+    if exc.rcvd is not None and exc.rcvd.code == 1008:
+        raise ApiError(401, exc.rcvd.reason or "stream refused") from None
+
+
 class Client:
     def __init__(
         self, url: str | None = None, api_key: str | None = None, *, timeout: float = 30
     ) -> None:
-        if url is None or api_key is None:
-            settings = get_settings()
-            url = url or settings.url
-            api_key = api_key if api_key is not None else settings.api_key
-        self.url = url.rstrip("/")
-        self.api_key = api_key
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.url, self.api_key, headers = _where(url, api_key)
+        self._headers = headers
         self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
 
     def __enter__(self) -> Client:
@@ -66,13 +112,7 @@ class Client:
             response = self._http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
             raise ApiError(0, f"cannot reach {self.url}: {exc}") from exc
-        if response.status_code >= 400:
-            try:
-                detail = response.json().get("detail", response.text)
-            except ValueError:
-                detail = response.text
-            raise ApiError(response.status_code, detail)
-        return response.json() if response.content else None
+        return _result(response)
 
     def enqueue_job(
         self, type: str, payload: dict[str, Any] | None = None, **options: Any
@@ -138,19 +178,15 @@ class Client:
         replay: bool = False,
     ) -> Iterator[dict[str, Any]]:
         """Live events from ``WS /jobs/stream`` (envelopes as dicts), until the caller stops."""
-        query: list[tuple[str, str]] = [("job_id", j) for j in job_ids or []]
-        query += [("type", t) for t in types or []] + [("status", s) for s in statuses or []]
-        if replay:
-            query.append(("replay", "true"))
-        ws_url = self.url.replace("http://", "ws://", 1).replace("https://", "wss://", 1)
-        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-        with connect(f"{ws_url}/jobs/stream?{urlencode(query)}", additional_headers=headers) as ws:
+        with connect(
+            _stream_url(self.url, job_ids, types, statuses, replay),
+            additional_headers=self._headers,
+        ) as ws:
             while True:
                 try:
                     raw = ws.recv()
                 except ConnectionClosed as exc:
-                    if exc.rcvd is not None and exc.rcvd.code == 1008:
-                        raise ApiError(401, exc.rcvd.reason or "stream refused") from None
+                    _closed(exc)
                     return
                 yield orjson.loads(raw)
 
@@ -161,13 +197,8 @@ class AsyncClient:
     def __init__(
         self, url: str | None = None, api_key: str | None = None, *, timeout: float = 30
     ) -> None:
-        if url is None or api_key is None:
-            settings = get_settings()
-            url = url or settings.url
-            api_key = api_key if api_key is not None else settings.api_key
-        self.url = url.rstrip("/")
-        self.api_key = api_key
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.url, self.api_key, headers = _where(url, api_key)
+        self._headers = headers
         self._http = httpx.AsyncClient(base_url=self.url, headers=headers, timeout=timeout)
 
     async def __aenter__(self) -> AsyncClient:
@@ -184,13 +215,7 @@ class AsyncClient:
             response = await self._http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
             raise ApiError(0, f"cannot reach {self.url}: {exc}") from exc
-        if response.status_code >= 400:
-            try:
-                detail = response.json().get("detail", response.text)
-            except ValueError:
-                detail = response.text
-            raise ApiError(response.status_code, detail)
-        return response.json() if response.content else None
+        return _result(response)
 
     async def enqueue_job(
         self, type: str, payload: dict[str, Any] | None = None, **options: Any
@@ -241,22 +266,12 @@ class AsyncClient:
         self, *, job_ids: list[str] | None = None, types: list[str] | None = None,
         statuses: list[str] | None = None, replay: bool = False,
     ) -> AsyncIterator[dict[str, Any]]:  # fmt: skip
-        from websockets.asyncio.client import connect as aconnect
-
-        query: list[tuple[str, str]] = [("job_id", j) for j in job_ids or []]
-        query += [("type", t) for t in types or []] + [("status", s) for s in statuses or []]
-        if replay:
-            query.append(("replay", "true"))
-        ws_url = self.url.replace("http://", "ws://", 1).replace("https://", "wss://", 1)
-        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-        async with aconnect(
-            f"{ws_url}/jobs/stream?{urlencode(query)}", additional_headers=headers
-        ) as ws:
+        url = _stream_url(self.url, job_ids, types, statuses, replay)
+        async with aconnect(url, additional_headers=self._headers) as ws:
             while True:
                 try:
                     raw = await ws.recv()
                 except ConnectionClosed as exc:
-                    if exc.rcvd is not None and exc.rcvd.code == 1008:
-                        raise ApiError(401, exc.rcvd.reason or "stream refused") from None
+                    _closed(exc)
                     return
                 yield orjson.loads(raw)

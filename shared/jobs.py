@@ -44,6 +44,7 @@ from shared.schemas import (
     RetryPolicy,
     check_json_value,
 )
+from shared.settings import Settings
 from shared.states import CANCELLABLE_AT_ONCE, TERMINAL, JobStatus, check_transition, sources_for
 
 S = JobStatus
@@ -69,6 +70,15 @@ class Limits:
     max_json_depth: int = 32
     max_dependencies: int = 1_000
     max_batch_jobs: int = 10_000
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Limits:
+        return cls(
+            max_payload_bytes=settings.max_payload_bytes,
+            max_json_depth=settings.max_json_depth,
+            max_dependencies=settings.max_dependencies,
+            max_batch_jobs=settings.max_batch_jobs,
+        )
 
 
 @dataclass

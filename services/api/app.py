@@ -128,12 +128,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.hub = EventHub(broker, buffer_size=settings.ws_buffer_events)
         app.state.hub.listeners.append(app.state.metrics.observe)
         await app.state.hub.start()
-        app.state.limits = Limits(
-            max_payload_bytes=settings.max_payload_bytes,
-            max_json_depth=settings.max_json_depth,
-            max_dependencies=settings.max_dependencies,
-            max_batch_jobs=settings.max_batch_jobs,
-        )
+        app.state.limits = Limits.from_settings(settings)
         # Dev mode without keys: requests without a key act as admin.
         app.state.open_dev_mode = settings.dev and not settings.api_keys
         if app.state.open_dev_mode:

@@ -117,12 +117,7 @@ class Scheduler:
         self._last_monitoring = 0.0
         self._last_cancel_sweep = 0.0
         self.catalog = TaskCatalog()
-        self.limits = Limits(
-            max_payload_bytes=settings.max_payload_bytes,
-            max_json_depth=settings.max_json_depth,
-            max_dependencies=settings.max_dependencies,
-            max_batch_jobs=settings.max_batch_jobs,
-        )
+        self.limits = Limits.from_settings(settings)
         self._cancels: list[JobCancel] = []
         self._zombies: set[tuple[UUID, str]] = set()
         self._sessionmaker: async_sessionmaker[AsyncSession] | None = None

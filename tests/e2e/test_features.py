@@ -119,7 +119,9 @@ def test_sdk_against_the_stack(stack: Stack) -> None:
         ]
         done = sy.wait(str(job.id), timeout=10)
         assert done.status == "completed" and done.result == {"steps": 3}
-        stack.wait_for(lambda: len(sy.logs(str(job.id)).lines) == 3, what="the logger wrote the lines")
+        stack.wait_for(
+            lambda: len(sy.logs(str(job.id)).lines) == 3, what="the logger wrote the lines"
+        )
         assert [ln.message for ln in sy.logs(str(job.id)).lines][-1] == "step 3 of 3"
         more = [sy.enqueue_job("demo.echo", {"i": i}) for i in range(5)]
         listed = [j.id for j in sy.list_jobs(page_size=2, type="demo.echo")]

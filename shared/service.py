@@ -1,0 +1,38 @@
+"""What every service's ``main`` shares: logging, settings, signals, one asyncio run."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+
+from pydantic import ValidationError
+
+from shared.settings import Settings, get_settings
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def run_service(name: str, serve: Callable[[Settings, asyncio.Event], Awaitable[None]]) -> int:
+    """Read the settings, then run ``serve(settings, stop)``; SIGTERM/SIGINT set ``stop``.
+
+    Returns the exit code: 2 for a bad configuration, else 0 once ``serve`` returns.
+    """
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    try:
+        settings = get_settings()
+    except ValidationError as exc:
+        print(f"switchyard {name}: bad configuration: {exc}", file=sys.stderr)
+        return 2
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(settings, stop)
+
+    asyncio.run(main())
+    return 0
