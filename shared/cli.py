@@ -41,6 +41,14 @@ def fail(exc: ApiError) -> NoReturn:
     raise typer.Exit(1)
 
 
+def parse_payload(payload: str) -> Any:
+    try:
+        return json.loads(payload)
+    except json.JSONDecodeError as exc:
+        typer.echo(f"error: --payload is not JSON: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
 def print_json(value: Any) -> None:
     typer.echo(json.dumps(value, indent=2, default=str))
 
@@ -60,11 +68,7 @@ def submit(
     name: Annotated[str | None, typer.Option(help="a label")] = None,
 ) -> None:
     """Submit a job."""
-    try:
-        body = json.loads(payload)
-    except json.JSONDecodeError as exc:
-        typer.echo(f"error: --payload is not JSON: {exc}", err=True)
-        raise typer.Exit(2) from None
+    body = parse_payload(payload)
     resources = {k: v for k, v in (("cpu_units", cpu), ("memory_mb", memory)) if v is not None}
     request = {
         "type": type, "payload": body, "priority": priority, "depends_on": depends_on or None,
@@ -196,7 +200,7 @@ def schedules_create(
         "name": name,
         "cron": cron,
         "timezone": timezone,
-        "job": {"type": job_type, "payload": json.loads(payload)},
+        "job": {"type": job_type, "payload": parse_payload(payload)},
     }
     data = call("POST", "/schedules", json=body)
     print_json(data) if state["json"] else typer.echo(

@@ -342,6 +342,15 @@ def test_cli_logs_follow(stack: Stack) -> None:
         timeout=60,
     )
     assert plain.stdout == follow.stdout
+    # Following a job that has already ended prints its lines too, then stops.
+    after = subprocess.run(
+        [sys.executable, "-m", "shared.cli", "logs", job["id"], "--follow"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert after.returncode == 0 and after.stdout == follow.stdout
     bad = subprocess.run(
         [sys.executable, "-m", "shared.cli", "--api-key", "nope", "status", job["id"]],
         env=env,

@@ -2,8 +2,8 @@
 
 Query parameters: ``job_id`` (repeat for several), ``type`` (repeat), ``status``
 (repeat; log and progress events count as ``running``), ``replay=true`` (with
-``job_id``: first the job's current state, every log line stored or recently seen,
-and its latest progress, then live events without duplicates), ``since`` (RFC 3339:
+``job_id``: first every log line stored or recently seen, the latest progress, and
+the job's current state; then live events without duplicates), ``since`` (RFC 3339:
 replay only lines from then on), ``token`` (the API key, when no Authorization
 header can be sent). A bad or missing key: accepted, then closed with 1008 before any
 event; bad parameters: closed with 1008 and a reason.
@@ -141,13 +141,6 @@ async def send_replay(
             stmt = stmt.where(JobLogLine.ts >= since)
         stored = list(await session.scalars(stmt))
     for job in sorted(jobs, key=lambda j: j.created_at):
-        data = {"old_status": None, "new_status": job.status, "type": job.type,
-                "worker_id": job.worker_id, "reason": "replay", "replay": True}  # fmt: skip
-        await websocket.send_text(
-            orjson.dumps(
-                envelope("state", job.id, job.attempts, iso(job.updated_at), data)
-            ).decode()
-        )
         lines: dict[tuple[int, int], dict[str, Any]] = {}
         for ln in stored:
             if ln.job_id == job.id:
@@ -167,3 +160,11 @@ async def send_replay(
             data = {"done": p.get("done"), "total": p.get("total"), "message": p.get("message")}
             progress = envelope("progress", job.id, job.attempts, ts, data)
             await websocket.send_text(orjson.dumps(progress).decode())
+        # The current state last: a client may stop at a final state, after the lines.
+        data = {"old_status": None, "new_status": job.status, "type": job.type,
+                "worker_id": job.worker_id, "reason": "replay", "replay": True}  # fmt: skip
+        await websocket.send_text(
+            orjson.dumps(
+                envelope("state", job.id, job.attempts, iso(job.updated_at), data)
+            ).decode()
+        )
