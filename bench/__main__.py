@@ -1,0 +1,280 @@
+"""``make bench`` / ``python -m bench``: throughput and latency of a real local stack.
+
+Starts its own stack (fresh database, own namespace, api + scheduler + logger + 2
+workers, and the bare FastAPI + asyncpg baseline), measures, prints a table and writes
+JSON to ``bench/results/``. Each figure is the median of ``--runs`` runs; the machine
+is shared and noisy, so compare ratios measured in the same run, not absolute numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+ADMIN = os.environ.get("TEST_DATABASE_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+KEY = "bench-admin-key"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Stack:
+    def __init__(self, workers: int) -> None:
+        self.db = f"swy_bench_{uuid.uuid4().hex[:8]}"
+        self.dsn = ADMIN.rsplit("/", 1)[0] + f"/{self.db}"
+        self.port, self.bare_port = free_port(), free_port()
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("SWITCHYARD_")},
+            "DATABASE_URL": self.dsn.replace("postgresql://", "postgresql+asyncpg://"),
+            "SWITCHYARD_NAMESPACE": f"bench-{uuid.uuid4().hex[:8]}",
+            "SWITCHYARD_API_KEYS": f"{KEY}:admin",
+            "SWITCHYARD_API_PORT": str(self.port),
+            "BARE_DSN": self.dsn,
+        }
+        self.workers = workers
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.bare_url = f"http://127.0.0.1:{self.bare_port}"
+
+    def _start(self, *args: str) -> None:
+        log = open(
+            ROOT / "bench" / "results" / f"{args[-1].replace('.', '_')}-{len(self.procs)}.log", "wb"
+        )
+        self.procs.append(
+            subprocess.Popen(
+                [sys.executable, *args],
+                cwd=ROOT,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        )
+
+    async def __aenter__(self) -> Stack:
+        admin = await asyncpg.connect(ADMIN)
+        await admin.execute(f'CREATE DATABASE "{self.db}"')
+        await admin.close()
+        subprocess.run(
+            [sys.executable, "-m", "alembic", "upgrade", "head"],
+            cwd=ROOT,
+            env=self.env,
+            check=True,
+            capture_output=True,
+        )
+        self._start("-m", "services.api")
+        self._start("-m", "services.scheduler")
+        self._start("-m", "services.logger")
+        for i in range(self.workers):
+            self.procs.append(subprocess.Popen(
+                [sys.executable, "-m", "services.worker", "--worker-id", f"bench-w{i}", "--threads", "8"],
+                cwd=ROOT, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))  # fmt: skip
+        self.procs.append(subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "bench.bare_app:app", "--port", str(self.bare_port), "--log-level", "warning"],
+            cwd=ROOT, env=self.env))  # fmt: skip
+        async with httpx.AsyncClient() as c:
+            for url in (f"{self.url}/healthz", f"{self.bare_url}/docs"):
+                for _ in range(300):
+                    try:
+                        if (await c.get(url)).status_code == 200:
+                            break
+                    except httpx.HTTPError:
+                        pass
+                    await asyncio.sleep(0.1)
+                else:
+                    raise RuntimeError(f"{url} did not come up")
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            for _ in range(300):
+                if (
+                    await conn.fetchval("SELECT count(*) FROM workers WHERE state = 'alive'")
+                    >= self.workers
+                ):
+                    break
+                await asyncio.sleep(0.1)
+        finally:
+            await conn.close()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for p in self.procs:
+            p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        admin = await asyncpg.connect(ADMIN)
+        await admin.execute(f'DROP DATABASE IF EXISTS "{self.db}" WITH (FORCE)')
+        await admin.close()
+
+
+async def submit_rate(url: str, n: int, concurrency: int) -> float:
+    """Jobs per second through POST /jobs with ``concurrency`` requests in flight."""
+    headers = {"Authorization": f"Bearer {KEY}"}
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, headers=headers, limits=limits, timeout=30) as c:
+        queue: asyncio.Queue[int] = asyncio.Queue()
+        for i in range(n):
+            queue.put_nowait(i)
+
+        async def client() -> None:
+            while not queue.empty():
+                i = queue.get_nowait()
+                r = await c.post("/jobs", json={"type": "demo.echo", "payload": {"i": i}})
+                assert r.status_code == 201, r.text
+
+        start = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(concurrency)))
+        return n / (time.perf_counter() - start)
+
+
+async def batch_rate(url: str, batches: int, size: int) -> float:
+    headers = {"Authorization": f"Bearer {KEY}"}
+    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=120) as c:
+        start = time.perf_counter()
+        for b in range(batches):
+            jobs = [{"type": "demo.echo", "payload": {"b": b, "i": i}} for i in range(size)]
+            r = await c.post("/jobs/batch", json={"jobs": jobs})
+            assert r.status_code == 201, r.text[:300]
+        return batches * size / (time.perf_counter() - start)
+
+
+async def wait_all_completed(dsn: str, since: datetime, n: int, timeout: float) -> datetime:
+    conn = await asyncpg.connect(dsn)
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            done = await conn.fetchval(
+                "SELECT count(*) FROM jobs WHERE created_at >= $1 AND status = 'completed'", since
+            )
+            if done >= n:
+                return await conn.fetchval(
+                    "SELECT max(finished_at) FROM jobs WHERE created_at >= $1", since
+                )  # type: ignore[no-any-return]
+            await asyncio.sleep(0.2)
+        raise TimeoutError(f"only {done} of {n} jobs completed within {timeout} s")
+    finally:
+        await conn.close()
+
+
+async def end_to_end(stack: Stack, n: int) -> float:
+    """Jobs per second from the first submit to the last one completed in the database."""
+    batches, size = max(1, n // 500), min(500, n)
+    t0 = datetime.now(UTC)
+    await batch_rate(stack.url, batches, size)
+    last = await wait_all_completed(stack.dsn, t0, batches * size, timeout=600)
+    return batches * size / (last - t0).total_seconds()
+
+
+async def latency(stack: Stack, rate: float, seconds: float) -> dict[str, float]:
+    """Submit at a fixed offered rate; submit -> started (started_at - created_at)."""
+    headers = {"Authorization": f"Bearer {KEY}"}
+    since = datetime.now(UTC)
+    n = int(rate * seconds)
+    async with httpx.AsyncClient(
+        base_url=stack.url, headers=headers, timeout=30, limits=httpx.Limits(max_connections=64)
+    ) as c:
+        start = time.perf_counter()
+        tasks = []
+        for i in range(n):
+            delay = start + i / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(
+                asyncio.create_task(
+                    c.post("/jobs", json={"type": "demo.echo", "payload": {"i": i}})
+                )
+            )
+        await asyncio.gather(*tasks)
+    await wait_all_completed(stack.dsn, since, n, timeout=300)
+    conn = await asyncpg.connect(stack.dsn)
+    try:
+        rows = await conn.fetch(
+            "SELECT EXTRACT(EPOCH FROM started_at - created_at) * 1000 AS ms FROM jobs WHERE created_at >= $1",
+            since,
+        )
+    finally:
+        await conn.close()
+    ms = sorted(float(r["ms"]) for r in rows)
+    q = statistics.quantiles(ms, n=100)
+    return {"p50_ms": statistics.median(ms), "p95_ms": q[94], "p99_ms": q[98], "jobs": len(ms)}
+
+
+def median_of(runs: list[float]) -> float:
+    return statistics.median(runs)
+
+
+async def main(args: argparse.Namespace) -> dict[str, Any]:
+    (ROOT / "bench" / "results").mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {
+        "when": datetime.now(UTC).isoformat(),
+        "runs": args.runs,
+        "jobs": args.jobs,
+    }
+    async with Stack(workers=2) as stack:
+        rows = []
+        for name, fn in [
+            ("submit sequential", lambda u: submit_rate(u, args.submits, 1)),
+            ("submit 32 concurrent", lambda u: submit_rate(u, args.submits, 32)),
+        ]:
+            ours = median_of([await fn(stack.url) for _ in range(args.runs)])
+            bare = median_of([await fn(stack.bare_url) for _ in range(args.runs)])
+            rows.append((name, ours, bare))
+            results[name] = {"switchyard_per_s": ours, "bare_per_s": bare, "ratio": ours / bare}
+        batch = median_of([await batch_rate(stack.url, 4, 500) for _ in range(args.runs)])
+        results["submit batch"] = {"switchyard_per_s": batch}
+        e2e = median_of([await end_to_end(stack, args.jobs) for _ in range(args.runs)])
+        results["end to end"] = {"jobs_per_s": e2e, "jobs": args.jobs}
+        lat = [await latency(stack, args.rate, args.seconds) for _ in range(args.runs)]
+        results["latency at offered rate"] = {
+            "rate_per_s": args.rate, "seconds": args.seconds,
+            **{k: median_of([run[k] for run in lat]) for k in ("p50_ms", "p95_ms", "p99_ms")},
+        }  # fmt: skip
+    print(
+        f"\nSwitchyard benchmark ({args.runs} run(s) each, medians; noisy shared machine: read the ratios)\n"
+    )
+    print(f"{'measure':28} {'switchyard':>12} {'bare FastAPI+asyncpg':>22} {'ratio':>7}")
+    for name, ours, bare in rows:
+        print(f"{name:28} {ours:10.0f}/s {bare:20.0f}/s {ours / bare:7.2f}")
+    print(f"{'submit batch (500/request)':28} {batch:10.0f}/s")
+    print(
+        f"{'end to end (demo.echo)':28} {e2e:10.0f}/s   ({args.jobs} jobs, first submit -> last completed)"
+    )
+    la = results["latency at offered rate"]
+    print(
+        f"{'submit -> started':28} p50 {la['p50_ms']:.1f} ms, p95 {la['p95_ms']:.1f} ms, p99 {la['p99_ms']:.1f} ms at {args.rate:g}/s offered for {args.seconds:g} s"
+    )
+    out = ROOT / "bench" / "results" / f"bench-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.json"
+    out.write_text(json.dumps(results, indent=2))
+    print(f"\nwritten: {out.relative_to(ROOT)}")
+    print("query plans and costs on 1M rows: python -m bench.explain")
+    return results
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--runs", type=int, default=3, help="runs per measure (medians are reported)")
+    p.add_argument("--jobs", type=int, default=20_000, help="jobs in the end-to-end run")
+    p.add_argument("--submits", type=int, default=500, help="requests per submit-rate run")
+    p.add_argument("--rate", type=float, default=200, help="offered rate for the latency run")
+    p.add_argument("--seconds", type=float, default=30, help="duration of the latency run")
+    asyncio.run(main(p.parse_args()))
