@@ -136,6 +136,14 @@ class Consumer:
         except _BROKER_ERRORS as exc:
             log.warning("cancelling consumer %s failed: %s", self._tag, exc)
 
+    async def close(self) -> None:
+        """Stop and close the consumer's channel: what it had not acked is redelivered."""
+        await self.cancel()
+        try:
+            await self._queue.channel.close()
+        except _BROKER_ERRORS as exc:
+            log.warning("closing consumer channel %s failed: %s", self._tag, exc)
+
 
 class Broker:
     """A robust connection, one confirming publish channel, and consumers."""

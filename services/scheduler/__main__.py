@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 
-from services.scheduler.scheduler import LeadershipLost, Scheduler
+from services.scheduler.scheduler import Scheduler
 from shared.service import run_service
 
 
 def main() -> int:
-    try:
-        return run_service("scheduler", lambda settings, stop: Scheduler(settings).run(stop))
-    except LeadershipLost as exc:
-        # Exit rather than risk two active schedulers; a supervisor restarts us as a standby.
-        logging.getLogger("switchyard.scheduler").error("%s; exiting", exc)
-        return 3
+    # Losing the lock (its database connection) makes it stand by again, not exit.
+    return run_service("scheduler", lambda settings, stop: Scheduler(settings).run(stop))
 
 
 if __name__ == "__main__":

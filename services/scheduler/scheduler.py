@@ -129,9 +129,26 @@ class Scheduler:
         self._sessionmaker = create_sessionmaker(engine)
         try:
             async with self.broker:
-                await self._wait_for_leadership(stop)
-                if not stop.is_set():
-                    await self._lead(stop)
+                while not stop.is_set():
+                    await self._wait_for_leadership(stop)
+                    if stop.is_set():
+                        break
+                    try:
+                        await self._lead(stop)
+                    except LeadershipLost as exc:
+                        # Another instance may be active now: stop acting at once, forget
+                        # what we knew, and stand by again (our unacked messages go back
+                        # to the queue for whoever leads).
+                        log.error("%s; standing by again", exc)
+                        self.is_leader = False
+                        self.workers.clear()
+                        self.assignments.clear()
+                        self.inbox.clear()
+                        self._zombies.clear()
+                        self._cancels.clear()
+                        if self._lock_conn is not None and not self._lock_conn.is_closed():
+                            self._lock_conn.terminate()
+                        self._lock_conn = None
         finally:
             if self._lock_conn is not None and not self._lock_conn.is_closed():
                 await self._lock_conn.close()
@@ -207,7 +224,7 @@ class Scheduler:
                     await asyncio.sleep(0.5)
                     self.wake.set()
         finally:
-            await consumer.cancel()
+            await consumer.close()
 
     async def _on_delivery(self, delivery: Delivery) -> None:
         self.inbox.append(delivery)

@@ -118,7 +118,7 @@ def test_stream_auth_and_bad_parameters(stack: Stack) -> None:
     assert events[-1]["data"]["new_status"] == "completed"
 
 
-def test_slow_client_does_not_slow_others(start_service, settings) -> None:  # type: ignore[no-untyped-def]
+def test_slow_client_does_not_slow_others(start_service, settings, request) -> None:  # type: ignore[no-untyped-def]
     from shared.messages import JobLog
     from shared.messaging import Broker
 
@@ -129,6 +129,7 @@ def test_slow_client_does_not_slow_others(start_service, settings) -> None:  # t
     url = f"http://127.0.0.1:{port}"
     wait_http_ok(f"{url}/healthz", api)
     stack = Stack(start_service, url, settings.database_url)
+    request.addfinalizer(stack.http.close)
     stack.start("scheduler")
     stack.start("logger")
     stack.worker("w1", "--threads", "4")
