@@ -5,13 +5,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: help install migrate run test test-fast bench lint format up down clean
+.PHONY: help install migrate run test test-faults test-fast bench lint format up down clean
 
 help:
 	@echo "make install   create .venv with the project and dev tools (idempotent)"
 	@echo "make migrate   create the database if missing and apply migrations"
 	@echo "make run       migrate, then start api, scheduler, worker and logger (dev mode)"
 	@echo "make test      run the whole test suite against local PostgreSQL + RabbitMQ"
+	@echo "make test-faults  only the fault-injection suite (tests/faults)"
 	@echo "make bench     run the benchmark (figures printed and written as JSON)"
 	@echo "make lint      ruff + mypy"
 	@echo "make up        docker compose up --build"
@@ -36,6 +37,9 @@ run: migrate
 
 test: install
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+test-faults: install
+	$(BIN)/pytest tests/faults $(PYTEST_ARGS)
 
 test-fast: install
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
