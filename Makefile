@@ -12,7 +12,7 @@ help:
 	@echo "make migrate   create the database if missing and apply migrations"
 	@echo "make run       migrate, then start api, scheduler, worker and logger (dev mode)"
 	@echo "make test      run the whole test suite against local PostgreSQL + RabbitMQ"
-	@echo "make test-faults  only the fault-injection suite (tests/faults)"
+	@echo "make test-faults  the whole fault-injection suite, long scenarios included"
 	@echo "make bench     run the benchmark (figures printed and written as JSON)"
 	@echo "make lint      ruff + mypy"
 	@echo "make up        docker compose up --build"
@@ -36,7 +36,7 @@ run: migrate
 	SWITCHYARD_DEV=$${SWITCHYARD_DEV:-1} $(BIN)/honcho start -f Procfile
 
 test: install
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -m "not slow_fault" $(PYTEST_ARGS)
 
 test-faults: install
 	$(BIN)/pytest tests/faults $(PYTEST_ARGS)

@@ -36,11 +36,11 @@ class TcpProxy:
 
     async def _shutdown(self) -> None:
         self._server.close()
-        await self._server.wait_closed()
+        self._close_all()
+        # The pipes end by themselves once their transports are aborted.
         tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.wait(tasks, timeout=3) if tasks else None
+        await self._server.wait_closed()
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
