@@ -21,20 +21,30 @@ pytestmark = [
 AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 
+def stack_with(
+    start_service, settings, request, env: dict[str, str], threads: int
+) -> tuple[Stack, str]:  # type: ignore[no-untyped-def]
+    """api, scheduler, logger and worker w1, all started with ``env`` (the proxied URL)."""
+    port = free_port()
+    env = {**env, "SWITCHYARD_API_PORT": str(port)}
+    api = start_service("api", env=env)
+    url = f"http://127.0.0.1:{port}"
+    wait_http_ok(f"{url}/healthz", api)
+    stack = Stack(start_service, url, settings.database_url)
+    request.addfinalizer(stack.http.close)
+    stack.start("scheduler", env=env)
+    stack.start("logger", env=env)
+    stack.start("worker", "--worker-id", "w1", "--threads", str(threads), env=env)
+    stack.wait_for(lambda: stack.worker_alive("w1"), what="worker up")
+    return stack, url
+
+
 def test_database_outage_10_s(start_service, settings, request) -> None:  # type: ignore[no-untyped-def]
     with TcpProxy("127.0.0.1", 5432) as proxy:
         via_proxy = settings.database_url.replace(":5432/", f":{proxy.port}/")
-        port = free_port()
-        env = {"DATABASE_URL": via_proxy, "SWITCHYARD_API_PORT": str(port)}
-        api = start_service("api", env=env)
-        url = f"http://127.0.0.1:{port}"
-        wait_http_ok(f"{url}/healthz", api)
-        stack = Stack(start_service, url, settings.database_url)
-        request.addfinalizer(stack.http.close)
-        stack.start("scheduler", env=env)
-        stack.start("logger", env=env)
-        stack.start("worker", "--worker-id", "w1", "--threads", "8", env=env)
-        stack.wait_for(lambda: stack.worker_alive("w1"), what="worker up")
+        stack, url = stack_with(
+            start_service, settings, request, {"DATABASE_URL": via_proxy}, threads=8
+        )
         before = [
             stack.submit({"type": "demo.sleep", "payload": {"seconds": 1}}) for _ in range(10)
         ]
@@ -98,22 +108,12 @@ def test_broker_outage_during_1000_submissions(start_service, settings, request)
     import websockets
 
     with TcpProxy("127.0.0.1", 5672) as proxy:
-        port = free_port()
         env = {
             "AMQP_URL": f"amqp://guest:guest@127.0.0.1:{proxy.port}/",
-            "SWITCHYARD_API_PORT": str(port),
             "SWITCHYARD_HEARTBEAT_SECONDS": "2",
             "SWITCHYARD_WORKER_LEASE_SECONDS": "10",
         }
-        api = start_service("api", env=env)
-        url = f"http://127.0.0.1:{port}"
-        wait_http_ok(f"{url}/healthz", api)
-        stack = Stack(start_service, url, settings.database_url)
-        request.addfinalizer(stack.http.close)
-        stack.start("scheduler", env=env)
-        stack.start("logger", env=env)
-        stack.start("worker", "--worker-id", "w1", "--threads", "16", env=env)
-        stack.wait_for(lambda: stack.worker_alive("w1"), what="worker up")
+        stack, url = stack_with(start_service, settings, request, env, threads=16)
 
         def submit(i: int) -> tuple[int, float]:
             t0 = time.monotonic()
