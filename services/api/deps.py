@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from shared.jobs import Actor
 from shared.keys import hash_key
 from shared.models import ApiKey
+from shared.schemas import ErrorBody
 
 
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
@@ -95,3 +96,8 @@ def require_role(role: str) -> Callable[..., Coroutine[Any, Any, Actor]]:
 ViewerDep = Annotated[Actor, Depends(require_role("viewer"))]
 SubmitterDep = Annotated[Actor, Depends(require_role("submitter"))]
 AdminDep = Annotated[Actor, Depends(require_role("admin"))]
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries: each code answers ``{"detail": ...}``."""
+    return {code: {"model": ErrorBody} for code in codes}

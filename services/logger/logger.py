@@ -138,20 +138,19 @@ async def write_batch(
                 "messages": [ln.message for ln in lines],
             },
         )
-    audited = reports
-    if audited:
+    if reports:
         await session.execute(
             INSERT_EXECUTION_AUDIT,
             {
-                "workers": [r.worker_id for r in audited],
+                "workers": [r.worker_id for r in reports],
                 "actions": [
-                    "execution.start" if r.status == "started" else "execution.end" for r in audited
+                    "execution.start" if r.status == "started" else "execution.end" for r in reports
                 ],
-                "job_ids": [r.job_id for r in audited],
-                "attempts": [r.attempt for r in audited],
-                "outcomes": [r.status for r in audited],
-                "ats": [r.ts for r in audited],
-                "errors": [(r.error or "")[:2000] or None for r in audited],
+                "job_ids": [r.job_id for r in reports],
+                "attempts": [r.attempt for r in reports],
+                "outcomes": [r.status for r in reports],
+                "ats": [r.ts for r in reports],
+                "errors": [(r.error or "")[:2000] or None for r in reports],
             },
         )
     executions = merge_reports(reports)

@@ -191,17 +191,11 @@ class Worker:
             # Hand the job back: it goes to another worker without using up an attempt
             # of its retry budget (the attempt number still moves on: fencing holds).
             run.ctx.cancelled.set()
-            self._report_end(
-                run,
-                JobStatusReport(
-                    job_id=run.dispatch.job_id,
-                    attempt=run.dispatch.attempt,
-                    worker_id=self.worker_id,
-                    status="handed_back",
-                    error=f"worker {self.worker_id} shut down before the attempt finished "
-                    f"(grace {self.settings.worker_grace_seconds:g} s)",
-                ),
+            reason = (
+                f"worker {self.worker_id} shut down before the attempt finished "
+                f"(grace {self.settings.worker_grace_seconds:g} s)"
             )
+            self._report_end(run, self._report(run.dispatch, "handed_back", error=reason))
             self.stuck[run.key] = run  # its thread may still run until the process exits
 
     def threads_still_running(self) -> int:
@@ -233,13 +227,7 @@ class Worker:
         if self.early_cancels.get(dispatch.job_id, -1) >= dispatch.attempt:
             log.info("job %s attempt %d was cancelled before it arrived", *key)
             self._emit(
-                JobStatusReport(
-                    job_id=dispatch.job_id,
-                    attempt=dispatch.attempt,
-                    worker_id=self.worker_id,
-                    status="cancelled",
-                    error="cancelled by request before it started",
-                )
+                self._report(dispatch, "cancelled", error="cancelled by request before it started")
             )
             return
         reason = None
@@ -253,26 +241,11 @@ class Worker:
             reason = f"worker {self.worker_id} has no room (threads still stopping)"
         if reason is not None or definition is None:
             log.info("handing back job %s attempt %d: %s", *key, reason)
-            self._emit(
-                JobStatusReport(
-                    job_id=dispatch.job_id,
-                    attempt=dispatch.attempt,
-                    worker_id=self.worker_id,
-                    status="handed_back",
-                    error=reason,
-                )
-            )
+            self._emit(self._report(dispatch, "handed_back", error=reason))
             return
         run = Running(dispatch=dispatch, ctx=self._context(dispatch), started=time.monotonic())
         self.running[key] = run
-        self._emit(
-            JobStatusReport(
-                job_id=dispatch.job_id,
-                attempt=dispatch.attempt,
-                worker_id=self.worker_id,
-                status="started",
-            )
-        )
+        self._emit(self._report(dispatch, "started"))
         future = self.executor.submit(run_task, definition, run.ctx, dispatch.payload)
         run.future = future
         loop = self._loop
@@ -389,15 +362,19 @@ class Worker:
             run.pending_progress = None
         self._report_end(run, self._end_report(run, outcome))
 
+    def _report(self, dispatch: JobDispatch, status: str, **fields: Any) -> JobStatusReport:
+        """This worker's report on one attempt."""
+        return JobStatusReport(
+            job_id=dispatch.job_id,
+            attempt=dispatch.attempt,
+            worker_id=self.worker_id,
+            status=status,  # type: ignore[arg-type]
+            **fields,
+        )
+
     def _end_report(self, run: Running, outcome: Outcome | None) -> JobStatusReport:
         def report(status: str, **fields: Any) -> JobStatusReport:
-            return JobStatusReport(
-                job_id=run.dispatch.job_id,
-                attempt=run.dispatch.attempt,
-                worker_id=self.worker_id,
-                status=status,  # type: ignore[arg-type]
-                **fields,
-            )
+            return self._report(run.dispatch, status, **fields)
 
         if run.timed_out:
             timeout = run.dispatch.timeout_seconds or 0

@@ -8,9 +8,9 @@ from uuid import UUID
 from fastapi import APIRouter, Query
 from sqlalchemy import select
 
-from services.api.deps import AdminDep, SessionDep
+from services.api.deps import AdminDep, SessionDep, error_responses
 from shared.models import AuditEntry
-from shared.schemas import AuditPage, AuditRead, ErrorBody
+from shared.schemas import AuditPage, AuditRead
 
 router = APIRouter(tags=["audit"])
 
@@ -19,7 +19,7 @@ router = APIRouter(tags=["audit"])
     "/audit",
     name="audit.list",
     response_model=AuditPage,
-    responses={code: {"model": ErrorBody} for code in (401, 403, 422, 503)},
+    responses=error_responses(401, 403, 422, 503),
 )
 async def audit_log(
     session: SessionDep,

@@ -8,7 +8,7 @@ from uuid import UUID
 
 from fastapi import APIRouter, Query, Request, Response
 
-from services.api.deps import SessionDep, SubmitterDep, ViewerDep
+from services.api.deps import SessionDep, SubmitterDep, ViewerDep, error_responses
 from services.api.events import publish_after_commit
 from shared.jobs import (
     IdempotencyRace,
@@ -26,7 +26,6 @@ from shared.messages import JobCancel, JobSubmitted, _Message
 from shared.schemas import (
     BatchCreate,
     BatchRead,
-    ErrorBody,
     JobCreate,
     JobLogs,
     JobPage,
@@ -36,10 +35,6 @@ from shared.schemas import (
 from shared.states import JobStatus
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
-
-
-def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
-    return {code: {"model": ErrorBody} for code in codes}
 
 
 async def _submit(
@@ -88,7 +83,7 @@ async def _submit(
     name="job.submit",
     status_code=201,
     response_model=JobRead,
-    responses=_errors(401, 403, 404, 413, 422, 503)
+    responses=error_responses(401, 403, 404, 413, 422, 503)
     | {200: {"model": JobRead, "description": "idempotent repeat: the stored job"}},
 )
 async def submit_job(
@@ -111,7 +106,7 @@ async def submit_job(
     name="job.batch_submit",
     status_code=201,
     response_model=BatchRead,
-    responses=_errors(401, 403, 404, 413, 422, 503),
+    responses=error_responses(401, 403, 404, 413, 422, 503),
 )
 async def submit_batch(
     body: BatchCreate,
@@ -129,7 +124,7 @@ async def submit_batch(
     "",
     name="jobs.list",
     response_model=JobPage,
-    responses=_errors(401, 403, 422, 503),
+    responses=error_responses(401, 403, 422, 503),
 )
 async def list_jobs_route(
     session: SessionDep,
@@ -159,7 +154,10 @@ async def list_jobs_route(
 
 
 @router.get(
-    "/{job_id}", name="jobs.get", response_model=JobRead, responses=_errors(401, 403, 404, 422, 503)
+    "/{job_id}",
+    name="jobs.get",
+    response_model=JobRead,
+    responses=error_responses(401, 403, 404, 422, 503),
 )
 async def get_job_route(job_id: UUID, session: SessionDep, actor: ViewerDep) -> JobRead:
     return job_to_read(await get_job(session, job_id))
@@ -169,7 +167,7 @@ async def get_job_route(job_id: UUID, session: SessionDep, actor: ViewerDep) -> 
     "/{job_id}/cancel",
     name="job.cancel",
     response_model=JobRead,
-    responses=_errors(401, 403, 404, 409, 422, 503),
+    responses=error_responses(401, 403, 404, 409, 422, 503),
 )
 async def cancel_job_route(
     job_id: UUID, request: Request, session: SessionDep, actor: SubmitterDep
@@ -193,7 +191,7 @@ async def cancel_job_route(
     "/{job_id}/retry",
     name="job.retry",
     response_model=JobRead,
-    responses=_errors(401, 403, 404, 409, 422, 503),
+    responses=error_responses(401, 403, 404, 409, 422, 503),
 )
 async def retry_job_route(
     job_id: UUID,
@@ -226,7 +224,7 @@ async def retry_job_route(
     "/{job_id}/logs",
     name="jobs.logs",
     response_model=JobLogs,
-    responses=_errors(401, 403, 404, 422, 503),
+    responses=error_responses(401, 403, 404, 422, 503),
 )
 async def job_logs_route(job_id: UUID, session: SessionDep, actor: ViewerDep) -> JobLogs:
     """Every attempt (``executions``) and exactly the lines the task logged, in order."""

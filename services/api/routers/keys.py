@@ -2,25 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 from uuid import UUID
 
 from fastapi import APIRouter, Query, Response
 
-from services.api.deps import AdminDep, SessionDep
+from services.api.deps import AdminDep, SessionDep, error_responses
 from shared.keys import create_api_key, list_api_keys, revoke_api_key
-from shared.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyRead, ErrorBody
+from shared.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyRead
 
 router = APIRouter(prefix="/api-keys", tags=["api keys"])
 
 
-def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
-    return {code: {"model": ErrorBody} for code in codes}
-
-
 @router.post(
     "", name="apikey.create", status_code=201, response_model=ApiKeyCreated,
-    responses=_errors(401, 403, 413, 422, 503),
+    responses=error_responses(401, 403, 413, 422, 503),
 )  # fmt: skip
 async def create_key(body: ApiKeyCreate, session: SessionDep, actor: AdminDep) -> ApiKeyCreated:
     """Create a key with a role and a label. Its secret is in this answer only."""
@@ -32,7 +28,10 @@ async def create_key(body: ApiKeyCreate, session: SessionDep, actor: AdminDep) -
 
 
 @router.get(
-    "", name="apikeys.list", response_model=list[ApiKeyRead], responses=_errors(401, 403, 422, 503)
+    "",
+    name="apikeys.list",
+    response_model=list[ApiKeyRead],
+    responses=error_responses(401, 403, 422, 503),
 )
 async def list_keys(
     session: SessionDep, actor: AdminDep, include_revoked: Annotated[bool, Query()] = False
@@ -44,7 +43,7 @@ async def list_keys(
 
 @router.delete(
     "/{key_id}", name="apikey.revoke", status_code=204, response_class=Response,
-    responses=_errors(401, 403, 404, 422, 503),
+    responses=error_responses(401, 403, 404, 422, 503),
 )  # fmt: skip
 async def revoke_key(key_id: UUID, session: SessionDep, actor: AdminDep) -> Response:
     """Revoke at once: the next request with that key gets 401."""

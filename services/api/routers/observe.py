@@ -6,22 +6,18 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
-from services.api.deps import SessionDep, ViewerDep, current_actor, require_role
-from shared.schemas import ErrorBody, StatsRead, WorkerRead
+from services.api.deps import SessionDep, ViewerDep, current_actor, error_responses, require_role
+from shared.schemas import StatsRead, WorkerRead
 from shared.stats import job_stats, list_workers
 
 router = APIRouter(tags=["observe"])
-
-
-def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
-    return {code: {"model": ErrorBody} for code in codes}
 
 
 @router.get(
     "/workers",
     name="workers.list",
     response_model=list[WorkerRead],
-    responses=_errors(401, 403, 503),
+    responses=error_responses(401, 403, 503),
 )
 async def workers(request: Request, session: SessionDep, actor: ViewerDep) -> list[dict[str, Any]]:
     """Live workers and those dead within the last hour, newest heartbeat data."""
@@ -29,7 +25,9 @@ async def workers(request: Request, session: SessionDep, actor: ViewerDep) -> li
     return await list_workers(session, lease_seconds=settings.worker_lease_seconds)
 
 
-@router.get("/stats", name="stats", response_model=StatsRead, responses=_errors(401, 403, 503))
+@router.get(
+    "/stats", name="stats", response_model=StatsRead, responses=error_responses(401, 403, 503)
+)
 async def stats(session: SessionDep, actor: ViewerDep) -> dict[str, Any]:
     """Counts by status and priority, queue depth, throughput (last minute and the mean per
     minute over the window) and mean / p95 run time per type over the window."""
@@ -40,7 +38,7 @@ async def stats(session: SessionDep, actor: ViewerDep) -> dict[str, Any]:
     "/metrics",
     name="metrics",
     response_class=Response,
-    responses=_errors(401, 403, 503)
+    responses=error_responses(401, 403, 503)
     | {200: {"content": {"text/plain": {}}, "description": "Prometheus exposition"}},
 )
 async def metrics(request: Request, session: SessionDep) -> Response:

@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
 from uuid import UUID
 
 from fastapi import APIRouter, Request, Response
 from sqlalchemy import select
 
-from services.api.deps import AdminDep, SessionDep, ViewerDep
+from services.api.deps import AdminDep, SessionDep, ViewerDep, error_responses
 from shared.models import Schedule
 from shared.schedules import create_schedule, delete_schedule, get_schedule, update_schedule
-from shared.schemas import ErrorBody, ScheduleCreate, ScheduleRead, ScheduleUpdate
+from shared.schemas import ScheduleCreate, ScheduleRead, ScheduleUpdate
 
 router = APIRouter(prefix="/schedules", tags=["schedules"])
-
-
-def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
-    return {code: {"model": ErrorBody} for code in codes}
 
 
 def _read(row: Schedule) -> ScheduleRead:
@@ -25,7 +20,7 @@ def _read(row: Schedule) -> ScheduleRead:
 
 
 @router.post("", name="schedule.create", status_code=201, response_model=ScheduleRead,
-             responses=_errors(401, 403, 409, 413, 422, 503))  # fmt: skip
+             responses=error_responses(401, 403, 409, 413, 422, 503))  # fmt: skip
 async def create(
     body: ScheduleCreate, request: Request, session: SessionDep, actor: AdminDep
 ) -> ScheduleRead:
@@ -40,20 +35,23 @@ async def create(
 
 
 @router.get(
-    "", name="schedules.list", response_model=list[ScheduleRead], responses=_errors(401, 403, 503)
+    "",
+    name="schedules.list",
+    response_model=list[ScheduleRead],
+    responses=error_responses(401, 403, 503),
 )
 async def list_schedules(session: SessionDep, actor: ViewerDep) -> list[ScheduleRead]:
     return [_read(r) for r in await session.scalars(select(Schedule).order_by(Schedule.name))]
 
 
 @router.get("/{schedule_id}", name="schedules.get", response_model=ScheduleRead,
-            responses=_errors(401, 403, 404, 422, 503))  # fmt: skip
+            responses=error_responses(401, 403, 404, 422, 503))  # fmt: skip
 async def get_one(schedule_id: UUID, session: SessionDep, actor: ViewerDep) -> ScheduleRead:
     return _read(await get_schedule(session, schedule_id))
 
 
 @router.patch("/{schedule_id}", name="schedule.update", response_model=ScheduleRead,
-              responses=_errors(401, 403, 404, 413, 422, 503))  # fmt: skip
+              responses=error_responses(401, 403, 404, 413, 422, 503))  # fmt: skip
 async def update(
     schedule_id: UUID, body: ScheduleUpdate, request: Request, session: SessionDep, actor: AdminDep
 ) -> ScheduleRead:
@@ -67,7 +65,7 @@ async def update(
 
 
 @router.delete("/{schedule_id}", name="schedule.delete", status_code=204, response_class=Response,
-               responses=_errors(401, 403, 404, 422, 503))  # fmt: skip
+               responses=error_responses(401, 403, 404, 422, 503))  # fmt: skip
 async def delete(schedule_id: UUID, session: SessionDep, actor: AdminDep) -> Response:
     await delete_schedule(session, schedule_id, actor=actor)
     await session.commit()
