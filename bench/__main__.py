@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -23,6 +25,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN = os.environ.get("TEST_DATABASE_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -52,22 +55,42 @@ class Stack:
         }
         self.workers = workers
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.services: dict[str, subprocess.Popen[bytes]] = {}
         self.url = f"http://127.0.0.1:{self.port}"
         self.bare_url = f"http://127.0.0.1:{self.bare_port}"
 
-    def _start(self, *args: str) -> None:
-        log = open(
-            ROOT / "bench" / "results" / f"{args[-1].replace('.', '_')}-{len(self.procs)}.log", "wb"
-        )
-        self.procs.append(
+    def profile(self, out: Path) -> list[subprocess.Popen[bytes]]:
+        """Start py-spy on every service process; raw (collapsed) stacks go to ``out``."""
+        out.mkdir(parents=True, exist_ok=True)
+        spy = Path(sys.executable).with_name("py-spy")
+        return [
             subprocess.Popen(
-                [sys.executable, *args],
-                cwd=ROOT,
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
+                [
+                    str(spy),
+                    "record",
+                    "--pid",
+                    str(p.pid),
+                    "--rate",
+                    "200",
+                    "--format",
+                    "raw",
+                    "--output",
+                    str(out / f"{name}.txt"),
+                    "--nonblocking",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
             )
+            for name, p in self.services.items()
+        ]
+
+    def _start(self, name: str, *args: str) -> None:
+        log = open(ROOT / "bench" / "results" / f"{name}.log", "wb")
+        proc = subprocess.Popen(
+            [sys.executable, *args], cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT
         )
+        self.procs.append(proc)
+        self.services[name] = proc
 
     async def __aenter__(self) -> Stack:
         admin = await asyncpg.connect(ADMIN)
@@ -80,13 +103,12 @@ class Stack:
             check=True,
             capture_output=True,
         )
-        self._start("-m", "services.api")
-        self._start("-m", "services.scheduler")
-        self._start("-m", "services.logger")
+        self._start("api", "-m", "services.api")
+        self._start("scheduler", "-m", "services.scheduler")
+        self._start("logger", "-m", "services.logger")
         for i in range(self.workers):
-            self.procs.append(subprocess.Popen(
-                [sys.executable, "-m", "services.worker", "--worker-id", f"bench-w{i}", "--threads", "8"],
-                cwd=ROOT, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))  # fmt: skip
+            self._start(f"worker{i}", "-m", "services.worker", "--worker-id", f"bench-w{i}",
+                        "--threads", "8")  # fmt: skip
         self.procs.append(subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "bench.bare_app:app", "--port", str(self.bare_port), "--log-level", "warning"],
             cwd=ROOT, env=self.env))  # fmt: skip
@@ -190,13 +212,42 @@ async def wait_all_completed(dsn: str, since: datetime, n: int, timeout: float) 
         await conn.close()
 
 
-async def end_to_end(stack: Stack, n: int) -> float:
-    """Jobs per second from the first submit to the last one completed in the database."""
+def cpu_seconds(stack: Stack) -> dict[str, float]:
+    """CPU time used so far by each service, by RabbitMQ and by PostgreSQL (all backends)."""
+    out: dict[str, float] = {}
+    for name, p in stack.services.items():
+        with contextlib.suppress(psutil.Error):
+            t = psutil.Process(p.pid).cpu_times()
+            out[name] = t.user + t.system
+    for proc in psutil.process_iter(["name", "cpu_times"]):
+        owner = {"beam.smp": "rabbitmq", "postgres": "postgresql"}.get(proc.info["name"] or "")
+        if owner and proc.info["cpu_times"] is not None:
+            t = proc.info["cpu_times"]
+            out[owner] = out.get(owner, 0.0) + t.user + t.system
+    return out
+
+
+async def end_to_end(
+    stack: Stack, n: int, profile: Path | None = None
+) -> tuple[float, dict[str, float]]:
+    """Jobs per second from the first submit to the last one completed in the database,
+    and the CPU milliseconds each process spent per job meanwhile.
+
+    With ``profile``, py-spy samples every service process meanwhile (see --profile)."""
     batches, size = max(1, n // 500), min(500, n)
+    spies = stack.profile(profile) if profile else []
+    before = cpu_seconds(stack)
     t0 = datetime.now(UTC)
     await batch_rate(stack.url, batches, size)
     last = await wait_all_completed(stack.dsn, t0, batches * size, timeout=600)
-    return batches * size / (last - t0).total_seconds()
+    after = cpu_seconds(stack)
+    for spy in spies:
+        spy.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+    for spy in spies:
+        spy.wait(timeout=60)
+    total = batches * size
+    cpu = {k: round(1000 * (after[k] - before.get(k, 0.0)) / total, 3) for k in after}
+    return total / (last - t0).total_seconds(), cpu
 
 
 async def latency(stack: Stack, rate: float, seconds: float) -> dict[str, float]:

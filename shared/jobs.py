@@ -376,17 +376,22 @@ async def submit_jobs(
             }
         )
 
+    stored: dict[UUID, Job] = {it.existing.id: it.existing for it in items if it.existing}
     if rows_to_insert:
-        inserted = await session.execute(
-            insert(Job)
-            .on_conflict_do_nothing(
-                index_elements=[Job.idempotency_key],
-                index_where=text("idempotency_key IS NOT NULL"),
+        # RETURNING the whole rows: no read-back after the insert.
+        inserted = list(
+            await session.scalars(
+                insert(Job)
+                .on_conflict_do_nothing(
+                    index_elements=[Job.idempotency_key],
+                    index_where=text("idempotency_key IS NOT NULL"),
+                )
+                .returning(Job),
+                rows_to_insert,
             )
-            .returning(Job.id),
-            rows_to_insert,
         )
-        if len(inserted.all()) != len(rows_to_insert):
+        stored.update((job.id, job) for job in inserted)
+        if len(inserted) != len(rows_to_insert):
             # A concurrent request took one of our idempotency keys between our check
             # and our insert; the caller retries once and then sees the stored job.
             raise IdempotencyRace()
@@ -409,9 +414,7 @@ async def submit_jobs(
     )
     await session.flush()
 
-    ids = [it.existing.id if it.existing else it.id for it in items]
-    stored = {j.id: j for j in await session.scalars(select(Job).where(Job.id.in_(ids)))}
-    jobs = [stored[i] for i in ids]
+    jobs = [stored[it.existing.id if it.existing else it.id] for it in items]
     events = [
         JobStateChanged(
             job_id=job.id,

@@ -176,7 +176,7 @@ class MonitoringResource(_Message):
     allocated: WorkerCapacity
 
 
-Message = Annotated[
+Item = Annotated[
     JobSubmitted
     | JobDispatch
     | JobCancel
@@ -189,7 +189,68 @@ Message = Annotated[
     | MonitoringResource,
     Field(discriminator="kind"),
 ]
+
+# Kinds that travel in batches when a sender has several at once (a message per job
+# per hop is what caps a Python queue: see docs/performance.md).
+BATCHABLE = frozenset({"job.dispatch", "job.status", "job.state", "job.logs"})
+MAX_BATCH_ITEMS = 500
+
+
+class Batch(_Message):
+    """Several messages of one kind in one body, in order (``of`` names the kind).
+
+    Routed like its items, with ``batch`` in place of the job id: ``job.status.batch``,
+    ``job.state.batch``, ``job.logs.batch``, ``job.dispatch.<worker_id>.batch``; so
+    every ``<kind>.#`` binding receives it. Receivers handle the items one by one."""
+
+    kind: Literal["batch"] = "batch"
+    of: Literal["job.dispatch", "job.status", "job.state", "job.logs"]
+    items: list[Item] = Field(min_length=1, max_length=MAX_BATCH_ITEMS)
+
+    @field_validator("items")
+    @classmethod
+    def _one_kind(cls, items: list[Any], info: Any) -> list[Any]:
+        of = info.data.get("of")
+        wrong = sorted({i.kind for i in items if i.kind != of})
+        if wrong:
+            raise ValueError(f"a batch of {of} holds {', '.join(wrong)}")
+        return items
+
+
+Message = Annotated[Item | Batch, Field(discriminator="kind")]
 _adapter: TypeAdapter[Message] = TypeAdapter(Message)
+
+
+def unpack(message: Message) -> list[Any]:
+    """The messages a body carries: a batch's items, or the message itself."""
+    return list(message.items) if isinstance(message, Batch) else [message]
+
+
+def batched(messages: list[_Message]) -> list[_Message]:
+    """Runs of consecutive same-kind batchable messages become batches (order kept);
+    a run of one stays a plain message, routed as design.md gives it."""
+    out: list[_Message] = []
+    run: list[_Message] = []
+
+    def close() -> None:
+        if len(run) == 1:
+            out.append(run[0])
+        elif run:
+            kind = run[0].kind  # type: ignore[attr-defined]
+            out.append(Batch(of=kind, items=run))  # type: ignore[arg-type]
+        run.clear()
+
+    for m in messages:
+        kind = getattr(m, "kind", None)
+        if kind not in BATCHABLE or kind == "job.dispatch":
+            close()
+            out.append(m)
+            continue
+        if run and (run[0].kind != kind or len(run) >= MAX_BATCH_ITEMS):  # type: ignore[attr-defined]
+            close()
+        run.append(m)
+    close()
+    return out
 
 
 def routing_key(message: _Message) -> str:
@@ -203,13 +264,32 @@ def routing_key(message: _Message) -> str:
             return f"worker.heartbeat.{message.worker_id}"
         case MonitoringQueue() | MonitoringResource():
             return message.kind
+        case Batch(of="job.dispatch"):
+            raise ValueError("a dispatch batch's routing key needs the worker id: dispatch_key()")
+        case Batch():
+            return f"{message.of}.batch"
         case JobDispatch():
             raise ValueError("a dispatch's routing key needs the worker id: dispatch_key()")
     raise TypeError(f"not a Switchyard message: {type(message).__name__}")
 
 
-def dispatch_key(worker_id: str, job_id: UUID) -> str:
-    return f"job.dispatch.{worker_id}.{job_id}"
+def dispatch_key(worker_id: str, job_id: UUID | None) -> str:
+    """``job.dispatch.<worker_id>.<job_id>``; ``job_id`` None: a batch for that worker."""
+    return f"job.dispatch.{worker_id}.{job_id if job_id is not None else 'batch'}"
+
+
+def dispatches_for(worker_id: str, dispatches: list[JobDispatch]) -> list[tuple[_Message, str]]:
+    """One worker's dispatches as messages with their routing keys: batches of up to
+    MAX_BATCH_ITEMS, or the plain dispatch when there is one."""
+    if len(dispatches) == 1:
+        return [(dispatches[0], dispatch_key(worker_id, dispatches[0].job_id))]
+    return [
+        (
+            Batch(of="job.dispatch", items=dispatches[i : i + MAX_BATCH_ITEMS]),  # type: ignore[arg-type]
+            dispatch_key(worker_id, None),
+        )
+        for i in range(0, len(dispatches), MAX_BATCH_ITEMS)
+    ]
 
 
 def encode(message: _Message) -> bytes:

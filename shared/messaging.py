@@ -27,9 +27,11 @@ from shared.errors import BrokerUnavailable, DecodeError
 from shared.messages import (
     Message,
     _Message,
+    batched,
     decode,
     encode,
     routing_key,
+    unpack,
 )
 
 log = logging.getLogger(__name__)
@@ -105,6 +107,11 @@ class Delivery:
         self.routing_key = raw.routing_key or ""
         self.redelivered = bool(raw.redelivered)
 
+    @property
+    def messages(self) -> list[Any]:
+        """What the body carries: a batch's items in order, or the one message."""
+        return unpack(self.message)
+
     async def ack(self) -> None:
         try:
             await self._raw.ack()
@@ -118,6 +125,24 @@ class Delivery:
             await self._raw.reject(requeue=requeue)
         except _BROKER_ERRORS as exc:
             log.info("reject of %s on a closed channel skipped (%s)", self.routing_key, exc)
+
+
+async def ack_all(deliveries: Sequence[Delivery]) -> None:
+    """Ack a batch with one ``multiple`` ack per channel (the highest delivery tag).
+
+    Only for batches that hold every earlier unsettled delivery of their channels (a
+    consumer that buffers its deliveries in arrival order and settles them in order)."""
+    last: dict[int, Delivery] = {}
+    for d in deliveries:
+        key = id(d._raw.channel)
+        prev = last.get(key)
+        if prev is None or (d._raw.delivery_tag or 0) > (prev._raw.delivery_tag or 0):
+            last[key] = d
+    for d in last.values():
+        try:
+            await d._raw.ack(multiple=True)
+        except _BROKER_ERRORS as exc:
+            log.info("ack of %d message(s) on a closed channel skipped (%s)", len(deliveries), exc)
 
 
 Handler = Callable[[Delivery], Awaitable[None]]
@@ -245,7 +270,13 @@ class Broker:
     async def publish_many(
         self, items: Iterable[tuple[_Message, str | None]], *, timeout: float | None = None
     ) -> None:
-        """Publish several messages with their confirms pipelined (not one by one)."""
+        """Publish several messages with their confirms pipelined (not one by one).
+
+        Runs of same-kind messages with no explicit key travel as batches (see
+        ``shared.messages.batched``)."""
+        items = list(items)
+        if all(key is None for _, key in items):
+            items = [(m, None) for m in batched([m for m, _ in items])]
         errors = [e for e in await self.publish_each(items, timeout=timeout) if e is not None]
         if errors:
             raise BrokerUnavailable(

@@ -173,7 +173,8 @@ class EventHub:
         return list(entry[1]) if entry else []
 
     async def _on_delivery(self, delivery: Delivery) -> None:
-        self.publish_local(delivery.message)
+        for message in delivery.messages:
+            self.publish_local(message)
 
     def publish_local(self, message: Message) -> None:
         """Hand one event to listeners (metrics) and matching subscribers."""

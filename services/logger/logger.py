@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.db import create_engine, create_sessionmaker, is_db_outage
 from shared.messages import JobLog, JobStatusReport
-from shared.messaging import Broker, Delivery, Topology
+from shared.messaging import Broker, Delivery, Topology, ack_all
 from shared.settings import Settings
 
 log = logging.getLogger("switchyard.logger")
@@ -230,13 +230,13 @@ class HistoryLogger:
                     else:
                         await delivery.ack()
                 continue
-            for d in batch:
-                await d.ack()
+            await ack_all(batch)
 
     async def _write(self, sessionmaker: Any, batch: list[Delivery]) -> None:
         """Write one batch, retrying through database outages (the batch stays unacked)."""
-        lines = [d.message for d in batch if isinstance(d.message, JobLog)]
-        reports = [d.message for d in batch if isinstance(d.message, JobStatusReport)]
+        messages = [m for d in batch for m in d.messages]
+        lines = [m for m in messages if isinstance(m, JobLog)]
+        reports = [m for m in messages if isinstance(m, JobStatusReport)]
         while True:
             try:
                 async with sessionmaker() as session:

@@ -31,6 +31,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.scheduler import store
+from services.scheduler.store import Placed
 from shared.catalog import TaskCatalog
 from shared.db import create_engine, create_sessionmaker, is_db_outage
 from shared.errors import BrokerUnavailable, SwitchyardError
@@ -47,9 +48,10 @@ from shared.messages import (
     WorkerCapacity,
     WorkerHeartbeat,
     _Message,
-    dispatch_key,
+    dispatches_for,
+    unpack,
 )
-from shared.messaging import Broker, Consumer, Delivery, Topology
+from shared.messaging import Broker, Consumer, Delivery, Topology, ack_all
 from shared.schedules import fire_due_schedules
 from shared.scheduling import WorkerView, plan_placements
 from shared.settings import Settings
@@ -116,6 +118,7 @@ class Scheduler:
         self._last_lock_check = 0.0
         self._last_monitoring = 0.0
         self._last_cancel_sweep = 0.0
+        self._last_timed = 0.0
         self.catalog = TaskCatalog()
         self.limits = Limits.from_settings(settings)
         self._cancels: list[JobCancel] = []
@@ -259,8 +262,7 @@ class Scheduler:
         reports: list[JobStatusReport] = []
         beats: dict[str, WorkerHeartbeat] = {}
         progress: dict[tuple[UUID, int], dict[str, object]] = {}
-        for delivery in batch:
-            msg = delivery.message
+        for msg in (m for delivery in batch for m in delivery.messages):
             if isinstance(msg, JobStatusReport):
                 reports.append(msg)
             elif isinstance(msg, WorkerHeartbeat):
@@ -289,21 +291,25 @@ class Scheduler:
                 raise
             self._free(outcome.freed)
             events.extend(outcome.events)
-        for delivery in batch:
-            await delivery.ack()
+        await ack_all(batch)
 
         events.extend(await self._handle_losses())
-        async with self._sessionmaker() as session:
-            events.extend(
-                await store.promote_due(session, limit=self.settings.scheduler_batch_size)
-            )
-            fired, new_jobs = await fire_due_schedules(
-                session, catalog=self.catalog, limits=self.limits
-            )
-            await session.commit()
-        events.extend(fired)
-        if new_jobs:
-            log.info("schedules submitted %d job(s)", len(new_jobs))
+        now = time.monotonic()
+        if now - self._last_timed >= self.settings.scheduler_tick_seconds:
+            # Time-driven work (due delays and backoffs, cron) runs once per tick, not
+            # on every message: a busy cycle stays a few statements long.
+            self._last_timed = now
+            async with self._sessionmaker() as session:
+                events.extend(
+                    await store.promote_due(session, limit=self.settings.scheduler_batch_size)
+                )
+                fired, new_jobs = await fire_due_schedules(
+                    session, catalog=self.catalog, limits=self.limits
+                )
+                await session.commit()
+            events.extend(fired)
+            if new_jobs:
+                log.info("schedules submitted %d job(s)", len(new_jobs))
         await self._publish(events)
         await self._place()
         await self._send_cancels()
@@ -493,15 +499,21 @@ class Scheduler:
 
     async def _place(self) -> None:
         assert self._sessionmaker is not None
-        batch = self.settings.scheduler_batch_size
         for _ in range(20):  # bounded: let other work (reports) in between
+            views = self._views()
+            free = sum(max(0, v.slots - v.used_slots) for v in views if v.accepting)
+            if free == 0:
+                return  # nothing can be placed: do not read candidates at all
+            # Enough heads per priority to fill every free slot, and some more so that
+            # jobs too big for the free room now do not hide smaller ones (backfill).
+            batch = min(self.settings.scheduler_batch_size, max(32, 2 * free))
             async with self._sessionmaker() as session:
                 candidates = await store.ready_candidates(session, per_priority=batch)
                 if not candidates:
                     return
                 now = datetime.now(UTC)
                 plan = plan_placements(
-                    candidates, self._views(), now=now, aging_seconds=self.settings.aging_seconds
+                    candidates, views, now=now, aging_seconds=self.settings.aging_seconds
                 )
                 placed = await store.mark_dispatched(
                     session,
@@ -517,21 +529,31 @@ class Scheduler:
                     p.id, p.worker_id, p.attempts, p.cpu_units, p.memory_mb
                 )
             lease_until = now + timedelta(seconds=self.settings.worker_lease_seconds)
-            dispatches = [
-                (
-                    JobDispatch(
-                        job_id=p.id,
-                        attempt=p.attempts,
-                        type=p.type,
-                        payload=p.payload,
-                        resources=ResourceSpec(cpu_units=p.cpu_units, memory_mb=p.memory_mb),
-                        timeout_seconds=p.timeout_seconds,
-                        lease_expires_at=lease_until,
-                    ),
-                    dispatch_key(p.worker_id, p.id),
-                )
-                for p in placed
-            ]
+            per_worker: dict[str, list[Placed]] = {}
+            for p in placed:
+                per_worker.setdefault(p.worker_id, []).append(p)
+            # Each worker's dispatches travel together (a batch per worker per cycle).
+            messages: list[tuple[_Message, str]] = []
+            carried: list[list[Placed]] = []  # the placements each message carries
+            for worker_id, group in per_worker.items():
+                for message, key in dispatches_for(
+                    worker_id,
+                    [
+                        JobDispatch(
+                            job_id=p.id,
+                            attempt=p.attempts,
+                            type=p.type,
+                            payload=p.payload,
+                            resources=ResourceSpec(cpu_units=p.cpu_units, memory_mb=p.memory_mb),
+                            timeout_seconds=p.timeout_seconds,
+                            lease_expires_at=lease_until,
+                        )
+                        for p in group
+                    ],
+                ):
+                    ids = {d.job_id for d in unpack(message)}  # type: ignore[arg-type]
+                    messages.append((message, key))
+                    carried.append([p for p in group if p.id in ids])
             events = [
                 JobStateChanged(
                     job_id=p.id, type=p.type, old_status="ready", new_status="running",
@@ -540,8 +562,13 @@ class Scheduler:
                 )
                 for p in placed
             ]  # fmt: skip
-            results = await self.broker.publish_each(dispatches)
-            failed = [p for p, err in zip(placed, results, strict=True) if err is not None]
+            results = await self.broker.publish_each(messages)
+            failed = [
+                p
+                for group, err in zip(carried, results, strict=True)
+                if err is not None
+                for p in group
+            ]
             if failed:
                 # A failed confirm does not prove the message was lost: tell the worker
                 # to drop that attempt should it arrive, then put the job back.

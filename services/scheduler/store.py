@@ -92,6 +92,11 @@ async def apply_reports(
     now = utcnow()
     completed: list[UUID] = []
     failed_roots: list[tuple[UUID, str]] = []
+    # The common cases are written in one statement each after the loop (decisions
+    # are made on the locked rows in memory); the rarer ones row by row.
+    started: dict[UUID, datetime] = {}
+    # (job, expected attempt, result json, started_at when its start came in this batch)
+    successes: list[tuple[UUID, int, str, datetime | None]] = []
     for report in reports:
         job = jobs.get(report.job_id)
         if (
@@ -104,24 +109,25 @@ async def apply_reports(
             continue
         if report.status == "started":
             if job.started_at is None:
-                await session.execute(
-                    text("UPDATE jobs SET started_at = :ts, updated_at = now() WHERE id = :id"),
-                    {"ts": report.ts, "id": job.id},
-                )
+                started[job.id] = report.ts
                 job.started_at = report.ts
             continue
         if report.status == "lost":
             continue  # the scheduler wrote this itself after applying the loss
         new, values, reason = _decide(job, report, now, rng)
         check_transition(job.status, new)
-        sets = ", ".join(f"{k} = :{k}" for k in values)
-        await session.execute(
-            text(
-                f"UPDATE jobs SET status = :new, {sets}, updated_at = now() "
-                "WHERE id = :id AND status = 'running' AND attempts = :expected"
-            ),
-            {**values, "id": job.id, "expected": job.attempts, "new": new.value},
-        )
+        if new == S.COMPLETED:
+            # Started and completed in one batch (short jobs): one row update, not two.
+            successes.append((job.id, job.attempts, values["result"], started.pop(job.id, None)))
+        else:
+            sets = ", ".join(f"{k} = :{k}" for k in values)
+            await session.execute(
+                text(
+                    f"UPDATE jobs SET status = :new, {sets}, updated_at = now() "
+                    "WHERE id = :id AND status = 'running' AND attempts = :expected"
+                ),
+                {**values, "id": job.id, "expected": job.attempts, "new": new.value},
+            )
         event = _event(job, job.status, new.value, reason, worker=report.worker_id)
         if job.started_at is not None and new != S.READY:
             event = event.model_copy(
@@ -134,6 +140,38 @@ async def apply_reports(
             completed.append(job.id)
         elif new in (S.FAILED, S.CANCELLED):
             failed_roots.append((job.id, new.value))
+    if started:
+        await session.execute(
+            text(
+                """
+                UPDATE jobs j SET started_at = u.ts, updated_at = now()
+                FROM unnest(CAST(:ids AS uuid[]), CAST(:ts AS timestamptz[])) AS u(id, ts)
+                WHERE j.id = u.id AND j.started_at IS NULL
+                """
+            ),
+            {"ids": list(started), "ts": list(started.values())},
+        )
+    if successes:
+        await session.execute(
+            text(
+                """
+                UPDATE jobs j SET status = 'completed', result = CAST(u.result AS jsonb),
+                    error = NULL, finished_at = :now, lease_expires_at = NULL, updated_at = now(),
+                    started_at = COALESCE(j.started_at, u.started)
+                FROM unnest(CAST(:ids AS uuid[]), CAST(:attempts AS int[]),
+                            CAST(:results AS text[]), CAST(:started AS timestamptz[]))
+                     AS u(id, attempt, result, started)
+                WHERE j.id = u.id AND j.status = 'running' AND j.attempts = u.attempt
+                """
+            ),
+            {
+                "ids": [x[0] for x in successes],
+                "attempts": [x[1] for x in successes],
+                "results": [x[2] for x in successes],
+                "started": [x[3] for x in successes],
+                "now": now,
+            },
+        )
     if completed:
         out.events.extend(await unblock_children(session, completed))
     for job_id, status in failed_roots:

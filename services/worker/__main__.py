@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from services.worker.worker import Worker, default_worker_id
 from shared import demo_tasks
+from shared.service import run_async
 from shared.settings import get_settings
 from shared.tasks import TaskRegistry, load_task_modules
 
@@ -88,7 +89,7 @@ def main(argv: list[str]) -> int:
             loop.add_signal_handler(sig, stop.set)
         await worker.run(stop)
 
-    asyncio.run(serve())
+    run_async(serve())
     code = 1 if worker.crashed else 0
     stuck = worker.threads_still_running()
     if stuck:

@@ -208,11 +208,11 @@ class Worker:
     # ------------------------------------------------------------ messages in
 
     async def _on_delivery(self, delivery: Delivery) -> None:
-        message = delivery.message
-        if isinstance(message, JobDispatch):
-            self._accept(message)
-        elif isinstance(message, JobCancel):
-            self._cancel(message)
+        for message in delivery.messages:
+            if isinstance(message, JobDispatch):
+                self._accept(message)
+            elif isinstance(message, JobCancel):
+                self._cancel(message)
         await delivery.ack()
 
     def _accept(self, dispatch: JobDispatch) -> None:

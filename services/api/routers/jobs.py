@@ -66,10 +66,14 @@ async def _submit(
             await session.rollback()
             raise
     messages: list[_Message] = list(result.events)
+    # One wake-up hint per request (it only tells the scheduler to look now), for the
+    # first job the scheduler has something to do with.
     messages.extend(
-        JobSubmitted(job_id=job.id, type=job.type, priority=Priority.from_rank(job.priority))
-        for job, created in zip(result.jobs, result.created, strict=True)
-        if created and job.status in (JobStatus.READY, JobStatus.PENDING)
+        [
+            JobSubmitted(job_id=job.id, type=job.type, priority=Priority.from_rank(job.priority))
+            for job, created in zip(result.jobs, result.created, strict=True)
+            if created and job.status in (JobStatus.READY, JobStatus.PENDING)
+        ][:1]
     )
     await publish_after_commit(state.broker, messages)
     for job, created in zip(result.jobs, result.created, strict=True):
