@@ -108,7 +108,7 @@ class Stack:
         self._start("logger", "-m", "services.logger")
         for i in range(self.workers):
             self._start(f"worker{i}", "-m", "services.worker", "--worker-id", f"bench-w{i}",
-                        "--threads", "8")  # fmt: skip
+                        "--threads", os.environ.get("BENCH_THREADS", "8"))  # fmt: skip
         self.procs.append(subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "bench.bare_app:app", "--port", str(self.bare_port), "--log-level", "warning"],
             cwd=ROOT, env=self.env))  # fmt: skip

@@ -398,8 +398,9 @@ async def submit_jobs(
     if edges:
         await session.execute(insert(JobDependency), edges)
     new_ids = [it.id for it in items if it.existing is None]
-    session.add(
-        AuditEntry(
+    # A Core insert: no unit-of-work flush on the request path.
+    await session.execute(
+        insert(AuditEntry).values(
             actor=actor.key_id,
             role=actor.role,
             action="job.batch_submit" if batch else "job.submit",
@@ -412,7 +413,6 @@ async def submit_jobs(
             detail={"job_ids": [str(i) for i in new_ids][:1000], "count": len(new_ids)},
         )
     )
-    await session.flush()
 
     jobs = [stored[it.existing.id if it.existing else it.id] for it in items]
     events = [

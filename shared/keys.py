@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from uuid import UUID
 
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from uuid_utils.compat import uuid7
 
@@ -74,5 +74,8 @@ async def revoke_api_key(session: AsyncSession, key_id: UUID, *, actor: Actor) -
             client=actor.client, detail={"key_id": str(key_id)},
         )
     )  # fmt: skip
+    # Every API replica forgets the keys it remembered when this commits
+    # (services/api/keycache.py).
+    await session.execute(text("SELECT pg_notify('switchyard_api_keys', :id)"), {"id": str(key_id)})
     await session.flush()
     return revoked

@@ -14,6 +14,7 @@ Messages are persistent, channels use publisher confirms, and a publish waits at
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -146,6 +147,68 @@ async def ack_all(deliveries: Sequence[Delivery]) -> None:
 
 
 Handler = Callable[[Delivery], Awaitable[None]]
+
+
+class Outbox:
+    """Notifications published in order by one background task: the caller does not
+    wait for the broker's confirm (it costs a round trip per request or cycle).
+
+    Only for messages the database can stand in for (state events, wake-up hints,
+    cancels the scheduler re-sends): what cannot be published is logged with its count
+    and dropped, as an awaited publish that failed would have been."""
+
+    CHUNK = 5_000
+
+    def __init__(self, broker: Broker, *, max_pending: int = 200_000) -> None:
+        self._broker = broker
+        self._max_pending = max_pending
+        self._pending: list[_Message] = []
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="outbox")
+
+    def put(self, messages: Sequence[_Message]) -> None:
+        if not messages:
+            return
+        if len(self._pending) + len(messages) > self._max_pending:
+            log.warning(
+                "outbox full (%d waiting: the broker is down or slow); %d message(s) not published",
+                len(self._pending),
+                len(messages),
+            )
+            return
+        self._pending.extend(messages)
+        self._idle.clear()
+        self._wake.set()
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._pending:
+                chunk, self._pending = self._pending[: self.CHUNK], self._pending[self.CHUNK :]
+                try:
+                    await self._broker.publish_many([(m, None) for m in chunk])
+                except BrokerUnavailable as exc:
+                    log.warning("%d message(s) not published: %s", len(chunk), exc)
+            self._idle.set()
+
+    async def flush(self, timeout: float = 5.0) -> None:
+        """Wait (at most ``timeout``) until everything put so far is published."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), timeout=timeout)
+
+    async def close(self, timeout: float = 5.0) -> None:
+        await self.flush(timeout)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
 
 
 class Consumer:

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from uuid_utils.compat import uuid7
 
 from services.api.errors import install_error_handlers
+from services.api.keycache import KeyCache
 from services.api.metrics import Metrics
 from services.api.middleware import BodySizeLimit
 from services.api.routers import audit, health, jobs, keys, observe, schedules, stream
@@ -23,7 +24,7 @@ from shared.db import create_engine, create_sessionmaker
 from shared.errors import ConfigError
 from shared.jobs import Limits
 from shared.keys import hash_key
-from shared.messaging import Broker
+from shared.messaging import Broker, Outbox
 from shared.models import ApiKey
 from shared.settings import Settings, get_settings
 
@@ -123,6 +124,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.engine = engine
         app.state.sessionmaker = sessionmaker
         app.state.broker = broker
+        app.state.outbox = Outbox(broker)
+        app.state.outbox.start()
+        app.state.key_cache = KeyCache(settings.sync_database_url)
+        app.state.key_cache.start()
         app.state.catalog = TaskCatalog()
         app.state.metrics = Metrics()
         app.state.hub = EventHub(broker, buffer_size=settings.ws_buffer_events)
@@ -139,6 +144,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            await app.state.key_cache.close()
+            await app.state.outbox.close()
             await broker.close()
             await engine.dispose()
 
@@ -149,6 +156,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.broker = None
+    app.state.outbox = None
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.include_router(health.router)

@@ -41,6 +41,9 @@ async def resolve_token(state: Any, session: AsyncSession, token: str | None) ->
     # The index lookup compares SHA-256 digests, never the key itself; the final check
     # is constant-time all the same.
     digest = hash_key(token)
+    cache = getattr(state, "key_cache", None)
+    if cache is not None and (known := cache.get(digest)) is not None:
+        return known
     row = (
         await session.execute(
             select(ApiKey.id, ApiKey.role, ApiKey.label, ApiKey.key_hash).where(
@@ -52,7 +55,10 @@ async def resolve_token(state: Any, session: AsyncSession, token: str | None) ->
         raise HTTPException(
             401, "invalid or revoked API key", headers={"WWW-Authenticate": "Bearer"}
         )
-    return Actor(key_id=str(row.id), role=row.role, label=row.label)
+    actor = Actor(key_id=str(row.id), role=row.role, label=row.label)
+    if cache is not None:
+        cache.put(digest, actor)
+    return actor
 
 
 # Declares the scheme in the OpenAPI document (clients and fuzzers see it); the header

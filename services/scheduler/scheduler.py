@@ -34,7 +34,7 @@ from services.scheduler import store
 from services.scheduler.store import Placed
 from shared.catalog import TaskCatalog
 from shared.db import create_engine, create_sessionmaker, is_db_outage
-from shared.errors import BrokerUnavailable, SwitchyardError
+from shared.errors import SwitchyardError
 from shared.jobs import Limits
 from shared.messages import (
     JobCancel,
@@ -51,7 +51,7 @@ from shared.messages import (
     dispatches_for,
     unpack,
 )
-from shared.messaging import Broker, Consumer, Delivery, Topology, ack_all
+from shared.messaging import Broker, Consumer, Delivery, Outbox, Topology, ack_all
 from shared.schedules import fire_due_schedules
 from shared.scheduling import WorkerView, plan_placements
 from shared.settings import Settings
@@ -108,6 +108,7 @@ class Scheduler:
             name="switchyard-scheduler",
             publish_timeout=settings.publish_timeout_seconds,
         )
+        self.outbox = Outbox(self.broker)
         self.workers: dict[str, WorkerInfo] = {}
         self.assignments: dict[UUID, Assignment] = {}
         self.inbox: list[Delivery] = []
@@ -132,6 +133,7 @@ class Scheduler:
         self._sessionmaker = create_sessionmaker(engine)
         try:
             async with self.broker:
+                self.outbox.start()
                 while not stop.is_set():
                     await self._wait_for_leadership(stop)
                     if stop.is_set():
@@ -152,6 +154,7 @@ class Scheduler:
                         if self._lock_conn is not None and not self._lock_conn.is_closed():
                             self._lock_conn.terminate()
                         self._lock_conn = None
+                await self.outbox.close()
         finally:
             if self._lock_conn is not None and not self._lock_conn.is_closed():
                 await self._lock_conn.close()
@@ -595,13 +598,9 @@ class Scheduler:
         await self._send(list(events))
 
     async def _send(self, messages: list[_Message]) -> None:
-        if not messages:
-            return
-        try:
-            await self.broker.publish_many([(m, None) for m in messages])
-        except BrokerUnavailable as exc:
-            # Committed already; these are notifications. Say what was not sent.
-            log.warning("%d event(s) not published: %s", len(messages), exc)
+        # Committed already; these are notifications: the outbox publishes them in
+        # order without holding up the cycle, and says what it could not send.
+        self.outbox.put(messages)
 
     async def _monitor(self) -> None:
         now = time.monotonic()

@@ -75,7 +75,7 @@ async def _submit(
             if created and job.status in (JobStatus.READY, JobStatus.PENDING)
         ][:1]
     )
-    await publish_after_commit(state.broker, messages)
+    publish_after_commit(state.outbox, messages)
     for job, created in zip(result.jobs, result.created, strict=True):
         if created:
             state.metrics.submitted.labels(job.type, Priority.from_rank(job.priority).value).inc()
@@ -187,7 +187,7 @@ async def cancel_job_route(
     messages: list[_Message] = list(events)
     if notify_worker:
         messages.append(JobCancel(job_id=job.id, attempt=job.attempts))
-    await publish_after_commit(request.app.state.broker, messages)
+    publish_after_commit(request.app.state.outbox, messages)
     return job_to_read(job)
 
 
@@ -220,7 +220,7 @@ async def retry_job_route(
         for e in events
         if e.new_status == "ready"
     )
-    await publish_after_commit(request.app.state.broker, messages)
+    publish_after_commit(request.app.state.outbox, messages)
     return job_to_read(job)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 from uuid import UUID
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
 
 from services.api.deps import AdminDep, SessionDep, error_responses
 from shared.keys import create_api_key, list_api_keys, revoke_api_key
@@ -45,8 +45,12 @@ async def list_keys(
     "/{key_id}", name="apikey.revoke", status_code=204, response_class=Response,
     responses=error_responses(401, 403, 404, 422, 503),
 )  # fmt: skip
-async def revoke_key(key_id: UUID, session: SessionDep, actor: AdminDep) -> Response:
+async def revoke_key(
+    key_id: UUID, request: Request, session: SessionDep, actor: AdminDep
+) -> Response:
     """Revoke at once: the next request with that key gets 401."""
     await revoke_api_key(session, key_id, actor=actor)
     await session.commit()
+    if (cache := getattr(request.app.state, "key_cache", None)) is not None:
+        cache.clear()  # here at once; other replicas on the NOTIFY
     return Response(status_code=204)
