@@ -27,6 +27,8 @@ import asyncpg
 import httpx
 import psutil
 
+from bench.scale import run_scale
+
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN = os.environ.get("TEST_DATABASE_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 KEY = "bench-admin-key"
@@ -108,7 +110,7 @@ class Stack:
         self._start("logger", "-m", "services.logger")
         for i in range(self.workers):
             self._start(f"worker{i}", "-m", "services.worker", "--worker-id", f"bench-w{i}",
-                        "--threads", os.environ.get("BENCH_THREADS", "8"))  # fmt: skip
+                        "--threads", os.environ.get("BENCH_THREADS", "32"))  # fmt: skip
         self.procs.append(subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "bench.bare_app:app", "--port", str(self.bare_port), "--log-level", "warning"],
             cwd=ROOT, env=self.env))  # fmt: skip
@@ -251,7 +253,7 @@ async def end_to_end(
 
 
 async def latency(stack: Stack, rate: float, seconds: float) -> dict[str, float]:
-    """Submit at a fixed offered rate; submit -> started (started_at - created_at)."""
+    """Submit single jobs at a fixed offered rate; submit -> started quantiles."""
     headers = {"Authorization": f"Bearer {KEY}"}
     since = datetime.now(UTC)
     n = int(rate * seconds)
@@ -274,79 +276,224 @@ async def latency(stack: Stack, rate: float, seconds: float) -> dict[str, float]
     accepted = sum(1 for a in answers if isinstance(a, httpx.Response) and a.status_code == 201)
     if accepted < n:
         print(f"  latency run: {n - accepted} of {n} submissions failed")
-    n = accepted
-    await wait_all_completed(stack.dsn, since, n, timeout=300)
+    return await started_quantiles(stack, since, accepted)
+
+
+async def latency_saturated(stack: Stack, seconds: float) -> dict[str, float]:
+    """Submit batches of 500 as fast as the API takes them for ``seconds``: the
+    pipeline is saturated; submit -> started quantiles (mostly time spent queued)."""
+    headers = {"Authorization": f"Bearer {KEY}"}
+    since = datetime.now(UTC)
+    n = 0
+    async with httpx.AsyncClient(base_url=stack.url, headers=headers, timeout=120) as c:
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            jobs = [{"type": "demo.echo", "payload": {"i": i}} for i in range(500)]
+            r = await c.post("/jobs/batch", json={"jobs": jobs})
+            assert r.status_code == 201, r.text[:300]
+            n += 500
+    return await started_quantiles(stack, since, n)
+
+
+async def started_quantiles(stack: Stack, since: datetime, n: int) -> dict[str, float]:
+    await wait_all_completed(stack.dsn, since, n, timeout=600)
     conn = await asyncpg.connect(stack.dsn)
     try:
         rows = await conn.fetch(
-            "SELECT EXTRACT(EPOCH FROM started_at - created_at) * 1000 AS ms FROM jobs WHERE created_at >= $1",
+            "SELECT EXTRACT(EPOCH FROM started_at - created_at) * 1000 AS ms"
+            " FROM jobs WHERE created_at >= $1",
             since,
         )
     finally:
         await conn.close()
     ms = sorted(float(r["ms"]) for r in rows)
     q = statistics.quantiles(ms, n=100)
-    return {"p50_ms": statistics.median(ms), "p95_ms": q[94], "p99_ms": q[98], "jobs": len(ms)}
+    return {"p50": statistics.median(ms), "p95": q[94], "p99": q[98], "jobs": len(ms)}
 
 
 def median_of(runs: list[float]) -> float:
     return statistics.median(runs)
 
 
+async def machine(stack: Stack) -> dict[str, Any]:
+    conn = await asyncpg.connect(stack.dsn)
+    try:
+        pg = await conn.fetchval("SHOW server_version")
+    finally:
+        await conn.close()
+    rabbit = "unknown"
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        out = subprocess.run(
+            ["rabbitmqctl", "-q", "version"], capture_output=True, text=True, timeout=30
+        ).stdout.strip()
+        rabbit = out or rabbit
+    return {
+        "cores": os.cpu_count(),
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "python": sys.version.split()[0],
+        "postgresql": pg,
+        "rabbitmq": rabbit,
+        "platform": sys.platform,
+    }
+
+
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     (ROOT / "bench" / "results").mkdir(parents=True, exist_ok=True)
+    runs = args.runs
     results: dict[str, Any] = {
         "when": datetime.now(UTC).isoformat(),
-        "runs": args.runs,
+        "runs": runs,
         "jobs": args.jobs,
+        "worker_threads": int(os.environ.get("BENCH_THREADS", "32")),
     }
     async with Stack(workers=2) as stack:
-        rows = []
-        for name, fn in [
-            ("submit sequential", lambda u: submit_rate(u, args.submits, 1)),
-            ("submit 32 concurrent", lambda u: submit_rate(u, args.submits, 32)),
-        ]:
+        results["machine"] = await machine(stack)
+        for key, conc in (("sequential", 1), ("concurrent", 32)):
             # The baseline first, on a quiet stack: Switchyard's own runs leave jobs
             # that its services are still working off for a while.
-            bare = median_of([await fn(stack.bare_url) for _ in range(args.runs)])
-            ours = median_of([await fn(stack.url) for _ in range(args.runs)])
-            rows.append((name, ours, bare))
-            results[name] = {"switchyard_per_s": ours, "bare_per_s": bare, "ratio": ours / bare}
-        batch = median_of([await batch_rate(stack.url, 4, 500) for _ in range(args.runs)])
-        results["submit batch"] = {"switchyard_per_s": batch}
-        e2e = median_of([await end_to_end(stack, args.jobs) for _ in range(args.runs)])
-        results["end to end"] = {"jobs_per_s": e2e, "jobs": args.jobs}
-        lat = [await latency(stack, args.rate, args.seconds) for _ in range(args.runs)]
-        results["latency at offered rate"] = {
-            "rate_per_s": args.rate, "seconds": args.seconds,
-            **{k: median_of([run[k] for run in lat]) for k in ("p50_ms", "p95_ms", "p99_ms")},
+            bare = [await submit_rate(stack.bare_url, args.submits, conc) for _ in range(runs)]
+            ours = [await submit_rate(stack.url, args.submits, conc) for _ in range(runs)]
+            results[f"submit_{key}_per_s"] = median_of(ours)
+            results[f"bare_endpoint_{key}_per_s"] = median_of(bare)
+            results[f"submit_{key}_ratio"] = median_of(ours) / median_of(bare)
+            await wait_idle(stack)
+        results["submit_batch_per_s"] = median_of(
+            [await batch_rate(stack.url, 5, 2000) for _ in range(runs)]
+        )
+        await wait_idle(stack)
+        e2e = [await end_to_end(stack, args.jobs, args.profile) for _ in range(runs)]
+        results["end_to_end_jobs_per_s"] = median_of([r for r, _ in e2e])
+        results["cpu_ms_per_job"] = {
+            k: median_of([cpu[k] for _, cpu in e2e]) for k in e2e[0][1]
         }  # fmt: skip
-    print(
-        f"\nSwitchyard benchmark ({args.runs} run(s) each, medians; noisy shared machine: read the ratios)\n"
-    )
-    print(f"{'measure':28} {'switchyard':>12} {'bare FastAPI+asyncpg':>22} {'ratio':>7}")
-    for name, ours, bare in rows:
-        print(f"{name:28} {ours:10.0f}/s {bare:20.0f}/s {ours / bare:7.2f}")
-    print(f"{'submit batch (500/request)':28} {batch:10.0f}/s")
-    print(
-        f"{'end to end (demo.echo)':28} {e2e:10.0f}/s   ({args.jobs} jobs, first submit -> last completed)"
-    )
-    la = results["latency at offered rate"]
-    print(
-        f"{'submit -> started':28} p50 {la['p50_ms']:.1f} ms, p95 {la['p95_ms']:.1f} ms, p99 {la['p99_ms']:.1f} ms at {args.rate:g}/s offered for {args.seconds:g} s"
-    )
-    out = ROOT / "bench" / "results" / f"bench-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.json"
-    out.write_text(json.dumps(results, indent=2))
-    print(f"\nwritten: {out.relative_to(ROOT)}")
-    print("query plans and costs on 1M rows: python -m bench.explain")
+        lat = [await latency(stack, args.rate, args.seconds) for _ in range(runs)]
+        results["latency_ms"] = {
+            "offered_per_s": args.rate, "seconds": args.seconds,
+            **{k: median_of([run[k] for run in lat]) for k in ("p50", "p95", "p99")},
+        }  # fmt: skip
+        sat = [await latency_saturated(stack, args.saturation_seconds) for _ in range(runs)]
+        results["latency_saturation_ms"] = {
+            "offered_per_s": "as many as accepted in batches of 500", "seconds": args.saturation_seconds,
+            **{k: median_of([run[k] for run in sat]) for k in ("p50", "p95", "p99")},
+        }  # fmt: skip
+    if args.scale:
+        results["scale"] = await run_scale([10_000, 1_000_000, 5_000_000])
     return results
+
+
+def save(results: dict[str, Any], out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nwritten: {out}")
+
+
+def report(r: dict[str, Any]) -> None:
+    m = r["machine"]
+    print(
+        f"\nSwitchyard benchmark: {r['runs']} run(s) each, medians; {m['cores']} cores, "
+        f"Python {m['python']}, PostgreSQL {m['postgresql']}, RabbitMQ {m['rabbitmq']}"
+    )
+    print("The machine is shared and noisy: read the ratios.\n")
+    print(f"{'measure':34} {'switchyard':>12} {'bare FastAPI+asyncpg':>22} {'ratio':>7}")
+    for key, label in (
+        ("sequential", "POST /jobs sequential"),
+        ("concurrent", "POST /jobs 32 concurrent"),
+    ):
+        ours, bare = r[f"submit_{key}_per_s"], r[f"bare_endpoint_{key}_per_s"]
+        print(f"{label:34} {ours:10.0f}/s {bare:20.0f}/s {ours / bare:7.2f}")
+    print(f"{'POST /jobs/batch (2,000/request)':34} {r['submit_batch_per_s']:10.0f}/s")
+    print(
+        f"{'end to end (demo.echo)':34} {r['end_to_end_jobs_per_s']:10.0f}/s   "
+        f"({r['jobs']:,} jobs, 2 workers x {r['worker_threads']} threads)"
+    )
+    cpu = r["cpu_ms_per_job"]
+    print(
+        f"{'  CPU ms per job':34} "
+        + ", ".join(f"{k} {v:.2f}" for k, v in cpu.items())
+        + f"; total {sum(cpu.values()):.2f}"
+    )
+    for key, label in (
+        ("latency_ms", "submit -> started"),
+        ("latency_saturation_ms", "  at saturation"),
+    ):
+        la = r[key]
+        print(
+            f"{label:34} p50 {la['p50']:.1f} ms, p95 {la['p95']:.1f} ms, p99 {la['p99']:.1f} ms "
+            f"(offered: {la['offered_per_s']}/s for {la['seconds']:g} s)"
+        )
+    if "scale" in r:
+        ms, ratio = r["scale"]["ms"], r["scale"]["ratio_to_smallest"]
+        sizes = list(ms)
+        print(
+            f"\n{'scale (median ms; ratio to ' + sizes[0] + ' rows)':34} "
+            + "".join(f"{s:>18}" for s in sizes)
+        )
+        for op in ms[sizes[0]]:
+            cells = "".join(f"{ms[s][op]:>9.3f} ({ratio[s][op]:>4.2f}x)" for s in sizes)
+            print(f"{op:34} {cells}")
+
+
+async def wait_idle(stack: Stack, timeout: float = 300) -> None:
+    """Let the stack work off what a measure left (so the next starts from quiet)."""
+    conn = await asyncpg.connect(stack.dsn)
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            left = await conn.fetchval(
+                "SELECT count(*) FROM jobs WHERE status NOT IN ('completed', 'failed', 'cancelled')"
+            )
+            if left == 0:
+                return
+            await asyncio.sleep(0.2)
+        raise TimeoutError(f"{left} jobs still not finished after {timeout} s")
+    finally:
+        await conn.close()
+
+
+def env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    return int(value) if value not in (None, "") else default
 
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("--runs", type=int, default=3, help="runs per measure (medians are reported)")
-    p.add_argument("--jobs", type=int, default=20_000, help="jobs in the end-to-end run")
+    p.add_argument(
+        "--runs",
+        type=int,
+        default=env_int("BENCH_RUNS", 3),
+        help="runs per measure (medians are reported)",
+    )
+    p.add_argument(
+        "--jobs", type=int, default=env_int("BENCH_JOBS", 20_000), help="jobs in the end-to-end run"
+    )
     p.add_argument("--submits", type=int, default=500, help="requests per submit-rate run")
     p.add_argument("--rate", type=float, default=200, help="offered rate for the latency run")
-    p.add_argument("--seconds", type=float, default=30, help="duration of the latency run")
-    asyncio.run(main(p.parse_args()))
+    p.add_argument(
+        "--seconds",
+        type=float,
+        default=float(env_int("BENCH_SECONDS", 30)),
+        help="duration of each latency run",
+    )
+    p.add_argument(
+        "--saturation-seconds", type=float, default=5, help="duration of each saturation run"
+    )
+    p.add_argument(
+        "--scale",
+        type=int,
+        default=env_int("BENCH_SCALE", 1),
+        help="1: measure claim/status/list at 10k, 1M, 5M rows",
+    )
+    p.add_argument(
+        "--out",
+        default=os.environ.get("BENCH_OUT") or str(ROOT / "bench" / "results" / "latest.json"),
+    )
+    p.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="py-spy every service during the end-to-end runs (raw stacks into this directory)",
+    )
+    arguments = p.parse_args()
+    measured = asyncio.run(main(arguments))
+    report(measured)
+    save(measured, Path(arguments.out))
