@@ -20,7 +20,7 @@ from services.api.routers import audit, health, jobs, keys, observe, schedules, 
 from services.api.stream import EventHub
 from shared import demo_tasks
 from shared.catalog import TaskCatalog, announce_task_types
-from shared.db import create_engine, create_sessionmaker
+from shared.db import create_engine, create_pool, create_sessionmaker
 from shared.errors import ConfigError
 from shared.jobs import Limits
 from shared.keys import hash_key
@@ -126,6 +126,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.broker = broker
         app.state.outbox = Outbox(broker)
         app.state.outbox.start()
+        app.state.pool = await create_pool(settings)
         app.state.key_cache = KeyCache(settings.sync_database_url)
         app.state.key_cache.start()
         app.state.catalog = TaskCatalog()
@@ -146,6 +147,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await app.state.key_cache.close()
             await app.state.outbox.close()
+            await app.state.pool.close()
             await broker.close()
             await engine.dispose()
 
@@ -157,6 +159,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.broker = None
     app.state.outbox = None
+    app.state.pool = None
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.include_router(health.router)

@@ -6,6 +6,7 @@ import asyncio
 import logging
 from typing import Any
 
+import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -84,6 +85,8 @@ def install_error_handlers(app: FastAPI) -> None:
     # Registered per class (not on Exception) so the answer is the whole story: Starlette
     # re-raises what reaches its catch-all handler.
     @app.exception_handler(SQLAlchemyError)
+    @app.exception_handler(asyncpg.PostgresError)  # the raw pool of the submit fast path
+    @app.exception_handler(asyncpg.InterfaceError)
     @app.exception_handler(OSError)
     @app.exception_handler(asyncio.TimeoutError)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -42,6 +42,7 @@ from shared.messages import (
     JobProgress,
     JobStateChanged,
     JobStatusReport,
+    JobSubmitted,
     MonitoringQueue,
     MonitoringResource,
     ResourceSpec,
@@ -120,6 +121,9 @@ class Scheduler:
         self._last_monitoring = 0.0
         self._last_cancel_sweep = 0.0
         self._last_timed = 0.0
+        # False once a placement pass found no ready job left: until a hint, a job
+        # turning ready or the next tick, cycles skip the ready-queue query.
+        self._maybe_ready = True
         self.catalog = TaskCatalog()
         self.limits = Limits.from_settings(settings)
         self._cancels: list[JobCancel] = []
@@ -239,6 +243,7 @@ class Scheduler:
     async def _rebuild(self) -> None:
         """Take over: workers and allocations as the database has them."""
         assert self._sessionmaker is not None
+        self._maybe_ready = True
         async with self._sessionmaker() as session:
             for w in await store.load_live_workers(session):
                 self.workers[w.id] = WorkerInfo(
@@ -266,7 +271,9 @@ class Scheduler:
         beats: dict[str, WorkerHeartbeat] = {}
         progress: dict[tuple[UUID, int], dict[str, object]] = {}
         for msg in (m for delivery in batch for m in delivery.messages):
-            if isinstance(msg, JobStatusReport):
+            if isinstance(msg, JobSubmitted):
+                self._maybe_ready = True
+            elif isinstance(msg, JobStatusReport):
                 reports.append(msg)
             elif isinstance(msg, WorkerHeartbeat):
                 beats[msg.worker_id] = msg
@@ -302,6 +309,8 @@ class Scheduler:
             # Time-driven work (due delays and backoffs, cron) runs once per tick, not
             # on every message: a busy cycle stays a few statements long.
             self._last_timed = now
+            # Also the safety net for jobs whose wake-up hint was never published.
+            self._maybe_ready = True
             async with self._sessionmaker() as session:
                 events.extend(
                     await store.promote_due(session, limit=self.settings.scheduler_batch_size)
@@ -313,6 +322,8 @@ class Scheduler:
             events.extend(fired)
             if new_jobs:
                 log.info("schedules submitted %d job(s)", len(new_jobs))
+        if any(e.new_status == "ready" for e in events):
+            self._maybe_ready = True  # handed back, unblocked, due, fired
         await self._publish(events)
         await self._place()
         await self._send_cancels()
@@ -502,6 +513,8 @@ class Scheduler:
 
     async def _place(self) -> None:
         assert self._sessionmaker is not None
+        if not self._maybe_ready:
+            return  # the last look found the ready queue empty and nothing came since
         for _ in range(20):  # bounded: let other work (reports) in between
             views = self._views()
             free = sum(max(0, v.slots - v.used_slots) for v in views if v.accepting)
@@ -513,6 +526,7 @@ class Scheduler:
             async with self._sessionmaker() as session:
                 candidates = await store.ready_candidates(session, per_priority=batch)
                 if not candidates:
+                    self._maybe_ready = False
                     return
                 now = datetime.now(UTC)
                 plan = plan_placements(
@@ -584,11 +598,15 @@ class Scheduler:
                     await session.commit()
                 for p in failed:
                     self.assignments.pop(p.id, None)
+                self._maybe_ready = True
                 gone = {p.id for p in failed}
                 events = [e for e in events if e.job_id not in gone] + undone
                 await self._publish(events)
                 return
             await self._publish(events)
+            if len(plan.placements) == len(candidates) < batch:
+                self._maybe_ready = False  # every ready job is placed now
+                return
             if len(plan.placements) < len(candidates) or len(placed) < batch:
                 return
 

@@ -53,6 +53,7 @@ log = logging.getLogger("switchyard.worker")
 
 PROGRESS_INTERVAL = 0.2  # seconds between progress messages of one job
 SEEN_MEMORY = 10_000  # (job, attempt) pairs remembered for duplicate detection
+OUTBOX_LINGER = 0.002  # seconds the publisher waits to gather a batch when idle
 
 
 @dataclass
@@ -447,6 +448,10 @@ class Worker:
         """Publish queued messages in order, batches pipelined; retry, never drop."""
         while True:
             first = await self.outbox.get()
+            if self.outbox.empty():
+                # Linger a moment: a short job's "started" and its end then share one
+                # batch (one message, one scheduler cycle, one logger write).
+                await asyncio.sleep(OUTBOX_LINGER)
             batch: list[Any] = [first]
             while not self.outbox.empty() and len(batch) < 500:
                 batch.append(self.outbox.get_nowait())

@@ -14,6 +14,7 @@ from shared.jobs import (
     IdempotencyRace,
     JobFilter,
     SubmitResult,
+    can_submit_fast,
     cancel_job,
     get_job,
     job_logs,
@@ -21,6 +22,7 @@ from shared.jobs import (
     list_jobs,
     retry_job,
     submit_jobs,
+    submit_one_fast,
 )
 from shared.messages import JobCancel, JobSubmitted, _Message
 from shared.schemas import (
@@ -99,6 +101,16 @@ async def submit_job(
 ) -> JobRead:
     """Submit one job. With an ``idempotency_key`` already used for the same request,
     answers 200 with the stored job and runs nothing new."""
+    state = request.app.state
+    if can_submit_fast(body) and state.pool is not None:
+        job, event = await submit_one_fast(
+            state.pool, session, catalog=state.catalog, spec=body, actor=actor,
+            limits=state.limits,
+        )  # fmt: skip
+        hint = JobSubmitted(job_id=job.id, type=job.type, priority=body.priority.value)
+        publish_after_commit(state.outbox, [event, hint])
+        state.metrics.submitted.labels(job.type, body.priority.value).inc()
+        return job_to_read(job)
     result = await _submit(request, session, actor, [body], batch=False)
     if not result.created[0]:
         response.status_code = 200
