@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     scheduler_tick_seconds: float = 0.5
     scheduler_batch_size: int = Field(default=500, ge=1, le=100_000)
     monitoring_seconds: float = 5.0
+    # When the PostgreSQL server runs without autovacuum, the active scheduler vacuums
+    # the jobs table this often (dead row versions slow the claim index). 0: never.
+    vacuum_seconds: float = Field(default=30.0, ge=0)
 
     # API: events buffered per WebSocket client before new ones are dropped for it.
     ws_buffer_events: int = Field(default=1000, ge=1, le=1_000_000)

@@ -18,6 +18,7 @@ when it takes over, so a standby that takes over continues where the last one st
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import random
@@ -121,6 +122,9 @@ class Scheduler:
         self._last_monitoring = 0.0
         self._last_cancel_sweep = 0.0
         self._last_timed = 0.0
+        self._last_vacuum = time.monotonic()
+        self._vacuum_task: asyncio.Task[None] | None = None
+        self._server_vacuums = False
         # False once a placement pass found no ready job left: until a hint, a job
         # turning ready or the next tick, cycles skip the ready-queue query.
         self._maybe_ready = True
@@ -235,6 +239,10 @@ class Scheduler:
                     self.wake.set()
         finally:
             await consumer.close()
+            if self._vacuum_task is not None and not self._vacuum_task.done():
+                self._vacuum_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._vacuum_task
 
     async def _on_delivery(self, delivery: Delivery) -> None:
         self.inbox.append(delivery)
@@ -328,6 +336,7 @@ class Scheduler:
         await self._place()
         await self._send_cancels()
         await self._monitor()
+        self._maintain()
 
     # ------------------------------------------------------------ workers and losses
 
@@ -619,6 +628,41 @@ class Scheduler:
         # Committed already; these are notifications: the outbox publishes them in
         # order without holding up the cycle, and says what it could not send.
         self.outbox.put(messages)
+
+    def _maintain(self) -> None:
+        """Vacuum ``jobs`` in the background when the server's autovacuum is off.
+
+        Every dispatch and report writes a new row version; the old ones stay in the
+        ready index until a vacuum, so the claim scans more dead entries the longer
+        the run. PostgreSQL's autovacuum does this on its own when it is on (the
+        default, and in docker-compose.yml)."""
+        every = self.settings.vacuum_seconds
+        now = time.monotonic()
+        if every <= 0 or self._server_vacuums or now - self._last_vacuum < every:
+            return
+        if self._vacuum_task is not None and not self._vacuum_task.done():
+            return
+        self._last_vacuum = now
+        self._vacuum_task = asyncio.create_task(self._vacuum(), name="vacuum")
+
+    async def _vacuum(self) -> None:
+        try:
+            conn = await asyncpg.connect(self.settings.sync_database_url, timeout=5)
+        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+            log.warning("vacuum skipped: %s", exc)
+            return
+        try:
+            if await conn.fetchval("SELECT current_setting('autovacuum')") == "on":
+                self._server_vacuums = True  # the server does it: never again
+                return
+            t = time.monotonic()
+            await conn.execute("VACUUM (ANALYZE) jobs", timeout=600)
+            log.info("autovacuum is off on this server: vacuumed jobs in %.2f s",
+                     time.monotonic() - t)  # fmt: skip
+        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+            log.warning("vacuum of jobs failed: %s", exc)
+        finally:
+            await conn.close()
 
     async def _monitor(self) -> None:
         now = time.monotonic()

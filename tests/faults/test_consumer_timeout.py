@@ -16,11 +16,13 @@ import os
 import pwd
 import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import aio_pika
+import aio_pika.abc
 import pytest
 
 from tests.e2e.conftest import free_port
@@ -46,7 +48,9 @@ def private_rabbitmq(tmp_path: Path) -> Iterator[str]:
     if not SERVER.exists() or user is None or os.geteuid() != 0:
         pytest.skip("needs Debian's rabbitmq-server and root (to run it as user rabbitmq)")
     port, dist = free_port(), free_port()
-    base = tmp_path / "rabbit"
+    # Not under tmp_path: pytest's temporary root is private to root, and the node runs
+    # as user rabbitmq.
+    base = Path(tempfile.mkdtemp(prefix="swy-rabbit-"))
     for sub in ("mnesia", "log"):
         (base / sub).mkdir(parents=True)
     (base / "rabbitmq.conf").write_text(
@@ -56,7 +60,6 @@ def private_rabbitmq(tmp_path: Path) -> Iterator[str]:
     shutil.chown(base, user.pw_uid, user.pw_gid)
     for path in base.rglob("*"):
         shutil.chown(path, user.pw_uid, user.pw_gid)
-    os.chmod(tmp_path, 0o755)
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": user.pw_dir,  # the node's Erlang cookie
@@ -99,6 +102,7 @@ def private_rabbitmq(tmp_path: Path) -> Iterator[str]:
             node.kill()
             node.wait(timeout=10)
         log.close()
+        shutil.rmtree(base, ignore_errors=True)
 
 
 async def _ping(url: str) -> None:
@@ -120,7 +124,11 @@ async def _hold_one_unacked(url: str, seconds: float) -> str | None:
                 closed.set_result(repr(exc))
 
         channel.close_callbacks.add(on_close)
-        await queue.consume(lambda message: asyncio.sleep(0))  # received, never acked
+
+        async def keep(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+            """Received, never acked."""
+
+        await queue.consume(keep)
         try:
             return await asyncio.wait_for(closed, timeout=seconds)
         except TimeoutError:
@@ -143,8 +151,13 @@ def test_job_longer_than_consumer_timeout(  # type: ignore[no-untyped-def]
     assert reason is not None and "PRECONDITION_FAILED" in reason, reason
     done = stack.wait_status(job["id"], "completed", "failed", timeout=60)
     assert done["status"] == "completed" and done["attempts"] == 1, done
-    runs = stack.sql("SELECT attempt, status FROM job_executions WHERE job_id = $1", job["id"])
-    assert [(r["attempt"], r["status"]) for r in runs] == [(1, "completed")]
+
+    def history() -> list[tuple[int, str]]:
+        rows = stack.sql("SELECT attempt, status FROM job_executions WHERE job_id = $1", job["id"])
+        return [(r["attempt"], r["status"]) for r in rows]
+
+    # The logger writes the end of the attempt shortly after the scheduler's commit.
+    stack.wait_for(lambda: history() == [(1, "completed")], timeout=20, what="one execution")
     # No service's channel was closed by the broker (each service logs to tmp_path).
     logs = {p.name: p.read_text(errors="replace") for p in tmp_path.glob("*-*.log")}
     assert {"api", "scheduler", "logger", "worker"} <= {n.split("-")[0] for n in logs}
