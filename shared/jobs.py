@@ -573,7 +573,7 @@ def waiting_reason(job: Job) -> str | None:
 async def get_job(session: AsyncSession, job_id: UUID, *, for_update: bool = False) -> Job:
     stmt = select(Job).where(Job.id == job_id)
     if for_update:
-        stmt = stmt.with_for_update()
+        stmt = stmt.with_for_update(key_share=True)
     job = await session.scalar(stmt)
     if job is None:
         raise JobNotFound(f"no job with id {job_id}")
@@ -692,7 +692,7 @@ async def retry_job(
                         Job.error.like("dependency %"),
                     )
                     .order_by(Job.id)
-                    .with_for_update()
+                    .with_for_update(key_share=True)
                 )
             )
             for child in children:

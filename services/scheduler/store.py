@@ -80,11 +80,14 @@ async def apply_reports(
     ids = list({r.job_id for r in reports})
     if not ids:
         return out
+    # FOR NO KEY UPDATE, not FOR UPDATE: the logger's inserts into job_executions,
+    # job_logs and audit_log take FOR KEY SHARE on these rows (their foreign keys), and
+    # FOR UPDATE would make the two services queue behind each other's transactions.
     result = await session.execute(
         text(
             "SELECT id, type, status, attempts, runs, max_attempts, worker_id, cancel_requested,"
             " retry_initial_delay, retry_backoff, retry_max_delay, started_at"
-            " FROM jobs WHERE id = ANY(:ids) ORDER BY id FOR UPDATE"
+            " FROM jobs WHERE id = ANY(:ids) ORDER BY id FOR NO KEY UPDATE"
         ),
         {"ids": ids},
     )
@@ -275,7 +278,7 @@ async def promote_due(session: AsyncSession, *, limit: int) -> list[JobStateChan
                 queries.DUE_JOBS.replace("SELECT id FROM", "SELECT id, status FROM").replace(
                     "$1", ":limit"
                 )
-            } FOR UPDATE SKIP LOCKED)
+            } FOR NO KEY UPDATE SKIP LOCKED)
             UPDATE jobs j SET status = 'ready', ready_at = now(), updated_at = now()
             FROM due WHERE j.id = due.id
             RETURNING j.id, j.type, due.status AS old, j.attempts, j.worker_id
