@@ -32,6 +32,8 @@ class TaskTypeInfo:
 
     def payload_errors(self, payload: dict[str, Any]) -> list[str]:
         """Human-readable errors naming the field, e.g. ``payload.seconds: ...``."""
+        if self.validator.is_valid(payload):  # the common case: no error objects built
+            return []
         messages = []
         for error in sorted(self.validator.iter_errors(payload), key=lambda e: list(e.path)):
             path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)

@@ -19,7 +19,7 @@ from uuid import UUID
 
 import asyncpg
 import orjson
-from sqlalchemy import select, text, tuple_, update
+from sqlalchemy import Table, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from uuid_utils.compat import uuid7
@@ -157,7 +157,28 @@ async def prepare_submission(
     retry = task.retry.model_copy(update=given_retry)
     timeout = spec.timeout_seconds if spec.timeout_seconds is not None else task.timeout_seconds
     # The fingerprint covers the request after defaults, so "same request" means the
-    # same job would be built; run_at counts only when the client gave one.
+    # same job would be built; run_at counts only when the client gave one. Only an
+    # idempotency key needs it.
+    fingerprint = ""
+    if spec.idempotency_key:
+        fingerprint = _fingerprint(spec, resources, retry, timeout)
+    return _Prepared(
+        id=UUID(str(uuid7())),
+        spec=spec,
+        task=task,
+        resources=resources,
+        retry=retry,
+        timeout_seconds=timeout,
+        fingerprint=fingerprint,
+    )
+
+
+def _fingerprint(
+    spec: JobCreate | BatchJobCreate,
+    resources: Resources,
+    retry: RetryPolicy,
+    timeout: float | None,
+) -> str:
     canonical = {
         "type": spec.type,
         "payload": spec.payload,
@@ -169,16 +190,7 @@ async def prepare_submission(
         "depends_on": sorted(str(d) for d in spec.depends_on),
         "name": spec.name,
     }
-    fingerprint = hashlib.sha256(orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS)).hexdigest()
-    return _Prepared(
-        id=UUID(str(uuid7())),
-        spec=spec,
-        task=task,
-        resources=resources,
-        retry=retry,
-        timeout_seconds=timeout,
-        fingerprint=fingerprint,
-    )
+    return hashlib.sha256(orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
 def _resolve_batch_refs(items: list[_Prepared]) -> None:
@@ -355,17 +367,20 @@ async def submit_jobs(
             )
         )  # fmt: skip
 
-    stored: dict[UUID, Job] = {it.existing.id: it.existing for it in items if it.existing}
+    # Stored jobs (ORM rows) and inserted ones (Core rows): both read by attribute.
+    stored: dict[UUID, Any] = {it.existing.id: it.existing for it in items if it.existing}
     if rows_to_insert:
-        # RETURNING the whole rows: no read-back after the insert.
+        # RETURNING the whole rows: no read-back after the insert. A Core insert (rows
+        # with attribute access, like a Job): no ORM object per job of a big batch.
+        table: Table = Job.__table__  # type: ignore[assignment]
         inserted = list(
-            await session.scalars(
-                insert(Job)
+            await session.execute(
+                insert(table)
                 .on_conflict_do_nothing(
-                    index_elements=[Job.idempotency_key],
+                    index_elements=[table.c.idempotency_key],
                     index_where=text("idempotency_key IS NOT NULL"),
                 )
-                .returning(Job),
+                .returning(*table.c),
                 rows_to_insert,
             )
         )
