@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from uuid_utils.compat import uuid7
 
 from shared.catalog import TaskCatalog, TaskTypeInfo
+from shared.db import is_db_outage
 from shared.errors import (
     InvalidJobRequest,
     JobConflict,
@@ -514,7 +515,15 @@ async def submit_one_fast(
         actor.key_id, actor.role, "job.submit", actor.client, it.id, "ok",
         {"job_ids": [str(it.id)], "count": 1},
     )  # fmt: skip
-    record = await pool.fetchrow(_fast_insert_sql(tuple(row)), *row.values(), *audit)
+    async with pool.acquire(timeout=5) as conn:
+        try:
+            record = await conn.fetchrow(
+                _fast_insert_sql(tuple(row)), *row.values(), *audit, timeout=10
+            )
+        except Exception as exc:
+            if not isinstance(exc, asyncpg.PostgresError) or is_db_outage(exc):
+                conn.terminate()  # never hand a broken connection to the next request
+            raise
     job = SimpleNamespace(**dict(record))
     event = JobStateChanged(
         job_id=job.id, type=job.type, old_status=None, new_status=job.status, attempt=0,
@@ -531,16 +540,19 @@ class IdempotencyRace(Exception):
 
 
 def job_to_read(job: Job) -> JobRead:
-    return JobRead(
+    """The API's view of a stored row. Built without re-validation (``model_construct``):
+    the values come from the database through typed columns, and validating every job
+    of a 2,000-job batch again was a quarter of its request time."""
+    return JobRead.model_construct(
         id=job.id,
         type=job.type,
         name=job.name,
         status=S(job.status),
         priority=Priority.from_rank(job.priority),
         payload=job.payload,
-        resources=Resources(cpu_units=job.cpu_units, memory_mb=job.memory_mb),
+        resources=Resources.model_construct(cpu_units=job.cpu_units, memory_mb=job.memory_mb),
         depends_on=list(job.depends_on or []),
-        retry=RetryPolicy(
+        retry=RetryPolicy.model_construct(
             max_attempts=job.max_attempts,
             initial_delay_seconds=job.retry_initial_delay,
             backoff_multiplier=job.retry_backoff,

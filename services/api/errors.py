@@ -87,6 +87,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(SQLAlchemyError)
     @app.exception_handler(asyncpg.PostgresError)  # the raw pool of the submit fast path
     @app.exception_handler(asyncpg.InterfaceError)
+    @app.exception_handler(asyncpg.InternalClientError)
     @app.exception_handler(OSError)
     @app.exception_handler(asyncio.TimeoutError)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:

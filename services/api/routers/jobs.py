@@ -129,11 +129,14 @@ async def submit_batch(
     request: Request,
     session: SessionDep,
     actor: SubmitterDep,
-) -> BatchRead:
+) -> Response:
     """Submit a DAG at once: ``depends_on`` may name ``@ref`` of any job of the same
     request, or ids of stored jobs. All or nothing; a cycle is refused naming it."""
     result = await _submit(request, session, actor, body.jobs, batch=True)
-    return BatchRead(jobs=[job_to_read(j) for j in result.jobs])
+    # Built and checked once here (job_to_read validates each job), then serialized
+    # directly: FastAPI would validate the whole answer a second time.
+    answer = BatchRead(jobs=[job_to_read(j) for j in result.jobs])
+    return Response(answer.model_dump_json(), status_code=201, media_type="application/json")
 
 
 @router.get(
