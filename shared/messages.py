@@ -11,7 +11,6 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-import orjson
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from shared.errors import DecodeError
@@ -293,7 +292,9 @@ def dispatches_for(worker_id: str, dispatches: list[JobDispatch]) -> list[tuple[
 
 
 def encode(message: _Message) -> bytes:
-    return orjson.dumps(message.model_dump(mode="json"))
+    # pydantic-core's own serializer: one pass, no intermediate dict (a batch of 500
+    # items cost a model_dump plus an orjson pass before).
+    return message.model_dump_json().encode()
 
 
 def decode(body: bytes) -> Message:

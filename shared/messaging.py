@@ -135,7 +135,10 @@ async def ack_all(deliveries: Sequence[Delivery]) -> None:
     consumer that buffers its deliveries in arrival order and settles them in order)."""
     last: dict[int, Delivery] = {}
     for d in deliveries:
-        key = id(d._raw.channel)
+        try:
+            key = id(d._raw.channel)
+        except _BROKER_ERRORS:
+            continue  # its channel is gone: the broker redelivers it (handlers are idempotent)
         prev = last.get(key)
         if prev is None or (d._raw.delivery_tag or 0) > (prev._raw.delivery_tag or 0):
             last[key] = d

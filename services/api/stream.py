@@ -183,6 +183,8 @@ class EventHub:
                 listener(message)
             except Exception:
                 log.exception("event listener failed on %s", getattr(message, "kind", "?"))
+        if not self.subscribers and not isinstance(message, JobLog):
+            return  # nobody is watching, and only log lines are remembered for replay
         converted = to_envelope(message)
         if converted is None:
             return
