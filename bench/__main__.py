@@ -110,7 +110,8 @@ class Stack:
         self._start("logger", "-m", "services.logger")
         for i in range(self.workers):
             self._start(f"worker{i}", "-m", "services.worker", "--worker-id", f"bench-w{i}",
-                        "--threads", os.environ.get("BENCH_THREADS", "32"))  # fmt: skip
+                        "--threads", os.environ.get("BENCH_THREADS", "32"),
+                        "--cpu-units", os.environ.get("BENCH_CPU_UNITS", "2"))  # fmt: skip
         self.procs.append(subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "bench.bare_app:app", "--port", str(self.bare_port), "--log-level", "warning"],
             cwd=ROOT, env=self.env))  # fmt: skip
