@@ -346,6 +346,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         "runs": runs,
         "jobs": args.jobs,
         "worker_threads": int(os.environ.get("BENCH_THREADS", "32")),
+        "worker_cpu_units": float(os.environ.get("BENCH_CPU_UNITS", "2")),
     }
     async with Stack(workers=2) as stack:
         results["machine"] = await machine(stack)
