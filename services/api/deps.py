@@ -44,6 +44,7 @@ async def resolve_token(state: Any, session: AsyncSession, token: str | None) ->
     cache = getattr(state, "key_cache", None)
     if cache is not None and (known := cache.get(digest)) is not None:
         return known
+    generation = cache.generation if cache is not None else 0
     row = (
         await session.execute(
             select(ApiKey.id, ApiKey.role, ApiKey.label, ApiKey.key_hash).where(
@@ -57,7 +58,7 @@ async def resolve_token(state: Any, session: AsyncSession, token: str | None) ->
         )
     actor = Actor(key_id=str(row.id), role=row.role, label=row.label)
     if cache is not None:
-        cache.put(digest, actor)
+        cache.put(digest, actor, generation)
     return actor
 
 

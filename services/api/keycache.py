@@ -32,6 +32,9 @@ class KeyCache:
         self.ttl = ttl
         self.max_entries = max_entries
         self._entries: dict[str, tuple[float, Actor]] = {}
+        # Bumped by every clear: a lookup that started before a revocation must not put
+        # its (now stale) answer in the cache after the revocation cleared it.
+        self.generation = 0
         self._listening = False
         self._task: asyncio.Task[None] | None = None
 
@@ -48,14 +51,17 @@ class KeyCache:
             return None
         return entry[1]
 
-    def put(self, digest: str, actor: Actor) -> None:
-        if not self.active:
+    def put(self, digest: str, actor: Actor, generation: int) -> None:
+        """Remember ``actor``, unless the cache was cleared since ``generation`` was read
+        (before the database lookup that produced ``actor``)."""
+        if not self.active or generation != self.generation:
             return
         if len(self._entries) >= self.max_entries:
             self._entries.clear()
         self._entries[digest] = (time.monotonic() + self.ttl, actor)
 
     def clear(self) -> None:
+        self.generation += 1
         self._entries.clear()
 
     def start(self) -> None:

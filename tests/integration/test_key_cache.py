@@ -33,3 +33,22 @@ async def test_revoke_on_one_replica_is_refused_by_another(
 
             # The NOTIFY arrives within milliseconds; the cache's own expiry is 10 s.
             await wait_for(refused, timeout=2, what="the other replica refuses the key")
+
+
+async def test_a_lookup_that_raced_a_revocation_is_not_remembered(
+    app: object, settings: Settings
+) -> None:
+    from shared.jobs import Actor
+
+    cache = app.state.key_cache  # type: ignore[attr-defined]
+
+    async def listening() -> bool:
+        return bool(cache.active)
+
+    await wait_for(listening, timeout=10, what="the replica listens for revocations")
+    before = cache.generation  # a request reads the generation, then the key row...
+    cache.clear()  # ...a revocation's NOTIFY arrives meanwhile...
+    cache.put("digest", Actor(key_id="k", role="viewer"), before)  # ...then it answers
+    assert cache.get("digest") is None
+    cache.put("digest", Actor(key_id="k", role="viewer"), cache.generation)
+    assert cache.get("digest") is not None
