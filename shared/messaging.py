@@ -198,6 +198,8 @@ class Outbox:
                     await self._broker.publish_many([(m, None) for m in chunk])
                 except BrokerUnavailable as exc:
                     log.warning("%d message(s) not published: %s", len(chunk), exc)
+                except Exception:  # a bug must not silence every later notification
+                    log.exception("%d message(s) not published", len(chunk))
             self._idle.set()
 
     async def flush(self, timeout: float = 5.0) -> None:

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from sqlalchemy import case, func, select, update
+from sqlalchemy import case, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from uuid_utils.compat import uuid7
@@ -68,6 +68,9 @@ async def bootstrap_api_keys(session: AsyncSession, keys: dict[str, str]) -> int
         )
         .values(revoked_at=func.now(), revoked_reason="env-removed")
     )
+    # Roles and revocations may have changed: running replicas forget what they
+    # remembered (services/api/keycache.py).
+    await session.execute(text("SELECT pg_notify('switchyard_api_keys', 'env')"))
     return int(
         await session.scalar(
             select(func.count()).select_from(ApiKey).where(ApiKey.revoked_at.is_(None))

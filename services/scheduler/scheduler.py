@@ -320,9 +320,10 @@ class Scheduler:
             # Also the safety net for jobs whose wake-up hint was never published.
             self._maybe_ready = True
             async with self._sessionmaker() as session:
-                events.extend(
-                    await store.promote_due(session, limit=self.settings.scheduler_batch_size)
-                )
+                due = await store.promote_due(session, limit=self.settings.scheduler_batch_size)
+                if len(due) >= self.settings.scheduler_batch_size:
+                    self._last_timed = 0.0  # more are due: again next cycle, not next tick
+                events.extend(due)
                 fired, new_jobs = await fire_due_schedules(
                     session, catalog=self.catalog, limits=self.limits
                 )
@@ -524,6 +525,7 @@ class Scheduler:
         assert self._sessionmaker is not None
         if not self._maybe_ready:
             return  # the last look found the ready queue empty and nothing came since
+        wide = False
         for _ in range(20):  # bounded: let other work (reports) in between
             views = self._views()
             free = sum(max(0, v.slots - v.used_slots) for v in views if v.accepting)
@@ -531,7 +533,8 @@ class Scheduler:
                 return  # nothing can be placed: do not read candidates at all
             # Enough heads per priority to fill every free slot, and some more so that
             # jobs too big for the free room now do not hide smaller ones (backfill).
-            batch = min(self.settings.scheduler_batch_size, max(32, 2 * free))
+            full = self.settings.scheduler_batch_size
+            batch = full if wide else min(full, max(32, 2 * free))
             async with self._sessionmaker() as session:
                 candidates = await store.ready_candidates(session, per_priority=batch)
                 if not candidates:
@@ -541,6 +544,12 @@ class Scheduler:
                 plan = plan_placements(
                     candidates, views, now=now, aging_seconds=self.settings.aging_seconds
                 )
+                if not plan.placements and batch < full and len(candidates) >= batch:
+                    # The heads read fit nowhere now (no worker runs their type, or too
+                    # big for the room left), and there may be more behind them: look
+                    # as far back as SWITCHYARD_SCHEDULER_BATCH_SIZE before giving up.
+                    wide = True
+                    continue
                 placed = await store.mark_dispatched(
                     session,
                     [(job.id, worker_id) for job, worker_id in plan.placements],

@@ -334,3 +334,16 @@ def test_sigterm_hands_back_what_outlives_the_grace(stack: Stack) -> None:
         ]
 
     stack.wait_for(recorded, what="handed_back then completed in executions")
+
+
+def test_jobs_that_fit_nowhere_do_not_hide_one_that_fits(stack: Stack) -> None:
+    """More unplaceable heads than the scheduler's narrow window (32 per priority with
+    few free slots) in front of a job that fits: it still runs."""
+    stack.worker("narrow", "--threads", "2", "--cpu-units", "1", "--memory-mb", "512")
+    body = {"jobs": [{"type": "demo.echo", "resources": {"cpu_units": 16}} for _ in range(40)]}
+    r = stack.http.post("/jobs/batch", json=body)
+    assert r.status_code == 201, r.text
+    small = stack.submit({"type": "demo.echo", "payload": {"x": 1}})
+    assert stack.wait_status(small["id"], "completed")["worker_id"] == "narrow"
+    blocked = stack.sql("SELECT count(*) AS n FROM jobs WHERE status = 'ready'")[0]["n"]
+    assert blocked == 40
