@@ -194,6 +194,39 @@ Item = Annotated[
 # per hop is what caps a Python queue: see docs/performance.md).
 BATCHABLE = frozenset({"job.dispatch", "job.status", "job.state", "job.logs"})
 MAX_BATCH_ITEMS = 500
+# A batch body stays well under RabbitMQ's max_message_size (16 MiB by default on 4.x).
+MAX_BATCH_BYTES = 4 * 2**20
+
+
+def approx_size(message: Any) -> int:
+    """About how many bytes ``message`` takes encoded (its free-form parts counted)."""
+    n = 300
+    for name in ("message", "error", "traceback", "reason"):
+        value = getattr(message, name, None)
+        if isinstance(value, str):
+            n += len(value)
+    for name in ("result", "payload"):
+        value = getattr(message, name, None)
+        if value is not None:
+            n += len(orjson.dumps(value))
+    return n
+
+
+def _chunks(messages: list[Any]) -> list[list[Any]]:
+    """Consecutive runs of at most MAX_BATCH_ITEMS items and about MAX_BATCH_BYTES."""
+    out: list[list[Any]] = []
+    run: list[Any] = []
+    size = 0
+    for m in messages:
+        n = approx_size(m)
+        if run and (len(run) >= MAX_BATCH_ITEMS or size + n > MAX_BATCH_BYTES):
+            out.append(run)
+            run, size = [], 0
+        run.append(m)
+        size += n
+    if run:
+        out.append(run)
+    return out
 
 
 class Batch(_Message):
@@ -233,11 +266,11 @@ def batched(messages: list[_Message]) -> list[_Message]:
     run: list[_Message] = []
 
     def close() -> None:
-        if len(run) == 1:
-            out.append(run[0])
-        elif run:
-            kind = run[0].kind  # type: ignore[attr-defined]
-            out.append(Batch(of=kind, items=run))  # type: ignore[arg-type]
+        for chunk in _chunks(run):
+            if len(chunk) == 1:
+                out.append(chunk[0])
+            else:
+                out.append(Batch(of=chunk[0].kind, items=chunk))
         run.clear()
 
     for m in messages:
@@ -246,7 +279,7 @@ def batched(messages: list[_Message]) -> list[_Message]:
             close()
             out.append(m)
             continue
-        if run and (run[0].kind != kind or len(run) >= MAX_BATCH_ITEMS):  # type: ignore[attr-defined]
+        if run and run[0].kind != kind:  # type: ignore[attr-defined]
             close()
         run.append(m)
     close()
@@ -281,15 +314,13 @@ def dispatch_key(worker_id: str, job_id: UUID | None) -> str:
 def dispatches_for(worker_id: str, dispatches: list[JobDispatch]) -> list[tuple[_Message, str]]:
     """One worker's dispatches as messages with their routing keys: batches of up to
     MAX_BATCH_ITEMS, or the plain dispatch when there is one."""
-    if len(dispatches) == 1:
-        return [(dispatches[0], dispatch_key(worker_id, dispatches[0].job_id))]
-    return [
-        (
-            Batch(of="job.dispatch", items=dispatches[i : i + MAX_BATCH_ITEMS]),  # type: ignore[arg-type]
-            dispatch_key(worker_id, None),
-        )
-        for i in range(0, len(dispatches), MAX_BATCH_ITEMS)
-    ]
+    out: list[tuple[_Message, str]] = []
+    for chunk in _chunks(dispatches):
+        if len(chunk) == 1:
+            out.append((chunk[0], dispatch_key(worker_id, chunk[0].job_id)))
+        else:
+            out.append((Batch(of="job.dispatch", items=chunk), dispatch_key(worker_id, None)))
+    return out
 
 
 def encode(message: _Message) -> bytes:

@@ -9,6 +9,7 @@ import pytest
 
 from shared.errors import DecodeError
 from shared.messages import (
+    MAX_BATCH_BYTES,
     MAX_BATCH_ITEMS,
     Batch,
     JobCancel,
@@ -69,7 +70,11 @@ def test_dispatches_batch_per_worker_with_the_worker_in_the_key() -> None:
     assert dispatches_for("w1", [one]) == [(one, f"job.dispatch.w1.{one.job_id}")]
     many = [dispatch() for _ in range(MAX_BATCH_ITEMS + 1)]
     out = dispatches_for("w1", many)
-    assert [key for _, key in out] == ["job.dispatch.w1.batch"] * 2
+    # A remainder of one goes as the plain dispatch.
+    assert [key for _, key in out] == [
+        "job.dispatch.w1.batch",
+        f"job.dispatch.w1.{many[-1].job_id}",
+    ]
     assert [m for msg, _ in out for m in unpack(msg)] == many  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="worker id"):
         routing_key(out[0][0])
@@ -85,3 +90,17 @@ def test_a_batch_holds_one_kind_and_at_least_one_item() -> None:
         decode(body)
     with pytest.raises(DecodeError):
         decode(b'{"v":1,"kind":"batch","of":"job.logs","items":[]}')
+
+
+def test_batches_are_capped_by_size_too() -> None:
+    big = "x" * (MAX_BATCH_BYTES // 3)
+    reports = [
+        JobStatusReport(
+            job_id=uuid.uuid4(), attempt=1, worker_id="w1", status="completed", result={"r": big}
+        )
+        for _ in range(7)
+    ]
+    out = batched(reports)  # type: ignore[arg-type]
+    assert [len(unpack(m)) for m in out] == [2, 2, 2, 1]  # the last one alone: plain
+    assert all(len(encode(m)) < MAX_BATCH_BYTES for m in out)
+    assert [r for m in out for r in unpack(m)] == reports  # type: ignore[arg-type]
