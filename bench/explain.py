@@ -19,33 +19,12 @@ from pathlib import Path
 
 import asyncpg
 
+from bench.scale import LOAD
+
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN = os.environ.get("TEST_DATABASE_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 DB = "swy_explain"
 
-LOAD = """
-INSERT INTO jobs (id, type, status, priority, payload, cpu_units, memory_mb, max_attempts,
-                  retry_initial_delay, retry_backoff, retry_max_delay, attempts, run_at,
-                  created_at, updated_at, idempotency_key, worker_id)
-SELECT gen_random_uuid(),
-       (ARRAY['demo.echo', 'demo.sleep', 'etl.load', 'ml.train', 'report.pdf'])[1 + g % 5],
-       CASE WHEN g % 1000 < 940 THEN 'completed'
-            WHEN g % 1000 < 970 THEN 'failed'
-            WHEN g % 1000 < 975 THEN 'cancelled'
-            WHEN g % 1000 < 985 THEN 'ready'
-            WHEN g % 1000 < 990 THEN 'pending'
-            WHEN g % 1000 < 993 THEN 'retrying'
-            WHEN g % 1000 < 996 THEN 'blocked'
-            ELSE 'running' END,
-       g % 4, '{}'::jsonb, 1, 128, 3, 1, 2, 300, 1,
-       now() - make_interval(secs => ($1 - g) * 0.5) + CASE WHEN g % 1000 BETWEEN 985 AND 989
-            THEN interval '1 hour' ELSE interval '0' END,
-       now() - make_interval(secs => ($1 - g) * 0.5),
-       now() - make_interval(secs => ($1 - g) * 0.5),
-       CASE WHEN g % 3 = 0 THEN 'key-' || g END,
-       CASE WHEN g % 1000 >= 996 THEN 'worker-' || (g % 8) END
-FROM generate_series(1, $1) AS g
-"""
 
 QUERIES = {
     "claim (heads of the ready index, per priority)": (
@@ -64,7 +43,7 @@ ADHOC = {
     "LIST_ALL": "SELECT * FROM jobs WHERE (created_at, id) < (now(), 'ffffffff-ffff-ffff-ffff-ffffffffffff'::uuid) ORDER BY created_at DESC, id DESC LIMIT 101",
     "LIST_FAILED": "SELECT * FROM jobs WHERE status IN ('failed') AND (created_at, id) < (now(), 'ffffffff-ffff-ffff-ffff-ffffffffffff'::uuid) ORDER BY created_at DESC, id DESC LIMIT 101",
     "LIST_TYPE": "SELECT * FROM jobs WHERE type = 'etl.load' ORDER BY created_at DESC, id DESC LIMIT 101",
-    "IDEMPOTENCY": "SELECT * FROM jobs WHERE idempotency_key IN ('key-300000')",
+    "IDEMPOTENCY": "SELECT * FROM jobs WHERE idempotency_key IN ('key-5400000')",
 }
 
 
@@ -82,7 +61,7 @@ async def main(rows: int, keep: bool) -> None:
     )
     conn = await asyncpg.connect(url)
     start = time.monotonic()
-    await conn.execute(LOAD, rows)
+    await conn.execute(LOAD, 6_000_000 - rows + 1, 6_000_000)  # the newest `rows` rows
     await conn.execute("VACUUM ANALYZE jobs")
     print(f"-- loaded {rows:,} jobs in {time.monotonic() - start:.1f} s")
     counts = await conn.fetch("SELECT status, count(*) FROM jobs GROUP BY 1 ORDER BY 1")

@@ -65,6 +65,21 @@ async def create_pool(settings: Settings, *, max_size: int = 10) -> asyncpg.Pool
     return pool
 
 
+async def pool_fetchrow(pool: asyncpg.Pool, sql: str, *args: object) -> asyncpg.Record:
+    """One statement on ``pool``, bounded in time; a connection that failed for another
+    reason than the statement itself (the server terminated it while it idled in the
+    pool, an outage) is dropped, never handed to the next caller."""
+    async with pool.acquire(timeout=5) as conn:
+        try:
+            record = await conn.fetchrow(sql, *args, timeout=10)
+        except Exception as exc:
+            if not isinstance(exc, asyncpg.PostgresError) or is_db_outage(exc):
+                conn.terminate()
+            raise
+    assert record is not None
+    return record
+
+
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)
 

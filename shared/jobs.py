@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from uuid_utils.compat import uuid7
 
 from shared.catalog import TaskCatalog, TaskTypeInfo
-from shared.db import is_db_outage
+from shared.db import pool_fetchrow
 from shared.errors import (
     InvalidJobRequest,
     JobConflict,
@@ -411,16 +411,7 @@ async def submit_jobs(
 
     jobs = [stored[it.existing.id if it.existing else it.id] for it in items]
     events = [
-        JobStateChanged(
-            job_id=job.id,
-            type=job.type,
-            old_status=None,
-            new_status=job.status,
-            attempt=0,
-            reason=job.error or "submitted",
-        )
-        for job, it in zip(jobs, items, strict=True)
-        if it.existing is None
+        submitted_event(job) for job, it in zip(jobs, items, strict=True) if it.existing is None
     ]
     return SubmitResult(jobs=jobs, created=[it.existing is None for it in items], events=events)
 
@@ -515,21 +506,21 @@ async def submit_one_fast(
         actor.key_id, actor.role, "job.submit", actor.client, it.id, "ok",
         {"job_ids": [str(it.id)], "count": 1},
     )  # fmt: skip
-    async with pool.acquire(timeout=5) as conn:
-        try:
-            record = await conn.fetchrow(
-                _fast_insert_sql(tuple(row)), *row.values(), *audit, timeout=10
-            )
-        except Exception as exc:
-            if not isinstance(exc, asyncpg.PostgresError) or is_db_outage(exc):
-                conn.terminate()  # never hand a broken connection to the next request
-            raise
+    record = await pool_fetchrow(pool, _fast_insert_sql(tuple(row)), *row.values(), *audit)
     job = SimpleNamespace(**dict(record))
-    event = JobStateChanged(
-        job_id=job.id, type=job.type, old_status=None, new_status=job.status, attempt=0,
-        reason="submitted",
-    )  # fmt: skip
-    return job, event
+    return job, submitted_event(job)
+
+
+def submitted_event(job: Any) -> JobStateChanged:
+    """The ``job.state`` event of a newly stored job (None -> its first status)."""
+    return JobStateChanged(
+        job_id=job.id,
+        type=job.type,
+        old_status=None,
+        new_status=job.status,
+        attempt=0,
+        reason=job.error or "submitted",
+    )
 
 
 class IdempotencyRace(Exception):

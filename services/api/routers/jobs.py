@@ -24,7 +24,7 @@ from shared.jobs import (
     submit_jobs,
     submit_one_fast,
 )
-from shared.messages import JobCancel, JobSubmitted, _Message
+from shared.messages import JobCancel, JobStateChanged, JobSubmitted, _Message
 from shared.schemas import (
     BatchCreate,
     BatchRead,
@@ -67,21 +67,23 @@ async def _submit(
         except BaseException:
             await session.rollback()
             raise
-    messages: list[_Message] = list(result.events)
-    # One wake-up hint per request (it only tells the scheduler to look now), for the
-    # first job the scheduler has something to do with.
-    messages.extend(
-        [
-            JobSubmitted(job_id=job.id, type=job.type, priority=Priority.from_rank(job.priority))
-            for job, created in zip(result.jobs, result.created, strict=True)
-            if created and job.status in (JobStatus.READY, JobStatus.PENDING)
-        ][:1]
-    )
-    publish_after_commit(state.outbox, messages)
-    for job, created in zip(result.jobs, result.created, strict=True):
-        if created:
-            state.metrics.submitted.labels(job.type, Priority.from_rank(job.priority).value).inc()
+    created = [job for job, new in zip(result.jobs, result.created, strict=True) if new]
+    _announce(state, result.events, created)
     return result
+
+
+def _announce(state: Any, events: list[JobStateChanged], created: list[Any]) -> None:
+    """After the commit: the state events, one wake-up hint per request (it only tells
+    the scheduler to look now) for the first job it has something to do with, and the
+    submitted counter."""
+    messages: list[_Message] = list(events)
+    hinted = next((j for j in created if j.status in (JobStatus.READY, JobStatus.PENDING)), None)
+    if hinted is not None:
+        priority = Priority.from_rank(hinted.priority)
+        messages.append(JobSubmitted(job_id=hinted.id, type=hinted.type, priority=priority))
+    publish_after_commit(state.outbox, messages)
+    for job in created:
+        state.metrics.submitted.labels(job.type, Priority.from_rank(job.priority).value).inc()
 
 
 @router.post(
@@ -107,9 +109,7 @@ async def submit_job(
             state.pool, session, catalog=state.catalog, spec=body, actor=actor,
             limits=state.limits,
         )  # fmt: skip
-        hint = JobSubmitted(job_id=job.id, type=job.type, priority=body.priority.value)
-        publish_after_commit(state.outbox, [event, hint])
-        state.metrics.submitted.labels(job.type, body.priority.value).inc()
+        _announce(state, [event], [job])
         return job_to_read(job)
     result = await _submit(request, session, actor, [body], batch=False)
     if not result.created[0]:
