@@ -19,7 +19,7 @@ from uuid import UUID
 
 import asyncpg
 import orjson
-from sqlalchemy import Table, select, text, tuple_, update
+from sqlalchemy import select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from uuid_utils.compat import uuid7
@@ -123,13 +123,32 @@ async def prepare_submission(
     *,
     where: str,
 ) -> _Prepared:
-    task = await catalog.get(session, spec.type)
+    task = await task_type(session, catalog, spec.type, where=where)
+    return prepare(task, spec, actor, limits, where=where)
+
+
+async def task_type(
+    session: AsyncSession, catalog: TaskCatalog, name: str, *, where: str
+) -> TaskTypeInfo:
+    task = await catalog.get(session, name)
     if task is None:
         known = await catalog.names(session)
         raise InvalidJobRequest(
-            f"{where}type: unknown task type {spec.type!r}; registered types: "
+            f"{where}type: unknown task type {name!r}; registered types: "
             + (", ".join(known) if known else "none (start a worker that registers tasks)")
         )
+    return task
+
+
+def prepare(
+    task: TaskTypeInfo,
+    spec: JobCreate | BatchJobCreate,
+    actor: Actor,
+    limits: Limits,
+    *,
+    where: str,
+) -> _Prepared:
+    """Validate ``spec`` against its task type and the limits; apply the defaults."""
     if task.roles and not actor.has_role("admin") and actor.role not in task.roles:
         raise PermissionDenied(
             f"task type {spec.type!r} may only be submitted by role(s) "
@@ -152,10 +171,13 @@ async def prepare_submission(
             f"{where}depends_on lists {len(spec.depends_on)} jobs; "
             f"the limit is {limits.max_dependencies}"
         )
-    given_res = spec.resources.model_dump(exclude_none=True) if spec.resources else {}
-    resources = task.resources.model_copy(update=given_res)
-    given_retry = spec.retry.model_dump(exclude_none=True) if spec.retry else {}
-    retry = task.retry.model_copy(update=given_retry)
+    # The task's defaults as they are when the request gives none (they are not mutated).
+    resources = task.resources
+    if spec.resources:
+        resources = resources.model_copy(update=spec.resources.model_dump(exclude_none=True))
+    retry = task.retry
+    if spec.retry:
+        retry = retry.model_copy(update=spec.retry.model_dump(exclude_none=True))
     timeout = spec.timeout_seconds if spec.timeout_seconds is not None else task.timeout_seconds
     # The fingerprint covers the request after defaults, so "same request" means the
     # same job would be built; run_at counts only when the client gave one. Only an
@@ -164,7 +186,7 @@ async def prepare_submission(
     if spec.idempotency_key:
         fingerprint = _fingerprint(spec, resources, retry, timeout)
     return _Prepared(
-        id=UUID(str(uuid7())),
+        id=uuid7(),
         spec=spec,
         task=task,
         resources=resources,
@@ -262,12 +284,14 @@ async def submit_jobs(
         raise InvalidJobRequest(
             f"jobs: the batch has {len(specs)} jobs; the limit is {limits.max_batch_jobs}"
         )
-    items = [
-        await prepare_submission(
-            session, catalog, spec, actor, limits, where=f"jobs[{i}]." if batch else ""
-        )
-        for i, spec in enumerate(specs)
-    ]
+    tasks: dict[str, TaskTypeInfo] = {}  # each type looked up once per request
+    items = []
+    for i, spec in enumerate(specs):
+        where = f"jobs[{i}]." if batch else ""
+        task = tasks.get(spec.type)
+        if task is None:
+            task = tasks[spec.type] = await task_type(session, catalog, spec.type, where=where)
+        items.append(prepare(task, spec, actor, limits, where=where))
     if batch:
         _resolve_batch_refs(items)
     else:
@@ -371,20 +395,16 @@ async def submit_jobs(
     # Stored jobs (ORM rows) and inserted ones (Core rows): both read by attribute.
     stored: dict[UUID, Any] = {it.existing.id: it.existing for it in items if it.existing}
     if rows_to_insert:
-        # RETURNING the whole rows: no read-back after the insert. A Core insert (rows
-        # with attribute access, like a Job): no ORM object per job of a big batch.
-        table: Table = Job.__table__  # type: ignore[assignment]
-        inserted = list(
-            await session.execute(
-                insert(table)
-                .on_conflict_do_nothing(
-                    index_elements=[table.c.idempotency_key],
-                    index_where=text("idempotency_key IS NOT NULL"),
-                )
-                .returning(*table.c),
-                rows_to_insert,
-            )
-        )
+        # One INSERT ... SELECT FROM unnest(one array per column) RETURNING the whole
+        # rows: no read-back, and asyncpg encodes each column in one go (a multi-row
+        # VALUES list cost SQLAlchemy a bind parameter per value).
+        columns = {name: [r[name] for r in rows_to_insert] for name in _INSERT_TYPES}
+        columns["payload"] = [orjson.dumps(p).decode() for p in columns["payload"]]
+        columns["depends_on"] = [_uuid_array(d) for d in columns["depends_on"]]
+        table = Job.__table__
+        # .columns(): typed results (jsonb decoded, as the ORM reads it).
+        returning = text(_INSERT_UNNEST).columns(*table.c)
+        inserted = list(await session.execute(returning, columns))
         stored.update((job.id, job) for job in inserted)
         if len(inserted) != len(rows_to_insert):
             # A concurrent request took one of our idempotency keys between our check
@@ -414,6 +434,32 @@ async def submit_jobs(
         submitted_event(job) for job, it in zip(jobs, items, strict=True) if it.existing is None
     ]
     return SubmitResult(jobs=jobs, created=[it.existing is None for it in items], events=events)
+
+
+# Column -> the array type its values travel as (cast to the column type on insert).
+_INSERT_TYPES = {
+    "id": "uuid", "type": "text", "name": "text", "status": "text", "priority": "smallint",
+    "payload": "text", "cpu_units": "float8", "memory_mb": "int", "timeout_seconds": "float8",
+    "max_attempts": "int", "retry_initial_delay": "float8", "retry_backoff": "float8",
+    "retry_max_delay": "float8", "run_at": "timestamptz", "depends_on": "text",
+    "unmet_dependencies": "int", "error": "text", "idempotency_key": "text",
+    "idempotency_fingerprint": "text", "created_by": "text", "created_at": "timestamptz",
+    "updated_at": "timestamptz", "ready_at": "timestamptz", "finished_at": "timestamptz",
+}  # fmt: skip
+_CASTS = {"payload": "payload::jsonb", "depends_on": "depends_on::uuid[]"}
+_INSERT_UNNEST = (
+    f"INSERT INTO jobs ({', '.join(_INSERT_TYPES)}) "
+    f"SELECT {', '.join(_CASTS.get(c, c) for c in _INSERT_TYPES)} FROM unnest("
+    + ", ".join(f"CAST(:{c} AS {t}[])" for c, t in _INSERT_TYPES.items())
+    + f") AS u({', '.join(_INSERT_TYPES)}) "
+    "ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING "
+    "RETURNING *"
+)
+
+
+def _uuid_array(ids: Sequence[UUID]) -> str:
+    """A uuid[] literal: a column of arrays cannot travel as one array of arrays."""
+    return "{" + ",".join(str(i) for i in ids) + "}"
 
 
 def _job_row(
@@ -565,6 +611,56 @@ def job_to_read(job: Job) -> JobRead:
         cancel_requested=job.cancel_requested,
         waiting_reason=waiting_reason(job),
     )
+
+
+def jobs_json(jobs: Sequence[Any], *, key: str = "jobs") -> bytes:
+    """``{key: [JobRead, ...]}`` as JSON bytes, the same bytes as pydantic writes for
+    ``JobRead`` (field order, ``Z`` times), without building a model per job: for a
+    2,000-job batch, building and dumping the models was a third of the request."""
+    return orjson.dumps({key: [job_dict(j) for j in jobs]}, option=orjson.OPT_UTC_Z)
+
+
+def job_json(job: Any) -> bytes:
+    """One job as ``JobRead`` JSON (see ``jobs_json``)."""
+    return orjson.dumps(job_dict(job), option=orjson.OPT_UTC_Z)
+
+
+def job_dict(job: Any) -> dict[str, Any]:
+    """``job_to_read(job)`` as plain JSON-ready values (see ``jobs_json``)."""
+    return {
+        "id": str(job.id),
+        "type": job.type,
+        "name": job.name,
+        "status": job.status,
+        "priority": _PRIORITY_NAME[job.priority],
+        "payload": job.payload,
+        "resources": {"cpu_units": float(job.cpu_units), "memory_mb": job.memory_mb},
+        "depends_on": [str(d) for d in job.depends_on or ()],
+        "retry": {
+            "max_attempts": job.max_attempts,
+            "initial_delay_seconds": float(job.retry_initial_delay),
+            "backoff_multiplier": float(job.retry_backoff),
+            "max_delay_seconds": float(job.retry_max_delay),
+        },
+        "timeout_seconds": None if job.timeout_seconds is None else float(job.timeout_seconds),
+        "attempts": job.attempts,
+        "worker_id": job.worker_id,
+        "result": job.result,
+        "error": job.error,
+        "progress": job.progress,
+        "created_at": job.created_at,
+        "updated_at": job.updated_at,
+        "started_at": job.started_at,
+        "finished_at": job.finished_at,
+        "run_at": job.run_at,
+        "created_by": job.created_by,
+        "idempotency_key": job.idempotency_key,
+        "cancel_requested": job.cancel_requested,
+        "waiting_reason": waiting_reason(job),
+    }
+
+
+_PRIORITY_NAME = {rank: Priority.from_rank(rank).value for rank in range(4)}
 
 
 def waiting_reason(job: Job) -> str | None:

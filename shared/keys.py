@@ -32,9 +32,7 @@ class NewKey:
 async def create_api_key(session: AsyncSession, *, role: str, label: str, actor: Actor) -> NewKey:
     """A new random key (256 bits); the caller shows ``secret`` once and never again."""
     secret = KEY_PREFIX + secrets.token_urlsafe(32)
-    row = ApiKey(
-        id=UUID(str(uuid7())), key_hash=hash_key(secret), role=role, label=label, source="api"
-    )
+    row = ApiKey(id=uuid7(), key_hash=hash_key(secret), role=role, label=label, source="api")
     session.add(row)
     session.add(
         AuditEntry(

@@ -71,7 +71,7 @@ async def create_schedule(
     if await session.scalar(select(Schedule.id).where(Schedule.name == body.name)):
         raise JobConflict(f"name: a schedule named {body.name!r} exists already")
     row = Schedule(
-        id=UUID(str(uuid7())),
+        id=uuid7(),
         name=body.name,
         cron=body.cron,
         timezone=body.timezone,
