@@ -379,3 +379,26 @@ async def test_batch_reuses_an_idempotent_parent(
     assert a["id"] == stored["id"]
     assert b["depends_on"] == [stored["id"]] and b["status"] == "blocked"
     assert await counts(db) == (2, 1)
+
+
+async def test_batch_answer_is_what_the_job_reads_back(client: httpx.AsyncClient) -> None:
+    """The batch path inserts with unnest and writes its answer without pydantic: each
+    job it answers must be the job GET /jobs/{id} reads from the database."""
+    run_at = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    jobs = [
+        {"type": "demo.echo", "payload": {"i": 1, "nested": {"ü": [1.5, None, True]}}},
+        {"type": "demo.echo", "payload": {}, "name": "second", "priority": "low",
+         "resources": {"cpu_units": 1.5}, "retry": {"max_attempts": 7}, "timeout_seconds": 30,
+         "run_at": run_at, "idempotency_key": "batch-read-back"},
+        {"type": "demo.echo", "payload": {"x": "y"}, "depends_on": ["@0"], "ref": "child"},
+    ]  # fmt: skip
+    r = await client.post("/jobs/batch", json={"jobs": jobs})
+    assert r.status_code == 201, r.text
+    answered = r.json()["jobs"]
+    assert [j["payload"] for j in answered] == [j["payload"] for j in jobs]
+    assert answered[2]["depends_on"] == [answered[0]["id"]]
+    assert answered[1]["idempotency_key"] == "batch-read-back"
+    for job in answered:
+        stored = await client.get(f"/jobs/{job['id']}")
+        assert stored.status_code == 200
+        assert stored.json() == job
