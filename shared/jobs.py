@@ -20,7 +20,7 @@ from uuid import UUID
 import asyncpg
 import orjson
 from sqlalchemy import select, text, tuple_, update
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from uuid_utils.compat import uuid7
 
@@ -344,9 +344,10 @@ async def submit_jobs(
             raise UnknownDependency(f"depends_on: no job with id {', '.join(missing)}")
 
     now = utcnow()
-    order = list(
-        graphlib.TopologicalSorter({i: it.local_deps for i, it in enumerate(items)}).static_order()
-    )
+    order: list[int] = list(range(len(items)))  # parents first; only a DAG needs sorting
+    if any(it.local_deps for it in items):
+        graph = {i: it.local_deps for i, it in enumerate(items)}
+        order = list(graphlib.TopologicalSorter(graph).static_order())
     statuses: dict[int, S] = {}
     rows_to_insert: list[dict[str, Any]] = []
     edges: list[dict[str, Any]] = []
@@ -383,8 +384,11 @@ async def submit_jobs(
         )
         statuses[i] = status
         errors[i] = failed_reason
-        dep_ids = list(dict.fromkeys([*it.external_deps, *(items[j].id for j in it.local_deps)]))
-        edges.extend({"job_id": it.id, "depends_on_id": d} for d in dep_ids)
+        dep_ids: list[UUID] = []
+        if it.external_deps or it.local_deps:
+            local = [items[j].id for j in it.local_deps]
+            dep_ids = list(dict.fromkeys([*it.external_deps, *local]))
+            edges.extend({"job_id": it.id, "depends_on_id": d} for d in dep_ids)
         rows_to_insert.append(
             _job_row(
                 it, status=status, run_at=run_at, now=now, actor=actor, dep_ids=dep_ids,
@@ -401,10 +405,7 @@ async def submit_jobs(
         columns = {name: [r[name] for r in rows_to_insert] for name in _INSERT_TYPES}
         columns["payload"] = [orjson.dumps(p).decode() for p in columns["payload"]]
         columns["depends_on"] = [_uuid_array(d) for d in columns["depends_on"]]
-        table = Job.__table__
-        # .columns(): typed results (jsonb decoded, as the ORM reads it).
-        returning = text(_INSERT_UNNEST).columns(*table.c)
-        inserted = list(await session.execute(returning, columns))
+        inserted = list(await session.execute(_INSERT_RETURNING, columns))
         stored.update((job.id, job) for job in inserted)
         if len(inserted) != len(rows_to_insert):
             # A concurrent request took one of our idempotency keys between our check
@@ -431,7 +432,9 @@ async def submit_jobs(
 
     jobs = [stored[it.existing.id if it.existing else it.id] for it in items]
     events = [
-        submitted_event(job) for job, it in zip(jobs, items, strict=True) if it.existing is None
+        submitted_event(job, ts=now)
+        for job, it in zip(jobs, items, strict=True)
+        if it.existing is None
     ]
     return SubmitResult(jobs=jobs, created=[it.existing is None for it in items], events=events)
 
@@ -455,6 +458,10 @@ _INSERT_UNNEST = (
     "ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING "
     "RETURNING *"
 )
+
+
+# The jsonb columns decoded as the ORM decodes them; asyncpg's values for the others.
+_INSERT_RETURNING = text(_INSERT_UNNEST).columns(payload=JSONB, result=JSONB, progress=JSONB)
 
 
 def _uuid_array(ids: Sequence[UUID]) -> str:
@@ -557,9 +564,10 @@ async def submit_one_fast(
     return job, submitted_event(job)
 
 
-def submitted_event(job: Any) -> JobStateChanged:
+def submitted_event(job: Any, *, ts: datetime | None = None) -> JobStateChanged:
     """The ``job.state`` event of a newly stored job (None -> its first status)."""
     return JobStateChanged(
+        ts=ts or utcnow(),
         job_id=job.id,
         type=job.type,
         old_status=None,

@@ -386,11 +386,11 @@ async def test_batch_answer_is_what_the_job_reads_back(client: httpx.AsyncClient
     job it answers must be the job GET /jobs/{id} reads from the database."""
     run_at = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
     jobs = [
-        {"type": "demo.echo", "payload": {"i": 1, "nested": {"ü": [1.5, None, True]}}},
+        {"type": "demo.echo", "payload": {"i": 1, "nested": {"ü": [1.5, None, True]}}, "ref": "a"},
         {"type": "demo.echo", "payload": {}, "name": "second", "priority": "low",
          "resources": {"cpu_units": 1.5}, "retry": {"max_attempts": 7}, "timeout_seconds": 30,
          "run_at": run_at, "idempotency_key": "batch-read-back"},
-        {"type": "demo.echo", "payload": {"x": "y"}, "depends_on": ["@0"], "ref": "child"},
+        {"type": "demo.echo", "payload": {"x": "y"}, "depends_on": ["@a"]},
     ]  # fmt: skip
     r = await client.post("/jobs/batch", json={"jobs": jobs})
     assert r.status_code == 201, r.text
