@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -247,6 +248,9 @@ class Broker:
         self.url = url
         self.topology = Topology(namespace)
         self.name = name
+        # Sent as each message's AMQP app-id: a consumer can tell its own process's
+        # messages apart without decoding them (see ``consume(skip_own=...)``).
+        self.instance_id = f"{name}-{uuid.uuid4().hex[:12]}"
         self.publish_timeout = publish_timeout
         self._connection: aio_pika.abc.AbstractRobustConnection | None = None
         self._publish_channel: aio_pika.abc.AbstractChannel | None = None
@@ -324,6 +328,7 @@ class Broker:
             content_type="application/json",
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             type=message.kind,  # type: ignore[attr-defined]
+            app_id=self.instance_id,
         )
         try:
             await self._exchange.publish(
@@ -379,13 +384,15 @@ class Broker:
         auto_delete: bool = False,
         arguments: dict[str, Any] | None = None,
         no_ack: bool = False,
+        skip_own: bool = False,
     ) -> Consumer:
         """Declare ``queue_name`` bound to ``bindings`` and hand each delivery to ``handler``.
 
         The handler acks or rejects (with ``no_ack`` the broker forgets each message as
         it sends it: only for fan-out copies that may be lost). An undecodable body is
         rejected without requeue, so it goes to the dead-letter queue instead of
-        looping forever. A handler exception is logged and the message requeued (the
+        looping forever. With ``skip_own`` messages this broker object published are
+        dropped unread. A handler exception is logged and the message requeued (the
         database is the truth, and every handler is idempotent).
         """
         if self._connection is None:
@@ -428,6 +435,18 @@ class Broker:
                 log.exception("handler failed for %s; message requeued", raw.routing_key)
                 await asyncio.sleep(0.5)  # keep a persistent failure from spinning hot
                 await raw.reject(requeue=True)
+
+        if skip_own:
+            # What this process published reaches its handler another way (the API's
+            # hub is handed its own events at once): drop the broker's copy undecoded.
+            decoding = on_message
+
+            async def on_message(raw: aio_pika.abc.AbstractIncomingMessage) -> None:
+                if raw.app_id == self.instance_id:
+                    if not no_ack:
+                        await raw.ack()
+                    return
+                await decoding(raw)
 
         tag = await queue.consume(on_message, no_ack=no_ack)
         return Consumer(queue, tag)

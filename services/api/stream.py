@@ -151,6 +151,7 @@ class EventHub:
             exclusive=True,
             auto_delete=True,
             no_ack=True,
+            skip_own=True,  # this replica's own events come through publish_local
             # A replica that cannot keep up loses its oldest live events (they are in
             # the database), never the broker's memory.
             arguments={

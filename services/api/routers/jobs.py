@@ -83,7 +83,7 @@ def _announce(state: Any, events: list[JobStateChanged], created: list[Any]) -> 
     if hinted is not None:
         priority = Priority.from_rank(hinted.priority)
         messages.append(JobSubmitted(job_id=hinted.id, type=hinted.type, priority=priority))
-    publish_after_commit(state.outbox, messages)
+    publish_after_commit(state, messages)
     for job in created:
         state.metrics.submitted.labels(job.type, Priority.from_rank(job.priority).value).inc()
 
@@ -102,7 +102,7 @@ async def submit_job(
     response: Response,
     session: SessionDep,
     actor: SubmitterDep,
-) -> JobRead:
+) -> JobRead | Response:
     """Submit one job. With an ``idempotency_key`` already used for the same request,
     answers 200 with the stored job and runs nothing new."""
     state = request.app.state
@@ -203,7 +203,7 @@ async def cancel_job_route(
     messages: list[_Message] = list(events)
     if notify_worker:
         messages.append(JobCancel(job_id=job.id, attempt=job.attempts))
-    publish_after_commit(request.app.state.outbox, messages)
+    publish_after_commit(request.app.state, messages)
     return job_to_read(job)
 
 
@@ -236,7 +236,7 @@ async def retry_job_route(
         for e in events
         if e.new_status == "ready"
     )
-    publish_after_commit(request.app.state.outbox, messages)
+    publish_after_commit(request.app.state, messages)
     return job_to_read(job)
 
 
