@@ -405,7 +405,10 @@ async def submit_jobs(
         columns = {name: [r[name] for r in rows_to_insert] for name in _INSERT_TYPES}
         columns["payload"] = [orjson.dumps(p).decode() for p in columns["payload"]]
         columns["depends_on"] = [_uuid_array(d) for d in columns["depends_on"]]
-        inserted = list(await session.execute(_INSERT_RETURNING, columns))
+        result = await session.execute(_INSERT_RETURNING, columns)
+        # Plain objects: a Row's attribute access costs ~0.4 us, and the answer, the
+        # events and the metrics read ~40 attributes per job.
+        inserted = [SimpleNamespace(**row._mapping) for row in result]
         stored.update((job.id, job) for job in inserted)
         if len(inserted) != len(rows_to_insert):
             # A concurrent request took one of our idempotency keys between our check

@@ -198,15 +198,28 @@ MAX_BATCH_ITEMS = 500
 MAX_BATCH_BYTES = 4 * 2**20
 
 
+_TEXT_FIELDS = ("message", "error", "traceback", "reason")
+_JSON_FIELDS = ("result", "payload")
+_FREE_FORM: dict[type, tuple[tuple[str, ...], tuple[str, ...]]] = {}
+
+
 def approx_size(message: Any) -> int:
     """About how many bytes ``message`` takes encoded (its free-form parts counted)."""
+    cls = type(message)
+    fields = _FREE_FORM.get(cls)
+    if fields is None:  # once per class: reading a field a model lacks is slow
+        names = getattr(cls, "model_fields", {})
+        fields = _FREE_FORM[cls] = (
+            tuple(f for f in _TEXT_FIELDS if f in names),
+            tuple(f for f in _JSON_FIELDS if f in names),
+        )
     n = 300
-    for name in ("message", "error", "traceback", "reason"):
-        value = getattr(message, name, None)
+    for name in fields[0]:
+        value = getattr(message, name)
         if isinstance(value, str):
             n += len(value)
-    for name in ("result", "payload"):
-        value = getattr(message, name, None)
+    for name in fields[1]:
+        value = getattr(message, name)
         if value is not None:
             n += len(orjson.dumps(value))
     return n

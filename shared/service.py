@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import sys
@@ -29,6 +30,19 @@ def run_async(main: Coroutine[Any, Any, T]) -> T:
         return runner.run(main)
 
 
+def tune_gc() -> None:
+    """Cheaper cyclic garbage collection for a long-running service (call once started).
+
+    What exists now (modules, settings, compiled validators and queries) is frozen out
+    of every later collection, and the youngest generation is collected every 20,000
+    allocations instead of 700. Requests and cycles allocate many short-lived objects
+    that reference counting frees anyway; with the defaults a 2,000-job batch set off
+    several full collections that walked every object of the process."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 10, 10)
+
+
 def run_service(name: str, serve: Callable[[Settings, asyncio.Event], Awaitable[None]]) -> int:
     """Read the settings, then run ``serve(settings, stop)``; SIGTERM/SIGINT set ``stop``.
 
@@ -46,6 +60,7 @@ def run_service(name: str, serve: Callable[[Settings, asyncio.Event], Awaitable[
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        tune_gc()
         await serve(settings, stop)
 
     run_async(main())

@@ -12,6 +12,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from services.api.app import create_app, preflight
 from shared.errors import ConfigError
+from shared.service import tune_gc
 from shared.settings import get_settings
 
 
@@ -38,6 +39,7 @@ def main() -> int:
         lifespan="on",
     )
     server = uvicorn.Server(config)
+    tune_gc()
     server.run()
     # uvicorn exits quietly when startup fails (e.g. no API keys); say so in the code.
     return 0 if server.started else 3
