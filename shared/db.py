@@ -33,7 +33,7 @@ def create_engine(settings: Settings, *, pool_size: int = 10) -> AsyncEngine:
     )
 
 
-async def create_pool(settings: Settings, *, max_size: int = 10) -> asyncpg.Pool:
+async def create_pool(settings: Settings, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
     """A plain asyncpg pool (jsonb as Python values) for the hottest statements, where
     the ORM's and a transaction's round trips cost more than the statement itself."""
 
@@ -54,7 +54,7 @@ async def create_pool(settings: Settings, *, max_size: int = 10) -> asyncpg.Pool
 
     pool = await asyncpg.create_pool(
         settings.sync_database_url,
-        min_size=1,
+        min_size=min_size,
         max_size=max_size,
         timeout=5,
         command_timeout=30,
@@ -65,19 +65,34 @@ async def create_pool(settings: Settings, *, max_size: int = 10) -> asyncpg.Pool
     return pool
 
 
-async def pool_fetchrow(pool: asyncpg.Pool, sql: str, *args: object) -> asyncpg.Record:
-    """One statement on ``pool``, bounded in time; a connection that failed for another
-    reason than the statement itself (the server terminated it while it idled in the
-    pool, an outage) is dropped, never handed to the next caller."""
+# What a statement on a raw pool raises when the database is unreachable or refuses it.
+RAW_DB_ERRORS = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.InternalClientError,
+)
+
+
+async def pool_fetch(pool: asyncpg.Pool, sql: str, *args: object) -> list[asyncpg.Record]:
+    """One statement on ``pool`` (its own transaction), bounded in time; a connection
+    that failed for another reason than the statement itself (the server terminated it
+    while it idled in the pool, an outage) is dropped, never handed to the next caller."""
     async with pool.acquire(timeout=5) as conn:
         try:
-            record = await conn.fetchrow(sql, *args, timeout=10)
+            return await conn.fetch(sql, *args, timeout=10)  # type: ignore[no-any-return]
         except Exception as exc:
             if not isinstance(exc, asyncpg.PostgresError) or is_db_outage(exc):
                 conn.terminate()
             raise
-    assert record is not None
-    return record
+
+
+async def pool_fetchrow(pool: asyncpg.Pool, sql: str, *args: object) -> asyncpg.Record:
+    """``pool_fetch`` of a statement that returns one row."""
+    rows = await pool_fetch(pool, sql, *args)
+    assert rows
+    return rows[0]
 
 
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

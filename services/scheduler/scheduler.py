@@ -34,7 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from services.scheduler import store
 from services.scheduler.store import Placed
 from shared.catalog import TaskCatalog
-from shared.db import create_engine, create_sessionmaker, is_db_outage
+from shared.db import RAW_DB_ERRORS, create_engine, create_pool, create_sessionmaker, is_db_outage
 from shared.errors import SwitchyardError
 from shared.jobs import Limits
 from shared.messages import (
@@ -133,12 +133,15 @@ class Scheduler:
         self._cancels: list[JobCancel] = []
         self._zombies: set[tuple[UUID, str]] = set()
         self._sessionmaker: async_sessionmaker[AsyncSession] | None = None
+        self._pool: asyncpg.Pool | None = None  # raw statements of the placement path
 
     # ------------------------------------------------------------ leadership
 
     async def run(self, stop: asyncio.Event) -> None:
         engine = create_engine(self.settings, pool_size=4)
         self._sessionmaker = create_sessionmaker(engine)
+        # Connects on first use (a standby, or a start during an outage, holds none).
+        self._pool = await create_pool(self.settings, min_size=0, max_size=2)
         try:
             async with self.broker:
                 self.outbox.start()
@@ -166,6 +169,8 @@ class Scheduler:
         finally:
             if self._lock_conn is not None and not self._lock_conn.is_closed():
                 await self._lock_conn.close()
+            await self._pool.close()
+            self._pool = None
             await engine.dispose()
 
     async def _wait_for_leadership(self, stop: asyncio.Event) -> None:
@@ -230,7 +235,7 @@ class Scheduler:
                 await self._check_leadership()
                 try:
                     await self.cycle()
-                except (OSError, TimeoutError, SQLAlchemyError) as exc:
+                except (SQLAlchemyError, *RAW_DB_ERRORS) as exc:
                     # Outage, deadlock victim, serialization failure: nothing was
                     # committed for the failed step; the next cycle redoes it.
                     what = "database unavailable" if is_db_outage(exc) else "cycle failed"
@@ -522,7 +527,7 @@ class Scheduler:
     # ------------------------------------------------------------ placement
 
     async def _place(self) -> None:
-        assert self._sessionmaker is not None
+        assert self._sessionmaker is not None and self._pool is not None
         if not self._maybe_ready:
             return  # the last look found the ready queue empty and nothing came since
         wide = False
@@ -535,29 +540,30 @@ class Scheduler:
             # jobs too big for the free room now do not hide smaller ones (backfill).
             full = self.settings.scheduler_batch_size
             batch = full if wide else min(full, max(32, 2 * free))
-            async with self._sessionmaker() as session:
-                candidates = await store.ready_candidates(session, per_priority=batch)
-                if not candidates:
-                    self._maybe_ready = False
-                    return
-                now = datetime.now(UTC)
-                plan = plan_placements(
-                    candidates, views, now=now, aging_seconds=self.settings.aging_seconds
-                )
-                if not plan.placements and batch < full and len(candidates) >= batch:
-                    # The heads read fit nowhere now (no worker runs their type, or too
-                    # big for the room left), and there may be more behind them: look
-                    # as far back as SWITCHYARD_SCHEDULER_BATCH_SIZE before giving up.
-                    wide = True
-                    continue
-                placed = await store.mark_dispatched(
-                    session,
-                    [(job.id, worker_id) for job, worker_id in plan.placements],
-                    lease_seconds=self.settings.worker_lease_seconds,
-                )
-                await store.set_waiting_reasons(session, plan.waiting)
-                await session.commit()
+            # Two statements, no transaction around them (round trips are most of a
+            # placement's latency): a plain read of the heads, then one UPDATE that
+            # re-checks each is still ready and commits before anything is published.
+            candidates = await store.ready_candidates(self._pool, per_priority=batch)
+            if not candidates:
+                self._maybe_ready = False
+                return
+            now = datetime.now(UTC)
+            plan = plan_placements(
+                candidates, views, now=now, aging_seconds=self.settings.aging_seconds
+            )
+            if not plan.placements and batch < full and len(candidates) >= batch:
+                # The heads read fit nowhere now (no worker runs their type, or too big
+                # for the room left), and there may be more behind them: look as far
+                # back as SWITCHYARD_SCHEDULER_BATCH_SIZE before giving up.
+                wide = True
+                continue
+            placed = await store.mark_dispatched(
+                self._pool,
+                [(job.id, worker_id) for job, worker_id in plan.placements],
+                lease_seconds=self.settings.worker_lease_seconds,
+            )
             if not placed:
+                await store.set_waiting_reasons(self._pool, plan.waiting)
                 return
             for p in placed:
                 self.assignments[p.id] = Assignment(
@@ -598,6 +604,8 @@ class Scheduler:
                 for p in placed
             ]  # fmt: skip
             results = await self.broker.publish_each(messages)
+            # Why the others wait, after the dispatches (only a changed reason is written).
+            await store.set_waiting_reasons(self._pool, plan.waiting)
             failed = [
                 p
                 for group, err in zip(carried, results, strict=True)

@@ -13,11 +13,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
+import asyncpg
 import orjson
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared import queries
+from shared.db import pool_fetch
 from shared.jobs import fail_dependents
 from shared.messages import JobStateChanged, JobStatusReport, WorkerHeartbeat
 from shared.scheduling import Candidate, retry_delay
@@ -289,12 +291,19 @@ async def promote_due(session: AsyncSession, *, limit: int) -> list[JobStateChan
     return [_event(r, r.old, S.READY.value, "due") for r in rows]
 
 
-async def ready_candidates(session: AsyncSession, *, per_priority: int) -> list[Candidate]:
-    rows = await session.execute(
-        text(queries.CLAIM_READY_HEADS.replace("$1", ":n")), {"n": per_priority}
-    )
+async def ready_candidates(pool: asyncpg.Pool, *, per_priority: int) -> list[Candidate]:
+    """The heads of the ready queue, ``per_priority`` of each priority (a plain read)."""
+    rows = await pool_fetch(pool, queries.CLAIM_READY_HEADS, per_priority)
     return [
-        Candidate(r.id, r.type, r.priority, r.cpu_units, r.memory_mb, r.run_at, r.ready_at)
+        Candidate(
+            r["id"],
+            r["type"],
+            r["priority"],
+            r["cpu_units"],
+            r["memory_mb"],
+            r["run_at"],
+            r["ready_at"],
+        )
         for r in rows
     ]
 
@@ -312,49 +321,46 @@ class Placed:
     waited_seconds: float
 
 
+_MARK_DISPATCHED = """
+UPDATE jobs j
+SET status = 'running', attempts = j.attempts + 1, runs = j.runs + 1,
+    worker_id = p.worker_id, dispatched_at = now(),
+    lease_expires_at = now() + make_interval(secs => $3),
+    waiting_reason = NULL, error = NULL, started_at = NULL,
+    updated_at = now()
+FROM unnest($1::uuid[], $2::text[]) AS p(id, worker_id)
+WHERE j.id = p.id AND j.status = 'ready'
+RETURNING j.id, j.type, j.payload, j.cpu_units, j.memory_mb, j.timeout_seconds,
+          j.attempts, j.worker_id,
+          EXTRACT(EPOCH FROM now() - COALESCE(j.ready_at, j.run_at))::float8 AS waited
+"""
+
+
 async def mark_dispatched(
-    session: AsyncSession, placements: list[tuple[UUID, str]], *, lease_seconds: float
+    pool: asyncpg.Pool, placements: list[tuple[UUID, str]], *, lease_seconds: float
 ) -> list[Placed]:
-    """ready -> running on the chosen worker; a new attempt number (the fence)."""
+    """ready -> running on the chosen worker; a new attempt number (the fence).
+
+    One statement, its own transaction: the WHERE re-checks ``ready`` (a job cancelled
+    since the candidates were read is skipped), and it is committed when it returns,
+    before any dispatch is published."""
     if not placements:
         return []
     check_transition(S.READY, S.RUNNING)
-    rows = await session.execute(
-        text(
-            """
-            UPDATE jobs j
-            SET status = 'running', attempts = j.attempts + 1, runs = j.runs + 1,
-                worker_id = p.worker_id, dispatched_at = now(),
-                lease_expires_at = now() + make_interval(secs => :lease),
-                waiting_reason = NULL, error = NULL, started_at = NULL,
-                updated_at = now()
-            FROM unnest(CAST(:ids AS uuid[]), CAST(:workers AS text[])) AS p(id, worker_id)
-            WHERE j.id = p.id AND j.status = 'ready'
-            RETURNING j.id, j.type, j.payload, j.cpu_units, j.memory_mb, j.timeout_seconds,
-                      j.attempts, j.worker_id, j.lease_expires_at,
-                      EXTRACT(EPOCH FROM now() - COALESCE(j.ready_at, j.run_at)) AS waited
-            """
-        ),
-        {
-            "ids": [p[0] for p in placements],
-            "workers": [p[1] for p in placements],
-            "lease": lease_seconds,
-        },
+    rows = await pool_fetch(
+        pool,
+        _MARK_DISPATCHED,
+        [p[0] for p in placements],
+        [p[1] for p in placements],
+        float(lease_seconds),
     )
     return [
         Placed(
-            r.id,
-            r.type,
-            r.payload,
-            r.cpu_units,
-            r.memory_mb,
-            r.timeout_seconds,
-            r.attempts,
-            r.worker_id,
-            max(0.0, float(r.waited)),
+            r["id"], r["type"], r["payload"], r["cpu_units"], r["memory_mb"],
+            r["timeout_seconds"], r["attempts"], r["worker_id"], max(0.0, r["waited"]),
         )
         for r in rows
-    ]
+    ]  # fmt: skip
 
 
 async def undo_dispatch(session: AsyncSession, placed: list[Placed]) -> list[JobStateChanged]:
@@ -381,18 +387,18 @@ async def undo_dispatch(session: AsyncSession, placed: list[Placed]) -> list[Job
     return [_event(r, S.RUNNING.value, r.status, "dispatch not delivered") for r in rows]
 
 
-async def set_waiting_reasons(session: AsyncSession, reasons: dict[UUID, str]) -> None:
+async def set_waiting_reasons(pool: asyncpg.Pool, reasons: dict[UUID, str]) -> None:
     if not reasons:
         return
-    await session.execute(
-        text(
-            """
-            UPDATE jobs j SET waiting_reason = r.reason
-            FROM unnest(CAST(:ids AS uuid[]), CAST(:reasons AS text[])) AS r(id, reason)
-            WHERE j.id = r.id AND j.status = 'ready' AND j.waiting_reason IS DISTINCT FROM r.reason
-            """
-        ),
-        {"ids": list(reasons), "reasons": list(reasons.values())},
+    await pool_fetch(
+        pool,
+        """
+        UPDATE jobs j SET waiting_reason = r.reason
+        FROM unnest($1::uuid[], $2::text[]) AS r(id, reason)
+        WHERE j.id = r.id AND j.status = 'ready' AND j.waiting_reason IS DISTINCT FROM r.reason
+        """,
+        list(reasons),
+        list(reasons.values()),
     )
 
 
