@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,18 @@ class Stack:
             )
             for name, p in self.services.items()
         ]
+
+    @contextlib.contextmanager
+    def paused_downstream(self) -> Iterator[None]:
+        """Scheduler, logger and workers stopped (SIGSTOP) meanwhile, resumed after."""
+        paused = [p for name, p in self.services.items() if name != "api"]
+        for p in paused:
+            p.send_signal(signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            for p in paused:
+                p.send_signal(signal.SIGCONT)
 
     def _start(self, name: str, *args: str) -> None:
         log = open(ROOT / "bench" / "results" / f"{name}.log", "wb")
@@ -370,6 +383,13 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             results[f"bare_endpoint_{key}_per_s"] = median_of(bare)
             results[f"submit_{key}_ratio"] = median_of(ours) / median_of(bare)
             await wait_idle(stack)
+            # The API's own share: the same requests with the scheduler, logger and
+            # workers paused (SIGSTOP), so only the API, PostgreSQL and RabbitMQ work.
+            # Informative: the target is the figure above, with the stack running.
+            with stack.paused_downstream():
+                alone = [await submit_rate(stack.url, args.submits, conc) for _ in range(runs)]
+            results[f"submit_{key}_api_alone_per_s"] = median_of(alone)
+            await wait_idle(stack)
         if "batch" in want:
             results["submit_batch_per_s"] = median_of(
                 [await batch_rate(stack.url, 5, 2000) for _ in range(runs)]
@@ -420,6 +440,10 @@ def report(r: dict[str, Any]) -> None:
         if f"submit_{key}_per_s" in r:
             ours, bare = r[f"submit_{key}_per_s"], r[f"bare_endpoint_{key}_per_s"]
             print(f"{label:34} {ours:10.0f}/s {bare:20.0f}/s {ours / bare:7.2f}")
+            alone = r.get(f"submit_{key}_api_alone_per_s")
+            if alone:
+                print(f"{'  the API alone (downstream paused)':34} {alone:10.0f}/s "
+                      f"{'':20}   {alone / bare:7.2f}")  # fmt: skip
     if "submit_batch_per_s" in r:
         print(f"{'POST /jobs/batch (2,000/request)':34} {r['submit_batch_per_s']:10.0f}/s")
     if "end_to_end_jobs_per_s" in r:
