@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import asyncpg
 import orjson
@@ -84,7 +85,8 @@ async def pool_fetch(pool: asyncpg.Pool, sql: str, *args: object) -> list[asyncp
             return await conn.fetch(sql, *args, timeout=10)  # type: ignore[no-any-return]
         except Exception as exc:
             if not isinstance(exc, asyncpg.PostgresError) or is_db_outage(exc):
-                conn.terminate()
+                with contextlib.suppress(asyncpg.InterfaceError):  # already gone
+                    conn.terminate()
             raise
 
 

@@ -151,10 +151,11 @@ class Scheduler:
                         break
                     try:
                         await self._lead(stop)
-                    except LeadershipLost as exc:
-                        # Another instance may be active now: stop acting at once, forget
-                        # what we knew, and stand by again (our unacked messages go back
-                        # to the queue for whoever leads).
+                    except (LeadershipLost, SQLAlchemyError, *RAW_DB_ERRORS) as exc:
+                        # Another instance may be active now (or the take-over could not
+                        # read the database): stop acting at once, forget what we knew,
+                        # and stand by again (our unacked messages go back to the queue
+                        # for whoever leads).
                         log.error("%s; standing by again", exc)
                         self.is_leader = False
                         self.workers.clear()
