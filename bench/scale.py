@@ -3,8 +3,10 @@ a list page, timed with 10k, 1M and 5M historical rows in ``jobs``.
 
 Rows are loaded with ``generate_series`` (no client round trips), shaped like a busy
 system's history (see ``bench.explain``): most jobs finished, 1% ready, and a few
-pending, retrying, blocked and running. Each operation is run ``repeat`` times on
-random rows; the median is reported in milliseconds, with its ratio to the smallest size.
+pending, retrying, blocked and running. Each size has its own database, and each
+operation runs ``repeat`` times per size on random rows, the sizes taking turns (one
+execution each), so that the machine's noise falls on every size alike. The median is
+reported in milliseconds, with its ratio to the smallest size.
 """
 
 from __future__ import annotations
@@ -60,81 +62,118 @@ WHERE id = $1 AND status = 'running' AND attempts = 1
 """
 
 
-async def _timed(conn: asyncpg.Connection, sql: str, args: list[tuple[Any, ...]]) -> float:
-    """Median milliseconds of ``sql`` over ``args`` (one execution per tuple)."""
-    stmt = await conn.prepare(sql)
-    times = []
-    for a in args:
-        t = time.perf_counter()
-        await stmt.fetch(*a)
-        times.append((time.perf_counter() - t) * 1000)
-    return statistics.median(times)
+async def _interleaved(
+    conns: dict[int, asyncpg.Connection], sql: str, args: dict[int, list[tuple[Any, ...]]]
+) -> dict[int, float]:
+    """Median milliseconds of ``sql`` per table size. The sizes take turns, one
+    execution each, so a noisy moment of the machine lands on every size alike."""
+    stmts = {size: await conn.prepare(sql) for size, conn in conns.items()}
+    times: dict[int, list[float]] = {size: [] for size in conns}
+    for i in range(min(len(a) for a in args.values())):
+        for size, stmt in stmts.items():
+            t = time.perf_counter()
+            await stmt.fetch(*args[size][i])
+            times[size].append((time.perf_counter() - t) * 1000)
+    return {size: statistics.median(ts) for size, ts in times.items()}
 
 
-async def _measure(conn: asyncpg.Connection, repeat: int) -> dict[str, float]:
-    sample = [r["id"] for r in await conn.fetch(
-        "SELECT id FROM jobs TABLESAMPLE BERNOULLI (1) LIMIT $1", repeat)]  # fmt: skip
-    running = [r["id"] for r in await conn.fetch(
-        "SELECT id FROM jobs WHERE status = 'running' LIMIT $1", repeat)]  # fmt: skip
-    newest = await conn.fetchrow("SELECT now() + interval '1 s' AS ts")
-    cursor = (newest["ts"], "ffffffff-ffff-ffff-ffff-ffffffffffff")
+async def _measure(
+    conns: dict[int, asyncpg.Connection], repeat: int
+) -> dict[int, dict[str, float]]:
+    sample, running = {}, {}
+    for size, conn in conns.items():
+        sample[size] = [(r["id"],) for r in await conn.fetch(
+            "SELECT id FROM jobs TABLESAMPLE BERNOULLI (1) LIMIT $1", repeat)]  # fmt: skip
+        running[size] = [(r["id"],) for r in await conn.fetch(
+            "SELECT id FROM jobs WHERE status = 'running' LIMIT $1", repeat)]  # fmt: skip
+    newest = await next(iter(conns.values())).fetchval("SELECT now() + interval '1 s'")
+    cursor = (newest, "ffffffff-ffff-ffff-ffff-ffffffffffff")
+
+    def each(*a: Any) -> dict[int, list[tuple[Any, ...]]]:
+        return {size: [a] * repeat for size in conns}
+
     out = {
         # 16 heads per priority: the smallest table has 25 ready per level, so every
         # size returns the same 64 rows (the same work).
-        "claim": await _timed(conn, queries.CLAIM_READY_HEADS, [(16,)] * repeat),
-        "status_read": await _timed(conn, STATUS_READ, [(i,) for i in sample]),
-        "list_page": await _timed(conn, queries.LIST_PAGE, [(None, *cursor, 51)] * repeat),
-        "list_page_failed": await _timed(
-            conn, queries.LIST_PAGE, [("failed", *cursor, 51)] * repeat
+        "claim": await _interleaved(conns, queries.CLAIM_READY_HEADS, each(16)),
+        "status_read": await _interleaved(conns, STATUS_READ, sample),
+        "list_page": await _interleaved(conns, queries.LIST_PAGE, each(None, *cursor, 51)),
+        "list_page_failed": await _interleaved(
+            conns, queries.LIST_PAGE, each("failed", *cursor, 51)
         ),
     }
-    tr = conn.transaction()
-    await tr.start()
+    transactions = [conn.transaction() for conn in conns.values()]
+    for tr in transactions:
+        await tr.start()
     try:
-        out["status_write"] = await _timed(conn, STATUS_WRITE, [(i,) for i in running])
+        out["status_write"] = await _interleaved(conns, STATUS_WRITE, running)
     finally:
-        await tr.rollback()
-    return {k: round(v, 4) for k, v in out.items()}
+        for tr in transactions:
+            await tr.rollback()
+    return {size: {op: round(by_size[size], 4) for op, by_size in out.items()} for size in conns}
+
+
+async def _load(db: str, size: int) -> asyncpg.Connection:
+    """A fresh database ``db`` holding ``size`` jobs; an open connection to it."""
+    admin = await asyncpg.connect(ADMIN)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+        await admin.execute(f'CREATE DATABASE "{db}"')
+    finally:
+        await admin.close()
+    url = ADMIN.rsplit("/", 1)[0] + f"/{db}"
+    await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "alembic", "upgrade", "head"],
+        cwd=ROOT,
+        env={**os.environ, "DATABASE_URL": url.replace("postgresql://", "postgresql+asyncpg://")},
+        check=True,
+        capture_output=True,
+    )
+    conn = await asyncpg.connect(url, command_timeout=3600)
+    t = time.monotonic()
+    # The newest rows are the last ones: g counts up to 6M.
+    await conn.execute(LOAD, 6_000_000 - size + 1, 6_000_000)
+    await conn.execute("VACUUM ANALYZE jobs")
+    print(f"  scale: {size:,} rows loaded in {time.monotonic() - t:.0f} s", flush=True)
+    return conn
 
 
 async def run_scale(sizes: list[int], repeat: int = 200) -> dict[str, Any]:
-    db = f"swy_scale_{os.getpid()}"
+    """One database per size (loaded two at a time), then every operation timed on all
+    sizes in turn."""
+    prefix = f"swy_scale_{os.getpid()}"
     admin = await asyncpg.connect(ADMIN)
-    await admin.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
-    await admin.execute(f'CREATE DATABASE "{db}"')
-    url = ADMIN.rsplit("/", 1)[0] + f"/{db}"
+    conns: dict[int, asyncpg.Connection] = {}
     try:
-        subprocess.run(
-            [sys.executable, "-m", "alembic", "upgrade", "head"],
-            cwd=ROOT,
-            env={
-                **os.environ,
-                "DATABASE_URL": url.replace("postgresql://", "postgresql+asyncpg://"),
-            },
-            check=True,
-            capture_output=True,
+        # The largest loads beside the others (two cores).
+        largest, *rest = sorted(sizes, reverse=True)
+        big, others = await asyncio.gather(
+            _load(f"{prefix}_{largest}", largest), _load_in_turn(prefix, rest)
         )
-        conn = await asyncpg.connect(url, command_timeout=3600)
-        by_size: dict[str, dict[str, float]] = {}
-        loaded = 0
-        for size in sorted(sizes):
-            t = time.monotonic()
-            # The newest rows are the last ones: g counts up to 6M.
-            await conn.execute(LOAD, 6_000_000 - size + 1, 6_000_000 - loaded)
-            loaded = size
-            await conn.execute("VACUUM ANALYZE jobs")
-            print(f"  scale: {size:,} rows loaded in {time.monotonic() - t:.0f} s", flush=True)
-            by_size[str(size)] = await _measure(conn, repeat)
-        await conn.close()
+        conns = dict(sorted({largest: big, **others}.items()))
+        by_size = await _measure(conns, repeat)
     finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+        for conn in conns.values():
+            await conn.close()
+        for size in sizes:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{prefix}_{size}" WITH (FORCE)')
         await admin.close()
-    base = by_size[str(min(sizes))]
+    base = by_size[min(sizes)]
     ratios = {
-        size: {op: round(ms / base[op], 2) if base[op] else None for op, ms in ops.items()}
+        str(size): {op: round(ms / base[op], 2) if base[op] else None for op, ms in ops.items()}
         for size, ops in by_size.items()
     }
-    return {"ms": by_size, "ratio_to_smallest": ratios, "repeat": repeat}
+    return {
+        "ms": {str(size): ops for size, ops in by_size.items()},
+        "ratio_to_smallest": ratios,
+        "repeat": repeat,
+        "method": "one database per size; executions interleaved across sizes",
+    }
+
+
+async def _load_in_turn(prefix: str, sizes: list[int]) -> dict[int, asyncpg.Connection]:
+    return {size: await _load(f"{prefix}_{size}", size) for size in sizes}
 
 
 if __name__ == "__main__":

@@ -3,8 +3,10 @@ plus what SQLAlchemy cannot express (the audit-log trigger).
 
 Index choices (see docs/database.md for the plans on 1M rows):
 
-* claim: ``(priority, run_at, id) WHERE status = 'ready'`` — the scheduler reads the head
-  of this partial index; it only ever holds the ready jobs, however large history grows.
+* claim: ``(priority, run_at, id) INCLUDE (type, cpu_units, memory_mb, ready_at, attempts)
+  WHERE status = 'ready'`` — the scheduler reads the head of this partial index; it only
+  ever holds the ready jobs, however large history grows, and it covers every column the
+  claim reads, so on all-visible pages the claim never touches the table.
 * due: ``(run_at) WHERE status IN ('pending', 'retrying')`` — delayed jobs and backoffs.
 * running: ``(worker_id) WHERE status = 'running'`` — lease checks per worker.
 * list: ``(created_at, id)``, ``(status, created_at, id)``, ``(type, created_at, id)``
@@ -99,6 +101,7 @@ class Job(Base):
             "priority",
             "run_at",
             "id",
+            postgresql_include=["type", "cpu_units", "memory_mb", "ready_at", "attempts"],
             postgresql_where=text("status = 'ready'"),
         ),
         Index("jobs_due_idx", "run_at", postgresql_where=text("status IN ('pending', 'retrying')")),
