@@ -23,6 +23,7 @@ from typing import Any
 import asyncpg
 
 from shared import queries
+from shared.db import GENERIC_PLANS
 
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN = os.environ.get("TEST_DATABASE_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -92,10 +93,16 @@ async def _measure(
     def each(*a: Any) -> dict[int, list[tuple[Any, ...]]]:
         return {size: [a] * repeat for size in conns}
 
+    # The claim runs as the scheduler runs it: planned once (shared.db.GENERIC_PLANS).
+    for conn in conns.values():
+        await conn.execute(f"SET plan_cache_mode = {GENERIC_PLANS['plan_cache_mode']}")
+    # 16 heads per priority: the smallest table has 25 ready per level, so every size
+    # returns the same 64 rows (the same work).
+    claim = await _interleaved(conns, queries.CLAIM_READY_HEADS, each(16))
+    for conn in conns.values():
+        await conn.execute("RESET plan_cache_mode")
     out = {
-        # 16 heads per priority: the smallest table has 25 ready per level, so every
-        # size returns the same 64 rows (the same work).
-        "claim": await _interleaved(conns, queries.CLAIM_READY_HEADS, each(16)),
+        "claim": claim,
         "status_read": await _interleaved(conns, STATUS_READ, sample),
         "list_page": await _interleaved(conns, queries.LIST_PAGE, each(None, *cursor, 51)),
         "list_page_failed": await _interleaved(
