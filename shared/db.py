@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator
 
 import asyncpg
 import orjson
@@ -59,8 +60,9 @@ async def create_pool(
 
     async def reset(conn: asyncpg.Connection) -> None:
         # The default reset is a round trip per release (UNLISTEN, RESET ALL, ...); the
-        # statements run through this pool are single autocommit statements that change
-        # no session state, so there is nothing to reset.
+        # statements run through this pool change no session state (single autocommit
+        # statements, or a ``pool_transaction`` that ends before release), so there is
+        # nothing to reset.
         if conn.is_in_transaction():  # never expected; be safe rather than fast
             await conn.reset()
 
@@ -98,6 +100,22 @@ async def pool_fetch(pool: asyncpg.Pool, sql: str, *args: object) -> list[asyncp
         except Exception as exc:
             if not isinstance(exc, asyncpg.PostgresError) or is_db_outage(exc):
                 with contextlib.suppress(asyncpg.InterfaceError):  # already gone
+                    conn.terminate()
+            raise
+
+
+@contextlib.asynccontextmanager
+async def pool_transaction(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
+    """A connection of ``pool`` inside one transaction (committed when the block ends,
+    rolled back if it raises); dropped like in ``pool_fetch`` when it failed for another
+    reason than a statement."""
+    async with pool.acquire(timeout=5) as conn:
+        try:
+            async with conn.transaction():
+                yield conn
+        except Exception as exc:
+            if not isinstance(exc, asyncpg.PostgresError) or is_db_outage(exc):
+                with contextlib.suppress(asyncpg.InterfaceError):
                     conn.terminate()
             raise
 

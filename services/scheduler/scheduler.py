@@ -304,19 +304,30 @@ class Scheduler:
             self._register_heartbeat(hb)
 
         events: list[JobStateChanged] = []
-        if reports or beats or progress:
-            try:
+        # Starts and completions (nearly every report) on the raw pool; the rest, with
+        # progress and heartbeats, in a session. Each outcome counts once committed: a
+        # batch kept for the next cycle after a failure is applied again, and the fence
+        # then ignores what had already been applied.
+        successes, others = store.split_reports(reports)
+        assert self._pool is not None
+        try:
+            if successes:
+                outcome = await store.apply_successes(self._pool, successes)
+                self._free(outcome.freed)
+                events.extend(outcome.events)
+            if others or beats or progress:
                 async with self._sessionmaker() as session:
                     # Progress first: the final value often shares a batch with the completion.
                     await store.save_progress(session, progress)
-                    outcome = await store.apply_reports(session, reports, rng=self.rng)
+                    outcome = await store.apply_reports(session, others, rng=self.rng)
                     await store.save_workers(session, list(beats.values()))
                     await session.commit()
-            except BaseException:
-                self.inbox[:0] = batch  # not applied: keep them (unacked) for the next cycle
-                raise
-            self._free(outcome.freed)
-            events.extend(outcome.events)
+                self._free(outcome.freed)
+                events.extend(outcome.events)
+        except BaseException:
+            self.inbox[:0] = batch  # not (all) applied: keep them (unacked) for the next cycle
+            await self._publish(events)  # what was applied
+            raise
         await ack_all(batch)
 
         events.extend(await self._handle_losses())

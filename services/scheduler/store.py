@@ -8,6 +8,7 @@ exact expected old status, so a concurrent cancel from the API is never overwrit
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -19,7 +20,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared import queries
-from shared.db import pool_fetch
+from shared.db import pool_fetch, pool_transaction
 from shared.jobs import fail_dependents
 from shared.messages import JobStateChanged, JobStatusReport, WorkerHeartbeat
 from shared.scheduling import Candidate, retry_delay
@@ -184,6 +185,79 @@ async def apply_reports(
     return out
 
 
+# What the fast path applies: a start, an end that went well.
+_SUCCESS_STATUSES = frozenset({"started", "completed"})
+
+
+def split_reports(
+    reports: list[JobStatusReport],
+) -> tuple[list[JobStatusReport], list[JobStatusReport]]:
+    """The reports of jobs that only started or completed in this batch (the common
+    case: ``apply_successes``), and those of the others (``apply_reports``)."""
+    other = {r.job_id for r in reports if r.status not in _SUCCESS_STATUSES}
+    if not other:
+        return reports, []
+    return [r for r in reports if r.job_id not in other], [r for r in reports if r.job_id in other]
+
+
+async def apply_successes(pool: asyncpg.Pool, reports: list[JobStatusReport]) -> ReportOutcome:
+    """Starts and completions on the raw pool: the fence (running, that attempt, that
+    worker) is in each statement's WHERE, so nothing is read first. The completions
+    and the children they unblock are one transaction."""
+    out = ReportOutcome()
+    if not reports:
+        return out
+    check_transition(S.RUNNING, S.COMPLETED)
+    starts: dict[tuple[UUID, int, str], datetime] = {}
+    ends: dict[tuple[UUID, int, str], JobStatusReport] = {}
+    for r in reports:
+        key = (r.job_id, r.attempt, r.worker_id)
+        if r.status == "started":
+            starts.setdefault(key, r.ts)
+        else:
+            ends.setdefault(key, r)
+    start_only = [k for k in starts if k not in ends]
+    now = utcnow()
+    async with pool_transaction(pool) as conn:
+        if start_only:
+            await conn.execute(
+                queries.START_ATTEMPTS,
+                [k[0] for k in start_only], [k[1] for k in start_only],
+                [k[2] for k in start_only], [starts[k] for k in start_only],
+                timeout=10,
+            )  # fmt: skip
+        if not ends:
+            return out
+        keys = sorted(ends)  # rows locked in id order, as everyone does
+        rows = await conn.fetch(
+            queries.COMPLETE_ATTEMPTS,
+            [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys],
+            [_json(ends[k].result) for k in keys], [starts.get(k) for k in keys], now,
+            timeout=10,
+        )  # fmt: skip
+        unblocked = (
+            await conn.fetch(queries.UNBLOCK_CHILDREN, [r["id"] for r in rows], timeout=10)
+            if rows
+            else []
+        )
+    out.ignored = len(ends) - len(rows)
+    for r in rows:
+        started = r["started_at"]
+        out.events.append(
+            JobStateChanged(
+                job_id=r["id"], type=r["type"], old_status=S.RUNNING.value,
+                new_status=S.COMPLETED.value, attempt=r["attempts"], worker_id=r["worker_id"],
+                reason="completed",
+                duration_seconds=(
+                    max(0.0, (now - started).total_seconds()) if started is not None else None
+                ),
+            )
+        )  # fmt: skip
+        out.freed.append((r["id"], r["worker_id"]))
+    out.events.extend(_unblocked_events(unblocked))
+    return out
+
+
 def _decide(
     row: JobState, report: JobStatusReport, now: datetime, rng: random.Random | None
 ) -> tuple[JobStatus, dict[str, Any], str | None]:
@@ -244,30 +318,24 @@ async def unblock_children(session: AsyncSession, parents: list[UUID]) -> list[J
     """Completed parents: decrement their children's unmet counts; those reaching zero
     become ready (or pending while their run_at is ahead)."""
     rows = await session.execute(
-        text(
-            """
-            WITH c AS (
-                SELECT job_id, count(*) AS n FROM job_dependencies
-                WHERE depends_on_id = ANY(:parents) GROUP BY job_id
-            )
-            UPDATE jobs j
-            SET unmet_dependencies = j.unmet_dependencies - c.n,
-                status = CASE WHEN j.unmet_dependencies - c.n > 0 THEN j.status
-                              WHEN j.run_at > now() THEN 'pending' ELSE 'ready' END,
-                ready_at = CASE WHEN j.unmet_dependencies - c.n = 0 AND j.run_at <= now()
-                                THEN now() ELSE j.ready_at END,
-                updated_at = now()
-            FROM c WHERE j.id = c.job_id AND j.status = 'blocked'
-            RETURNING j.id, j.type, j.status, j.attempts, j.worker_id
-            """
-        ),
+        text(queries.UNBLOCK_CHILDREN.replace("$1::uuid[]", "CAST(:parents AS uuid[])")),
         {"parents": parents},
     )
+    return _unblocked_events(r._mapping for r in rows)
+
+
+def _unblocked_events(rows: Iterable[Mapping[Any, Any]]) -> list[JobStateChanged]:
     events = []
-    for row in rows:
-        if row.status != S.BLOCKED:
-            check_transition(S.BLOCKED, row.status)
-            events.append(_event(row, S.BLOCKED.value, row.status, "dependencies completed"))
+    for r in rows:
+        if r["status"] != S.BLOCKED:
+            check_transition(S.BLOCKED, r["status"])
+            events.append(
+                JobStateChanged(
+                    job_id=r["id"], type=r["type"], old_status=S.BLOCKED.value,
+                    new_status=r["status"], attempt=r["attempts"], worker_id=r["worker_id"],
+                    reason="dependencies completed",
+                )
+            )  # fmt: skip
     return events
 
 

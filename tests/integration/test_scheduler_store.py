@@ -75,3 +75,61 @@ async def test_hand_back_gives_the_run_back(
         "SELECT status, runs, attempts, worker_id FROM jobs WHERE id = $1", job_id
     )
     assert (row["status"], row["runs"], row["attempts"], row["worker_id"]) == ("ready", 1, 2, None)
+
+
+async def test_fast_path_fences_like_the_general_one(
+    app: object, client: httpx.AsyncClient, db: asyncpg.Connection, database_url: str
+) -> None:
+    """apply_successes: wrong attempt / worker ignored, a duplicate applied once, a start
+    alone recorded, a start and its end in one batch written as one completed row."""
+    done = await running_job(client, db, cancel=False)
+    starting = await running_job(client, db, cancel=False)
+    pool = await asyncpg.create_pool(
+        database_url.replace("postgresql+asyncpg://", "postgresql://"), min_size=1, max_size=1
+    )
+    try:
+        out = await store.apply_successes(
+            pool,
+            [
+                report(done, "completed", attempt=1),
+                report(done, "completed", worker="w2"),
+                report(starting, "started", worker="w2"),
+            ],
+        )
+        assert out.ignored == 2 and out.events == [] and out.freed == []
+        rows = await db.fetch(
+            "SELECT status, started_at FROM jobs WHERE id = ANY($1)", [done, starting]
+        )
+        assert [(r["status"], r["started_at"]) for r in rows] == [("running", None)] * 2
+
+        out = await store.apply_successes(
+            pool,
+            [
+                report(done, "started"),
+                report(done, "completed"),
+                report(done, "completed"),
+                report(starting, "started"),
+            ],
+        )
+    finally:
+        await pool.close()
+    assert [(e.job_id, e.new_status, e.attempt) for e in out.events] == [(done, "completed", 2)]
+    assert out.freed == [(done, "w1")] and out.ignored == 0
+    assert out.events[0].duration_seconds is not None
+    row = await db.fetchrow("SELECT status, started_at, finished_at FROM jobs WHERE id = $1", done)
+    assert row["status"] == "completed" and row["started_at"] <= row["finished_at"]
+    row = await db.fetchrow("SELECT status, started_at FROM jobs WHERE id = $1", starting)
+    assert row["status"] == "running" and row["started_at"] is not None
+
+
+def test_split_reports_keeps_a_jobs_reports_together() -> None:
+    a, b = uuid.uuid4(), uuid.uuid4()
+    reports = [
+        report(a, "started"),
+        report(b, "started"),
+        report(a, "completed"),
+        report(b, "failed"),
+    ]
+    fast, slow = store.split_reports(reports)
+    assert [(r.job_id, r.status) for r in fast] == [(a, "started"), (a, "completed")]
+    assert [(r.job_id, r.status) for r in slow] == [(b, "started"), (b, "failed")]
