@@ -27,6 +27,7 @@ import aio_pika.exceptions
 
 from shared.errors import BrokerUnavailable, DecodeError
 from shared.messages import (
+    Batch,
     Message,
     _Message,
     batched,
@@ -151,6 +152,23 @@ async def ack_all(deliveries: Sequence[Delivery]) -> None:
 
 
 Handler = Callable[[Delivery], Awaitable[None]]
+
+
+# Messages whose content exists nowhere else until their consumer has stored it: a
+# worker's reports, log lines and progress. They are persistent (written to disk by a
+# durable queue, kept across a broker restart). The others are transient: the database
+# already holds what they say (state events, wake-up hints, monitoring), or a lost one is
+# recovered from it (a dispatch that never arrives is put back after the lease; cancels
+# are re-sent; heartbeats come every few seconds). A persistent message to a durable
+# queue costs the broker a disk write and its confirm waits for it.
+PERSISTENT_KINDS = frozenset({"job.status", "job.logs", "job.progress"})
+
+
+def delivery_mode(message: _Message) -> aio_pika.DeliveryMode:
+    kind = message.of if isinstance(message, Batch) else message.kind  # type: ignore[attr-defined]
+    if kind in PERSISTENT_KINDS:
+        return aio_pika.DeliveryMode.PERSISTENT
+    return aio_pika.DeliveryMode.NOT_PERSISTENT
 
 
 class Outbox:
@@ -326,7 +344,7 @@ class Broker:
         amqp_message = aio_pika.Message(
             encode(message),
             content_type="application/json",
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            delivery_mode=delivery_mode(message),
             type=message.kind,  # type: ignore[attr-defined]
             app_id=self.instance_id,
         )
