@@ -13,14 +13,12 @@ import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 from uuid import UUID
 
+import asyncpg
 import orjson
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncSession
 
-from shared.db import create_engine, create_sessionmaker, is_db_outage
+from shared.db import create_pool, is_db_outage, pool_transaction
 from shared.messages import JobLog, JobStatusReport
 from shared.messaging import Broker, Delivery, Topology, ack_all
 from shared.settings import Settings
@@ -30,30 +28,24 @@ log = logging.getLogger("switchyard.logger")
 BATCH_SIZE = 1000
 FLUSH_SECONDS = 0.05
 
-INSERT_LINES = text(
-    """
+INSERT_LINES = """
     INSERT INTO job_logs (job_id, attempt, seq, ts, level, message)
     SELECT u.job_id, u.attempt, u.seq, u.ts, u.level, u.message
-    FROM unnest(CAST(:job_ids AS uuid[]), CAST(:attempts AS int[]), CAST(:seqs AS int[]),
-                CAST(:ts AS timestamptz[]), CAST(:levels AS text[]), CAST(:messages AS text[]))
+    FROM unnest($1::uuid[], $2::int[], $3::int[], $4::timestamptz[], $5::text[], $6::text[])
          AS u(job_id, attempt, seq, ts, level, message)
     WHERE EXISTS (SELECT 1 FROM jobs j WHERE j.id = u.job_id)
     ON CONFLICT (job_id, attempt, seq) DO NOTHING
     """
-)
 
-UPSERT_EXECUTIONS = text(
-    """
+UPSERT_EXECUTIONS = """
     INSERT INTO job_executions (job_id, attempt, worker_id, status, started_at, finished_at,
                                 duration_seconds, error, result, resources)
     SELECT u.job_id, u.attempt, u.worker_id, u.status, u.started_at, u.finished_at,
            EXTRACT(EPOCH FROM (u.finished_at - u.started_at)), u.error,
            CAST(u.result AS jsonb),
            jsonb_build_object('cpu_units', j.cpu_units, 'memory_mb', j.memory_mb)
-    FROM unnest(CAST(:job_ids AS uuid[]), CAST(:attempts AS int[]), CAST(:workers AS text[]),
-                CAST(:statuses AS text[]), CAST(:started AS timestamptz[]),
-                CAST(:finished AS timestamptz[]), CAST(:errors AS text[]),
-                CAST(:results AS text[]))
+    FROM unnest($1::uuid[], $2::int[], $3::text[], $4::text[], $5::timestamptz[],
+                $6::timestamptz[], $7::text[], $8::text[])
          AS u(job_id, attempt, worker_id, status, started_at, finished_at, error, result)
     JOIN jobs j ON j.id = u.job_id
     ON CONFLICT (job_id, attempt) DO UPDATE SET
@@ -74,25 +66,21 @@ UPSERT_EXECUTIONS = text(
             COALESCE(job_executions.finished_at, excluded.finished_at)
             - COALESCE(job_executions.started_at, excluded.started_at)))
     """
-)
 
 
 # Executions are audited too (issue: every submission, cancel, retry and execution):
 # one row when an attempt starts, one when it ends, written with the history in the
 # same transaction and idempotent on redelivery (unique per job, attempt and action).
-INSERT_EXECUTION_AUDIT = text(
-    """
+INSERT_EXECUTION_AUDIT = """
     INSERT INTO audit_log (actor, role, action, job_id, attempt, outcome, at, detail)
     SELECT u.worker_id, 'worker', u.action, u.job_id, u.attempt, u.outcome, u.at,
            CASE WHEN u.error IS NULL THEN NULL ELSE jsonb_build_object('error', u.error) END
-    FROM unnest(CAST(:workers AS text[]), CAST(:actions AS text[]), CAST(:job_ids AS uuid[]),
-                CAST(:attempts AS int[]), CAST(:outcomes AS text[]),
-                CAST(:ats AS timestamptz[]), CAST(:errors AS text[]))
+    FROM unnest($1::text[], $2::text[], $3::uuid[], $4::int[], $5::text[],
+                $6::timestamptz[], $7::text[])
          AS u(worker_id, action, job_id, attempt, outcome, at, error)
     WHERE EXISTS (SELECT 1 FROM jobs j WHERE j.id = u.job_id)
     ON CONFLICT (job_id, attempt, action) WHERE attempt IS NOT NULL DO NOTHING
     """
-)
 
 
 @dataclass
@@ -124,50 +112,36 @@ def merge_reports(reports: list[JobStatusReport]) -> list[_Execution]:
 
 
 async def write_batch(
-    session: AsyncSession, lines: list[JobLog], reports: list[JobStatusReport]
+    conn: asyncpg.Connection, lines: list[JobLog], reports: list[JobStatusReport]
 ) -> None:
+    """Write one batch on ``conn`` (the caller holds the transaction)."""
     if lines:
-        await session.execute(
+        await conn.execute(
             INSERT_LINES,
-            {
-                "job_ids": [ln.job_id for ln in lines],
-                "attempts": [ln.attempt for ln in lines],
-                "seqs": [ln.seq for ln in lines],
-                "ts": [ln.ts for ln in lines],
-                "levels": [ln.level for ln in lines],
-                "messages": [ln.message for ln in lines],
-            },
-        )
+            [ln.job_id for ln in lines], [ln.attempt for ln in lines], [ln.seq for ln in lines],
+            [ln.ts for ln in lines], [ln.level for ln in lines], [ln.message for ln in lines],
+            timeout=30,
+        )  # fmt: skip
     if reports:
-        await session.execute(
+        await conn.execute(
             INSERT_EXECUTION_AUDIT,
-            {
-                "workers": [r.worker_id for r in reports],
-                "actions": [
-                    "execution.start" if r.status == "started" else "execution.end" for r in reports
-                ],
-                "job_ids": [r.job_id for r in reports],
-                "attempts": [r.attempt for r in reports],
-                "outcomes": [r.status for r in reports],
-                "ats": [r.ts for r in reports],
-                "errors": [(r.error or "")[:2000] or None for r in reports],
-            },
-        )
+            [r.worker_id for r in reports],
+            ["execution.start" if r.status == "started" else "execution.end" for r in reports],
+            [r.job_id for r in reports], [r.attempt for r in reports],
+            [r.status for r in reports], [r.ts for r in reports],
+            [(r.error or "")[:2000] or None for r in reports],
+            timeout=30,
+        )  # fmt: skip
     executions = merge_reports(reports)
     if executions:
-        await session.execute(
+        await conn.execute(
             UPSERT_EXECUTIONS,
-            {
-                "job_ids": [e.job_id for e in executions],
-                "attempts": [e.attempt for e in executions],
-                "workers": [e.worker_id for e in executions],
-                "statuses": [e.status for e in executions],
-                "started": [e.started_at for e in executions],
-                "finished": [e.finished_at for e in executions],
-                "errors": [e.error for e in executions],
-                "results": [e.result for e in executions],
-            },
-        )
+            [e.job_id for e in executions], [e.attempt for e in executions],
+            [e.worker_id for e in executions], [e.status for e in executions],
+            [e.started_at for e in executions], [e.finished_at for e in executions],
+            [e.error for e in executions], [e.result for e in executions],
+            timeout=30,
+        )  # fmt: skip
 
 
 class HistoryLogger:
@@ -181,8 +155,9 @@ class HistoryLogger:
         self.arrived = asyncio.Event()
 
     async def run(self, stop: asyncio.Event) -> None:
-        engine = create_engine(self.settings, pool_size=2)
-        sessionmaker = create_sessionmaker(engine)
+        # Plain asyncpg (the batch is three statements in one transaction; the ORM's
+        # per-statement work was most of the logger's CPU for short batches).
+        pool = await create_pool(self.settings, min_size=0, max_size=2)
         try:
             async with self.broker:
                 consumer = await self.broker.consume(
@@ -202,28 +177,28 @@ class HistoryLogger:
                     arrived_task.cancel()
                     await asyncio.sleep(FLUSH_SECONDS)  # let a batch gather
                     self.arrived.clear()
-                    await self._flush(sessionmaker)
+                    await self._flush(pool)
                 await consumer.cancel()
-                await self._flush(sessionmaker)
+                await self._flush(pool)
         finally:
-            await engine.dispose()
+            await pool.close()
 
     async def _on_delivery(self, delivery: Delivery) -> None:
         self.buffer.append(delivery)
         self.arrived.set()
 
-    async def _flush(self, sessionmaker: Any) -> None:
+    async def _flush(self, pool: asyncpg.Pool) -> None:
         while self.buffer:
             batch, self.buffer = self.buffer[:BATCH_SIZE], self.buffer[BATCH_SIZE:]
             try:
-                await self._write(sessionmaker, batch)
+                await self._write(pool, batch)
             except Exception as exc:
                 # Not an outage: some message in the batch cannot be stored. Write them one
                 # by one; the ones that still fail go to the dead-letter queue, loudly.
                 log.error("batch of %d failed (%s); writing one by one", len(batch), exc)
                 for delivery in batch:
                     try:
-                        await self._write(sessionmaker, [delivery])
+                        await self._write(pool, [delivery])
                     except Exception as one:
                         log.error("dead-lettering %s: %s", delivery.routing_key, one)
                         await delivery.reject(requeue=False)
@@ -232,16 +207,15 @@ class HistoryLogger:
                 continue
             await ack_all(batch)
 
-    async def _write(self, sessionmaker: Any, batch: list[Delivery]) -> None:
+    async def _write(self, pool: asyncpg.Pool, batch: list[Delivery]) -> None:
         """Write one batch, retrying through database outages (the batch stays unacked)."""
         messages = [m for d in batch for m in d.messages]
         lines = [m for m in messages if isinstance(m, JobLog)]
         reports = [m for m in messages if isinstance(m, JobStatusReport)]
         while True:
             try:
-                async with sessionmaker() as session:
-                    await write_batch(session, lines, reports)
-                    await session.commit()
+                async with pool_transaction(pool) as conn:
+                    await write_batch(conn, lines, reports)
                 return
             except Exception as exc:
                 if not is_db_outage(exc):

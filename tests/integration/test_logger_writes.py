@@ -24,9 +24,8 @@ async def test_redelivered_batch_writes_nothing_twice(
     ]
     orphan = JobLog(job_id=uuid.uuid4(), attempt=1, seq=1, level="info", message="no such job")
     for _ in range(2):
-        async with app.state.sessionmaker() as session:  # type: ignore[attr-defined]
-            await write_batch(session, [*lines, orphan], reports)
-            await session.commit()
+        async with db.transaction():
+            await write_batch(db, [*lines, orphan], reports)
     assert await db.fetchval("SELECT count(*) FROM job_logs") == 5
     rows = await db.fetch(
         "SELECT attempt, status, worker_id, result, duration_seconds FROM job_executions"
@@ -35,7 +34,6 @@ async def test_redelivered_batch_writes_nothing_twice(
     assert (rows[0]["status"], rows[0]["worker_id"], rows[0]["result"]) == ("completed", "w", "[1]")
     assert rows[0]["duration_seconds"] >= 0
     # A late 'started' for a finished attempt does not undo it.
-    async with app.state.sessionmaker() as session:  # type: ignore[attr-defined]
-        await write_batch(session, [], reports[:1])
-        await session.commit()
+    async with db.transaction():
+        await write_batch(db, [], reports[:1])
     assert await db.fetchval("SELECT status FROM job_executions") == "completed"
