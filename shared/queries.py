@@ -76,3 +76,15 @@ SET unmet_dependencies = j.unmet_dependencies - c.n,
 FROM c WHERE j.id = c.job_id AND j.status = 'blocked'
 RETURNING j.id, j.type, j.status, j.attempts, j.worker_id
 """
+
+# Retention: up to $2 finished jobs that finished before $1, oldest first (the partial
+# finished_at index), deleted with what cascades from them (log lines, executions,
+# dependency edges). Rows another transaction holds are left for the next sweep.
+PRUNE_FINISHED = """
+DELETE FROM jobs WHERE id = ANY(ARRAY(
+    SELECT id FROM jobs
+    WHERE finished_at < $1 AND status IN ('completed', 'failed', 'cancelled')
+    ORDER BY finished_at LIMIT $2
+    FOR UPDATE SKIP LOCKED
+))
+"""

@@ -65,6 +65,13 @@ class Settings(BaseSettings):
     # the jobs table this often (dead row versions slow the claim index). 0: never.
     vacuum_seconds: float = Field(default=30.0, ge=0)
 
+    # Retention: finished jobs (completed, failed, cancelled) are deleted with their log
+    # lines, executions and dependency edges this many days after they finished; the
+    # active scheduler sweeps every retention_sweep_seconds. 0 keeps them forever. The
+    # audit log is append-only and is never pruned (see docs/operations.md).
+    retention_days: float = Field(default=30.0, ge=0)
+    retention_sweep_seconds: float = Field(default=60.0, gt=0)
+
     # API: events buffered per WebSocket client before new ones are dropped for it.
     ws_buffer_events: int = Field(default=1000, ge=1, le=1_000_000)
     # Require a (viewer) key for GET /metrics.

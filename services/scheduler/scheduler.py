@@ -124,6 +124,8 @@ class Scheduler:
         self._last_timed = 0.0
         self._last_vacuum = time.monotonic()
         self._vacuum_task: asyncio.Task[None] | None = None
+        self._last_prune = 0.0  # the first sweep runs soon after taking over
+        self._prune_task: asyncio.Task[None] | None = None
         self._server_vacuums = False
         # False once a placement pass found no ready job left: until a hint, a job
         # turning ready or the next tick, cycles skip the ready-queue query.
@@ -141,9 +143,10 @@ class Scheduler:
         engine = create_engine(self.settings, pool_size=4)
         self._sessionmaker = create_sessionmaker(engine)
         # Connects on first use (a standby, or a start during an outage, holds none).
-        # Its statements (claim, dispatch, waiting reasons) have one good plan whatever
-        # the parameters: plan them once per connection.
-        self._pool = await create_pool(self.settings, min_size=0, max_size=2, generic_plans=True)
+        # Its statements (claim, dispatch, reports, waiting reasons, retention) have one
+        # good plan whatever the parameters: plan them once per connection. The cycle
+        # uses one connection at a time, the retention sweep one beside it.
+        self._pool = await create_pool(self.settings, min_size=0, max_size=3, generic_plans=True)
         try:
             async with self.broker:
                 self.outbox.start()
@@ -247,10 +250,11 @@ class Scheduler:
                     self.wake.set()
         finally:
             await consumer.close()
-            if self._vacuum_task is not None and not self._vacuum_task.done():
-                self._vacuum_task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._vacuum_task
+            for task in (self._vacuum_task, self._prune_task):
+                if task is not None and not task.done():
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
 
     async def _on_delivery(self, delivery: Delivery) -> None:
         self.inbox.append(delivery)
@@ -661,6 +665,34 @@ class Scheduler:
         self.outbox.put(messages)
 
     def _maintain(self) -> None:
+        self._maintain_retention()
+        self._maintain_vacuum()
+
+    def _maintain_retention(self) -> None:
+        """Every ``SWITCHYARD_RETENTION_SWEEP_SECONDS``, in the background: delete what
+        finished more than ``SWITCHYARD_RETENTION_DAYS`` ago (0: never)."""
+        days = self.settings.retention_days
+        now = time.monotonic()
+        if days <= 0 or now - self._last_prune < self.settings.retention_sweep_seconds:
+            return
+        if self._prune_task is not None and not self._prune_task.done():
+            return
+        self._last_prune = now
+        self._prune_task = asyncio.create_task(self._prune(days), name="retention")
+
+    async def _prune(self, days: float) -> None:
+        assert self._pool is not None
+        cutoff = datetime.now(UTC) - timedelta(days=days)
+        try:
+            n = await store.prune_finished(self._pool, older_than=cutoff)
+        except RAW_DB_ERRORS as exc:
+            log.warning("retention sweep failed (next one in %g s): %s",
+                        self.settings.retention_sweep_seconds, exc)  # fmt: skip
+            return
+        if n:
+            log.info("retention: deleted %d job(s) finished before %s", n, cutoff.isoformat())
+
+    def _maintain_vacuum(self) -> None:
         """Vacuum ``jobs`` in the background when the server's autovacuum is off.
 
         Every dispatch and report writes a new row version; the old ones stay in the

@@ -574,3 +574,19 @@ async def current_attempts(session: AsyncSession, ids: list[UUID]) -> dict[UUID,
         text("SELECT id, attempts FROM jobs WHERE id = ANY(:ids)"), {"ids": ids}
     )
     return {r.id: r.attempts for r in rows}
+
+
+async def prune_finished(
+    pool: asyncpg.Pool, *, older_than: datetime, batch: int = 1000, max_batches: int = 100
+) -> int:
+    """Delete jobs that finished before ``older_than`` (retention), ``batch`` at a time
+    (each its own short transaction), at most ``max_batches`` per call. Returns how many."""
+    deleted = 0
+    for _ in range(max_batches):
+        async with pool_transaction(pool) as conn:
+            status = await conn.execute(queries.PRUNE_FINISHED, older_than, batch, timeout=60)
+        n = int(status.split()[-1])  # "DELETE n"
+        deleted += n
+        if n < batch:
+            break
+    return deleted

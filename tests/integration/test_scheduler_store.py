@@ -133,3 +133,63 @@ def test_split_reports_keeps_a_jobs_reports_together() -> None:
     fast, slow = store.split_reports(reports)
     assert [(r.job_id, r.status) for r in fast] == [(a, "started"), (a, "completed")]
     assert [(r.job_id, r.status) for r in slow] == [(b, "started"), (b, "failed")]
+
+
+async def test_retention_deletes_only_what_finished_before_the_cutoff(
+    client: httpx.AsyncClient, db: asyncpg.Connection, database_url: str
+) -> None:
+    """prune_finished: finished jobs older than the cutoff go with their log lines,
+    executions and edges; recent finished jobs and unfinished old ones stay; the audit
+    log keeps its rows."""
+    ids = [
+        uuid.UUID((await client.post("/jobs", json={"type": "demo.echo"})).json()["id"])
+        for _ in range(4)
+    ]
+    old_done, old_failed, recent_done, old_running = ids
+    child = uuid.UUID(
+        (
+            await client.post("/jobs", json={"type": "demo.echo", "depends_on": [str(old_done)]})
+        ).json()["id"]
+    )
+    for job_id, status, age in (
+        (old_done, "completed", "40 days"),
+        (old_failed, "failed", "31 days"),
+        (recent_done, "completed", "29 days"),
+    ):
+        await db.execute(
+            f"UPDATE jobs SET status = $2, finished_at = now() - interval '{age}' WHERE id = $1",
+            job_id,
+            status,
+        )
+    await db.execute(
+        "UPDATE jobs SET status = 'running', attempts = 1, worker_id = 'w',"
+        " ready_at = now() - interval '40 days' WHERE id = $1",
+        old_running,
+    )
+    for job_id in ids:
+        await db.execute(
+            "INSERT INTO job_logs (job_id, attempt, seq, ts, level, message)"
+            " VALUES ($1, 1, 1, now(), 'info', 'x')",
+            job_id,
+        )
+        await db.execute(
+            "INSERT INTO job_executions (job_id, attempt, status) VALUES ($1, 1, 'completed')",
+            job_id,
+        )
+    audit_before = await db.fetchval("SELECT count(*) FROM audit_log")
+    pool = await asyncpg.create_pool(
+        database_url.replace("postgresql+asyncpg://", "postgresql://"), min_size=1, max_size=1
+    )
+    try:
+        cutoff = await db.fetchval("SELECT now() - interval '30 days'")
+        assert await store.prune_finished(pool, older_than=cutoff, batch=1) == 2
+        assert await store.prune_finished(pool, older_than=cutoff) == 0
+    finally:
+        await pool.close()
+    left = {r["id"] for r in await db.fetch("SELECT id FROM jobs")}
+    assert left == {recent_done, old_running, child}
+    for table in ("job_logs", "job_executions"):
+        kept = {r["job_id"] for r in await db.fetch(f"SELECT job_id FROM {table}")}
+        assert kept == {recent_done, old_running}, table
+    assert await db.fetchval("SELECT count(*) FROM job_dependencies") == 0
+    assert await db.fetchval("SELECT count(*) FROM audit_log") == audit_before
