@@ -133,6 +133,9 @@ class Scheduler:
         self.catalog = TaskCatalog()
         self.limits = Limits.from_settings(settings)
         self._cancels: list[JobCancel] = []
+        # The waiting reason last written per ready job: a cycle writes only the ones
+        # that changed (the heads of a long queue keep theirs from cycle to cycle).
+        self._reasons: dict[UUID, str] = {}
         self._zombies: set[tuple[UUID, str]] = set()
         self._sessionmaker: async_sessionmaker[AsyncSession] | None = None
         self._pool: asyncpg.Pool | None = None  # raw statements of the placement path
@@ -168,6 +171,7 @@ class Scheduler:
                         self.inbox.clear()
                         self._zombies.clear()
                         self._cancels.clear()
+                        self._reasons.clear()
                         if self._lock_conn is not None and not self._lock_conn.is_closed():
                             self._lock_conn.terminate()
                         self._lock_conn = None
@@ -581,12 +585,13 @@ class Scheduler:
                 lease_seconds=self.settings.worker_lease_seconds,
             )
             if not placed:
-                await store.set_waiting_reasons(self._pool, plan.waiting)
+                await self._set_waiting_reasons(plan.waiting)
                 return
             for p in placed:
                 self.assignments[p.id] = Assignment(
                     p.id, p.worker_id, p.attempts, p.cpu_units, p.memory_mb
                 )
+                self._reasons.pop(p.id, None)  # the dispatch cleared it
             lease_until = now + timedelta(seconds=self.settings.worker_lease_seconds)
             per_worker: dict[str, list[Placed]] = {}
             for p in placed:
@@ -623,7 +628,7 @@ class Scheduler:
             ]  # fmt: skip
             results = await self.broker.publish_each(messages)
             # Why the others wait, after the dispatches (only a changed reason is written).
-            await store.set_waiting_reasons(self._pool, plan.waiting)
+            await self._set_waiting_reasons(plan.waiting)
             failed = [
                 p
                 for group, err in zip(carried, results, strict=True)
@@ -653,6 +658,16 @@ class Scheduler:
                 return
             if len(plan.placements) < len(candidates) or len(placed) < batch:
                 return
+
+    async def _set_waiting_reasons(self, reasons: dict[UUID, str]) -> None:
+        assert self._pool is not None
+        changed = {job: why for job, why in reasons.items() if self._reasons.get(job) != why}
+        if not changed:
+            return
+        await store.set_waiting_reasons(self._pool, changed)
+        if len(self._reasons) > 100_000:  # bounded: forgetting only costs a rewrite
+            self._reasons.clear()
+        self._reasons.update(changed)
 
     # ------------------------------------------------------------ publishing
 
