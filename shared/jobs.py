@@ -844,6 +844,14 @@ async def _requeue(session: AsyncSession, job: Job, *, actor: Actor) -> JobState
             .with_for_update(read=True)
         )
     }
+    gone = sorted(str(p) for p in set(job.depends_on or []) - set(parents))
+    if gone:
+        # Deleted by retention (SWITCHYARD_RETENTION_DAYS): whether it completed is no
+        # longer known, so the dependency cannot be honoured.
+        raise JobConflict(
+            f"job {job.id} depends on {', '.join(gone)}, which no longer exists (deleted "
+            "after SWITCHYARD_RETENTION_DAYS): submit a new job instead"
+        )
     dead = sorted(str(p) for p, st in parents.items() if st in (S.FAILED, S.CANCELLED))
     if dead:
         raise JobConflict(

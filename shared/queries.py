@@ -35,26 +35,25 @@ WHERE ($1::text IS NULL OR status = $1) AND (created_at, id) < ($2, $3)
 ORDER BY created_at DESC, id DESC LIMIT $4
 """
 
-# A batch of attempts that ended well, fenced in the WHERE (still running that attempt on
-# that worker): one statement, no read first. ``started_at`` is the worker's start
-# report when it came in the same batch (a short job's start and end travel together).
-COMPLETE_ATTEMPTS = """
+# A batch of attempt starts and successful ends, one row per attempt (``$6``: it ended),
+# fenced in the WHERE (still running that attempt on that worker), so nothing is read
+# first. One statement over ids in order, so rows are locked in id order as the other
+# writers lock them. An end's ``started_at`` is its start report when that came in the
+# same batch (a short job's start and end travel together); a start alone only fills
+# ``started_at`` once.
+APPLY_SUCCESSES = """
 UPDATE jobs j
-SET status = 'completed', result = u.result::jsonb, error = NULL, finished_at = $6,
-    lease_expires_at = NULL, updated_at = now(), started_at = COALESCE(j.started_at, u.started)
-FROM unnest($1::uuid[], $2::int[], $3::text[], $4::text[], $5::timestamptz[])
-     AS u(id, attempt, worker_id, result, started)
+SET status = CASE WHEN u.done THEN 'completed' ELSE j.status END,
+    result = CASE WHEN u.done THEN u.result::jsonb ELSE j.result END,
+    error = CASE WHEN u.done THEN NULL ELSE j.error END,
+    finished_at = CASE WHEN u.done THEN $7 ELSE j.finished_at END,
+    lease_expires_at = CASE WHEN u.done THEN NULL ELSE j.lease_expires_at END,
+    started_at = COALESCE(j.started_at, u.started), updated_at = now()
+FROM unnest($1::uuid[], $2::int[], $3::text[], $4::text[], $5::timestamptz[], $6::bool[])
+     AS u(id, attempt, worker_id, result, started, done)
 WHERE j.id = u.id AND j.status = 'running' AND j.attempts = u.attempt
-  AND j.worker_id = u.worker_id
-RETURNING j.id, j.type, j.attempts, j.worker_id, j.started_at
-"""
-
-# Starts of attempts still running (their end not in the same batch), fenced likewise.
-START_ATTEMPTS = """
-UPDATE jobs j SET started_at = u.ts, updated_at = now()
-FROM unnest($1::uuid[], $2::int[], $3::text[], $4::timestamptz[]) AS u(id, attempt, worker_id, ts)
-WHERE j.id = u.id AND j.status = 'running' AND j.attempts = u.attempt
-  AND j.worker_id = u.worker_id AND j.started_at IS NULL
+  AND j.worker_id = u.worker_id AND (u.done OR j.started_at IS NULL)
+RETURNING j.id, j.type, j.attempts, j.worker_id, j.started_at, u.done
 """
 
 # Completed parents: their children's unmet counts go down; those reaching zero become
@@ -75,6 +74,20 @@ SET unmet_dependencies = j.unmet_dependencies - c.n,
     updated_at = now()
 FROM c WHERE j.id = c.job_id AND j.status = 'blocked'
 RETURNING j.id, j.type, j.status, j.attempts, j.worker_id
+"""
+
+# Why ready jobs wait: only a changed reason is written; answers every job that is still
+# ready (written now or already saying that), so the scheduler remembers only those.
+SET_WAITING_REASONS = """
+WITH r AS (
+    SELECT j.id, r.reason, j.waiting_reason IS DISTINCT FROM r.reason AS changed
+    FROM unnest($1::uuid[], $2::text[]) AS r(id, reason) JOIN jobs j ON j.id = r.id
+    WHERE j.status = 'ready'
+), written AS (
+    UPDATE jobs j SET waiting_reason = r.reason FROM r
+    WHERE j.id = r.id AND r.changed AND j.status = 'ready'
+)
+SELECT id FROM r
 """
 
 # Retention: up to $2 finished jobs that finished before $1, oldest first (the partial

@@ -65,11 +65,12 @@ class Settings(BaseSettings):
     # the jobs table this often (dead row versions slow the claim index). 0: never.
     vacuum_seconds: float = Field(default=30.0, ge=0)
 
-    # Retention: finished jobs (completed, failed, cancelled) are deleted with their log
-    # lines, executions and dependency edges this many days after they finished; the
-    # active scheduler sweeps every retention_sweep_seconds. 0 keeps them forever. The
-    # audit log is append-only and is never pruned (see docs/operations.md).
-    retention_days: float = Field(default=30.0, ge=0)
+    # Retention: when > 0, finished jobs (completed, failed, cancelled) are deleted with
+    # their log lines, executions and dependency edges this many days after they
+    # finished; the active scheduler sweeps every retention_sweep_seconds. 0 (the
+    # default) keeps everything: nothing is deleted unless the operator asks for it.
+    # The audit log is append-only and never pruned (see docs/operations.md).
+    retention_days: float = Field(default=0.0, ge=0)
     retention_sweep_seconds: float = Field(default=60.0, gt=0)
 
     # API: events buffered per WebSocket client before new ones are dropped for it.

@@ -325,7 +325,8 @@ class Scheduler:
                 events.extend(outcome.events)
             if others or beats or progress:
                 async with self._sessionmaker() as session:
-                    # Progress first: the final value often shares a batch with the completion.
+                    # (Progress is fenced by attempt only: its final value lands even when
+                    # the completion that shared its batch was committed just before.)
                     await store.save_progress(session, progress)
                     outcome = await store.apply_reports(session, others, rng=self.rng)
                     await store.save_workers(session, list(beats.values()))
@@ -334,7 +335,9 @@ class Scheduler:
                 events.extend(outcome.events)
         except BaseException:
             self.inbox[:0] = batch  # not (all) applied: keep them (unacked) for the next cycle
-            await self._publish(events)  # what was applied
+            await self._publish(events)  # what was applied (the fence ignores it next time)
+            if any(e.new_status == "ready" for e in events):
+                self._maybe_ready = True  # children it unblocked: place them next cycle
             raise
         await ack_all(batch)
 
@@ -664,10 +667,10 @@ class Scheduler:
         changed = {job: why for job, why in reasons.items() if self._reasons.get(job) != why}
         if not changed:
             return
-        await store.set_waiting_reasons(self._pool, changed)
+        ready = await store.set_waiting_reasons(self._pool, changed)
         if len(self._reasons) > 100_000:  # bounded: forgetting only costs a rewrite
             self._reasons.clear()
-        self._reasons.update(changed)
+        self._reasons.update((job, changed[job]) for job in ready)
 
     # ------------------------------------------------------------ publishing
 

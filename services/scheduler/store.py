@@ -216,25 +216,17 @@ async def apply_successes(pool: asyncpg.Pool, reports: list[JobStatusReport]) ->
             starts.setdefault(key, r.ts)
         else:
             ends.setdefault(key, r)
-    start_only = [k for k in starts if k not in ends]
+    keys = sorted(starts.keys() | ends.keys())  # rows locked in id order, as everyone does
     now = utcnow()
     async with pool_transaction(pool) as conn:
-        if start_only:
-            await conn.execute(
-                queries.START_ATTEMPTS,
-                [k[0] for k in start_only], [k[1] for k in start_only],
-                [k[2] for k in start_only], [starts[k] for k in start_only],
-                timeout=10,
-            )  # fmt: skip
-        if not ends:
-            return out
-        keys = sorted(ends)  # rows locked in id order, as everyone does
         rows = await conn.fetch(
-            queries.COMPLETE_ATTEMPTS,
+            queries.APPLY_SUCCESSES,
             [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys],
-            [_json(ends[k].result) for k in keys], [starts.get(k) for k in keys], now,
+            [_json(ends[k].result) if k in ends else None for k in keys],
+            [starts.get(k) for k in keys], [k in ends for k in keys], now,
             timeout=10,
         )  # fmt: skip
+        rows = [r for r in rows if r["done"]]
         unblocked = (
             await conn.fetch(queries.UNBLOCK_CHILDREN, [r["id"] for r in rows], timeout=10)
             if rows
@@ -455,19 +447,15 @@ async def undo_dispatch(session: AsyncSession, placed: list[Placed]) -> list[Job
     return [_event(r, S.RUNNING.value, r.status, "dispatch not delivered") for r in rows]
 
 
-async def set_waiting_reasons(pool: asyncpg.Pool, reasons: dict[UUID, str]) -> None:
+async def set_waiting_reasons(pool: asyncpg.Pool, reasons: dict[UUID, str]) -> set[UUID]:
+    """Write the reasons that changed; the ids of the jobs still ready (whose reason is
+    now the one given)."""
     if not reasons:
-        return
-    await pool_fetch(
-        pool,
-        """
-        UPDATE jobs j SET waiting_reason = r.reason
-        FROM unnest($1::uuid[], $2::text[]) AS r(id, reason)
-        WHERE j.id = r.id AND j.status = 'ready' AND j.waiting_reason IS DISTINCT FROM r.reason
-        """,
-        list(reasons),
-        list(reasons.values()),
+        return set()
+    rows = await pool_fetch(
+        pool, queries.SET_WAITING_REASONS, list(reasons), list(reasons.values())
     )
+    return {r["id"] for r in rows}
 
 
 async def save_progress(
@@ -577,14 +565,23 @@ async def current_attempts(session: AsyncSession, ids: list[UUID]) -> dict[UUID,
 
 
 async def prune_finished(
-    pool: asyncpg.Pool, *, older_than: datetime, batch: int = 1000, max_batches: int = 100
+    pool: asyncpg.Pool, *, older_than: datetime, batch: int = 1000, limit: int = 100_000
 ) -> int:
     """Delete jobs that finished before ``older_than`` (retention), ``batch`` at a time
-    (each its own short transaction), at most ``max_batches`` per call. Returns how many."""
+    (each its own transaction), at most ``limit`` per call. Returns how many.
+
+    A batch that times out (jobs with very many log lines) is retried smaller, down to
+    one job, so a sweep never gets stuck on the same oldest rows."""
     deleted = 0
-    for _ in range(max_batches):
-        async with pool_transaction(pool) as conn:
-            status = await conn.execute(queries.PRUNE_FINISHED, older_than, batch, timeout=60)
+    while deleted < limit:
+        try:
+            async with pool_transaction(pool) as conn:
+                status = await conn.execute(queries.PRUNE_FINISHED, older_than, batch, timeout=60)
+        except TimeoutError:
+            if batch == 1:
+                raise
+            batch = max(1, batch // 10)
+            continue
         n = int(status.split()[-1])  # "DELETE n"
         deleted += n
         if n < batch:

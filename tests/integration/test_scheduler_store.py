@@ -139,8 +139,8 @@ async def test_retention_deletes_only_what_finished_before_the_cutoff(
     client: httpx.AsyncClient, db: asyncpg.Connection, database_url: str
 ) -> None:
     """prune_finished: finished jobs older than the cutoff go with their log lines,
-    executions and edges; recent finished jobs and unfinished old ones stay; the audit
-    log keeps its rows."""
+    executions and edges; recent finished jobs and unfinished old ones stay; a child
+    whose parent was deleted cannot be retried."""
     ids = [
         uuid.UUID((await client.post("/jobs", json={"type": "demo.echo"})).json()["id"])
         for _ in range(4)
@@ -176,7 +176,6 @@ async def test_retention_deletes_only_what_finished_before_the_cutoff(
             "INSERT INTO job_executions (job_id, attempt, status) VALUES ($1, 1, 'completed')",
             job_id,
         )
-    audit_before = await db.fetchval("SELECT count(*) FROM audit_log")
     pool = await asyncpg.create_pool(
         database_url.replace("postgresql+asyncpg://", "postgresql://"), min_size=1, max_size=1
     )
@@ -192,4 +191,56 @@ async def test_retention_deletes_only_what_finished_before_the_cutoff(
         kept = {r["job_id"] for r in await db.fetch(f"SELECT job_id FROM {table}")}
         assert kept == {recent_done, old_running}, table
     assert await db.fetchval("SELECT count(*) FROM job_dependencies") == 0
-    assert await db.fetchval("SELECT count(*) FROM audit_log") == audit_before
+    # The child outlived its parent: retrying it cannot honour the dependency.
+    await db.execute("UPDATE jobs SET status = 'failed', finished_at = now() WHERE id = $1", child)
+    r = await client.post(f"/jobs/{child}/retry")
+    assert r.status_code == 409 and "no longer exists" in r.text, r.text
+    assert await db.fetchval("SELECT status FROM jobs WHERE id = $1", child) == "failed"
+
+
+async def test_fast_path_unblocks_children(
+    client: httpx.AsyncClient, db: asyncpg.Connection, database_url: str
+) -> None:
+    parent = await running_job(client, db, cancel=False)
+    child = uuid.UUID(
+        (
+            await client.post("/jobs", json={"type": "demo.echo", "depends_on": [str(parent)]})
+        ).json()["id"]
+    )
+    assert await db.fetchval("SELECT status FROM jobs WHERE id = $1", child) == "blocked"
+    pool = await asyncpg.create_pool(
+        database_url.replace("postgresql+asyncpg://", "postgresql://"), min_size=1, max_size=1
+    )
+    try:
+        out = await store.apply_successes(pool, [report(parent, "completed")])
+    finally:
+        await pool.close()
+    assert [(e.job_id, e.old_status, e.new_status) for e in out.events] == [
+        (parent, "running", "completed"),
+        (child, "blocked", "ready"),
+    ]
+    row = await db.fetchrow("SELECT status, unmet_dependencies FROM jobs WHERE id = $1", child)
+    assert (row["status"], row["unmet_dependencies"]) == ("ready", 0)
+
+
+async def test_waiting_reasons_answer_the_jobs_still_ready(
+    client: httpx.AsyncClient, db: asyncpg.Connection, database_url: str
+) -> None:
+    ready = uuid.UUID((await client.post("/jobs", json={"type": "demo.echo"})).json()["id"])
+    running = await running_job(client, db, cancel=False)
+    pool = await asyncpg.create_pool(
+        database_url.replace("postgresql+asyncpg://", "postgresql://"), min_size=1, max_size=1
+    )
+    try:
+        why = {ready: "waiting for free capacity", running: "waiting for free capacity"}
+        assert await store.set_waiting_reasons(pool, why) == {ready}
+        assert await store.set_waiting_reasons(pool, why) == {ready}  # unchanged: still ready
+    finally:
+        await pool.close()
+    rows = await db.fetch(
+        "SELECT id, waiting_reason FROM jobs WHERE id = ANY($1)", [ready, running]
+    )
+    assert {r["id"]: r["waiting_reason"] for r in rows} == {
+        ready: "waiting for free capacity",
+        running: None,
+    }
