@@ -160,6 +160,19 @@ async def ensure_database(database_url: str) -> bool:
 _OUTAGE_SQLSTATE_PREFIXES = ("08", "53", "57")
 
 
+def is_transient_conflict(exc: BaseException) -> bool:
+    """True when ``exc`` is a deadlock or serialization failure: the transaction was
+    rolled back whole and the same request, tried again, normally succeeds."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if getattr(current, "sqlstate", None) in ("40P01", "40001"):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
 def is_db_outage(exc: BaseException) -> bool:
     """True when ``exc`` means the database is unreachable (retry later), not a bad query."""
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:

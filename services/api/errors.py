@@ -14,7 +14,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException
 
 from services.api.audit import audit_refusal
-from shared.db import is_db_outage
+from shared.db import is_db_outage, is_transient_conflict
 from shared.errors import (
     InvalidJobRequest,
     JobConflict,
@@ -100,5 +100,15 @@ def install_error_handlers(app: FastAPI) -> None:
                 status_code=503,
                 headers={"Retry-After": "2"},
             )
+        if is_transient_conflict(exc):
+            log.warning(
+                "conflict in %s %s (rolled back): %s", request.method, request.url.path, exc
+            )
+            return JSONResponse(
+                {"detail": "the request collided with a concurrent change and was rolled "
+                           "back; nothing was changed, retry it"},
+                status_code=503,
+                headers={"Retry-After": "1"},
+            )  # fmt: skip
         log.exception("database error in %s %s", request.method, request.url.path)
         return JSONResponse({"detail": "internal error; see the API logs"}, status_code=500)
