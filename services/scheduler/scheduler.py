@@ -335,11 +335,13 @@ class Scheduler:
                 events.extend(outcome.events)
         except BaseException:
             self.inbox[:0] = batch  # not (all) applied: keep them (unacked) for the next cycle
-            await self._publish(events)  # what was applied (the fence ignores it next time)
-            if any(e.new_status == "ready" for e in events):
-                self._maybe_ready = True  # children it unblocked: place them next cycle
+            self._announce(events)  # what was applied (the fence ignores it next time)
             raise
         await ack_all(batch)
+        # Published now, not at the end of the cycle: a later step that fails (losses,
+        # due jobs) must not take the events of what is already committed with it.
+        self._announce(events)
+        events = []
 
         events.extend(await self._handle_losses())
         now = time.monotonic()
@@ -673,6 +675,12 @@ class Scheduler:
         self._reasons.update((job, changed[job]) for job in ready)
 
     # ------------------------------------------------------------ publishing
+
+    def _announce(self, events: list[JobStateChanged]) -> None:
+        """Publish committed transitions; jobs they made ready are placed next."""
+        if any(e.new_status == "ready" for e in events):
+            self._maybe_ready = True
+        self.outbox.put(list(events))
 
     async def _publish(self, events: list[JobStateChanged]) -> None:
         await self._send(list(events))
