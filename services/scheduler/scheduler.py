@@ -338,38 +338,41 @@ class Scheduler:
             self._announce(events)  # what was applied (the fence ignores it next time)
             raise
         await ack_all(batch)
-        # Published now, not at the end of the cycle: a later step that fails (losses,
-        # due jobs) must not take the events of what is already committed with it.
+        try:
+            events.extend(await self._handle_losses())
+            events.extend(await self._timed_work())
+        except BaseException:
+            # What is committed keeps its events even when a later step fails.
+            self._announce(events)
+            raise
+        # Published together, before this cycle's dispatches (as one batch per kind).
         self._announce(events)
-        events = []
-
-        events.extend(await self._handle_losses())
-        now = time.monotonic()
-        if now - self._last_timed >= self.settings.scheduler_tick_seconds:
-            # Time-driven work (due delays and backoffs, cron) runs once per tick, not
-            # on every message: a busy cycle stays a few statements long.
-            self._last_timed = now
-            # Also the safety net for jobs whose wake-up hint was never published.
-            self._maybe_ready = True
-            async with self._sessionmaker() as session:
-                due = await store.promote_due(session, limit=self.settings.scheduler_batch_size)
-                if len(due) >= self.settings.scheduler_batch_size:
-                    self._last_timed = 0.0  # more are due: again next cycle, not next tick
-                events.extend(due)
-                fired, new_jobs = await fire_due_schedules(
-                    session, catalog=self.catalog, limits=self.limits
-                )
-                await session.commit()
-            events.extend(fired)
-            if new_jobs:
-                log.info("schedules submitted %d job(s)", len(new_jobs))
-        if any(e.new_status == "ready" for e in events):
-            self._maybe_ready = True  # handed back, unblocked, due, fired
-        await self._publish(events)
         await self._place()
         await self._send_cancels()
         await self._monitor()
         self._maintain()
+
+    async def _timed_work(self) -> list[JobStateChanged]:
+        """Time-driven work (due delays and backoffs, cron), once per tick, not on every
+        message: a busy cycle stays a few statements long."""
+        assert self._sessionmaker is not None
+        now = time.monotonic()
+        if now - self._last_timed < self.settings.scheduler_tick_seconds:
+            return []
+        self._last_timed = now
+        # Also the safety net for jobs whose wake-up hint was never published.
+        self._maybe_ready = True
+        async with self._sessionmaker() as session:
+            due = await store.promote_due(session, limit=self.settings.scheduler_batch_size)
+            if len(due) >= self.settings.scheduler_batch_size:
+                self._last_timed = 0.0  # more are due: again next cycle, not next tick
+            fired, new_jobs = await fire_due_schedules(
+                session, catalog=self.catalog, limits=self.limits
+            )
+            await session.commit()
+        if new_jobs:
+            log.info("schedules submitted %d job(s)", len(new_jobs))
+        return [*due, *fired]
 
     # ------------------------------------------------------------ workers and losses
 
