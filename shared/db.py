@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import asyncpg
 import orjson
@@ -98,10 +98,15 @@ async def pool_fetch(pool: asyncpg.Pool, sql: str, *args: object) -> list[asyncp
         try:
             return await conn.fetch(sql, *args, timeout=10)  # type: ignore[no-any-return]
         except Exception as exc:
-            if not isinstance(exc, asyncpg.PostgresError) or is_db_outage(exc):
-                with contextlib.suppress(asyncpg.InterfaceError):  # already gone
-                    conn.terminate()
+            _drop_if_broken(conn, exc)
             raise
+
+
+def _drop_if_broken(conn: asyncpg.Connection, exc: Exception) -> None:
+    """Terminate ``conn`` unless ``exc`` was only its statement's own error."""
+    if not isinstance(exc, asyncpg.PostgresError) or is_db_outage(exc):
+        with contextlib.suppress(asyncpg.InterfaceError):  # already gone
+            conn.terminate()
 
 
 @contextlib.asynccontextmanager
@@ -114,9 +119,7 @@ async def pool_transaction(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connecti
             async with conn.transaction():
                 yield conn
         except Exception as exc:
-            if not isinstance(exc, asyncpg.PostgresError) or is_db_outage(exc):
-                with contextlib.suppress(asyncpg.InterfaceError):
-                    conn.terminate()
+            _drop_if_broken(conn, exc)
             raise
 
 
@@ -160,27 +163,27 @@ async def ensure_database(database_url: str) -> bool:
 _OUTAGE_SQLSTATE_PREFIXES = ("08", "53", "57")
 
 
-def is_transient_conflict(exc: BaseException) -> bool:
-    """True when ``exc`` is a deadlock or serialization failure: the transaction was
-    rolled back whole and the same request, tried again, normally succeeds."""
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and what caused it, each once."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if getattr(current, "sqlstate", None) in ("40P01", "40001"):
-            return True
+        yield current
         current = current.__cause__ or current.__context__
-    return False
+
+
+def is_transient_conflict(exc: BaseException) -> bool:
+    """True when ``exc`` is a deadlock or serialization failure: the transaction was
+    rolled back whole and the same request, tried again, normally succeeds."""
+    return any(getattr(e, "sqlstate", None) in ("40P01", "40001") for e in _chain(exc))
 
 
 def is_db_outage(exc: BaseException) -> bool:
     """True when ``exc`` means the database is unreachable (retry later), not a bad query."""
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return True
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
+    for current in _chain(exc):
         if isinstance(current, OperationalError | InterfaceError | PoolTimeout):
             return True
         if isinstance(current, ConnectionError | OSError | asyncio.TimeoutError):
@@ -194,5 +197,4 @@ def is_db_outage(exc: BaseException) -> bool:
             sqlstate.startswith(_OUTAGE_SQLSTATE_PREFIXES) or sqlstate == "55000"
         ):
             return True
-        current = current.__cause__ or current.__context__
     return False

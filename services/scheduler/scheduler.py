@@ -658,9 +658,9 @@ class Scheduler:
                 self._maybe_ready = True
                 gone = {p.id for p in failed}
                 events = [e for e in events if e.job_id not in gone] + undone
-                await self._publish(events)
+                self._announce(events)
                 return
-            await self._publish(events)
+            self._announce(events)
             if len(plan.placements) == len(candidates) < batch:
                 self._maybe_ready = False  # every ready job is placed now
                 return
@@ -684,9 +684,6 @@ class Scheduler:
         if any(e.new_status == "ready" for e in events):
             self._maybe_ready = True
         self.outbox.put(list(events))
-
-    async def _publish(self, events: list[JobStateChanged]) -> None:
-        await self._send(list(events))
 
     async def _send(self, messages: list[_Message]) -> None:
         # Committed already; these are notifications: the outbox publishes them in
