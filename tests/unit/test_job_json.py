@@ -62,3 +62,20 @@ def test_one_job_same_bytes_as_pydantic(job: SimpleNamespace) -> None:
 def test_a_batch_answer_same_bytes_as_pydantic() -> None:
     expected = BatchRead(jobs=[job_to_read(j) for j in CASES]).model_dump_json()  # type: ignore[arg-type]
     assert jobs_json(CASES) == expected.encode()
+
+
+def test_insert_defaults_cover_every_other_column() -> None:
+    """A batch answers from the rows it inserted plus INSERT_DEFAULTS (no RETURNING *):
+    together they must name every column of ``jobs``, each default the server's."""
+    from shared.jobs import _INSERT_TYPES, INSERT_DEFAULTS
+    from shared.models import Job
+
+    columns = Job.__table__.columns
+    assert set(_INSERT_TYPES) | set(INSERT_DEFAULTS) == set(columns.keys())
+    assert not set(_INSERT_TYPES) & set(INSERT_DEFAULTS)
+    for name, value in INSERT_DEFAULTS.items():
+        default = columns[name].server_default
+        if default is None:
+            assert value is None, name
+        else:
+            assert str(default.arg).lower() == str(value).lower(), name

@@ -1,12 +1,15 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
 import pytest
+from pydantic import BaseModel, field_serializer
 
 from shared.errors import DecodeError
 from shared.messages import (
+    Batch,
     JobCancel,
     JobDispatch,
     JobLog,
@@ -22,6 +25,7 @@ from shared.messages import (
     decode,
     dispatch_key,
     encode,
+    pydantic_encode,
     routing_key,
 )
 
@@ -83,3 +87,37 @@ def test_garbage_raises_decode_error(body: bytes) -> None:
 
 def test_version_is_on_the_wire() -> None:
     assert b'"v":1' in encode(SAMPLES[2])
+
+
+class _Foreign(BaseModel):
+    """A model of a task's own in a result: pydantic, not orjson, must write it."""
+
+    when: datetime
+
+    @field_serializer("when")
+    def _epoch(self, when: datetime) -> float:
+        return when.timestamp()
+
+
+def _report(result: object) -> JobStatusReport:
+    return JobStatusReport(job_id=JOB, attempt=1, worker_id="w1", status="completed", result=result)
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        *SAMPLES,
+        Batch(of="job.state", items=[SAMPLES[4], SAMPLES[4]]),
+        Batch(of="job.dispatch", items=[SAMPLES[1], SAMPLES[1]]),
+        JobStateChanged(job_id=JOB, type="t", old_status="running", new_status="failed",
+                        attempt=3, duration_seconds=float("nan"),
+                        ts=datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=timezone(timedelta(hours=2)))),
+        _report({1: "int key", "nested": [{2: 3}]}),  # non-str keys
+        _report({"model": _Foreign(when=datetime(2026, 1, 1, tzinfo=UTC))}),
+        _report({"tuple": (1, 2), "float": 1e-300, "unicode": "\u00fc\U0001f600"}),
+    ],
+    ids=lambda m: getattr(m, "kind", "?"),
+)  # fmt: skip
+def test_encode_writes_what_pydantic_writes(message: Any) -> None:
+    """encode() lets orjson walk the models (3-4x faster); its bytes must be pydantic's."""
+    assert encode(message) == pydantic_encode(message)

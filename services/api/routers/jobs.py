@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import datetime
 from typing import Annotated, Any
 from uuid import UUID
@@ -84,8 +85,9 @@ def _announce(state: Any, events: list[JobStateChanged], created: list[Any]) -> 
         priority = Priority.from_rank(hinted.priority)
         messages.append(JobSubmitted(job_id=hinted.id, type=hinted.type, priority=priority))
     publish_after_commit(state, messages)
-    for job in created:
-        state.metrics.submitted.labels(job.type, Priority.from_rank(job.priority).value).inc()
+    counts = Counter((job.type, job.priority) for job in created)
+    for (job_type, rank), n in counts.items():
+        state.metrics.submitted.labels(job_type, Priority.from_rank(rank).value).inc(n)
 
 
 @router.post(
