@@ -407,7 +407,16 @@ async def submit_jobs(
         columns = {name: [r[name] for r in rows_to_insert] for name in _INSERT_TYPES}
         columns["payload"] = [orjson.dumps(p).decode() for p in columns["payload"]]
         columns["depends_on"] = [_uuid_array(d) for d in columns["depends_on"]]
-        result = await session.execute(_INSERT_UNNEST, columns)
+        # A column with one value for the whole batch (the type, the defaults, the
+        # times...: most of them) travels once, not once per job: asyncpg encoded 24
+        # arrays of N values, and PostgreSQL unpacked them, for what is mostly 2.
+        same = frozenset(
+            name
+            for name, values in columns.items()
+            if name != "id" and values.count(values[0]) == len(values)
+        )
+        params = {name: values[0] if name in same else values for name, values in columns.items()}
+        result = await session.execute(_insert_statement(same), params)
         if len(result.all()) != len(rows_to_insert):
             # A concurrent request took one of our idempotency keys between our check
             # and our insert; the caller retries once and then sees the stored job.
@@ -455,16 +464,31 @@ _INSERT_TYPES = {
     "idempotency_fingerprint": "text", "created_by": "text", "created_at": "timestamptz",
     "updated_at": "timestamptz", "ready_at": "timestamptz", "finished_at": "timestamptz",
 }  # fmt: skip
-_CASTS = {"payload": "payload::jsonb", "depends_on": "depends_on::uuid[]"}
-_INSERT_UNNEST_SQL = (
-    f"INSERT INTO jobs ({', '.join(_INSERT_TYPES)}) "
-    f"SELECT {', '.join(_CASTS.get(c, c) for c in _INSERT_TYPES)} FROM unnest("
-    + ", ".join(f"CAST(:{c} AS {t}[])" for c, t in _INSERT_TYPES.items())
-    + f") AS u({', '.join(_INSERT_TYPES)}) "
-    "ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING "
-    "RETURNING id"
-)
-_INSERT_UNNEST = text(_INSERT_UNNEST_SQL)
+_CASTS = {"payload": "::jsonb", "depends_on": "::uuid[]"}
+_INSERT_STATEMENTS: dict[frozenset[str], Any] = {}
+
+
+def _insert_statement(same: frozenset[str]) -> Any:
+    """``INSERT INTO jobs ... SELECT FROM unnest(one array per column)``, the columns in
+    ``same`` as one value each, ``RETURNING id``; one statement per such set, kept."""
+    stmt = _INSERT_STATEMENTS.get(same)
+    if stmt is None:
+        if len(_INSERT_STATEMENTS) >= 256:  # bounded; in practice a handful of shapes
+            _INSERT_STATEMENTS.clear()
+        varying = [c for c in _INSERT_TYPES if c not in same]
+        values = [
+            f"CAST(:{c} AS {t}){_CASTS.get(c, '')}" if c in same else f"u.{c}{_CASTS.get(c, '')}"
+            for c, t in _INSERT_TYPES.items()
+        ]
+        arrays = ", ".join(f"CAST(:{c} AS {_INSERT_TYPES[c]}[])" for c in varying)
+        stmt = _INSERT_STATEMENTS[same] = text(
+            f"INSERT INTO jobs ({', '.join(_INSERT_TYPES)}) SELECT {', '.join(values)} "
+            f"FROM unnest({arrays}) AS u({', '.join(varying)}) "
+            "ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING "
+            "RETURNING id"
+        )
+    return stmt
+
 
 # What a new row holds in the columns the insert does not give (their server defaults;
 # tests/unit checks this covers every column of ``jobs``).

@@ -301,6 +301,38 @@ class ErrorBody(BaseModel):
 
 def check_json_value(value: Any, *, max_depth: int, where: str = "payload") -> None:
     """Reject what JSON/JSONB cannot hold faithfully: NaN/Infinity and absurd nesting."""
+    if not _json_suspect(value, max_depth):
+        return  # the common case: one walk, no path strings built
+    _explain_json_value(value, max_depth=max_depth, where=where)
+    raise ValueError(f"{where}: not a valid JSON value")  # (the walk above names it)
+
+
+def _json_suspect(value: Any, max_depth: int) -> bool:
+    """True when ``check_json_value`` has something to refuse (found without paths)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        kind = type(item)
+        if kind is dict or kind is list or isinstance(item, dict | list):
+            if depth > max_depth:
+                return True
+            if isinstance(item, dict):
+                for k, v in item.items():
+                    if "\x00" in k:
+                        return True
+                    stack.append((v, depth + 1))
+            else:
+                stack.extend((v, depth + 1) for v in item)
+        elif isinstance(item, str):
+            if "\x00" in item:
+                return True
+        elif isinstance(item, float) and not math.isfinite(item):
+            return True
+    return False
+
+
+def _explain_json_value(value: Any, *, max_depth: int, where: str) -> None:
+    """Raise ValueError naming where ``value`` holds what JSON cannot."""
     stack: list[tuple[Any, int, str]] = [(value, 1, where)]
     while stack:
         item, depth, path = stack.pop()
