@@ -181,9 +181,13 @@ class Outbox:
 
     CHUNK = 5_000
 
-    def __init__(self, broker: Broker, *, max_pending: int = 200_000) -> None:
+    def __init__(self, broker: Broker, *, max_pending: int = 200_000, linger: float = 0.0) -> None:
         self._broker = broker
         self._max_pending = max_pending
+        # Seconds to let more notifications gather after the first of a quiet moment:
+        # what comes meanwhile travels in the same batch body (one publish and one
+        # delivery per consumer instead of one per message).
+        self._linger = linger
         self._pending: list[_Message] = []
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
@@ -210,6 +214,8 @@ class Outbox:
     async def _run(self) -> None:
         while True:
             await self._wake.wait()
+            if self._linger > 0:
+                await asyncio.sleep(self._linger)
             self._wake.clear()
             while self._pending:
                 chunk, self._pending = self._pending[: self.CHUNK], self._pending[self.CHUNK :]

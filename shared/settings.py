@@ -61,6 +61,10 @@ class Settings(BaseSettings):
     scheduler_tick_seconds: float = 0.5
     scheduler_batch_size: int = Field(default=500, ge=1, le=100_000)
     monitoring_seconds: float = 5.0
+    # How long the scheduler lets job.state events (and re-sent cancels) gather before
+    # it publishes them as one batch: fewer messages for every API replica to take in.
+    # Dispatches never wait. 0: publish each cycle's events at once.
+    event_linger_seconds: float = Field(default=0.02, ge=0, le=1)
     # When the PostgreSQL server runs without autovacuum, the active scheduler vacuums
     # the jobs table this often (dead row versions slow the claim index). 0: never.
     vacuum_seconds: float = Field(default=30.0, ge=0)

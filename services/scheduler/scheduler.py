@@ -110,7 +110,7 @@ class Scheduler:
             name="switchyard-scheduler",
             publish_timeout=settings.publish_timeout_seconds,
         )
-        self.outbox = Outbox(self.broker)
+        self.outbox = Outbox(self.broker, linger=settings.event_linger_seconds)
         self.workers: dict[str, WorkerInfo] = {}
         self.assignments: dict[UUID, Assignment] = {}
         self.inbox: list[Delivery] = []
