@@ -42,39 +42,34 @@ ORDER BY created_at DESC, id DESC LIMIT $4
 # same batch (a short job's start and end travel together); a start alone only fills
 # ``started_at`` once.
 APPLY_SUCCESSES = """
-UPDATE jobs j
-SET status = CASE WHEN u.done THEN 'completed' ELSE j.status END,
-    result = CASE WHEN u.done THEN u.result::jsonb ELSE j.result END,
-    error = CASE WHEN u.done THEN NULL ELSE j.error END,
-    finished_at = CASE WHEN u.done THEN $7 ELSE j.finished_at END,
-    lease_expires_at = CASE WHEN u.done THEN NULL ELSE j.lease_expires_at END,
-    started_at = COALESCE(j.started_at, u.started), updated_at = now()
-FROM unnest($1::uuid[], $2::int[], $3::text[], $4::text[], $5::timestamptz[], $6::bool[])
-     AS u(id, attempt, worker_id, result, started, done)
-WHERE j.id = u.id AND j.status = 'running' AND j.attempts = u.attempt
-  AND j.worker_id = u.worker_id AND (u.done OR j.started_at IS NULL)
-RETURNING j.id, j.type, j.attempts, j.worker_id, j.started_at, u.done
-"""
-
-# Completed parents: their children's unmet counts go down; those reaching zero become
-# ready (or pending while their run_at is ahead). Run as its own statement after the
-# completions, in the same transaction: its snapshot then sees a child whose submit
-# (which reads its parents FOR SHARE) the completion had to wait for.
-UNBLOCK_CHILDREN = """
-WITH c AS (
-    SELECT job_id, count(*) AS n FROM job_dependencies
-    WHERE depends_on_id = ANY($1::uuid[]) GROUP BY job_id
+WITH done AS (
+    UPDATE jobs j
+    SET status = CASE WHEN u.done THEN 'completed' ELSE j.status END,
+        result = CASE WHEN u.done THEN u.result::jsonb ELSE j.result END,
+        error = CASE WHEN u.done THEN NULL ELSE j.error END,
+        finished_at = CASE WHEN u.done THEN $7 ELSE j.finished_at END,
+        lease_expires_at = CASE WHEN u.done THEN NULL ELSE j.lease_expires_at END,
+        started_at = COALESCE(j.started_at, u.started), updated_at = now()
+    FROM unnest($1::uuid[], $2::int[], $3::text[], $4::text[], $5::timestamptz[], $6::bool[])
+         AS u(id, attempt, worker_id, result, started, done)
+    WHERE j.id = u.id AND j.status = 'running' AND j.attempts = u.attempt
+      AND j.worker_id = u.worker_id AND (u.done OR j.started_at IS NULL)
+    RETURNING j.id, j.type, j.attempts, j.worker_id, j.started_at, u.done
 )
-UPDATE jobs j
-SET unmet_dependencies = j.unmet_dependencies - c.n,
-    status = CASE WHEN j.unmet_dependencies - c.n > 0 THEN j.status
-                  WHEN j.run_at > now() THEN 'pending' ELSE 'ready' END,
-    ready_at = CASE WHEN j.unmet_dependencies - c.n = 0 AND j.run_at <= now()
-                    THEN now() ELSE j.ready_at END,
-    updated_at = now()
-FROM c WHERE j.id = c.job_id AND j.status = 'blocked'
-RETURNING j.id, j.type, j.status, j.attempts, j.worker_id
+SELECT id, type, attempts, worker_id, started_at, done, NULL::text AS status FROM done
+UNION ALL
+SELECT id, type, attempts, worker_id, NULL::timestamptz, NULL::bool, status
+FROM switchyard_unblock_children(ARRAY(SELECT id FROM done WHERE done))
 """
+"""Starts and completions of a batch (fenced: still running, that attempt, that worker)
+and the children the completions unblock, in one statement. Rows with ``done`` NULL are
+children (``status`` their new status; still ``blocked`` when other parents remain).
+The children are updated by ``switchyard_unblock_children`` (migration 0004), whose
+query takes its own snapshot after the completions' UPDATE has its row locks: a child
+whose submit that UPDATE waited for is seen (a CTE here would miss it)."""
+
+# Completed parents (the session path: failures and the rest): see migration 0004.
+UNBLOCK_CHILDREN = "SELECT * FROM switchyard_unblock_children($1::uuid[])"
 
 # Why ready jobs wait: only a changed reason is written; answers every job that is still
 # ready (written now or already saying that), so the scheduler remembers only those.

@@ -139,6 +139,11 @@ class Scheduler:
         self._zombies: set[tuple[UUID, str]] = set()
         self._sessionmaker: async_sessionmaker[AsyncSession] | None = None
         self._pool: asyncpg.Pool | None = None  # raw statements of the placement path
+        # Dispatch publishes whose confirms are awaited beside the cycle loop (a
+        # confirm is a broker round trip the next cycle need not wait for), and the
+        # placements whose publish failed, undone at the start of the next cycle.
+        self._confirming: set[asyncio.Task[None]] = set()
+        self._unconfirmed: list[Placed] = []
 
     # ------------------------------------------------------------ leadership
 
@@ -254,6 +259,8 @@ class Scheduler:
                     self.wake.set()
         finally:
             await consumer.close()
+            if self._confirming:  # their events (or undos) belong to this leadership
+                await asyncio.wait(self._confirming, timeout=self.settings.publish_timeout_seconds)
             for task in (self._vacuum_task, self._prune_task):
                 if task is not None and not task.done():
                     task.cancel()
@@ -347,6 +354,7 @@ class Scheduler:
             raise
         # Published together, before this cycle's dispatches (as one batch per kind).
         self._announce(events)
+        await self._undo_unconfirmed()
         await self._place()
         await self._send_cancels()
         await self._monitor()
@@ -634,38 +642,61 @@ class Scheduler:
                 )
                 for p in placed
             ]  # fmt: skip
-            results = await self.broker.publish_each(messages)
+            # The confirms are awaited beside the loop: the next cycle (the next hint,
+            # the reports of what just started) does not wait a broker round trip.
+            task = asyncio.create_task(self._confirm(messages, carried, events))
+            self._confirming.add(task)
+            task.add_done_callback(self._confirming.discard)
             # Why the others wait, after the dispatches (only a changed reason is written).
             await self._set_waiting_reasons(plan.waiting)
-            failed = [
-                p
-                for group, err in zip(carried, results, strict=True)
-                if err is not None
-                for p in group
-            ]
-            if failed:
-                # A failed confirm does not prove the message was lost: tell the worker
-                # to drop that attempt should it arrive, then put the job back.
-                await self._send([JobCancel(job_id=p.id, attempt=p.attempts) for p in failed])
-                # Only the undelivered ones go back; the others are on their workers.
-                log.warning("%d dispatch publish(es) failed (%s); putting them back", len(failed),
-                            next(e for e in results if e is not None))  # fmt: skip
-                async with self._sessionmaker() as session:
-                    undone = await store.undo_dispatch(session, failed)
-                    await session.commit()
-                for p in failed:
-                    self.assignments.pop(p.id, None)
-                self._maybe_ready = True
-                gone = {p.id for p in failed}
-                events = [e for e in events if e.job_id not in gone] + undone
-                self._announce(events)
-                return
-            self._announce(events)
             if len(plan.placements) == len(candidates) < batch:
                 self._maybe_ready = False  # every ready job is placed now
                 return
             if len(plan.placements) < len(candidates) or len(placed) < batch:
                 return
+
+    async def _confirm(
+        self,
+        messages: list[tuple[_Message, str]],
+        carried: list[list[Placed]],
+        events: list[JobStateChanged],
+    ) -> None:
+        """Await one placement's dispatch confirms; announce what went out. What the
+        broker did not confirm is undone by the next cycle (``_undo_unconfirmed``)."""
+        try:
+            results: list[object] = list(await self.broker.publish_each(messages))
+        except Exception as exc:  # not a broker error: still, none of them is confirmed
+            log.exception("publishing %d dispatch message(s) failed", len(messages))
+            results = [exc] * len(messages)
+        failed = [
+            p for group, err in zip(carried, results, strict=True) if err is not None for p in group
+        ]
+        if failed:
+            log.warning("%d dispatch publish(es) failed (%s); putting them back", len(failed),
+                        next(e for e in results if e is not None))  # fmt: skip
+            gone = {p.id for p in failed}
+            events = [e for e in events if e.job_id not in gone]
+            self._unconfirmed.extend(failed)
+            self.wake.set()
+        self._announce(events)
+
+    async def _undo_unconfirmed(self) -> None:
+        """Put back the placements whose dispatch publish failed. A failed confirm does
+        not prove the message was lost: the worker is told to drop that attempt should
+        it arrive, and the job goes back to ready (the undo is fenced by attempt)."""
+        if not self._unconfirmed:
+            return
+        assert self._sessionmaker is not None
+        failed = self._unconfirmed
+        await self._send([JobCancel(job_id=p.id, attempt=p.attempts) for p in failed])
+        async with self._sessionmaker() as session:
+            undone = await store.undo_dispatch(session, failed)
+            await session.commit()
+        self._unconfirmed = []  # committed: not again
+        for p in failed:
+            self.assignments.pop(p.id, None)
+        self._maybe_ready = True
+        self._announce(undone)
 
     async def _set_waiting_reasons(self, reasons: dict[UUID, str]) -> None:
         assert self._pool is not None

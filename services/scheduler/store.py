@@ -202,8 +202,8 @@ def split_reports(
 
 async def apply_successes(pool: asyncpg.Pool, reports: list[JobStatusReport]) -> ReportOutcome:
     """Starts and completions on the raw pool: the fence (running, that attempt, that
-    worker) is in each statement's WHERE, so nothing is read first. The completions
-    and the children they unblock are one transaction."""
+    worker) is in the statement's WHERE, so nothing is read first. The completions and
+    the children they unblock are one statement (one transaction, one round trip)."""
     out = ReportOutcome()
     if not reports:
         return out
@@ -218,20 +218,16 @@ async def apply_successes(pool: asyncpg.Pool, reports: list[JobStatusReport]) ->
             ends.setdefault(key, r)
     keys = sorted(starts.keys() | ends.keys())  # rows locked in id order, as everyone does
     now = utcnow()
-    async with pool_transaction(pool) as conn:
-        rows = await conn.fetch(
-            queries.APPLY_SUCCESSES,
-            [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys],
-            [_json(ends[k].result) if k in ends else None for k in keys],
-            [starts.get(k) for k in keys], [k in ends for k in keys], now,
-            timeout=10,
-        )  # fmt: skip
-        rows = [r for r in rows if r["done"]]
-        unblocked = (
-            await conn.fetch(queries.UNBLOCK_CHILDREN, [r["id"] for r in rows], timeout=10)
-            if rows
-            else []
-        )
+    # One statement, one round trip (its own transaction): see queries.APPLY_SUCCESSES.
+    result = await pool_fetch(
+        pool,
+        queries.APPLY_SUCCESSES,
+        [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys],
+        [_json(ends[k].result) if k in ends else None for k in keys],
+        [starts.get(k) for k in keys], [k in ends for k in keys], now,
+    )  # fmt: skip
+    rows = [r for r in result if r["done"]]
+    unblocked = [r for r in result if r["done"] is None]
     out.ignored = len(ends) - len(rows)
     for r in rows:
         started = r["started_at"]

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import asyncpg
 import httpx
 
 from services.scheduler import store
+from shared.jobs import Actor, submit_jobs
 from shared.messages import JobStatusReport
+from shared.schemas import JobCreate
+from tests.conftest import wait_for
 
 
 async def running_job(
@@ -218,6 +222,53 @@ async def test_fast_path_unblocks_children(
     assert [(e.job_id, e.old_status, e.new_status) for e in out.events] == [
         (parent, "running", "completed"),
         (child, "blocked", "ready"),
+    ]
+    row = await db.fetchrow("SELECT status, unmet_dependencies FROM jobs WHERE id = $1", child)
+    assert (row["status"], row["unmet_dependencies"]) == ("ready", 0)
+
+
+async def test_completion_sees_a_child_whose_submit_it_waited_for(
+    app: object, client: httpx.AsyncClient, db: asyncpg.Connection, database_url: str
+) -> None:
+    """The race the one-statement completion must survive: a child's submit holds its
+    running parent FOR SHARE (it counted the parent as unmet) when the completion comes.
+    The completion waits for that lock; once the child commits, the completion must
+    unblock it, although the child was not committed when the statement began."""
+    parent = await running_job(client, db, cancel=False)
+    pool = await asyncpg.create_pool(
+        database_url.replace("postgresql+asyncpg://", "postgresql://"), min_size=1, max_size=1
+    )
+    state = app.state  # type: ignore[attr-defined]
+    try:
+        async with state.sessionmaker() as session:
+            result = await submit_jobs(
+                session, catalog=state.catalog, limits=state.limits, batch=False,
+                specs=[JobCreate(type="demo.echo", depends_on=[parent])],
+                actor=Actor(key_id="test", role="admin"),
+            )  # fmt: skip
+            child = result.jobs[0].id
+            assert result.jobs[0].status == "blocked"
+            completion = asyncio.create_task(
+                store.apply_successes(pool, [report(parent, "completed")])
+            )
+
+            async def waits_for_the_lock() -> bool:
+                return bool(
+                    await db.fetchval(
+                        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                        " AND query LIKE '%WITH done AS%'"
+                    )
+                )
+
+            await wait_for(waits_for_the_lock, timeout=10, what="the completion waits on the lock")
+            assert not completion.done()
+            await session.commit()
+        out = await asyncio.wait_for(completion, timeout=10)
+    finally:
+        await pool.close()
+    assert [(e.job_id, e.new_status) for e in out.events] == [
+        (parent, "completed"),
+        (child, "ready"),
     ]
     row = await db.fetchrow("SELECT status, unmet_dependencies FROM jobs WHERE id = $1", child)
     assert (row["status"], row["unmet_dependencies"]) == ("ready", 0)
