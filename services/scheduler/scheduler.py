@@ -687,12 +687,16 @@ class Scheduler:
         if not self._unconfirmed:
             return
         assert self._sessionmaker is not None
-        failed = self._unconfirmed
-        await self._send([JobCancel(job_id=p.id, attempt=p.attempts) for p in failed])
-        async with self._sessionmaker() as session:
-            undone = await store.undo_dispatch(session, failed)
-            await session.commit()
-        self._unconfirmed = []  # committed: not again
+        # Taken out first: a confirm that fails during the awaits below adds to a new list.
+        failed, self._unconfirmed = self._unconfirmed, []
+        try:
+            await self._send([JobCancel(job_id=p.id, attempt=p.attempts) for p in failed])
+            async with self._sessionmaker() as session:
+                undone = await store.undo_dispatch(session, failed)
+                await session.commit()
+        except BaseException:
+            self._unconfirmed[:0] = failed  # not undone: the next cycle tries again
+            raise
         for p in failed:
             self.assignments.pop(p.id, None)
         self._maybe_ready = True
