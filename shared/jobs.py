@@ -373,7 +373,8 @@ async def submit_jobs(
                 failed_reason = failed_reason or f"dependency {items[j].id} {parent_status}"
             elif parent_status != S.COMPLETED:
                 unmet += 1
-        run_at = it.spec.run_at or now
+        # In UTC, as the database answers it (the batch answer is built from this row).
+        run_at = it.spec.run_at.astimezone(UTC) if it.spec.run_at else now
         status = check_transition(
             None,
             S.FAILED

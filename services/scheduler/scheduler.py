@@ -177,6 +177,7 @@ class Scheduler:
                         self._zombies.clear()
                         self._cancels.clear()
                         self._reasons.clear()
+                        self._unconfirmed.clear()  # the next leader's loss check has them
                         if self._lock_conn is not None and not self._lock_conn.is_closed():
                             self._lock_conn.terminate()
                         self._lock_conn = None
@@ -259,8 +260,13 @@ class Scheduler:
                     self.wake.set()
         finally:
             await consumer.close()
-            if self._confirming:  # their events (or undos) belong to this leadership
+            if self._confirming:  # what they confirm or refuse belongs to this leadership
                 await asyncio.wait(self._confirming, timeout=self.settings.publish_timeout_seconds)
+            if stop.is_set() and self._unconfirmed:  # a clean stop: still the leader
+                try:
+                    await self._undo_unconfirmed()
+                except (SQLAlchemyError, *RAW_DB_ERRORS) as exc:
+                    log.warning("refused dispatches not put back (%s): the lease check will", exc)
             for task in (self._vacuum_task, self._prune_task):
                 if task is not None and not task.done():
                     task.cancel()
@@ -274,6 +280,7 @@ class Scheduler:
     async def _rebuild(self) -> None:
         """Take over: workers and allocations as the database has them."""
         assert self._sessionmaker is not None
+        self._unconfirmed.clear()  # from an earlier leadership (a confirm that came late)
         self._maybe_ready = True
         async with self._sessionmaker() as session:
             for w in await store.load_live_workers(session):
@@ -354,8 +361,10 @@ class Scheduler:
             raise
         # Published together, before this cycle's dispatches (as one batch per kind).
         self._announce(events)
-        await self._undo_unconfirmed()
-        await self._place()
+        # A cycle that put refused dispatches back does not place: they are placed again
+        # from the next cycle on (a message or the tick), not in a loop at broker speed.
+        if not await self._undo_unconfirmed():
+            await self._place()
         await self._send_cancels()
         await self._monitor()
         self._maintain()
@@ -644,7 +653,11 @@ class Scheduler:
             ]  # fmt: skip
             # The confirms are awaited beside the loop: the next cycle (the next hint,
             # the reports of what just started) does not wait a broker round trip.
-            task = asyncio.create_task(self._confirm(messages, carried, events))
+            # Their events go out now, in commit order: they are committed, and a later
+            # event of the same job (its completion) must not overtake them. A refused
+            # dispatch is followed by its running -> ready event when it is undone.
+            self._announce(events)
+            task = asyncio.create_task(self._confirm(messages, carried))
             self._confirming.add(task)
             task.add_done_callback(self._confirming.discard)
             # Why the others wait, after the dispatches (only a changed reason is written).
@@ -656,13 +669,10 @@ class Scheduler:
                 return
 
     async def _confirm(
-        self,
-        messages: list[tuple[_Message, str]],
-        carried: list[list[Placed]],
-        events: list[JobStateChanged],
+        self, messages: list[tuple[_Message, str]], carried: list[list[Placed]]
     ) -> None:
-        """Await one placement's dispatch confirms; announce what went out. What the
-        broker did not confirm is undone by the next cycle (``_undo_unconfirmed``)."""
+        """Await one placement's dispatch confirms. What the broker did not confirm is
+        undone by the next cycle (``_undo_unconfirmed``)."""
         try:
             results: list[object] = list(await self.broker.publish_each(messages))
         except Exception as exc:  # not a broker error: still, none of them is confirmed
@@ -674,18 +684,15 @@ class Scheduler:
         if failed:
             log.warning("%d dispatch publish(es) failed (%s); putting them back", len(failed),
                         next(e for e in results if e is not None))  # fmt: skip
-            gone = {p.id for p in failed}
-            events = [e for e in events if e.job_id not in gone]
             self._unconfirmed.extend(failed)
-            self.wake.set()
-        self._announce(events)
 
-    async def _undo_unconfirmed(self) -> None:
-        """Put back the placements whose dispatch publish failed. A failed confirm does
-        not prove the message was lost: the worker is told to drop that attempt should
-        it arrive, and the job goes back to ready (the undo is fenced by attempt)."""
+    async def _undo_unconfirmed(self) -> bool:
+        """Put back the placements whose dispatch publish failed (True if there were).
+        A failed confirm does not prove the message was lost: the worker is told to drop
+        that attempt should it arrive, and the job goes back to ready (the undo, and
+        forgetting the assignment, are fenced by attempt)."""
         if not self._unconfirmed:
-            return
+            return False
         assert self._sessionmaker is not None
         # Taken out first: a confirm that fails during the awaits below adds to a new list.
         failed, self._unconfirmed = self._unconfirmed, []
@@ -698,9 +705,12 @@ class Scheduler:
             self._unconfirmed[:0] = failed  # not undone: the next cycle tries again
             raise
         for p in failed:
-            self.assignments.pop(p.id, None)
+            held = self.assignments.get(p.id)
+            if held is not None and held.attempt == p.attempts:
+                del self.assignments[p.id]
         self._maybe_ready = True
         self._announce(undone)
+        return True
 
     async def _set_waiting_reasons(self, reasons: dict[UUID, str]) -> None:
         assert self._pool is not None

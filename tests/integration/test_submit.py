@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import asyncpg
 import httpx
@@ -382,9 +382,11 @@ async def test_batch_reuses_an_idempotent_parent(
 
 
 async def test_batch_answer_is_what_the_job_reads_back(client: httpx.AsyncClient) -> None:
-    """The batch path inserts with unnest and writes its answer without pydantic: each
-    job it answers must be the job GET /jobs/{id} reads from the database."""
-    run_at = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    """The batch path inserts with unnest and answers from the rows it built (no
+    read-back): each job it answers must be the job GET /jobs/{id} reads from the
+    database (a run_at given with an offset comes back in UTC in both)."""
+    plus_two = timezone(timedelta(hours=2))
+    run_at = (datetime.now(UTC) + timedelta(hours=1)).astimezone(plus_two).isoformat()
     jobs = [
         {"type": "demo.echo", "payload": {"i": 1, "nested": {"ü": [1.5, None, True]}}, "ref": "a"},
         {"type": "demo.echo", "payload": {}, "name": "second", "priority": "low",
