@@ -95,6 +95,7 @@ class _Prepared:
     retry: RetryPolicy
     timeout_seconds: float | None
     fingerprint: str
+    payload_json: str  # the payload as JSON text (encoded once, for the size check)
     external_deps: list[UUID] = field(default_factory=list)
     local_deps: list[int] = field(default_factory=list)  # indexes into the batch
     existing: Job | None = None  # idempotent repeat: the job already stored
@@ -193,6 +194,7 @@ def prepare(
         retry=retry,
         timeout_seconds=timeout,
         fingerprint=fingerprint,
+        payload_json=encoded.decode(),
     )
 
 
@@ -352,6 +354,7 @@ async def submit_jobs(
         order = list(graphlib.TopologicalSorter(graph).static_order())
     statuses: dict[int, S] = {}
     rows_to_insert: list[dict[str, Any]] = []
+    payloads: list[str] = []  # rows_to_insert's payloads as JSON text
     edges: list[dict[str, Any]] = []
     errors: dict[int, str | None] = {}
     for i in order:
@@ -392,6 +395,7 @@ async def submit_jobs(
             local = [items[j].id for j in it.local_deps]
             dep_ids = list(dict.fromkeys([*it.external_deps, *local]))
             edges.extend({"job_id": it.id, "depends_on_id": d} for d in dep_ids)
+        payloads.append(it.payload_json)
         rows_to_insert.append(
             _job_row(
                 it, status=status, run_at=run_at, now=now, actor=actor, dep_ids=dep_ids,
@@ -406,7 +410,7 @@ async def submit_jobs(
         # rows: no read-back, and asyncpg encodes each column in one go (a multi-row
         # VALUES list cost SQLAlchemy a bind parameter per value).
         columns = {name: [r[name] for r in rows_to_insert] for name in _INSERT_TYPES}
-        columns["payload"] = [orjson.dumps(p).decode() for p in columns["payload"]]
+        columns["payload"] = payloads
         columns["depends_on"] = [_uuid_array(d) for d in columns["depends_on"]]
         # A column with one value for the whole batch (the type, the defaults, the
         # times...: most of them) travels once, not once per job: asyncpg encoded 24

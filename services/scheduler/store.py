@@ -8,9 +8,10 @@ exact expected old status, so a concurrent cancel from the API is never overwrit
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
 from uuid import UUID
 
@@ -242,7 +243,7 @@ async def apply_successes(pool: asyncpg.Pool, reports: list[JobStatusReport]) ->
             )
         )  # fmt: skip
         out.freed.append((r["id"], r["worker_id"]))
-    out.events.extend(_unblocked_events(unblocked))
+    out.events.extend(_unblocked_events(SimpleNamespace(**r) for r in unblocked))
     return out
 
 
@@ -309,21 +310,16 @@ async def unblock_children(session: AsyncSession, parents: list[UUID]) -> list[J
         text(queries.UNBLOCK_CHILDREN.replace("$1::uuid[]", "CAST(:parents AS uuid[])")),
         {"parents": parents},
     )
-    return _unblocked_events(r._mapping for r in rows)
+    return _unblocked_events(rows)
 
 
-def _unblocked_events(rows: Iterable[Mapping[Any, Any]]) -> list[JobStateChanged]:
+def _unblocked_events(rows: Iterable[Any]) -> list[JobStateChanged]:
+    """The events of the children that left ``blocked`` (rows read by attribute)."""
     events = []
-    for r in rows:
-        if r["status"] != S.BLOCKED:
-            check_transition(S.BLOCKED, r["status"])
-            events.append(
-                JobStateChanged(
-                    job_id=r["id"], type=r["type"], old_status=S.BLOCKED.value,
-                    new_status=r["status"], attempt=r["attempts"], worker_id=r["worker_id"],
-                    reason="dependencies completed",
-                )
-            )  # fmt: skip
+    for row in rows:
+        if row.status != S.BLOCKED:
+            check_transition(S.BLOCKED, row.status)
+            events.append(_event(row, S.BLOCKED.value, row.status, "dependencies completed"))
     return events
 
 
