@@ -12,8 +12,8 @@ from sqlalchemy import select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from uuid_utils.compat import uuid7
 
+from shared.auth import Actor
 from shared.errors import JobNotFound
-from shared.jobs import Actor
 from shared.models import ApiKey, AuditEntry
 
 KEY_PREFIX = "sy_"

@@ -20,9 +20,10 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 from uuid_utils.compat import uuid7
 
+from shared.auth import Actor
 from shared.catalog import TaskCatalog
 from shared.errors import InvalidJobRequest, JobConflict, JobNotFound
-from shared.jobs import Actor, Limits, prepare_submission, submit_jobs
+from shared.jobs.legacy import Limits, prepare_submission, submit_jobs
 from shared.messages import JobStateChanged
 from shared.models import AuditEntry, Schedule
 from shared.schemas import JobCreate, ScheduleCreate, ScheduleUpdate

@@ -12,7 +12,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from shared.jobs import Actor
+from shared.auth import Actor
 from shared.keys import hash_key
 from shared.models import ApiKey
 from shared.schemas import ErrorBody

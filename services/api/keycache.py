@@ -19,7 +19,7 @@ from typing import Any
 
 import asyncpg
 
-from shared.jobs import Actor
+from shared.auth import Actor
 
 log = logging.getLogger(__name__)
 

@@ -36,7 +36,7 @@ from services.scheduler.store import Placed
 from shared.catalog import TaskCatalog
 from shared.db import RAW_DB_ERRORS, create_engine, create_pool, create_sessionmaker, is_db_outage
 from shared.errors import SwitchyardError
-from shared.jobs import Limits
+from shared.jobs.legacy import Limits
 from shared.messages import (
     JobCancel,
     JobDispatch,

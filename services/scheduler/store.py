@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared import queries
 from shared.db import pool_fetch, pool_transaction
-from shared.jobs import fail_dependents
+from shared.jobs.legacy import fail_dependents
 from shared.messages import JobStateChanged, JobStatusReport, WorkerHeartbeat
 from shared.scheduling import Candidate, retry_delay
 from shared.states import JobStatus, check_transition

@@ -121,7 +121,8 @@ def test_duplicate_dispatch_and_status_run_and_count_once(stack: Stack, settings
 def test_commit_without_publish_still_runs_once(stack: Stack, settings: object) -> None:
     """The API crashed after its commit, before its publish: no job.submitted hint."""
     from services.api.app import create_app
-    from shared.jobs import Actor, Limits, submit_jobs
+    from shared.auth import Actor
+    from shared.jobs.legacy import Limits, submit_jobs
     from shared.schemas import JobCreate
 
     stack.worker("w1")

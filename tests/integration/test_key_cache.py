@@ -38,7 +38,7 @@ async def test_revoke_on_one_replica_is_refused_by_another(
 async def test_a_lookup_that_raced_a_revocation_is_not_remembered(
     app: object, settings: Settings
 ) -> None:
-    from shared.jobs import Actor
+    from shared.auth import Actor
 
     cache = app.state.key_cache  # type: ignore[attr-defined]
 

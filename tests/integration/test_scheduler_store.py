@@ -9,7 +9,8 @@ import asyncpg
 import httpx
 
 from services.scheduler import store
-from shared.jobs import Actor, submit_jobs
+from shared.auth import Actor
+from shared.jobs.legacy import submit_jobs
 from shared.messages import JobStatusReport
 from shared.schemas import JobCreate
 from tests.conftest import wait_for

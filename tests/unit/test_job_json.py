@@ -9,7 +9,7 @@ from uuid import uuid4
 
 import pytest
 
-from shared.jobs import job_json, job_to_read, jobs_json
+from shared.jobs.views import job_json, job_to_read, jobs_json
 from shared.schemas import BatchRead
 
 T0 = datetime(2026, 11, 23, 9, 30, 0, tzinfo=UTC)  # no microseconds
@@ -67,7 +67,7 @@ def test_a_batch_answer_same_bytes_as_pydantic() -> None:
 def test_insert_defaults_cover_every_other_column() -> None:
     """A batch answers from the rows it inserted plus INSERT_DEFAULTS (no RETURNING *):
     together they must name every column of ``jobs``, each default the server's."""
-    from shared.jobs import _INSERT_TYPES, INSERT_DEFAULTS
+    from shared.jobs.legacy import _INSERT_TYPES, INSERT_DEFAULTS
     from shared.models import Job
 
     columns = Job.__table__.columns

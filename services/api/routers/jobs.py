@@ -11,22 +11,20 @@ from fastapi import APIRouter, Query, Request, Response
 
 from services.api.deps import SessionDep, SubmitterDep, ViewerDep, error_responses
 from services.api.events import publish_after_commit
-from shared.jobs import (
+from shared.jobs.legacy import (
     IdempotencyRace,
     JobFilter,
     SubmitResult,
     can_submit_fast,
     cancel_job,
     get_job,
-    job_json,
     job_logs,
-    job_to_read,
-    jobs_json,
     list_jobs,
     retry_job,
     submit_jobs,
     submit_one_fast,
 )
+from shared.jobs.views import job_json, job_to_read, jobs_json
 from shared.messages import JobCancel, JobStateChanged, JobSubmitted, _Message
 from shared.schemas import (
     BatchCreate,

@@ -1,0 +1,1 @@
+"""The job wing: everything that creates, reads, changes or encodes a job."""
