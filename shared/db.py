@@ -198,3 +198,22 @@ def is_db_outage(exc: BaseException) -> bool:
         ):
             return True
     return False
+
+
+async def session_connection(session: AsyncSession) -> asyncpg.Connection:
+    """The asyncpg connection under ``session``, inside the session's transaction, so the
+    job wing's statements (one access style: asyncpg, ``$n``) commit or roll back with
+    the session's ORM work."""
+    connection = await session.connection()
+    adapted = (await connection.get_raw_connection()).dbapi_connection
+    # SQLAlchemy's adapter sends BEGIN lazily, before its own first statement: a
+    # statement run on the driver before that would commit on its own.
+    if adapted._transaction is None:  # type: ignore[union-attr]
+        try:
+            await adapted._start_transaction()  # type: ignore[union-attr]
+        except Exception as exc:
+            # Only a broken connection refuses BEGIN: say so as SQLAlchemy would, and
+            # keep the connection out of the pool.
+            await connection.invalidate()
+            raise OperationalError("BEGIN", None, exc, connection_invalidated=True) from exc
+    return adapted._connection  # type: ignore[union-attr,no-any-return]

@@ -23,7 +23,8 @@ from uuid_utils.compat import uuid7
 from shared.auth import Actor
 from shared.catalog import TaskCatalog
 from shared.errors import InvalidJobRequest, JobConflict, JobNotFound
-from shared.jobs.legacy import Limits, prepare_submission, submit_jobs
+from shared.jobs.prepare import Limits, prepare_submission
+from shared.jobs.submit import submit_jobs
 from shared.messages import JobStateChanged
 from shared.models import AuditEntry, Schedule
 from shared.schemas import JobCreate, ScheduleCreate, ScheduleUpdate

@@ -22,7 +22,7 @@ from shared import demo_tasks
 from shared.catalog import TaskCatalog, announce_task_types
 from shared.db import create_engine, create_pool, create_sessionmaker
 from shared.errors import ConfigError
-from shared.jobs.legacy import Limits
+from shared.jobs.prepare import Limits
 from shared.keys import hash_key
 from shared.messaging import Broker, Outbox
 from shared.models import ApiKey

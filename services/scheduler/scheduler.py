@@ -32,11 +32,13 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.scheduler import store
-from services.scheduler.store import Placed
+from services.scheduler.placement import Candidate, WorkerView, plan_placements
 from shared.catalog import TaskCatalog
 from shared.db import RAW_DB_ERRORS, create_engine, create_pool, create_sessionmaker, is_db_outage
 from shared.errors import SwitchyardError
-from shared.jobs.legacy import Limits
+from shared.jobs import annotations, reads, retention, transitions
+from shared.jobs.prepare import Limits
+from shared.jobs.transitions import Placed
 from shared.messages import (
     JobCancel,
     JobDispatch,
@@ -55,7 +57,6 @@ from shared.messages import (
 )
 from shared.messaging import Broker, Consumer, Delivery, Outbox, Topology, ack_all
 from shared.schedules import fire_due_schedules
-from shared.scheduling import WorkerView, plan_placements
 from shared.settings import Settings
 from shared.stats import queue_depth
 
@@ -292,9 +293,9 @@ class Scheduler:
                     task_types=frozenset(w.task_types or ()),
                     state=w.state,
                 )
-            for r in await store.load_running(session):
-                self.assignments[r.id] = Assignment(
-                    r.id, r.worker_id, r.attempts, r.cpu_units, r.memory_mb
+            for r in await reads.running_jobs(session):
+                self.assignments[r["id"]] = Assignment(
+                    r["id"], r["worker_id"], r["attempts"], r["cpu_units"], r["memory_mb"]
                 )
         log.info(
             "took over: %d live worker(s), %d running job(s)",
@@ -330,19 +331,19 @@ class Scheduler:
         # progress and heartbeats, in a session. Each outcome counts once committed: a
         # batch kept for the next cycle after a failure is applied again, and the fence
         # then ignores what had already been applied.
-        successes, others = store.split_reports(reports)
+        successes, others = transitions.split_reports(reports)
         assert self._pool is not None
         try:
             if successes:
-                outcome = await store.apply_successes(self._pool, successes)
+                outcome = await transitions.apply_successes(self._pool, successes)
                 self._free(outcome.freed)
                 events.extend(outcome.events)
             if others or beats or progress:
                 async with self._sessionmaker() as session:
                     # (Progress is fenced by attempt only: its final value lands even when
                     # the completion that shared its batch was committed just before.)
-                    await store.save_progress(session, progress)
-                    outcome = await store.apply_reports(session, others, rng=self.rng)
+                    await annotations.save_progress(session, progress)
+                    outcome = await transitions.apply_reports(session, others, rng=self.rng)
                     await store.save_workers(session, list(beats.values()))
                     await session.commit()
                 self._free(outcome.freed)
@@ -380,7 +381,7 @@ class Scheduler:
         # Also the safety net for jobs whose wake-up hint was never published.
         self._maybe_ready = True
         async with self._sessionmaker() as session:
-            due = await store.promote_due(session, limit=self.settings.scheduler_batch_size)
+            due = await transitions.promote_due(session, limit=self.settings.scheduler_batch_size)
             if len(due) >= self.settings.scheduler_batch_size:
                 self._last_timed = 0.0  # more are due: again next cycle, not next tick
             fired, new_jobs = await fire_due_schedules(
@@ -472,7 +473,7 @@ class Scheduler:
             return []
         assert self._sessionmaker is not None
         async with self._sessionmaker() as session:
-            outcome = await store.apply_reports(session, lost, rng=self.rng)
+            outcome = await transitions.apply_reports(session, lost, rng=self.rng)
             for worker_id in newly_dead:
                 await store.mark_worker_dead(session, worker_id)
             await session.commit()
@@ -516,10 +517,10 @@ class Scheduler:
             self._last_cancel_sweep = now
             assert self._sessionmaker is not None
             async with self._sessionmaker() as session:
-                for job_id, attempt in await store.running_cancel_requests(session):
+                for job_id, attempt in await reads.running_cancel_requests(session):
                     self._cancels.append(JobCancel(job_id=job_id, attempt=attempt))
                 zombies, self._zombies = self._zombies, set()
-                current = await store.current_attempts(session, [j for j, _ in zombies])
+                current = await reads.current_attempts(session, [j for j, _ in zombies])
             for job_id, worker_id in zombies:
                 a = self.assignments.get(job_id)
                 # Running elsewhere as attempt N: stop attempts up to N-1 only.
@@ -590,7 +591,11 @@ class Scheduler:
             # Two statements, no transaction around them (round trips are most of a
             # placement's latency): a plain read of the heads, then one UPDATE that
             # re-checks each is still ready and commits before anything is published.
-            candidates = await store.ready_candidates(self._pool, per_priority=batch)
+            candidates = [
+                Candidate(r["id"], r["type"], r["priority"], r["cpu_units"], r["memory_mb"],
+                          r["run_at"], r["ready_at"])
+                for r in await reads.ready_heads(self._pool, per_priority=batch)
+            ]  # fmt: skip
             if not candidates:
                 self._maybe_ready = False
                 return
@@ -604,7 +609,7 @@ class Scheduler:
                 # back as SWITCHYARD_SCHEDULER_BATCH_SIZE before giving up.
                 wide = True
                 continue
-            placed = await store.mark_dispatched(
+            placed = await transitions.dispatch(
                 self._pool,
                 [(job.id, worker_id) for job, worker_id in plan.placements],
                 lease_seconds=self.settings.worker_lease_seconds,
@@ -643,14 +648,7 @@ class Scheduler:
                     ids = {d.job_id for d in unpack(message)}  # type: ignore[arg-type]
                     messages.append((message, key))
                     carried.append([p for p in group if p.id in ids])
-            events = [
-                JobStateChanged(
-                    job_id=p.id, type=p.type, old_status="ready", new_status="running",
-                    attempt=p.attempts, worker_id=p.worker_id, reason="dispatched",
-                    wait_seconds=p.waited_seconds,
-                )
-                for p in placed
-            ]  # fmt: skip
+            events = transitions.dispatched_events(placed)
             # The confirms are awaited beside the loop: the next cycle (the next hint,
             # the reports of what just started) does not wait a broker round trip.
             # Their events go out now, in commit order: they are committed, and a later
@@ -699,7 +697,7 @@ class Scheduler:
         try:
             await self._send([JobCancel(job_id=p.id, attempt=p.attempts) for p in failed])
             async with self._sessionmaker() as session:
-                undone = await store.undo_dispatch(session, failed)
+                undone = await transitions.undo_dispatch(session, failed)
                 await session.commit()
         except BaseException:
             self._unconfirmed[:0] = failed  # not undone: the next cycle tries again
@@ -717,7 +715,7 @@ class Scheduler:
         changed = {job: why for job, why in reasons.items() if self._reasons.get(job) != why}
         if not changed:
             return
-        ready = await store.set_waiting_reasons(self._pool, changed)
+        ready = await annotations.set_waiting_reasons(self._pool, changed)
         if len(self._reasons) > 100_000:  # bounded: forgetting only costs a rewrite
             self._reasons.clear()
         self._reasons.update((job, changed[job]) for job in ready)
@@ -755,7 +753,7 @@ class Scheduler:
         assert self._pool is not None
         cutoff = datetime.now(UTC) - timedelta(days=days)
         try:
-            n = await store.prune_finished(self._pool, older_than=cutoff)
+            n = await retention.prune_finished(self._pool, older_than=cutoff)
         except RAW_DB_ERRORS as exc:
             log.warning("retention sweep failed (next one in %g s): %s",
                         self.settings.retention_sweep_seconds, exc)  # fmt: skip

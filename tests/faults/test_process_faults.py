@@ -122,7 +122,8 @@ def test_commit_without_publish_still_runs_once(stack: Stack, settings: object) 
     """The API crashed after its commit, before its publish: no job.submitted hint."""
     from services.api.app import create_app
     from shared.auth import Actor
-    from shared.jobs.legacy import Limits, submit_jobs
+    from shared.jobs.prepare import Limits
+    from shared.jobs.submit import submit_jobs
     from shared.schemas import JobCreate
 
     stack.worker("w1")

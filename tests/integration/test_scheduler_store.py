@@ -8,9 +8,9 @@ import uuid
 import asyncpg
 import httpx
 
-from services.scheduler import store
 from shared.auth import Actor
-from shared.jobs.legacy import submit_jobs
+from shared.jobs import annotations, retention, transitions
+from shared.jobs.submit import submit_jobs
 from shared.messages import JobStatusReport
 from shared.schemas import JobCreate
 from tests.conftest import wait_for
@@ -40,7 +40,7 @@ async def test_fence_ignores_other_attempts_and_workers(
 ) -> None:
     job_id = await running_job(client, db, cancel=False)
     async with app.state.sessionmaker() as session:  # type: ignore[attr-defined]
-        out = await store.apply_reports(
+        out = await transitions.apply_reports(
             session,
             [report(job_id, "completed", attempt=1), report(job_id, "completed", worker="w2")],
         )
@@ -48,7 +48,7 @@ async def test_fence_ignores_other_attempts_and_workers(
     assert out.ignored == 2 and out.events == []
     assert await db.fetchval("SELECT status FROM jobs WHERE id = $1", job_id) == "running"
     async with app.state.sessionmaker() as session:  # type: ignore[attr-defined]
-        out = await store.apply_reports(
+        out = await transitions.apply_reports(
             session, [report(job_id, "completed"), report(job_id, "completed")]
         )
         await session.commit()
@@ -62,7 +62,7 @@ async def test_hand_back_after_cancel_ends_cancelled(
 ) -> None:
     job_id = await running_job(client, db, cancel=True)
     async with app.state.sessionmaker() as session:  # type: ignore[attr-defined]
-        out = await store.apply_reports(session, [report(job_id, "handed_back")])
+        out = await transitions.apply_reports(session, [report(job_id, "handed_back")])
         await session.commit()
     assert [e.new_status for e in out.events] == ["cancelled"]
     row = await db.fetchrow("SELECT status, runs FROM jobs WHERE id = $1", job_id)
@@ -74,7 +74,7 @@ async def test_hand_back_gives_the_run_back(
 ) -> None:
     job_id = await running_job(client, db, cancel=False)
     async with app.state.sessionmaker() as session:  # type: ignore[attr-defined]
-        await store.apply_reports(session, [report(job_id, "handed_back")])
+        await transitions.apply_reports(session, [report(job_id, "handed_back")])
         await session.commit()
     row = await db.fetchrow(
         "SELECT status, runs, attempts, worker_id FROM jobs WHERE id = $1", job_id
@@ -93,7 +93,7 @@ async def test_fast_path_fences_like_the_general_one(
         database_url.replace("postgresql+asyncpg://", "postgresql://"), min_size=1, max_size=1
     )
     try:
-        out = await store.apply_successes(
+        out = await transitions.apply_successes(
             pool,
             [
                 report(done, "completed", attempt=1),
@@ -107,7 +107,7 @@ async def test_fast_path_fences_like_the_general_one(
         )
         assert [(r["status"], r["started_at"]) for r in rows] == [("running", None)] * 2
 
-        out = await store.apply_successes(
+        out = await transitions.apply_successes(
             pool,
             [
                 report(done, "started"),
@@ -135,7 +135,7 @@ def test_split_reports_keeps_a_jobs_reports_together() -> None:
         report(a, "completed"),
         report(b, "failed"),
     ]
-    fast, slow = store.split_reports(reports)
+    fast, slow = transitions.split_reports(reports)
     assert [(r.job_id, r.status) for r in fast] == [(a, "started"), (a, "completed")]
     assert [(r.job_id, r.status) for r in slow] == [(b, "started"), (b, "failed")]
 
@@ -186,8 +186,8 @@ async def test_retention_deletes_only_what_finished_before_the_cutoff(
     )
     try:
         cutoff = await db.fetchval("SELECT now() - interval '30 days'")
-        assert await store.prune_finished(pool, older_than=cutoff, batch=1) == 2
-        assert await store.prune_finished(pool, older_than=cutoff) == 0
+        assert await retention.prune_finished(pool, older_than=cutoff, batch=1) == 2
+        assert await retention.prune_finished(pool, older_than=cutoff) == 0
     finally:
         await pool.close()
     left = {r["id"] for r in await db.fetch("SELECT id FROM jobs")}
@@ -217,7 +217,7 @@ async def test_fast_path_unblocks_children(
         database_url.replace("postgresql+asyncpg://", "postgresql://"), min_size=1, max_size=1
     )
     try:
-        out = await store.apply_successes(pool, [report(parent, "completed")])
+        out = await transitions.apply_successes(pool, [report(parent, "completed")])
     finally:
         await pool.close()
     assert [(e.job_id, e.old_status, e.new_status) for e in out.events] == [
@@ -250,7 +250,7 @@ async def test_completion_sees_a_child_whose_submit_it_waited_for(
             child = result.jobs[0].id
             assert result.jobs[0].status == "blocked"
             completion = asyncio.create_task(
-                store.apply_successes(pool, [report(parent, "completed")])
+                transitions.apply_successes(pool, [report(parent, "completed")])
             )
 
             async def waits_for_the_lock() -> bool:
@@ -285,8 +285,8 @@ async def test_waiting_reasons_answer_the_jobs_still_ready(
     )
     try:
         why = {ready: "waiting for free capacity", running: "waiting for free capacity"}
-        assert await store.set_waiting_reasons(pool, why) == {ready}
-        assert await store.set_waiting_reasons(pool, why) == {ready}  # unchanged: still ready
+        assert await annotations.set_waiting_reasons(pool, why) == {ready}
+        assert await annotations.set_waiting_reasons(pool, why) == {ready}  # unchanged: still ready
     finally:
         await pool.close()
     rows = await db.fetch(

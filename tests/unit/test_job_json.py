@@ -67,7 +67,8 @@ def test_a_batch_answer_same_bytes_as_pydantic() -> None:
 def test_insert_defaults_cover_every_other_column() -> None:
     """A batch answers from the rows it inserted plus INSERT_DEFAULTS (no RETURNING *):
     together they must name every column of ``jobs``, each default the server's."""
-    from shared.jobs.legacy import _INSERT_TYPES, INSERT_DEFAULTS
+    from shared.jobs.sql import INSERT_COLUMNS as _INSERT_TYPES
+    from shared.jobs.sql import INSERT_DEFAULTS
     from shared.models import Job
 
     columns = Job.__table__.columns

@@ -8,13 +8,13 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from shared.scheduling import (
+from services.scheduler.placement import (
     Candidate,
     WorkerView,
     effective_priority,
     plan_placements,
-    retry_delay,
 )
+from shared.jobs.transitions import retry_delay
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 

@@ -11,16 +11,12 @@ from fastapi import APIRouter, Query, Request, Response
 
 from services.api.deps import SessionDep, SubmitterDep, ViewerDep, error_responses
 from services.api.events import publish_after_commit
-from shared.jobs.legacy import (
+from shared.jobs.commands import cancel_job, retry_job
+from shared.jobs.reads import JobFilter, get_job, job_logs, list_jobs
+from shared.jobs.submit import (
     IdempotencyRace,
-    JobFilter,
     SubmitResult,
     can_submit_fast,
-    cancel_job,
-    get_job,
-    job_logs,
-    list_jobs,
-    retry_job,
     submit_jobs,
     submit_one_fast,
 )

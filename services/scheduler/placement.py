@@ -21,7 +21,6 @@ Placement, each cycle:
 from __future__ import annotations
 
 import math
-import random
 from dataclasses import dataclass, field
 from datetime import datetime
 from uuid import UUID
@@ -168,22 +167,3 @@ def _why_never(job: Candidate, workers: list[WorkerView]) -> str:
         f"{biggest_mem} MB"
     )
 
-
-def retry_delay(
-    failed_runs: int,
-    *,
-    initial: float,
-    multiplier: float,
-    max_delay: float,
-    rng: random.Random | None = None,
-) -> float:
-    """Delay before the attempt after ``failed_runs`` failures: initial × multiplier^(n-1),
-    capped at ``max_delay``, with ±10 % jitter (the cap holds after jitter too)."""
-    n = max(1, failed_runs)
-    try:
-        base = initial * multiplier ** (n - 1)
-    except OverflowError:
-        base = max_delay
-    base = min(base, max_delay)
-    jitter = (rng or random).uniform(-0.1, 0.1)
-    return max(0.0, min(max_delay, base * (1 + jitter)))

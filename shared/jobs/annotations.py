@@ -1,0 +1,33 @@
+"""What is written on a job beside its status: the progress of its running attempt and
+why it waits while ready (both by the scheduler)."""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+from shared.jobs import sql
+from shared.jobs.transitions import Db, fetch, to_json
+
+
+async def save_progress(db: Db, updates: dict[tuple[UUID, int], dict[str, Any]]) -> None:
+    """The latest progress per (job, attempt)."""
+    if not updates:
+        return
+    updates = dict(sorted(updates.items()))  # lock rows in id order, as everyone does
+    await fetch(
+        db,
+        sql.SAVE_PROGRESS,
+        [k[0] for k in updates],
+        [k[1] for k in updates],
+        [to_json(v) for v in updates.values()],
+    )
+
+
+async def set_waiting_reasons(db: Db, reasons: dict[UUID, str]) -> set[UUID]:
+    """Write the reasons that changed; the ids of the jobs still ready (whose reason is
+    now the one given)."""
+    if not reasons:
+        return set()
+    rows = await fetch(db, sql.SET_WAITING_REASONS, list(reasons), list(reasons.values()))
+    return {r["id"] for r in rows}

@@ -1,0 +1,176 @@
+"""Reads of jobs: one job, a page of the list, its logs, and what the scheduler reads.
+
+Whole rows for the API come through the ORM model (``Job``); the list page and the
+scheduler's reads are statements of ``shared.jobs.sql`` (the list page is the statement
+``make bench`` measures).
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from datetime import datetime
+from types import SimpleNamespace
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from shared.errors import InvalidJobRequest, JobNotFound
+from shared.jobs import sql
+from shared.jobs.transitions import Db, fetch
+from shared.models import Job, JobDependency, JobExecution, JobLogLine
+from shared.schemas import ExecutionRead, JobLogs, LogLine, Priority
+from shared.states import JobStatus
+
+S = JobStatus
+
+
+async def get_job(session: AsyncSession, job_id: UUID, *, for_update: bool = False) -> Job:
+    stmt = select(Job).where(Job.id == job_id)
+    if for_update:
+        stmt = stmt.with_for_update(key_share=True)
+    job = await session.scalar(stmt)
+    if job is None:
+        raise JobNotFound(f"no job with id {job_id}")
+    return job
+
+
+@dataclass(frozen=True)
+class JobFilter:
+    status: list[S] | None = None
+    type: str | None = None
+    priority: Priority | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+
+
+def encode_cursor(job: Job) -> str:
+    raw = f"{job.created_at.isoformat()}|{job.id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        created, job_id = raw.split("|")
+        return datetime.fromisoformat(created), UUID(job_id)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidJobRequest(
+            "cursor: not a cursor this API issued; pass next_cursor from the previous page"
+        ) from None
+
+
+async def list_jobs(
+    session: AsyncSession, *, filters: JobFilter, limit: int, cursor: str | None
+) -> tuple[list[Any], str | None]:
+    """Newest first, keyset-paginated on (created_at, id): each page is an index scan."""
+    statement, args = list_page_query(filters, limit=limit + 1, cursor=cursor)
+    jobs = [SimpleNamespace(**dict(r)) for r in await fetch(session, statement, *args)]
+    next_cursor = encode_cursor(jobs[limit - 1]) if len(jobs) > limit else None
+    return jobs[:limit], next_cursor
+
+
+def list_page_query(
+    filters: JobFilter, *, limit: int, cursor: str | None
+) -> tuple[str, list[object]]:
+    """``sql.list_page`` for these filters, and its arguments."""
+    args: list[object] = [limit]
+    if filters.status:
+        args.append([s.value for s in filters.status])
+    if filters.type:
+        args.append(filters.type)
+    if filters.priority:
+        args.append(filters.priority.rank)
+    for given in (filters.created_after, filters.created_before):
+        if given:
+            args.append(given)
+    if cursor:
+        args.extend(decode_cursor(cursor))
+    statement = sql.list_page(
+        status=bool(filters.status), type=bool(filters.type), priority=bool(filters.priority),
+        after=bool(filters.created_after), before=bool(filters.created_before),
+        cursor=bool(cursor),
+    )  # fmt: skip
+    return statement, args
+
+
+async def job_logs(session: AsyncSession, job_id: UUID) -> JobLogs:
+    await get_job(session, job_id)
+    executions = await session.scalars(
+        select(JobExecution).where(JobExecution.job_id == job_id).order_by(JobExecution.attempt)
+    )
+    lines = await session.scalars(
+        select(JobLogLine)
+        .where(JobLogLine.job_id == job_id)
+        .order_by(JobLogLine.attempt, JobLogLine.seq)
+    )
+    return JobLogs(
+        executions=[
+            ExecutionRead(
+                attempt=e.attempt,
+                worker_id=e.worker_id,
+                started_at=e.started_at,
+                finished_at=e.finished_at,
+                duration_seconds=e.duration_seconds,
+                status=e.status,
+                error=e.error,
+                result=e.result,
+                resources=e.resources,
+            )
+            for e in executions
+        ],
+        lines=[
+            LogLine(ts=ln.ts, attempt=ln.attempt, level=ln.level, message=ln.message)
+            for ln in lines
+        ],
+    )
+
+
+async def jobs_by_idempotency_key(session: AsyncSession, keys: list[str]) -> dict[str, Job]:
+    found = await session.scalars(select(Job).where(Job.idempotency_key.in_(keys)))
+    return {job.idempotency_key: job for job in found if job.idempotency_key}
+
+
+async def failed_by_dependency(
+    session: AsyncSession, parents: list[UUID], *, lock: bool
+) -> list[Job]:
+    """The children of ``parents`` that failed because a dependency did (``lock``: FOR
+    NO KEY UPDATE, to requeue them)."""
+    stmt = (
+        select(Job)
+        .join(JobDependency, JobDependency.job_id == Job.id)
+        .where(
+            JobDependency.depends_on_id.in_(parents),
+            Job.status == S.FAILED.value,
+            Job.error.like("dependency %"),
+        )
+        .order_by(Job.id)
+    )
+    if lock:
+        stmt = stmt.with_for_update(key_share=True)
+    return list(await session.scalars(stmt))
+
+
+# ------------------------------------------------------------------- the scheduler's
+
+
+async def ready_heads(db: Db, *, per_priority: int) -> list[asyncpg.Record]:
+    """The heads of the ready queue, ``per_priority`` of each priority (a plain read)."""
+    return await fetch(db, sql.CLAIM_READY_HEADS, per_priority)
+
+
+async def running_jobs(db: Db) -> list[asyncpg.Record]:
+    """Running jobs (id, worker_id, attempts, cpu_units, memory_mb)."""
+    return await fetch(db, sql.RUNNING_JOBS)
+
+
+async def running_cancel_requests(db: Db) -> list[tuple[UUID, int]]:
+    """Running attempts whose cancel was requested: (job, attempt)."""
+    return [(r["id"], r["attempts"]) for r in await fetch(db, sql.RUNNING_CANCEL_REQUESTS)]
+
+
+async def current_attempts(db: Db, ids: list[UUID]) -> dict[UUID, int]:
+    return {r["id"]: r["attempts"] for r in await fetch(db, sql.CURRENT_ATTEMPTS, ids)}

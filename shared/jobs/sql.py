@@ -1,0 +1,370 @@
+"""Every SQL statement that reads or writes ``jobs`` outside the ORM reads, named and kept
+together, in asyncpg's ``$n`` parameter style (the plans in docs/database.md are of
+this text).
+
+Rules every statement here keeps:
+- A statement that writes ``status`` guards it with the statuses it may leave, rendered
+  from ``shared.states`` by :func:`allowed_from` (so an illegal transition cannot be
+  written, and a concurrent change is never overwritten); a statement about an attempt
+  is also fenced by the attempt number.
+- The guard is literal SQL, not a parameter: the partial indexes (``status = 'ready'``,
+  ``status IN ('pending', 'retrying')``) are used only when the planner sees the list.
+- JSON travels as ``text`` and is cast in SQL (``$n::text::jsonb``): the pool and a
+  session's connection decode jsonb alike but encode it differently.
+
+Only ``shared.jobs.transitions`` runs the statements that change a status
+(tests/unit/test_architecture.py checks it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from shared.states import TERMINAL, TRANSITIONS, JobStatus
+
+S = JobStatus
+
+
+def status_list(statuses: Iterable[JobStatus]) -> str:
+    """``('a', 'b')``: a literal SQL list of statuses, in a stable order."""
+    return "(" + ", ".join(f"'{s.value}'" for s in sorted(statuses)) + ")"
+
+
+def allowed_from(*targets: JobStatus, among: Iterable[JobStatus] | None = None) -> str:
+    """The SQL list of statuses a job may be in for a write that moves it to any of
+    ``targets``. ``among`` narrows it to the sources the statement means; each of those
+    must be allowed to reach every target, or this raises at import time."""
+    sources = (
+        set(among)
+        if among is not None
+        else {old for old in S if all(t in TRANSITIONS[old] for t in targets)}
+    )
+    for old in sources:
+        for new in targets:
+            if new not in TRANSITIONS[old]:
+                raise AssertionError(f"{old} -> {new} is not a transition of shared.states")
+    if not sources:
+        raise AssertionError(f"no status may move to all of {targets}")
+    return status_list(sources)
+
+
+RUNNING = status_list({S.RUNNING})
+FINISHED = status_list(TERMINAL)
+
+# ------------------------------------------------------------------- placement (reads)
+
+# The head of each priority level of the claim index, oldest first. The scheduler
+# merges the four heads, applies aging and places what fits. Four short index range
+# scans, whatever the table size.
+_HEAD = """(SELECT id, type, priority, cpu_units, memory_mb, run_at, ready_at, attempts
+     FROM jobs WHERE status = 'ready' AND priority = {p} ORDER BY run_at, id LIMIT $1)"""
+CLAIM_READY_HEADS = (
+    "SELECT * FROM (\n    "
+    + "\n    UNION ALL\n    ".join(_HEAD.format(p=p) for p in range(4))
+    + "\n) heads"
+)
+
+# Delayed and backoff jobs whose time has come.
+DUE_JOBS = """
+SELECT id, status FROM jobs
+WHERE status IN ('pending', 'retrying') AND run_at <= now()
+ORDER BY run_at LIMIT $1
+"""
+
+# Running jobs, to rebuild the allocation picture when a scheduler takes over.
+RUNNING_JOBS = """
+SELECT id, worker_id, attempts, cpu_units, memory_mb FROM jobs WHERE status = 'running'
+"""
+
+# Running attempts whose cancel was requested (the scheduler re-sends job.cancel).
+RUNNING_CANCEL_REQUESTS = """
+SELECT id, attempts FROM jobs WHERE status = 'running' AND cancel_requested
+"""
+
+CURRENT_ATTEMPTS = "SELECT id, attempts FROM jobs WHERE id = ANY($1::uuid[])"
+
+# ------------------------------------------------------------------- transitions
+
+# Submission: one INSERT ... SELECT FROM unnest(one array per column). Built per set of
+# columns that carry one value for the whole batch (sent once, not as N copies).
+INSERT_COLUMNS: dict[str, str] = {
+    "id": "uuid", "type": "text", "name": "text", "status": "text", "priority": "smallint",
+    "payload": "text", "cpu_units": "float8", "memory_mb": "int", "timeout_seconds": "float8",
+    "max_attempts": "int", "retry_initial_delay": "float8", "retry_backoff": "float8",
+    "retry_max_delay": "float8", "run_at": "timestamptz", "depends_on": "text",
+    "unmet_dependencies": "int", "error": "text", "idempotency_key": "text",
+    "idempotency_fingerprint": "text", "created_by": "text", "created_at": "timestamptz",
+    "updated_at": "timestamptz", "ready_at": "timestamptz", "finished_at": "timestamptz",
+}  # fmt: skip
+_INSERT_CASTS = {"payload": "::jsonb", "depends_on": "::uuid[]"}
+# What a new row holds in the columns the insert does not give (their server defaults;
+# tests/unit checks this covers every column of ``jobs``).
+INSERT_DEFAULTS: dict[str, object] = {
+    "attempts": 0, "runs": 0, "worker_id": None, "lease_expires_at": None, "result": None,
+    "progress": None, "cancel_requested": False, "waiting_reason": None,
+    "dispatched_at": None, "started_at": None,
+}  # fmt: skip
+NEW_STATUSES = status_list(TRANSITIONS[None])
+
+
+def insert_jobs(same: frozenset[str]) -> str:
+    """Insert a batch: ``$1..$n`` are the columns of ``INSERT_COLUMNS`` in order, each an
+    array, except those in ``same`` (one value for every row). ``RETURNING id``: a row
+    whose idempotency key another request took first is not inserted."""
+    values, arrays, names = [], [], []
+    for i, (column, wire) in enumerate(INSERT_COLUMNS.items(), start=1):
+        cast = _INSERT_CASTS.get(column, "")
+        if column in same:
+            values.append(f"${i}::{wire}{cast}")
+        else:
+            values.append(f"u.{column}{cast}")
+            arrays.append(f"${i}::{wire}[]")
+            names.append(column)
+    status = values[list(INSERT_COLUMNS).index("status")]
+    return (
+        f"INSERT INTO jobs ({', '.join(INSERT_COLUMNS)}) SELECT {', '.join(values)} "
+        f"FROM unnest({', '.join(arrays)}) AS u({', '.join(names)}) "
+        f"WHERE {status} IN {NEW_STATUSES} "
+        "ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING "
+        "RETURNING id"
+    )
+
+
+AUDIT_COLUMNS = ("actor", "role", "action", "client", "job_id", "outcome", "detail")
+
+
+def insert_one_with_audit() -> str:
+    """One job (``$1..$24``, the columns of ``INSERT_COLUMNS``) and its audit row (the
+    ``AUDIT_COLUMNS`` after them): one statement, atomic on its own."""
+    n = len(INSERT_COLUMNS)
+    job_values = ", ".join(
+        f"${i}::{wire}{_INSERT_CASTS.get(c, '')}"
+        for i, (c, wire) in enumerate(INSERT_COLUMNS.items(), start=1)
+    )
+    audit_values = ", ".join(f"${n + i}" for i in range(1, len(AUDIT_COLUMNS) + 1))
+    return (
+        f"WITH j AS (INSERT INTO jobs ({', '.join(INSERT_COLUMNS)}) "
+        f"SELECT {job_values} WHERE $4::text IN {NEW_STATUSES} RETURNING *), "
+        f"a AS (INSERT INTO audit_log ({', '.join(AUDIT_COLUMNS)}) "
+        f"SELECT {audit_values} FROM j) "
+        "SELECT * FROM j"
+    )
+
+
+INSERT_ONE_WITH_AUDIT = insert_one_with_audit()
+
+# ready -> running on the chosen worker, with a new attempt number (the fence).
+DISPATCH = f"""
+UPDATE jobs j
+SET status = 'running', attempts = j.attempts + 1, runs = j.runs + 1,
+    worker_id = p.worker_id, dispatched_at = now(),
+    lease_expires_at = now() + make_interval(secs => $3),
+    waiting_reason = NULL, error = NULL, started_at = NULL,
+    updated_at = now()
+FROM unnest($1::uuid[], $2::text[]) AS p(id, worker_id)
+WHERE j.id = p.id AND j.status IN {allowed_from(S.RUNNING)}
+RETURNING j.id, j.type, j.payload, j.cpu_units, j.memory_mb, j.timeout_seconds,
+          j.attempts, j.worker_id,
+          EXTRACT(EPOCH FROM now() - COALESCE(j.ready_at, j.run_at))::float8 AS waited
+"""
+
+# A dispatch the broker did not take: the attempt goes back (it never ran), or the job
+# ends if it was cancelled meanwhile.
+UNDO_DISPATCH = f"""
+UPDATE jobs j
+SET status = CASE WHEN j.cancel_requested THEN 'cancelled' ELSE 'ready' END,
+    finished_at = CASE WHEN j.cancel_requested THEN now() END,
+    error = CASE WHEN j.cancel_requested THEN 'cancelled by request' END,
+    runs = j.runs - 1, worker_id = NULL,
+    lease_expires_at = NULL, ready_at = now(), updated_at = now()
+FROM unnest($1::uuid[], $2::int[]) AS p(id, attempt)
+WHERE j.id = p.id AND j.status IN {allowed_from(S.READY, S.CANCELLED, among={S.RUNNING})}
+  AND j.attempts = p.attempt
+RETURNING j.id, j.type, j.attempts, j.worker_id, j.status
+"""
+
+# The rows a batch of reports decides on, locked. FOR NO KEY UPDATE, not FOR UPDATE: the
+# logger's inserts into job_executions, job_logs and audit_log take FOR KEY SHARE on
+# these rows (their foreign keys), and FOR UPDATE would queue the two services.
+LOCK_FOR_REPORTS = """
+SELECT id, type, status, attempts, runs, max_attempts, worker_id, cancel_requested,
+       retry_initial_delay, retry_backoff, retry_max_delay, started_at
+FROM jobs WHERE id = ANY($1::uuid[]) ORDER BY id FOR NO KEY UPDATE
+"""
+
+# A batch of attempt starts and successful ends, one row per attempt (``$6``: it ended),
+# fenced in the WHERE (still running that attempt on that worker), so nothing is read
+# first. Rows are locked in id order as the other writers lock them. An end's
+# ``started_at`` is its start report when that came in the same batch; a start alone
+# only fills ``started_at`` once. The children the completions unblock are updated in
+# the same statement by ``switchyard_unblock_children`` (migration 0004), whose query
+# takes its own snapshot after this UPDATE has its row locks: a child whose submit this
+# UPDATE waited for is seen (a CTE here would miss it). Rows with ``done`` NULL are
+# those children (``status`` their new status; still ``blocked`` while parents remain).
+APPLY_SUCCESSES = f"""
+WITH done AS (
+    UPDATE jobs j
+    SET status = CASE WHEN u.done THEN 'completed' ELSE j.status END,
+        result = CASE WHEN u.done THEN u.result::jsonb ELSE j.result END,
+        error = CASE WHEN u.done THEN NULL ELSE j.error END,
+        finished_at = CASE WHEN u.done THEN $7 ELSE j.finished_at END,
+        lease_expires_at = CASE WHEN u.done THEN NULL ELSE j.lease_expires_at END,
+        started_at = COALESCE(j.started_at, u.started), updated_at = now()
+    FROM unnest($1::uuid[], $2::int[], $3::text[], $4::text[], $5::timestamptz[], $6::bool[])
+         AS u(id, attempt, worker_id, result, started, done)
+    WHERE j.id = u.id AND j.status IN {allowed_from(S.COMPLETED)} AND j.attempts = u.attempt
+      AND j.worker_id = u.worker_id AND (u.done OR j.started_at IS NULL)
+    RETURNING j.id, j.type, j.attempts, j.worker_id, j.started_at, u.done
+)
+SELECT id, type, attempts, worker_id, started_at, done, NULL::text AS status FROM done
+UNION ALL
+SELECT id, type, attempts, worker_id, NULL::timestamptz, NULL::bool, status
+FROM switchyard_unblock_children(ARRAY(SELECT id FROM done WHERE done))
+"""
+
+# The other ends of attempts (failed, retrying, cancelled, handed back), decided on the
+# locked rows; one row per attempt, fenced by the attempt number. ``$6``: now.
+APPLY_ENDS = f"""
+UPDATE jobs j
+SET status = u.status,
+    error = CASE WHEN u.status = 'ready' THEN j.error ELSE u.error END,
+    finished_at = CASE WHEN u.status IN {FINISHED} THEN $6 ELSE j.finished_at END,
+    lease_expires_at = NULL,
+    run_at = COALESCE(u.run_at, j.run_at),
+    runs = j.runs - CASE WHEN u.status = 'ready' THEN 1 ELSE 0 END,
+    worker_id = CASE WHEN u.status = 'ready' THEN NULL ELSE j.worker_id END,
+    ready_at = CASE WHEN u.status = 'ready' THEN $6 ELSE j.ready_at END,
+    updated_at = now()
+FROM unnest($1::uuid[], $2::int[], $3::text[], $4::text[], $5::timestamptz[])
+     AS u(id, attempt, status, error, run_at)
+WHERE j.id = u.id
+  AND j.status IN {allowed_from(S.FAILED, S.RETRYING, S.CANCELLED, S.READY, among={S.RUNNING})}
+  AND j.attempts = u.attempt AND u.status IN ('failed', 'retrying', 'cancelled', 'ready')
+RETURNING j.id
+"""
+
+# Completed parents, outside a batch of reports: see migration 0004.
+UNBLOCK_CHILDREN = "SELECT * FROM switchyard_unblock_children($1::uuid[])"
+
+# One level of the descendants of failed or cancelled parents (``$1``); each error names
+# its parent and how it ended (``$2``). Only jobs still waiting can fail this way: the
+# descendants of an unfinished parent are blocked (or pending) by construction.
+FAIL_DEPENDENTS = f"""
+UPDATE jobs j
+SET status = 'failed', error = 'dependency ' || d.parent::text || ' ' || $2,
+    finished_at = now(), updated_at = now(), unmet_dependencies = 0
+FROM (SELECT DISTINCT ON (job_id) job_id, depends_on_id AS parent
+      FROM job_dependencies WHERE depends_on_id = ANY($1::uuid[])
+      ORDER BY job_id, depends_on_id) d
+WHERE j.id = d.job_id AND j.status IN {allowed_from(S.FAILED, among={S.BLOCKED, S.PENDING})}
+RETURNING j.id, j.type, j.attempts, j.worker_id, j.error
+"""
+
+# Delayed and backoff jobs whose time has come become ready.
+PROMOTE_DUE = f"""
+WITH due AS ({DUE_JOBS} FOR NO KEY UPDATE SKIP LOCKED)
+UPDATE jobs j SET status = 'ready', ready_at = now(), updated_at = now()
+FROM due WHERE j.id = due.id
+  AND j.status IN {allowed_from(S.READY, among={S.PENDING, S.RETRYING})}
+RETURNING j.id, j.type, due.status AS old_status, j.attempts, j.worker_id
+"""
+
+# A user's cancel of a job no worker holds: it ends at once (``$2`` now, ``$3`` error).
+CANCEL_WAITING = f"""
+UPDATE jobs SET status = 'cancelled', cancel_requested = true, finished_at = $2,
+    updated_at = $2, error = $3
+WHERE id = $1
+  AND status IN {allowed_from(S.CANCELLED, among={S.PENDING, S.BLOCKED, S.READY, S.RETRYING})}
+RETURNING id, type, attempts, worker_id
+"""
+
+# A user's cancel of a running attempt: flagged; the worker ends it and reports.
+REQUEST_CANCEL = "UPDATE jobs SET cancel_requested = true, updated_at = $2 WHERE id = $1"
+
+# A failed or cancelled job runs again (``$2`` blocked or ready, ``$3`` its unmet
+# parents, ``$4`` now): same id, history kept, attempt numbers go on (the fence stays
+# sound), a fresh budget of runs.
+REQUEUE = f"""
+UPDATE jobs
+SET status = $2, unmet_dependencies = $3, runs = 0, error = NULL, result = NULL,
+    finished_at = NULL, started_at = NULL, cancel_requested = false, worker_id = NULL,
+    run_at = $4, ready_at = CASE WHEN $2 = 'ready' THEN $4::timestamptz END, updated_at = $4
+WHERE id = $1
+  AND status IN {allowed_from(S.READY, S.BLOCKED, among={S.FAILED, S.CANCELLED})}
+  AND $2 IN ('ready', 'blocked')
+RETURNING id, type, attempts, worker_id
+"""
+
+# Stored parents, locked against a status change until the caller commits, so a parent
+# finishing now cannot miss a new edge (one lock order everywhere: by id).
+LOCK_PARENTS = "SELECT id, status FROM jobs WHERE id = ANY($1::uuid[]) ORDER BY id FOR SHARE"
+
+# ------------------------------------------------------------------- beside the status
+
+# The latest progress of running attempts (fenced by attempt only: the final value lands
+# even when the completion that shared its batch was committed just before).
+SAVE_PROGRESS = """
+UPDATE jobs j SET progress = u.progress::jsonb
+FROM unnest($1::uuid[], $2::int[], $3::text[]) AS u(id, attempt, progress)
+WHERE j.id = u.id AND j.attempts = u.attempt
+"""
+
+# Why ready jobs wait: only a changed reason is written; answers every job that is still
+# ready (written now or already saying that), so the scheduler remembers only those.
+SET_WAITING_REASONS = """
+WITH r AS (
+    SELECT j.id, r.reason, j.waiting_reason IS DISTINCT FROM r.reason AS changed
+    FROM unnest($1::uuid[], $2::text[]) AS r(id, reason) JOIN jobs j ON j.id = r.id
+    WHERE j.status = 'ready'
+), written AS (
+    UPDATE jobs j SET waiting_reason = r.reason FROM r
+    WHERE j.id = r.id AND r.changed AND j.status = 'ready'
+)
+SELECT id FROM r
+"""
+
+# Retention: up to $2 finished jobs that finished before $1, oldest first (the partial
+# finished_at index), deleted with what cascades from them (log lines, executions,
+# dependency edges). Rows another transaction holds are left for the next sweep.
+PRUNE_FINISHED = f"""
+DELETE FROM jobs WHERE id = ANY(ARRAY(
+    SELECT id FROM jobs
+    WHERE finished_at < $1 AND status IN {FINISHED}
+    ORDER BY finished_at LIMIT $2
+    FOR UPDATE SKIP LOCKED
+))
+"""
+
+# ------------------------------------------------------------------- the job list
+
+
+def list_page(
+    *, status: bool, type: bool, priority: bool, after: bool, before: bool, cursor: bool
+) -> str:
+    """A keyset page of the job list, newest first: ``$1`` the page size plus one, then
+    one parameter per filter given, in this order (statuses as ``text[]``, type,
+    priority rank, created at or after, created before, cursor's created_at and id).
+    Only the filters given appear, so each combination plans on its own index."""
+    where: list[str] = []
+    n = 1
+
+    def param() -> str:
+        nonlocal n
+        n += 1
+        return f"${n}"
+
+    if status:
+        where.append(f"status = ANY({param()}::text[])")
+    if type:
+        where.append(f"type = {param()}")
+    if priority:
+        where.append(f"priority = {param()}::smallint")
+    if after:
+        where.append(f"created_at >= {param()}")
+    if before:
+        where.append(f"created_at < {param()}")
+    if cursor:
+        created, job_id = param(), param()
+        where.append(f"(created_at, id) < ({created}::timestamptz, {job_id}::uuid)")
+    clause = f"WHERE {' AND '.join(where)} " if where else ""
+    return f"SELECT * FROM jobs {clause}ORDER BY created_at DESC, id DESC LIMIT $1"

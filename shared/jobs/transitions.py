@@ -1,0 +1,483 @@
+"""How a job's status changes: the only code that writes ``jobs.status``.
+
+Each function runs statements of ``shared.jobs.sql``, whose status guards come from
+``shared.states`` (a write to a status the state machine does not allow from the row's
+current one matches no row), fenced by the attempt number where an attempt is meant.
+Every change returns its ``job.state`` events, built by :func:`state_event`, for the
+caller to publish *after* its commit. Nothing here commits: a function given a session
+or a connection works inside the caller's transaction; given the pool, its one statement
+is its own transaction.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+import orjson
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from shared.db import pool_fetch, pool_fetchrow, session_connection
+from shared.jobs import sql
+from shared.messages import JobStateChanged, JobStatusReport
+from shared.states import JobStatus, check_transition
+
+S = JobStatus
+
+# Where a statement runs: the pool (its own transaction), a connection, or a session
+# (on the asyncpg connection under it, inside the session's transaction).
+Db = asyncpg.Pool | asyncpg.Connection | AsyncSession
+
+
+async def fetch(db: Db, statement: str, *args: object) -> list[asyncpg.Record]:
+    """Run one statement of ``shared.jobs.sql`` where ``db`` says."""
+    if isinstance(db, asyncpg.Pool):
+        return await pool_fetch(db, statement, *args)
+    conn = await session_connection(db) if isinstance(db, AsyncSession) else db
+    return await conn.fetch(statement, *args)  # type: ignore[no-any-return]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def to_json(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def state_event(
+    job_id: UUID,
+    type: str,
+    attempt: int,
+    old: str | None,
+    new: str,
+    reason: str | None,
+    *,
+    worker_id: str | None = None,
+    ts: datetime | None = None,
+    duration_seconds: float | None = None,
+    wait_seconds: float | None = None,
+) -> JobStateChanged:
+    """The ``job.state`` event of one committed transition (every one is built here)."""
+    check_transition(old, new)
+    return JobStateChanged(
+        ts=ts or utcnow(), job_id=job_id, type=type,
+        old_status=None if old is None else str(old), new_status=str(new),
+        attempt=attempt, worker_id=worker_id, reason=reason,
+        duration_seconds=duration_seconds, wait_seconds=wait_seconds,
+    )  # fmt: skip
+
+
+def _row_event(row: Any, old: str | None, new: str, reason: str | None) -> JobStateChanged:
+    """``state_event`` of a returned row (id, type, attempts, worker_id)."""
+    return state_event(
+        row["id"], row["type"], row["attempts"], old, new, reason, worker_id=row["worker_id"]
+    )
+
+
+# ------------------------------------------------------------------- new jobs
+
+
+def submitted_event(job: Any, *, ts: datetime | None = None) -> JobStateChanged:
+    """The event of a newly stored job (None -> its first status)."""
+    return state_event(job.id, job.type, 0, None, job.status, job.error or "submitted", ts=ts)
+
+
+async def insert_jobs(db: Db, columns: dict[str, list[Any]]) -> int:
+    """Insert new jobs (``columns``: each of ``sql.INSERT_COLUMNS`` as one list of values,
+    JSON as text, uuid arrays as literals); how many went in (fewer when another request
+    took one of their idempotency keys first)."""
+    # A column with one value for the whole batch (the type, the defaults, the times...:
+    # most of them) travels once, not once per job.
+    same = frozenset(
+        name
+        for name, values in columns.items()
+        if name != "id" and values.count(values[0]) == len(values)
+    )
+    args = [values[0] if name in same else values for name, values in columns.items()]
+    return len(await fetch(db, _insert_statement(same), *args))
+
+
+_INSERT_STATEMENTS: dict[frozenset[str], str] = {}
+
+
+def _insert_statement(same: frozenset[str]) -> str:
+    statement = _INSERT_STATEMENTS.get(same)
+    if statement is None:
+        if len(_INSERT_STATEMENTS) >= 256:  # bounded; in practice a handful of shapes
+            _INSERT_STATEMENTS.clear()
+        statement = _INSERT_STATEMENTS[same] = sql.insert_jobs(same)
+    return statement
+
+
+async def insert_one(pool: asyncpg.Pool, row: dict[str, Any], audit: Sequence[Any]) -> Any:
+    """Insert one new job (``row``: the values of ``sql.INSERT_COLUMNS``) and its audit
+    row in one statement; the stored row."""
+    return await pool_fetchrow(pool, sql.INSERT_ONE_WITH_AUDIT, *row.values(), *audit)
+
+
+# ------------------------------------------------------------------- placement
+
+
+@dataclass
+class Placed:
+    """A job marked running on a worker: what its dispatch carries."""
+
+    id: UUID
+    type: str
+    payload: dict[str, Any]
+    cpu_units: float
+    memory_mb: int
+    timeout_seconds: float | None
+    attempts: int
+    worker_id: str
+    waited_seconds: float
+
+
+async def dispatch(
+    db: Db, placements: list[tuple[UUID, str]], *, lease_seconds: float
+) -> list[Placed]:
+    """ready -> running on the chosen worker, with a new attempt number (the fence). A
+    job no longer ready (cancelled since it was read) is skipped. On the pool the
+    statement is committed when this returns, before any dispatch is published."""
+    if not placements:
+        return []
+    rows = await fetch(
+        db, sql.DISPATCH, [p[0] for p in placements], [p[1] for p in placements],
+        float(lease_seconds),
+    )  # fmt: skip
+    return [
+        Placed(
+            r["id"], r["type"], r["payload"], r["cpu_units"], r["memory_mb"],
+            r["timeout_seconds"], r["attempts"], r["worker_id"], max(0.0, r["waited"]),
+        )
+        for r in rows
+    ]  # fmt: skip
+
+
+def dispatched_events(placed: Iterable[Placed]) -> list[JobStateChanged]:
+    return [
+        state_event(
+            p.id, p.type, p.attempts, S.READY, S.RUNNING, "dispatched",
+            worker_id=p.worker_id, wait_seconds=p.waited_seconds,
+        )
+        for p in placed
+    ]  # fmt: skip
+
+
+async def undo_dispatch(db: Db, placed: list[Placed]) -> list[JobStateChanged]:
+    """The dispatch could not be published: the attempt goes back to ready (it never
+    ran), or the job ends cancelled if a cancel came meanwhile."""
+    rows = await fetch(db, sql.UNDO_DISPATCH, [p.id for p in placed], [p.attempts for p in placed])
+    return [_row_event(r, S.RUNNING, r["status"], "dispatch not delivered") for r in rows]
+
+
+# ------------------------------------------------------------------- reports
+
+
+@dataclass
+class ReportOutcome:
+    """What applying a batch of reports changed."""
+
+    events: list[JobStateChanged] = field(default_factory=list)
+    freed: list[tuple[UUID, str]] = field(default_factory=list)  # (job, worker) no longer running
+    ignored: int = 0
+
+
+# What the fast path applies: a start, an end that went well.
+_SUCCESS_STATUSES = frozenset({"started", "completed"})
+
+
+def split_reports(
+    reports: list[JobStatusReport],
+) -> tuple[list[JobStatusReport], list[JobStatusReport]]:
+    """The reports of jobs that only started or completed in this batch (the common
+    case: ``apply_successes``), and those of the others (``apply_reports``)."""
+    other = {r.job_id for r in reports if r.status not in _SUCCESS_STATUSES}
+    if not other:
+        return reports, []
+    return [r for r in reports if r.job_id not in other], [r for r in reports if r.job_id in other]
+
+
+_Attempt = tuple[UUID, int, str]  # job, attempt, worker
+
+
+async def apply_successes(db: Db, reports: list[JobStatusReport]) -> ReportOutcome:
+    """Starts and completions: the fence (running, that attempt, that worker) is in the
+    statement, so nothing is read first; the completions and the children they unblock
+    are one statement (on the pool: one transaction, one round trip)."""
+    starts: dict[_Attempt, datetime] = {}
+    ends: dict[_Attempt, Any] = {}
+    for r in reports:
+        key = (r.job_id, r.attempt, r.worker_id)
+        if r.status == "started":
+            starts.setdefault(key, r.ts)
+        else:
+            ends.setdefault(key, r.result)
+    return await _apply_successes(db, starts, ends, utcnow())
+
+
+async def _apply_successes(
+    db: Db, starts: dict[_Attempt, datetime], ends: dict[_Attempt, Any], now: datetime
+) -> ReportOutcome:
+    out = ReportOutcome()
+    keys = sorted(starts.keys() | ends.keys())  # rows locked in id order, as everyone does
+    if not keys:
+        return out
+    result = await fetch(
+        db, sql.APPLY_SUCCESSES,
+        [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys],
+        [to_json(ends[k]) if k in ends else None for k in keys],
+        [starts.get(k) for k in keys], [k in ends for k in keys], now,
+    )  # fmt: skip
+    completed = [r for r in result if r["done"]]
+    out.ignored = len(ends) - len(completed)
+    for r in completed:
+        started = r["started_at"]
+        duration = max(0.0, (now - started).total_seconds()) if started is not None else None
+        out.events.append(
+            state_event(
+                r["id"], r["type"], r["attempts"], S.RUNNING, S.COMPLETED, "completed",
+                worker_id=r["worker_id"], duration_seconds=duration,
+            )
+        )  # fmt: skip
+        out.freed.append((r["id"], r["worker_id"]))
+    out.events.extend(_unblocked_events(r for r in result if r["done"] is None))
+    return out
+
+
+@dataclass
+class _Locked:
+    """The columns of a running job that deciding on a report needs."""
+
+    id: UUID
+    type: str
+    status: str
+    attempts: int
+    runs: int
+    max_attempts: int
+    worker_id: str | None
+    cancel_requested: bool
+    retry_initial_delay: float
+    retry_backoff: float
+    retry_max_delay: float
+    started_at: datetime | None
+
+
+@dataclass
+class _End:
+    """An attempt's end other than success, decided: the row of ``sql.APPLY_ENDS``."""
+
+    job: _Locked
+    status: JobStatus
+    error: str | None
+    run_at: datetime | None
+    reason: str
+
+
+async def apply_reports(
+    db: Db, reports: list[JobStatusReport], *, rng: random.Random | None = None
+) -> ReportOutcome:
+    """Apply workers' attempt reports in order, on the rows locked first; a report for a
+    superseded attempt (or a job no longer running there) is ignored: the attempt fence.
+    Failed and cancelled jobs fail their unfinished dependents."""
+    out = ReportOutcome()
+    ids = sorted({r.job_id for r in reports})
+    if not ids:
+        return out
+    jobs = {r["id"]: _Locked(**dict(r)) for r in await fetch(db, sql.LOCK_FOR_REPORTS, ids)}
+    now = utcnow()
+    starts: dict[_Attempt, datetime] = {}
+    successes: dict[_Attempt, Any] = {}
+    ends: list[_End] = []
+    for report in reports:
+        job = jobs.get(report.job_id)
+        if (
+            job is None
+            or job.status != S.RUNNING
+            or job.attempts != report.attempt
+            or job.worker_id != report.worker_id
+        ):
+            out.ignored += report.status != "lost"
+            continue
+        key = (job.id, job.attempts, report.worker_id)
+        if report.status == "started":
+            if job.started_at is None:
+                starts[key] = job.started_at = report.ts
+            continue
+        if report.status == "lost":
+            continue  # the scheduler wrote this itself after applying the loss
+        if report.status == "completed":
+            successes[key] = report.result
+            job.status = S.COMPLETED
+            continue
+        end = decide_end(job, report, now, rng)
+        check_transition(job.status, end.status)
+        ends.append(end)
+        job.status = end.status
+    succeeded = await _apply_successes(db, starts, successes, now)
+    out.events.extend(succeeded.events)
+    out.freed.extend(succeeded.freed)
+    if ends:
+        await fetch(
+            db, sql.APPLY_ENDS, [e.job.id for e in ends], [e.job.attempts for e in ends],
+            [e.status.value for e in ends], [e.error for e in ends], [e.run_at for e in ends],
+            now,
+        )  # fmt: skip
+    for end in ends:
+        job = end.job
+        started = job.started_at
+        out.events.append(
+            state_event(
+                job.id, job.type, job.attempts, S.RUNNING, end.status, end.reason,
+                worker_id=job.worker_id,
+                duration_seconds=(
+                    max(0.0, (now - started).total_seconds())
+                    if started is not None and end.status != S.READY
+                    else None
+                ),
+            )
+        )  # fmt: skip
+        out.freed.append((job.id, job.worker_id or ""))
+    for end in ends:
+        if end.status in (S.FAILED, S.CANCELLED):
+            out.events.extend(await fail_dependents(db, [end.job.id], end.status))
+    return out
+
+
+def decide_end(
+    job: _Locked, report: JobStatusReport, now: datetime, rng: random.Random | None
+) -> _End:
+    """The next status of a running job whose attempt ended other than by success."""
+    cancelled = _End(job, S.CANCELLED, "cancelled by request", None, "cancelled")
+    match report.status:
+        case "cancelled":
+            return cancelled
+        case "handed_back" if job.cancel_requested:
+            return cancelled  # cancelled while on its way or draining: it must not run again
+        case "handed_back":
+            return _End(job, S.READY, None, None, f"handed back: {report.error}")
+    # failed (or timed out)
+    error = report.error or "failed"
+    if job.cancel_requested:
+        return _End(job, S.CANCELLED, f"cancelled by request ({error})", None, "cancelled")
+    if job.runs < job.max_attempts:
+        delay = retry_delay(
+            job.runs,
+            initial=job.retry_initial_delay,
+            multiplier=job.retry_backoff,
+            max_delay=job.retry_max_delay,
+            rng=rng,
+        )
+        return _End(
+            job, S.RETRYING, error, now + timedelta(seconds=delay),
+            f"attempt {job.attempts} failed: {error}; retry in {delay:.2f} s",
+        )  # fmt: skip
+    return _End(
+        job, S.FAILED, f"attempt {job.attempts} of {job.max_attempts} failed: {error}", None,
+        f"attempts exhausted: {error}",
+    )  # fmt: skip
+
+
+def retry_delay(
+    failed_runs: int,
+    *,
+    initial: float,
+    multiplier: float,
+    max_delay: float,
+    rng: random.Random | None = None,
+) -> float:
+    """Delay before the attempt after ``failed_runs`` failures: initial × multiplier^(n-1),
+    capped at ``max_delay``, with ±10 % jitter (the cap holds after jitter too)."""
+    n = max(1, failed_runs)
+    try:
+        base = initial * multiplier ** (n - 1)
+    except OverflowError:
+        base = max_delay
+    base = min(base, max_delay)
+    jitter = (rng or random).uniform(-0.1, 0.1)
+    return max(0.0, min(max_delay, base * (1 + jitter)))
+
+
+# ------------------------------------------------------------------- dependencies
+
+
+async def unblock_children(db: Db, parents: list[UUID]) -> list[JobStateChanged]:
+    """Completed parents: their children's unmet counts go down; those reaching zero
+    become ready (or pending while their run_at is ahead)."""
+    return _unblocked_events(await fetch(db, sql.UNBLOCK_CHILDREN, parents))
+
+
+def _unblocked_events(rows: Iterable[Any]) -> list[JobStateChanged]:
+    """The events of the children that left ``blocked``."""
+    return [
+        _row_event(r, S.BLOCKED, r["status"], "dependencies completed")
+        for r in rows
+        if r["status"] != S.BLOCKED
+    ]
+
+
+async def fail_dependents(db: Db, parents: list[UUID], how: str) -> list[JobStateChanged]:
+    """Fail every unfinished descendant of ``parents`` (which ended ``how``); each error
+    names its parent.
+
+    Level by level, each level a statement of its own: a job's children are read only
+    after the job itself is locked (updated), so a child committed concurrently by the
+    API (which reads its parents FOR SHARE) is either seen here or sees its parent
+    already failed. The caller has locked ``parents``.
+    """
+    events: list[JobStateChanged] = []
+    frontier = parents
+    while frontier:
+        rows = await fetch(db, sql.FAIL_DEPENDENTS, frontier, str(how))
+        events.extend(_row_event(r, S.BLOCKED, S.FAILED, r["error"]) for r in rows)
+        frontier, how = [r["id"] for r in rows], S.FAILED
+    return events
+
+
+# ------------------------------------------------------------------- time
+
+
+async def promote_due(db: Db, *, limit: int) -> list[JobStateChanged]:
+    """Delayed and backoff jobs whose time has come become ready."""
+    rows = await fetch(db, sql.PROMOTE_DUE, limit)
+    return [_row_event(r, r["old_status"], S.READY, "due") for r in rows]
+
+
+# ------------------------------------------------------------------- users
+
+
+async def cancel_waiting(db: Db, job_id: UUID, old: JobStatus, *, by: str) -> list[JobStateChanged]:
+    """A job no worker holds (``old``, locked by the caller) is cancelled at once; its
+    unfinished dependents fail. No events if it had moved on meanwhile."""
+    rows = await fetch(db, sql.CANCEL_WAITING, job_id, utcnow(), f"cancelled by {by}")
+    if not rows:
+        return []
+    events = [_row_event(rows[0], old, S.CANCELLED, "cancelled by user")]
+    return events + await fail_dependents(db, [job_id], S.CANCELLED)
+
+
+async def request_cancel(db: Db, job_id: UUID) -> None:
+    """A running attempt's cancel: flagged here; its worker ends it and reports."""
+    await fetch(db, sql.REQUEST_CANCEL, job_id, utcnow())
+
+
+async def lock_parents(db: Db, ids: Iterable[UUID]) -> dict[UUID, str]:
+    """The status of each stored job of ``ids``, locked against a status change until
+    the caller commits (a parent finishing now cannot miss a new edge)."""
+    return {r["id"]: r["status"] for r in await fetch(db, sql.LOCK_PARENTS, list(ids))}
+
+
+async def requeue(
+    db: Db, job_id: UUID, old: JobStatus, *, unmet: int, by: str
+) -> JobStateChanged | None:
+    """failed/cancelled -> blocked (``unmet`` parents unfinished) or ready: same id,
+    history kept, a fresh budget of runs. None if it had moved on meanwhile."""
+    new = S.BLOCKED if unmet else S.READY
+    rows = await fetch(db, sql.REQUEUE, job_id, new.value, unmet, utcnow())
+    return _row_event(rows[0], old, new, f"retried by {by}") if rows else None
