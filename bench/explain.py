@@ -15,7 +15,10 @@ import os
 import subprocess
 import sys
 import time
+import uuid
+from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 
 import asyncpg
 
@@ -26,25 +29,32 @@ ADMIN = os.environ.get("TEST_DATABASE_ADMIN_URL", "postgresql://postgres@127.0.0
 DB = "swy_explain"
 
 
-QUERIES = {
-    "claim (heads of the ready index, per priority)": (
-        "shared.queries.CLAIM_READY_HEADS",
-        "CLAIM_READY_HEADS",
-        [200],
-    ),
-    "due delayed / retrying jobs": ("shared.queries.DUE_JOBS", "DUE_JOBS", [500]),
-    "list page, newest first, no filter": (None, "LIST_ALL", None),
-    "list page, status = failed": (None, "LIST_FAILED", None),
-    "list page, type = etl.load": (None, "LIST_TYPE", None),
-    "idempotency key lookup": (None, "IDEMPOTENCY", None),
-}
+def queries() -> dict[str, tuple[str, list[object]]]:
+    """Title -> (statement, arguments): the statements the services run."""
+    from shared.jobs import sql
+    from shared.jobs.reads import JobFilter, encode_cursor, list_page_query
+    from shared.states import JobStatus
 
-ADHOC = {
-    "LIST_ALL": "SELECT * FROM jobs WHERE (created_at, id) < (now(), 'ffffffff-ffff-ffff-ffff-ffffffffffff'::uuid) ORDER BY created_at DESC, id DESC LIMIT 101",
-    "LIST_FAILED": "SELECT * FROM jobs WHERE status IN ('failed') AND (created_at, id) < (now(), 'ffffffff-ffff-ffff-ffff-ffffffffffff'::uuid) ORDER BY created_at DESC, id DESC LIMIT 101",
-    "LIST_TYPE": "SELECT * FROM jobs WHERE type = 'etl.load' ORDER BY created_at DESC, id DESC LIMIT 101",
-    "IDEMPOTENCY": "SELECT * FROM jobs WHERE idempotency_key IN ('key-5400000')",
-}
+    cursor = encode_cursor(
+        SimpleNamespace(created_at=datetime.now(UTC), id=uuid.UUID(int=2**128 - 1))
+    )
+    return {
+        "claim (heads of the ready index, per priority)": (sql.CLAIM_READY_HEADS, [200]),
+        "due delayed / retrying jobs": (sql.DUE_JOBS, [500]),
+        "list page, newest first, no filter": list_page_query(
+            JobFilter(), limit=101, cursor=cursor
+        ),
+        "list page, status = failed": list_page_query(
+            JobFilter(status=[JobStatus.FAILED]), limit=101, cursor=cursor
+        ),
+        "list page, type = etl.load": list_page_query(
+            JobFilter(type="etl.load"), limit=101, cursor=None
+        ),
+        "idempotency key lookup": (
+            "SELECT * FROM jobs WHERE idempotency_key IN ('key-5400000')",
+            [],
+        ),
+    }
 
 
 async def main(rows: int, keep: bool) -> None:
@@ -66,12 +76,9 @@ async def main(rows: int, keep: bool) -> None:
     print(f"-- loaded {rows:,} jobs in {time.monotonic() - start:.1f} s")
     counts = await conn.fetch("SELECT status, count(*) FROM jobs GROUP BY 1 ORDER BY 1")
     print("-- " + ", ".join(f"{r['status']}: {r['count']:,}" for r in counts))
-    from shared import queries
-
-    for title, (_, name, args) in QUERIES.items():
-        sql = getattr(queries, name, None) or ADHOC[name]
+    for title, (statement, args) in queries().items():
         plan = await conn.fetch(
-            f"EXPLAIN (ANALYZE, BUFFERS, COSTS OFF, SUMMARY ON) {sql}", *(args or [])
+            f"EXPLAIN (ANALYZE, BUFFERS, COSTS OFF, SUMMARY ON) {statement}", *args
         )
         print(f"\n### {title}\n")
         print("```")

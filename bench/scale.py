@@ -17,13 +17,17 @@ import statistics
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import asyncpg
 
-from shared import queries
 from shared.db import GENERIC_PLANS
+from shared.jobs import sql
+from shared.jobs.reads import JobFilter, encode_cursor, list_page_query
+from shared.states import JobStatus
 
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN = os.environ.get("TEST_DATABASE_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -55,12 +59,6 @@ FROM generate_series($1::int, $2::int) AS g
 """
 
 STATUS_READ = "SELECT id, status, attempts, worker_id, updated_at FROM jobs WHERE id = $1"
-# What applying a worker's completion does to one row (rolled back after timing).
-STATUS_WRITE = """
-UPDATE jobs SET status = 'completed', result = '{}'::jsonb, finished_at = now(),
-    lease_expires_at = NULL, updated_at = now()
-WHERE id = $1 AND status = 'running' AND attempts = 1
-"""
 
 
 async def _interleaved(
@@ -82,13 +80,22 @@ async def _measure(
     conns: dict[int, asyncpg.Connection], repeat: int
 ) -> dict[int, dict[str, float]]:
     sample, running = {}, {}
+    newest = await next(iter(conns.values())).fetchval("SELECT now() + interval '1 s'")
+    # The list page as the API runs it (GET /jobs: the page after a cursor).
+    cursor = encode_cursor(SimpleNamespace(created_at=newest, id=uuid.UUID(int=2**128 - 1)))
+    list_all = list_page_query(JobFilter(), limit=51, cursor=cursor)
+    list_failed = list_page_query(JobFilter(status=[JobStatus.FAILED]), limit=51, cursor=cursor)
     for size, conn in conns.items():
         sample[size] = [(r["id"],) for r in await conn.fetch(
             "SELECT id FROM jobs TABLESAMPLE BERNOULLI (1) LIMIT $1", repeat)]  # fmt: skip
-        running[size] = [(r["id"],) for r in await conn.fetch(
-            "SELECT id FROM jobs WHERE status = 'running' LIMIT $1", repeat)]  # fmt: skip
-    newest = await next(iter(conns.values())).fetchval("SELECT now() + interval '1 s'")
-    cursor = (newest, "ffffffff-ffff-ffff-ffff-ffffffffffff")
+        running[size] = [
+            # A worker's completion of one row, as the scheduler applies it (rolled back).
+            ([r["id"]], [r["attempts"]], [r["worker_id"]], ["{}"], [None], [True], newest)
+            for r in await conn.fetch(
+                "SELECT id, attempts, worker_id FROM jobs WHERE status = 'running' LIMIT $1",
+                repeat,
+            )
+        ]
 
     def each(*a: Any) -> dict[int, list[tuple[Any, ...]]]:
         return {size: [a] * repeat for size in conns}
@@ -98,22 +105,20 @@ async def _measure(
         await conn.execute(f"SET plan_cache_mode = {GENERIC_PLANS['plan_cache_mode']}")
     # 16 heads per priority: the smallest table has 25 ready per level, so every size
     # returns the same 64 rows (the same work).
-    claim = await _interleaved(conns, queries.CLAIM_READY_HEADS, each(16))
+    claim = await _interleaved(conns, sql.CLAIM_READY_HEADS, each(16))
     for conn in conns.values():
         await conn.execute("RESET plan_cache_mode")
     out = {
         "claim": claim,
         "status_read": await _interleaved(conns, STATUS_READ, sample),
-        "list_page": await _interleaved(conns, queries.LIST_PAGE, each(None, *cursor, 51)),
-        "list_page_failed": await _interleaved(
-            conns, queries.LIST_PAGE, each("failed", *cursor, 51)
-        ),
+        "list_page": await _interleaved(conns, list_all[0], each(*list_all[1])),
+        "list_page_failed": await _interleaved(conns, list_failed[0], each(*list_failed[1])),
     }
     transactions = [conn.transaction() for conn in conns.values()]
     for tr in transactions:
         await tr.start()
     try:
-        out["status_write"] = await _interleaved(conns, STATUS_WRITE, running)
+        out["status_write"] = await _interleaved(conns, sql.APPLY_SUCCESSES, running)
     finally:
         for tr in transactions:
             await tr.rollback()
