@@ -1,7 +1,9 @@
 """The job state machine: every allowed status transition, in one place.
 
-Nothing writes ``jobs.status`` without going through :func:`check_transition` (Python
-side) or :func:`sources_for` (SQL side: ``UPDATE ... WHERE status = ANY(:sources)``).
+Only ``shared/jobs/transitions.py`` writes ``jobs.status``; each of its statements
+(``shared/jobs/sql.py``) guards the write with the statuses this table allows it to
+leave (``sql.allowed_from``, built on :func:`sources_for`), and every event it builds is
+checked with :func:`check_transition`.
 """
 
 from __future__ import annotations

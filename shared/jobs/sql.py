@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from shared.states import TERMINAL, TRANSITIONS, JobStatus
+from shared.states import TERMINAL, TRANSITIONS, JobStatus, sources_for
 
 S = JobStatus
 
@@ -34,11 +34,10 @@ def allowed_from(*targets: JobStatus, among: Iterable[JobStatus] | None = None) 
     """The SQL list of statuses a job may be in for a write that moves it to any of
     ``targets``. ``among`` narrows it to the sources the statement means; each of those
     must be allowed to reach every target, or this raises at import time."""
-    sources = (
-        set(among)
-        if among is not None
-        else {old for old in S if all(t in TRANSITIONS[old] for t in targets)}
-    )
+    if among is None:
+        sources = set.intersection(*(set(map(JobStatus, sources_for(t))) for t in targets))
+    else:
+        sources = set(among)
     for old in sources:
         for new in targets:
             if new not in TRANSITIONS[old]:

@@ -85,3 +85,17 @@ def test_initial_status(unmet: int, failed: bool, delayed: bool, expected: JobSt
         initial_status(unmet_dependencies=unmet, failed_dependency=failed, delayed=delayed)
         is expected
     )
+
+
+def test_sql_guards_are_the_state_machine() -> None:
+    """The status guard of each statement is rendered from the table above: an illegal
+    source refuses to build, and the default is every status allowed to reach all targets."""
+    from shared.jobs import sql
+
+    assert sql.allowed_from(S.RUNNING) == "('ready')"
+    assert sql.allowed_from(S.READY, S.CANCELLED, among={S.RUNNING}) == "('running')"
+    assert sql.allowed_from(S.FAILED) == sql.status_list(
+        {old for old in ALL if old is not None and can_transition(old, S.FAILED)}
+    )
+    with pytest.raises(AssertionError, match="completed -> ready"):
+        sql.allowed_from(S.READY, among={S.COMPLETED})
