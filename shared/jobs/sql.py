@@ -20,6 +20,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from sqlalchemy.dialects import postgresql
+
+from shared.models import Job
 from shared.states import TERMINAL, TRANSITIONS, JobStatus, sources_for
 
 S = JobStatus
@@ -86,16 +89,29 @@ CURRENT_ATTEMPTS = "SELECT id, attempts FROM jobs WHERE id = ANY($1::uuid[])"
 
 # Submission: one INSERT ... SELECT FROM unnest(one array per column). Built per set of
 # columns that carry one value for the whole batch (sent once, not as N copies).
-INSERT_COLUMNS: dict[str, str] = {
-    "id": "uuid", "type": "text", "name": "text", "status": "text", "priority": "smallint",
-    "payload": "text", "cpu_units": "float8", "memory_mb": "int", "timeout_seconds": "float8",
-    "max_attempts": "int", "retry_initial_delay": "float8", "retry_backoff": "float8",
-    "retry_max_delay": "float8", "run_at": "timestamptz", "depends_on": "text",
-    "unmet_dependencies": "int", "error": "text", "idempotency_key": "text",
-    "idempotency_fingerprint": "text", "created_by": "text", "created_at": "timestamptz",
-    "updated_at": "timestamptz", "ready_at": "timestamptz", "finished_at": "timestamptz",
-}  # fmt: skip
-_INSERT_CASTS = {"payload": "::jsonb", "depends_on": "::uuid[]"}
+# The columns a new job is inserted with (the others take their server defaults,
+# ``INSERT_DEFAULTS``), each with the type its values travel as, read off the model.
+_NEW_JOB_COLUMNS = (
+    "id", "type", "name", "status", "priority", "payload", "cpu_units", "memory_mb",
+    "timeout_seconds", "max_attempts", "retry_initial_delay", "retry_backoff",
+    "retry_max_delay", "run_at", "depends_on", "unmet_dependencies", "error",
+    "idempotency_key", "idempotency_fingerprint", "created_by", "created_at", "updated_at",
+    "ready_at", "finished_at",
+)  # fmt: skip
+_WIRE_TYPES = {"TIMESTAMP WITH TIME ZONE": "timestamptz", "FLOAT": "float8", "INTEGER": "int"}
+
+
+def _wire_type(column: str) -> tuple[str, str]:
+    """(the parameter type, the cast to the column type): JSON and arrays travel as text
+    (a column of arrays cannot travel as one array of arrays)."""
+    declared = Job.__table__.columns[column].type.compile(dialect=postgresql.dialect())
+    if declared == "JSONB" or declared.endswith("[]"):
+        return "text", f"::{declared.lower()}"
+    return _WIRE_TYPES.get(declared, declared.lower()), ""
+
+
+INSERT_COLUMNS: dict[str, str] = {c: _wire_type(c)[0] for c in _NEW_JOB_COLUMNS}
+_INSERT_CASTS = {c: _wire_type(c)[1] for c in _NEW_JOB_COLUMNS if _wire_type(c)[1]}
 # What a new row holds in the columns the insert does not give (their server defaults;
 # tests/unit checks this covers every column of ``jobs``).
 INSERT_DEFAULTS: dict[str, object] = {
