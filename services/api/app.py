@@ -14,6 +14,7 @@ from uuid_utils.compat import uuid7
 
 from services.api.errors import install_error_handlers
 from services.api.keycache import KeyCache
+from services.api.keys import hash_key
 from services.api.metrics import Metrics
 from services.api.middleware import BodySizeLimit
 from services.api.routers import audit, health, jobs, keys, observe, schedules, stream
@@ -23,7 +24,6 @@ from shared.catalog import TaskCatalog, announce_task_types
 from shared.db import create_engine, create_pool, create_sessionmaker
 from shared.errors import ConfigError
 from shared.jobs.prepare import Limits
-from shared.keys import hash_key
 from shared.messaging import Broker, Outbox
 from shared.models import ApiKey
 from shared.settings import Settings, get_settings

@@ -12,8 +12,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from services.api.keys import hash_key
 from shared.auth import Actor
-from shared.keys import hash_key
 from shared.models import ApiKey
 from shared.schemas import ErrorBody
 

@@ -1,16 +1,21 @@
-"""The direct job serializer writes exactly what pydantic writes for JobRead."""
+"""The one job encoder (``shared.jobs.views``) writes its schemas: every answer validates
+as ``JobRead`` / ``BatchRead`` / ``JobPage``, and pydantic, given the validated model,
+writes the same bytes (field order, ``Z`` times, floats). A field added to a schema but
+not to the encoder fails here."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from types import SimpleNamespace
 from typing import Any
 from uuid import uuid4
 
 import pytest
+from pydantic import BaseModel
 
-from shared.jobs.views import job_json, job_to_read, jobs_json
-from shared.schemas import BatchRead
+from shared.jobs.views import batch_json, job_json, page_json
+from shared.models import Job
+from shared.schemas import BatchRead, JobPage, JobRead
 
 T0 = datetime(2026, 11, 23, 9, 30, 0, tzinfo=UTC)  # no microseconds
 T1 = datetime(2026, 11, 23, 9, 30, 1, 123456, tzinfo=UTC)
@@ -51,17 +56,85 @@ CASES = [
     row(status="failed", attempts=3, error="attempt 3 of 3 failed: boom", result=7),
     row(status="retrying", attempts=1, run_at=T0, idempotency_key="k-1", priority=1),
     row(status="running", attempts=1, worker_id="w2", cancel_requested=True, result="text"),
+    # Python-built rows (a submission answers from what it inserted): ints in float
+    # columns are still written as floats; a time with an offset keeps it.
+    row(
+        cpu_units=2, retry_initial_delay=1, retry_backoff=3, retry_max_delay=60, timeout_seconds=30
+    ),
+    row(status="pending", run_at=datetime(2030, 1, 1, 10, tzinfo=timezone(timedelta(hours=2)))),
+    row(
+        payload={"big": 1e16, "small": 1e-05, "neg": -0.0, "int": 2**63 - 1, "s": "tab\t\x01 é 🎉"}
+    ),
 ]
 
 
+def orm_job(**overrides: Any) -> Job:
+    """The same row as an ORM object (what the read, cancel and retry routes hand over)."""
+    values = vars(row(**overrides))
+    return Job(**values)
+
+
+def assert_writes_schema(model: type[BaseModel], body: bytes) -> None:
+    validated = model.model_validate_json(body)
+    assert validated.model_dump_json().encode() == body
+
+
 @pytest.mark.parametrize("job", CASES, ids=lambda j: j.status)
-def test_one_job_same_bytes_as_pydantic(job: SimpleNamespace) -> None:
-    assert job_json(job) == job_to_read(job).model_dump_json().encode()  # type: ignore[arg-type]
+def test_one_job_is_a_job_read(job: SimpleNamespace) -> None:
+    assert_writes_schema(JobRead, job_json(job))
 
 
-def test_a_batch_answer_same_bytes_as_pydantic() -> None:
-    expected = BatchRead(jobs=[job_to_read(j) for j in CASES]).model_dump_json()  # type: ignore[arg-type]
-    assert jobs_json(CASES) == expected.encode()
+@pytest.mark.parametrize("status", ["blocked", "completed"])
+def test_an_orm_job_is_a_job_read(status: str) -> None:
+    job = orm_job(status=status, depends_on=[uuid4()], unmet_dependencies=1, result=[1, "a"])
+    assert_writes_schema(JobRead, job_json(job))
+
+
+def test_a_batch_answer_is_a_batch_read() -> None:
+    assert_writes_schema(BatchRead, batch_json(CASES))
+
+
+@pytest.mark.parametrize("next_cursor", ["MjAyNi0xMS0yM1Q", None])
+def test_a_list_page_is_a_job_page(next_cursor: str | None) -> None:
+    assert_writes_schema(JobPage, page_json(CASES, next_cursor))
+    assert_writes_schema(JobPage, page_json([], next_cursor))
+
+
+def test_each_field_says_what_the_row_says() -> None:
+    """The round trip above cannot see two fields swapped; this names each one."""
+    parent = uuid4()
+    job = row(
+        status="blocked", priority=1, name="n", cpu_units=1.5, memory_mb=96,
+        depends_on=[parent], unmet_dependencies=1, max_attempts=5, retry_initial_delay=2.0,
+        retry_backoff=3.0, retry_max_delay=40.0, timeout_seconds=9.0, attempts=4,
+        worker_id="w", result={"r": 1}, error="e", progress={"done": 1}, created_at=T0,
+        updated_at=T1, started_at=T0, finished_at=T1, run_at=T0, created_by="k",
+        idempotency_key="i", cancel_requested=True,
+    )  # fmt: skip
+    read = JobRead.model_validate_json(job_json(job))
+    assert read.model_dump() == {
+        "id": job.id, "type": "demo.echo", "name": "n", "status": "blocked",
+        "priority": "high", "payload": job.payload,
+        "resources": {"cpu_units": 1.5, "memory_mb": 96}, "depends_on": [parent],
+        "retry": {"max_attempts": 5, "initial_delay_seconds": 2.0, "backoff_multiplier": 3.0,
+                  "max_delay_seconds": 40.0},
+        "timeout_seconds": 9.0, "attempts": 4, "worker_id": "w", "result": {"r": 1},
+        "error": "e", "progress": {"done": 1}, "created_at": T0, "updated_at": T1,
+        "started_at": T0, "finished_at": T1, "run_at": T0, "created_by": "k",
+        "idempotency_key": "i", "cancel_requested": True,
+        "waiting_reason": "waiting on 1 unfinished dependency",
+    }  # fmt: skip
+
+
+def test_a_field_the_encoder_lacks_fails_the_check() -> None:
+    """What the tests above rely on: a schema field the encoder does not write (even
+    one with a default) makes the round trip differ."""
+
+    class WiderJobRead(JobRead):
+        queue: str | None = None
+
+    with pytest.raises(AssertionError):
+        assert_writes_schema(WiderJobRead, job_json(CASES[0]))
 
 
 def test_insert_defaults_cover_every_other_column() -> None:

@@ -1,4 +1,9 @@
-"""``/jobs``: submit, batch submit, read, list, cancel, logs."""
+"""``/jobs``: submit, batch submit, read, list, cancel, retry, logs.
+
+The routes that answer with jobs declare their schema (``response_model``: ``JobRead``,
+``BatchRead``, ``JobPage``) for the OpenAPI document, and answer with the bytes of the
+one job encoder (``shared.jobs.views``), which writes exactly those schemas.
+"""
 
 from __future__ import annotations
 
@@ -20,20 +25,16 @@ from shared.jobs.submit import (
     submit_jobs,
     submit_one_fast,
 )
-from shared.jobs.views import job_json, job_to_read, jobs_json
+from shared.jobs.views import batch_json, job_json, page_json
 from shared.messages import JobCancel, JobStateChanged, JobSubmitted, _Message
-from shared.schemas import (
-    BatchCreate,
-    BatchRead,
-    JobCreate,
-    JobLogs,
-    JobPage,
-    JobRead,
-    Priority,
-)
+from shared.schemas import BatchCreate, BatchRead, JobCreate, JobLogs, JobPage, JobRead, Priority
 from shared.states import JobStatus
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+
+def _json(body: bytes, *, status_code: int = 200) -> Response:
+    return Response(body, status_code=status_code, media_type="application/json")
 
 
 async def _submit(
@@ -95,10 +96,9 @@ def _announce(state: Any, events: list[JobStateChanged], created: list[Any]) -> 
 async def submit_job(
     body: JobCreate,
     request: Request,
-    response: Response,
     session: SessionDep,
     actor: SubmitterDep,
-) -> JobRead | Response:
+) -> Response:
     """Submit one job. With an ``idempotency_key`` already used for the same request,
     answers 200 with the stored job and runs nothing new."""
     state = request.app.state
@@ -108,11 +108,9 @@ async def submit_job(
             limits=state.limits,
         )  # fmt: skip
         _announce(state, [event], [job])
-        return Response(job_json(job), status_code=201, media_type="application/json")
+        return _json(job_json(job), status_code=201)
     result = await _submit(request, session, actor, [body], batch=False)
-    if not result.created[0]:
-        response.status_code = 200
-    return job_to_read(result.jobs[0])
+    return _json(job_json(result.jobs[0]), status_code=201 if result.created[0] else 200)
 
 
 @router.post(
@@ -131,9 +129,7 @@ async def submit_batch(
     """Submit a DAG at once: ``depends_on`` may name ``@ref`` of any job of the same
     request, or ids of stored jobs. All or nothing; a cycle is refused naming it."""
     result = await _submit(request, session, actor, body.jobs, batch=True)
-    # Serialized directly (the BatchRead schema, byte for byte): FastAPI would build and
-    # validate a model per job first.
-    return Response(jobs_json(result.jobs), status_code=201, media_type="application/json")
+    return _json(batch_json(result.jobs), status_code=201)
 
 
 @router.get(
@@ -152,7 +148,7 @@ async def list_jobs_route(
     created_before: datetime | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: Annotated[str | None, Query(max_length=500, pattern=r"^[A-Za-z0-9_=-]+$")] = None,
-) -> JobPage:
+) -> Response:
     """Newest first; pass ``next_cursor`` back as ``cursor`` for the next page."""
     jobs, next_cursor = await list_jobs(
         session,
@@ -166,7 +162,7 @@ async def list_jobs_route(
         limit=limit,
         cursor=cursor,
     )
-    return JobPage(items=[job_to_read(j) for j in jobs], next_cursor=next_cursor)
+    return _json(page_json(jobs, next_cursor))
 
 
 @router.get(
@@ -175,8 +171,8 @@ async def list_jobs_route(
     response_model=JobRead,
     responses=error_responses(401, 403, 404, 422, 503),
 )
-async def get_job_route(job_id: UUID, session: SessionDep, actor: ViewerDep) -> JobRead:
-    return job_to_read(await get_job(session, job_id))
+async def get_job_route(job_id: UUID, session: SessionDep, actor: ViewerDep) -> Response:
+    return _json(job_json(await get_job(session, job_id)))
 
 
 @router.patch(
@@ -187,7 +183,7 @@ async def get_job_route(job_id: UUID, session: SessionDep, actor: ViewerDep) -> 
 )
 async def cancel_job_route(
     job_id: UUID, request: Request, session: SessionDep, actor: SubmitterDep
-) -> JobRead:
+) -> Response:
     """Not yet running: cancelled at once (its dependents fail). Running: the worker is
     told, the answer shows ``cancel_requested: true``, the job ends ``cancelled`` soon."""
     try:
@@ -200,7 +196,7 @@ async def cancel_job_route(
     if notify_worker:
         messages.append(JobCancel(job_id=job.id, attempt=job.attempts))
     publish_after_commit(request.app.state, messages)
-    return job_to_read(job)
+    return _json(job_json(job))
 
 
 @router.post(
@@ -217,7 +213,7 @@ async def retry_job_route(
     dependents: Annotated[
         bool, Query(description="also re-run the jobs that failed because of it")
     ] = False,
-) -> JobRead:
+) -> Response:
     """Dead-letter requeue: re-run a failed or cancelled job. Same id, its history kept,
     attempt numbers continue, and ``max_attempts`` more attempts are allowed."""
     try:
@@ -233,7 +229,7 @@ async def retry_job_route(
         if e.new_status == "ready"
     )
     publish_after_commit(request.app.state, messages)
-    return job_to_read(job)
+    return _json(job_json(job))
 
 
 @router.get(

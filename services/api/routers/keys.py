@@ -8,7 +8,7 @@ from uuid import UUID
 from fastapi import APIRouter, Query, Request, Response
 
 from services.api.deps import AdminDep, SessionDep, error_responses
-from shared.keys import create_api_key, list_api_keys, revoke_api_key
+from services.api.keys import create_api_key, list_api_keys, revoke_api_key
 from shared.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyRead
 
 router = APIRouter(prefix="/api-keys", tags=["api keys"])

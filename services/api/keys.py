@@ -1,4 +1,7 @@
-"""API keys: created with a role and a label, shown once, stored only as SHA-256."""
+"""API keys: created with a role and a label, shown once, stored only as SHA-256.
+
+Only the API reads or writes them (the key cache in ``keycache.py`` listens for
+revocations), so they live in the API service, not in ``shared``."""
 
 from __future__ import annotations
 
