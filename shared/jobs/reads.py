@@ -47,7 +47,7 @@ class JobFilter:
     created_before: datetime | None = None
 
 
-def encode_cursor(job: Job) -> str:
+def encode_cursor(job: Any) -> str:
     raw = f"{job.created_at.isoformat()}|{job.id}".encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 

@@ -15,7 +15,7 @@ import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeAlias
 from uuid import UUID
 
 import asyncpg
@@ -31,7 +31,7 @@ S = JobStatus
 
 # Where a statement runs: the pool (its own transaction), a connection, or a session
 # (on the asyncpg connection under it, inside the session's transaction).
-Db = asyncpg.Pool | asyncpg.Connection | AsyncSession
+Db: TypeAlias = asyncpg.Pool | asyncpg.Connection | AsyncSession
 
 
 async def fetch(db: Db, statement: str, *args: object) -> list[asyncpg.Record]:
