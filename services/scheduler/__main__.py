@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from services.scheduler.scheduler import Scheduler
+from services.scheduler.cycle import Scheduler
 from shared.service import run_service
 
 

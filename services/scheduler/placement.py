@@ -166,4 +166,3 @@ def _why_never(job: Candidate, workers: list[WorkerView]) -> str:
         f"the largest worker running {job.type!r} has {biggest_cpu:g} cpu units and "
         f"{biggest_mem} MB"
     )
-

@@ -1,0 +1,243 @@
+"""The scheduler: one active instance (``leadership``), the others stand by.
+
+The active one consumes ``<ns>.scheduler`` (job.submitted, job.status, heartbeats,
+progress) into an inbox and runs a cycle whenever a message arrives or the tick passes:
+
+1. apply the inbox: attempt reports (fenced by attempt number), progress and
+   heartbeats; commit; ack those messages;
+2. declare lost what a dead worker held or what a live worker never received, and
+   retry or fail it like a failed attempt (``fleet``);
+3. promote delayed / backoff jobs whose time has come, fire due schedules (``timed``);
+4. publish the ``job.state`` events of all of it, in commit order;
+5. put back the dispatches the broker refused, or else place ready jobs (``dispatch``,
+   ``placement``): mark them running with a new attempt number, commit, publish;
+6. re-send cancels, publish monitoring, start retention and vacuum (``maintenance``).
+
+Everything it knows in memory (workers, allocations) is rebuilt from the database
+when it takes over, so a standby that takes over continues where the last one stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from dataclasses import dataclass, field
+from datetime import UTC
+from typing import Any
+from uuid import UUID
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from services.scheduler.database import Database
+from services.scheduler.dispatch import Dispatcher
+from services.scheduler.fleet import Fleet, save_workers
+from services.scheduler.leadership import Leadership, LeadershipLost
+from services.scheduler.maintenance import Maintenance
+from services.scheduler.timed import TimedWork
+from shared.db import RAW_DB_ERRORS, is_db_outage
+from shared.jobs import transitions
+from shared.jobs.annotations import save_progress
+from shared.messages import (
+    JobProgress,
+    JobStateChanged,
+    JobStatusReport,
+    JobSubmitted,
+    WorkerHeartbeat,
+)
+from shared.messaging import Broker, Consumer, Delivery, Outbox, Topology, ack_all
+from shared.settings import Settings
+
+log = logging.getLogger("switchyard.scheduler")
+
+
+@dataclass
+class Received:
+    """One cycle's messages, by what they ask for."""
+
+    submitted: bool = False  # a job was submitted: the ready queue may hold it
+    reports: list[JobStatusReport] = field(default_factory=list)
+    beats: dict[str, WorkerHeartbeat] = field(default_factory=dict)  # the latest per worker
+    progress: dict[tuple[UUID, int], dict[str, Any]] = field(default_factory=dict)
+
+    @classmethod
+    def sort(cls, batch: list[Delivery]) -> Received:
+        received = cls()
+        for msg in (m for delivery in batch for m in delivery.messages):
+            if isinstance(msg, JobSubmitted):
+                received.submitted = True
+            elif isinstance(msg, JobStatusReport):
+                received.reports.append(msg)
+            elif isinstance(msg, WorkerHeartbeat):
+                received.beats[msg.worker_id] = msg
+            elif isinstance(msg, JobProgress):
+                received.progress[(msg.job_id, msg.attempt)] = {
+                    "done": msg.done,
+                    "total": msg.total,
+                    "message": msg.message,
+                    "ts": msg.ts.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+                }
+        return received
+
+
+class Scheduler:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.broker = Broker(
+            settings.amqp_url,
+            settings.namespace,
+            name="switchyard-scheduler",
+            publish_timeout=settings.publish_timeout_seconds,
+        )
+        self.outbox = Outbox(self.broker, linger=settings.event_linger_seconds)
+        self.db = Database(settings)
+        self.rng = random.Random()  # retry jitter
+        self.leadership = Leadership(settings)
+        self.fleet = Fleet(settings, self.db, self.outbox, rng=self.rng)
+        self.dispatch = Dispatcher(settings, self.db, self.broker, self.outbox, self.fleet)
+        self.timed = TimedWork(settings, self.db)
+        self.maintenance = Maintenance(settings, self.db, self.outbox, self.fleet)
+        self.inbox: list[Delivery] = []  # delivered, not yet applied (unacked)
+        self.wake = asyncio.Event()
+
+    # ------------------------------------------------------------ standing by, leading
+
+    async def run(self, stop: asyncio.Event) -> None:
+        async with self.db.open():
+            try:
+                async with self.broker:
+                    self.outbox.start()
+                    while not stop.is_set():
+                        await self.leadership.wait(stop)
+                        if stop.is_set():
+                            break
+                        try:
+                            await self._lead(stop)
+                        except (LeadershipLost, SQLAlchemyError, *RAW_DB_ERRORS) as exc:
+                            # Another instance may be active now (or the take-over could
+                            # not read the database): stop acting at once, forget what we
+                            # knew, and stand by again (our unacked messages go back to the
+                            # queue for whoever leads).
+                            log.error("%s; standing by again", exc)
+                            self._stand_down()
+                    await self.outbox.close()
+            finally:
+                await self.leadership.close()
+
+    def _stand_down(self) -> None:
+        self.leadership.abandon()
+        self.fleet.forget()
+        self.inbox.clear()
+        self.dispatch.forget()
+
+    async def _lead(self, stop: asyncio.Event) -> None:
+        await self._take_over()
+        consumer: Consumer = await self.broker.consume(
+            self.broker.topology.scheduler_queue,
+            Topology.SCHEDULER_BINDINGS,
+            self._on_delivery,
+            prefetch=5000,
+        )
+        try:
+            while not stop.is_set():
+                try:
+                    await asyncio.wait_for(
+                        self.wake.wait(), timeout=self.settings.scheduler_tick_seconds
+                    )
+                except TimeoutError:
+                    pass
+                if stop.is_set():
+                    break
+                self.wake.clear()
+                await self.leadership.check()
+                try:
+                    await self.cycle()
+                except (SQLAlchemyError, *RAW_DB_ERRORS) as exc:
+                    # Outage, deadlock victim, serialization failure: nothing was
+                    # committed for the failed step; the next cycle redoes it.
+                    what = "database unavailable" if is_db_outage(exc) else "cycle failed"
+                    log.warning("%s (%s); retrying", what, exc)
+                    await asyncio.sleep(0.5)
+                    self.wake.set()
+        finally:
+            await consumer.close()
+            await self.dispatch.settle(stop)
+            await self.maintenance.stop()
+
+    async def _take_over(self) -> None:
+        """Workers and allocations as the database has them."""
+        self.dispatch.take_over()
+        await self.fleet.load()
+        log.info(
+            "took over: %d live worker(s), %d running job(s)",
+            len(self.fleet.workers),
+            len(self.fleet.assignments),
+        )
+
+    async def _on_delivery(self, delivery: Delivery) -> None:
+        self.inbox.append(delivery)
+        self.wake.set()
+
+    # ------------------------------------------------------------ the cycle
+
+    async def cycle(self) -> None:
+        events = await self._apply_inbox()
+        try:
+            events.extend(await self.fleet.handle_losses())
+            if self.timed.take_turn():
+                # Also the safety net for jobs whose wake-up hint was never published.
+                self.dispatch.maybe_ready = True
+                events.extend(await self.timed.run())
+        except BaseException:
+            # What is committed keeps its events even when a later step fails.
+            self.dispatch.announce(events)
+            raise
+        # Published together, before this cycle's dispatches (as one batch per kind).
+        self.dispatch.announce(events)
+        # A cycle that put refused dispatches back does not place: they are placed again
+        # from the next cycle on (a message or the tick), not in a loop at broker speed.
+        if not await self.dispatch.undo_unconfirmed():
+            await self.dispatch.place()
+        await self.fleet.send_cancels()
+        await self.maintenance.monitor()
+        self.maintenance.start_due_tasks()
+
+    async def _apply_inbox(self) -> list[JobStateChanged]:
+        """Apply what the inbox holds, commit, ack; returns the committed events."""
+        batch, self.inbox = self.inbox, []
+        received = Received.sort(batch)
+        if received.submitted:
+            self.dispatch.maybe_ready = True
+        for hb in received.beats.values():
+            self.fleet.register_heartbeat(hb)
+        events: list[JobStateChanged] = []
+        try:
+            await self._apply(received, events)
+        except BaseException:
+            self.inbox[:0] = batch  # not (all) applied: keep them (unacked) for the next cycle
+            self.dispatch.announce(events)  # what was applied (the fence ignores it next time)
+            raise
+        await ack_all(batch)
+        return events
+
+    async def _apply(self, received: Received, events: list[JobStateChanged]) -> None:
+        """Starts and completions (nearly every report) on the raw pool; the rest, with
+        progress and heartbeats, in a session. Each outcome counts once committed (its
+        events are added to ``events`` then): a batch kept for the next cycle after a
+        failure is applied again, and the fence then ignores what had already been
+        applied."""
+        successes, others = transitions.split_reports(received.reports)
+        if successes:
+            outcome = await transitions.apply_successes(self.db.pool, successes)
+            self.fleet.free(outcome.freed)
+            events.extend(outcome.events)
+        if others or received.beats or received.progress:
+            async with self.db.session() as session:
+                # (Progress is fenced by attempt only: its final value lands even when
+                # the completion that shared its batch was committed just before.)
+                await save_progress(session, received.progress)
+                outcome = await transitions.apply_reports(session, others, rng=self.rng)
+                await save_workers(session, list(received.beats.values()))
+                await session.commit()
+            self.fleet.free(outcome.freed)
+            events.extend(outcome.events)

@@ -1,0 +1,257 @@
+"""Placing ready jobs on workers and telling them: claim, publish, confirm, undo.
+
+Each pass reads the heads of the ready queue, lets ``placement`` decide, marks the
+chosen jobs running with a new attempt number (committed), then publishes their
+dispatches. The publishes' confirms are awaited beside the cycle loop; a dispatch the
+broker did not confirm is put back at the start of the next cycle. Why the jobs left
+behind wait is written on them (only when it changed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+from uuid import UUID
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from services.scheduler.database import Database
+from services.scheduler.fleet import Fleet
+from services.scheduler.placement import Candidate, plan_placements
+from shared.db import RAW_DB_ERRORS
+from shared.jobs import reads, transitions
+from shared.jobs.annotations import set_waiting_reasons
+from shared.jobs.transitions import Placed
+from shared.messages import (
+    JobCancel,
+    JobDispatch,
+    JobStateChanged,
+    ResourceSpec,
+    _Message,
+    dispatches_for,
+    unpack,
+)
+from shared.messaging import Broker, Outbox
+from shared.settings import Settings
+
+log = logging.getLogger("switchyard.scheduler")
+
+_PASSES = 20  # placement passes per cycle at most: let other work (reports) in between
+
+
+class WaitingReasons:
+    """The waiting reason last written per ready job: a cycle writes only the ones that
+    changed (the heads of a long queue keep theirs from cycle to cycle)."""
+
+    LIMIT = 100_000  # bounded: forgetting only costs a rewrite
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._written: dict[UUID, str] = {}
+
+    async def write(self, reasons: dict[UUID, str]) -> None:
+        changed = {job: why for job, why in reasons.items() if self._written.get(job) != why}
+        if not changed:
+            return
+        ready = await set_waiting_reasons(self._db.pool, changed)
+        if len(self._written) > self.LIMIT:
+            self._written.clear()
+        self._written.update((job, changed[job]) for job in ready)
+
+    def cleared(self, jobs: Iterable[UUID]) -> None:
+        """The dispatch of these jobs cleared their reason."""
+        for job in jobs:
+            self._written.pop(job, None)
+
+    def clear(self) -> None:
+        self._written.clear()
+
+
+class Dispatcher:
+    def __init__(
+        self, settings: Settings, db: Database, broker: Broker, outbox: Outbox, fleet: Fleet
+    ) -> None:
+        self._settings = settings
+        self._db = db
+        self._broker = broker
+        self._outbox = outbox
+        self._fleet = fleet
+        # False once a placement pass found no ready job left: until a hint, a job
+        # turning ready or the next tick, cycles skip the ready-queue query.
+        self.maybe_ready = True
+        self._reasons = WaitingReasons(db)
+        # Dispatch publishes whose confirms are awaited beside the cycle loop (a
+        # confirm is a broker round trip the next cycle need not wait for), and the
+        # placements whose publish failed, undone at the start of the next cycle.
+        self._confirming: set[asyncio.Task[None]] = set()
+        self._unconfirmed: list[Placed] = []
+
+    # ------------------------------------------------------------ leadership
+
+    def take_over(self) -> None:
+        self._unconfirmed.clear()  # from an earlier leadership (a confirm that came late)
+        self.maybe_ready = True
+
+    def forget(self) -> None:
+        """Leadership lost: the next leader's loss check has the unconfirmed ones."""
+        self._reasons.clear()
+        self._unconfirmed.clear()
+
+    async def settle(self, stop: asyncio.Event) -> None:
+        """The leading loop ended: await the confirms in flight (what they confirm or
+        refuse belongs to this leadership); on a clean stop, still the leader, put back
+        what the broker refused."""
+        if self._confirming:
+            await asyncio.wait(self._confirming, timeout=self._settings.publish_timeout_seconds)
+        if stop.is_set() and self._unconfirmed:
+            try:
+                await self.undo_unconfirmed()
+            except (SQLAlchemyError, *RAW_DB_ERRORS) as exc:
+                log.warning("refused dispatches not put back (%s): the lease check will", exc)
+
+    # ------------------------------------------------------------ publishing
+
+    def announce(self, events: list[JobStateChanged]) -> None:
+        """Publish committed transitions; jobs they made ready are placed next."""
+        if any(e.new_status == "ready" for e in events):
+            self.maybe_ready = True
+        self._outbox.put(list(events))
+
+    # ------------------------------------------------------------ placement
+
+    async def place(self) -> None:
+        if not self.maybe_ready:
+            return  # the last look found the ready queue empty and nothing came since
+        wide = False
+        for _ in range(_PASSES):
+            views = self._fleet.views()
+            free = sum(max(0, v.slots - v.used_slots) for v in views if v.accepting)
+            if free == 0:
+                return  # nothing can be placed: do not read candidates at all
+            # Enough heads per priority to fill every free slot, and some more so that
+            # jobs too big for the free room now do not hide smaller ones (backfill).
+            full = self._settings.scheduler_batch_size
+            batch = full if wide else min(full, max(32, 2 * free))
+            candidates = await self._ready_heads(batch)
+            if not candidates:
+                self.maybe_ready = False
+                return
+            now = datetime.now(UTC)
+            plan = plan_placements(
+                candidates, views, now=now, aging_seconds=self._settings.aging_seconds
+            )
+            if not plan.placements and batch < full and len(candidates) >= batch:
+                # The heads read fit nowhere now (no worker runs their type, or too big
+                # for the room left), and there may be more behind them: look as far
+                # back as SWITCHYARD_SCHEDULER_BATCH_SIZE before giving up.
+                wide = True
+                continue
+            placed = await transitions.dispatch(
+                self._db.pool,
+                [(job.id, worker_id) for job, worker_id in plan.placements],
+                lease_seconds=self._settings.worker_lease_seconds,
+            )
+            if not placed:
+                await self._reasons.write(plan.waiting)
+                return
+            self._fleet.assign(placed)
+            self._reasons.cleared(p.id for p in placed)
+            self._publish(placed, now)
+            # Why the others wait, after the dispatches (only a changed reason is written).
+            await self._reasons.write(plan.waiting)
+            if len(plan.placements) == len(candidates) < batch:
+                self.maybe_ready = False  # every ready job is placed now
+                return
+            if len(plan.placements) < len(candidates) or len(placed) < batch:
+                return
+
+    async def _ready_heads(self, per_priority: int) -> list[Candidate]:
+        # Two statements, no transaction around them (round trips are most of a
+        # placement's latency): a plain read of the heads, then one UPDATE
+        # (``transitions.dispatch``) that re-checks each is still ready and commits
+        # before anything is published.
+        return [
+            Candidate(r["id"], r["type"], r["priority"], r["cpu_units"], r["memory_mb"],
+                      r["run_at"], r["ready_at"])
+            for r in await reads.ready_heads(self._db.pool, per_priority=per_priority)
+        ]  # fmt: skip
+
+    def _publish(self, placed: list[Placed], now: datetime) -> None:
+        """Announce the committed dispatches and publish them, confirms awaited aside."""
+        lease_until = now + timedelta(seconds=self._settings.worker_lease_seconds)
+        per_worker: dict[str, list[Placed]] = {}
+        for p in placed:
+            per_worker.setdefault(p.worker_id, []).append(p)
+        # Each worker's dispatches travel together (a batch per worker per cycle).
+        messages: list[tuple[_Message, str]] = []
+        carried: list[list[Placed]] = []  # the placements each message carries
+        for worker_id, group in per_worker.items():
+            for message, key in dispatches_for(
+                worker_id, [_dispatch_message(p, lease_until) for p in group]
+            ):
+                ids = {d.job_id for d in unpack(message)}  # type: ignore[arg-type]
+                messages.append((message, key))
+                carried.append([p for p in group if p.id in ids])
+        # The confirms are awaited beside the loop: the next cycle (the next hint, the
+        # reports of what just started) does not wait a broker round trip. Their events
+        # go out now, in commit order: they are committed, and a later event of the same
+        # job (its completion) must not overtake them. A refused dispatch is followed by
+        # its running -> ready event when it is undone.
+        self.announce(transitions.dispatched_events(placed))
+        task = asyncio.create_task(self._confirm(messages, carried))
+        self._confirming.add(task)
+        task.add_done_callback(self._confirming.discard)
+
+    async def _confirm(
+        self, messages: list[tuple[_Message, str]], carried: list[list[Placed]]
+    ) -> None:
+        """Await one placement's dispatch confirms. What the broker did not confirm is
+        undone by the next cycle (``undo_unconfirmed``)."""
+        try:
+            results: list[object] = list(await self._broker.publish_each(messages))
+        except Exception as exc:  # not a broker error: still, none of them is confirmed
+            log.exception("publishing %d dispatch message(s) failed", len(messages))
+            results = [exc] * len(messages)
+        failed = [
+            p for group, err in zip(carried, results, strict=True) if err is not None for p in group
+        ]
+        if failed:
+            log.warning("%d dispatch publish(es) failed (%s); putting them back", len(failed),
+                        next(e for e in results if e is not None))  # fmt: skip
+            self._unconfirmed.extend(failed)
+
+    async def undo_unconfirmed(self) -> bool:
+        """Put back the placements whose dispatch publish failed (True if there were).
+        A failed confirm does not prove the message was lost: the worker is told to drop
+        that attempt should it arrive, and the job goes back to ready (the undo, and
+        forgetting the assignment, are fenced by attempt)."""
+        if not self._unconfirmed:
+            return False
+        # Taken out first: a confirm that fails during the awaits below adds to a new list.
+        failed, self._unconfirmed = self._unconfirmed, []
+        try:
+            self._outbox.put([JobCancel(job_id=p.id, attempt=p.attempts) for p in failed])
+            async with self._db.session() as session:
+                undone = await transitions.undo_dispatch(session, failed)
+                await session.commit()
+        except BaseException:
+            self._unconfirmed[:0] = failed  # not undone: the next cycle tries again
+            raise
+        self._fleet.release(failed)
+        self.maybe_ready = True
+        self.announce(undone)
+        return True
+
+
+def _dispatch_message(p: Placed, lease_until: datetime) -> JobDispatch:
+    return JobDispatch(
+        job_id=p.id,
+        attempt=p.attempts,
+        type=p.type,
+        payload=p.payload,
+        resources=ResourceSpec(cpu_units=p.cpu_units, memory_mb=p.memory_mb),
+        timeout_seconds=p.timeout_seconds,
+        lease_expires_at=lease_until,
+    )

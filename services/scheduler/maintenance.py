@@ -1,0 +1,149 @@
+"""Housekeeping beside the cycle: the retention sweep, a vacuum where the server does
+not autovacuum, and the monitoring messages.
+
+The sweep and the vacuum run as background tasks (they can take long, and the cycle
+must not wait for them), at most one of each at a time; the leader cancels them when
+it stops leading. Monitoring is two messages, published through the outbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+
+from services.scheduler.database import Database
+from services.scheduler.fleet import Fleet
+from shared.db import RAW_DB_ERRORS
+from shared.jobs import retention
+from shared.messages import MonitoringQueue, MonitoringResource, WorkerCapacity
+from shared.messaging import Outbox
+from shared.settings import Settings
+from shared.stats import queue_depth
+
+log = logging.getLogger("switchyard.scheduler")
+
+
+class Maintenance:
+    def __init__(self, settings: Settings, db: Database, outbox: Outbox, fleet: Fleet) -> None:
+        self._settings = settings
+        self._db = db
+        self._outbox = outbox
+        self._fleet = fleet
+        self._last_prune = 0.0  # the first sweep runs soon after taking over
+        self._prune_task: asyncio.Task[None] | None = None
+        self._last_vacuum = time.monotonic()
+        self._vacuum_task: asyncio.Task[None] | None = None
+        self._server_vacuums = False
+        self._last_monitoring = 0.0
+
+    def start_due_tasks(self) -> None:
+        """Start the retention sweep and the vacuum if their time has come."""
+        self._start_retention()
+        self._start_vacuum()
+
+    async def stop(self) -> None:
+        """Cancel the background tasks (the next leader runs its own)."""
+        for task in (self._vacuum_task, self._prune_task):
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    # ------------------------------------------------------------ retention
+
+    def _start_retention(self) -> None:
+        """Every ``SWITCHYARD_RETENTION_SWEEP_SECONDS``, in the background: delete what
+        finished more than ``SWITCHYARD_RETENTION_DAYS`` ago (0: never)."""
+        days = self._settings.retention_days
+        now = time.monotonic()
+        if days <= 0 or now - self._last_prune < self._settings.retention_sweep_seconds:
+            return
+        if self._prune_task is not None and not self._prune_task.done():
+            return
+        self._last_prune = now
+        self._prune_task = asyncio.create_task(self._prune(days), name="retention")
+
+    async def _prune(self, days: float) -> None:
+        cutoff = datetime.now(UTC) - timedelta(days=days)
+        try:
+            n = await retention.prune_finished(self._db.pool, older_than=cutoff)
+        except RAW_DB_ERRORS as exc:
+            log.warning("retention sweep failed (next one in %g s): %s",
+                        self._settings.retention_sweep_seconds, exc)  # fmt: skip
+            return
+        if n:
+            log.info("retention: deleted %d job(s) finished before %s", n, cutoff.isoformat())
+
+    # ------------------------------------------------------------ vacuum
+
+    def _start_vacuum(self) -> None:
+        """Vacuum ``jobs`` in the background when the server's autovacuum is off.
+
+        Every dispatch and report writes a new row version; the old ones stay in the
+        ready index until a vacuum, so the claim scans more dead entries the longer
+        the run. PostgreSQL's autovacuum does this on its own when it is on (the
+        default, and in docker-compose.yml)."""
+        every = self._settings.vacuum_seconds
+        now = time.monotonic()
+        if every <= 0 or self._server_vacuums or now - self._last_vacuum < every:
+            return
+        if self._vacuum_task is not None and not self._vacuum_task.done():
+            return
+        self._last_vacuum = now
+        self._vacuum_task = asyncio.create_task(self._vacuum(), name="vacuum")
+
+    async def _vacuum(self) -> None:
+        try:
+            conn = await asyncpg.connect(self._settings.sync_database_url, timeout=5)
+        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+            log.warning("vacuum skipped: %s", exc)
+            return
+        try:
+            if await conn.fetchval("SELECT current_setting('autovacuum')") == "on":
+                self._server_vacuums = True  # the server does it: never again
+                return
+            t = time.monotonic()
+            await conn.execute("VACUUM (ANALYZE) jobs", timeout=600)
+            log.info("autovacuum is off on this server: vacuumed jobs in %.2f s",
+                     time.monotonic() - t)  # fmt: skip
+        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+            log.warning("vacuum of jobs failed: %s", exc)
+        finally:
+            await conn.close()
+
+    # ------------------------------------------------------------ monitoring
+
+    async def monitor(self) -> None:
+        """Every ``SWITCHYARD_MONITORING_SECONDS``: the queue depths and the fleet's
+        capacity and allocation."""
+        now = time.monotonic()
+        if now - self._last_monitoring < self._settings.monitoring_seconds:
+            return
+        self._last_monitoring = now
+        async with self._db.session() as session:
+            by_status, by_priority = await queue_depth(session)
+        self._outbox.put(
+            [MonitoringQueue(by_status=by_status, by_priority=by_priority), self._resources()]
+        )
+
+    def _resources(self) -> MonitoringResource:
+        alive = [w for w in self._fleet.workers.values() if w.state != "dead"]
+        views = {v.id: v for v in self._fleet.views()}
+        return MonitoringResource(
+            workers_alive=len(alive),
+            capacity=WorkerCapacity(
+                cpu_units=sum(w.cpu_units for w in alive),
+                memory_mb=sum(w.memory_mb for w in alive),
+                slots=sum(w.slots for w in alive),
+            ),
+            allocated=WorkerCapacity(
+                cpu_units=round(sum(views[w.id].used_cpu for w in alive), 6),
+                memory_mb=sum(views[w.id].used_memory for w in alive),
+                slots=sum(views[w.id].used_slots for w in alive),
+            ),
+        )
