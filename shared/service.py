@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
+from shared.errors import SwitchyardError
 from shared.settings import Settings, get_settings
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -43,10 +44,24 @@ def tune_gc() -> None:
     gc.set_threshold(20_000, 10, 10)
 
 
-def run_service(name: str, serve: Callable[[Settings, asyncio.Event], Awaitable[None]]) -> int:
-    """Read the settings, then run ``serve(settings, stop)``; SIGTERM/SIGINT set ``stop``.
+class StartupError(SwitchyardError):
+    """A service cannot start as configured (a flag, a task module that fails to
+    import): ``run_service`` prints it and exits 2, as for an invalid setting."""
 
-    Returns the exit code: 2 for a bad configuration, else 0 once ``serve`` returns.
+
+def run_service(
+    name: str,
+    serve: Callable[[Settings, asyncio.Event], Awaitable[int | None]],
+    *,
+    prepare: Callable[[Settings], None] | None = None,
+    gc_tuning: bool = True,
+) -> int:
+    """Read the settings, call ``prepare(settings)`` if given (before the event loop
+    exists), then run ``serve(settings, stop)``; SIGTERM/SIGINT set ``stop``, and
+    ``serve`` drains and returns in its own time (a second signal changes nothing).
+
+    Returns the exit code: 2 for a bad configuration (an invalid setting, or a
+    StartupError from ``prepare``), else what ``serve`` returns (None: 0).
     """
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     try:
@@ -54,14 +69,20 @@ def run_service(name: str, serve: Callable[[Settings, asyncio.Event], Awaitable[
     except ValidationError as exc:
         print(f"switchyard {name}: bad configuration: {exc}", file=sys.stderr)
         return 2
+    try:
+        if prepare is not None:
+            prepare(settings)
+    except StartupError as exc:
+        print(f"switchyard {name}: {exc}", file=sys.stderr)
+        return 2
 
-    async def main() -> None:
+    async def main() -> int | None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        tune_gc()
-        await serve(settings, stop)
+        if gc_tuning:
+            tune_gc()
+        return await serve(settings, stop)
 
-    run_async(main())
-    return 0
+    return run_async(main()) or 0

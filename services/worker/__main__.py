@@ -12,16 +12,14 @@ import asyncio
 import logging
 import os
 import re
-import signal
 import sys
 
 import psutil
-from pydantic import ValidationError
 
 from services.worker.worker import Worker, default_worker_id
 from shared import demo_tasks
-from shared.service import run_async
-from shared.settings import get_settings
+from shared.service import StartupError, run_service
+from shared.settings import Settings
 from shared.tasks import TaskRegistry, load_task_modules
 
 
@@ -38,16 +36,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv: list[str]) -> int:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    args = parse_args(argv)
-    try:
-        settings = get_settings()
-    except ValidationError as exc:
-        print(f"switchyard worker: bad configuration: {exc}", file=sys.stderr)
-        return 2
+def load_registry(args: argparse.Namespace, settings: Settings) -> TaskRegistry:
     registry = TaskRegistry()
     if settings.demo_tasks and not args.no_demo_tasks:
         registry.include(demo_tasks.registry)
@@ -55,23 +44,21 @@ def main(argv: list[str]) -> int:
     try:
         load_task_modules(modules, registry)
     except Exception as exc:  # an import error in user code: say which module, stop
-        print(f"switchyard worker: cannot load task modules {modules}: {exc!r}", file=sys.stderr)
-        return 2
+        raise StartupError(f"cannot load task modules {modules}: {exc!r}") from exc
     if not len(registry):
-        print(
-            "switchyard worker: no tasks to run (give --tasks or keep the demo tasks)",
-            file=sys.stderr,
-        )
-        return 2
+        raise StartupError("no tasks to run (give --tasks or keep the demo tasks)")
+    return registry
+
+
+def build_worker(args: argparse.Namespace, settings: Settings) -> Worker:
+    """The worker the flags and settings describe (StartupError when it cannot run)."""
+    registry = load_registry(args, settings)
     if args.worker_id is not None and not re.fullmatch(r"[A-Za-z0-9_-]{1,100}", args.worker_id):
-        print(
-            f"switchyard worker: --worker-id {args.worker_id!r}: use 1-100 letters, digits, "
-            "'-' or '_' (no dots)",
-            file=sys.stderr,
+        raise StartupError(
+            f"--worker-id {args.worker_id!r}: use 1-100 letters, digits, '-' or '_' (no dots)"
         )
-        return 2
     cpus = psutil.cpu_count(logical=True) or 1
-    worker = Worker(
+    return Worker(
         settings=settings,
         registry=registry,
         worker_id=args.worker_id or settings.worker_id or default_worker_id(),
@@ -82,16 +69,25 @@ def main(argv: list[str]) -> int:
         or psutil.virtual_memory().total // 2**20,
     )
 
-    async def serve() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await worker.run(stop)
 
-    run_async(serve())
-    code = 1 if worker.crashed else 0
-    stuck = worker.threads_still_running()
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    worker: Worker | None = None
+
+    def prepare(settings: Settings) -> None:
+        # Before the event loop exists: a task module may run asyncio when imported.
+        nonlocal worker
+        worker = build_worker(args, settings)
+
+    async def serve(settings: Settings, stop: asyncio.Event) -> int:
+        assert worker is not None
+        await worker.run(stop)  # the first signal drains it
+        return 1 if worker.crashed else 0
+
+    # Tasks allocate on this heap, and the collector tuning was measured on our own
+    # services only: user code keeps Python's defaults.
+    code = run_service("worker", serve, prepare=prepare, gc_tuning=False)
+    stuck = worker.threads_still_running() if worker is not None else 0
     if stuck:
         # Threads that ignore cancellation cannot be killed; do not hang on exit for them.
         logging.getLogger("switchyard.worker").warning(

@@ -34,7 +34,6 @@ import psutil
 from services.worker.runner import Outcome, run_task
 from shared.catalog import announce_task_types
 from shared.db import create_engine, create_sessionmaker
-from shared.errors import BrokerUnavailable
 from shared.messages import (
     JobCancel,
     JobDispatch,
@@ -45,7 +44,7 @@ from shared.messages import (
     WorkerHeartbeat,
     _Message,
 )
-from shared.messaging import Broker, Consumer, Delivery, Topology
+from shared.messaging import Broker, Consumer, Delivery, Outbox, Topology
 from shared.settings import Settings
 from shared.tasks import TaskContext, TaskLogger, TaskRegistry
 
@@ -53,7 +52,9 @@ log = logging.getLogger("switchyard.worker")
 
 PROGRESS_INTERVAL = 0.2  # seconds between progress messages of one job
 SEEN_MEMORY = 10_000  # (job, attempt) pairs remembered for duplicate detection
-OUTBOX_LINGER = 0.002  # seconds the publisher waits to gather a batch when idle
+# Seconds the outbox waits after a quiet moment: a short job's "started" and its end
+# then share one batch (one message, one scheduler cycle, one logger write).
+OUTBOX_LINGER = 0.002
 
 
 @dataclass
@@ -101,7 +102,9 @@ class Worker:
         self.seen: OrderedDict[tuple[UUID, int], None] = OrderedDict()
         # Cancels that arrived before their dispatch (they come from another publisher).
         self.early_cancels: OrderedDict[UUID, int] = OrderedDict()
-        self.outbox: asyncio.Queue[_Message | tuple[_Message, str]] = asyncio.Queue()
+        # Reports and log lines exist nowhere else until the scheduler and the logger
+        # have stored them: a failed publish is retried, never dropped.
+        self.outbox = Outbox(self.broker, linger=OUTBOX_LINGER, retry=True)
         self.state = "alive"
         self.started_at = datetime.now(UTC)
         self._consumer: Consumer | None = None
@@ -117,7 +120,7 @@ class Worker:
         self._loop = asyncio.get_running_loop()
         await self.announce()
         async with self.broker:
-            publisher = asyncio.create_task(self._publish_outbox(), name="publisher")
+            publisher = self.outbox.start()
             heartbeat = asyncio.create_task(self._heartbeats(), name="heartbeat")
             for task in (publisher, heartbeat):
                 task.add_done_callback(lambda t: self._background_died(t, stop))
@@ -144,10 +147,7 @@ class Worker:
             heartbeat.cancel()
             self.state = "stopped"
             self._send_heartbeat()
-            await self._flush_outbox()
-            publisher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await publisher
+            await self.outbox.close(timeout=10.0)
         self.executor.shutdown(wait=False, cancel_futures=True)
 
     def _background_died(self, task: asyncio.Task[None], stop: asyncio.Event) -> None:
@@ -416,7 +416,7 @@ class Worker:
     # ------------------------------------------------------------ messages out
 
     def _emit(self, message: _Message) -> None:
-        self.outbox.put_nowait(message)
+        self.outbox.put([message])
 
     def _send_heartbeat(self) -> None:
         stuck = list(self.stuck.values())
@@ -443,38 +443,6 @@ class Worker:
         while True:
             await asyncio.sleep(self.settings.heartbeat_seconds)
             self._send_heartbeat()
-
-    async def _publish_outbox(self) -> None:
-        """Publish queued messages in order, batches pipelined; retry, never drop."""
-        while True:
-            first = await self.outbox.get()
-            if self.outbox.empty():
-                # Linger a moment: a short job's "started" and its end then share one
-                # batch (one message, one scheduler cycle, one logger write).
-                await asyncio.sleep(OUTBOX_LINGER)
-            batch: list[Any] = [first]
-            while not self.outbox.empty() and len(batch) < 500:
-                batch.append(self.outbox.get_nowait())
-            delay = 0.2
-            while True:
-                try:
-                    await self.broker.publish_many([(m, None) for m in batch])
-                    break
-                except BrokerUnavailable as exc:
-                    log.warning(
-                        "publishing %d message(s) failed (%s); retrying in %.1f s",
-                        len(batch),
-                        exc,
-                        delay,
-                    )
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 5.0)
-            for _ in batch:
-                self.outbox.task_done()
-
-    async def _flush_outbox(self, timeout: float = 10.0) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.outbox.join(), timeout=timeout)
 
 
 def default_worker_id() -> str:
