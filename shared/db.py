@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterator
+from typing import Any, TypeAlias
 
 import asyncpg
 import orjson
@@ -19,6 +20,10 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from shared.settings import Settings
+
+# Where a statement runs: the pool (its own transaction), a connection, or a session
+# (on the asyncpg connection under it, inside the session's transaction).
+Db: TypeAlias = asyncpg.Pool | asyncpg.Connection | AsyncSession
 
 
 def create_engine(settings: Settings, *, pool_size: int = 10) -> AsyncEngine:
@@ -203,7 +208,9 @@ def is_db_outage(exc: BaseException) -> bool:
 async def session_connection(session: AsyncSession) -> asyncpg.Connection:
     """The asyncpg connection under ``session``, inside the session's transaction, so the
     job wing's statements (one access style: asyncpg, ``$n``) commit or roll back with
-    the session's ORM work."""
+    the session's ORM work. What the session holds unflushed is flushed first, so those
+    statements see it (ORM objects they change are stale until refreshed)."""
+    await session.flush()
     connection = await session.connection()
     adapted = (await connection.get_raw_connection()).dbapi_connection
     # SQLAlchemy's adapter sends BEGIN lazily, before its own first statement: a
@@ -217,3 +224,17 @@ async def session_connection(session: AsyncSession) -> asyncpg.Connection:
             await connection.invalidate()
             raise OperationalError("BEGIN", None, exc, connection_invalidated=True) from exc
     return adapted._connection  # type: ignore[union-attr,no-any-return]
+
+
+async def fetch(db: Db, statement: str, *args: object) -> list[asyncpg.Record]:
+    """Run one ``$n`` statement where ``db`` says (see ``Db``)."""
+    if isinstance(db, asyncpg.Pool):
+        return await pool_fetch(db, statement, *args)
+    conn = await session_connection(db) if isinstance(db, AsyncSession) else db
+    return await conn.fetch(statement, *args)  # type: ignore[no-any-return]
+
+
+def json_text(value: Any) -> str:
+    """A JSON parameter as text, cast in SQL (``$n::text::jsonb``): the pool and a
+    session's connection decode jsonb alike but encode it differently."""
+    return orjson.dumps(value).decode()

@@ -12,6 +12,8 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from shared.db import fetch
+from shared.jobs import sql
 from shared.schemas import Priority
 
 WAITING = ("pending", "blocked", "ready", "running", "retrying")
@@ -20,14 +22,8 @@ PRIORITY_NAMES = {p.rank: p.value for p in Priority}
 
 async def depth_by_status_and_priority(session: AsyncSession) -> list[tuple[str, str, int]]:
     """(status, priority, count) of unfinished jobs."""
-    rows = await session.execute(
-        text(
-            "SELECT status, priority, count(*) AS n FROM jobs"
-            " WHERE status IN ('pending', 'blocked', 'ready', 'running', 'retrying')"
-            " GROUP BY status, priority"
-        )
-    )
-    return [(r.status, PRIORITY_NAMES[r.priority], r.n) for r in rows]
+    rows = await fetch(session, sql.UNFINISHED_BY_STATUS_AND_PRIORITY)
+    return [(r["status"], PRIORITY_NAMES[r["priority"]], r["n"]) for r in rows]
 
 
 async def queue_depth(session: AsyncSession) -> tuple[dict[str, int], dict[str, int]]:
@@ -83,47 +79,22 @@ async def job_stats(
     session: AsyncSession, *, window: timedelta = timedelta(minutes=15)
 ) -> dict[str, Any]:
     """Counts by status and priority, queue depth, throughput and durations per type."""
-    by_status_rows = await session.execute(
-        text("SELECT status, count(*) AS n FROM jobs GROUP BY status")
-    )
-    by_status = {r.status: r.n for r in by_status_rows}
-    by_priority_rows = await session.execute(
-        text("SELECT priority, count(*) AS n FROM jobs GROUP BY priority")
-    )
+    by_status = {r["status"]: r["n"] for r in await fetch(session, sql.COUNT_BY_STATUS)}
     by_priority = {p.value: 0 for p in Priority}
-    for r in by_priority_rows:
-        by_priority[PRIORITY_NAMES[r.priority]] = r.n
+    for r in await fetch(session, sql.COUNT_BY_PRIORITY):
+        by_priority[PRIORITY_NAMES[r["priority"]]] = r["n"]
     since = datetime.now(UTC) - window
-    finished = await session.execute(
-        text(
-            "SELECT status,"
-            " count(*) FILTER (WHERE finished_at > now() - interval '1 minute') AS last_minute,"
-            " count(*) AS in_window FROM jobs"
-            " WHERE finished_at > :since AND status IN ('completed', 'failed', 'cancelled')"
-            " GROUP BY status"
-        ),
-        {"since": since},
-    )
+    finished = await fetch(session, sql.FINISHED_SINCE, since)
     throughput = {
         s: {"last_minute": 0, "per_minute": 0.0} for s in ("completed", "failed", "cancelled")
     }
     minutes = window.total_seconds() / 60
     for r in finished:
-        throughput[r.status] = {
-            "last_minute": r.last_minute,
-            "per_minute": round(r.in_window / minutes, 3),
+        throughput[r["status"]] = {
+            "last_minute": r["last_minute"],
+            "per_minute": round(r["in_window"] / minutes, 3),
         }
-    durations = await session.execute(
-        text(
-            "SELECT type, count(*) AS n,"
-            " avg(EXTRACT(EPOCH FROM finished_at - started_at)) AS mean,"
-            " percentile_cont(0.95) WITHIN GROUP"
-            "   (ORDER BY EXTRACT(EPOCH FROM finished_at - started_at)) AS p95"
-            " FROM jobs WHERE finished_at > :since AND status = 'completed'"
-            " AND started_at IS NOT NULL GROUP BY type ORDER BY type"
-        ),
-        {"since": since},
-    )
+    durations = await fetch(session, sql.DURATIONS_SINCE, since)
     return {
         "by_status": by_status,
         "by_priority": by_priority,
@@ -132,7 +103,11 @@ async def job_stats(
         },
         "throughput": throughput,
         "durations": {
-            r.type: {"count": r.n, "mean_seconds": float(r.mean), "p95_seconds": float(r.p95)}
+            r["type"]: {
+                "count": r["n"],
+                "mean_seconds": float(r["mean"]),
+                "p95_seconds": float(r["p95"]),
+            }
             for r in durations
         },
         "window_seconds": window.total_seconds(),

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import asyncpg
 import pytest
 
-from shared.messaging import Broker
+from shared.broker import Broker
 from shared.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent

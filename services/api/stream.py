@@ -26,8 +26,8 @@ from uuid import UUID
 
 import orjson
 
+from shared.broker import Broker, Delivery
 from shared.messages import JobLog, JobProgress, JobStateChanged, Message
-from shared.messaging import Broker, Delivery
 
 log = logging.getLogger(__name__)
 

@@ -18,9 +18,9 @@ from uuid import UUID
 import asyncpg
 import orjson
 
+from shared.broker import Broker, Delivery, Topology, ack_all
 from shared.db import create_pool, is_db_outage, pool_transaction
 from shared.messages import JobLog, JobStatusReport
-from shared.messaging import Broker, Delivery, Topology, ack_all
 from shared.settings import Settings
 
 log = logging.getLogger("switchyard.logger")

@@ -35,6 +35,7 @@ from services.scheduler.fleet import Fleet, save_workers
 from services.scheduler.leadership import Leadership, LeadershipLost
 from services.scheduler.maintenance import Maintenance
 from services.scheduler.timed import TimedWork
+from shared.broker import Broker, Consumer, Delivery, Outbox, Topology, ack_all
 from shared.db import RAW_DB_ERRORS, is_db_outage
 from shared.jobs import transitions
 from shared.jobs.annotations import save_progress
@@ -45,7 +46,6 @@ from shared.messages import (
     JobSubmitted,
     WorkerHeartbeat,
 )
-from shared.messaging import Broker, Consumer, Delivery, Outbox, Topology, ack_all
 from shared.settings import Settings
 
 log = logging.getLogger("switchyard.scheduler")

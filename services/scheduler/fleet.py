@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.scheduler.database import Database
 from services.scheduler.placement import WorkerView
+from shared.broker import Outbox
 from shared.jobs import reads, transitions
 from shared.jobs.transitions import Placed
 from shared.messages import (
@@ -30,7 +31,6 @@ from shared.messages import (
     WorkerCapacity,
     WorkerHeartbeat,
 )
-from shared.messaging import Outbox
 from shared.settings import Settings
 
 log = logging.getLogger("switchyard.scheduler")

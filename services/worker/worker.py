@@ -32,6 +32,7 @@ from uuid import UUID
 import psutil
 
 from services.worker.runner import Outcome, run_task
+from shared.broker import Broker, Consumer, Delivery, Outbox, Topology
 from shared.catalog import announce_task_types
 from shared.db import create_engine, create_sessionmaker
 from shared.messages import (
@@ -44,7 +45,6 @@ from shared.messages import (
     WorkerHeartbeat,
     _Message,
 )
-from shared.messaging import Broker, Consumer, Delivery, Outbox, Topology
 from shared.settings import Settings
 from shared.tasks import TaskContext, TaskLogger, TaskRegistry
 
@@ -104,7 +104,7 @@ class Worker:
         self.early_cancels: OrderedDict[UUID, int] = OrderedDict()
         # Reports and log lines exist nowhere else until the scheduler and the logger
         # have stored them: a failed publish is retried, never dropped.
-        self.outbox = Outbox(self.broker, linger=OUTBOX_LINGER, retry=True)
+        self.outbox = Outbox(self.broker, linger=OUTBOX_LINGER, retry=True, chunk=500)
         self.state = "alive"
         self.started_at = datetime.now(UTC)
         self._consumer: Consumer | None = None

@@ -6,8 +6,8 @@ from __future__ import annotations
 from typing import Any
 from uuid import UUID
 
+from shared.db import Db, fetch, json_text
 from shared.jobs import sql
-from shared.jobs.transitions import Db, fetch, to_json
 
 
 async def save_progress(db: Db, updates: dict[tuple[UUID, int], dict[str, Any]]) -> None:
@@ -20,7 +20,7 @@ async def save_progress(db: Db, updates: dict[tuple[UUID, int], dict[str, Any]])
         sql.SAVE_PROGRESS,
         [k[0] for k in updates],
         [k[1] for k in updates],
-        [to_json(v) for v in updates.values()],
+        [json_text(v) for v in updates.values()],
     )
 
 

@@ -49,6 +49,8 @@ async def cancel_job(
         events = await transitions.cancel_waiting(
             session, job_id, status, by=actor.label or actor.key_id
         )
+        if not events:  # the row is locked by us: only a state machine change gets here
+            raise JobConflict(f"job {job_id} is {status} and could not be cancelled")
     session.add(
         AuditEntry(
             actor=actor.key_id,
@@ -78,7 +80,7 @@ async def retry_job(
     events = [await _requeue(session, job, actor=actor)]
     frontier = [job.id] if dependents else []
     while frontier:
-        children = await reads.failed_by_dependency(session, frontier, lock=True)
+        children = await reads.failed_by_dependency(session, frontier)
         for child in children:
             events.append(await _requeue(session, child, actor=actor))
         frontier = [c.id for c in children]

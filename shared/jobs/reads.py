@@ -18,9 +18,9 @@ import asyncpg
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from shared.db import Db, fetch
 from shared.errors import InvalidJobRequest, JobNotFound
 from shared.jobs import sql
-from shared.jobs.transitions import Db, fetch
 from shared.models import Job, JobDependency, JobExecution, JobLogLine
 from shared.schemas import ExecutionRead, JobLogs, LogLine, Priority
 from shared.states import JobStatus
@@ -134,11 +134,9 @@ async def jobs_by_idempotency_key(session: AsyncSession, keys: list[str]) -> dic
     return {job.idempotency_key: job for job in found if job.idempotency_key}
 
 
-async def failed_by_dependency(
-    session: AsyncSession, parents: list[UUID], *, lock: bool
-) -> list[Job]:
-    """The children of ``parents`` that failed because a dependency did (``lock``: FOR
-    NO KEY UPDATE, to requeue them)."""
+async def failed_by_dependency(session: AsyncSession, parents: list[UUID]) -> list[Job]:
+    """The children of ``parents`` that failed because a dependency did, locked FOR NO
+    KEY UPDATE (to requeue them)."""
     stmt = (
         select(Job)
         .join(JobDependency, JobDependency.job_id == Job.id)
@@ -148,9 +146,8 @@ async def failed_by_dependency(
             Job.error.like("dependency %"),
         )
         .order_by(Job.id)
+        .with_for_update(key_share=True)
     )
-    if lock:
-        stmt = stmt.with_for_update(key_share=True)
     return list(await session.scalars(stmt))
 
 

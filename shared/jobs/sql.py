@@ -1,6 +1,8 @@
-"""Every SQL statement that reads or writes ``jobs`` outside the ORM reads, named and kept
-together, in asyncpg's ``$n`` parameter style (the plans in docs/database.md are of
-this text).
+"""Every SQL statement of the job wing, named and kept together, in asyncpg's ``$n``
+parameter style (the plans in docs/database.md are of this text): every write of
+``jobs``, the hot reads (the claim, the list page), and the dashboard's counts. Outside
+it, only the ORM reads of whole rows (``shared.jobs.reads``) and the logger's inserts
+into its own tables (which check that the job exists) name ``jobs``.
 
 Rules every statement here keeps:
 - A statement that writes ``status`` guards it with the statuses it may leave, rendered
@@ -23,7 +25,7 @@ from collections.abc import Iterable
 from sqlalchemy.dialects import postgresql
 
 from shared.models import Job
-from shared.states import TERMINAL, TRANSITIONS, JobStatus, sources_for
+from shared.states import CANCELLABLE_AT_ONCE, TERMINAL, TRANSITIONS, JobStatus, sources_for
 
 S = JobStatus
 
@@ -50,7 +52,6 @@ def allowed_from(*targets: JobStatus, among: Iterable[JobStatus] | None = None) 
     return status_list(sources)
 
 
-RUNNING = status_list({S.RUNNING})
 FINISHED = status_list(TERMINAL)
 
 # ------------------------------------------------------------------- placement (reads)
@@ -150,16 +151,21 @@ AUDIT_COLUMNS = ("actor", "role", "action", "client", "job_id", "outcome", "deta
 
 def insert_one_with_audit() -> str:
     """One job (``$1..$24``, the columns of ``INSERT_COLUMNS``) and its audit row (the
-    ``AUDIT_COLUMNS`` after them): one statement, atomic on its own."""
+    ``AUDIT_COLUMNS`` after them, ``detail`` as JSON text): one statement, atomic on its
+    own."""
     n = len(INSERT_COLUMNS)
-    job_values = ", ".join(
+    job_values = [
         f"${i}::{wire}{_INSERT_CASTS.get(c, '')}"
         for i, (c, wire) in enumerate(INSERT_COLUMNS.items(), start=1)
+    ]
+    status = job_values[list(INSERT_COLUMNS).index("status")]
+    audit_values = ", ".join(
+        f"${n + i}::text::jsonb" if column == "detail" else f"${n + i}"
+        for i, column in enumerate(AUDIT_COLUMNS, start=1)
     )
-    audit_values = ", ".join(f"${n + i}" for i in range(1, len(AUDIT_COLUMNS) + 1))
     return (
         f"WITH j AS (INSERT INTO jobs ({', '.join(INSERT_COLUMNS)}) "
-        f"SELECT {job_values} WHERE $4::text IN {NEW_STATUSES} RETURNING *), "
+        f"SELECT {', '.join(job_values)} WHERE {status} IN {NEW_STATUSES} RETURNING *), "
         f"a AS (INSERT INTO audit_log ({', '.join(AUDIT_COLUMNS)}) "
         f"SELECT {audit_values} FROM j) "
         "SELECT * FROM j"
@@ -237,6 +243,7 @@ SELECT id, type, attempts, worker_id, NULL::timestamptz, NULL::bool, status
 FROM switchyard_unblock_children(ARRAY(SELECT id FROM done WHERE done))
 """
 
+_ENDS = (S.FAILED, S.RETRYING, S.CANCELLED, S.READY)
 # The other ends of attempts (failed, retrying, cancelled, handed back), decided on the
 # locked rows; one row per attempt, fenced by the attempt number. ``$6``: now.
 APPLY_ENDS = f"""
@@ -253,13 +260,10 @@ SET status = u.status,
 FROM unnest($1::uuid[], $2::int[], $3::text[], $4::text[], $5::timestamptz[])
      AS u(id, attempt, status, error, run_at)
 WHERE j.id = u.id
-  AND j.status IN {allowed_from(S.FAILED, S.RETRYING, S.CANCELLED, S.READY, among={S.RUNNING})}
-  AND j.attempts = u.attempt AND u.status IN ('failed', 'retrying', 'cancelled', 'ready')
+  AND j.status IN {allowed_from(*_ENDS, among={S.RUNNING})}
+  AND j.attempts = u.attempt AND u.status IN {status_list(_ENDS)}
 RETURNING j.id
 """
-
-# Completed parents, outside a batch of reports: see migration 0004.
-UNBLOCK_CHILDREN = "SELECT * FROM switchyard_unblock_children($1::uuid[])"
 
 # One level of the descendants of failed or cancelled parents (``$1``); each error names
 # its parent and how it ended (``$2``). Only jobs still waiting can fail this way: the
@@ -289,7 +293,7 @@ CANCEL_WAITING = f"""
 UPDATE jobs SET status = 'cancelled', cancel_requested = true, finished_at = $2,
     updated_at = $2, error = $3
 WHERE id = $1
-  AND status IN {allowed_from(S.CANCELLED, among={S.PENDING, S.BLOCKED, S.READY, S.RETRYING})}
+  AND status IN {allowed_from(S.CANCELLED, among=CANCELLABLE_AT_ONCE)}
 RETURNING id, type, attempts, worker_id
 """
 
@@ -348,6 +352,29 @@ DELETE FROM jobs WHERE id = ANY(ARRAY(
     ORDER BY finished_at LIMIT $2
     FOR UPDATE SKIP LOCKED
 ))
+"""
+
+# ------------------------------------------------------------------- the dashboard's counts
+
+UNFINISHED_BY_STATUS_AND_PRIORITY = f"""
+SELECT status, priority, count(*) AS n FROM jobs
+WHERE status IN {status_list(set(S) - TERMINAL)} GROUP BY status, priority
+"""
+COUNT_BY_STATUS = "SELECT status, count(*) AS n FROM jobs GROUP BY status"
+COUNT_BY_PRIORITY = "SELECT priority, count(*) AS n FROM jobs GROUP BY priority"
+# Jobs that finished since $1, per terminal status, and how many in the last minute.
+FINISHED_SINCE = f"""
+SELECT status, count(*) FILTER (WHERE finished_at > now() - interval '1 minute') AS last_minute,
+       count(*) AS in_window
+FROM jobs WHERE finished_at > $1 AND status IN {FINISHED} GROUP BY status
+"""
+# Run time of the jobs completed since $1, per type.
+DURATIONS_SINCE = """
+SELECT type, count(*) AS n, avg(EXTRACT(EPOCH FROM finished_at - started_at)) AS mean,
+       percentile_cont(0.95) WITHIN GROUP
+           (ORDER BY EXTRACT(EPOCH FROM finished_at - started_at)) AS p95
+FROM jobs WHERE finished_at > $1 AND status = 'completed' AND started_at IS NOT NULL
+GROUP BY type ORDER BY type
 """
 
 # ------------------------------------------------------------------- the job list

@@ -14,40 +14,23 @@ from __future__ import annotations
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from typing import Any, TypeAlias
+from datetime import UTC, datetime
+from typing import Any
 from uuid import UUID
 
 import asyncpg
-import orjson
-from sqlalchemy.ext.asyncio import AsyncSession
 
-from shared.db import pool_fetch, pool_fetchrow, session_connection
+from shared.db import Db, fetch, json_text, pool_fetchrow
 from shared.jobs import sql
+from shared.jobs.outcomes import AttemptEnd, RunningJob, decide_end, run_seconds
 from shared.messages import JobStateChanged, JobStatusReport
 from shared.states import JobStatus, check_transition
 
 S = JobStatus
 
-# Where a statement runs: the pool (its own transaction), a connection, or a session
-# (on the asyncpg connection under it, inside the session's transaction).
-Db: TypeAlias = asyncpg.Pool | asyncpg.Connection | AsyncSession
-
-
-async def fetch(db: Db, statement: str, *args: object) -> list[asyncpg.Record]:
-    """Run one statement of ``shared.jobs.sql`` where ``db`` says."""
-    if isinstance(db, asyncpg.Pool):
-        return await pool_fetch(db, statement, *args)
-    conn = await session_connection(db) if isinstance(db, AsyncSession) else db
-    return await conn.fetch(statement, *args)  # type: ignore[no-any-return]
-
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-def to_json(value: Any) -> str:
-    return orjson.dumps(value).decode()
 
 
 def state_event(
@@ -232,18 +215,16 @@ async def _apply_successes(
     result = await fetch(
         db, sql.APPLY_SUCCESSES,
         [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys],
-        [to_json(ends[k]) if k in ends else None for k in keys],
+        [json_text(ends[k]) if k in ends else None for k in keys],
         [starts.get(k) for k in keys], [k in ends for k in keys], now,
     )  # fmt: skip
     completed = [r for r in result if r["done"]]
     out.ignored = len(ends) - len(completed)
     for r in completed:
-        started = r["started_at"]
-        duration = max(0.0, (now - started).total_seconds()) if started is not None else None
         out.events.append(
             state_event(
                 r["id"], r["type"], r["attempts"], S.RUNNING, S.COMPLETED, "completed",
-                worker_id=r["worker_id"], duration_seconds=duration,
+                worker_id=r["worker_id"], duration_seconds=run_seconds(r["started_at"], now),
             )
         )  # fmt: skip
         out.freed.append((r["id"], r["worker_id"]))
@@ -251,50 +232,24 @@ async def _apply_successes(
     return out
 
 
-@dataclass
-class _Locked:
-    """The columns of a running job that deciding on a report needs."""
-
-    id: UUID
-    type: str
-    status: str
-    attempts: int
-    runs: int
-    max_attempts: int
-    worker_id: str | None
-    cancel_requested: bool
-    retry_initial_delay: float
-    retry_backoff: float
-    retry_max_delay: float
-    started_at: datetime | None
-
-
-@dataclass
-class _End:
-    """An attempt's end other than success, decided: the row of ``sql.APPLY_ENDS``."""
-
-    job: _Locked
-    status: JobStatus
-    error: str | None
-    run_at: datetime | None
-    reason: str
-
-
 async def apply_reports(
     db: Db, reports: list[JobStatusReport], *, rng: random.Random | None = None
 ) -> ReportOutcome:
     """Apply workers' attempt reports in order, on the rows locked first; a report for a
     superseded attempt (or a job no longer running there) is ignored: the attempt fence.
-    Failed and cancelled jobs fail their unfinished dependents."""
+    Starts and completions are written as ``apply_successes`` writes them, the other
+    ends in one statement; failed and cancelled jobs fail their unfinished dependents."""
     out = ReportOutcome()
     ids = sorted({r.job_id for r in reports})
     if not ids:
         return out
-    jobs = {r["id"]: _Locked(**dict(r)) for r in await fetch(db, sql.LOCK_FOR_REPORTS, ids)}
+    rows = await fetch(db, sql.LOCK_FOR_REPORTS, ids)
+    jobs = {r["id"]: RunningJob(**dict(r)) for r in rows}
     now = utcnow()
     starts: dict[_Attempt, datetime] = {}
     successes: dict[_Attempt, Any] = {}
-    ends: list[_End] = []
+    ends: dict[UUID, AttemptEnd] = {}
+    decided: list[UUID] = []  # jobs in the order their attempt ended (the events' order)
     for report in reports:
         job = jobs.get(report.job_id)
         if (
@@ -309,108 +264,48 @@ async def apply_reports(
         if report.status == "started":
             if job.started_at is None:
                 starts[key] = job.started_at = report.ts
-            continue
-        if report.status == "lost":
-            continue  # the scheduler wrote this itself after applying the loss
-        if report.status == "completed":
+        elif report.status == "completed":
             successes[key] = report.result
             job.status = S.COMPLETED
-            continue
-        end = decide_end(job, report, now, rng)
-        check_transition(job.status, end.status)
-        ends.append(end)
-        job.status = end.status
+            decided.append(job.id)
+        elif report.status != "lost":  # "lost": the scheduler wrote it after applying it
+            end = decide_end(job, report, now, rng)
+            check_transition(job.status, end.status)
+            ends[job.id] = end
+            job.status = end.status
+            decided.append(job.id)
     succeeded = await _apply_successes(db, starts, successes, now)
-    out.events.extend(succeeded.events)
-    out.freed.extend(succeeded.freed)
+    by_job = {e.job_id: e for e in succeeded.events if e.new_status == S.COMPLETED}
+    by_job.update((job_id, _end_event(end, now)) for job_id, end in ends.items())
+    await _write_ends(db, list(ends.values()), now)
+    out.events = [by_job[j] for j in decided if j in by_job]
+    out.events += [e for e in succeeded.events if e.new_status != S.COMPLETED]  # children
+    out.freed = succeeded.freed + [(e.job.id, e.job.worker_id or "") for e in ends.values()]
+    for end in ends.values():
+        if end.status in (S.FAILED, S.CANCELLED):
+            out.events += await fail_dependents(db, [end.job.id], end.status)
+    return out
+
+
+async def _write_ends(db: Db, ends: list[AttemptEnd], now: datetime) -> None:
     if ends:
         await fetch(
             db, sql.APPLY_ENDS, [e.job.id for e in ends], [e.job.attempts for e in ends],
             [e.status.value for e in ends], [e.error for e in ends], [e.run_at for e in ends],
             now,
         )  # fmt: skip
-    for end in ends:
-        job = end.job
-        started = job.started_at
-        out.events.append(
-            state_event(
-                job.id, job.type, job.attempts, S.RUNNING, end.status, end.reason,
-                worker_id=job.worker_id,
-                duration_seconds=(
-                    max(0.0, (now - started).total_seconds())
-                    if started is not None and end.status != S.READY
-                    else None
-                ),
-            )
-        )  # fmt: skip
-        out.freed.append((job.id, job.worker_id or ""))
-    for end in ends:
-        if end.status in (S.FAILED, S.CANCELLED):
-            out.events.extend(await fail_dependents(db, [end.job.id], end.status))
-    return out
 
 
-def decide_end(
-    job: _Locked, report: JobStatusReport, now: datetime, rng: random.Random | None
-) -> _End:
-    """The next status of a running job whose attempt ended other than by success."""
-    cancelled = _End(job, S.CANCELLED, "cancelled by request", None, "cancelled")
-    match report.status:
-        case "cancelled":
-            return cancelled
-        case "handed_back" if job.cancel_requested:
-            return cancelled  # cancelled while on its way or draining: it must not run again
-        case "handed_back":
-            return _End(job, S.READY, None, None, f"handed back: {report.error}")
-    # failed (or timed out)
-    error = report.error or "failed"
-    if job.cancel_requested:
-        return _End(job, S.CANCELLED, f"cancelled by request ({error})", None, "cancelled")
-    if job.runs < job.max_attempts:
-        delay = retry_delay(
-            job.runs,
-            initial=job.retry_initial_delay,
-            multiplier=job.retry_backoff,
-            max_delay=job.retry_max_delay,
-            rng=rng,
-        )
-        return _End(
-            job, S.RETRYING, error, now + timedelta(seconds=delay),
-            f"attempt {job.attempts} failed: {error}; retry in {delay:.2f} s",
-        )  # fmt: skip
-    return _End(
-        job, S.FAILED, f"attempt {job.attempts} of {job.max_attempts} failed: {error}", None,
-        f"attempts exhausted: {error}",
+def _end_event(end: AttemptEnd, now: datetime) -> JobStateChanged:
+    job = end.job
+    return state_event(
+        job.id, job.type, job.attempts, S.RUNNING, end.status, end.reason,
+        worker_id=job.worker_id,
+        duration_seconds=None if end.status == S.READY else run_seconds(job.started_at, now),
     )  # fmt: skip
 
 
-def retry_delay(
-    failed_runs: int,
-    *,
-    initial: float,
-    multiplier: float,
-    max_delay: float,
-    rng: random.Random | None = None,
-) -> float:
-    """Delay before the attempt after ``failed_runs`` failures: initial × multiplier^(n-1),
-    capped at ``max_delay``, with ±10 % jitter (the cap holds after jitter too)."""
-    n = max(1, failed_runs)
-    try:
-        base = initial * multiplier ** (n - 1)
-    except OverflowError:
-        base = max_delay
-    base = min(base, max_delay)
-    jitter = (rng or random).uniform(-0.1, 0.1)
-    return max(0.0, min(max_delay, base * (1 + jitter)))
-
-
 # ------------------------------------------------------------------- dependencies
-
-
-async def unblock_children(db: Db, parents: list[UUID]) -> list[JobStateChanged]:
-    """Completed parents: their children's unmet counts go down; those reaching zero
-    become ready (or pending while their run_at is ahead)."""
-    return _unblocked_events(await fetch(db, sql.UNBLOCK_CHILDREN, parents))
 
 
 def _unblocked_events(rows: Iterable[Any]) -> list[JobStateChanged]:
@@ -435,7 +330,10 @@ async def fail_dependents(db: Db, parents: list[UUID], how: str) -> list[JobStat
     frontier = parents
     while frontier:
         rows = await fetch(db, sql.FAIL_DEPENDENTS, frontier, str(how))
-        events.extend(_row_event(r, S.BLOCKED, S.FAILED, r["error"]) for r in rows)
+        events.extend(
+            state_event(r["id"], r["type"], r["attempts"], S.BLOCKED, S.FAILED, r["error"])
+            for r in rows
+        )
         frontier, how = [r["id"] for r in rows], S.FAILED
     return events
 
@@ -458,7 +356,9 @@ async def cancel_waiting(db: Db, job_id: UUID, old: JobStatus, *, by: str) -> li
     rows = await fetch(db, sql.CANCEL_WAITING, job_id, utcnow(), f"cancelled by {by}")
     if not rows:
         return []
-    events = [_row_event(rows[0], old, S.CANCELLED, "cancelled by user")]
+    row = rows[0]
+    events = [state_event(row["id"], row["type"], row["attempts"], old, S.CANCELLED,
+                          "cancelled by user")]  # fmt: skip
     return events + await fail_dependents(db, [job_id], S.CANCELLED)
 
 
@@ -480,4 +380,6 @@ async def requeue(
     history kept, a fresh budget of runs. None if it had moved on meanwhile."""
     new = S.BLOCKED if unmet else S.READY
     rows = await fetch(db, sql.REQUEUE, job_id, new.value, unmet, utcnow())
-    return _row_event(rows[0], old, new, f"retried by {by}") if rows else None
+    if not rows:
+        return None
+    return state_event(job_id, rows[0]["type"], rows[0]["attempts"], old, new, f"retried by {by}")

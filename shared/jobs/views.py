@@ -2,8 +2,8 @@
 
 Every answer that carries jobs (``JobRead``, ``BatchRead``, ``JobPage`` in
 ``shared/schemas.py``) is written here with orjson, straight from the stored rows: no
-pydantic model is built per job (for a 2,000-job batch, building and dumping the models
-was a third of the request). The schemas still describe the answers in the OpenAPI
+pydantic model is built per job (the cost is in docs/performance.md). The schemas still
+describe the answers in the OpenAPI
 document and in the client; ``tests/unit/test_job_json.py`` checks that what is written
 here validates as them and is exactly what pydantic writes for the validated model
 (field order, ``Z`` times, floats), so a field added to ``JobRead`` and not here fails.

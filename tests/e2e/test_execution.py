@@ -273,8 +273,8 @@ def test_custom_task_module(stack: Stack) -> None:
 def test_monitoring_messages(stack: Stack, settings: object) -> None:
     import asyncio
 
+    from shared.broker import Broker, Delivery
     from shared.messages import MonitoringQueue, MonitoringResource
-    from shared.messaging import Broker, Delivery
 
     stack.worker("w1", "--cpu-units", "2", "--memory-mb", "1024", "--threads", "3")
     stack.submit({"type": "demo.echo", "resources": {"cpu_units": 99}})  # waits forever

@@ -119,8 +119,8 @@ def test_stream_auth_and_bad_parameters(stack: Stack) -> None:
 
 
 def test_slow_client_does_not_slow_others(start_service, settings, request) -> None:  # type: ignore[no-untyped-def]
+    from shared.broker import Broker
     from shared.messages import JobLog
-    from shared.messaging import Broker
 
     port = free_port()
     api = start_service(

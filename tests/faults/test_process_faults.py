@@ -10,8 +10,8 @@ import uuid
 
 import pytest
 
+from shared.broker import Broker
 from shared.messages import JobDispatch, JobStatusReport, ResourceSpec, dispatch_key
-from shared.messaging import Broker
 from tests.e2e.conftest import Stack
 
 pytestmark = pytest.mark.e2e

@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 import uuid
 
+from shared.broker import Broker, Delivery, ack_all
 from shared.messages import JobCancel
-from shared.messaging import Broker, Delivery, ack_all
 from shared.settings import Settings
 from tests.conftest import wait_for
 

@@ -10,8 +10,8 @@ import asyncpg
 import httpx
 import pytest
 
+from shared.broker import Broker, Delivery
 from shared.messages import JobCancel, JobStateChanged, JobSubmitted
-from shared.messaging import Broker, Delivery
 from shared.settings import Settings
 from tests.conftest import OTHER_SUBMITTER_KEY, SUBMITTER_KEY, VIEWER_KEY, auth, wait_for
 

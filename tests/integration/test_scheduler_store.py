@@ -296,3 +296,49 @@ async def test_waiting_reasons_answer_the_jobs_still_ready(
         ready: "waiting for free capacity",
         running: None,
     }
+
+
+async def test_a_batch_of_reports_publishes_its_events_in_report_order(
+    app: object, client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    """Completions and other ends interleave as the reports came (they are written by
+    two statements, but their events keep the reports' order); whose children follow."""
+    failing = await running_job(client, db, cancel=False)
+    done = await running_job(client, db, cancel=False)
+    cancelled = await running_job(client, db, cancel=True)
+    reports = [
+        report(failing, "failed"),
+        report(done, "completed"),
+        report(cancelled, "failed"),
+    ]
+    async with app.state.sessionmaker() as session:  # type: ignore[attr-defined]
+        out = await transitions.apply_reports(session, reports)
+        await session.commit()
+    assert [(e.job_id, e.new_status) for e in out.events] == [
+        (failing, "retrying"),
+        (done, "completed"),
+        (cancelled, "cancelled"),
+    ]
+    assert all(e.worker_id == "w1" for e in out.events)
+
+
+async def test_a_cancel_event_names_no_worker_even_after_an_attempt_ran(
+    app: object, client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    """A job waiting to retry keeps its last worker in the row; cancelling it is not
+    that worker's doing, and the job.state event says so (worker_id null)."""
+    from shared.auth import Actor
+    from shared.jobs.commands import cancel_job
+
+    job_id = await running_job(client, db, cancel=False)
+    async with app.state.sessionmaker() as session:  # type: ignore[attr-defined]
+        await transitions.apply_reports(session, [report(job_id, "failed")])
+        await session.commit()
+    assert await db.fetchval("SELECT worker_id FROM jobs WHERE id = $1", job_id) == "w1"
+    async with app.state.sessionmaker() as session:  # type: ignore[attr-defined]
+        _, events, notify = await cancel_job(session, job_id, actor=Actor("k", "admin"))
+        await session.commit()
+    assert not notify
+    assert [(e.old_status, e.new_status, e.worker_id) for e in events] == [
+        ("retrying", "cancelled", None)
+    ]

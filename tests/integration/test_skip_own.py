@@ -7,8 +7,8 @@ from __future__ import annotations
 import uuid
 from collections.abc import Awaitable, Callable
 
+from shared.broker import Broker, Consumer, Delivery
 from shared.messages import JobCancel
-from shared.messaging import Broker, Consumer, Delivery
 from shared.settings import Settings
 from tests.conftest import wait_for
 

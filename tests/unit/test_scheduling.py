@@ -14,7 +14,7 @@ from services.scheduler.placement import (
     effective_priority,
     plan_placements,
 )
-from shared.jobs.transitions import retry_delay
+from shared.jobs.outcomes import retry_delay
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 

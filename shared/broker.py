@@ -187,7 +187,6 @@ class Outbox:
       ``start`` returns and stops.
     """
 
-    CHUNK = 5_000
     RETRY_FIRST_PAUSE = 0.2
     RETRY_MAX_PAUSE = 5.0
 
@@ -198,8 +197,12 @@ class Outbox:
         max_pending: int = 200_000,
         linger: float = 0.0,
         retry: bool = False,
+        chunk: int = 5_000,
     ) -> None:
         self._broker = broker
+        # Messages per publish; with ``retry`` a partly confirmed chunk goes again whole,
+        # so its size bounds the duplicates one failure can cause.
+        self._chunk = chunk
         self._max_pending = max_pending
         # Seconds to let more messages gather after the first of a quiet moment: what
         # comes meanwhile travels in the same batch body (one publish and one delivery
@@ -238,7 +241,7 @@ class Outbox:
                 await asyncio.sleep(self._linger)
             self._wake.clear()
             while self._pending:
-                self._sending = self._pending[: self.CHUNK]
+                self._sending = self._pending[: self._chunk]
                 del self._pending[: len(self._sending)]
                 await self._publish(self._sending)
                 self._sending = []
