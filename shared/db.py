@@ -29,8 +29,8 @@ Db: TypeAlias = asyncpg.Pool | asyncpg.Connection | AsyncSession
 def create_engine(settings: Settings, *, pool_size: int = 10) -> AsyncEngine:
     return create_async_engine(
         settings.database_url,
-        # jsonb in and out through orjson (the stdlib json module per row was a tenth
-        # of a 2,000-job batch submission).
+        # jsonb in and out through orjson: the stdlib json module is the slow part of
+        # large batches (docs/performance.md).
         json_serializer=lambda v: orjson.dumps(v).decode(),
         json_deserializer=orjson.loads,
         pool_size=pool_size,
@@ -41,10 +41,10 @@ def create_engine(settings: Settings, *, pool_size: int = 10) -> AsyncEngine:
 
 
 # Planned once per connection, not on every execution. PostgreSQL's default ("auto")
-# re-plans a prepared statement each time while it guesses a custom plan is cheaper;
-# for the scheduler's claim at 1M+ rows it kept doing so, and planning cost more than
-# running (bench/scale.py: 0.39 vs 0.14 ms a claim). Only for statements whose best
-# plan does not depend on their parameters.
+# re-plans a prepared statement each time while it guesses a custom plan is cheaper,
+# and for the scheduler's claim on a large table planning costs more than running
+# (docs/performance.md). Only for statements whose best plan does not depend on their
+# parameters.
 GENERIC_PLANS = {"plan_cache_mode": "force_generic_plan"}
 
 

@@ -20,12 +20,13 @@ from services.api.middleware import BodySizeLimit
 from services.api.routers import audit, health, jobs, keys, observe, schedules, stream
 from services.api.stream import EventHub
 from shared import demo_tasks
-from shared.broker import Broker, Outbox
+from shared.broker import Broker
 from shared.catalog import TaskCatalog, announce_task_types
 from shared.db import create_engine, create_pool, create_sessionmaker
 from shared.errors import ConfigError
 from shared.jobs.prepare import Limits
 from shared.models import ApiKey
+from shared.outbox import Outbox
 from shared.settings import Settings, get_settings
 
 log = logging.getLogger("switchyard.api")

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from services.api.stream import EventHub
-from shared.broker import Outbox
 from shared.messages import _Message
+from shared.outbox import Outbox
 
 log = logging.getLogger(__name__)
 

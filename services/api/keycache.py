@@ -1,5 +1,5 @@
 """API keys checked once, then remembered: a request does not pay a database round trip
-to authenticate (it was a third of a ``POST /jobs``; see docs/performance.md).
+to authenticate (a large share of a ``POST /jobs``: docs/performance.md).
 
 Revocation stays immediate on every replica: revoking a key sends ``NOTIFY`` on
 ``KEYS_CHANNEL`` in the revoking transaction, and every API replica LISTENs on it and

@@ -155,8 +155,8 @@ class HistoryLogger:
         self.arrived = asyncio.Event()
 
     async def run(self, stop: asyncio.Event) -> None:
-        # Plain asyncpg (the batch is three statements in one transaction; the ORM's
-        # per-statement work was most of the logger's CPU for short batches).
+        # Plain asyncpg: the batch is three statements in one transaction, and the ORM's
+        # per-statement work would be most of the logger's CPU for short batches.
         pool = await create_pool(self.settings, min_size=0, max_size=2)
         try:
             async with self.broker:

@@ -35,7 +35,7 @@ from services.scheduler.fleet import Fleet, save_workers
 from services.scheduler.leadership import Leadership, LeadershipLost
 from services.scheduler.maintenance import Maintenance
 from services.scheduler.timed import TimedWork
-from shared.broker import Broker, Consumer, Delivery, Outbox, Topology, ack_all
+from shared.broker import Broker, Consumer, Delivery, Topology, ack_all
 from shared.db import RAW_DB_ERRORS, is_db_outage
 from shared.jobs import transitions
 from shared.jobs.annotations import save_progress
@@ -46,6 +46,7 @@ from shared.messages import (
     JobSubmitted,
     WorkerHeartbeat,
 )
+from shared.outbox import Outbox
 from shared.settings import Settings
 
 log = logging.getLogger("switchyard.scheduler")

@@ -20,7 +20,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from services.scheduler.database import Database
 from services.scheduler.fleet import Fleet
 from services.scheduler.placement import Candidate, plan_placements
-from shared.broker import Broker, Outbox
+from shared.broker import Broker
 from shared.db import RAW_DB_ERRORS
 from shared.jobs import reads, transitions
 from shared.jobs.annotations import set_waiting_reasons
@@ -34,6 +34,7 @@ from shared.messages import (
     dispatches_for,
     unpack,
 )
+from shared.outbox import Outbox
 from shared.settings import Settings
 
 log = logging.getLogger("switchyard.scheduler")

@@ -21,7 +21,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.scheduler.database import Database
 from services.scheduler.placement import WorkerView
-from shared.broker import Outbox
 from shared.jobs import reads, transitions
 from shared.jobs.transitions import Placed
 from shared.messages import (
@@ -31,6 +30,7 @@ from shared.messages import (
     WorkerCapacity,
     WorkerHeartbeat,
 )
+from shared.outbox import Outbox
 from shared.settings import Settings
 
 log = logging.getLogger("switchyard.scheduler")

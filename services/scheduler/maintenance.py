@@ -18,10 +18,10 @@ import asyncpg
 
 from services.scheduler.database import Database
 from services.scheduler.fleet import Fleet
-from shared.broker import Outbox
 from shared.db import RAW_DB_ERRORS
 from shared.jobs import retention
 from shared.messages import MonitoringQueue, MonitoringResource, WorkerCapacity
+from shared.outbox import Outbox
 from shared.settings import Settings
 from shared.stats import queue_depth
 

@@ -32,7 +32,7 @@ from uuid import UUID
 import psutil
 
 from services.worker.runner import Outcome, run_task
-from shared.broker import Broker, Consumer, Delivery, Outbox, Topology
+from shared.broker import Broker, Consumer, Delivery, Topology
 from shared.catalog import announce_task_types
 from shared.db import create_engine, create_sessionmaker
 from shared.messages import (
@@ -45,6 +45,7 @@ from shared.messages import (
     WorkerHeartbeat,
     _Message,
 )
+from shared.outbox import Outbox
 from shared.settings import Settings
 from shared.tasks import TaskContext, TaskLogger, TaskRegistry
 

@@ -89,28 +89,7 @@ def prepare(
     where: str,
 ) -> Prepared:
     """Validate ``spec`` against its task type and the limits; apply the defaults."""
-    if task.roles and not actor.has_role("admin") and actor.role not in task.roles:
-        raise PermissionDenied(
-            f"task type {spec.type!r} may only be submitted by role(s) "
-            f"{', '.join(sorted(task.roles | {'admin'}))}; your key has role {actor.role!r}"
-        )
-    try:
-        check_json_value(spec.payload, max_depth=limits.max_json_depth, where=f"{where}payload")
-    except ValueError as exc:
-        raise InvalidJobRequest(str(exc)) from exc
-    encoded = orjson.dumps(spec.payload)
-    if len(encoded) > limits.max_payload_bytes:
-        raise InvalidJobRequest(
-            f"{where}payload is {len(encoded)} bytes; the limit is {limits.max_payload_bytes}"
-        )
-    errors = task.payload_errors(spec.payload)
-    if errors:
-        raise InvalidJobRequest("; ".join(f"{where}{e}" for e in errors))
-    if len(spec.depends_on) > limits.max_dependencies:
-        raise InvalidJobRequest(
-            f"{where}depends_on lists {len(spec.depends_on)} jobs; "
-            f"the limit is {limits.max_dependencies}"
-        )
+    encoded = _check(task, spec, actor, limits, where=where)
     # The task's defaults as they are when the request gives none (they are not mutated).
     resources = task.resources
     if spec.resources:
@@ -135,6 +114,40 @@ def prepare(
         fingerprint=fingerprint,
         payload_json=encoded.decode(),
     )
+
+
+def _check(
+    task: TaskTypeInfo,
+    spec: JobCreate | BatchJobCreate,
+    actor: Actor,
+    limits: Limits,
+    *,
+    where: str,
+) -> bytes:
+    """Refuse what ``spec`` may not ask; the payload encoded (for its size, and to store)."""
+    if task.roles and not actor.has_role("admin") and actor.role not in task.roles:
+        raise PermissionDenied(
+            f"task type {spec.type!r} may only be submitted by role(s) "
+            f"{', '.join(sorted(task.roles | {'admin'}))}; your key has role {actor.role!r}"
+        )
+    try:
+        check_json_value(spec.payload, max_depth=limits.max_json_depth, where=f"{where}payload")
+    except ValueError as exc:
+        raise InvalidJobRequest(str(exc)) from exc
+    encoded = orjson.dumps(spec.payload)
+    if len(encoded) > limits.max_payload_bytes:
+        raise InvalidJobRequest(
+            f"{where}payload is {len(encoded)} bytes; the limit is {limits.max_payload_bytes}"
+        )
+    errors = task.payload_errors(spec.payload)
+    if errors:
+        raise InvalidJobRequest("; ".join(f"{where}{e}" for e in errors))
+    if len(spec.depends_on) > limits.max_dependencies:
+        raise InvalidJobRequest(
+            f"{where}depends_on lists {len(spec.depends_on)} jobs; "
+            f"the limit is {limits.max_dependencies}"
+        )
+    return encoded
 
 
 def _fingerprint(

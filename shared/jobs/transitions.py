@@ -244,12 +244,40 @@ async def apply_reports(
     if not ids:
         return out
     rows = await fetch(db, sql.LOCK_FOR_REPORTS, ids)
-    jobs = {r["id"]: RunningJob(**dict(r)) for r in rows}
     now = utcnow()
-    starts: dict[_Attempt, datetime] = {}
-    successes: dict[_Attempt, Any] = {}
-    ends: dict[UUID, AttemptEnd] = {}
-    decided: list[UUID] = []  # jobs in the order their attempt ended (the events' order)
+    decided = _decide(reports, {r["id"]: RunningJob(**dict(r)) for r in rows}, now, rng)
+    succeeded = await _apply_successes(db, decided.starts, decided.successes, now)
+    await _write_ends(db, list(decided.ends.values()), now)
+    by_job = {e.job_id: e for e in succeeded.events if e.new_status == S.COMPLETED}
+    by_job.update((job_id, _end_event(end, now)) for job_id, end in decided.ends.items())
+    out.ignored = decided.ignored
+    out.events = [by_job[j] for j in decided.order if j in by_job]
+    out.events += [e for e in succeeded.events if e.new_status != S.COMPLETED]  # children
+    ends = decided.ends.values()
+    out.freed = succeeded.freed + [(e.job.id, e.job.worker_id or "") for e in ends]
+    for end in ends:
+        if end.status in (S.FAILED, S.CANCELLED):
+            out.events += await fail_dependents(db, [end.job.id], end.status)
+    return out
+
+
+@dataclass
+class _Decisions:
+    starts: dict[_Attempt, datetime] = field(default_factory=dict)
+    successes: dict[_Attempt, Any] = field(default_factory=dict)  # attempt -> its result
+    ends: dict[UUID, AttemptEnd] = field(default_factory=dict)
+    order: list[UUID] = field(default_factory=list)  # jobs in the order their attempt ended
+    ignored: int = 0
+
+
+def _decide(
+    reports: list[JobStatusReport],
+    jobs: dict[UUID, RunningJob],
+    now: datetime,
+    rng: random.Random | None,
+) -> _Decisions:
+    """What the reports do to the locked rows, in order (each row follows along)."""
+    out = _Decisions()
     for report in reports:
         job = jobs.get(report.job_id)
         if (
@@ -263,27 +291,17 @@ async def apply_reports(
         key = (job.id, job.attempts, report.worker_id)
         if report.status == "started":
             if job.started_at is None:
-                starts[key] = job.started_at = report.ts
+                out.starts[key] = job.started_at = report.ts
         elif report.status == "completed":
-            successes[key] = report.result
+            out.successes[key] = report.result
             job.status = S.COMPLETED
-            decided.append(job.id)
+            out.order.append(job.id)
         elif report.status != "lost":  # "lost": the scheduler wrote it after applying it
             end = decide_end(job, report, now, rng)
             check_transition(job.status, end.status)
-            ends[job.id] = end
+            out.ends[job.id] = end
             job.status = end.status
-            decided.append(job.id)
-    succeeded = await _apply_successes(db, starts, successes, now)
-    by_job = {e.job_id: e for e in succeeded.events if e.new_status == S.COMPLETED}
-    by_job.update((job_id, _end_event(end, now)) for job_id, end in ends.items())
-    await _write_ends(db, list(ends.values()), now)
-    out.events = [by_job[j] for j in decided if j in by_job]
-    out.events += [e for e in succeeded.events if e.new_status != S.COMPLETED]  # children
-    out.freed = succeeded.freed + [(e.job.id, e.job.worker_id or "") for e in ends.values()]
-    for end in ends.values():
-        if end.status in (S.FAILED, S.CANCELLED):
-            out.events += await fail_dependents(db, [end.job.id], end.status)
+            out.order.append(job.id)
     return out
 
 

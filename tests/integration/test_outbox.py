@@ -11,9 +11,10 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from shared.broker import Broker, Delivery, Outbox
+from shared.broker import Broker, Delivery
 from shared.errors import BrokerUnavailable
 from shared.messages import JobStateChanged, JobStatusReport, WorkerCapacity, WorkerHeartbeat
+from shared.outbox import Outbox
 from shared.settings import Settings
 from tests.conftest import AMQP_URL, wait_for
 from tests.faults.proxy import TcpProxy
@@ -108,7 +109,7 @@ async def test_a_publish_that_fails_is_retried_in_order_or_dropped(
             outbox.put([report(jobs[2])])
 
             async def publish_failed() -> bool:  # the outbox says so, whatever its rule
-                return any(r.name == "shared.broker" for r in caplog.records)
+                return any(r.name == "shared.outbox" for r in caplog.records)
 
             await wait_for(publish_failed, what="the outbox's log line of a failed publish")
             proxy.restore()

@@ -1,0 +1,141 @@
+"""The outbox: committed messages published in order by one background task, so the
+code that committed does not wait for the broker (one class for the API, the scheduler
+and the worker; what a failed publish does is a parameter)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+
+from shared.broker import Broker
+from shared.errors import BrokerUnavailable
+from shared.messages import _Message
+
+log = logging.getLogger(__name__)
+
+
+class Outbox:
+    """Messages published in order by one background task: the caller does not wait
+    for the broker's confirm (it costs a round trip per request, cycle or report).
+
+    What a failed publish does depends on whether anything else holds the messages:
+
+    * ``retry=False``, for notifications the database can stand in for (state events,
+      wake-up hints, cancels the scheduler re-sends): the chunk is logged with its
+      count and dropped, as an awaited publish that failed would have been; beyond
+      ``max_pending`` waiting messages ``put`` refuses (with a log line), so a long
+      outage cannot exhaust memory.
+    * ``retry=True``, for a worker's reports, log lines and progress (they exist nowhere
+      else until their consumer has stored them): the chunk is published again, with a
+      growing pause, until the broker confirms it, and nothing put after it goes first;
+      ``put`` never refuses. A chunk that was partly confirmed goes again whole (every
+      consumer is idempotent). An error that is not the broker's (a bug) ends the task
+      rather than lose or endlessly resend the chunk: its owner watches the task that
+      ``start`` returns and stops.
+    """
+
+    RETRY_FIRST_PAUSE = 0.2
+    RETRY_MAX_PAUSE = 5.0
+
+    def __init__(
+        self,
+        broker: Broker,
+        *,
+        max_pending: int = 200_000,
+        linger: float = 0.0,
+        retry: bool = False,
+        chunk: int = 5_000,
+    ) -> None:
+        self._broker = broker
+        # Messages per publish; with ``retry`` a partly confirmed chunk goes again whole,
+        # so its size bounds the duplicates one failure can cause.
+        self._chunk = chunk
+        self._max_pending = max_pending
+        # Seconds to let more messages gather after the first of a quiet moment: what
+        # comes meanwhile travels in the same batch body (one publish and one delivery
+        # per consumer instead of one per message).
+        self._linger = linger
+        self._retry = retry
+        self._pending: list[_Message] = []
+        self._sending: list[_Message] = []
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> asyncio.Task[None]:
+        self._task = asyncio.create_task(self._run(), name="outbox")
+        return self._task
+
+    def put(self, messages: Sequence[_Message]) -> None:
+        if not messages:
+            return
+        if not self._retry and len(self._pending) + len(messages) > self._max_pending:
+            log.warning(
+                "outbox full (%d waiting: the broker is down or slow); %d message(s) not published",
+                len(self._pending),
+                len(messages),
+            )
+            return
+        self._pending.extend(messages)
+        self._idle.clear()
+        self._wake.set()
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            if self._linger > 0:
+                await asyncio.sleep(self._linger)
+            self._wake.clear()
+            while self._pending:
+                self._sending = self._pending[: self._chunk]
+                del self._pending[: len(self._sending)]
+                await self._publish(self._sending)
+                self._sending = []
+            self._idle.set()
+
+    async def _publish(self, chunk: list[_Message]) -> None:
+        """Publish ``chunk`` once, or with ``retry`` until the broker confirms it."""
+        pause = self.RETRY_FIRST_PAUSE
+        while True:
+            try:
+                await self._broker.publish_many([(m, None) for m in chunk])
+                return
+            except BrokerUnavailable as exc:
+                if not self._retry:
+                    log.warning("%d message(s) not published: %s", len(chunk), exc)
+                    return
+                log.warning(
+                    "publishing %d message(s) failed (%s); retrying in %.1f s",
+                    len(chunk),
+                    exc,
+                    pause,
+                )
+            except Exception:
+                if self._retry:
+                    raise
+                # Without retry a bug must not silence every later notification.
+                log.exception("%d message(s) not published", len(chunk))
+                return
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, self.RETRY_MAX_PAUSE)
+
+    async def flush(self, timeout: float = 5.0) -> None:
+        """Wait (at most ``timeout``) until everything put so far is published."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), timeout=timeout)
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """Flush (at most ``timeout``), then stop; what is still unpublished is logged."""
+        await self.flush(timeout)
+        unsent = len(self._pending) + len(self._sending)
+        if unsent:
+            log.warning("outbox closed before %d message(s) were confirmed", unsent)
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            # Not awaited directly: a task that died of an error would raise it again
+            # here, and its owner has already been told (see the class docstring).
+            await asyncio.wait([task])
