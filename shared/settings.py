@@ -13,6 +13,12 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ROLES = ("viewer", "submitter", "admin")
 
+# What a worker may offer (SWITCHYARD_WORKER_* and the worker's flags alike): more than
+# a machine has is a typo, and the columns that store it are 32-bit.
+WORKER_MAX_THREADS = 1024
+WORKER_MAX_CPU_UNITS = 4096.0
+WORKER_MAX_MEMORY_MB = 16 * 2**20  # 16 TiB
+
 
 class Settings(BaseSettings):
     """Every variable in design.md, with its default."""
@@ -47,9 +53,11 @@ class Settings(BaseSettings):
     # Worker (flags override these; defaults from psutil when unset).
     # No dots: the id is one word of the dispatch routing key.
     worker_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{1,100}$")
-    worker_threads: int | None = Field(default=None, ge=1, le=1024)
-    worker_cpu_units: float | None = Field(default=None, gt=0)
-    worker_memory_mb: int | None = Field(default=None, gt=0)
+    worker_threads: int | None = Field(default=None, ge=1, le=WORKER_MAX_THREADS)
+    worker_cpu_units: float | None = Field(
+        default=None, gt=0, le=WORKER_MAX_CPU_UNITS, allow_inf_nan=False
+    )
+    worker_memory_mb: int | None = Field(default=None, gt=0, le=WORKER_MAX_MEMORY_MB)
     worker_tasks: str = ""  # comma-separated modules, like --tasks
     # SIGTERM: how long running jobs may take to finish before they are handed back.
     worker_grace_seconds: float = 30.0

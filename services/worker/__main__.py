@@ -13,13 +13,19 @@ import logging
 import os
 import re
 import sys
+from collections.abc import Callable
 
 import psutil
 
 from services.worker.worker import Worker, default_worker_id
 from shared import demo_tasks
 from shared.service import StartupError, run_service
-from shared.settings import Settings
+from shared.settings import (
+    WORKER_MAX_CPU_UNITS,
+    WORKER_MAX_MEMORY_MB,
+    WORKER_MAX_THREADS,
+    Settings,
+)
 from shared.tasks import TaskRegistry, load_task_modules
 
 
@@ -28,12 +34,46 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         prog="python -m services.worker", description=__doc__.split("\n\n")[1]
     )
     p.add_argument("--tasks", help="comma-separated modules of @task functions to load")
-    p.add_argument("--threads", type=int, help="thread slots (jobs at once)")
-    p.add_argument("--cpu-units", type=float, help="cpu units offered to jobs")
-    p.add_argument("--memory-mb", type=int, help="memory (MB) offered to jobs")
+    p.add_argument(
+        "--threads", type=_within(int, 1, WORKER_MAX_THREADS), help="thread slots (jobs at once)"
+    )
+    p.add_argument(
+        "--cpu-units",
+        type=_within(float, 0, WORKER_MAX_CPU_UNITS, above=True),
+        help="cpu units offered to jobs",
+    )
+    p.add_argument(
+        "--memory-mb",
+        type=_within(int, 1, WORKER_MAX_MEMORY_MB),
+        help="memory (MB) offered to jobs",
+    )
     p.add_argument("--worker-id", help="stable id (a restarted worker may reuse it)")
     p.add_argument("--no-demo-tasks", action="store_true", help="do not load the demo.* tasks")
     return p.parse_args(argv)
+
+
+def _within(
+    kind: type[int] | type[float], low: float, high: float, *, above: bool = False
+) -> Callable[[str], float]:
+    """An argparse type: a ``kind`` from ``low`` (exclusive when ``above``) to ``high``."""
+    lowest = f"more than {_number(low)}" if above else f"at least {_number(low)}"
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not (low < value if above else low <= value) or not value <= high:
+            raise argparse.ArgumentTypeError(
+                f"{text} is out of range: {lowest}, at most {_number(high)}"
+            )
+        return value
+
+    return parse
+
+
+def _number(value: float) -> str:
+    return f"{int(value):,}" if float(value).is_integer() else str(value)
 
 
 def load_registry(args: argparse.Namespace, settings: Settings) -> TaskRegistry:
