@@ -180,8 +180,7 @@ def _new_rows(
         ]
         unmet = sum(1 for _, st in parent_statuses if st not in _DONE_OR_DEAD)
         failed = next((f"dependency {d} {st}" for d, st in parent_statuses if st in _DEAD), None)
-        # In UTC, as the database answers it (the batch answer is built from this row).
-        run_at = it.spec.run_at.astimezone(UTC) if it.spec.run_at else now
+        run_at = start_time(it.spec.run_at, now)
         status = initial_status(
             unmet_dependencies=unmet, failed_dependency=failed is not None, delayed=run_at > now
         )
@@ -234,6 +233,14 @@ async def _audit(
             detail={"job_ids": [str(i) for i in new_ids][:1000], "count": len(new_ids)},
         )
     )
+
+
+def start_time(requested: datetime | None, now: datetime) -> datetime:
+    """A job's ``run_at``: when it asked to start, never earlier than its submission.
+    Jobs of one priority are taken in ``run_at`` order, so a time in the past would
+    jump the queue; it means "now". In UTC, as the database answers it (the batch
+    answer is built from this row)."""
+    return max(requested.astimezone(UTC), now) if requested is not None else now
 
 
 def uuid_array(ids: Sequence[UUID]) -> str:
@@ -305,7 +312,7 @@ async def submit_one_fast(
     stored row (attribute access, like a ``Job``) and its ``job.state`` event."""
     it = await prepare_submission(session, catalog, spec, actor, limits, where="")
     now = transitions.utcnow()
-    run_at = spec.run_at or now
+    run_at = start_time(spec.run_at, now)
     status = initial_status(unmet_dependencies=0, failed_dependency=False, delayed=run_at > now)
     row = job_row(
         it, status=status, run_at=run_at, now=now, actor=actor, dep_ids=[], unmet=0, error=None

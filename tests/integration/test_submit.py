@@ -404,3 +404,25 @@ async def test_batch_answer_is_what_the_job_reads_back(client: httpx.AsyncClient
         stored = await client.get(f"/jobs/{job['id']}")
         assert stored.status_code == 200
         assert stored.json() == job
+
+
+async def test_a_run_at_in_the_past_does_not_jump_the_queue(
+    client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    """Jobs of one priority are taken in run_at order: a time in the past means "now"
+    (stored as the submission time), so it cannot go ahead of jobs submitted before it,
+    on the single path or in a batch."""
+    from shared.jobs import sql
+
+    first = (await client.post("/jobs", json={"type": "demo.echo"})).json()
+    past = "2000-01-01T00:00:00Z"
+    single = (await client.post("/jobs", json={"type": "demo.echo", "run_at": past})).json()
+    r = await client.post(
+        "/jobs/batch", json={"jobs": [{"type": "demo.echo", "run_at": "0001-01-02T00:00:00Z"}]}
+    )
+    batched = r.json()["jobs"][0]
+    for job in (single, batched):
+        assert job["status"] == "ready"
+        assert job["run_at"] >= job["created_at"] >= first["created_at"]
+    heads = [str(r["id"]) for r in await db.fetch(sql.CLAIM_READY_HEADS, 10)]
+    assert heads == [first["id"], single["id"], batched["id"]]
