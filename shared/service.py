@@ -10,9 +10,7 @@ import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
-from pydantic import ValidationError
-
-from shared.errors import SwitchyardError
+from shared.errors import ConfigError, SwitchyardError
 from shared.settings import Settings, get_settings
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -66,8 +64,8 @@ def run_service(
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     try:
         settings = get_settings()
-    except ValidationError as exc:
-        print(f"switchyard {name}: bad configuration: {exc}", file=sys.stderr)
+    except ConfigError as exc:
+        print(f"switchyard {name}: {exc}", file=sys.stderr)
         return 2
     try:
         if prepare is not None:

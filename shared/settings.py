@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from shared.errors import ConfigError
 
 ROLES = ("viewer", "submitter", "admin")
 
@@ -107,14 +109,16 @@ class Settings(BaseSettings):
         if not isinstance(value, str):
             return value
         keys: dict[str, str] = {}
-        for item in filter(None, (part.strip() for part in value.split(","))):
+        items = filter(None, (part.strip() for part in value.split(",")))
+        for position, item in enumerate(items, start=1):
             key, sep, role = item.rpartition(":")
             if not sep or not key:
-                raise ValueError(f"SWITCHYARD_API_KEYS entry {item!r} is not 'key:role'")
+                # The entry itself is not shown: without its ':' it may be a bare key.
+                raise ValueError(f"entry {position} of SWITCHYARD_API_KEYS is not 'key:role'")
             if role not in ROLES:
                 raise ValueError(
-                    f"SWITCHYARD_API_KEYS entry for role {role!r}: role must be one of "
-                    + ", ".join(ROLES)
+                    f"entry {position} of SWITCHYARD_API_KEYS has role {role!r}; a role is one "
+                    "of " + ", ".join(ROLES)
                 )
             keys[key] = role
         return keys
@@ -126,5 +130,15 @@ class Settings(BaseSettings):
 
 
 def get_settings(**overrides: object) -> Settings:
-    """Read the environment now (not at import time)."""
-    return Settings(**overrides)  # type: ignore[arg-type]
+    """Read the environment now (not at import time). A bad variable is a ConfigError
+    that names it and says what is wrong, never its value (it may be a key)."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"SWITCHYARD_{'.'.join(map(str, e['loc'])).upper()}: {e['msg']}"
+            if e["loc"]
+            else e["msg"]
+            for e in exc.errors(include_input=False, include_url=False)
+        )
+        raise ConfigError(f"bad configuration: {problems}") from None

@@ -7,7 +7,6 @@ import logging
 import sys
 
 import uvicorn
-from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 
 from services.api.app import create_app, preflight
@@ -23,7 +22,7 @@ def main() -> int:
     try:
         settings = get_settings()
         asyncio.run(preflight(settings))
-    except (ConfigError, ValidationError) as exc:
+    except ConfigError as exc:
         print(f"switchyard api: cannot start: {exc}", file=sys.stderr)
         return 2
     except (OSError, SQLAlchemyError) as exc:

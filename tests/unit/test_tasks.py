@@ -84,7 +84,7 @@ def test_demo_tasks_are_the_designed_set() -> None:
 def test_api_keys_setting_parses_and_rejects() -> None:
     s = Settings(_env_file=None, api_keys="a:admin, b:viewer")  # type: ignore[call-arg]
     assert s.api_keys == {"a": "admin", "b": "viewer"}
-    with pytest.raises(ValueError, match="role must be one of"):
+    with pytest.raises(ValueError, match="a role is one of"):
         Settings(api_keys="a:root")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="not 'key:role'"):
         Settings(api_keys="justakey")  # type: ignore[arg-type]
