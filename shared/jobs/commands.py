@@ -82,6 +82,8 @@ async def retry_job(
     while frontier:
         children = await reads.failed_by_dependency(session, frontier)
         for child in children:
+            # Every job it touches is the actor's to retry (nothing is kept on refusal).
+            _check_owner(child, actor, verb="retry")
             events.append(await _requeue(session, child, actor=actor))
         frontier = [c.id for c in children]
     session.add(

@@ -271,3 +271,33 @@ async def test_audit_rows_equal_mutating_requests(
         "items"
     ]
     assert [c["outcome"] for c in cancels] == ["conflict", "ok", "denied"]
+
+
+async def test_retry_with_dependents_touches_only_the_submitters_own_jobs(
+    client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    """A submitter's retry with dependents=true may not re-run another key's jobs: it
+    is refused as a whole (403, naming the job) and changes nothing."""
+    mine = auth(SUBMITTER_KEY)
+    parent = (
+        await client.post(
+            "/jobs", json={"type": "demo.echo", "run_at": "2999-01-01T00:00:00Z"}, headers=mine
+        )
+    ).json()["id"]
+    child = (
+        await client.post(
+            "/jobs",
+            json={"type": "demo.echo", "depends_on": [parent]},
+            headers=auth(OTHER_SUBMITTER_KEY),
+        )
+    ).json()["id"]
+    assert (await client.patch(f"/jobs/{parent}/cancel", headers=mine)).status_code == 200
+    before = await db.fetch("SELECT id, status, error FROM jobs ORDER BY id")
+    assert {str(r["id"]): r["status"] for r in before} == {parent: "cancelled", child: "failed"}
+    r = await client.post(f"/jobs/{parent}/retry?dependents=true", headers=mine)
+    assert r.status_code == 403, r.text
+    assert child in r.json()["detail"] and "submitted by another key" in r.json()["detail"]
+    assert await db.fetch("SELECT id, status, error FROM jobs ORDER BY id") == before
+    # Without dependents the submitter's own job is retried as before.
+    r = await client.post(f"/jobs/{parent}/retry", headers=mine)
+    assert r.status_code == 200 and r.json()["status"] == "ready"
