@@ -3,8 +3,9 @@
 Names derive from ``SWITCHYARD_NAMESPACE`` so two stacks can share one broker:
 
 * ``<ns>.events``       durable topic exchange every message goes through
-* ``<ns>.dead``         fanout exchange for messages no consumer can decode
-* ``<ns>.dead-letter``  durable queue bound to it (inspect it in the RabbitMQ UI)
+* ``<ns>.dead``         fanout exchange for messages no consumer can decode or apply
+* ``<ns>.dead-letter``  durable queue bound to it (inspect it in the RabbitMQ UI; the
+                        reason is in the ``x-switchyard-reason`` header)
 * ``<ns>.scheduler`` / ``<ns>.logger`` / ``<ns>.worker.<id>``  durable service queues
 
 A worker's reports, log lines and progress are persistent, the rest transient (see
@@ -15,23 +16,28 @@ A worker's reports, log lines and progress are persistent, the rest transient (s
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import aio_pika
 import aio_pika.abc
 import aio_pika.exceptions
 
-from shared.errors import BrokerUnavailable, DecodeError
+from shared.errors import BrokerUnavailable, SwitchyardError
 from shared.messages import (
+    MAX_MESSAGE_BYTES,
+    MAX_TEXT_CHARS,
     Batch,
+    JobDispatch,
     Message,
     _Message,
     batched,
-    decode,
+    decode_each,
     encode,
     routing_key,
     unpack,
@@ -47,6 +53,25 @@ _BROKER_ERRORS = (
     aio_pika.exceptions.AMQPException,
     asyncio.TimeoutError,
 )
+
+# A handler that raises on a delivery is given it this many times (with a short pause
+# between), then the delivery is dead-lettered with the last error: a message that
+# cannot be handled must not come back forever, nor hold up the ones behind it.
+HANDLER_TRIES = 3
+# A message whose apply (a database write) fails for another reason than an outage is
+# tried this many times on its own before it is dead-lettered (``apply_isolating``).
+APPLY_TRIES = 3
+REASON_HEADER = "x-switchyard-reason"
+QUEUE_HEADER = "x-switchyard-queue"
+SERVICE_HEADER = "x-switchyard-service"
+MAX_REASON_CHARS = 2000
+
+T = TypeVar("T")
+
+
+class UnpublishableMessage(SwitchyardError):
+    """A message no retry can publish: it cannot be encoded, or it is larger than
+    MAX_MESSAGE_BYTES (or than the broker's own max_message_size)."""
 
 
 @dataclass(frozen=True)
@@ -97,13 +122,21 @@ class Topology:
 class Delivery:
     """One received message, decoded, with explicit ack / reject."""
 
-    __slots__ = ("_raw", "message", "redelivered", "routing_key")
+    __slots__ = ("_raw", "message", "received_at", "redelivered", "routing_key")
 
-    def __init__(self, raw: aio_pika.abc.AbstractIncomingMessage, message: Message) -> None:
+    def __init__(
+        self,
+        raw: aio_pika.abc.AbstractIncomingMessage,
+        message: Message,
+        received_at: float | None = None,
+    ) -> None:
         self._raw = raw
         self.message = message
         self.routing_key = raw.routing_key or ""
         self.redelivered = bool(raw.redelivered)
+        # time.monotonic() when it arrived: this process's own clock (a lease is
+        # measured from here, never against a sender's clock).
+        self.received_at = time.monotonic() if received_at is None else received_at
 
     @property
     def messages(self) -> list[Any]:
@@ -146,6 +179,60 @@ async def ack_all(deliveries: Sequence[Delivery]) -> None:
             log.info("ack of %d message(s) on a closed channel skipped (%s)", len(deliveries), exc)
 
 
+async def apply_isolating(
+    items: Sequence[T],
+    apply: Callable[[Sequence[T]], Awaitable[None]],
+    *,
+    is_transient: Callable[[BaseException], bool],
+    dead_letter: Callable[[T, str], Awaitable[None]],
+    what: str,
+    tries: int = APPLY_TRIES,
+) -> int:
+    """Apply ``items`` together; if that fails for a reason ``is_transient`` does not
+    excuse (an outage: raised, the caller keeps everything for later), find the item(s)
+    that cannot be applied by halving, apply the rest, and dead-letter each such item
+    after ``tries`` tries on its own. Returns how many were dead-lettered.
+
+    A batch of n with one poison item costs about 2·log2(n) applies, once; the poison
+    item never blocks the items around it. ``apply`` must be idempotent (a half that
+    failed is applied again) and commit what it applies."""
+    try:
+        await apply(items)
+        return 0
+    except Exception as exc:
+        if is_transient(exc):
+            raise
+        if len(items) > 1:
+            log.error(
+                "applying %d %s failed (%s: %s); isolating what cannot be applied",
+                len(items), what, type(exc).__name__, exc,
+            )  # fmt: skip
+            half = len(items) // 2
+            first = await apply_isolating(
+                items[:half], apply, is_transient=is_transient, dead_letter=dead_letter,
+                what=what, tries=tries,
+            )  # fmt: skip
+            return first + await apply_isolating(
+                items[half:], apply, is_transient=is_transient, dead_letter=dead_letter,
+                what=what, tries=tries,
+            )  # fmt: skip
+        last = exc
+    for attempt in range(2, tries + 1):
+        # A deadlock victim or a lost race passes on a second try; a bad value does not.
+        await asyncio.sleep(0.05 * attempt)
+        try:
+            await apply(items)
+            return 0
+        except Exception as exc:
+            if is_transient(exc):
+                raise
+            last = exc
+    reason = f"could not be applied ({tries} tries): {type(last).__name__}: {last}"
+    log.error("dead-lettering one of the %s: %s", what, reason)
+    await dead_letter(items[0], reason)
+    return 1
+
+
 Handler = Callable[[Delivery], Awaitable[None]]
 
 
@@ -164,6 +251,56 @@ def delivery_mode(message: _Message) -> aio_pika.DeliveryMode:
     if kind in PERSISTENT_KINDS:
         return aio_pika.DeliveryMode.PERSISTENT
     return aio_pika.DeliveryMode.NOT_PERSISTENT
+
+
+def body_of(message: _Message) -> bytes:
+    """``message`` encoded; UnpublishableMessage if it cannot be, or if it is over
+    MAX_MESSAGE_BYTES (a broker may refuse it, and no receiver accepts it)."""
+    try:
+        body = encode(message)
+    except (TypeError, ValueError) as exc:
+        kind = getattr(message, "kind", type(message).__name__)
+        raise UnpublishableMessage(f"{kind} cannot be encoded: {exc}") from exc
+    if len(body) > MAX_MESSAGE_BYTES:
+        kind = getattr(message, "kind", type(message).__name__)
+        raise UnpublishableMessage(
+            f"{kind} is {len(body):,} bytes; the limit is {MAX_MESSAGE_BYTES:,}"
+        )
+    return body
+
+
+def queue_ttl(message: _Message) -> float | None:
+    """How long a dispatch may wait in its worker's queue (the AMQP ``expiration``): its
+    lease. The broker measures it on its own clock and drops a dispatch nobody took in
+    time (the scheduler puts that job back after the lease), so a worker that comes back
+    with the same id never starts an attempt the scheduler has moved on from."""
+    leases = [m.lease_seconds for m in unpack(message) if isinstance(m, JobDispatch)]  # type: ignore[arg-type]
+    return max(0.001, min(leases)) if leases else None
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A message in ``<ns>.dead-letter``: its body and why it is there."""
+
+    body: bytes
+    routing_key: str
+    reason: str | None  # None: dead-lettered by the broker (see x-death in the UI)
+    queue: str | None  # the queue it was taken from
+    headers: dict[str, Any]
+
+
+async def _settle(raw: aio_pika.abc.AbstractIncomingMessage, *, requeue: bool | None) -> None:
+    """Ack (``requeue`` None) or reject a delivery; a closed channel is not an error here
+    (the broker redelivers what was not settled)."""
+    if raw.processed:
+        return
+    try:
+        if requeue is None:
+            await raw.ack()
+        else:
+            await raw.reject(requeue=requeue)
+    except _BROKER_ERRORS as exc:
+        log.info("settling %s on a closed channel skipped (%s)", raw.routing_key, exc)
 
 
 class Consumer:
@@ -188,6 +325,28 @@ class Consumer:
             log.warning("closing consumer channel %s failed: %s", self._tag, exc)
 
 
+REASON_HEADER = "x-switchyard-reason"
+QUEUE_HEADER = "x-switchyard-queue"
+
+
+def _dead_letter(raw: aio_pika.abc.AbstractIncomingMessage) -> DeadLetter:
+    headers = dict(raw.headers or {})
+
+    def text(name: str) -> str | None:
+        value = headers.get(name)
+        if isinstance(value, bytes | bytearray):
+            return bytes(value).decode("utf-8", "replace")
+        return value if isinstance(value, str) else None
+
+    return DeadLetter(
+        body=raw.body,
+        routing_key=raw.routing_key or "",
+        reason=text(REASON_HEADER),
+        queue=text(QUEUE_HEADER),
+        headers=headers,
+    )
+
+
 class Broker:
     """A robust connection, one confirming publish channel, and consumers."""
 
@@ -204,6 +363,7 @@ class Broker:
         self._connection: aio_pika.abc.AbstractRobustConnection | None = None
         self._publish_channel: aio_pika.abc.AbstractChannel | None = None
         self._exchange: aio_pika.abc.AbstractExchange | None = None
+        self._dead_exchange: aio_pika.abc.AbstractExchange | None = None
         self._consumer_channels: list[aio_pika.abc.AbstractChannel] = []
 
     async def __aenter__(self) -> Broker:
@@ -239,6 +399,7 @@ class Broker:
         )
         dead_queue = await channel.declare_queue(topo.dead_queue, durable=True)
         await dead_queue.bind(dead)
+        self._dead_exchange = dead
         return await channel.declare_exchange(
             topo.exchange, aio_pika.ExchangeType.TOPIC, durable=True
         )
@@ -273,11 +434,12 @@ class Broker:
         if key is None:
             key = routing_key(message)
         amqp_message = aio_pika.Message(
-            encode(message),
+            body_of(message),
             content_type="application/json",
             delivery_mode=delivery_mode(message),
             type=message.kind,  # type: ignore[attr-defined]
             app_id=self.instance_id,
+            expiration=queue_ttl(message),
         )
         try:
             await self._exchange.publish(
@@ -286,8 +448,95 @@ class Broker:
                 mandatory=False,
                 timeout=timeout if timeout is not None else self.publish_timeout,
             )
+        except aio_pika.exceptions.ChannelPreconditionFailed as exc:
+            # RabbitMQ closes the channel on a body over its max_message_size (the
+            # robust channel reopens): sending it again would fail again.
+            if "max size" in str(exc):
+                raise UnpublishableMessage(f"the broker refused {key}: {exc}") from exc
+            raise BrokerUnavailable(f"publish of {key} failed: {exc!r}") from exc
         except _BROKER_ERRORS as exc:
             raise BrokerUnavailable(f"publish of {key} failed: {exc!r}") from exc
+
+    async def dead_letter(
+        self, body: bytes, *, reason: str, routing_key: str, queue: str | None
+    ) -> None:
+        """Put ``body`` in ``<ns>.dead-letter`` with why (header ``x-switchyard-reason``),
+        where it was taken from (``x-switchyard-queue``) and by whom; raises
+        BrokerUnavailable if the broker does not confirm it."""
+        if self._dead_exchange is None:
+            raise BrokerUnavailable("broker is not connected")
+        headers: dict[str, Any] = {
+            REASON_HEADER: reason[:MAX_REASON_CHARS],
+            QUEUE_HEADER: queue or "",
+            SERVICE_HEADER: self.name,
+        }
+        try:
+            await self._dead_exchange.publish(
+                aio_pika.Message(
+                    body,
+                    content_type="application/json",
+                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                    headers=headers,
+                    app_id=self.instance_id,
+                ),
+                routing_key,
+                timeout=self.publish_timeout,
+            )
+        except _BROKER_ERRORS as exc:
+            raise BrokerUnavailable(f"dead-lettering {routing_key} failed: {exc!r}") from exc
+
+    async def dead_letter_message(
+        self, message: _Message, *, reason: str, queue: str | None, key: str | None = None
+    ) -> None:
+        """``dead_letter`` for a decoded message (one item of a batch, say)."""
+        try:
+            body = encode(message)
+        except (TypeError, ValueError) as exc:  # kept readable, if not as it was
+            body = repr(message)[:MAX_TEXT_CHARS].encode("utf-8", "replace")
+            reason = f"{reason} (body not encodable: {exc}; its repr is kept)"
+        try:
+            key = key or routing_key(message)
+        except (TypeError, ValueError):
+            key = getattr(message, "kind", "unknown")
+        await self.dead_letter(body, reason=reason, routing_key=key, queue=queue)
+
+    async def publish_body(self, body: bytes, key: str) -> None:
+        """Publish raw bytes (a dead letter put back by an operator, a test's hostile body)."""
+        if self._exchange is None:
+            raise BrokerUnavailable("broker is not connected")
+        try:
+            await self._exchange.publish(
+                aio_pika.Message(body, content_type="application/json", app_id=self.instance_id),
+                key,
+                timeout=self.publish_timeout,
+            )
+        except _BROKER_ERRORS as exc:
+            raise BrokerUnavailable(f"publish of {key} failed: {exc!r}") from exc
+
+    async def read_dead_letters(
+        self, *, limit: int = 100, remove: bool = False
+    ) -> list[DeadLetter]:
+        """Up to ``limit`` messages of ``<ns>.dead-letter``, oldest first; with ``remove``
+        they are taken off the queue, else left there (in the same order)."""
+        if self._connection is None:
+            raise BrokerUnavailable("broker is not connected")
+        channel = await self._connection.channel()
+        try:
+            queue = await channel.get_queue(self.topology.dead_queue, ensure=False)
+            taken: list[aio_pika.abc.AbstractIncomingMessage] = []
+            while len(taken) < limit:
+                raw = await queue.get(no_ack=False, fail=False)
+                if raw is None:
+                    break
+                taken.append(raw)
+            out = [_dead_letter(raw) for raw in taken]
+            for raw in taken:
+                if remove:
+                    await raw.ack()
+            # Closing the channel puts what was not acked back, in its order.
+            return out
+        finally:
+            await channel.close()
 
     async def publish_many(
         self, items: Iterable[tuple[_Message, str | None]], *, timeout: float | None = None
@@ -299,23 +548,51 @@ class Broker:
         items = list(items)
         if all(key is None for _, key in items):
             items = [(m, None) for m in batched([m for m, _ in items])]
-        errors = [e for e in await self.publish_each(items, timeout=timeout) if e is not None]
+        results = await self.publish_each(items, timeout=timeout)
+        errors: list[BrokerUnavailable] = []
+        for (message, key), result in zip(items, results, strict=True):
+            if isinstance(result, UnpublishableMessage):
+                await self._drop_unpublishable(message, key, result)
+            elif result is not None:
+                errors.append(result)
         if errors:
             raise BrokerUnavailable(
                 f"{len(errors)} publish(es) failed; first: {errors[0]}"
             ) from errors[0]
 
+    async def _drop_unpublishable(
+        self, message: _Message, key: str | None, exc: UnpublishableMessage
+    ) -> None:
+        """A message no retry can publish: logged, and its description dead-lettered
+        (the body itself could not go), so the messages behind it go on."""
+        kind = getattr(message, "kind", type(message).__name__)
+        what = [
+            f"{getattr(m, 'kind', '?')} job {getattr(m, 'job_id', '-')} "
+            f"attempt {getattr(m, 'attempt', '-')}"
+            for m in unpack(message)  # type: ignore[arg-type]
+        ]
+        log.error("not publishing %s (%s): %s", kind, ", ".join(what[:20]), exc)
+        summary = {"unpublished": kind, "messages": what[:500], "error": str(exc)[:2000]}
+        try:
+            await self.dead_letter(
+                json.dumps(summary).encode(), reason=f"unpublishable: {exc}",
+                routing_key=key or kind, queue=None,
+            )  # fmt: skip
+        except BrokerUnavailable as dead_exc:
+            log.error("its dead letter was not published either: %s", dead_exc)
+
     async def publish_each(
         self, items: Iterable[tuple[_Message, str | None]], *, timeout: float | None = None
-    ) -> list[BrokerUnavailable | None]:
-        """Like publish_many, but report each message's fate (None = confirmed)."""
+    ) -> list[BrokerUnavailable | UnpublishableMessage | None]:
+        """Like publish_many, but report each message's fate (None = confirmed); a
+        message no retry can publish is an UnpublishableMessage in its place."""
         results = await asyncio.gather(
             *(self.publish(msg, key, timeout=timeout) for msg, key in items),
             return_exceptions=True,
         )
-        out: list[BrokerUnavailable | None] = []
+        out: list[BrokerUnavailable | UnpublishableMessage | None] = []
         for r in results:
-            if isinstance(r, BrokerUnavailable) or r is None:
+            if isinstance(r, BrokerUnavailable | UnpublishableMessage) or r is None:
                 out.append(r)
             elif isinstance(r, BaseException):
                 raise r
@@ -338,17 +615,17 @@ class Broker:
         """Declare ``queue_name`` bound to ``bindings`` and hand each delivery to ``handler``.
 
         The handler acks or rejects (with ``no_ack`` the broker forgets each message as
-        it sends it: only for fan-out copies that may be lost). An undecodable body is
-        rejected without requeue, so it goes to the dead-letter queue instead of
-        looping forever. With ``skip_own`` messages this broker object published are
-        dropped unread. A handler exception is logged and the message requeued (the
-        database is the truth, and every handler is idempotent).
+        it sends it: only for fan-out copies that may be lost). An undecodable body (or
+        batch item) goes to the dead-letter queue with its reason instead of looping
+        forever. With ``skip_own`` messages this broker object published are
+        dropped unread. A handler that raises is tried again (handlers are idempotent)
+        and after HANDLER_TRIES dead-lettered with its error; see ``_receiver``.
         """
         queue = await self._declare(
             queue_name, bindings, prefetch=prefetch, durable=durable, exclusive=exclusive,
             auto_delete=auto_delete, arguments=arguments,
         )  # fmt: skip
-        on_message = self._receiver(handler, no_ack=no_ack, skip_own=skip_own)
+        on_message = self._receiver(queue_name, handler, no_ack=no_ack, skip_own=skip_own)
         tag = await queue.consume(on_message, no_ack=no_ack)
         return Consumer(queue, tag)
 
@@ -389,29 +666,22 @@ class Broker:
         return queue
 
     def _receiver(
-        self, handler: Handler, *, no_ack: bool, skip_own: bool
+        self, queue: str, handler: Handler, *, no_ack: bool, skip_own: bool
     ) -> Callable[[aio_pika.abc.AbstractIncomingMessage], Awaitable[None]]:
-        """What each raw delivery goes through: decoded (or dead-lettered), handed to
-        ``handler``, requeued if it raises."""
+        """What each raw delivery goes through (the one place that decides what happens
+        to a message that cannot be decoded or handled): decoded, the undecodable (a
+        whole body, or items of a batch) dead-lettered with the reason, the rest handed
+        to ``handler``; a handler that raises is tried HANDLER_TRIES times, then its
+        delivery is dead-lettered. Either way it is acked and the consumer goes on."""
 
         async def on_message(raw: aio_pika.abc.AbstractIncomingMessage) -> None:
-            try:
-                message = decode(raw.body)
-            except DecodeError as exc:
-                log.error("dead-lettering undecodable message %s: %s", raw.routing_key, exc)
-                if not no_ack:
-                    await raw.reject(requeue=False)
+            received_at = time.monotonic()
+            message, rejected = decode_each(raw.body)
+            if rejected and not await self._settle_rejected(raw, queue, rejected, no_ack=no_ack):
                 return
-            delivery = Delivery(raw, message)
-            try:
-                await handler(delivery)
-            except Exception:
-                if no_ack:
-                    log.exception("handler failed for %s (no-ack queue: skipped)", raw.routing_key)
-                    return
-                log.exception("handler failed for %s; message requeued", raw.routing_key)
-                await asyncio.sleep(0.5)  # keep a persistent failure from spinning hot
-                await raw.reject(requeue=True)
+            if message is None:
+                return
+            await self._handle(queue, handler, Delivery(raw, message, received_at), no_ack=no_ack)
 
         if not skip_own:
             return on_message
@@ -426,6 +696,67 @@ class Broker:
             await on_message(raw)
 
         return skipping_own
+
+    async def _settle_rejected(
+        self,
+        raw: aio_pika.abc.AbstractIncomingMessage,
+        queue: str,
+        rejected: list[Any],
+        *,
+        no_ack: bool,
+    ) -> bool:
+        """Dead-letter what could not be decoded (the whole body, or the bad items of a
+        batch whose good items go on). False when nothing is left to handle."""
+        key = raw.routing_key or ""
+        for r in rejected:
+            log.error("dead-lettering a message of %s from %s: %s", key, queue, r.reason)
+        if no_ack:  # a fan-out copy (the API's stream): the durable queues have the message
+            return True
+        whole = len(rejected) == 1 and rejected[0].body is raw.body
+        try:
+            for r in rejected:
+                await self.dead_letter(r.body, reason=r.reason, routing_key=key, queue=queue)
+        except BrokerUnavailable as exc:
+            # The broker's own dead-lettering still keeps it (reason in the log above).
+            log.error("dead letter not confirmed (%s); rejecting %s to %s", exc, key, queue)
+            await _settle(raw, requeue=False)
+            return False
+        if whole:
+            await _settle(raw, requeue=None)
+            return False
+        return True
+
+    async def _handle(
+        self, queue: str, handler: Handler, delivery: Delivery, *, no_ack: bool
+    ) -> None:
+        raw = delivery._raw
+        for attempt in range(1, HANDLER_TRIES + 1):
+            try:
+                await handler(delivery)
+                return
+            except Exception as exc:
+                if no_ack:
+                    log.exception("handler failed for %s (no-ack queue: skipped)", raw.routing_key)
+                    return
+                if raw.processed:  # it settled the delivery itself before it raised
+                    log.exception("handler failed for %s after settling it", raw.routing_key)
+                    return
+                log.exception(
+                    "handler failed for %s (try %d of %d)", raw.routing_key, attempt, HANDLER_TRIES
+                )
+                last = exc
+                if attempt < HANDLER_TRIES:
+                    await asyncio.sleep(0.2 * attempt)  # a passing failure may pass
+        reason = f"handler failed {HANDLER_TRIES} times: {type(last).__name__}: {last}"
+        try:
+            await self.dead_letter(
+                raw.body, reason=reason, routing_key=raw.routing_key or "", queue=queue
+            )
+        except BrokerUnavailable as exc:
+            log.error("dead letter not confirmed (%s); rejecting it to %s", exc, queue)
+            await _settle(raw, requeue=False)
+            return
+        await _settle(raw, requeue=None)
 
     async def delete_namespace(self, extra_queues: Sequence[str] = ()) -> None:
         """Remove this namespace's exchanges and queues (tests clean up what they made)."""

@@ -7,16 +7,148 @@ receivers call :func:`decode`. Bodies are JSON; ``v`` is the schema version and
 
 from __future__ import annotations
 
+import json
+import math
+import re
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from shared.errors import DecodeError
 
 SCHEMA_VERSION = 1
+
+# ---------------------------------------------------------------- limits (one place)
+# What one message may carry. Each is below what RabbitMQ takes in one message
+# (max_message_size: 128 MiB on 3.10, 16 MiB on 4.x) and what the receiving column or
+# encoder holds; docs/reliability.md lists them. A sender that exceeds one finds out
+# where the message is built (the worker truncates text and fails an attempt whose
+# result is too large); a receiver dead-letters a body that exceeds one.
+MAX_MESSAGE_BYTES = 8 * 2**20  # one body, published or received
+MAX_RESULT_BYTES = 2 * 2**20  # a task's result, encoded
+MAX_PAYLOAD_BYTES = 4 * 2**20  # a dispatch's payload, encoded (the API's own limit is lower)
+MAX_TEXT_CHARS = 64 * 1024  # a log line, an error, a traceback, a reason, a progress message
+MAX_NAME_CHARS = 1000  # a task type, a worker id, a status or level word
+MAX_LIST_ITEMS = 100_000  # a heartbeat's running jobs or task types
+MAX_JSON_DEPTH = 64  # nesting of a result or payload (orjson stops at 255, jiter at 200)
+INT4_MAX = 2**31 - 1  # attempts, sequence numbers, memory and slots are int4 columns
+INT8_MAX = 2**63 - 1
+# orjson, the encoder of every body and of jsonb parameters, writes these integers.
+JSON_INT_MIN, JSON_INT_MAX = -(2**63), 2**64 - 1
+
+_BAD_TEXT = re.compile("[\x00\ud800-\udfff]")
+
+
+def safe_text(value: str) -> str:
+    """``value`` with what no UTF-8 encoder or PostgreSQL text takes (lone surrogates, as
+    ``os.listdir`` returns undecodable names, and NUL) replaced by U+FFFD, visibly."""
+    return _BAD_TEXT.sub("\ufffd", value)
+
+
+def truncate_text(value: str, limit: int = MAX_TEXT_CHARS, *, keep: str = "head") -> str:
+    """``value`` cut to at most ``limit`` characters, with a marker saying how much went
+    (``keep="tail"`` keeps the end: the last lines of a traceback say the most)."""
+    if len(value) <= limit:
+        return value
+    room = max(0, limit - 64)  # 64: more than the marker takes
+    marker = f" [... {len(value) - room:,} characters truncated ...] "
+    return marker + value[-room:] if keep == "tail" else value[:room] + marker
+
+
+def _text(value: Any) -> Any:
+    return safe_text(value) if isinstance(value, str) else value
+
+
+def storable_json(value: Any, *, limit: int, what: str = "value", convert: bool = False) -> Any:
+    """``value`` as JSON every hop can carry: orjson encodes it and jsonb stores it.
+
+    Text is made safe (``safe_text``, keys too); an integer orjson cannot write, a
+    non-finite float (JSON has none; orjson would write null), nesting deeper than
+    MAX_JSON_DEPTH, a type JSON lacks or an encoding over ``limit`` bytes raises
+    ValueError naming where. With ``convert`` what orjson writes natively (datetimes,
+    UUIDs, dataclasses...) is taken as orjson writes it, as a task's result is."""
+    size = [0]
+
+    def walk(v: Any, path: str, depth: int) -> Any:
+        if depth > MAX_JSON_DEPTH:
+            raise ValueError(f"{what} is nested too deep (more than {MAX_JSON_DEPTH} levels)")
+        if isinstance(v, str):
+            size[0] += len(v) + 2
+            return safe_text(v)
+        if isinstance(v, bool) or v is None:
+            size[0] += 5
+            return v
+        if isinstance(v, int):
+            if not JSON_INT_MIN <= v <= JSON_INT_MAX:
+                raise ValueError(
+                    f"integer at {path} is outside the 64-bit range JSON is encoded with"
+                )
+            size[0] += 20
+            return v
+        if isinstance(v, float):
+            if not math.isfinite(v):
+                raise ValueError(f"{v} at {path} is not a JSON number")
+            size[0] += 24
+            return v
+        if isinstance(v, dict):
+            out = {}
+            for k, item in v.items():
+                if not isinstance(k, str):
+                    raise ValueError(f"key {k!r} at {path} is not a string")
+                size[0] += len(k) + 4
+                out[safe_text(k)] = walk(item, f"{path}[{k!r}]", depth + 1)
+            return out
+        if isinstance(v, list | tuple):
+            return [walk(item, f"{path}[{i}]", depth + 1) for i, item in enumerate(v)]
+        if convert:
+            try:
+                native = orjson.loads(orjson.dumps(v))
+            except TypeError as exc:
+                raise ValueError(f"{type(v).__name__} at {path} is not JSON ({exc})") from None
+            return walk(native, path, depth)
+        raise ValueError(f"{type(v).__name__} at {path} is not JSON")
+
+    clean = walk(value, what, 1)
+    if size[0] > limit:
+        raise ValueError(f"{what} is about {size[0]:,} bytes encoded; the limit is {limit:,}")
+    return clean
+
+
+def _wire_time(value: datetime) -> datetime:
+    """Aware, in UTC, and within what every reader can shift and store."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    try:
+        value = value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("time out of range") from None
+    if not 1970 <= value.year <= 9000:
+        raise ValueError("time out of range (years 1970 to 9000)")
+    return value
+
+
+# The types every field below is built from.
+Text = Annotated[str, BeforeValidator(_text), Field(max_length=MAX_TEXT_CHARS)]
+Name = Annotated[str, BeforeValidator(_text), Field(max_length=MAX_NAME_CHARS)]
+Int4 = Annotated[int, Field(ge=0, le=INT4_MAX)]
+Count = Annotated[int, Field(ge=0, le=INT8_MAX)]
+Real = Annotated[float, Field(allow_inf_nan=False, ge=-1e300, le=1e300)]
+NonNegative = Annotated[float, Field(allow_inf_nan=False, ge=0, le=1e300)]
+WireTime = Annotated[datetime, AfterValidator(_wire_time)]
 
 
 def utcnow() -> datetime:
@@ -27,14 +159,14 @@ class _Message(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
     v: Literal[1] = 1  # SCHEMA_VERSION
-    ts: datetime = Field(default_factory=utcnow)
+    ts: WireTime = Field(default_factory=utcnow)
 
 
 class ResourceSpec(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    cpu_units: float = Field(gt=0)
-    memory_mb: int = Field(gt=0)
+    cpu_units: float = Field(gt=0, le=1e300, allow_inf_nan=False)
+    memory_mb: int = Field(gt=0, le=INT4_MAX)
 
 
 class JobSubmitted(_Message):
@@ -42,21 +174,46 @@ class JobSubmitted(_Message):
 
     kind: Literal["job.submitted"] = "job.submitted"
     job_id: UUID
-    type: str
-    priority: str
+    type: Name
+    priority: Name
+
+
+def _json_field(limit: int, what: str) -> Any:
+    return AfterValidator(lambda v: storable_json(v, limit=limit, what=what))
 
 
 class JobDispatch(_Message):
-    """scheduler -> the chosen worker."""
+    """scheduler -> the chosen worker.
+
+    ``lease_seconds``: how long after receipt the worker may still start the attempt,
+    measured on the worker's own monotonic clock (a sender and a receiver never compare
+    clocks). A sender that gives only ``lease_expires_at`` gets it from that and ``ts``,
+    both of its own clock; ``lease_expires_at`` stays on the wire for workers that
+    predate ``lease_seconds`` (schema v1 either way)."""
 
     kind: Literal["job.dispatch"] = "job.dispatch"
     job_id: UUID
-    attempt: int
-    type: str
-    payload: dict[str, Any]
+    attempt: Int4
+    type: Name
+    payload: Annotated[dict[str, Any], _json_field(MAX_PAYLOAD_BYTES, "payload")]
     resources: ResourceSpec
-    timeout_seconds: float | None
-    lease_expires_at: datetime
+    timeout_seconds: Annotated[float, Field(gt=0, le=1e300, allow_inf_nan=False)] | None
+    lease_expires_at: WireTime
+    lease_seconds: NonNegative = 0.0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _lease_from_the_senders_clock(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("lease_seconds") is None:
+            try:
+                sent = TypeAdapter(WireTime).validate_python(data.get("ts") or utcnow())
+                until = TypeAdapter(WireTime).validate_python(data["lease_expires_at"])
+            except (KeyError, ValidationError):
+                return data  # the field's own validation says what is wrong
+            data = {**data, "lease_seconds": max(0.0, (until - sent).total_seconds())}
+            if "ts" not in data:
+                data["ts"] = sent
+        return data
 
 
 class JobCancel(_Message):
@@ -64,18 +221,7 @@ class JobCancel(_Message):
 
     kind: Literal["job.cancel"] = "job.cancel"
     job_id: UUID
-    attempt: int
-
-
-def _no_nul(value: Any) -> Any:
-    """PostgreSQL text and jsonb cannot hold U+0000: replace it with U+FFFD, visibly."""
-    if isinstance(value, str):
-        return value.replace("\x00", "\ufffd")
-    if isinstance(value, list):
-        return [_no_nul(v) for v in value]
-    if isinstance(value, dict):
-        return {_no_nul(k): _no_nul(v) for k, v in value.items()}
-    return value
+    attempt: Int4
 
 
 class JobStatusReport(_Message):
@@ -83,16 +229,14 @@ class JobStatusReport(_Message):
 
     kind: Literal["job.status"] = "job.status"
     job_id: UUID
-    attempt: int
-    worker_id: str
+    attempt: Int4
+    worker_id: Name
     # lost: written by the scheduler on behalf of a worker that died mid-attempt.
     status: Literal["started", "completed", "failed", "cancelled", "handed_back", "lost"]
-    result: Any = None
-    error: str | None = None
-    traceback: str | None = None
+    result: Annotated[Any, _json_field(MAX_RESULT_BYTES, "result")] = None
+    error: Text | None = None
+    traceback: Text | None = None
     timed_out: bool = False
-
-    _clean = field_validator("result", "error", "traceback", mode="before")(lambda v: _no_nul(v))
 
 
 class JobStateChanged(_Message):
@@ -100,27 +244,25 @@ class JobStateChanged(_Message):
 
     kind: Literal["job.state"] = "job.state"
     job_id: UUID
-    type: str
-    old_status: str | None
-    new_status: str
-    attempt: int
-    worker_id: str | None = None
-    reason: str | None = None
+    type: Name
+    old_status: Name | None
+    new_status: Name
+    attempt: Int4
+    worker_id: Name | None = None
+    reason: Text | None = None
     # running: seconds it waited ready before dispatch; terminal: attempt run time.
-    wait_seconds: float | None = None
-    duration_seconds: float | None = None
+    wait_seconds: Real | None = None
+    duration_seconds: Real | None = None
 
 
 class JobProgress(_Message):
     kind: Literal["job.progress"] = "job.progress"
     job_id: UUID
-    type: str | None = None
-    attempt: int
-    done: float
-    total: float | None = None
-    message: str | None = None
-
-    _clean = field_validator("message", mode="before")(lambda v: _no_nul(v))
+    type: Name | None = None
+    attempt: Int4
+    done: Real
+    total: Real | None = None
+    message: Text | None = None
 
 
 class JobLog(_Message):
@@ -128,50 +270,59 @@ class JobLog(_Message):
 
     kind: Literal["job.logs"] = "job.logs"
     job_id: UUID
-    type: str | None = None
-    attempt: int
-    seq: int
-    level: str
-    message: str
-
-    _clean = field_validator("message", mode="before")(lambda v: _no_nul(v))
+    type: Name | None = None
+    attempt: Int4
+    seq: Int4
+    level: Name
+    message: Text
 
 
 class WorkerCapacity(BaseModel):
+    """A worker's capacity or use (a heartbeat: int4 columns), or a cluster's total."""
+
     model_config = ConfigDict(frozen=True)
 
-    cpu_units: float
-    memory_mb: int
-    slots: int
+    cpu_units: NonNegative
+    memory_mb: Count
+    slots: Count
 
 
 class WorkerHeartbeat(_Message):
     kind: Literal["worker.heartbeat"] = "worker.heartbeat"
-    worker_id: str
+    worker_id: Name
     state: Literal["alive", "draining", "stopped"] = "alive"
     capacity: WorkerCapacity
     allocated: WorkerCapacity
-    running: list[UUID] = Field(default_factory=list)
+    running: list[UUID] = Field(default_factory=list, max_length=MAX_LIST_ITEMS)
     # Threads whose attempt already ended (timeout / cancel) but which still run: their
     # resources stay taken until they return.
     stuck: WorkerCapacity = Field(
         default_factory=lambda: WorkerCapacity(cpu_units=0, memory_mb=0, slots=0)
     )
-    task_types: list[str] = Field(default_factory=list)
-    cpu_percent: float = 0.0
-    memory_percent: float = 0.0
-    started_at: datetime | None = None
+    task_types: list[Name] = Field(default_factory=list, max_length=MAX_LIST_ITEMS)
+    cpu_percent: Real = 0.0
+    memory_percent: Real = 0.0
+    started_at: WireTime | None = None
+
+    @model_validator(mode="after")
+    def _fits_the_workers_table(self) -> WorkerHeartbeat:
+        for name in ("capacity", "allocated", "stuck"):
+            value: WorkerCapacity = getattr(self, name)
+            for field_name in ("memory_mb", "slots"):
+                if getattr(value, field_name) > INT4_MAX:
+                    raise ValueError(f"{name}.{field_name} is above {INT4_MAX}")
+        return self
 
 
 class MonitoringQueue(_Message):
     kind: Literal["job.monitoring.queue"] = "job.monitoring.queue"
-    by_status: dict[str, int]
-    by_priority: dict[str, int]
+    by_status: dict[Name, Count]
+    by_priority: dict[Name, Count]
 
 
 class MonitoringResource(_Message):
     kind: Literal["job.monitoring.resource"] = "job.monitoring.resource"
-    workers_alive: int
+    workers_alive: Count
     capacity: WorkerCapacity
     allocated: WorkerCapacity
 
@@ -221,7 +372,10 @@ def approx_size(message: Any) -> int:
     for name in fields[1]:
         value = getattr(message, name)
         if value is not None:
-            n += len(orjson.dumps(value))
+            try:
+                n += len(orjson.dumps(value))
+            except TypeError:  # built without validation (a bug): let it travel alone
+                n += MAX_BATCH_BYTES
     return n
 
 
@@ -369,8 +523,75 @@ def pydantic_encode(message: _Message) -> bytes:
 
 
 def decode(body: bytes) -> Message:
-    """Parse a body into its model; anything else raises DecodeError (never requeue it)."""
+    """Parse a body into its model; anything else raises DecodeError (never requeue it):
+    a body over MAX_MESSAGE_BYTES, not JSON, an unknown kind or version, a missing field,
+    a value out of its range (see the limits above)."""
+    if len(body) > MAX_MESSAGE_BYTES:
+        raise DecodeError(f"body of {len(body):,} bytes is over the {MAX_MESSAGE_BYTES:,} limit")
     try:
         return _adapter.validate_json(body)
     except ValidationError as exc:
-        raise DecodeError(f"undecodable message: {exc.error_count()} error(s): {exc}") from exc
+        raise DecodeError(f"undecodable message: {_why(exc)}") from exc
+
+
+def _why(exc: ValidationError) -> str:
+    """A validation error in a line or a few: where, and what is wrong (no input echoed:
+    it may be megabytes)."""
+    parts = [
+        f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
+        for e in exc.errors(include_input=False, include_url=False)[:5]
+    ]
+    more = exc.error_count() - len(parts)
+    return f"{exc.error_count()} error(s): " + "; ".join(parts) + (f"; {more} more" if more else "")
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A body, or one item of a batch, that cannot be decoded, and why."""
+
+    body: bytes
+    reason: str
+
+
+_item_adapter: TypeAdapter[Item] = TypeAdapter(Item)
+
+
+def decode_each(body: bytes) -> tuple[Message | None, list[Rejected]]:
+    """Like ``decode``, but a batch whose envelope is sound keeps its good items: what
+    it returns holds them (or is None), and each bad item is Rejected with its reason,
+    so one bad report does not take 499 good ones with it."""
+    try:
+        return decode(body), []
+    except DecodeError as exc:
+        whole = [Rejected(body, str(exc))]
+    if len(body) > MAX_MESSAGE_BYTES:
+        return None, whole
+    try:  # the stdlib, not orjson: it keeps huge integers and lone surrogates as sent
+        raw = json.loads(body)
+    except (ValueError, RecursionError):
+        return None, whole
+    if not (
+        isinstance(raw, dict)
+        and raw.get("kind") == "batch"
+        and raw.get("v") == SCHEMA_VERSION
+        and raw.get("of") in BATCHABLE
+        and isinstance(raw.get("items"), list)
+        and 0 < len(raw["items"]) <= MAX_BATCH_ITEMS
+    ):
+        return None, whole
+    good: list[Any] = []
+    rejected: list[Rejected] = []
+    for item in raw["items"]:
+        item_body = json.dumps(item).encode()
+        try:
+            message = _item_adapter.validate_json(item_body)
+        except ValidationError as exc:
+            rejected.append(Rejected(item_body, f"undecodable batch item: {_why(exc)}"))
+            continue
+        if message.kind != raw["of"]:
+            rejected.append(Rejected(item_body, f"a {message.kind} item in a batch of {raw['of']}"))
+            continue
+        good.append(message)
+    if not good:
+        return None, whole
+    return Batch(of=raw["of"], items=good, ts=raw.get("ts") or utcnow()), rejected

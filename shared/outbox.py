@@ -31,9 +31,13 @@ class Outbox:
       else until their consumer has stored them): the chunk is published again, with a
       growing pause, until the broker confirms it, and nothing put after it goes first;
       ``put`` never refuses. A chunk that was partly confirmed goes again whole (every
-      consumer is idempotent). An error that is not the broker's (a bug) ends the task
-      rather than lose or endlessly resend the chunk: its owner watches the task that
-      ``start`` returns and stops.
+      consumer is idempotent).
+
+    Either way one message never stops the outbox: a message no retry can publish (too
+    large, not encodable) is logged and dead-lettered by ``Broker.publish_many`` and the
+    rest go on; an error that is not the broker's (a bug) makes the chunk go one message
+    at a time, and a message that still fails alone is logged and dropped, so what is
+    behind it (a worker's heartbeats) is never held up by it.
     """
 
     RETRY_FIRST_PAUSE = 0.2
@@ -114,13 +118,30 @@ class Outbox:
                     pause,
                 )
             except Exception:
-                if self._retry:
-                    raise
-                # Without retry a bug must not silence every later notification.
-                log.exception("%d message(s) not published", len(chunk))
-                return
+                log.exception("publishing %d message(s) failed; trying them one by one", len(chunk))
+                chunk = await self._publish_alone(chunk)
+                if not chunk:
+                    return
+                continue
             await asyncio.sleep(pause)
             pause = min(pause * 2, self.RETRY_MAX_PAUSE)
+
+    async def _publish_alone(self, chunk: list[_Message]) -> list[_Message]:
+        """Publish each message of ``chunk`` on its own: one that raises (not the broker's
+        fault) is logged and dropped; returns what the broker did not take (to retry)."""
+        left: list[_Message] = []
+        for message in chunk:
+            try:
+                await self._broker.publish_many([(message, None)])
+            except BrokerUnavailable:
+                left.append(message)
+            except Exception:
+                log.exception(
+                    "dropping a %s message (job %s) that cannot be published",
+                    getattr(message, "kind", type(message).__name__),
+                    getattr(message, "job_id", "-"),
+                )
+        return left if self._retry else []
 
     async def flush(self, timeout: float = 5.0) -> None:
         """Wait (at most ``timeout``) until everything put so far is published."""

@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 from uuid import UUID
 
 import asyncpg
 import orjson
 
-from shared.broker import Broker, Delivery, Topology, ack_all
+from shared.broker import Broker, Delivery, Topology, ack_all, apply_isolating
 from shared.db import create_pool, is_db_outage, pool_transaction
 from shared.messages import JobLog, JobStatusReport
 from shared.settings import Settings
@@ -190,26 +192,34 @@ class HistoryLogger:
     async def _flush(self, pool: asyncpg.Pool) -> None:
         while self.buffer:
             batch, self.buffer = self.buffer[:BATCH_SIZE], self.buffer[BATCH_SIZE:]
+            messages = [m for d in batch for m in d.messages]
+
+            async def write(some: Sequence[Any]) -> None:
+                await self._write(pool, some)
+
             try:
-                await self._write(pool, batch)
-            except Exception as exc:
-                # Not an outage: some message in the batch cannot be stored. Write them one
-                # by one; the ones that still fail go to the dead-letter queue, loudly.
-                log.error("batch of %d failed (%s); writing one by one", len(batch), exc)
-                for delivery in batch:
-                    try:
-                        await self._write(pool, [delivery])
-                    except Exception as one:
-                        log.error("dead-lettering %s: %s", delivery.routing_key, one)
-                        await delivery.reject(requeue=False)
-                    else:
-                        await delivery.ack()
-                continue
+                # A message the database refuses (not an outage: those _write waits out)
+                # is found by halving, tried alone and dead-lettered; the rest is written.
+                await apply_isolating(
+                    messages, write, is_transient=lambda exc: False,
+                    dead_letter=self._dead_letter, what="history messages",
+                )  # fmt: skip
+            except Exception:
+                # Its dead letter was not confirmed (the broker is in trouble): keep the
+                # batch, unacked, for the next flush (the writes are idempotent).
+                log.exception("batch of %d not settled; keeping it", len(batch))
+                self.buffer[:0] = batch
+                await asyncio.sleep(1.0)
+                return
             await ack_all(batch)
 
-    async def _write(self, pool: asyncpg.Pool, batch: list[Delivery]) -> None:
-        """Write one batch, retrying through database outages (the batch stays unacked)."""
-        messages = [m for d in batch for m in d.messages]
+    async def _dead_letter(self, message: Any, reason: str) -> None:
+        await self.broker.dead_letter_message(
+            message, reason=reason, queue=self.broker.topology.logger_queue
+        )
+
+    async def _write(self, pool: asyncpg.Pool, messages: Sequence[Any]) -> None:
+        """Write these messages in one transaction, waiting out database outages."""
         lines = [m for m in messages if isinstance(m, JobLog)]
         reports = [m for m in messages if isinstance(m, JobStatusReport)]
         while True:
@@ -220,5 +230,7 @@ class HistoryLogger:
             except Exception as exc:
                 if not is_db_outage(exc):
                     raise
-                log.warning("database unavailable (%s); retrying the batch of %d", exc, len(batch))
+                log.warning(
+                    "database unavailable (%s); retrying the batch of %d", exc, len(messages)
+                )
                 await asyncio.sleep(1.0)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC
 from typing import Any
@@ -35,7 +36,7 @@ from services.scheduler.fleet import Fleet, save_workers
 from services.scheduler.leadership import Leadership, LeadershipLost
 from services.scheduler.maintenance import Maintenance
 from services.scheduler.timed import TimedWork
-from shared.broker import Broker, Consumer, Delivery, Topology, ack_all
+from shared.broker import Broker, Consumer, Delivery, Topology, ack_all, apply_isolating
 from shared.db import RAW_DB_ERRORS, is_db_outage
 from shared.jobs import transitions
 from shared.jobs.annotations import save_progress
@@ -62,9 +63,9 @@ class Received:
     progress: dict[tuple[UUID, int], dict[str, Any]] = field(default_factory=dict)
 
     @classmethod
-    def sort(cls, batch: list[Delivery]) -> Received:
+    def sort(cls, messages: Sequence[Any]) -> Received:
         received = cls()
-        for msg in (m for delivery in batch for m in delivery.messages):
+        for msg in messages:
             if isinstance(msg, JobSubmitted):
                 received.submitted = True
             elif isinstance(msg, JobStatusReport):
@@ -160,6 +161,15 @@ class Scheduler:
                     log.warning("%s (%s); retrying", what, exc)
                     await asyncio.sleep(0.5)
                     self.wake.set()
+                except LeadershipLost:
+                    raise
+                except Exception:
+                    # Not the database's (a bug, a broker that would not take a dead
+                    # letter): the inbox is kept, so nothing is lost; the loop goes on
+                    # rather than stop the yard (messages are isolated in _apply_inbox).
+                    log.exception("cycle failed; retrying")
+                    await asyncio.sleep(0.5)
+                    self.wake.set()
         finally:
             await consumer.close()
             await self.dispatch.settle(stop)
@@ -204,22 +214,40 @@ class Scheduler:
         self.maintenance.start_due_tasks()
 
     async def _apply_inbox(self) -> list[JobStateChanged]:
-        """Apply what the inbox holds, commit, ack; returns the committed events."""
+        """Apply what the inbox holds, commit, ack; returns the committed events.
+
+        A message the database refuses for another reason than an outage (a value that
+        slipped past the schema) is found by halving the batch, tried a few times on
+        its own and dead-lettered with the error; the rest is applied and acked. An
+        outage keeps the whole batch (unacked) for the next cycle."""
         batch, self.inbox = self.inbox, []
-        received = Received.sort(batch)
+        messages = [m for delivery in batch for m in delivery.messages]
+        received = Received.sort(messages)
         if received.submitted:
             self.dispatch.maybe_ready = True
         for hb in received.beats.values():
             self.fleet.register_heartbeat(hb)
         events: list[JobStateChanged] = []
+
+        async def apply(some: Sequence[Any]) -> None:
+            await self._apply(Received.sort(some), events)
+
         try:
-            await self._apply(received, events)
+            await apply_isolating(
+                messages, apply, is_transient=is_db_outage, dead_letter=self._dead_letter,
+                what="inbox messages",
+            )  # fmt: skip
         except BaseException:
             self.inbox[:0] = batch  # not (all) applied: keep them (unacked) for the next cycle
             self.dispatch.announce(events)  # what was applied (the fence ignores it next time)
             raise
         await ack_all(batch)
         return events
+
+    async def _dead_letter(self, message: Any, reason: str) -> None:
+        await self.broker.dead_letter_message(
+            message, reason=reason, queue=self.broker.topology.scheduler_queue
+        )
 
     async def _apply(self, received: Received, events: list[JobStateChanged]) -> None:
         """Starts and completions (nearly every report) on the raw pool; the rest, with

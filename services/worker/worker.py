@@ -30,6 +30,7 @@ from typing import Any
 from uuid import UUID
 
 import psutil
+from pydantic import ValidationError
 
 from services.worker.runner import Outcome, run_task
 from shared.broker import Broker, Consumer, Delivery, Topology
@@ -44,6 +45,8 @@ from shared.messages import (
     WorkerCapacity,
     WorkerHeartbeat,
     _Message,
+    safe_text,
+    truncate_text,
 )
 from shared.outbox import Outbox
 from shared.settings import Settings
@@ -211,13 +214,29 @@ class Worker:
 
     async def _on_delivery(self, delivery: Delivery) -> None:
         for message in delivery.messages:
-            if isinstance(message, JobDispatch):
-                self._accept(message)
-            elif isinstance(message, JobCancel):
-                self._cancel(message)
+            # One message that cannot be taken must not cost the others of its batch.
+            try:
+                if isinstance(message, JobDispatch):
+                    self._accept(message, delivery.received_at)
+                elif isinstance(message, JobCancel):
+                    self._cancel(message)
+            except Exception as exc:
+                log.exception("could not take %s", getattr(message, "kind", "a message"))
+                if isinstance(message, JobDispatch) and message.job_id not in {
+                    k[0] for k in self.running
+                }:
+                    reason = f"worker {self.worker_id} could not take it: {type(exc).__name__}"
+                    self._emit(self._report(message, "handed_back", error=f"{reason}: {exc}"))
         await delivery.ack()
 
-    def _accept(self, dispatch: JobDispatch) -> None:
+    def lease_expired(self, dispatch: JobDispatch, received_at: float) -> bool:
+        """Whether the dispatch's lease ran out before it could be started: measured
+        from its receipt on this process's monotonic clock (the time it waited in the
+        queue is the broker's to count: the dispatch's AMQP expiration), never by
+        comparing this machine's clock with the scheduler's."""
+        return time.monotonic() - received_at > dispatch.lease_seconds
+
+    def _accept(self, dispatch: JobDispatch, received_at: float) -> None:
         key = (dispatch.job_id, dispatch.attempt)
         if key in self.seen:
             log.info("ignoring duplicate dispatch of job %s attempt %d", *key)
@@ -235,8 +254,8 @@ class Worker:
         reason = None
         if self.state != "alive":
             reason = f"worker {self.worker_id} is draining"
-        elif dispatch.lease_expires_at < datetime.now(UTC):
-            reason = "dispatch arrived after its lease expired (stale attempt)"
+        elif self.lease_expired(dispatch, received_at):
+            reason = "dispatch taken after its lease expired (stale attempt)"
         elif definition is None:
             reason = f"worker {self.worker_id} does not run task type {dispatch.type!r}"
         elif not self._fits(dispatch):
@@ -278,20 +297,27 @@ class Worker:
         job_id, attempt, job_type = dispatch.job_id, dispatch.attempt, dispatch.type
 
         def emit_log(seq: int, level: str, message: str) -> None:
+            # The task's text as every hop can carry it: bad characters replaced, an
+            # oversize line cut with a marker (never an exception in the task's thread).
             line = JobLog(
-                job_id=job_id, type=job_type, attempt=attempt, seq=seq, level=level, message=message
-            )
+                job_id=job_id, type=job_type, attempt=attempt, seq=seq, level=level,
+                message=truncate_text(safe_text(str(message))),
+            )  # fmt: skip
             self._from_thread(self._emit, line)
 
         def report_progress(done: float, total: float | None, message: str | None) -> None:
-            update = JobProgress(
-                job_id=job_id,
-                type=job_type,
-                attempt=attempt,
-                done=done,
-                total=total,
-                message=message,
-            )
+            try:
+                update = JobProgress(
+                    job_id=job_id,
+                    type=job_type,
+                    attempt=attempt,
+                    done=done,
+                    total=total,
+                    message=None if message is None else truncate_text(safe_text(str(message))),
+                )
+            except ValidationError as exc:  # NaN, say: progress is advisory, the job goes on
+                log.warning("job %s: progress (%r, %r) not sent: %s", job_id, done, total, exc)
+                return
             self._from_thread(self._progress, (job_id, attempt), update)
 
         return TaskContext(
@@ -365,14 +391,27 @@ class Worker:
         self._report_end(run, self._end_report(run, outcome))
 
     def _report(self, dispatch: JobDispatch, status: str, **fields: Any) -> JobStatusReport:
-        """This worker's report on one attempt."""
-        return JobStatusReport(
-            job_id=dispatch.job_id,
-            attempt=dispatch.attempt,
-            worker_id=self.worker_id,
-            status=status,  # type: ignore[arg-type]
-            **fields,
-        )
+        """This worker's report on one attempt. What the schema refuses (a result the
+        runner let through, say) fails the attempt with the reason, rather than leave
+        it unreported."""
+        try:
+            return JobStatusReport(
+                job_id=dispatch.job_id,
+                attempt=dispatch.attempt,
+                worker_id=self.worker_id,
+                status=status,  # type: ignore[arg-type]
+                **fields,
+            )
+        except ValidationError as exc:
+            log.error("job %s attempt %d: report not valid: %s", dispatch.job_id,
+                      dispatch.attempt, exc)  # fmt: skip
+            return JobStatusReport(
+                job_id=dispatch.job_id,
+                attempt=dispatch.attempt,
+                worker_id=self.worker_id,
+                status="failed" if status in ("completed", "failed") else status,  # type: ignore[arg-type]
+                error=truncate_text(safe_text(f"the attempt's report could not be sent: {exc}")),
+            )
 
     def _end_report(self, run: Running, outcome: Outcome | None) -> JobStatusReport:
         def report(status: str, **fields: Any) -> JobStatusReport:

@@ -21,3 +21,24 @@ def greet(ctx: TaskContext, params: Greeting) -> dict[str, str]:
         ctx.log.info("hello %s (%d)", params.name, i + 1)
         ctx.progress(i + 1, params.times)
     return {"greeting": f"hello {params.name}"}
+
+
+class Size(BaseModel):
+    chars: int
+
+
+# What os.listdir returns for a file name that is not valid UTF-8 (surrogateescape).
+UNDECODABLE_NAME = b"report-\xff.txt".decode("utf-8", "surrogateescape")
+
+
+@registry.task("sample.bad_text", max_attempts=1)
+def bad_text(ctx: TaskContext, payload: dict[str, object]) -> None:
+    """Logs and raises text no UTF-8 encoder takes (lone surrogates)."""
+    ctx.log.info("opening %s", UNDECODABLE_NAME)
+    raise OSError(f"cannot open {UNDECODABLE_NAME}")
+
+
+@registry.task("sample.big_result", max_attempts=1)
+def big_result(ctx: TaskContext, params: Size) -> str:
+    """Returns a string of ``chars`` characters."""
+    return "x" * params.chars

@@ -129,3 +129,53 @@ async def test_a_publish_that_fails_is_retried_in_order_or_dropped(
 
     # In order, so what is missing once the last one is in was dropped.
     assert received == (jobs if retry else [jobs[0], jobs[3]])
+
+
+async def test_a_message_that_cannot_be_published_does_not_stop_the_outbox(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A worker's outbox (retry=True) with a message no broker takes in front of a
+    heartbeat: the message is logged and dead-lettered, the heartbeat goes out, and the
+    publisher lives on (it used to die of a TypeError, or retry the message forever)."""
+    from shared.messages import MAX_MESSAGE_BYTES, JobLog
+
+    ns = settings.namespace
+    async with (
+        Broker(settings.amqp_url, ns, name="sender") as sender,
+        Broker(settings.amqp_url, ns, name="receiver") as receiver,
+    ):
+        got: list[object] = []
+
+        async def on(delivery: Delivery) -> None:
+            got.extend(delivery.messages)
+
+        consumer = await receiver.consume(
+            f"{ns}.outbox-poison", ["worker.heartbeat.#", "job.logs.#"], on, no_ack=True,
+            auto_delete=True,
+        )  # fmt: skip
+        outbox = Outbox(sender, linger=0.0, retry=True, chunk=500)
+        task = outbox.start()
+        job = uuid.uuid4()
+        # Built without validation, as a bug would build them: text no encoder takes,
+        # and a body over the limit.
+        unencodable = JobLog.model_construct(
+            job_id=job, attempt=1, seq=1, level="info", message="bad \udcff"
+        )
+        oversize = JobLog.model_construct(
+            job_id=job, attempt=1, seq=2, level="info", message="x" * (MAX_MESSAGE_BYTES + 1)
+        )
+        fine = JobLog(job_id=job, attempt=1, seq=3, level="info", message="fine")
+        outbox.put([unencodable, oversize, fine, heartbeat()])
+
+        async def beat_arrived() -> bool:
+            return any(isinstance(m, WorkerHeartbeat) for m in got)
+
+        await wait_for(beat_arrived, timeout=10, what="the heartbeat behind the poison")
+        assert [m.seq for m in got if isinstance(m, JobLog)] == [3]
+        assert not task.done()
+        letters = await sender.read_dead_letters()
+        assert len(letters) == 2, letters
+        assert all("unpublishable" in (d.reason or "") for d in letters)
+        await outbox.close()
+        await consumer.close()
+        await sender.delete_namespace()

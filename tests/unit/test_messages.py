@@ -5,7 +5,6 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
-from pydantic import BaseModel, field_serializer
 
 from shared.errors import DecodeError
 from shared.messages import (
@@ -89,14 +88,13 @@ def test_version_is_on_the_wire() -> None:
     assert b'"v":1' in encode(SAMPLES[2])
 
 
-class _Foreign(BaseModel):
-    """A model of a task's own in a result: pydantic, not orjson, must write it."""
-
-    when: datetime
-
-    @field_serializer("when")
-    def _epoch(self, when: datetime) -> float:
-        return when.timestamp()
+def test_a_result_is_plain_json_where_the_report_is_built() -> None:
+    """Non-string keys and objects of a task's own are refused at construction (the
+    worker turns a result into plain JSON first, and fails the attempt if it cannot)."""
+    with pytest.raises(ValueError, match="not a string"):
+        _report({1: "int key"})
+    with pytest.raises(ValueError, match="is not JSON"):
+        _report({"when": datetime(2026, 1, 1, tzinfo=UTC)})
 
 
 def _report(result: object) -> JobStatusReport:
@@ -110,10 +108,8 @@ def _report(result: object) -> JobStatusReport:
         Batch(of="job.state", items=[SAMPLES[4], SAMPLES[4]]),
         Batch(of="job.dispatch", items=[SAMPLES[1], SAMPLES[1]]),
         JobStateChanged(job_id=JOB, type="t", old_status="running", new_status="failed",
-                        attempt=3, duration_seconds=float("nan"),
+                        attempt=3, duration_seconds=1.5,
                         ts=datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=timezone(timedelta(hours=2)))),
-        _report({1: "int key", "nested": [{2: 3}]}),  # non-str keys
-        _report({"model": _Foreign(when=datetime(2026, 1, 1, tzinfo=UTC))}),
         _report({"tuple": (1, 2), "float": 1e-300, "unicode": "\u00fc\U0001f600"}),
     ],
     ids=lambda m: getattr(m, "kind", "?"),
@@ -121,3 +117,136 @@ def _report(result: object) -> JobStatusReport:
 def test_encode_writes_what_pydantic_writes(message: Any) -> None:
     """encode() lets orjson walk the models (3-4x faster); its bytes must be pydantic's."""
     assert encode(message) == pydantic_encode(message)
+
+
+# ---------------------------------------------------------------- ranges on the wire
+# Every number a message carries fits the column or encoder that takes it (int4 for
+# attempts, sequence numbers and sizes; finite floats; results and payloads that orjson
+# writes and jsonb stores); text is valid UTF-8 of bounded size. Anything else is a
+# DecodeError at the receiver, before any effect (issue 17, item 3).
+
+INT4_OVERFLOW = 2**31
+
+
+def _wire(message: Any, **changes: Any) -> bytes:
+    """``message``'s body with some fields replaced by values a hostile sender may write
+    (the stdlib writes NaN, huge integers and lone surrogates as they are)."""
+    import json
+
+    body = json.loads(encode(message))
+    for path, value in changes.items():
+        target = body
+        *parents, last = path.split("__")
+        for p in parents:
+            target = target[int(p) if p.isdigit() else p]
+        target[last] = value
+    return json.dumps(body).encode()
+
+
+REPORT = JobStatusReport(job_id=JOB, attempt=1, worker_id="w1", status="completed", result={})
+BEAT = SAMPLES[7]
+LOG = SAMPLES[6]
+
+
+@pytest.mark.parametrize(
+    ("message", "changes"),
+    [
+        (REPORT, {"attempt": INT4_OVERFLOW}),
+        (REPORT, {"attempt": -1}),
+        (REPORT, {"result": 2**64}),
+        (REPORT, {"result": {"deep": [1, -(2**63) - 1]}}),
+        (REPORT, {"result": float("nan")}),
+        (REPORT, {"result": {"x": float("inf")}}),
+        (REPORT, {"error": "e" * 1_000_000}),
+        (BEAT, {"capacity__memory_mb": INT4_OVERFLOW}),
+        (BEAT, {"allocated__slots": INT4_OVERFLOW}),
+        (BEAT, {"capacity__cpu_units": float("inf")}),
+        (BEAT, {"cpu_percent": float("nan")}),
+        (LOG, {"seq": INT4_OVERFLOW}),
+        (SAMPLES[5], {"done": float("nan")}),
+        (SAMPLES[1], {"resources__memory_mb": INT4_OVERFLOW}),
+        (LOG, {"ts": "9999-12-31T23:59:59-05:00"}),
+    ],
+    ids=lambda v: getattr(v, "kind", None) or str(v)[:40],
+)  # fmt: skip
+def test_values_no_column_or_encoder_can_take_are_decode_errors(
+    message: Any, changes: dict[str, Any]
+) -> None:
+    with pytest.raises(DecodeError):
+        decode(_wire(message, **changes))
+
+
+def test_nesting_beyond_the_limit_is_a_decode_error() -> None:
+    from shared.messages import MAX_JSON_DEPTH
+
+    deep: Any = 1
+    for _ in range(MAX_JSON_DEPTH + 1):
+        deep = [deep]
+    with pytest.raises(DecodeError, match="deep"):
+        decode(_wire(REPORT, result=deep))
+    shallow: Any = 1
+    for _ in range(MAX_JSON_DEPTH - 1):
+        shallow = [shallow]
+    assert decode(_wire(REPORT, result=shallow)).result == shallow  # type: ignore[union-attr]
+
+
+def test_text_a_task_wrote_is_made_safe_where_the_message_is_built() -> None:
+    """Lone surrogates (a file name from os.listdir) and NUL become U+FFFD: orjson and
+    PostgreSQL can take the message, and a reader sees where the text was bad."""
+    line = JobLog(job_id=JOB, attempt=1, seq=1, level="info", message="file \udcff\x00.txt")
+    assert line.message == "file \ufffd\ufffd.txt"
+    report = JobStatusReport(
+        job_id=JOB, attempt=1, worker_id="w1", status="failed",
+        error="OSError: \ud800", traceback="tb \udfff", result={"k\udc80": ["v\ud801"]},
+    )  # fmt: skip
+    assert (report.error, report.traceback) == ("OSError: \ufffd", "tb \ufffd")
+    assert report.result == {"k\ufffd": ["v\ufffd"]}
+    assert decode(encode(report)) == report
+
+
+def test_a_batch_keeps_its_good_items_and_names_each_bad_one() -> None:
+    from shared.messages import decode_each
+
+    good = [
+        JobStatusReport(job_id=uuid.uuid4(), attempt=1, worker_id="w1", status="started")
+        for _ in range(3)
+    ]
+    body = _wire(Batch(of="job.status", items=good), items__1__attempt=INT4_OVERFLOW)
+    with pytest.raises(DecodeError):
+        decode(body)
+    message, rejected = decode_each(body)
+    assert isinstance(message, Batch)
+    assert [m.job_id for m in message.items] == [good[0].job_id, good[2].job_id]
+    assert len(rejected) == 1
+    assert "attempt" in rejected[0].reason
+    assert str(good[1].job_id) in rejected[0].body.decode()
+
+
+def test_an_undecodable_body_is_rejected_whole() -> None:
+    from shared.messages import decode_each
+
+    message, rejected = decode_each(b"not json")
+    assert message is None
+    assert [r.body for r in rejected] == [b"not json"]
+
+
+# ---------------------------------------------------------------- the lease is a duration
+
+
+def test_a_dispatch_carries_its_lease_as_a_duration_of_the_senders_clock() -> None:
+    """A scheduler whose clock is an hour behind the worker's (or ahead) still gives it
+    the whole lease: the worker never compares its clock with the scheduler's."""
+    sent = datetime.now(UTC) - timedelta(hours=1)
+    dispatch = JobDispatch(
+        job_id=JOB, attempt=1, type="demo.echo", payload={},
+        resources=ResourceSpec(cpu_units=1, memory_mb=1), timeout_seconds=None,
+        ts=sent, lease_expires_at=sent + timedelta(seconds=10),
+    )  # fmt: skip
+    assert dispatch.lease_seconds == pytest.approx(10)
+    # A body from before the field existed (schema v1 without it) gets the same.
+    import json
+
+    body = json.loads(encode(dispatch))
+    del body["lease_seconds"]
+    old = decode(json.dumps(body).encode())
+    assert old.lease_seconds == pytest.approx(10)  # type: ignore[union-attr]
