@@ -6,17 +6,15 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
-from sqlalchemy import case, func, select, text, update
-from sqlalchemy.dialects.postgresql import insert
+from fastapi import Depends, FastAPI
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from uuid_utils.compat import uuid7
 
-from services.api.errors import install_error_handlers
+from services.api.deps import reject_unknown_query_params
+from services.api.errors import CatchUnexpected, install_error_handlers
 from services.api.keycache import KeyCache
-from services.api.keys import hash_key
+from services.api.keys import bootstrap_api_keys, count_usable_keys
 from services.api.metrics import Metrics
-from services.api.middleware import BodySizeLimit
+from services.api.middleware import BodySizeLimit, RateLimit
 from services.api.routers import audit, health, jobs, keys, observe, schedules, stream
 from services.api.stream import EventHub
 from shared import demo_tasks
@@ -25,68 +23,24 @@ from shared.catalog import TaskCatalog, announce_task_types
 from shared.db import create_engine, create_pool, create_sessionmaker
 from shared.errors import ConfigError
 from shared.jobs.prepare import Limits
-from shared.models import ApiKey
 from shared.outbox import Outbox
 from shared.settings import Settings, get_settings
 
 log = logging.getLogger("switchyard.api")
 
 
-async def bootstrap_api_keys(session: AsyncSession, keys: dict[str, str]) -> int:
-    """Store the ``SWITCHYARD_API_KEYS`` keys (hashed); revoke env keys no longer listed.
-
-    Returns the number of usable keys (env and API-created) afterwards.
-    """
-    hashes = {hash_key(k): role for k, role in keys.items()}
-    for key_hash, role in hashes.items():
-        stmt = insert(ApiKey).values(
-            id=uuid7(), key_hash=key_hash, role=role, label=f"env:{role}", source="env"
-        )
-        await session.execute(
-            stmt.on_conflict_do_update(
-                index_elements=[ApiKey.key_hash],
-                # A key an admin revoked stays revoked; one revoked because it had left
-                # SWITCHYARD_API_KEYS comes back with it.
-                set_={
-                    "role": role,
-                    "source": "env",
-                    "revoked_at": case(
-                        (ApiKey.revoked_reason == "env-removed", None), else_=ApiKey.revoked_at
-                    ),
-                    "revoked_reason": case(
-                        (ApiKey.revoked_reason == "env-removed", None),
-                        else_=ApiKey.revoked_reason,
-                    ),
-                },
-            )
-        )
-    await session.execute(
-        update(ApiKey)
-        .where(
-            ApiKey.source == "env",
-            ApiKey.revoked_at.is_(None),
-            ApiKey.key_hash.not_in(list(hashes) or [""]),
-        )
-        .values(revoked_at=func.now(), revoked_reason="env-removed")
-    )
-    # Roles and revocations may have changed: running replicas forget what they
-    # remembered (services/api/keycache.py).
-    await session.execute(text("SELECT pg_notify('switchyard_api_keys', 'env')"))
-    return int(
-        await session.scalar(
-            select(func.count()).select_from(ApiKey).where(ApiKey.revoked_at.is_(None))
-        )
-        or 0
-    )
-
-
 async def prepare_database(
     settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]
 ) -> None:
-    """Store the bootstrap keys and the demo task types; refuse to run with no keys."""
+    """Store the bootstrap keys and the demo task types; refuse to run with no keys.
+    Dev mode revokes no key: a laptop's API must not lock out the replicas serving
+    the same database."""
     async with sessionmaker() as session:
-        usable = await bootstrap_api_keys(session, settings.api_keys)
-        if usable == 0 and not settings.dev:
+        await bootstrap_api_keys(
+            session, settings.api_keys, key_set=settings.api_keys_set,
+            revoke_unlisted=not settings.dev,
+        )  # fmt: skip
+        if not settings.dev and await count_usable_keys(session) == 0:
             raise ConfigError(
                 "no API keys: set SWITCHYARD_API_KEYS='key:role,...' (roles: viewer, "
                 "submitter, admin), or SWITCHYARD_DEV=1 for a local dev stack"
@@ -131,7 +85,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.outbox = Outbox(broker)
         app.state.outbox.start()
         app.state.pool = await create_pool(settings)
-        app.state.key_cache = KeyCache(settings.sync_database_url)
+        app.state.key_cache = KeyCache(
+            settings.sync_database_url,
+            refused_ttl=settings.key_refused_cache_seconds,
+            recheck_seconds=settings.ws_key_recheck_seconds,
+        )
         app.state.key_cache.start()
         app.state.catalog = TaskCatalog()
         app.state.metrics = Metrics()
@@ -160,12 +118,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         summary="Jobs over REST, scheduled by priority, dependencies and free worker CPU/memory.",
         lifespan=lifespan,
+        dependencies=[Depends(reject_unknown_query_params)],
     )
     app.state.broker = None
     app.state.outbox = None
     app.state.pool = None
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RateLimit, settings=settings)  # outermost: before any work
+    # Around everything, the rate limit too: whatever escapes still gets a JSON 500.
+    app.add_middleware(CatchUnexpected)
     app.include_router(health.router)
     app.include_router(jobs.router)
     app.include_router(stream.router)

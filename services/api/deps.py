@@ -8,9 +8,11 @@ from dataclasses import replace
 from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.requests import HTTPConnection
 
 from services.api.keys import hash_key
 from shared.auth import Actor
@@ -103,6 +105,43 @@ def require_role(role: str) -> Callable[..., Coroutine[Any, Any, Actor]]:
 ViewerDep = Annotated[Actor, Depends(require_role("viewer"))]
 SubmitterDep = Annotated[Actor, Depends(require_role("submitter"))]
 AdminDep = Annotated[Actor, Depends(require_role("admin"))]
+
+
+def _declared_query_names(route: Any) -> frozenset[str]:
+    names = getattr(route, "_switchyard_query_names", None)
+    if names is None:
+        found: set[str] = set()
+        pending = [route.dependant]
+        while pending:  # the route's own parameters and those of its dependencies
+            dependant = pending.pop()
+            found.update(field.alias for field in dependant.query_params)
+            pending.extend(dependant.dependencies)
+        names = frozenset(found)
+        route._switchyard_query_names = names  # computed once per route
+    return names  # type: ignore[no-any-return]
+
+
+async def reject_unknown_query_params(connection: HTTPConnection) -> None:
+    """An app-wide dependency: a query parameter the route does not take is a 422 naming
+    it, not silently ignored (``GET /jobs?stauts=failed`` would list every job)."""
+    route = connection.scope.get("route")
+    if connection.scope["type"] != "http" or not hasattr(route, "dependant"):
+        return  # the WebSocket reads its own parameters (routers/stream.py)
+    allowed = _declared_query_names(route)
+    unknown = [name for name in connection.query_params if name not in allowed]
+    if unknown:
+        takes = ", ".join(sorted(allowed)) or "no query parameters"
+        raise RequestValidationError(
+            [
+                {
+                    "type": "extra_forbidden",
+                    "loc": ("query", name or "(empty name)"),
+                    "msg": f"unknown query parameter; this route takes {takes}",
+                    "input": connection.query_params[name],
+                }
+                for name in unknown
+            ]
+        )
 
 
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from typing import Any
 
 import asyncpg
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.api.audit import audit_refusal
 from shared.db import is_db_outage, is_transient_conflict
@@ -23,6 +26,7 @@ from shared.errors import (
     PermissionDenied,
     UnknownDependency,
 )
+from shared.schemas import printable
 
 log = logging.getLogger(__name__)
 
@@ -47,23 +51,118 @@ def _describe_validation(exc: RequestValidationError) -> str:
     messages = []
     for err in exc.errors():
         where = _loc(tuple(err.get("loc", ())))
-        messages.append(f"{where}: {err.get('msg', 'invalid')}")
-    return "; ".join(messages) or "invalid request"
+        message = err.get("msg", "invalid")
+        if err.get("type") == "string_unicode":
+            message += " (it holds a lone surrogate such as \\ud800: send valid Unicode)"
+        messages.append(f"{where}: {message}")
+    # A location is the client's own field name: it may hold a NUL or a lone surrogate,
+    # which neither the JSON answer nor the audit row could carry.
+    return printable("; ".join(messages) or "invalid request")
+
+
+def _printable_detail(detail: Any) -> Any:
+    return printable(detail) if isinstance(detail, str) else detail
+
+
+def _internal_error_body(error_id: str) -> bytes:
+    return orjson.dumps(
+        {
+            "detail": f"internal error {error_id}: nothing more is known here; the API log "
+            "has the details under this id",
+            "error_id": error_id,
+        }
+    )
+
+
+def new_error_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+class CatchUnexpected:
+    """The outermost layer: an exception that no handler turned into an answer becomes a
+    500 JSON ``{"detail", "error_id"}`` (the traceback logged under that id), and a
+    WebSocket is closed with 1011 and the id, never a dropped connection or a plain-text
+    page. A mutating request that ends so leaves an audit row (outcome ``error``)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        started = closed = False
+
+        async def watched_send(message: Message) -> None:
+            nonlocal started, closed
+            kind = message["type"]
+            if kind in ("http.response.start", "websocket.accept",
+                        "websocket.http.response.start"):  # fmt: skip
+                started = True
+            elif kind == "websocket.close":
+                closed = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watched_send)
+        except Exception as exc:
+            error_id = new_error_id()
+            log.error(
+                "unexpected error %s in %s %s%s",
+                error_id,
+                scope.get("method", "WEBSOCKET"),
+                printable(str(scope.get("path", ""))),
+                " (after the answer had started: the client sees it cut short)"
+                if started and scope["type"] == "http"
+                else "",
+                exc_info=exc,
+            )
+            await self._answer(scope, send, error_id, started=started, closed=closed)
+
+    async def _answer(
+        self, scope: Scope, send: Send, error_id: str, *, started: bool, closed: bool
+    ) -> None:
+        if scope["type"] == "http":
+            try:  # first, like every refusal: the row is there when the client reads the 500
+                await audit_refusal(Request(scope), 500, f"internal error {error_id}")
+            except Exception:  # the 500 stands; its audit row is what failed
+                log.exception("could not write the audit row of error %s", error_id)
+        try:
+            if scope["type"] == "websocket":
+                if not closed:  # before accept this refuses the handshake, after it closes
+                    await send({"type": "websocket.close", "code": 1011,
+                                "reason": f"internal error {error_id}"})  # fmt: skip
+                return
+            if started:
+                return  # too late for a status: the server ends the cut-short answer
+            body = _internal_error_body(error_id)
+            await send({"type": "http.response.start", "status": 500, "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ]})  # fmt: skip
+            await send({"type": "http.response.body", "body": body})
+        except (OSError, RuntimeError) as exc:
+            log.warning("could not answer error %s: the client is gone (%s)", error_id, exc)
 
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(JobRequestError)
     async def job_request_error(request: Request, exc: JobRequestError) -> JSONResponse:
         status = next((code for cls, code in STATUS_OF.items() if isinstance(exc, cls)), 422)
-        await audit_refusal(request, status, exc.message)
-        return JSONResponse({"detail": exc.message}, status_code=status)
+        message = printable(exc.message)
+        await audit_refusal(request, status, message)
+        return JSONResponse({"detail": message}, status_code=status)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         detail = _describe_validation(exc)
         await audit_refusal(request, 422, detail)
         errors = [
-            {"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")}
+            {
+                "loc": [_printable_detail(part) for part in e.get("loc", ())],
+                "msg": _printable_detail(e.get("msg")),
+                "type": e.get("type"),
+            }
             for e in exc.errors()
         ]
         return JSONResponse({"detail": detail, "errors": errors}, status_code=422)
@@ -76,11 +175,10 @@ def install_error_handlers(app: FastAPI) -> None:
             detail = "the body could not be parsed as JSON (is it nested too deeply?)"
             await audit_refusal(request, 422, detail)
             return JSONResponse({"detail": detail}, status_code=422)
+        detail = _printable_detail(exc.detail)
         if exc.status_code in (401, 403, 404, 405, 409, 413):
-            await audit_refusal(request, exc.status_code, exc.detail)
-        return JSONResponse(
-            {"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers
-        )
+            await audit_refusal(request, exc.status_code, detail)
+        return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=exc.headers)
 
     # Registered per class (not on Exception) so the answer is the whole story: Starlette
     # re-raises what reaches its catch-all handler.
@@ -90,7 +188,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(asyncpg.InternalClientError)
     @app.exception_handler(OSError)
     @app.exception_handler(asyncio.TimeoutError)
-    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+    async def unexpected(request: Request, exc: Exception) -> Response:
         if is_db_outage(exc):
             log.warning(
                 "database unavailable during %s %s: %s", request.method, request.url.path, exc
@@ -110,5 +208,7 @@ def install_error_handlers(app: FastAPI) -> None:
                 status_code=503,
                 headers={"Retry-After": "1"},
             )  # fmt: skip
-        log.exception("database error in %s %s", request.method, request.url.path)
-        return JSONResponse({"detail": "internal error; see the API logs"}, status_code=500)
+        error_id = new_error_id()
+        log.exception("database error %s in %s %s", error_id, request.method, request.url.path)
+        await audit_refusal(request, 500, f"internal error {error_id}")
+        return Response(_internal_error_body(error_id), 500, media_type="application/json")

@@ -134,7 +134,10 @@ def _check(
         check_json_value(spec.payload, max_depth=limits.max_json_depth, where=f"{where}payload")
     except ValueError as exc:
         raise InvalidJobRequest(str(exc)) from exc
-    encoded = orjson.dumps(spec.payload)
+    try:
+        encoded = orjson.dumps(spec.payload)
+    except orjson.JSONEncodeError as exc:  # the check above should have named it; never a 500
+        raise InvalidJobRequest(f"{where}payload: cannot be stored as JSON ({exc})") from None
     if len(encoded) > limits.max_payload_bytes:
         raise InvalidJobRequest(
             f"{where}payload is {len(encoded)} bytes; the limit is {limits.max_payload_bytes}"

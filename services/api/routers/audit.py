@@ -31,7 +31,9 @@ async def audit_log(
     job_id: UUID | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: Annotated[
-        int | None, Query(ge=1, description="next_cursor of the previous page")
+        int | None,
+        # audit_log.id is a bigint: a larger cursor could only fail in the database.
+        Query(ge=1, le=2**63 - 1, description="next_cursor of the previous page"),
     ] = None,
 ) -> dict[str, Any]:
     """Filter by ``actor`` (an API key id, ``dev`` or a worker id), ``action`` (e.g.

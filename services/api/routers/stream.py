@@ -2,11 +2,16 @@
 
 Query parameters: ``job_id`` (repeat for several), ``type`` (repeat), ``status``
 (repeat; log and progress events count as ``running``), ``replay=true`` (with
-``job_id``: first every log line stored or recently seen, the latest progress, and
-the job's current state; then live events without duplicates), ``since`` (RFC 3339:
-replay only lines from then on), ``token`` (the API key, when no Authorization
-header can be sent). A bad or missing key: accepted, then closed with 1008 before any
-event; bad parameters: closed with 1008 and a reason.
+``job_id``: first the job's log lines, stored or recently seen, at most the latest
+``SWITCHYARD_WS_REPLAY_LINES`` of each job (a ``dropped`` event with ``data.replay:
+true`` and the ``count`` left out comes first when lines were left out: read them with
+``GET /jobs/{id}/logs``), the latest progress, and the job's current state; then live
+events without duplicates), ``since`` (RFC 3339: replay only lines from then on),
+``token`` (the API key, when no Authorization header can be sent). A bad or missing
+key: accepted, then closed with 1008 before any event; bad parameters: closed with
+1008 and a reason. A key with ``SWITCHYARD_WS_MAX_SOCKETS_PER_KEY`` sockets open on
+the replica: closed with 1008 "too many sockets for this key". A socket whose key is
+revoked is closed with 1008 within seconds (``services/api/keycache.py``).
 """
 
 from __future__ import annotations
@@ -19,17 +24,22 @@ from uuid import UUID
 
 import orjson
 from fastapi import APIRouter, HTTPException, WebSocket, WebSocketDisconnect
-from sqlalchemy import select
+from sqlalchemy import func, select, tuple_
 from starlette.websockets import WebSocketState
 
 from services.api.deps import resolve_token
-from services.api.stream import StreamFilter, Subscriber, envelope, iso
+from services.api.keycache import KeyWatch
+from services.api.keys import hash_key
+from services.api.middleware import INVALID_KEY
+from services.api.stream import StreamFilter, Subscriber, TooManySockets, envelope, iso
 from shared.models import Job, JobLogLine
+from shared.schemas import check_time_range
 from shared.states import JobStatus
 
 router = APIRouter(tags=["stream"])
 
 POLICY_VIOLATION = 1008
+MAX_REPLAY_JOBS = 100  # jobs one socket may ask a replay of
 
 
 class BadRequest(Exception):
@@ -48,14 +58,18 @@ def parse_filter(params: Any) -> tuple[StreamFilter, bool, datetime | None]:
     replay = params.get("replay", "false").lower() in ("1", "true", "yes")
     if replay and not job_ids:
         raise BadRequest("replay needs job_id")
+    if replay and job_ids and len(job_ids) > MAX_REPLAY_JOBS:
+        raise BadRequest(f"replay: at most {MAX_REPLAY_JOBS} job_id per socket")
     since = None
     if params.get("since"):
         try:
             since = datetime.fromisoformat(params["since"])
         except ValueError:
             raise BadRequest("since: not an RFC 3339 time") from None
-        if since.tzinfo is None:
-            raise BadRequest("since: give a time zone offset (e.g. Z)")
+        try:
+            check_time_range(since)
+        except ValueError as exc:
+            raise BadRequest(f"since: {exc}") from None
     return StreamFilter(job_ids=job_ids, types=types, statuses=statuses), replay, since
 
 
@@ -71,39 +85,86 @@ def token_of(websocket: WebSocket) -> str | None:
 async def job_stream(websocket: WebSocket) -> None:
     await websocket.accept()
     state = websocket.app.state
+    token = token_of(websocket)
+    digest = hash_key(token) if token else None
+    cache = getattr(state, "key_cache", None)
     try:
-        async with state.sessionmaker() as session:
-            await resolve_token(state, session, token_of(websocket))
+        if digest is not None and cache is not None and cache.is_refused(digest):
+            raise HTTPException(401, INVALID_KEY)  # refused a moment ago: no lookup
+        generation = cache.generation if cache is not None else 0
+        try:
+            async with state.sessionmaker() as session:
+                actor = await resolve_token(state, session, token)
+        except HTTPException:
+            if digest is not None and cache is not None:
+                cache.remember_refused(digest, generation)
+            raise
         stream_filter, replay, since = parse_filter(websocket.query_params)
+        sub = state.hub.subscribe(
+            stream_filter, key=actor.key_id, max_per_key=state.settings.ws_max_sockets_per_key
+        )  # before replay: nothing falls in between
     except HTTPException as exc:
         await websocket.close(POLICY_VIOLATION, reason=str(exc.detail)[:120])
         return
-    except BadRequest as exc:
+    except (BadRequest, TooManySockets) as exc:
         await websocket.close(POLICY_VIOLATION, reason=str(exc)[:120])
         return
-    hub = state.hub
-    sub = hub.subscribe(stream_filter)  # before replay: nothing falls in between
-    sent: set[tuple[str, int, int]] = set()
+    watch = cache.watch(digest) if digest is not None and cache is not None else None
     try:
-        if replay:
-            await send_replay(websocket, stream_filter, since, sent)
-        pump = asyncio.create_task(forward(websocket, sub, sent))
-        try:
-            while True:  # we only read to notice the client leaving
-                message = await websocket.receive()
-                if message["type"] == "websocket.disconnect":
-                    break
-        finally:
-            pump.cancel()
-            with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect, RuntimeError):
-                await pump
-    except (WebSocketDisconnect, RuntimeError):
-        pass
+        await serve(websocket, sub, watch, replay=replay, since=since)
     finally:
-        hub.unsubscribe(sub)
+        state.hub.unsubscribe(sub)
+        if watch is not None:
+            cache.unwatch(watch)  # type: ignore[union-attr]
         if websocket.client_state == WebSocketState.CONNECTED:
             with contextlib.suppress(RuntimeError):
                 await websocket.close()
+
+
+async def serve(
+    websocket: WebSocket,
+    sub: Subscriber,
+    watch: KeyWatch | None,
+    *,
+    replay: bool,
+    since: datetime | None,
+) -> None:
+    """Replay, then live events, until the client leaves or its key is revoked."""
+    sent: set[tuple[str, int, int]] = set()
+    revoked = asyncio.create_task((watch.revoked if watch else asyncio.Event()).wait())
+    tasks: list[asyncio.Task[Any]] = [revoked]
+    try:
+        if replay:
+            replaying = asyncio.create_task(send_replay(websocket, sub.filter, since, sent))
+            tasks.append(replaying)
+            await asyncio.wait((revoked, replaying), return_when=asyncio.FIRST_COMPLETED)
+            if replaying.done():
+                replaying.result()  # its error (the client left) ends the socket
+        if not revoked.done():
+            live = [
+                asyncio.create_task(forward(websocket, sub, sent)),
+                asyncio.create_task(until_disconnect(websocket)),
+            ]
+            tasks += live
+            await asyncio.wait((revoked, *live), return_when=asyncio.FIRST_COMPLETED)
+        if revoked.done() and websocket.client_state == WebSocketState.CONNECTED:
+            await websocket.close(POLICY_VIOLATION, reason="API key revoked")
+    except (WebSocketDisconnect, RuntimeError):
+        pass  # the client left
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect, RuntimeError):
+                await task
+
+
+async def until_disconnect(websocket: WebSocket) -> None:
+    """Read (and ignore) what the client sends, to notice it leaving."""
+    while True:
+        message = await websocket.receive()
+        if message["type"] == "websocket.disconnect":
+            return
 
 
 async def forward(websocket: WebSocket, sub: Subscriber, sent: set[tuple[str, int, int]]) -> None:
@@ -132,39 +193,62 @@ async def send_replay(
     since: datetime | None,
     sent: set[tuple[str, int, int]],
 ) -> None:
+    """Each job's latest lines (at most ``SWITCHYARD_WS_REPLAY_LINES``), its progress,
+    then its state. Lines left out are announced first, with how many."""
     state = websocket.app.state
+    cap: int = state.settings.ws_replay_lines
     assert stream_filter.job_ids is not None
     async with state.sessionmaker() as session:
         jobs = list(await session.scalars(select(Job).where(Job.id.in_(stream_filter.job_ids))))
-        stmt = select(JobLogLine).where(JobLogLine.job_id.in_(stream_filter.job_ids))
-        if since is not None:
-            stmt = stmt.where(JobLogLine.ts >= since)
-        stored = list(await session.scalars(stmt))
-    for job in sorted(jobs, key=lambda j: j.created_at):
-        lines: dict[tuple[int, int], dict[str, Any]] = {}
-        for ln in stored:
-            if ln.job_id == job.id:
-                lines[(ln.attempt, ln.seq)] = envelope(
-                    "log", job.id, ln.attempt, iso(ln.ts),
-                    {"seq": ln.seq, "level": ln.level, "message": ln.message},
-                )  # fmt: skip
-        for ev in state.hub.recent_lines(job.id):
-            if since is None or datetime.fromisoformat(ev["ts"]) >= since:
-                lines.setdefault((ev["attempt"], ev["data"]["seq"]), ev)
-        for (attempt, seq), ev in sorted(lines.items()):
-            sent.add((str(job.id), attempt, seq))
-            await websocket.send_text(orjson.dumps(ev).decode())
-        if job.progress:
-            p = job.progress
-            ts = str(p.get("ts") or iso(job.updated_at))
-            data = {"done": p.get("done"), "total": p.get("total"), "message": p.get("message")}
-            progress = envelope("progress", job.id, job.attempts, ts, data)
-            await websocket.send_text(orjson.dumps(progress).decode())
-        # The current state last: a client may stop at a final state, after the lines.
-        data = {"old_status": None, "new_status": job.status, "type": job.type,
-                "worker_id": job.worker_id, "reason": "replay", "replay": True}  # fmt: skip
-        await websocket.send_text(
-            orjson.dumps(
-                envelope("state", job.id, job.attempts, iso(job.updated_at), data)
-            ).decode()
-        )
+        for job in sorted(jobs, key=lambda j: j.created_at):
+            where = [JobLogLine.job_id == job.id]
+            if since is not None:
+                where.append(JobLogLine.ts >= since)
+            latest = list(
+                await session.scalars(
+                    select(JobLogLine)
+                    .where(*where)
+                    .order_by(JobLogLine.attempt.desc(), JobLogLine.seq.desc())
+                    .limit(cap)
+                )
+            )
+            lines: dict[tuple[int, int], dict[str, Any]] = {}
+            for ln in latest:
+                data = {"seq": ln.seq, "level": ln.level, "message": ln.message}
+                lines[(ln.attempt, ln.seq)] = envelope("log", job.id, ln.attempt, iso(ln.ts), data)
+            for ev in state.hub.recent_lines(job.id):
+                if since is None or datetime.fromisoformat(ev["ts"]) >= since:
+                    lines.setdefault((ev["attempt"], ev["data"]["seq"]), ev)
+            ordered = sorted(lines.items())
+            kept = ordered[len(ordered) - cap :] if cap else []
+            left_out = len(ordered) - len(kept)
+            if len(latest) == cap and kept:
+                # Stored lines before the first one kept, beyond what was read.
+                first = kept[0][0]
+                left_out = int(
+                    await session.scalar(
+                        select(func.count())
+                        .select_from(JobLogLine)
+                        .where(*where, tuple_(JobLogLine.attempt, JobLogLine.seq) < first)
+                    )
+                    or 0
+                )
+            if left_out:
+                hint = f"read the earlier lines with GET /jobs/{job.id}/logs"
+                notice = envelope("dropped", job.id, job.attempts, iso(datetime.now(UTC)),
+                                  {"count": left_out, "replay": True, "hint": hint})  # fmt: skip
+                await websocket.send_text(orjson.dumps(notice).decode())
+            for (attempt, seq), ev in kept:
+                sent.add((str(job.id), attempt, seq))
+                await websocket.send_text(orjson.dumps(ev).decode())
+            if job.progress:
+                p = job.progress
+                ts = str(p.get("ts") or iso(job.updated_at))
+                done = {"done": p.get("done"), "total": p.get("total"), "message": p.get("message")}
+                progress = envelope("progress", job.id, job.attempts, ts, done)
+                await websocket.send_text(orjson.dumps(progress).decode())
+            # The current state last: a client may stop at a final state, after the lines.
+            now = {"old_status": None, "new_status": job.status, "type": job.type,
+                   "worker_id": job.worker_id, "reason": "replay", "replay": True}  # fmt: skip
+            current = envelope("state", job.id, job.attempts, iso(job.updated_at), now)
+            await websocket.send_text(orjson.dumps(current).decode())
