@@ -6,18 +6,23 @@ too), so the API validates submissions without importing anyone's task code.
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import jsonschema
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from shared.models import TaskType
+from shared.models import AuditEntry, TaskType
 from shared.schemas import Resources, RetryPolicy
+from shared.settings import ROLES
 from shared.tasks import TaskRegistry
+
+log = logging.getLogger("switchyard.catalog")
 
 
 @dataclass(frozen=True)
@@ -90,9 +95,35 @@ class TaskCatalog:
         return list((await session.scalars(select(TaskType.name).order_by(TaskType.name))).all())
 
 
-async def announce_task_types(session: AsyncSession, registry: TaskRegistry) -> None:
-    """Upsert every task of ``registry`` into ``task_types`` (the caller commits)."""
-    rows = [
+def may_submit(roles: Iterable[str]) -> frozenset[str]:
+    """The roles that may submit a type requiring ``roles``: admin always; none
+    required, every role (the route still needs ``submitter``)."""
+    required = frozenset(roles)
+    return required | {"admin"} if required else frozenset(ROLES)
+
+
+def roles_to_store(stored: Iterable[str], announced: Iterable[str]) -> list[str]:
+    """A type's roles after an announcement: as announced unless that would let in a
+    role the stored ones keep out. Roles only tighten through announcements (a stale or
+    careless worker must not open an admin-only task to everyone); relaxing them is an
+    operator's act (docs/tasks.md)."""
+    stored, announced = sorted(stored), sorted(announced)
+    allowed = may_submit(stored) & may_submit(announced)
+    if allowed == may_submit(announced):
+        return announced
+    return stored if allowed == may_submit(stored) else sorted(allowed)
+
+
+async def announce_task_types(
+    session: AsyncSession, registry: TaskRegistry, *, announcer: str = "task-announcement"
+) -> None:
+    """Upsert every task of ``registry`` into ``task_types`` (the caller commits).
+
+    The other fields are as announced (the last announcement wins), but roles never
+    weaken (``roles_to_store``): kept roles are logged and audited as
+    ``task_type.roles_kept`` with ``announcer`` (who announced) as the actor.
+    """
+    rows: list[dict[str, Any]] = [
         {
             "name": d.name,
             "parameters_schema": d.parameters_schema(),
@@ -110,6 +141,33 @@ async def announce_task_types(session: AsyncSession, registry: TaskRegistry) -> 
     ]
     if not rows:
         return
+    # Announcements one at a time (they are rare: a worker's start), so the roles read
+    # below are still the stored ones when the upsert writes.
+    await session.execute(text("SELECT pg_advisory_xact_lock(1937, 1)"))
+    names = [r["name"] for r in rows]
+    found = await session.execute(
+        select(TaskType.name, TaskType.roles).where(TaskType.name.in_(names))
+    )
+    stored: dict[str, list[str]] = {name: roles for name, roles in found}
+    for row in rows:
+        if row["name"] not in stored:
+            continue
+        announced: list[str] = row["roles"]
+        kept = roles_to_store(stored[row["name"]] or [], announced)
+        if kept != announced:
+            log.warning(
+                "%s announced task type %r with roles %s, weaker than the catalog's %s: "
+                "kept %s (roles only tighten through announcements; see docs/tasks.md)",
+                announcer, row["name"], announced or "none", stored[row["name"]], kept,
+            )  # fmt: skip
+            session.add(
+                AuditEntry(
+                    actor=announcer, role=None, action="task_type.roles_kept",
+                    outcome="kept", detail={"task_type": row["name"],
+                                            "announced": announced, "kept": kept},
+                )
+            )  # fmt: skip
+            row["roles"] = kept
     stmt = insert(TaskType).values(rows)
     stmt = stmt.on_conflict_do_update(
         index_elements=[TaskType.name],

@@ -16,6 +16,7 @@ from uuid import UUID
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
+from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 from uuid_utils.compat import uuid7
@@ -24,7 +25,7 @@ from shared.auth import Actor
 from shared.catalog import TaskCatalog
 from shared.errors import InvalidJobRequest, JobConflict, JobNotFound
 from shared.jobs.prepare import Limits, prepare_submission
-from shared.jobs.submit import submit_jobs
+from shared.jobs.submit import schedule_fire_key, submit_jobs
 from shared.messages import JobStateChanged
 from shared.models import AuditEntry, Schedule
 from shared.schemas import JobCreate, ScheduleCreate, ScheduleUpdate
@@ -39,15 +40,48 @@ def parse_cron(expr: str, tz_name: str) -> ZoneInfo:
             "weekday), e.g. '*/5 * * * *', or 6 with seconds last"
         )
     try:
-        return ZoneInfo(tz_name)
+        tz = ZoneInfo(tz_name)
     except (ZoneInfoNotFoundError, ValueError):
         raise InvalidJobRequest(
             f"timezone: {tz_name!r} is not an IANA time zone (e.g. Europe/Paris)"
         ) from None
+    check_cron_fires(expr, tz)
+    return tz
+
+
+def check_cron_fires(expr: str, tz: ZoneInfo) -> None:
+    """Refuse a valid-looking cron that names no real time (the 30th of February):
+    croniter can only give up on it, at creation or, worse, at every scheduler cycle."""
+    try:
+        next_fire(expr, tz, datetime.now(UTC))
+    except (ValueError, OverflowError):  # CroniterBadDateError is a ValueError
+        raise InvalidJobRequest(
+            f"cron: {expr!r} never fires: its day and month never meet (e.g. 30 2 is the "
+            "30th of February); check the day-of-month and month fields"
+        ) from None
 
 
 def next_fire(expr: str, tz: ZoneInfo, after: datetime) -> datetime:
-    return croniter(expr, after.astimezone(tz)).get_next(datetime).astimezone(UTC)
+    """The first fire time after ``after`` (UTC), in the schedule's wall-clock time.
+
+    Across daylight-saving changes (docs/api.md#schedules): an expression with fixed
+    minutes and hours names times of day, and fires once per wall-clock time: a time the
+    autumn change repeats fires at its first occurrence only, and a time the spring
+    change skips fires once, right after the gap. One with ``*`` in its minute or hour
+    field (``0 * * * *``, ``*/15 * * * *``) follows real time: it fires in both passes
+    of a repeated hour and not in the hour that does not exist.
+    """
+    times_of_day = not any("*" in field for field in expr.split()[:2])
+    fires = croniter(expr, after.astimezone(tz))
+    while True:
+        local: datetime = fires.get_next(datetime)
+        if not (times_of_day and _repeated_later(local)):
+            return local.astimezone(UTC)
+
+
+def _repeated_later(local: datetime) -> bool:
+    """A wall-clock time that occurs twice (the autumn change), at its second occurrence."""
+    return local.utcoffset() != local.replace(fold=0).utcoffset()
 
 
 async def _check_job(
@@ -164,25 +198,37 @@ async def fire_due_schedules(
         assert fire is not None
         while (following := next_fire(sched.cron, tz, fire)) <= now:
             fire = following  # run once: skip to the latest missed fire time
-        spec = JobCreate.model_validate(
-            {**sched.job, "idempotency_key": f"schedule:{sched.id}:{fire.isoformat()}"}
-        )
-        actor = Actor(key_id=f"schedule:{sched.id}", role="admin", label=f"schedule {sched.name}")
+        # The job is its creator's (who may cancel or retry it like any own job); the
+        # audit row's client says which schedule submitted it. Its key is in the
+        # namespace clients may not use, so no job of theirs can stand in for it.
+        actor = Actor(
+            key_id=sched.created_by or f"schedule:{sched.id}", role="admin",
+            label=f"schedule {sched.name}", client=f"schedule:{sched.id}",
+        )  # fmt: skip
         try:
+            spec = JobCreate.model_validate(
+                {**sched.job, "idempotency_key": schedule_fire_key(sched.id, fire)}
+            )
             async with session.begin_nested():
                 result = await submit_jobs(
-                    session, catalog=catalog, specs=[spec], actor=actor, limits=limits, batch=False
-                )
+                    session, catalog=catalog, specs=[spec], actor=actor, limits=limits,
+                    batch=False, schedule_fire=True,
+                )  # fmt: skip
             events.extend(result.events)
             jobs.extend(
                 j for j, created in zip(result.jobs, result.created, strict=True) if created
             )
             sched.last_job_id = result.jobs[0].id
-        except InvalidJobRequest as exc:
+        except (InvalidJobRequest, ValidationError) as exc:
             # The task type or its parameters changed since: pause rather than fail forever.
+            error = exc.message if isinstance(exc, InvalidJobRequest) else str(exc)[:1000]
             sched.paused = True
-            session.add(AuditEntry(actor=actor.key_id, role="admin", action="schedule.pause",
-                                   outcome="invalid", detail={"error": exc.message}))  # fmt: skip
+            session.add(
+                AuditEntry(
+                    actor=actor.client, role="admin", action="schedule.pause", outcome="invalid",
+                    client=actor.client, detail={"schedule_id": str(sched.id), "error": error},
+                )
+            )  # fmt: skip
         sched.last_run_at = fire
         sched.next_run_at = next_fire(sched.cron, tz, now)
     await session.flush()

@@ -11,15 +11,18 @@ from dataclasses import dataclass
 from datetime import datetime
 from uuid import UUID
 
-from sqlalchemy import select, text, update
+from sqlalchemy import case, func, select, text, update
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from uuid_utils.compat import uuid7
 
 from shared.auth import Actor
 from shared.errors import JobNotFound
 from shared.models import ApiKey, AuditEntry
+from shared.settings import ROLES
 
 KEY_PREFIX = "sy_"
+DEFAULT_KEY_SET = "default"
 
 
 def hash_key(key: str) -> str:
@@ -80,3 +83,68 @@ async def revoke_api_key(session: AsyncSession, key_id: UUID, *, actor: Actor) -
     await session.execute(text("SELECT pg_notify('switchyard_api_keys', :id)"), {"id": str(key_id)})
     await session.flush()
     return revoked
+
+
+def env_key_label(key_set: str, role: str) -> str:
+    """The label of a key ``SWITCHYARD_API_KEYS`` created: it marks which configuration
+    (key set) created the key, the only one that may later revoke it. Set names have no
+    ``:``, so no set's labels look like another's."""
+    return f"env:{role}" if key_set == DEFAULT_KEY_SET else f"env:{key_set}:{role}"
+
+
+async def bootstrap_api_keys(
+    session: AsyncSession, keys: dict[str, str], *, key_set: str, revoke_unlisted: bool
+) -> None:
+    """Store the ``SWITCHYARD_API_KEYS`` keys (hashed) of ``key_set`` (caller commits).
+
+    With ``revoke_unlisted``, the env keys this set created and no longer lists are
+    revoked; nothing else ever is: not API-created keys, not another set's keys. An empty
+    list is no configuration and changes nothing (a process started without the
+    variable must not lock every client out).
+    """
+    if not keys:
+        return
+    hashes = {hash_key(k): role for k, role in keys.items()}
+    for key_hash, role in hashes.items():
+        stmt = insert(ApiKey).values(
+            id=uuid7(), key_hash=key_hash, role=role, label=env_key_label(key_set, role),
+            source="env",
+        )  # fmt: skip
+        await session.execute(
+            stmt.on_conflict_do_update(
+                index_elements=[ApiKey.key_hash],
+                # The label (which set created the key) is kept. A key an admin revoked
+                # stays revoked; one revoked because it had left its list comes back.
+                set_={
+                    "role": role,
+                    "source": "env",
+                    "revoked_at": case(
+                        (ApiKey.revoked_reason == "env-removed", None), else_=ApiKey.revoked_at
+                    ),
+                    "revoked_reason": case(
+                        (ApiKey.revoked_reason == "env-removed", None),
+                        else_=ApiKey.revoked_reason,
+                    ),
+                },
+            )
+        )
+    if revoke_unlisted:
+        await session.execute(
+            update(ApiKey)
+            .where(
+                ApiKey.source == "env",
+                ApiKey.label.in_([env_key_label(key_set, role) for role in ROLES]),
+                ApiKey.revoked_at.is_(None),
+                ApiKey.key_hash.not_in(list(hashes)),
+            )
+            .values(revoked_at=func.now(), revoked_reason="env-removed")
+        )
+    # Roles and revocations may have changed: running replicas forget what they
+    # remembered (services/api/keycache.py).
+    await session.execute(text("SELECT pg_notify('switchyard_api_keys', 'env')"))
+
+
+async def count_usable_keys(session: AsyncSession) -> int:
+    """Keys that are not revoked (env and API-created)."""
+    count = select(func.count()).select_from(ApiKey).where(ApiKey.revoked_at.is_(None))
+    return int(await session.scalar(count) or 0)

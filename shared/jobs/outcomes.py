@@ -71,10 +71,20 @@ def decide_end(
             job, S.RETRYING, error, now + timedelta(seconds=delay),
             f"attempt {job.attempts} failed: {error}; retry in {delay:.2f} s",
         )  # fmt: skip
-    return AttemptEnd(
-        job, S.FAILED, f"attempt {job.attempts} of {job.max_attempts} failed: {error}", None,
-        f"attempts exhausted: {error}",
-    )  # fmt: skip
+    return AttemptEnd(job, S.FAILED, last_attempt_error(job, error), None,
+                      f"attempts exhausted: {error}")  # fmt: skip
+
+
+def last_attempt_error(job: RunningJob, error: str) -> str:
+    """The error of a job whose last allowed attempt failed. Attempt numbers go on
+    across manual retries (a fresh budget of ``runs``) and handed-back attempts (not
+    counted), so the number may exceed ``max_attempts``: then both are said apart."""
+    if job.attempts == job.runs:
+        return f"attempt {job.attempts} of {job.max_attempts} failed: {error}"
+    return (
+        f"attempt {job.attempts} failed, {job.runs} of {job.max_attempts} allowed attempts "
+        f"used (attempt numbers go on across manual retries and handed-back attempts): {error}"
+    )
 
 
 def retry_delay(

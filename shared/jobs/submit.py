@@ -45,6 +45,24 @@ class IdempotencyRace(Exception):
     """Internal: retry the submission (another request inserted the same key first)."""
 
 
+# Idempotency keys that start with this are the scheduler's, one per fire of a schedule
+# (``schedule_fire_key``). Clients may not use them: a job of theirs under a fire's key
+# would be taken for that fire, or its different request would make the fire fail.
+SCHEDULE_KEY_PREFIX = "schedule:"
+
+
+def schedule_fire_key(schedule_id: UUID, fire: datetime) -> str:
+    return f"{SCHEDULE_KEY_PREFIX}{schedule_id}:{fire.isoformat()}"
+
+
+def _refuse_reserved_key(spec: JobCreate | BatchJobCreate, *, where: str) -> None:
+    if spec.idempotency_key and spec.idempotency_key.startswith(SCHEDULE_KEY_PREFIX):
+        raise InvalidJobRequest(
+            f"{where}idempotency_key: keys starting with {SCHEDULE_KEY_PREFIX!r} are reserved "
+            "for schedule fires; choose another key"
+        )
+
+
 async def submit_jobs(
     session: AsyncSession,
     *,
@@ -53,12 +71,17 @@ async def submit_jobs(
     actor: Actor,
     limits: Limits,
     batch: bool,
+    schedule_fire: bool = False,
 ) -> SubmitResult:
     """Validate, then insert jobs, edges and the audit row (caller commits).
 
+    Only a ``schedule_fire`` may use a key of ``SCHEDULE_KEY_PREFIX``.
     Raises InvalidJobRequest / UnknownDependency / PermissionDenied and writes nothing
     in that case (the caller rolls back).
     """
+    if not schedule_fire:
+        for i, spec in enumerate(specs):
+            _refuse_reserved_key(spec, where=f"jobs[{i}]." if batch else "")
     items = await _prepare_all(session, catalog, specs, actor, limits, batch=batch)
     await _find_repeats(session, items)
     parents = await _lock_stored_parents(session, items)

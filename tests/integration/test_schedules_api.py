@@ -18,6 +18,7 @@ import pytest
             "cron: 'every day' is not a cron expression",
         ),
         ({"cron": "61 * * * *", "job": {"type": "demo.echo"}}, "is not a cron expression"),
+        ({"cron": "0 0 30 2 *", "job": {"type": "demo.echo"}}, "cron: '0 0 30 2 *' never fires"),
         (
             {"cron": "* * * * *", "timezone": "Mars/Olympus", "job": {"type": "demo.echo"}},
             "timezone: 'Mars/Olympus'",
@@ -71,6 +72,8 @@ async def test_schedule_lifecycle(client: httpx.AsyncClient, db: asyncpg.Connect
         and paused.json()["cron"] == "30 2 * * *"
     )
     assert (await client.patch(f"/schedules/{s['id']}", json={"cron": "nope"})).status_code == 422
+    never = await client.patch(f"/schedules/{s['id']}", json={"cron": "0 0 31 4 *"})
+    assert never.status_code == 422 and "never fires" in never.json()["detail"]
     assert (await client.delete(f"/schedules/{s['id']}")).status_code == 204
     assert (await client.get(f"/schedules/{s['id']}")).status_code == 404
     assert (await client.delete(f"/schedules/{s['id']}")).status_code == 404

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import itertools
+import random
+import uuid
+from datetime import UTC, datetime
 
 import pytest
 
 from shared.errors import InvalidTransition
+from shared.jobs.outcomes import RunningJob, decide_end
+from shared.messages import JobStatusReport
 from shared.states import (
     CANCELLABLE_AT_ONCE,
     TERMINAL,
@@ -99,3 +104,38 @@ def test_sql_guards_are_the_state_machine() -> None:
     )
     with pytest.raises(AssertionError, match="completed -> ready"):
         sql.allowed_from(S.READY, among={S.COMPLETED})
+
+
+def _running(*, attempts: int, runs: int, max_attempts: int = 4) -> RunningJob:
+    return RunningJob(
+        id=uuid.uuid4(), type="demo.fail", status="running", attempts=attempts, runs=runs,
+        max_attempts=max_attempts, worker_id="w1", cancel_requested=False,
+        retry_initial_delay=1.0, retry_backoff=2.0, retry_max_delay=300.0, started_at=None,
+    )  # fmt: skip
+
+
+def _failed(job: RunningJob) -> JobStatusReport:
+    return JobStatusReport(
+        job_id=job.id, attempt=job.attempts, worker_id="w1", status="failed", error="boom"
+    )
+
+
+def test_the_last_attempt_says_how_many_of_the_allowed_attempts_it_was() -> None:
+    job = _running(attempts=4, runs=4)
+    end = decide_end(job, _failed(job), datetime.now(UTC), random.Random(1))
+    assert (end.status, end.error) == (S.FAILED, "attempt 4 of 4 failed: boom")
+
+
+@pytest.mark.parametrize(
+    ("attempts", "runs"),
+    [(8, 4), (5, 4)],  # after a manual retry; after a hand-back (not counted)
+)
+def test_attempt_numbers_past_max_attempts_are_worded_truthfully(attempts: int, runs: int) -> None:
+    job = _running(attempts=attempts, runs=runs)
+    end = decide_end(job, _failed(job), datetime.now(UTC), random.Random(1))
+    assert end.status == S.FAILED and end.error is not None
+    assert f"of {job.max_attempts} failed" not in end.error  # never "attempt 8 of 4"
+    assert end.error == (
+        f"attempt {attempts} failed, {runs} of 4 allowed attempts used (attempt numbers go "
+        "on across manual retries and handed-back attempts): boom"
+    )
