@@ -1,5 +1,7 @@
 """The scale part of ``make bench``: the scheduler's claim, a status read and write and
-a list page, timed with 10k, 1M and 5M historical rows in ``jobs``.
+a list page, timed with 10k, 1M and 5M historical rows in ``jobs``; and the claim behind
+100k ready jobs that fit no live worker against the claim behind none
+(``run_unfittable``; alone: ``python -m bench.scale unfittable``).
 
 Rows are loaded with ``generate_series`` (no client round trips), shaped like a busy
 system's history (see ``bench.explain``): most jobs finished, 1% ready, and a few
@@ -181,6 +183,7 @@ async def run_scale(sizes: list[int], repeat: int = 200) -> dict[str, Any]:
         "ratio_to_smallest": ratios,
         "repeat": repeat,
         "method": "one database per size; executions interleaved across sizes",
+        "behind_unfittable": await run_unfittable(repeat),
     }
 
 
@@ -188,8 +191,109 @@ async def _load_in_turn(prefix: str, sizes: list[int]) -> dict[int, asyncpg.Conn
     return {size: await _load(f"{prefix}_{size}", size) for size in sizes}
 
 
+# ------------------------------------------------------------------- behind jobs that fit nowhere
+
+# ``$3`` ready jobs needing ``$4`` cpu units, spread over the four priorities, older than
+# anything else (they sit at the head of every priority), starting at row ``$1``, type $2.
+LOAD_READY = """
+INSERT INTO jobs (id, type, status, priority, payload, cpu_units, memory_mb, max_attempts,
+                  retry_initial_delay, retry_backoff, retry_max_delay, run_at, created_at,
+                  updated_at, ready_at)
+SELECT gen_random_uuid(), $2, 'ready', g % 4, '{}'::jsonb, $4, 16, 3, 1, 2, 300,
+       now() - make_interval(secs => 1000000 - g), now(), now(), now()
+FROM generate_series($1::int, $1::int + $3::int - 1) AS g
+"""
+WORKER = ("demo.echo", 4.0, 4096)  # the live fleet: one 4-cpu worker running demo.echo
+
+
+async def run_unfittable(
+    repeat: int = 200, unfittable: int = 100_000, fitting: int = 10_000
+) -> dict[str, Any]:
+    """The claim behind ``unfittable`` ready jobs that no live worker could run (64 cpu
+    units; the fleet is one 4-cpu worker) against the claim with none of them, on two
+    databases holding the same ``fitting`` ready jobs behind. The unfittable ones are
+    parked first as the scheduler parks them (timed: the one-off cost); then both claims
+    are timed, executions interleaved. Also: the widened claim (``past the room``) behind
+    ``unfittable`` jobs that fit the worker but not its room now, which is not parked and
+    walks past them, and the un-parking once a worker that fits them all joins."""
+    from services.scheduler.dispatch import PARK_WINDOW, UNPARK_CHUNK
+    from services.scheduler.placement import WorkerView, fits_nowhere_templates
+    from shared.jobs import parking
+
+    prefix = f"swy_unfit_{os.getpid()}"
+    names = {"none": f"{prefix}_none", "parked": f"{prefix}_parked", "room": f"{prefix}_room"}
+    conns: dict[str, asyncpg.Connection] = {}
+    out: dict[str, Any] = {"unfittable": unfittable, "fitting": fitting, "repeat": repeat}
+    try:
+        for label, db in names.items():
+            conns[label] = conn = await _load(db, 0)
+            if label != "none":  # the ones ahead: fit nowhere, or not in the room now
+                cpu = 64.0 if label == "parked" else WORKER[1]
+                await conn.execute(LOAD_READY, 0, "demo.echo", unfittable, cpu)
+            await conn.execute(LOAD_READY, unfittable, "demo.echo", fitting, 0.1)
+        fleet = [WorkerView("w", WORKER[1], WORKER[2], 4, frozenset({WORKER[0]}))]
+        reasons, other_reason = fits_nowhere_templates(fleet)
+        t = time.perf_counter()
+        parked = 0
+        while True:  # as the scheduler parks them (Dispatcher._park)
+            n = await parking.park_unfittable(
+                conns["parked"], [WORKER], window=PARK_WINDOW, reasons=reasons,
+                other_reason=other_reason,
+            )  # fmt: skip
+            parked += n
+            if n < PARK_WINDOW:
+                break
+        out["park_seconds"] = round(time.perf_counter() - t, 3)
+        out["parked"] = parked
+        for conn in conns.values():
+            await conn.execute("VACUUM ANALYZE jobs")
+            await conn.execute(f"SET plan_cache_mode = {GENERIC_PLANS['plan_cache_mode']}")
+        per_priority = [(32,)] * repeat
+        claim = await _interleaved(
+            {0: conns["none"], unfittable: conns["parked"]},
+            sql.CLAIM_READY_HEADS,
+            {0: per_priority, unfittable: per_priority},
+        )
+        # The room left now on the busy worker: 1 cpu unit; the 4-cpu jobs do not fit it.
+        room = [(32, [WORKER[0]], [1.0], [WORKER[2]])] * repeat
+        widened = await _interleaved(
+            {0: conns["none"], unfittable: conns["room"]},
+            sql.CLAIM_READY_HEADS_AND_FITTING,
+            {0: room, unfittable: room},
+        )
+        out["claim_ms"] = {"none": round(claim[0], 4), "parked": round(claim[unfittable], 4)}
+        out["claim_ratio"] = round(claim[unfittable] / claim[0], 2)
+        out["claim_past_the_room_ms"] = {
+            "none": round(widened[0], 4),
+            "not_in_room": round(widened[unfittable], 4),
+        }
+        out["claim_past_the_room_ratio"] = round(widened[unfittable] / widened[0], 2)
+        t = time.perf_counter()
+        out["unparked"] = await parking.unpark_fitting(
+            conns["parked"], [WORKER, ("demo.echo", 64.0, 4096)], chunk=UNPARK_CHUNK
+        )
+        out["unpark_seconds"] = round(time.perf_counter() - t, 3)
+    finally:
+        for conn in conns.values():
+            await conn.close()
+        admin = await asyncpg.connect(ADMIN)
+        try:
+            for db in names.values():
+                await admin.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+        finally:
+            await admin.close()
+    out["method"] = (
+        "three databases (none ahead; parked ahead; not in the room ahead), the same "
+        "fitting jobs behind; claims as the scheduler plans them, executions interleaved"
+    )
+    return out
+
+
 if __name__ == "__main__":
     import json
 
-    sizes = [int(s) for s in (sys.argv[1:] or ["10000", "1000000"])]
-    print(json.dumps(asyncio.run(run_scale(sizes)), indent=2))
+    if sys.argv[1:] == ["unfittable"]:  # only the claim behind jobs that fit nowhere
+        print(json.dumps(asyncio.run(run_unfittable()), indent=2))
+    else:
+        sizes = [int(s) for s in (sys.argv[1:] or ["10000", "1000000"])]
+        print(json.dumps(asyncio.run(run_scale(sizes)), indent=2))

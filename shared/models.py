@@ -4,9 +4,12 @@ plus what SQLAlchemy cannot express (the audit-log trigger).
 Index choices (see docs/database.md for the plans on 1M rows):
 
 * claim: ``(priority, run_at, id) INCLUDE (type, cpu_units, memory_mb, ready_at, attempts)
-  WHERE status = 'ready'`` — the scheduler reads the head of this partial index; it only
-  ever holds the ready jobs, however large history grows, and it covers every column the
-  claim reads, so on all-visible pages the claim never touches the table.
+  WHERE status = 'ready' AND NOT parked`` — the scheduler reads the head of this partial
+  index; it only ever holds the ready jobs some live worker could run, however large
+  history grows and however many jobs fit nowhere, and it covers every column the claim
+  reads, so on all-visible pages the claim never touches the table.
+* parked: ``(id) INCLUDE (type, cpu_units, memory_mb) WHERE status = 'ready' AND parked``
+  — the ready jobs that fit no live worker, read in id chunks when the fleet grows.
 * due: ``(run_at) WHERE status IN ('pending', 'retrying')`` — delayed jobs and backoffs.
 * running: ``(worker_id) WHERE status = 'running'`` — lease checks per worker.
 * list: ``(created_at, id)``, ``(status, created_at, id)``, ``(type, created_at, id)``
@@ -81,6 +84,9 @@ class Job(Base):
     progress: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, server_default="false")
     waiting_reason: Mapped[str | None] = mapped_column(Text)
+    # Ready, but no live worker could run it even when empty: out of the claim index
+    # (shared.jobs.parking). Cleared by a trigger whenever the status changes.
+    parked: Mapped[bool] = mapped_column(Boolean, server_default="false")
     idempotency_key: Mapped[str | None] = mapped_column(Text)
     idempotency_fingerprint: Mapped[str | None] = mapped_column(Text)
     created_by: Mapped[str | None] = mapped_column(Text)
@@ -102,7 +108,13 @@ class Job(Base):
             "run_at",
             "id",
             postgresql_include=["type", "cpu_units", "memory_mb", "ready_at", "attempts"],
-            postgresql_where=text("status = 'ready'"),
+            postgresql_where=text("status = 'ready' AND NOT parked"),
+        ),
+        Index(
+            "jobs_parked_idx",
+            "id",
+            postgresql_include=["type", "cpu_units", "memory_mb"],
+            postgresql_where=text("status = 'ready' AND parked"),
         ),
         Index("jobs_due_idx", "run_at", postgresql_where=text("status IN ('pending', 'retrying')")),
         Index("jobs_running_idx", "worker_id", postgresql_where=text("status = 'running'")),

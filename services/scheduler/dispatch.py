@@ -5,24 +5,38 @@ chosen jobs running with a new attempt number (committed), then publishes their
 dispatches. The publishes' confirms are awaited beside the cycle loop; a dispatch the
 broker did not confirm is put back at the start of the next cycle. Why the jobs left
 behind wait is written on them (only when it changed).
+
+Backfill, however many jobs wait ahead: heads that no live worker could run even when
+empty are parked (with those behind them in claim order) and the heads read again;
+heads that fit a worker but not its room now are read past (the heads of what fits the
+room now come beside them). When the fleet's capacities grow, what now fits is
+un-parked. docs/architecture.md (placement) and docs/performance.md (what each costs).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from uuid import UUID
 
 from sqlalchemy.exc import SQLAlchemyError
 
 from services.scheduler.database import Database
 from services.scheduler.fleet import Fleet
-from services.scheduler.placement import Candidate, plan_placements
+from services.scheduler.placement import (
+    Candidate,
+    WorkerView,
+    capacities,
+    fits_nowhere_templates,
+    plan_placements,
+    room,
+)
 from shared.broker import Broker
 from shared.db import RAW_DB_ERRORS
-from shared.jobs import reads, transitions
+from shared.jobs import parking, reads, transitions
 from shared.jobs.annotations import set_waiting_reasons
 from shared.jobs.transitions import Placed
 from shared.messages import (
@@ -40,6 +54,12 @@ from shared.settings import Settings
 log = logging.getLogger("switchyard.scheduler")
 
 _PASSES = 20  # placement passes per cycle at most: let other work (reports) in between
+# Jobs per priority one parking statement looks at (claim order). Chunks run until one
+# parks less than this, so N jobs that fit nowhere take about N / this statements, once;
+# each statement writes at most four windows of rows (about a second here: well inside
+# the pool's statement timeout). Un-parking goes by chunks of ids for the same reason.
+PARK_WINDOW = 5_000
+UNPARK_CHUNK = 20_000
 
 
 class WaitingReasons:
@@ -88,17 +108,22 @@ class Dispatcher:
         # placements whose publish failed, undone at the start of the next cycle.
         self._confirming: set[asyncio.Task[None]] = set()
         self._unconfirmed: list[Placed] = []
+        # The fleet's capacities when parked jobs were last un-parked against them (None:
+        # not since taking over, when the fleet may have changed under another leader).
+        self._capacities_seen: set[tuple[str, float, int]] | None = None
 
     # ------------------------------------------------------------ leadership
 
     def take_over(self) -> None:
         self._unconfirmed.clear()  # from an earlier leadership (a confirm that came late)
         self.maybe_ready = True
+        self._capacities_seen = None
 
     def forget(self) -> None:
         """Leadership lost: the next leader's loss check has the unconfirmed ones."""
         self._reasons.clear()
         self._unconfirmed.clear()
+        self._capacities_seen = None
 
     async def settle(self, stop: asyncio.Event) -> None:
         """The leading loop ended: await the confirms in flight (what they confirm or
@@ -123,19 +148,19 @@ class Dispatcher:
     # ------------------------------------------------------------ placement
 
     async def place(self) -> None:
+        await self._unpark_if_the_fleet_grew()
         if not self.maybe_ready:
             return  # the last look found the ready queue empty and nothing came since
-        wide = False
+        past_the_room = False  # read the heads of what fits the room now as well
         for _ in range(_PASSES):
             views = self._fleet.views()
             free = sum(max(0, v.slots - v.used_slots) for v in views if v.accepting)
             if free == 0:
                 return  # nothing can be placed: do not read candidates at all
             # Enough heads per priority to fill every free slot, and some more so that
-            # jobs too big for the free room now do not hide smaller ones (backfill).
-            full = self._settings.scheduler_batch_size
-            batch = full if wide else min(full, max(32, 2 * free))
-            candidates = await self._ready_heads(batch)
+            # a few jobs too big for the free room now do not hide smaller ones.
+            batch = min(self._settings.scheduler_batch_size, max(32, 2 * free))
+            candidates = await self._ready_heads(batch, room(views) if past_the_room else None)
             if not candidates:
                 self.maybe_ready = False
                 return
@@ -143,41 +168,75 @@ class Dispatcher:
             plan = plan_placements(
                 candidates, views, now=now, aging_seconds=self._settings.aging_seconds
             )
-            if not plan.placements and batch < full and len(candidates) >= batch:
-                # The heads read fit nowhere now (no worker runs their type, or too big
-                # for the room left), and there may be more behind them: look as far
-                # back as SWITCHYARD_SCHEDULER_BATCH_SIZE before giving up.
-                wide = True
-                continue
+            if plan.unfittable and await self._park(views):
+                continue  # the heads without them (and without those behind them)
             placed = await transitions.dispatch(
                 self._db.pool,
                 [(job.id, worker_id) for job, worker_id in plan.placements],
                 lease_seconds=self._settings.worker_lease_seconds,
             )
-            if not placed:
-                await self._reasons.write(plan.waiting)
-                return
-            self._fleet.assign(placed)
-            self._reasons.cleared(p.id for p in placed)
-            self._publish(placed, now)
+            if placed:
+                self._fleet.assign(placed)
+                self._reasons.cleared(p.id for p in placed)
+                self._publish(placed, now)
             # Why the others wait, after the dispatches (only a changed reason is written).
             await self._reasons.write(plan.waiting)
             if len(plan.placements) == len(candidates) < batch:
                 self.maybe_ready = False  # every ready job is placed now
                 return
-            if len(plan.placements) < len(candidates) or len(placed) < batch:
+            if len(plan.placements) < len(candidates):
+                # Some heads do not fit the room now. More may wait behind a full window
+                # that would: look again past them (once), with the room left.
+                if past_the_room or len(candidates) < batch:
+                    return
+                past_the_room = True
+            elif len(placed) < batch:
                 return
 
-    async def _ready_heads(self, per_priority: int) -> list[Candidate]:
+    async def _ready_heads(
+        self, per_priority: int, fitting: set[tuple[str, float, int]] | None
+    ) -> list[Candidate]:
         # Two statements, no transaction around them (round trips are most of a
         # placement's latency): a plain read of the heads, then one UPDATE
         # (``transitions.dispatch``) that re-checks each is still ready and commits
         # before anything is published.
-        return [
-            Candidate(r["id"], r["type"], r["priority"], r["cpu_units"], r["memory_mb"],
-                      r["run_at"], r["ready_at"])
-            for r in await reads.ready_heads(self._db.pool, per_priority=per_priority)
-        ]  # fmt: skip
+        rows = await reads.ready_heads(self._db.pool, per_priority=per_priority, fitting=fitting)
+        unique = {r["id"]: r for r in rows}  # the two kinds of heads may share jobs
+        return [_candidate(r) for r in unique.values()]
+
+    # ------------------------------------------------------------ parking
+
+    async def _park(self, views: list[WorkerView]) -> bool:
+        """Park the ready jobs, from the heads back, that no live worker could run even
+        when empty, a window per priority at a time until a window holds fewer, each with
+        why it waits. False if none was parked (rows held by someone else, say)."""
+        fleet = capacities(views)
+        reasons, other_reason = fits_nowhere_templates(views)
+        parked = 0
+        while True:
+            n = await parking.park_unfittable(
+                self._db.pool, fleet, window=PARK_WINDOW, reasons=reasons,
+                other_reason=other_reason,
+            )  # fmt: skip
+            parked += n
+            if n < PARK_WINDOW:
+                break
+        if parked:
+            log.info("parked %d ready job(s) that fit no live worker", parked)
+        return parked > 0
+
+    async def _unpark_if_the_fleet_grew(self) -> None:
+        """A worker joined, or runs more types or has more room than before: the parked
+        jobs that fit now are claimable again (statements over the parked ones only)."""
+        fleet = capacities(self._fleet.views())
+        grew = self._capacities_seen is None or not fleet <= self._capacities_seen
+        self._capacities_seen = fleet
+        if not grew or not fleet:
+            return
+        if unparked := await parking.unpark_fitting(self._db.pool, fleet, chunk=UNPARK_CHUNK):
+            log.info("un-parked %d ready job(s) that a live worker can run now", unparked)
+            self._reasons.clear()  # their reasons were cleared with them
+            self.maybe_ready = True
 
     def _publish(self, placed: list[Placed], now: datetime) -> None:
         """Announce the committed dispatches and publish them, confirms awaited aside."""
@@ -244,6 +303,13 @@ class Dispatcher:
         self.maybe_ready = True
         self.announce(undone)
         return True
+
+
+def _candidate(r: Mapping[str, Any]) -> Candidate:
+    return Candidate(
+        r["id"], r["type"], r["priority"], r["cpu_units"], r["memory_mb"], r["run_at"],
+        r.get("ready_at"),
+    )  # fmt: skip
 
 
 def _dispatch_message(p: Placed, lease_until: datetime) -> JobDispatch:

@@ -15,7 +15,13 @@ Placement, each cycle:
    nothing else is placed there until it runs. That is the anti-starvation rule:
    small jobs cannot keep a large one out forever.
 5. A job larger than every live worker (or whose type no live worker runs) waits,
-   reserving nothing, and its ``waiting_reason`` says why.
+   reserving nothing, and its ``waiting_reason`` says why. The plan lists it as
+   ``unfittable``: the dispatcher parks it (``shared.jobs.parking``), so that however
+   many such jobs there are they do not fill the heads of step 1.
+
+What the database is asked for travels as rows ``(type, cpu_units, memory_mb)``: each
+live worker's whole capacity per task type it runs (``capacities``: what parking tests
+against), or its room now (``room``: what the heads are widened with).
 """
 
 from __future__ import annotations
@@ -99,6 +105,7 @@ class Plan:
     placements: list[tuple[Candidate, str]] = field(default_factory=list)
     waiting: dict[UUID, str] = field(default_factory=dict)  # job id -> reason
     reservations: dict[str, UUID] = field(default_factory=dict)  # worker id -> job id
+    unfittable: list[UUID] = field(default_factory=list)  # fit no live worker, even empty
 
 
 def effective_priority(job: Candidate, now: datetime, aging_seconds: float) -> int:
@@ -131,7 +138,8 @@ def plan_placements(
             continue
         could_fit = [w for w in workers if w.fits_when_empty(job)]
         if not could_fit:
-            plan.waiting[job.id] = _why_never(job, workers)
+            plan.waiting[job.id] = why_it_fits_nowhere(job, workers)
+            plan.unfittable.append(job.id)
             continue
         waited = (now - job.waiting_since).total_seconds()
         unreserved = [w for w in could_fit if w.id not in reserved]
@@ -152,17 +160,63 @@ def plan_placements(
     return plan
 
 
-def _why_never(job: Candidate, workers: list[WorkerView]) -> str:
+def capacities(workers: list[WorkerView]) -> set[tuple[str, float, int]]:
+    """(type, cpu, memory) of each accepting worker with a slot, per type it runs: a job
+    fits one of these rows exactly when some worker ``fits_when_empty``."""
+    return {
+        (t, w.cpu_units, w.memory_mb)
+        for w in workers
+        if w.accepting and w.slots >= 1
+        for t in w.task_types
+    }
+
+
+def room(workers: list[WorkerView]) -> set[tuple[str, float, int]]:
+    """(type, free cpu, free memory) of each accepting worker with a free slot, per type
+    it runs: a job fits one of these rows exactly when some worker ``fits_now``."""
+    return {
+        (t, w.free_cpu, w.free_memory)
+        for w in workers
+        if w.accepting and w.free_slots >= 1
+        for t in w.task_types
+    }
+
+
+def why_it_fits_nowhere(job: Candidate, workers: list[WorkerView]) -> str:
+    return _fits_nowhere(job.type, f"{job.cpu_units:g}", str(job.memory_mb), workers)
+
+
+# Stand-ins for a job's needs and type in the templates below (then SQL's placeholders).
+_MARKS = {"@@cpu@@": "%1$s", "@@mb@@": "%2$s", "@@type@@": "%3$s"}
+
+
+def fits_nowhere_templates(workers: list[WorkerView]) -> tuple[dict[str, str], str]:
+    """``why_it_fits_nowhere`` as templates of SQL's ``format()`` (``%1$s`` the job's
+    cpu units, ``%2$s`` its MB, ``%3$s`` its type), for parking to write the reason of
+    each job it parks in the same statement: one per type a live worker runs, and one
+    for every other type."""
+
+    def template(type_: str) -> str:
+        text = _fits_nowhere(type_, "@@cpu@@", "@@mb@@", workers).replace("%", "%%")
+        for mark, placeholder in _MARKS.items():
+            text = text.replace(mark, placeholder)
+        return text
+
+    types = {t for w in workers if w.accepting for t in w.task_types}
+    return {t: template(t) for t in sorted(types)}, template("@@type@@")
+
+
+def _fits_nowhere(type_: str, cpu: str, memory: str, workers: list[WorkerView]) -> str:
     live = [w for w in workers if w.accepting]
     if not live:
         return "no live worker: start one (python -m services.worker)"
-    typed = [w for w in live if job.type in w.task_types]
+    typed = [w for w in live if type_ in w.task_types]
     if not typed:
-        return f"no live worker runs task type {job.type!r} (start one with --tasks)"
+        return f"no live worker runs task type {type_!r} (start one with --tasks)"
     biggest_cpu = max(w.cpu_units for w in typed)
     biggest_mem = max(w.memory_mb for w in typed)
     return (
-        f"fits no live worker: needs {job.cpu_units:g} cpu units and {job.memory_mb} MB; "
-        f"the largest worker running {job.type!r} has {biggest_cpu:g} cpu units and "
+        f"fits no live worker: needs {cpu} cpu units and {memory} MB; "
+        f"the largest worker running {type_!r} has {biggest_cpu:g} cpu units and "
         f"{biggest_mem} MB"
     )

@@ -168,7 +168,9 @@ class Worker:
         engine = create_engine(self.settings, pool_size=1)
         try:
             async with create_sessionmaker(engine)() as session:
-                await announce_task_types(session, self.registry)
+                await announce_task_types(
+                    session, self.registry, announcer=f"worker {self.worker_id}"
+                )
                 await session.commit()
         finally:
             await engine.dispose()

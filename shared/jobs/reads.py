@@ -8,6 +8,7 @@ scheduler's reads are statements of ``shared.jobs.sql`` (the list page is the st
 from __future__ import annotations
 
 import base64
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from types import SimpleNamespace
@@ -21,8 +22,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from shared.db import Db, fetch
 from shared.errors import InvalidJobRequest, JobNotFound
 from shared.jobs import sql
+from shared.jobs.parking import as_arrays
 from shared.models import Job, JobDependency, JobExecution, JobLogLine
-from shared.schemas import ExecutionRead, JobLogs, LogLine, Priority
+from shared.schemas import ExecutionRead, JobLogs, LogLine, Priority, check_time_range
 from shared.states import JobStatus
 
 S = JobStatus
@@ -56,7 +58,8 @@ def decode_cursor(cursor: str) -> tuple[datetime, UUID]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         created, job_id = raw.split("|")
-        return datetime.fromisoformat(created), UUID(job_id)
+        # A crafted cursor is client input like any other: the same time range.
+        return check_time_range(datetime.fromisoformat(created)), UUID(job_id)
     except (ValueError, UnicodeDecodeError):
         raise InvalidJobRequest(
             "cursor: not a cursor this API issued; pass next_cursor from the previous page"
@@ -154,9 +157,16 @@ async def failed_by_dependency(session: AsyncSession, parents: list[UUID]) -> li
 # ------------------------------------------------------------------- the scheduler's
 
 
-async def ready_heads(db: Db, *, per_priority: int) -> list[asyncpg.Record]:
-    """The heads of the ready queue, ``per_priority`` of each priority (a plain read)."""
-    return await fetch(db, sql.CLAIM_READY_HEADS, per_priority)
+async def ready_heads(
+    db: Db, *, per_priority: int, fitting: Iterable[tuple[str, float, int]] | None = None
+) -> list[asyncpg.Record]:
+    """The heads of the ready queue, ``per_priority`` of each priority (a plain read).
+    With ``fitting`` (rows of a task type and the free CPU and memory of a worker with a
+    free slot that runs it), also the heads of the jobs that fit one of those rows; a
+    job may then come twice."""
+    if fitting is None:
+        return await fetch(db, sql.CLAIM_READY_HEADS, per_priority)
+    return await fetch(db, sql.CLAIM_READY_HEADS_AND_FITTING, per_priority, *as_arrays(fitting))
 
 
 async def running_jobs(db: Db) -> list[asyncpg.Record]:

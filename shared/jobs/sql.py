@@ -56,16 +56,98 @@ FINISHED = status_list(TERMINAL)
 
 # ------------------------------------------------------------------- placement (reads)
 
+
+def fits_one_of(job: str, first: int) -> str:
+    """SQL that is true when the job ``job`` (the table or its alias) fits one of the
+    rows ``(type, cpu_units, memory_mb)`` given as three arrays, ``$first`` on: a worker
+    that runs its type with that much CPU and memory (its capacity, or its room now)."""
+    rows = f"unnest(${first}::text[], ${first + 1}::float8[], ${first + 2}::int[])"
+    return (
+        f"EXISTS (SELECT 1 FROM {rows} AS r(type, cpu_units, memory_mb) "
+        f"WHERE r.type = {job}.type AND {job}.cpu_units <= r.cpu_units + 1e-9 "
+        f"AND {job}.memory_mb <= r.memory_mb)"
+    )
+
+
 # The head of each priority level of the claim index, oldest first. The scheduler
 # merges the four heads, applies aging and places what fits. Four short index range
-# scans, whatever the table size.
+# scans, whatever the table size and however many jobs are parked (they are not in the
+# index: ``PARK_UNFITTABLE``). ``NOT parked`` is literal: the partial index's predicate.
 _HEAD = """(SELECT id, type, priority, cpu_units, memory_mb, run_at, ready_at, attempts
-     FROM jobs WHERE status = 'ready' AND priority = {p} ORDER BY run_at, id LIMIT $1)"""
-CLAIM_READY_HEADS = (
+     FROM jobs WHERE status = 'ready' AND NOT parked AND priority = {p}{fits}
+     ORDER BY run_at, id LIMIT $1)"""
+
+
+def _heads(fits: str = "") -> list[str]:
+    return [_HEAD.format(p=p, fits=fits) for p in range(4)]
+
+
+CLAIM_READY_HEADS = "SELECT * FROM (\n    " + "\n    UNION ALL\n    ".join(_heads()) + "\n) heads"
+# The same heads, and beside them the heads of what fits the fleet's room now (``$2..$4``:
+# one row per worker with a free slot and type it runs, with its free CPU and memory):
+# jobs that fit a worker but not its room now do not hide smaller ones behind them. Each
+# of those four scans walks past the jobs that do not fit the room (docs/performance.md).
+# The largest room first (computed once per statement, tested on the index tuple alone):
+# the jobs too big for every worker's room are passed over without the per-row EXISTS.
+_WITHIN_THE_LARGEST_ROOM = (
+    " AND jobs.cpu_units <= (SELECT max(c) FROM unnest($3::float8[]) AS c) + 1e-9"
+    " AND jobs.memory_mb <= (SELECT max(m) FROM unnest($4::int[]) AS m) AND "
+)
+CLAIM_READY_HEADS_AND_FITTING = (
     "SELECT * FROM (\n    "
-    + "\n    UNION ALL\n    ".join(_HEAD.format(p=p) for p in range(4))
+    + "\n    UNION ALL\n    ".join(
+        _heads() + _heads(_WITHIN_THE_LARGEST_ROOM + fits_one_of("jobs", 2))
+    )
     + "\n) heads"
 )
+
+# Parking: the first ``$4`` unparked ready jobs of each priority, in claim order, that
+# fit none of the live workers' capacities (``$1..$3``, as for ``fits_one_of``) leave
+# the claim index, with their waiting reason: ``format(template, cpu units, MB, type)``,
+# the template of their type (``$5``, ``$6``) or, for a type no live worker runs, ``$7``.
+# Run in chunks by the scheduler until a chunk parks less than a whole window, so each
+# such job is parked once, whatever their number. A row another transaction holds (a
+# cancel) is skipped: it stays claimable.
+_PARK_WINDOWS = "\n    UNION ALL\n    ".join(
+    f"(SELECT id, type, cpu_units, memory_mb FROM jobs WHERE status = 'ready' AND NOT parked"
+    f" AND priority = {p} ORDER BY run_at, id LIMIT $4)"
+    for p in range(4)
+)
+PARK_UNFITTABLE = f"""
+WITH heads AS (
+    {_PARK_WINDOWS}
+), unfit AS (
+    SELECT id FROM jobs
+    WHERE id IN (SELECT h.id FROM heads h WHERE NOT {fits_one_of("h", 1)})
+      AND status = 'ready' AND NOT parked
+    ORDER BY id FOR NO KEY UPDATE SKIP LOCKED
+)
+UPDATE jobs j SET parked = true, waiting_reason = format(
+    COALESCE((SELECT t.template FROM unnest($5::text[], $6::text[]) AS t(type, template)
+              WHERE t.type = j.type), $7),
+    j.cpu_units, j.memory_mb, j.type)
+FROM unfit WHERE j.id = unfit.id
+RETURNING j.id
+"""
+
+# Un-parking: up to ``$4`` parked jobs after id ``$5``, in id order, that fit one of the
+# live workers' capacities (``$1..$3``) are claimable again (their reason is cleared:
+# the next look writes the new one); answers how many, how many it read, the last id. Reads only the
+# parked index, from ``$5`` on. Waits for rows held elsewhere rather than skip them: a
+# job left parked though it fits would wait for the next change of the fleet.
+UNPARK_FITTING = f"""
+WITH fits AS (
+    SELECT id FROM jobs
+    WHERE status = 'ready' AND parked AND id > $5 AND {fits_one_of("jobs", 1)}
+    ORDER BY id LIMIT $4 FOR NO KEY UPDATE
+), unparked AS (
+    UPDATE jobs j SET parked = false, waiting_reason = NULL FROM fits
+    WHERE j.id = fits.id AND j.status = 'ready' AND j.parked
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM unparked) AS n, (SELECT count(*) FROM fits) AS seen,
+       (SELECT id FROM fits ORDER BY id DESC LIMIT 1) AS last
+"""
 
 # Delayed and backoff jobs whose time has come.
 DUE_JOBS = """
@@ -118,7 +200,7 @@ _INSERT_CASTS = {c: _wire_type(c)[1] for c in _NEW_JOB_COLUMNS if _wire_type(c)[
 INSERT_DEFAULTS: dict[str, object] = {
     "attempts": 0, "runs": 0, "worker_id": None, "lease_expires_at": None, "result": None,
     "progress": None, "cancel_requested": False, "waiting_reason": None,
-    "dispatched_at": None, "started_at": None,
+    "dispatched_at": None, "started_at": None, "parked": False,
 }  # fmt: skip
 NEW_STATUSES = status_list(TRANSITIONS[None])
 

@@ -11,8 +11,12 @@ import pytest
 from services.scheduler.placement import (
     Candidate,
     WorkerView,
+    capacities,
     effective_priority,
+    fits_nowhere_templates,
     plan_placements,
+    room,
+    why_it_fits_nowhere,
 )
 from shared.jobs.outcomes import retry_delay
 
@@ -61,6 +65,59 @@ def test_too_large_waits_with_reason_and_does_not_block_backfill() -> None:
     plan = plan_placements([huge, small], [worker("w")], now=NOW, aging_seconds=300)
     assert [j.id for j, _ in plan.placements] == [small.id]
     assert "fits no live worker" in plan.waiting[huge.id] and "4 cpu" in plan.waiting[huge.id]
+
+
+def test_only_jobs_no_worker_could_run_even_empty_are_unfittable() -> None:
+    """What the dispatcher parks: too large for every worker running the type, or a type
+    no accepting worker runs; not a job that only lacks the room now."""
+    busy = worker("w", cpu=4)
+    busy.used_cpu = 4
+    draining = worker("d", cpu=64, types=("t", "gone"))
+    draining.accepting = False
+    huge, orphan, gone, later = job(cpu=64), job(type="other"), job(type="gone"), job(cpu=4)
+    plan = plan_placements(
+        [huge, orphan, gone, later], [busy, draining], now=NOW, aging_seconds=300
+    )
+    assert set(plan.unfittable) == {huge.id, orphan.id, gone.id}
+    assert "waiting for free capacity" in plan.waiting[later.id]
+
+
+def test_capacities_and_room_are_what_fits_when_empty_and_now() -> None:
+    """A job fits one of the rows exactly when a worker ``fits_when_empty`` / ``fits_now``
+    (the rows the parking and the widened claim test against in SQL)."""
+    a = worker("a", cpu=4, mem=1000, slots=2, types=("t", "u"))
+    a.used_cpu, a.used_memory, a.used_slots = 3, 900, 1
+    full = worker("full", cpu=8, mem=8000, slots=1)
+    full.used_slots = 1
+    off = worker("off", cpu=16, mem=16000)
+    off.accepting = False
+    views = [a, full, off]
+    assert capacities(views) == {("t", 4, 1000), ("u", 4, 1000), ("t", 8, 8000)}
+    assert room(views) == {("t", 1, 100), ("u", 1, 100)}
+
+    def fits(j: Candidate, rows: set[tuple[str, float, int]]) -> bool:
+        return any(t == j.type and j.cpu_units <= c + 1e-9 and j.memory_mb <= m for t, c, m in rows)
+
+    for j in (job(cpu=1, mem=100), job(cpu=5, mem=100), job(cpu=1, mem=5000, type="u"),
+              job(cpu=9), job(cpu=0.5, mem=50, type="v")):  # fmt: skip
+        assert fits(j, capacities(views)) == any(w.fits_when_empty(j) for w in views)
+        assert fits(j, room(views)) == any(w.fits_now(j) for w in views)
+
+
+@pytest.mark.parametrize("workers", [[], [worker("w", types=("t", "100%"))]])
+def test_parking_templates_say_what_placement_says(workers: list[WorkerView]) -> None:
+    """The reasons parking writes in SQL (``format()`` of these templates) are the words
+    of ``why_it_fits_nowhere``."""
+    by_type, other = fits_nowhere_templates(workers)
+
+    def sql_format(template: str, j: Candidate) -> str:  # format()'s %n$s and %%
+        for n, value in (("1", f"{j.cpu_units:g}"), ("2", str(j.memory_mb)), ("3", j.type)):
+            template = template.replace(f"%{n}$s", value)
+        return template.replace("%%", "%")
+
+    for j in (job(cpu=64), job(cpu=0.5, mem=99_999, type="100%"), job(type="other")):
+        template = by_type.get(j.type, other)
+        assert sql_format(template, j) == why_it_fits_nowhere(j, workers)
 
 
 def test_unknown_type_reason() -> None:

@@ -1,0 +1,177 @@
+"""Backfill behind any number of jobs that fit no live worker: the scheduler's real
+placement (``Dispatcher.place``: claim, plan, park, dispatch) against the real database
+and broker, one call being one cycle's placement."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import asyncpg
+import httpx
+import pytest
+
+from services.scheduler.database import Database
+from services.scheduler.dispatch import Dispatcher
+from services.scheduler.fleet import Fleet
+from shared.broker import Broker
+from shared.messages import WorkerCapacity, WorkerHeartbeat
+from shared.outbox import Outbox
+from shared.settings import Settings
+
+
+@dataclass
+class Placement:
+    fleet: Fleet
+    dispatcher: Dispatcher
+
+    def worker(self, worker_id: str, *, cpu: float, memory_mb: int, types: list[str]) -> None:
+        """A heartbeat from a live worker with nothing running (as the cycle applies it)."""
+        self.fleet.register_heartbeat(
+            WorkerHeartbeat(
+                worker_id=worker_id,
+                capacity=WorkerCapacity(cpu_units=cpu, memory_mb=memory_mb, slots=4),
+                allocated=WorkerCapacity(cpu_units=0, memory_mb=0, slots=0),
+                task_types=types,
+            )
+        )
+
+
+@pytest.fixture
+async def placement(settings: Settings) -> AsyncIterator[Placement]:
+    db = Database(settings)
+    broker = Broker(settings.amqp_url, settings.namespace, name="test-placement")
+    async with db.open(), broker:
+        outbox = Outbox(broker, linger=0.0)
+        outbox.start()
+        fleet = Fleet(settings, db, outbox, rng=random.Random(0))
+        dispatcher = Dispatcher(settings, db, broker, outbox, fleet)
+        dispatcher.take_over()
+        yield Placement(fleet, dispatcher)
+        await dispatcher.settle(stop=_set_event())
+        await outbox.close()
+
+
+def _set_event():  # type: ignore[no-untyped-def]
+    import asyncio
+
+    stop = asyncio.Event()
+    stop.set()
+    return stop
+
+
+async def submit(client: httpx.AsyncClient, jobs: list[dict]) -> list[uuid.UUID]:
+    r = await client.post("/jobs/batch", json={"jobs": jobs})
+    assert r.status_code == 201, r.text
+    return [uuid.UUID(j["id"]) for j in r.json()["jobs"]]
+
+
+async def statuses(db: asyncpg.Connection, ids: list[uuid.UUID]) -> dict[str, int]:
+    rows = await db.fetch(
+        "SELECT status, count(*) AS n FROM jobs WHERE id = ANY($1) GROUP BY status", ids
+    )
+    return {r["status"]: r["n"] for r in rows}
+
+
+CRITICAL_HUGE = {"type": "demo.echo", "priority": "critical", "resources": {"cpu_units": 64}}
+ORPHAN = {"type": "demo.sleep", "priority": "critical", "payload": {"seconds": 0}}
+CRITICAL_SMALL = {"type": "demo.echo", "priority": "critical", "resources": {"cpu_units": 1}}
+
+
+async def test_a_small_job_is_placed_in_one_cycle_behind_600_too_large_ones(
+    client: httpx.AsyncClient, db: asyncpg.Connection, placement: Placement
+) -> None:
+    huge = await submit(client, [CRITICAL_HUGE] * 600)
+    (small,) = await submit(client, [CRITICAL_SMALL])
+    placement.worker("w4", cpu=4, memory_mb=4096, types=["demo.echo"])
+
+    await placement.dispatcher.place()
+
+    row = await db.fetchrow("SELECT status, worker_id FROM jobs WHERE id = $1", small)
+    assert (row["status"], row["worker_id"]) == ("running", "w4")
+    assert await statuses(db, huge) == {"ready": 600}
+    reasons = {
+        r["waiting_reason"]
+        for r in await db.fetch("SELECT waiting_reason FROM jobs WHERE id = ANY($1)", huge)
+    }
+    assert reasons == {
+        "fits no live worker: needs 64 cpu units and 16 MB; the largest worker running "
+        "'demo.echo' has 4 cpu units and 4096 MB"
+    }
+
+
+async def test_a_job_is_placed_in_one_cycle_behind_600_of_a_type_no_worker_runs(
+    client: httpx.AsyncClient, db: asyncpg.Connection, placement: Placement
+) -> None:
+    orphans = await submit(client, [ORPHAN] * 600)
+    (echo,) = await submit(client, [{"type": "demo.echo", "priority": "critical"}])
+    placement.worker("echo-only", cpu=4, memory_mb=4096, types=["demo.echo"])
+
+    await placement.dispatcher.place()
+
+    assert await db.fetchval("SELECT status FROM jobs WHERE id = $1", echo) == "running"
+    assert await statuses(db, orphans) == {"ready": 600}
+    reason = await db.fetchval("SELECT waiting_reason FROM jobs WHERE id = $1", orphans[0])
+    assert reason == "no live worker runs task type 'demo.sleep' (start one with --tasks)"
+
+
+async def test_jobs_that_fit_nowhere_are_placed_once_a_worker_that_fits_them_joins(
+    client: httpx.AsyncClient, db: asyncpg.Connection, placement: Placement
+) -> None:
+    huge = await submit(client, [CRITICAL_HUGE] * 600)
+    orphans = await submit(client, [ORPHAN] * 600)
+    placement.worker("w4", cpu=4, memory_mb=4096, types=["demo.echo"])
+    await placement.dispatcher.place()
+    assert await statuses(db, huge + orphans) == {"ready": 1200}
+
+    placement.worker("w64", cpu=64, memory_mb=4096, types=["demo.echo"])
+    await placement.dispatcher.place()
+    assert await statuses(db, huge) == {"ready": 599, "running": 1}
+
+    placement.worker("sleeper", cpu=4, memory_mb=4096, types=["demo.sleep"])
+    await placement.dispatcher.place()
+    assert await statuses(db, orphans) == {"ready": 596, "running": 4}  # its 4 slots
+    # The ones still waiting say why they wait now (the worker runs their type).
+    reason = await db.fetchval(
+        "SELECT waiting_reason FROM jobs WHERE id = ANY($1) AND status = 'ready' LIMIT 1",
+        orphans,
+    )
+    assert reason is None or "no live worker" not in reason, reason
+
+
+async def test_backfill_past_jobs_that_fit_a_worker_but_not_its_room_now(
+    client: httpx.AsyncClient, db: asyncpg.Connection, placement: Placement
+) -> None:
+    """600 jobs that need the whole of the big worker, which is busy: a small job behind
+    them goes to the small worker in the same cycle (they are not hidden, nor parked)."""
+    placement.worker("big", cpu=8, memory_mb=4096, types=["demo.echo"])
+    placement.worker("small", cpu=1, memory_mb=1024, types=["demo.echo"])
+    (first,) = await submit(client, [{**CRITICAL_HUGE, "resources": {"cpu_units": 8}}])
+    await placement.dispatcher.place()
+    assert await db.fetchval("SELECT worker_id FROM jobs WHERE id = $1", first) == "big"
+
+    whole = await submit(client, [{**CRITICAL_HUGE, "resources": {"cpu_units": 8}}] * 600)
+    (small,) = await submit(client, [CRITICAL_SMALL])
+    placement.dispatcher.maybe_ready = True  # the submissions' wake-up hint, as the cycle
+    await placement.dispatcher.place()
+
+    assert await db.fetchval("SELECT worker_id FROM jobs WHERE id = $1", small) == "small"
+    assert await statuses(db, whole) == {"ready": 600}
+    assert await db.fetchval("SELECT count(*) FROM jobs WHERE id = ANY($1) AND parked", whole) == 0
+
+
+async def test_a_parked_job_that_leaves_ready_and_comes_back_is_claimable_again(
+    client: httpx.AsyncClient, db: asyncpg.Connection, placement: Placement
+) -> None:
+    (orphan,) = await submit(client, [ORPHAN])
+    placement.worker("echo-only", cpu=4, memory_mb=4096, types=["demo.echo"])
+    await placement.dispatcher.place()
+    assert await db.fetchval("SELECT parked FROM jobs WHERE id = $1", orphan) is True
+
+    assert (await client.patch(f"/jobs/{orphan}/cancel")).status_code == 200
+    assert await db.fetchval("SELECT parked FROM jobs WHERE id = $1", orphan) is False
+    assert (await client.post(f"/jobs/{orphan}/retry")).status_code == 200
+    row = await db.fetchrow("SELECT status, parked FROM jobs WHERE id = $1", orphan)
+    assert (row["status"], row["parked"]) == ("ready", False)
