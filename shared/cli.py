@@ -248,6 +248,23 @@ def format_line(event: dict[str, Any]) -> str:
     return f"{event['ts']} [{event['attempt']}] {data['level'].upper():8} {data['message']}"
 
 
+def every_log_line(client: Any, job_id: str) -> dict[str, Any]:
+    """GET /jobs/{id}/logs page after page: one document with every line."""
+    data: dict[str, Any] = client.raw("GET", f"/jobs/{job_id}/logs")
+    page = data
+    while page.get("next_cursor"):
+        page = client.raw("GET", f"/jobs/{job_id}/logs", params={"cursor": page["next_cursor"]})
+        data["lines"].extend(page["lines"])
+        data["executions"] = page["executions"]
+    data["next_cursor"] = None
+    return data
+
+
+def print_line(line: dict[str, Any]) -> None:
+    """A line of GET /jobs/{id}/logs, printed as a streamed one is."""
+    typer.echo(format_line({"ts": line["ts"], "attempt": line["attempt"], "data": line}))
+
+
 @app.command()
 def logs(
     job_id: str,
@@ -259,16 +276,23 @@ def logs(
     with state["client"]() as client:
         try:
             if not follow:
-                data = client.raw("GET", f"/jobs/{job_id}/logs")
+                data = every_log_line(client, job_id)
                 if state["json"]:
                     print_json(data)
                     return
                 for line in data["lines"]:
-                    typer.echo(
-                        format_line({"ts": line["ts"], "attempt": line["attempt"], "data": line})
-                    )
+                    print_line(line)
                 return
             for event in client.stream(job_ids=[job_id], replay=True):
+                if event["event"] == "dropped" and event["data"].get("replay"):
+                    # The replay sent only the latest lines: the earlier ones, over REST.
+                    earlier = every_log_line(client, job_id)["lines"][: event["data"]["count"]]
+                    for line in earlier:
+                        if state["json"]:
+                            typer.echo(json.dumps(line))
+                        else:
+                            print_line(line)
+                    continue
                 if state["json"]:
                     typer.echo(json.dumps(event))
                 elif event["event"] == "log":

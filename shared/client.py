@@ -61,6 +61,13 @@ def _result(response: httpx.Response) -> Any:
     return response.json() if response.content else None
 
 
+LOG_PAGE_SIZE = 1000  # lines per GET /jobs/{id}/logs request
+
+
+def _log_params(limit: int, cursor: str | None) -> dict[str, Any]:
+    return {"limit": limit} | ({"cursor": cursor} if cursor else {})
+
+
 def _job_body(type: str, payload: dict[str, Any] | None, options: dict[str, Any]) -> dict[str, Any]:
     return {
         "type": type,
@@ -128,8 +135,22 @@ class Client:
     def get_status(self, job_id: str) -> JobRead:
         return JobRead.model_validate(self._request("GET", f"/jobs/{job_id}"))
 
-    def logs(self, job_id: str) -> JobLogs:
-        return JobLogs.model_validate(self._request("GET", f"/jobs/{job_id}/logs"))
+    def logs_page(
+        self, job_id: str, *, limit: int = LOG_PAGE_SIZE, cursor: str | None = None
+    ) -> JobLogs:
+        """One page of the job's lines (and its executions); ``next_cursor`` for the next."""
+        params = _log_params(limit, cursor)
+        return JobLogs.model_validate(self._request("GET", f"/jobs/{job_id}/logs", params=params))
+
+    def logs(self, job_id: str, *, page_size: int = LOG_PAGE_SIZE) -> JobLogs:
+        """Every line of the job (page after page) and its executions."""
+        first = page = self.logs_page(job_id, limit=page_size)
+        while page.next_cursor:
+            page = self.logs_page(job_id, limit=page_size, cursor=page.next_cursor)
+            first.lines.extend(page.lines)
+            first.executions = page.executions
+        first.next_cursor = None
+        return first
 
     def cancel(self, job_id: str) -> JobRead:
         return JobRead.model_validate(self._request("PATCH", f"/jobs/{job_id}/cancel"))
@@ -230,8 +251,23 @@ class AsyncClient:
     async def get_status(self, job_id: str) -> JobRead:
         return JobRead.model_validate(await self._request("GET", f"/jobs/{job_id}"))
 
-    async def logs(self, job_id: str) -> JobLogs:
-        return JobLogs.model_validate(await self._request("GET", f"/jobs/{job_id}/logs"))
+    async def logs_page(
+        self, job_id: str, *, limit: int = LOG_PAGE_SIZE, cursor: str | None = None
+    ) -> JobLogs:
+        params = _log_params(limit, cursor)
+        return JobLogs.model_validate(
+            await self._request("GET", f"/jobs/{job_id}/logs", params=params)
+        )
+
+    async def logs(self, job_id: str, *, page_size: int = LOG_PAGE_SIZE) -> JobLogs:
+        """Every line of the job (page after page) and its executions."""
+        first = page = await self.logs_page(job_id, limit=page_size)
+        while page.next_cursor:
+            page = await self.logs_page(job_id, limit=page_size, cursor=page.next_cursor)
+            first.lines.extend(page.lines)
+            first.executions = page.executions
+        first.next_cursor = None
+        return first
 
     async def cancel(self, job_id: str) -> JobRead:
         return JobRead.model_validate(await self._request("PATCH", f"/jobs/{job_id}/cancel"))

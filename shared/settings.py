@@ -41,6 +41,10 @@ class Settings(BaseSettings):
     api_port: int = 8000
     # "key:role,key:role"; parsed into a dict key -> role.
     api_keys: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
+    # Which configuration the keys above belong to: an API revokes only the env keys its
+    # own set created and no longer lists (services/api/keys.py). Replicas sharing one
+    # list share one set; another fleet on the same database names its own.
+    api_keys_set: str = Field(default="default", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     dev: bool = False
 
     # Where the CLI and the SDK connect.
@@ -83,12 +87,46 @@ class Settings(BaseSettings):
     # their log lines, executions and dependency edges this many days after they
     # finished; the active scheduler sweeps every retention_sweep_seconds. 0 (the
     # default) keeps everything: nothing is deleted unless the operator asks for it.
-    # The audit log is append-only and never pruned (see docs/operations.md).
+    # The audit log has its own setting (audit_retention_days, below).
     retention_days: float = Field(default=0.0, ge=0)
     retention_sweep_seconds: float = Field(default=60.0, gt=0)
 
     # API: events buffered per WebSocket client before new ones are dropped for it.
     ws_buffer_events: int = Field(default=1000, ge=1, le=1_000_000)
+    # Open WebSockets per API key on one API replica; one more is closed with 1008.
+    ws_max_sockets_per_key: int = Field(default=50, ge=1, le=100_000)
+    # Log lines a WebSocket replay sends per job (the latest ones); the earlier lines
+    # are read with GET /jobs/{id}/logs (paged).
+    ws_replay_lines: int = Field(default=1000, ge=0, le=100_000)
+    # How often every open WebSocket's key is checked again (a revocation's NOTIFY
+    # triggers a check at once; this is the bound should it be missed).
+    ws_key_recheck_seconds: float = Field(default=2.0, gt=0, le=60)
+
+    # Rate limits (token buckets, in memory per API replica: with N replicas behind a
+    # balancer a client may get up to N times these). Requests per second sustained
+    # and the burst allowed on top; 0 per second turns that limit off.
+    # Per API key: generous, an honest client looping as fast as it can is never held.
+    rate_limit_key_per_second: float = Field(default=500.0, ge=0)
+    rate_limit_key_burst: int = Field(default=2000, ge=1)
+    # Per client address, whatever the key (many clients may share an address).
+    rate_limit_address_per_second: float = Field(default=1000.0, ge=0)
+    rate_limit_address_burst: int = Field(default=4000, ge=1)
+    # Per client address, requests refused 401 (no key, a bad or revoked key): tight.
+    rate_limit_unauthenticated_per_second: float = Field(default=2.0, ge=0)
+    rate_limit_unauthenticated_burst: int = Field(default=30, ge=1)
+    # A key the database refused is refused again without asking it for this long (a
+    # key created or restored meanwhile works at the latest after this; every replica
+    # forgets refused keys at once when keys change through the API or the bootstrap).
+    key_refused_cache_seconds: float = Field(default=5.0, ge=0, le=300)
+
+    # Audit rows of requests refused without a valid key: at most this many per client
+    # address and minute; the others are counted in the next row written for it.
+    audit_unauthenticated_rows_per_minute: int = Field(default=10, ge=1)
+    # Characters of a refusal's message kept in its audit row (the rest is cut, marked).
+    audit_detail_max_chars: int = Field(default=2000, ge=100, le=1_000_000)
+    # When > 0, audit rows older than this many days are deleted by the active
+    # scheduler's retention sweep. 0 (the default) keeps the audit log forever.
+    audit_retention_days: float = Field(default=0.0, ge=0)
     # Require a (viewer) key for GET /metrics.
     metrics_require_key: bool = False
 

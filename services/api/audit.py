@@ -1,18 +1,76 @@
-"""Audit rows for refused requests (accepted ones are written with the change itself)."""
+"""Audit rows for refused requests (accepted ones are written with the change itself).
+
+What one client can make us store is bounded:
+
+- a refusal's message is cut to ``SWITCHYARD_AUDIT_DETAIL_MAX_CHARS`` (with a marker
+  saying how much was cut), the action (a path, for unknown routes) to 200 characters;
+- refusals of requests without a valid key (no key, a bad or revoked key, an unknown
+  route before any key was checked) are written at most
+  ``SWITCHYARD_AUDIT_UNAUTHENTICATED_ROWS_PER_MINUTE`` times a minute per client
+  address; the others are counted, and the next row written for that address says how
+  many were left out (``detail.unwritten_before``);
+- requests refused by a rate limit (429) write one row per limited bucket and minute,
+  with the number refused since the last such row (``detail.refused``).
+"""
 
 from __future__ import annotations
 
 import logging
 from typing import Any
+from uuid import UUID
 
 from fastapi import Request
 from sqlalchemy.exc import SQLAlchemyError
 
+from services.api.buckets import TokenBuckets
 from shared.models import AuditEntry
 
 log = logging.getLogger(__name__)
 
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+ACTION_MAX_CHARS = 200
+DEFAULT_DETAIL_MAX_CHARS = 2000
+DEFAULT_UNAUTHENTICATED_ROWS_PER_MINUTE = 10
+
+
+def capped(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters, with a marker saying how many were cut."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… [cut: {len(text) - limit} more characters]"
+
+
+class AuditAllowance:
+    """Rows allowed per name (a client address, a rate-limit bucket) and minute; what is
+    not written is counted and reported with the next row that is."""
+
+    def __init__(self, *, per_minute: float) -> None:
+        self._buckets = TokenBuckets(per_second=per_minute / 60, burst=max(1, int(per_minute)))
+        self._unwritten: dict[str, int] = {}
+
+    def admit(self, name: str) -> int | None:
+        """None: do not write (counted). Else write, and say that this many rows were
+        left out before it."""
+        if self._buckets.take(name) > 0:
+            if name in self._unwritten or len(self._unwritten) < 100_000:
+                self._unwritten[name] = self._unwritten.get(name, 0) + 1
+            return None
+        return self._unwritten.pop(name, 0)
+
+
+def _allowances(state: Any) -> tuple[AuditAllowance, AuditAllowance]:
+    """(unauthenticated refusals per address, rate-limit rows per bucket), made on first use."""
+    found = getattr(state, "audit_allowances", None)
+    if found is None:
+        settings = getattr(state, "settings", None)
+        per_minute = getattr(
+            settings,
+            "audit_unauthenticated_rows_per_minute",
+            DEFAULT_UNAUTHENTICATED_ROWS_PER_MINUTE,
+        )
+        found = (AuditAllowance(per_minute=per_minute), AuditAllowance(per_minute=1))
+        state.audit_allowances = found
+    return found  # type: ignore[no-any-return]
 
 
 def action_of(request: Request) -> str:
@@ -21,17 +79,30 @@ def action_of(request: Request) -> str:
     name = getattr(route, "name", None)
     if name and "." in name:
         return str(name)
-    return f"{request.method} {request.url.path}"
+    return capped(f"{request.method} {request.url.path}", ACTION_MAX_CHARS)
 
 
 async def audit_refusal(request: Request, status_code: int, detail: Any) -> None:
     """Append one row for a refused mutating request, in its own transaction."""
     if request.method not in MUTATING:
         return
-    sessionmaker = getattr(request.app.state, "sessionmaker", None)
+    state = request.app.state
+    sessionmaker = getattr(state, "sessionmaker", None)
     if sessionmaker is None:
         return
     actor = getattr(request.state, "actor", None)
+    client = request.client.host if request.client else None
+    stored: dict[str, Any] = {}
+    if actor is None:
+        unwritten = _allowances(state)[0].admit(client or "unknown")
+        if unwritten is None:
+            return
+        if unwritten:
+            stored["unwritten_before"] = unwritten
+    limit = getattr(
+        getattr(state, "settings", None), "audit_detail_max_chars", DEFAULT_DETAIL_MAX_CHARS
+    )
+    stored["detail"] = capped(detail if isinstance(detail, str) else str(detail), limit)
     job_id = request.path_params.get("job_id") if request.scope.get("route") else None
     outcome = {
         401: "unauthenticated",
@@ -40,17 +111,47 @@ async def audit_refusal(request: Request, status_code: int, detail: Any) -> None
         409: "conflict",
         413: "too_large",
         422: "invalid",
+        429: "throttled",
     }.get(status_code, "error")
-    entry = AuditEntry(
-        actor=actor.key_id if actor else None,
-        role=actor.role if actor else None,
-        action=action_of(request),
-        job_id=job_id if isinstance(job_id, str | None) and _is_uuid(job_id) else None,
-        outcome=outcome,
-        status_code=status_code,
-        client=request.client.host if request.client else None,
-        detail={"detail": detail if isinstance(detail, str) else str(detail)[:2000]},
+    await _write(
+        sessionmaker,
+        AuditEntry(
+            actor=actor.key_id if actor else None,
+            role=actor.role if actor else None,
+            action=action_of(request),
+            job_id=UUID(job_id) if isinstance(job_id, str) and _is_uuid(job_id) else None,
+            outcome=outcome,
+            status_code=status_code,
+            client=client,
+            detail=stored,
+        ),
     )
+
+
+async def audit_throttled(
+    state: Any, *, bucket: str, name: str, actor: str | None, client: str | None, action: str
+) -> None:
+    """At most one row per limited bucket and minute for requests refused with 429."""
+    sessionmaker = getattr(state, "sessionmaker", None)
+    if sessionmaker is None:
+        return
+    unwritten = _allowances(state)[1].admit(f"{bucket}:{name}")
+    if unwritten is None:
+        return
+    await _write(
+        sessionmaker,
+        AuditEntry(
+            actor=actor,
+            action="ratelimit.refuse",
+            outcome="throttled",
+            status_code=429,
+            client=client,
+            detail={"bucket": bucket, "refused": unwritten + 1, "last": capped(action, 200)},
+        ),
+    )
+
+
+async def _write(sessionmaker: Any, entry: AuditEntry) -> None:
     try:
         async with sessionmaker() as session:
             session.add(entry)
@@ -63,8 +164,6 @@ async def audit_refusal(request: Request, status_code: int, detail: Any) -> None
 def _is_uuid(value: str | None) -> bool:
     if value is None:
         return False
-    from uuid import UUID
-
     try:
         UUID(value)
     except ValueError:

@@ -1,5 +1,20 @@
-"""Pure ASGI middleware: refuse request bodies over ``SWITCHYARD_MAX_BODY_BYTES`` with 413.
+"""Pure ASGI middleware at the API's door: rate limits, and the body size limit.
 
+``RateLimit`` keeps token buckets (``services/api/buckets.py``) in memory, per API
+replica: with N replicas behind a balancer a client may get up to N times the limits.
+
+- per client address, every request (``SWITCHYARD_RATE_LIMIT_ADDRESS_*``);
+- per API key, every request that carries it (``SWITCHYARD_RATE_LIMIT_KEY_*``);
+- per client address, requests answered 401 (no key, a bad or revoked key:
+  ``SWITCHYARD_RATE_LIMIT_UNAUTHENTICATED_*``, tight). While that bucket is empty, the
+  address's requests are refused unless they carry a key known to be valid.
+
+A refused request gets 429 with ``Retry-After`` and a message; it reaches no route and
+no database (one audit row per limited bucket and minute says how many were refused).
+A key the database refused a moment ago is answered 401 here, without asking the
+database again (``services/api/keycache.py``).
+
+``BodySizeLimit`` refuses request bodies over ``SWITCHYARD_MAX_BODY_BYTES`` with 413.
 The limit is enforced while the body is read (a lying or absent Content-Length does not
 help), by raising an HTTPException that the app's handlers turn into a 413 with its
 audit row.
@@ -7,8 +22,139 @@ audit row.
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from typing import Any
+
+import orjson
 from starlette.exceptions import HTTPException
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from services.api.audit import audit_refusal, audit_throttled
+from services.api.buckets import TokenBuckets, retry_after_header
+from services.api.keys import hash_key
+from shared.settings import Settings
+
+INVALID_KEY = "invalid or revoked API key"
+ACCEPTED_KEYS_KEPT = 50_000
+
+
+def bearer_token(scope: Scope) -> str | None:
+    """The key of ``Authorization: Bearer <key>``, if the header is well formed."""
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            token = token.strip()
+            return token if scheme.lower() == "bearer" and token else None
+    return None
+
+
+class RateLimit:
+    def __init__(self, app: ASGIApp, *, settings: Settings) -> None:
+        self.app = app
+        self.by_address = TokenBuckets(
+            per_second=settings.rate_limit_address_per_second,
+            burst=settings.rate_limit_address_burst,
+        )
+        self.by_key = TokenBuckets(
+            per_second=settings.rate_limit_key_per_second, burst=settings.rate_limit_key_burst
+        )
+        self.unauthenticated = TokenBuckets(
+            per_second=settings.rate_limit_unauthenticated_per_second,
+            burst=settings.rate_limit_unauthenticated_burst,
+        )
+        # Keys that were answered other than 401 lately: they pass while their address
+        # is held for refusals (a shared address must not lock out its honest clients).
+        # Only a classification: each request is still authenticated as usual.
+        self._accepted: OrderedDict[str, None] = OrderedDict()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        state = scope["app"].state
+        client = scope.get("client")
+        address = client[0] if client else "unknown"
+        if wait := self.by_address.take(address):
+            await self._throttle(scope, send, state, "address", address, wait, address)
+            return
+        token = bearer_token(scope)
+        digest = hash_key(token) if token else None
+        cache = getattr(state, "key_cache", None)
+        if digest is not None and cache is not None and cache.is_refused(digest):
+            if wait := self.unauthenticated.take(address):
+                await self._throttle(scope, send, state, "unauthenticated", address, wait, address)
+                return
+            await self._refuse_known_invalid(scope, send)
+            return
+        known = cache.get(digest) if digest is not None and cache is not None else None
+        key = digest or ("dev" if getattr(state, "open_dev_mode", False) else None)
+        if key is not None and (wait := self.by_key.take(key)):
+            actor = known.key_id if known is not None else None
+            await self._throttle(scope, send, state, "key", key, wait, address, actor=actor)
+            return
+        accepted = known is not None or (digest is not None and digest in self._accepted)
+        if not accepted and (wait := self.unauthenticated.wait_time(address)):
+            await self._throttle(scope, send, state, "unauthenticated", address, wait, address)
+            return
+        generation = cache.generation if cache is not None else 0
+        status: list[int] = []
+
+        async def observed_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status.append(message["status"])
+            await send(message)
+
+        await self.app(scope, receive, observed_send)
+        if status and status[0] == 401:
+            self.unauthenticated.charge(address)
+            if digest is not None:
+                self.by_key.forget(digest)  # a refused key holds no bucket
+                self._accepted.pop(digest, None)
+                if cache is not None:
+                    cache.remember_refused(digest, generation)
+        elif status and digest is not None:
+            self._accepted.pop(digest, None)
+            self._accepted[digest] = None
+            if len(self._accepted) > ACCEPTED_KEYS_KEPT:
+                self._accepted.popitem(last=False)
+
+    async def _throttle(
+        self,
+        scope: Scope,
+        send: Send,
+        state: Any,
+        bucket: str,
+        name: str,
+        wait: float,
+        address: str,
+        *,
+        actor: str | None = None,
+    ) -> None:
+        what = {
+            "address": "requests from your address",
+            "key": "requests with this API key",
+            "unauthenticated": "requests without a valid API key from your address",
+        }[bucket]
+        seconds = retry_after_header(wait)
+        detail = f"too many {what}: retry after {seconds} s (the API's rate limit)"
+        await _answer(send, 429, detail, {"retry-after": seconds})
+        await audit_throttled(
+            state, bucket=bucket, name=name, actor=actor, client=address,
+            action=f"{scope['method']} {scope['path']}",
+        )  # fmt: skip
+
+    async def _refuse_known_invalid(self, scope: Scope, send: Send) -> None:
+        await _answer(send, 401, INVALID_KEY, {"www-authenticate": "Bearer"})
+        await audit_refusal(Request(scope), 401, INVALID_KEY)
+
+
+async def _answer(send: Send, status: int, detail: str, headers: dict[str, str]) -> None:
+    body = orjson.dumps({"detail": detail})
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    raw += [(k.encode(), v.encode()) for k, v in headers.items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
 
 
 class BodySizeLimit:

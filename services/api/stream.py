@@ -102,11 +102,16 @@ def to_envelope(message: Message) -> tuple[dict[str, Any], str | None, str | Non
     return None
 
 
+class TooManySockets(Exception):
+    """The key already has its allowed number of open sockets on this replica."""
+
+
 class Subscriber:
     """One client's bounded buffer of serialized events."""
 
-    def __init__(self, stream_filter: StreamFilter, *, maxsize: int) -> None:
+    def __init__(self, stream_filter: StreamFilter, *, maxsize: int, key: str = "") -> None:
         self.filter = stream_filter
+        self.key = key
         self.buffer: deque[tuple[dict[str, Any], bytes]] = deque()
         self.maxsize = maxsize
         self.dropped = 0
@@ -136,6 +141,7 @@ class EventHub:
         self.broker = broker
         self.buffer_size = buffer_size
         self.subscribers: set[Subscriber] = set()
+        self._per_key: dict[str, int] = {}  # open sockets per API key id
         self.listeners: list[Callable[[Message], None]] = []
         self._recent: OrderedDict[UUID, tuple[float, deque[dict[str, Any]]]] = OrderedDict()
         self._recent_total = 0
@@ -161,13 +167,30 @@ class EventHub:
             },
         )
 
-    def subscribe(self, stream_filter: StreamFilter) -> Subscriber:
-        sub = Subscriber(stream_filter, maxsize=self.buffer_size)
+    def subscribe(
+        self, stream_filter: StreamFilter, *, key: str = "", max_per_key: int | None = None
+    ) -> Subscriber:
+        """A new subscriber for ``key`` (an API key id); ``TooManySockets`` when that key
+        has ``max_per_key`` already."""
+        if max_per_key is not None and self._per_key.get(key, 0) >= max_per_key:
+            raise TooManySockets(
+                f"too many sockets for this key: {max_per_key} open on this API replica "
+                "(SWITCHYARD_WS_MAX_SOCKETS_PER_KEY); close some"
+            )
+        sub = Subscriber(stream_filter, maxsize=self.buffer_size, key=key)
         self.subscribers.add(sub)
+        self._per_key[key] = self._per_key.get(key, 0) + 1
         return sub
 
     def unsubscribe(self, sub: Subscriber) -> None:
+        if sub not in self.subscribers:
+            return
         self.subscribers.discard(sub)
+        left = self._per_key.get(sub.key, 1) - 1
+        if left > 0:
+            self._per_key[sub.key] = left
+        else:
+            self._per_key.pop(sub.key, None)
 
     def recent_lines(self, job_id: UUID) -> list[dict[str, Any]]:
         entry = self._recent.get(job_id)
@@ -175,7 +198,12 @@ class EventHub:
 
     async def _on_delivery(self, delivery: Delivery) -> None:
         for message in delivery.messages:
-            self.publish_local(message)
+            # One event that cannot be forwarded must not cost the others of its batch
+            # (these are fan-out copies: the database has them all).
+            try:
+                self.publish_local(message)
+            except Exception:
+                log.exception("event %s not forwarded", getattr(message, "kind", "?"))
 
     def publish_local(self, message: Message) -> None:
         """Hand one event to listeners (metrics) and matching subscribers."""

@@ -58,26 +58,42 @@ class Maintenance:
 
     def _start_retention(self) -> None:
         """Every ``SWITCHYARD_RETENTION_SWEEP_SECONDS``, in the background: delete what
-        finished more than ``SWITCHYARD_RETENTION_DAYS`` ago (0: never)."""
-        days = self._settings.retention_days
+        finished more than ``SWITCHYARD_RETENTION_DAYS`` ago, and audit rows older than
+        ``SWITCHYARD_AUDIT_RETENTION_DAYS`` (0: never, each)."""
+        settings = self._settings
         now = time.monotonic()
-        if days <= 0 or now - self._last_prune < self._settings.retention_sweep_seconds:
+        if settings.retention_days <= 0 and settings.audit_retention_days <= 0:
+            return
+        if now - self._last_prune < settings.retention_sweep_seconds:
             return
         if self._prune_task is not None and not self._prune_task.done():
             return
         self._last_prune = now
-        self._prune_task = asyncio.create_task(self._prune(days), name="retention")
+        self._prune_task = asyncio.create_task(self._prune(), name="retention")
 
-    async def _prune(self, days: float) -> None:
-        cutoff = datetime.now(UTC) - timedelta(days=days)
-        try:
-            n = await retention.prune_finished(self._db.pool, older_than=cutoff)
-        except RAW_DB_ERRORS as exc:
-            log.warning("retention sweep failed (next one in %g s): %s",
-                        self._settings.retention_sweep_seconds, exc)  # fmt: skip
-            return
-        if n:
-            log.info("retention: deleted %d job(s) finished before %s", n, cutoff.isoformat())
+    async def _prune(self) -> None:
+        settings = self._settings
+        every = settings.retention_sweep_seconds
+        if settings.retention_days > 0:
+            cutoff = datetime.now(UTC) - timedelta(days=settings.retention_days)
+            try:
+                n = await retention.prune_finished(self._db.pool, older_than=cutoff)
+            except RAW_DB_ERRORS as exc:
+                log.warning("retention sweep failed (next one in %g s): %s", every, exc)
+            else:
+                if n:
+                    log.info("retention: deleted %d job(s) finished before %s", n,
+                             cutoff.isoformat())  # fmt: skip
+        if settings.audit_retention_days > 0:
+            cutoff = datetime.now(UTC) - timedelta(days=settings.audit_retention_days)
+            try:
+                n = await retention.prune_audit(self._db.pool, older_than=cutoff)
+            except RAW_DB_ERRORS as exc:
+                log.warning("audit retention sweep failed (next one in %g s): %s", every, exc)
+            else:
+                if n:
+                    log.info("audit retention: deleted %d row(s) written before %s", n,
+                             cutoff.isoformat())  # fmt: skip
 
     # ------------------------------------------------------------ vacuum
 

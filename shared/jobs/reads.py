@@ -23,8 +23,8 @@ from shared.db import Db, fetch
 from shared.errors import InvalidJobRequest, JobNotFound
 from shared.jobs import sql
 from shared.jobs.parking import as_arrays
-from shared.models import Job, JobDependency, JobExecution, JobLogLine
-from shared.schemas import ExecutionRead, JobLogs, LogLine, Priority, check_time_range
+from shared.models import Job, JobDependency
+from shared.schemas import Priority, check_time_range
 from shared.states import JobStatus
 
 S = JobStatus
@@ -98,38 +98,6 @@ def list_page_query(
         cursor=bool(cursor),
     )  # fmt: skip
     return statement, args
-
-
-async def job_logs(session: AsyncSession, job_id: UUID) -> JobLogs:
-    await get_job(session, job_id)
-    executions = await session.scalars(
-        select(JobExecution).where(JobExecution.job_id == job_id).order_by(JobExecution.attempt)
-    )
-    lines = await session.scalars(
-        select(JobLogLine)
-        .where(JobLogLine.job_id == job_id)
-        .order_by(JobLogLine.attempt, JobLogLine.seq)
-    )
-    return JobLogs(
-        executions=[
-            ExecutionRead(
-                attempt=e.attempt,
-                worker_id=e.worker_id,
-                started_at=e.started_at,
-                finished_at=e.finished_at,
-                duration_seconds=e.duration_seconds,
-                status=e.status,
-                error=e.error,
-                result=e.result,
-                resources=e.resources,
-            )
-            for e in executions
-        ],
-        lines=[
-            LogLine(ts=ln.ts, attempt=ln.attempt, level=ln.level, message=ln.message)
-            for ln in lines
-        ],
-    )
 
 
 async def jobs_by_idempotency_key(session: AsyncSession, keys: list[str]) -> dict[str, Job]:

@@ -1,5 +1,6 @@
 """Retention: finished jobs deleted after ``SWITCHYARD_RETENTION_DAYS``, with what
-cascades from them (log lines, executions, dependency edges)."""
+cascades from them (log lines, executions, dependency edges); audit rows after
+``SWITCHYARD_AUDIT_RETENTION_DAYS``."""
 
 from __future__ import annotations
 
@@ -29,6 +30,38 @@ async def prune_finished(
                 raise
             batch = max(1, batch // 10)
             continue
+        n = int(status.split()[-1])  # "DELETE n"
+        deleted += n
+        if n < batch:
+            break
+    return deleted
+
+
+# The audit log's guard (migration 0006) lets only a transaction that sets this delete.
+# Old rows have the low ids: the boundary is the first row young enough to keep, found
+# walking the primary key from the start (over the rows about to go, no further).
+PRUNE_AUDIT = """
+WITH boundary AS (
+    SELECT coalesce(
+        (SELECT id FROM audit_log WHERE at >= $1 ORDER BY id LIMIT 1),
+        (SELECT max(id) + 1 FROM audit_log)
+    ) AS id
+)
+DELETE FROM audit_log
+WHERE id IN (SELECT id FROM audit_log WHERE id < (SELECT id FROM boundary) ORDER BY id LIMIT $2)
+"""
+
+
+async def prune_audit(
+    pool: asyncpg.Pool, *, older_than: datetime, batch: int = 5000, limit: int = 1_000_000
+) -> int:
+    """Delete audit rows written before ``older_than``, ``batch`` at a time (each its
+    own transaction), at most ``limit`` per call. Returns how many."""
+    deleted = 0
+    while deleted < limit:
+        async with pool_transaction(pool) as conn:
+            await conn.execute("SET LOCAL switchyard.audit_retention = 'on'")
+            status = await conn.execute(PRUNE_AUDIT, older_than, batch, timeout=60)
         n = int(status.split()[-1])  # "DELETE n"
         deleted += n
         if n < batch:

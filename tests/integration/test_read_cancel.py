@@ -116,7 +116,11 @@ async def test_logs(client: httpx.AsyncClient, db: asyncpg.Connection) -> None:
     job = await submit(client)
     job_id = uuid.UUID(job["id"])
     empty = await client.get(f"/jobs/{job['id']}/logs")
-    assert empty.status_code == 200 and empty.json() == {"executions": [], "lines": []}
+    assert empty.status_code == 200 and empty.json() == {
+        "executions": [],
+        "lines": [],
+        "next_cursor": None,
+    }
     await db.execute(
         "INSERT INTO job_executions (job_id, attempt, worker_id, status, started_at, finished_at,"
         " duration_seconds, error) VALUES ($1, 1, 'w1', 'failed', now(), now(), 0.5, 'boom')",

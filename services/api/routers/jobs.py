@@ -8,16 +8,16 @@ one job encoder (``shared.jobs.views``), which writes exactly those schemas.
 from __future__ import annotations
 
 from collections import Counter
-from datetime import datetime
 from typing import Annotated, Any
 from uuid import UUID
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, HTTPException, Query, Request, Response
 
 from services.api.deps import SessionDep, SubmitterDep, ViewerDep, error_responses
 from services.api.events import publish_after_commit
 from shared.jobs.commands import cancel_job, retry_job
-from shared.jobs.reads import JobFilter, get_job, job_logs, list_jobs
+from shared.jobs.logs import LOG_PAGE_DEFAULT, LOG_PAGE_MAX, InvalidLogCursor, job_log_page
+from shared.jobs.reads import JobFilter, get_job, list_jobs
 from shared.jobs.submit import (
     IdempotencyRace,
     SubmitResult,
@@ -27,7 +27,16 @@ from shared.jobs.submit import (
 )
 from shared.jobs.views import batch_json, job_json, page_json
 from shared.messages import JobCancel, JobStateChanged, JobSubmitted, _Message
-from shared.schemas import BatchCreate, BatchRead, JobCreate, JobLogs, JobPage, JobRead, Priority
+from shared.schemas import (
+    BatchCreate,
+    BatchRead,
+    JobCreate,
+    JobLogs,
+    JobPage,
+    JobRead,
+    Priority,
+    WireTime,
+)
 from shared.states import JobStatus
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -144,8 +153,8 @@ async def list_jobs_route(
     status: Annotated[list[JobStatus] | None, Query(description="repeat to OR")] = None,
     type: Annotated[str | None, Query(max_length=200, pattern=r"^[^\x00]+$")] = None,
     priority: Priority | None = None,
-    created_after: datetime | None = None,
-    created_before: datetime | None = None,
+    created_after: WireTime | None = None,
+    created_before: WireTime | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: Annotated[str | None, Query(max_length=500, pattern=r"^[A-Za-z0-9_=-]+$")] = None,
 ) -> Response:
@@ -238,6 +247,16 @@ async def retry_job_route(
     response_model=JobLogs,
     responses=error_responses(401, 403, 404, 422, 503),
 )
-async def job_logs_route(job_id: UUID, session: SessionDep, actor: ViewerDep) -> JobLogs:
-    """Every attempt (``executions``) and exactly the lines the task logged, in order."""
-    return await job_logs(session, job_id)
+async def job_logs_route(
+    job_id: UUID,
+    session: SessionDep,
+    actor: ViewerDep,
+    limit: Annotated[int, Query(ge=1, le=LOG_PAGE_MAX)] = LOG_PAGE_DEFAULT,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> JobLogs:
+    """Every attempt (``executions``) and exactly the lines the task logged, in order,
+    ``limit`` at a time: pass ``next_cursor`` back as ``cursor`` for the next page."""
+    try:
+        return await job_log_page(session, job_id, limit=limit, cursor=cursor)
+    except InvalidLogCursor as exc:
+        raise HTTPException(422, str(exc)) from None

@@ -1,0 +1,83 @@
+"""A job's log lines, a page at a time, and its executions (``GET /jobs/{id}/logs``).
+
+Pages are keyset-paginated on ``(attempt, seq)`` (the unique index of ``job_logs``):
+each page is one index range scan, however many lines the job has. The cursor is
+opaque to clients; :func:`decode_log_cursor` is the one place that reads it.
+"""
+
+from __future__ import annotations
+
+import base64
+from uuid import UUID
+
+from sqlalchemy import select, tuple_
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from shared.jobs.reads import get_job
+from shared.models import JobExecution, JobLogLine
+from shared.schemas import ExecutionRead, JobLogs, LogLine
+
+LOG_PAGE_DEFAULT = 1000
+LOG_PAGE_MAX = 10_000
+_INT4_MAX = 2**31 - 1
+
+
+class InvalidLogCursor(ValueError):
+    """A cursor this API did not issue."""
+
+
+def encode_log_cursor(attempt: int, seq: int) -> str:
+    return base64.urlsafe_b64encode(f"L{attempt}.{seq}".encode()).decode().rstrip("=")
+
+
+def decode_log_cursor(cursor: str) -> tuple[int, int]:
+    """(attempt, seq) of the last line of the previous page; InvalidLogCursor otherwise."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
+        attempt, seq = (int(part) for part in raw.removeprefix("L").split("."))
+        if not raw.startswith("L") or not (0 <= attempt <= _INT4_MAX and 0 <= seq <= _INT4_MAX):
+            raise ValueError(raw)
+    except ValueError:  # binascii.Error and UnicodeDecodeError are ValueErrors
+        raise InvalidLogCursor(
+            "cursor: not a cursor of this job's logs; pass next_cursor from the previous page"
+        ) from None
+    return attempt, seq
+
+
+async def job_log_page(
+    session: AsyncSession, job_id: UUID, *, limit: int = LOG_PAGE_DEFAULT, cursor: str | None
+) -> JobLogs:
+    """Every execution, and up to ``limit`` lines after ``cursor`` (from the first without)."""
+    after = decode_log_cursor(cursor) if cursor else None
+    await get_job(session, job_id)
+    executions = await session.scalars(
+        select(JobExecution).where(JobExecution.job_id == job_id).order_by(JobExecution.attempt)
+    )
+    stmt = select(JobLogLine).where(JobLogLine.job_id == job_id)
+    if after is not None:
+        stmt = stmt.where(tuple_(JobLogLine.attempt, JobLogLine.seq) > after)
+    rows = list(
+        await session.scalars(stmt.order_by(JobLogLine.attempt, JobLogLine.seq).limit(limit + 1))
+    )
+    page = rows[:limit]
+    more = len(rows) > limit
+    return JobLogs(
+        executions=[
+            ExecutionRead(
+                attempt=e.attempt,
+                worker_id=e.worker_id,
+                started_at=e.started_at,
+                finished_at=e.finished_at,
+                duration_seconds=e.duration_seconds,
+                status=e.status,
+                error=e.error,
+                result=e.result,
+                resources=e.resources,
+            )
+            for e in executions
+        ],
+        lines=[
+            LogLine(ts=ln.ts, attempt=ln.attempt, level=ln.level, message=ln.message) for ln in page
+        ],
+        next_cursor=encode_log_cursor(page[-1].attempt, page[-1].seq) if more else None,
+    )

@@ -1,0 +1,125 @@
+"""Abuse bounds: rate limits with 429 and Retry-After, audit rows that one client cannot
+multiply, refusal messages stored cut to size."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import asyncpg
+import httpx
+import pytest
+
+from services.api.app import create_app
+from shared.settings import Settings
+from tests.conftest import ADMIN_KEY, SUBMITTER_KEY, VIEWER_KEY, auth
+
+
+async def _client_for(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://sy.test") as c:
+            yield c
+
+
+@pytest.fixture
+async def tight(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """An API whose limits are small: 3 requests per key, 5 per address, 2 refusals."""
+    small = settings.model_copy(
+        update={
+            "rate_limit_key_per_second": 0.01,
+            "rate_limit_key_burst": 3,
+            "rate_limit_address_per_second": 0.01,
+            "rate_limit_address_burst": 8,
+            "rate_limit_unauthenticated_per_second": 0.01,
+            "rate_limit_unauthenticated_burst": 2,
+        }
+    )
+    async for c in _client_for(small):
+        yield c
+
+
+async def test_past_the_key_limit_429_with_retry_after_and_a_message(
+    tight: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    for _ in range(3):
+        assert (await tight.get("/jobs", headers=auth(VIEWER_KEY))).status_code == 200
+    refused = await tight.get("/jobs", headers=auth(VIEWER_KEY))
+    assert refused.status_code == 429
+    assert int(refused.headers["retry-after"]) >= 1
+    assert "too many requests with this API key" in refused.json()["detail"]
+    # Another key has its own bucket; a refused submission changed nothing.
+    assert (await tight.get("/jobs", headers=auth(ADMIN_KEY))).status_code == 200
+    for _ in range(2):
+        await tight.post("/jobs", json={"type": "demo.echo"}, headers=auth(ADMIN_KEY))
+    r = await tight.post("/jobs", json={"type": "demo.echo"}, headers=auth(ADMIN_KEY))
+    assert r.status_code == 429
+    assert await db.fetchval("SELECT count(*) FROM jobs") == 2  # the two admitted
+    # One audit row per limited bucket and minute, however many refusals.
+    rows = await db.fetch("SELECT * FROM audit_log WHERE action = 'ratelimit.refuse'")
+    assert len(rows) == 2 and {r["status_code"] for r in rows} == {429}
+
+
+async def test_past_the_address_limit_429(tight: httpx.AsyncClient) -> None:
+    keys = [ADMIN_KEY, SUBMITTER_KEY, VIEWER_KEY]
+    codes = [(await tight.get("/jobs", headers=auth(keys[i % 3]))).status_code for i in range(9)]
+    assert codes[:8] == [200] * 8
+    assert codes[8] == 429
+
+
+async def test_requests_without_a_valid_key_have_a_tighter_limit(
+    tight: httpx.AsyncClient,
+) -> None:
+    assert (await tight.get("/jobs", headers=auth(VIEWER_KEY))).status_code == 200
+    codes = [(await tight.get("/jobs", headers=auth("wrong"))).status_code for _ in range(3)]
+    assert codes == [401, 401, 429]
+    no_key = await tight.get("/jobs")
+    assert no_key.status_code == 429 and "without a valid API key" in no_key.json()["detail"]
+    # A key accepted a moment ago still gets in from the same address (its own bucket).
+    assert (await tight.get("/jobs", headers=auth(VIEWER_KEY))).status_code == 200
+
+
+async def test_an_honest_client_looping_over_1000_requests_is_never_throttled(
+    client: httpx.AsyncClient,
+) -> None:
+    """The default limits, one request after another as fast as the API answers."""
+    codes: dict[int, int] = {}
+    for i in range(1000):
+        if i % 2:
+            r = await client.get("/jobs", params={"limit": 1})
+        else:
+            r = await client.post("/jobs", json={"type": "demo.echo", "payload": {"i": i}})
+        codes[r.status_code] = codes.get(r.status_code, 0) + 1
+    assert codes == {201: 500, 200: 500}
+
+
+async def test_unauthenticated_refusals_write_a_bounded_number_of_audit_rows(
+    settings: Settings, db: asyncpg.Connection
+) -> None:
+    roomy = settings.model_copy(
+        update={
+            "rate_limit_unauthenticated_burst": 1000,
+            "audit_unauthenticated_rows_per_minute": 5,
+        }
+    )
+    async for c in _client_for(roomy):
+        for i in range(40):
+            r = await c.post("/jobs", json={"type": "demo.echo"}, headers=auth(f"bad-{i}"))
+            assert r.status_code == 401
+        for _ in range(20):  # an unknown route, no key: a 404 before any key was checked
+            assert (await c.post("/no/such/route")).status_code == 404
+        rows = await db.fetch("SELECT * FROM audit_log ORDER BY id")
+        assert len(rows) == 5  # the allowance per address and minute
+        assert {r["outcome"] for r in rows} == {"unauthenticated"}
+
+
+async def test_a_huge_refusal_message_is_stored_cut_with_a_marker(
+    client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    body = {"type": "demo.mean", "payload": {"values": ["not a number"] * 3000}}
+    r = await client.post("/jobs", json=body)
+    assert r.status_code == 422
+    assert len(r.json()["detail"]) > 10_000  # the client still gets the whole story
+    stored = await db.fetchval("SELECT detail->>'detail' FROM audit_log WHERE outcome = 'invalid'")
+    assert len(stored) < 2100
+    assert stored.endswith("more characters]") and "[cut: " in stored
