@@ -4,6 +4,7 @@ revoked key's sockets closed on every replica."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -157,3 +158,48 @@ def test_a_revoked_keys_sockets_close_with_1008_on_every_replica(replicas: list[
     for code, reason, after in asyncio.run(scenario()):
         assert code == 1008 and "revoked" in reason
         assert after < 5
+
+
+def test_replay_sockets_that_are_not_read_hold_no_database_connection(
+    start_service: object, settings: Settings
+) -> None:
+    """Twenty-five viewers ask a replay of a job with 60 MB of log lines and never read
+    their sockets: the replica still answers at once (no pooled connection is held
+    while a replay waits on a slow reader, and the replay is cut to its byte budget)."""
+    port = free_port()
+    proc: ServiceProcess = start_service("api", env={"SWITCHYARD_API_PORT": str(port)})  # type: ignore[operator]
+    url = f"http://127.0.0.1:{port}"
+    wait_http_ok(f"{url}/healthz", proc)
+    with admin(url) as http:
+        job = http.post("/jobs", json={"type": "demo.echo"}).json()
+    sql(
+        settings,
+        "INSERT INTO job_logs (job_id, attempt, seq, ts, level, message) "
+        "SELECT $1, 1, s, now(), 'info', repeat('x', 60000) FROM generate_series(1, 1000) s",
+        uuid.UUID(job["id"]),
+    )
+    request = (
+        f"GET /jobs/stream?job_id={job['id']}&replay=true&token={VIEWER_KEY} HTTP/1.1\r\n"
+        f"Host: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    ).encode()
+    silent = []
+    try:
+        for _ in range(25):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.sendall(request)
+            assert sock.recv(12).startswith(b"HTTP/1.1 101")  # upgraded; never read again
+            silent.append(sock)
+        deadline = time.monotonic() + 20
+        while True:  # each read needs a pooled connection
+            with admin(url) as http:
+                started = time.monotonic()
+                answer = http.get(f"/jobs/{job['id']}", timeout=10)
+                took = time.monotonic() - started
+            if answer.status_code == 200 and took < 2:
+                break
+            assert time.monotonic() < deadline, (answer.status_code, took)
+    finally:
+        for sock in silent:
+            sock.close()

@@ -25,6 +25,7 @@ from uuid import UUID
 import orjson
 from fastapi import APIRouter, HTTPException, WebSocket, WebSocketDisconnect
 from sqlalchemy import func, select, tuple_
+from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.websockets import WebSocketState
 
 from services.api.deps import resolve_token
@@ -40,6 +41,9 @@ router = APIRouter(tags=["stream"])
 
 POLICY_VIOLATION = 1008
 MAX_REPLAY_JOBS = 100  # jobs one socket may ask a replay of
+# The replay's lines, all jobs together, in characters of JSON: a replay of 100 jobs of
+# 1,000 long lines each must not be held in memory (the rest: GET /jobs/{id}/logs).
+REPLAY_BYTES = 8 * 1024 * 1024
 
 
 class BadRequest(Exception):
@@ -193,62 +197,94 @@ async def send_replay(
     since: datetime | None,
     sent: set[tuple[str, int, int]],
 ) -> None:
-    """Each job's latest lines (at most ``SWITCHYARD_WS_REPLAY_LINES``), its progress,
-    then its state. Lines left out are announced first, with how many."""
+    """Each job's latest lines (at most ``SWITCHYARD_WS_REPLAY_LINES``, and all jobs'
+    lines together at most ``REPLAY_BYTES``), its progress, then its state. Lines left
+    out are announced first, with how many.
+
+    Each job's frames are read in a session of their own and sent after it is closed:
+    a client that does not read its socket must not hold a pooled connection."""
     state = websocket.app.state
-    cap: int = state.settings.ws_replay_lines
     assert stream_filter.job_ids is not None
     async with state.sessionmaker() as session:
         jobs = list(await session.scalars(select(Job).where(Job.id.in_(stream_filter.job_ids))))
-        for job in sorted(jobs, key=lambda j: j.created_at):
-            where = [JobLogLine.job_id == job.id]
-            if since is not None:
-                where.append(JobLogLine.ts >= since)
-            latest = list(
-                await session.scalars(
-                    select(JobLogLine)
-                    .where(*where)
-                    .order_by(JobLogLine.attempt.desc(), JobLogLine.seq.desc())
-                    .limit(cap)
-                )
+    budget = REPLAY_BYTES
+    for job in sorted(jobs, key=lambda j: j.created_at):
+        async with state.sessionmaker() as session:
+            frames, budget = await replay_frames(session, state, job, since, sent, budget)
+        for frame in frames:
+            await websocket.send_text(frame)
+
+
+async def replay_frames(
+    session: AsyncSession,
+    state: Any,
+    job: Job,
+    since: datetime | None,
+    sent: set[tuple[str, int, int]],
+    budget: int,
+) -> tuple[list[str], int]:
+    """One job's replay frames, and what is left of the byte budget after them."""
+    cap: int = state.settings.ws_replay_lines
+    where = [JobLogLine.job_id == job.id]
+    if since is not None:
+        where.append(JobLogLine.ts >= since)
+    latest = list(
+        await session.scalars(
+            select(JobLogLine)
+            .where(*where)
+            .order_by(JobLogLine.attempt.desc(), JobLogLine.seq.desc())
+            .limit(cap)
+        )
+    )
+    lines: dict[tuple[int, int], dict[str, Any]] = {}
+    for ln in latest:
+        data = {"seq": ln.seq, "level": ln.level, "message": ln.message}
+        lines[(ln.attempt, ln.seq)] = envelope("log", job.id, ln.attempt, iso(ln.ts), data)
+    for ev in state.hub.recent_lines(job.id):
+        if since is None or datetime.fromisoformat(ev["ts"]) >= since:
+            lines.setdefault((ev["attempt"], ev["data"]["seq"]), ev)
+    ordered = sorted(lines.items())
+    kept = ordered[len(ordered) - cap :] if cap else []
+    # The newest lines that fit the budget (at least none, never a partial line).
+    texts: list[tuple[tuple[int, int], str]] = []
+    for key, ev in reversed(kept):
+        text = orjson.dumps(ev).decode()
+        if len(text) > budget:
+            break
+        budget -= len(text)
+        texts.append((key, text))
+    texts.reverse()
+    left_out = len(kept) - len(texts)  # over the byte budget
+    if len(latest) == cap and kept:
+        # Every stored line before the first one kept, beyond what was read.
+        first = kept[0][0]
+        left_out += int(
+            await session.scalar(
+                select(func.count())
+                .select_from(JobLogLine)
+                .where(*where, tuple_(JobLogLine.attempt, JobLogLine.seq) < first)
             )
-            lines: dict[tuple[int, int], dict[str, Any]] = {}
-            for ln in latest:
-                data = {"seq": ln.seq, "level": ln.level, "message": ln.message}
-                lines[(ln.attempt, ln.seq)] = envelope("log", job.id, ln.attempt, iso(ln.ts), data)
-            for ev in state.hub.recent_lines(job.id):
-                if since is None or datetime.fromisoformat(ev["ts"]) >= since:
-                    lines.setdefault((ev["attempt"], ev["data"]["seq"]), ev)
-            ordered = sorted(lines.items())
-            kept = ordered[len(ordered) - cap :] if cap else []
-            left_out = len(ordered) - len(kept)
-            if len(latest) == cap and kept:
-                # Stored lines before the first one kept, beyond what was read.
-                first = kept[0][0]
-                left_out = int(
-                    await session.scalar(
-                        select(func.count())
-                        .select_from(JobLogLine)
-                        .where(*where, tuple_(JobLogLine.attempt, JobLogLine.seq) < first)
-                    )
-                    or 0
-                )
-            if left_out:
-                hint = f"read the earlier lines with GET /jobs/{job.id}/logs"
-                notice = envelope("dropped", job.id, job.attempts, iso(datetime.now(UTC)),
-                                  {"count": left_out, "replay": True, "hint": hint})  # fmt: skip
-                await websocket.send_text(orjson.dumps(notice).decode())
-            for (attempt, seq), ev in kept:
-                sent.add((str(job.id), attempt, seq))
-                await websocket.send_text(orjson.dumps(ev).decode())
-            if job.progress:
-                p = job.progress
-                ts = str(p.get("ts") or iso(job.updated_at))
-                done = {"done": p.get("done"), "total": p.get("total"), "message": p.get("message")}
-                progress = envelope("progress", job.id, job.attempts, ts, done)
-                await websocket.send_text(orjson.dumps(progress).decode())
-            # The current state last: a client may stop at a final state, after the lines.
-            now = {"old_status": None, "new_status": job.status, "type": job.type,
-                   "worker_id": job.worker_id, "reason": "replay", "replay": True}  # fmt: skip
-            current = envelope("state", job.id, job.attempts, iso(job.updated_at), now)
-            await websocket.send_text(orjson.dumps(current).decode())
+            or 0
+        )
+    else:
+        left_out += len(ordered) - len(kept)
+    frames: list[str] = []
+    if left_out:
+        hint = f"read the earlier lines with GET /jobs/{job.id}/logs"
+        notice = envelope("dropped", job.id, job.attempts, iso(datetime.now(UTC)),
+                          {"count": left_out, "replay": True, "hint": hint})  # fmt: skip
+        frames.append(orjson.dumps(notice).decode())
+    for (attempt, seq), text in texts:
+        sent.add((str(job.id), attempt, seq))
+        frames.append(text)
+    if job.progress:
+        p = job.progress
+        ts = str(p.get("ts") or iso(job.updated_at))
+        done = {"done": p.get("done"), "total": p.get("total"), "message": p.get("message")}
+        frames.append(orjson.dumps(envelope("progress", job.id, job.attempts, ts, done)).decode())
+    # The current state last: a client may stop at a final state, after the lines.
+    now = {"old_status": None, "new_status": job.status, "type": job.type,
+           "worker_id": job.worker_id, "reason": "replay", "replay": True}  # fmt: skip
+    current = envelope("state", job.id, job.attempts, iso(job.updated_at), now)
+    frames.append(orjson.dumps(current).decode())
+    return frames, budget
