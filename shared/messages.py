@@ -8,8 +8,6 @@ receivers call :func:`decode`. Bodies are JSON; ``v`` is the schema version and
 from __future__ import annotations
 
 import json
-import math
-import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -29,6 +27,17 @@ from pydantic import (
 )
 
 from shared.errors import DecodeError
+from shared.jsonvalues import (
+    BIGINT_MAX,
+    INT4_MAX,
+    MESSAGE_TIMES,
+    TASK_OUTPUT_JSON,
+    WIRE_JSON,
+    check_json,
+    encoded_within,
+    safe_text,
+    truncate_text,
+)
 
 SCHEMA_VERSION = 1
 
@@ -40,112 +49,45 @@ SCHEMA_VERSION = 1
 # result is too large); a receiver dead-letters a body that exceeds one.
 MAX_MESSAGE_BYTES = 8 * 2**20  # one body, published or received
 MAX_RESULT_BYTES = 2 * 2**20  # a task's result, encoded
-MAX_PAYLOAD_BYTES = 4 * 2**20  # a dispatch's payload, encoded (the API's own limit is lower)
+# A dispatch's payload, encoded; SWITCHYARD_MAX_PAYLOAD_BYTES (the API's) may not exceed it.
+MAX_PAYLOAD_BYTES = 4 * 2**20
 MAX_TEXT_CHARS = 64 * 1024  # a log line, an error, a traceback, a reason, a progress message
 MAX_NAME_CHARS = 1000  # a task type, a worker id, a status or level word
 MAX_LIST_ITEMS = 100_000  # a heartbeat's running jobs or task types
-MAX_JSON_DEPTH = 64  # nesting of a result or payload (orjson stops at 255, jiter at 200)
-INT4_MAX = 2**31 - 1  # attempts, sequence numbers, memory and slots are int4 columns
-INT8_MAX = 2**63 - 1
-# orjson, the encoder of every body and of jsonb parameters, writes these integers.
-JSON_INT_MIN, JSON_INT_MAX = -(2**63), 2**64 - 1
-
-_BAD_TEXT = re.compile("[\x00\ud800-\udfff]")
-
-
-def safe_text(value: str) -> str:
-    """``value`` with what no UTF-8 encoder or PostgreSQL text takes (lone surrogates, as
-    ``os.listdir`` returns undecodable names, and NUL) replaced by U+FFFD, visibly."""
-    return _BAD_TEXT.sub("\ufffd", value)
-
-
-def truncate_text(value: str, limit: int = MAX_TEXT_CHARS, *, keep: str = "head") -> str:
-    """``value`` cut to at most ``limit`` characters, with a marker saying how much went
-    (``keep="tail"`` keeps the end: the last lines of a traceback say the most)."""
-    if len(value) <= limit:
-        return value
-    room = max(0, limit - 64)  # 64: more than the marker takes
-    marker = f" [... {len(value) - room:,} characters truncated ...] "
-    return marker + value[-room:] if keep == "tail" else value[:room] + marker
+# Integer ranges, nesting and times: shared.jsonvalues (shared with the API).
 
 
 def _text(value: Any) -> Any:
     return safe_text(value) if isinstance(value, str) else value
 
 
+def message_text(value: str, *, keep: Literal["head", "tail"] = "head") -> str:
+    """A task's text (a log line, an error, a traceback) as a message carries it: bad
+    text replaced, cut to MAX_TEXT_CHARS with a marker."""
+    return truncate_text(safe_text(value), MAX_TEXT_CHARS, keep=keep)
+
+
 def storable_json(value: Any, *, limit: int, what: str = "value", convert: bool = False) -> Any:
-    """``value`` as JSON every hop can carry: orjson encodes it and jsonb stores it.
-
-    Text is made safe (``safe_text``, keys too); an integer orjson cannot write, a
-    non-finite float (JSON has none; orjson would write null), nesting deeper than
-    MAX_JSON_DEPTH, a type JSON lacks or an encoding over ``limit`` bytes raises
-    ValueError naming where. With ``convert`` what orjson writes natively (datetimes,
-    UUIDs, dataclasses...) is taken as orjson writes it, as a task's result is."""
-    size = [0]
-
-    def walk(v: Any, path: str, depth: int) -> Any:
-        if depth > MAX_JSON_DEPTH:
-            raise ValueError(f"{what} is nested too deep (more than {MAX_JSON_DEPTH} levels)")
-        if isinstance(v, str):
-            size[0] += len(v) + 2
-            return safe_text(v)
-        if isinstance(v, bool) or v is None:
-            size[0] += 5
-            return v
-        if isinstance(v, int):
-            if not JSON_INT_MIN <= v <= JSON_INT_MAX:
-                raise ValueError(
-                    f"integer at {path} is outside the 64-bit range JSON is encoded with"
-                )
-            size[0] += 20
-            return v
-        if isinstance(v, float):
-            if not math.isfinite(v):
-                raise ValueError(f"{v} at {path} is not a JSON number")
-            size[0] += 24
-            return v
-        if isinstance(v, dict):
-            out = {}
-            for k, item in v.items():
-                if not isinstance(k, str):
-                    raise ValueError(f"key {k!r} at {path} is not a string")
-                size[0] += len(k) + 4
-                out[safe_text(k)] = walk(item, f"{path}[{k!r}]", depth + 1)
-            return out
-        if isinstance(v, list | tuple):
-            return [walk(item, f"{path}[{i}]", depth + 1) for i, item in enumerate(v)]
-        if convert:
-            try:
-                native = orjson.loads(orjson.dumps(v))
-            except TypeError as exc:
-                raise ValueError(f"{type(v).__name__} at {path} is not JSON ({exc})") from None
-            return walk(native, path, depth)
-        raise ValueError(f"{type(v).__name__} at {path} is not JSON")
-
-    clean = walk(value, what, 1)
-    if size[0] > limit:
-        raise ValueError(f"{what} is about {size[0]:,} bytes encoded; the limit is {limit:,}")
+    """``value`` as JSON every hop can carry (shared.jsonvalues: WIRE_JSON, or with
+    ``convert`` TASK_OUTPUT_JSON), encoded in at most ``limit`` bytes, measured exactly.
+    Raises ValueError naming what is wrong and where."""
+    clean = check_json(value, TASK_OUTPUT_JSON if convert else WIRE_JSON, where=what)
+    encoded_within(clean, limit, where=what)
     return clean
 
 
 def _wire_time(value: datetime) -> datetime:
-    """Aware, in UTC, and within what every reader can shift and store."""
+    """Aware (a naive time is taken as UTC), in UTC, within MESSAGE_TIMES."""
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
-    try:
-        value = value.astimezone(UTC)
-    except OverflowError:
-        raise ValueError("time out of range") from None
-    if not 1970 <= value.year <= 9000:
-        raise ValueError("time out of range (years 1970 to 9000)")
-    return value
+    return MESSAGE_TIMES.check(value).astimezone(UTC)
 
 
 # The types every field below is built from.
 Text = Annotated[str, BeforeValidator(_text), Field(max_length=MAX_TEXT_CHARS)]
 Name = Annotated[str, BeforeValidator(_text), Field(max_length=MAX_NAME_CHARS)]
 Int4 = Annotated[int, Field(ge=0, le=INT4_MAX)]
-Count = Annotated[int, Field(ge=0, le=INT8_MAX)]
+Count = Annotated[int, Field(ge=0, le=BIGINT_MAX)]
 Real = Annotated[float, Field(allow_inf_nan=False, ge=-1e300, le=1e300)]
 NonNegative = Annotated[float, Field(allow_inf_nan=False, ge=0, le=1e300)]
 WireTime = Annotated[datetime, AfterValidator(_wire_time)]
@@ -531,10 +473,10 @@ def decode(body: bytes) -> Message:
     try:
         return _adapter.validate_json(body)
     except ValidationError as exc:
-        raise DecodeError(f"undecodable message: {_why(exc)}") from exc
+        raise DecodeError(f"undecodable message: {validation_summary(exc)}") from exc
 
 
-def _why(exc: ValidationError) -> str:
+def validation_summary(exc: ValidationError) -> str:
     """A validation error in a line or a few: where, and what is wrong (no input echoed:
     it may be megabytes)."""
     parts = [
@@ -556,10 +498,16 @@ class Rejected:
 _item_adapter: TypeAdapter[Item] = TypeAdapter(Item)
 
 
+class _BatchEnvelope(_Message):
+    """A batch body's own fields, checked apart from its items (``decode_each``)."""
+
+
 def decode_each(body: bytes) -> tuple[Message | None, list[Rejected]]:
     """Like ``decode``, but a batch whose envelope is sound keeps its good items: what
     it returns holds them (or is None), and each bad item is Rejected with its reason,
-    so one bad report does not take 499 good ones with it."""
+    so one bad report does not take 499 good ones with it. Never raises: whatever the
+    body, each part of it is returned or Rejected with why (an envelope that is not
+    sound, a bad ``ts`` say, rejects the whole body)."""
     try:
         return decode(body), []
     except DecodeError as exc:
@@ -574,19 +522,29 @@ def decode_each(body: bytes) -> tuple[Message | None, list[Rejected]]:
         isinstance(raw, dict)
         and raw.get("kind") == "batch"
         and raw.get("v") == SCHEMA_VERSION
-        and raw.get("of") in BATCHABLE
+        and isinstance(raw.get("of"), str)
+        and raw["of"] in BATCHABLE
         and isinstance(raw.get("items"), list)
         and 0 < len(raw["items"]) <= MAX_BATCH_ITEMS
     ):
         return None, whole
+    try:  # checked before the items: a bad envelope rejects the body whole
+        ts = _BatchEnvelope.model_validate(raw).ts
+    except ValidationError as exc:
+        return None, [Rejected(body, f"undecodable batch: {validation_summary(exc)}")]
     good: list[Any] = []
     rejected: list[Rejected] = []
     for item in raw["items"]:
-        item_body = json.dumps(item).encode()
+        try:
+            item_body = json.dumps(item).encode()
+        except (ValueError, RecursionError):  # loads took it, so dumps should: still
+            return None, whole
         try:
             message = _item_adapter.validate_json(item_body)
         except ValidationError as exc:
-            rejected.append(Rejected(item_body, f"undecodable batch item: {_why(exc)}"))
+            rejected.append(
+                Rejected(item_body, f"undecodable batch item: {validation_summary(exc)}")
+            )
             continue
         if message.kind != raw["of"]:
             rejected.append(Rejected(item_body, f"a {message.kind} item in a batch of {raw['of']}"))
@@ -594,4 +552,7 @@ def decode_each(body: bytes) -> tuple[Message | None, list[Rejected]]:
         good.append(message)
     if not good:
         return None, whole
-    return Batch(of=raw["of"], items=good, ts=raw.get("ts") or utcnow()), rejected
+    try:
+        return Batch(of=raw["of"], items=good, ts=ts), rejected
+    except ValidationError as exc:  # its parts were each checked: not expected, still
+        return None, [Rejected(body, f"undecodable batch: {validation_summary(exc)}")]

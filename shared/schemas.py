@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import math
-import re
-from datetime import UTC, datetime
+from dataclasses import replace
+from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
+from shared.jsonvalues import CLIENT_JSON, CLIENT_TIMES, check_json
 from shared.states import JobStatus
 
 
@@ -42,33 +42,16 @@ ShortText = Annotated[str, StringConstraints(min_length=1, max_length=200, patte
 
 _STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-# Every time a client sends (a body field, a query parameter, a cursor, a WebSocket
-# parameter) lies well inside what datetime and PostgreSQL can compute with, so that
-# converting its offset to UTC, adding a retry delay or comparing it never overflows.
-# The lower bound still lets "the distant past" mean "now" (run_at).
-EARLIEST_TIME = datetime(1, 1, 2, tzinfo=UTC)
-LATEST_TIME = datetime(9999, 1, 1, tzinfo=UTC)
-
 
 def check_time_range(value: datetime) -> datetime:
-    """``value`` if it has an offset and lies in [EARLIEST_TIME, LATEST_TIME); else
-    ValueError saying so."""
+    """``value`` if it has an offset and lies in CLIENT_TIMES; else ValueError saying so."""
     if value.tzinfo is None or value.utcoffset() is None:
         raise ValueError("give a time zone offset (e.g. Z or +02:00)")
-    try:
-        in_range = EARLIEST_TIME <= value.astimezone(UTC) < LATEST_TIME
-    except OverflowError:  # the offset pushes it past datetime's own range
-        in_range = False
-    if not in_range:
-        raise ValueError(
-            f"times must lie between {EARLIEST_TIME:%Y-%m-%dT%H:%M:%SZ} and "
-            f"{LATEST_TIME:%Y-%m-%dT%H:%M:%SZ} (UTC)"
-        )
-    return value
+    return CLIENT_TIMES.check(value)
 
 
 WireTime = Annotated[AwareDatetime, AfterValidator(check_time_range)]
-"""An RFC 3339 time with an offset, within the range above: every time a client sends."""
+"""An RFC 3339 time with an offset, within CLIENT_TIMES: every time a client sends."""
 
 
 class Resources(BaseModel):
@@ -333,102 +316,8 @@ class ErrorBody(BaseModel):
     detail: Any
 
 
-# What a JSON value from a client may hold, so that it can be stored (jsonb), encoded
-# (orjson) and read back unchanged: one rule for every payload-like field.
-JSON_INT_MIN = -(2**63)
-JSON_INT_MAX = 2**63 - 1
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def printable(text: str) -> str:
-    """``text`` with what UTF-8 and PostgreSQL text cannot carry (lone surrogates, NUL)
-    written as escapes: for messages that quote client input."""
-    if text.isascii() and "\x00" not in text:
-        return text
-    return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
-
-
-def _bad_text(text: str) -> bool:
-    return "\x00" in text or (not text.isascii() and _SURROGATE.search(text) is not None)
-
-
 def check_json_value(value: Any, *, max_depth: int, where: str = "payload") -> None:
-    """Refuse what JSON/JSONB cannot hold faithfully: NaN/Infinity, integers beyond 64
-    bits, NUL or lone surrogates in strings or keys, and absurd nesting. The error names
-    the path of the first fault."""
-    if not _json_suspect(value, max_depth):
-        return  # the common case: one walk, no path strings built
-    _explain_json_value(value, max_depth=max_depth, where=where)
-    raise ValueError(f"{where}: not a valid JSON value")  # (the walk above names it)
-
-
-def _json_suspect(value: Any, max_depth: int) -> bool:
-    """True when ``check_json_value`` has something to refuse (found without paths)."""
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        kind = type(item)
-        if kind is str:
-            if _bad_text(item):
-                return True
-        elif kind is int:
-            if not JSON_INT_MIN <= item <= JSON_INT_MAX:
-                return True
-        elif kind is float:
-            if not math.isfinite(item):
-                return True
-        elif isinstance(item, dict):
-            if depth > max_depth:
-                return True
-            for k, v in item.items():
-                if not isinstance(k, str) or _bad_text(k):
-                    return True
-                stack.append((v, depth + 1))
-        elif isinstance(item, list):
-            if depth > max_depth:
-                return True
-            stack.extend((v, depth + 1) for v in item)
-        elif item is None or kind is bool:
-            pass
-        else:  # a subclass or a type JSON has not: look closer
-            return True
-    return False
-
-
-def _explain_json_value(value: Any, *, max_depth: int, where: str) -> None:
-    """Raise ValueError naming where ``value`` holds what JSON cannot."""
-    stack: list[tuple[Any, int, str]] = [(value, 1, where)]
-    while stack:
-        item, depth, path = stack.pop()
-        if depth > max_depth and isinstance(item, dict | list):
-            raise ValueError(f"{path}: nested deeper than {max_depth} levels")
-        if isinstance(item, float) and not math.isfinite(item):
-            raise ValueError(f"{path}: NaN and Infinity are not valid JSON numbers")
-        if isinstance(item, int) and not isinstance(item, bool):
-            if not JSON_INT_MIN <= item <= JSON_INT_MAX:
-                raise ValueError(
-                    f"{path}: integers must fit in 64 bits ({JSON_INT_MIN} to "
-                    f"{JSON_INT_MAX}); send larger numbers as strings"
-                )
-        elif isinstance(item, str):
-            _explain_text(item, path, "strings")
-        elif isinstance(item, dict):
-            for k, v in item.items():
-                if not isinstance(k, str):
-                    raise ValueError(f"{path}: keys must be strings")
-                _explain_text(k, path, "keys")
-                stack.append((v, depth + 1, f"{path}.{k}"))
-        elif isinstance(item, list):
-            stack.extend((v, depth + 1, f"{path}[{i}]") for i, v in enumerate(item))
-        elif item is not None and not isinstance(item, bool | float):
-            raise ValueError(f"{path}: {type(item).__name__} is not a JSON value")
-
-
-def _explain_text(text: str, path: str, what: str) -> None:
-    if "\x00" in text:
-        raise ValueError(f"{path}: {what} may not contain the NUL character")
-    if not text.isascii() and _SURROGATE.search(text):
-        raise ValueError(
-            f"{path}: {what} may not contain lone surrogates ('{printable(text)[:80]}' is "
-            "not valid Unicode); send text as UTF-8"
-        )
+    """Refuse what a client's JSON value may not hold (``shared.jsonvalues.CLIENT_JSON``,
+    nested at most ``max_depth`` levels: the API's own limit); the error names the path
+    of the first fault."""
+    check_json(value, replace(CLIENT_JSON, max_depth=max_depth), where=where)

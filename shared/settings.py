@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic import AliasChoices, Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.errors import ConfigError
+from shared.jsonvalues import MAX_JSON_DEPTH
+from shared.messages import MAX_PAYLOAD_BYTES
 
 ROLES = ("viewer", "submitter", "admin")
 
@@ -20,6 +22,13 @@ ROLES = ("viewer", "submitter", "admin")
 WORKER_MAX_THREADS = 1024
 WORKER_MAX_CPU_UNITS = 4096.0
 WORKER_MAX_MEMORY_MB = 16 * 2**20  # 16 TiB
+
+
+# The API's payload limits, bounded by what a dispatch message carries (shared.messages).
+_DISPATCHABLE = {
+    "max_payload_bytes": (2, MAX_PAYLOAD_BYTES, "bytes"),  # 2: "{}"
+    "max_json_depth": (1, MAX_JSON_DEPTH, "levels"),
+}
 
 
 class Settings(BaseSettings):
@@ -135,11 +144,23 @@ class Settings(BaseSettings):
     # Register the built-in demo.* tasks (API: announce them; worker: run them).
     demo_tasks: bool = True
 
-    # Hostile-input limits (see docs/api.md).
+    # Hostile-input limits (see docs/api.md). A payload the API takes must fit the
+    # dispatch that carries it to a worker: at most the message schema's own limits.
     max_payload_bytes: int = 262_144
     max_json_depth: int = 32
     max_dependencies: int = 1_000
     max_batch_jobs: int = 10_000
+
+    @field_validator("max_payload_bytes", "max_json_depth")
+    @classmethod
+    def _within_what_a_dispatch_carries(cls, value: int, info: ValidationInfo) -> int:
+        low, high, unit = _DISPATCHABLE[info.field_name or ""]
+        if not low <= value <= high:
+            raise ValueError(
+                f"must lie between {low:,} and {high:,} {unit}: a payload the API takes must "
+                "fit the dispatch that carries it to a worker"
+            )
+        return value
 
     @field_validator("api_keys", mode="before")
     @classmethod

@@ -23,6 +23,7 @@ from fastapi import Request
 from sqlalchemy.exc import SQLAlchemyError
 
 from services.api.buckets import TokenBuckets
+from shared.jsonvalues import truncate_text
 from shared.models import AuditEntry
 
 log = logging.getLogger(__name__)
@@ -31,13 +32,6 @@ MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 ACTION_MAX_CHARS = 200
 DEFAULT_DETAIL_MAX_CHARS = 2000
 DEFAULT_UNAUTHENTICATED_ROWS_PER_MINUTE = 10
-
-
-def capped(text: str, limit: int) -> str:
-    """``text`` cut to ``limit`` characters, with a marker saying how many were cut."""
-    if len(text) <= limit:
-        return text
-    return f"{text[:limit]}… [cut: {len(text) - limit} more characters]"
 
 
 class AuditAllowance:
@@ -79,7 +73,7 @@ def action_of(request: Request) -> str:
     name = getattr(route, "name", None)
     if name and "." in name:
         return str(name)
-    return capped(f"{request.method} {request.url.path}", ACTION_MAX_CHARS)
+    return truncate_text(f"{request.method} {request.url.path}", ACTION_MAX_CHARS)
 
 
 async def audit_refusal(request: Request, status_code: int, detail: Any) -> None:
@@ -102,7 +96,7 @@ async def audit_refusal(request: Request, status_code: int, detail: Any) -> None
     limit = getattr(
         getattr(state, "settings", None), "audit_detail_max_chars", DEFAULT_DETAIL_MAX_CHARS
     )
-    stored["detail"] = capped(detail if isinstance(detail, str) else str(detail), limit)
+    stored["detail"] = truncate_text(detail if isinstance(detail, str) else str(detail), limit)
     job_id = request.path_params.get("job_id") if request.scope.get("route") else None
     outcome = {
         401: "unauthenticated",
@@ -146,7 +140,11 @@ async def audit_throttled(
             outcome="throttled",
             status_code=429,
             client=client,
-            detail={"bucket": bucket, "refused": unwritten + 1, "last": capped(action, 200)},
+            detail={
+                "bucket": bucket,
+                "refused": unwritten + 1,
+                "last": truncate_text(action, ACTION_MAX_CHARS),
+            },
         ),
     )
 

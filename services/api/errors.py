@@ -26,7 +26,7 @@ from shared.errors import (
     PermissionDenied,
     UnknownDependency,
 )
-from shared.schemas import printable
+from shared.jsonvalues import printable
 
 log = logging.getLogger(__name__)
 

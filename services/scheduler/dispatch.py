@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
+from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 
 from services.scheduler.database import Database
@@ -47,6 +48,7 @@ from shared.messages import (
     _Message,
     dispatches_for,
     unpack,
+    validation_summary,
 )
 from shared.outbox import Outbox
 from shared.settings import Settings
@@ -178,7 +180,9 @@ class Dispatcher:
             if placed:
                 self._fleet.assign(placed)
                 self._reasons.cleared(p.id for p in placed)
-                self._publish(placed, now)
+                undispatchable = self._publish(placed, now)
+                if undispatchable:
+                    await self._fail_undispatchable(undispatchable)
             # Why the others wait, after the dispatches (only a changed reason is written).
             await self._reasons.write(plan.waiting)
             if len(plan.placements) == len(candidates) < batch:
@@ -238,22 +242,30 @@ class Dispatcher:
             self._reasons.clear()  # their reasons were cleared with them
             self.maybe_ready = True
 
-    def _publish(self, placed: list[Placed], now: datetime) -> None:
-        """Announce the committed dispatches and publish them, confirms awaited aside."""
+    def _publish(self, placed: list[Placed], now: datetime) -> list[tuple[Placed, str]]:
+        """Announce the committed dispatches and publish them, confirms awaited aside.
+        Returns the placements whose dispatch could not be built, with why: the others
+        go out without them."""
         lease_until = now + timedelta(seconds=self._settings.worker_lease_seconds)
-        per_worker: dict[str, list[Placed]] = {}
+        per_worker: dict[str, list[JobDispatch]] = {}
+        undispatchable: list[tuple[Placed, str]] = []
         for p in placed:
-            per_worker.setdefault(p.worker_id, []).append(p)
+            try:
+                dispatch = _dispatch_message(p, lease_until)
+            except ValidationError as exc:  # a row the message schema refuses
+                undispatchable.append(
+                    (p, f"its dispatch cannot be built: {validation_summary(exc)}")
+                )
+                continue
+            per_worker.setdefault(p.worker_id, []).append(dispatch)
+        by_id = {p.id: p for p in placed}
         # Each worker's dispatches travel together (a batch per worker per cycle).
         messages: list[tuple[_Message, str]] = []
         carried: list[list[Placed]] = []  # the placements each message carries
-        for worker_id, group in per_worker.items():
-            for message, key in dispatches_for(
-                worker_id, [_dispatch_message(p, lease_until) for p in group]
-            ):
-                ids = {d.job_id for d in unpack(message)}  # type: ignore[arg-type]
+        for worker_id, dispatches in per_worker.items():
+            for message, key in dispatches_for(worker_id, dispatches):
                 messages.append((message, key))
-                carried.append([p for p in group if p.id in ids])
+                carried.append([by_id[d.job_id] for d in unpack(message)])  # type: ignore[arg-type]
         # The confirms are awaited beside the loop: the next cycle (the next hint, the
         # reports of what just started) does not wait a broker round trip. Their events
         # go out now, in commit order: they are committed, and a later event of the same
@@ -263,6 +275,20 @@ class Dispatcher:
         task = asyncio.create_task(self._confirm(messages, carried))
         self._confirming.add(task)
         task.add_done_callback(self._confirming.discard)
+        return undispatchable
+
+    async def _fail_undispatchable(self, undispatchable: list[tuple[Placed, str]]) -> None:
+        """Fail, each alone and with why, the jobs whose dispatch could not be built (a
+        payload stored by hand or by another version that the message schema refuses):
+        another attempt would build the same message."""
+        for p, error in undispatchable:
+            log.error("job %s attempt %d not dispatchable, failing it: %s", p.id, p.attempts,
+                      error)  # fmt: skip
+        async with self._db.session() as session:
+            events = await transitions.fail_undispatchable(session, undispatchable)
+            await session.commit()
+        self._fleet.release([p for p, _ in undispatchable])
+        self.announce(events)
 
     async def _confirm(
         self, messages: list[tuple[_Message, str]], carried: list[list[Placed]]

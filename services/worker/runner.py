@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import traceback
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
-import orjson
-
-from shared.messages import MAX_RESULT_BYTES, safe_text, storable_json, truncate_text
+from shared.jsonvalues import TASK_OUTPUT_JSON, check_json, encoded_within
+from shared.messages import MAX_RESULT_BYTES, message_text
 from shared.tasks import Cancelled, TaskContext, TaskDefinition
 
 MAX_TRACEBACK_LINES = 30
@@ -50,23 +49,20 @@ def run_task(definition: TaskDefinition, ctx: TaskContext, payload: dict[str, An
 
 def storable_result(result: Any) -> Outcome:
     """The task's return value as plain JSON the report, the scheduler and jsonb take:
-    text made safe, anything else it cannot carry (a type JSON lacks, an integer
-    beyond 64 bits, NaN, nesting too deep, more than MAX_RESULT_BYTES) fails the
-    attempt with an error that says which."""
+    text made safe, what orjson writes natively taken as it writes it; anything else
+    it cannot carry (a type JSON lacks, an integer beyond 64 bits, NaN, nesting too
+    deep) fails the attempt with an error that says which, and so does a result over
+    MAX_RESULT_BYTES, measured as the report measures it (``encoded_within``)."""
     try:
-        clean = storable_json(result, limit=2**62, what="result", convert=True)
-        plain = orjson.loads(orjson.dumps(clean))
-    except (TypeError, ValueError) as exc:
+        plain = check_json(result, TASK_OUTPUT_JSON, where="result")
+    except ValueError as exc:
         return Outcome(ok=False, error=_text(f"the task's result cannot be stored as JSON: {exc}"))
-    size = len(orjson.dumps(plain))
-    if size > MAX_RESULT_BYTES:
+    try:
+        encoded_within(plain, MAX_RESULT_BYTES, where="the task's result")
+    except ValueError as exc:
         return Outcome(
             ok=False,
-            error=(
-                f"the task's result is {size:,} bytes encoded; the limit is "
-                f"{MAX_RESULT_BYTES:,} bytes (return less, or store it elsewhere and "
-                "return where)"
-            ),
+            error=f"{exc} bytes (return less, or store it elsewhere and return where)",
         )
     return Outcome(ok=True, result=plain)
 
@@ -78,5 +74,5 @@ def _describe(exc: BaseException) -> str:
         return f"<unprintable: {type(inner).__name__}>"
 
 
-def _text(value: str, *, keep: str = "head") -> str:
-    return truncate_text(safe_text(value), keep=keep)
+def _text(value: str, *, keep: Literal["head", "tail"] = "head") -> str:
+    return message_text(value, keep=keep)

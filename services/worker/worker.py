@@ -45,8 +45,7 @@ from shared.messages import (
     WorkerCapacity,
     WorkerHeartbeat,
     _Message,
-    safe_text,
-    truncate_text,
+    message_text,
 )
 from shared.outbox import Outbox
 from shared.settings import Settings
@@ -303,7 +302,7 @@ class Worker:
             # oversize line cut with a marker (never an exception in the task's thread).
             line = JobLog(
                 job_id=job_id, type=job_type, attempt=attempt, seq=seq, level=level,
-                message=truncate_text(safe_text(str(message))),
+                message=message_text(str(message)),
             )  # fmt: skip
             self._from_thread(self._emit, line)
 
@@ -315,7 +314,7 @@ class Worker:
                     attempt=attempt,
                     done=done,
                     total=total,
-                    message=None if message is None else truncate_text(safe_text(str(message))),
+                    message=None if message is None else message_text(str(message)),
                 )
             except ValidationError as exc:  # NaN, say: progress is advisory, the job goes on
                 log.warning("job %s: progress (%r, %r) not sent: %s", job_id, done, total, exc)
@@ -412,7 +411,7 @@ class Worker:
                 attempt=dispatch.attempt,
                 worker_id=self.worker_id,
                 status="failed" if status in ("completed", "failed") else status,  # type: ignore[arg-type]
-                error=truncate_text(safe_text(f"the attempt's report could not be sent: {exc}")),
+                error=message_text(f"the attempt's report could not be sent: {exc}"),
             )
 
     def _end_report(self, run: Running, outcome: Outcome | None) -> JobStatusReport:

@@ -16,16 +16,23 @@ from uuid_utils.compat import uuid7
 from shared.auth import Actor
 from shared.catalog import TaskCatalog, TaskTypeInfo
 from shared.errors import InvalidJobRequest, PermissionDenied
+from shared.jsonvalues import encoded_within
 from shared.schemas import BatchJobCreate, JobCreate, Resources, RetryPolicy, check_json_value
 from shared.settings import Settings
 
 
+def _default(name: str) -> int:
+    return int(Settings.model_fields[name].default)
+
+
 @dataclass(frozen=True)
 class Limits:
-    max_payload_bytes: int = 262_144
-    max_json_depth: int = 32
-    max_dependencies: int = 1_000
-    max_batch_jobs: int = 10_000
+    """The submission limits of SWITCHYARD_MAX_* (defaults: the settings' own)."""
+
+    max_payload_bytes: int = _default("max_payload_bytes")
+    max_json_depth: int = _default("max_json_depth")
+    max_dependencies: int = _default("max_dependencies")
+    max_batch_jobs: int = _default("max_batch_jobs")
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Limits:
@@ -132,16 +139,9 @@ def _check(
         )
     try:
         check_json_value(spec.payload, max_depth=limits.max_json_depth, where=f"{where}payload")
+        encoded = encoded_within(spec.payload, limits.max_payload_bytes, where=f"{where}payload")
     except ValueError as exc:
         raise InvalidJobRequest(str(exc)) from exc
-    try:
-        encoded = orjson.dumps(spec.payload)
-    except orjson.JSONEncodeError as exc:  # the check above should have named it; never a 500
-        raise InvalidJobRequest(f"{where}payload: cannot be stored as JSON ({exc})") from None
-    if len(encoded) > limits.max_payload_bytes:
-        raise InvalidJobRequest(
-            f"{where}payload is {len(encoded)} bytes; the limit is {limits.max_payload_bytes}"
-        )
     errors = task.payload_errors(spec.payload)
     if errors:
         raise InvalidJobRequest("; ".join(f"{where}{e}" for e in errors))

@@ -160,6 +160,25 @@ async def undo_dispatch(db: Db, placed: list[Placed]) -> list[JobStateChanged]:
     return [_row_event(r, S.RUNNING, r["status"], "dispatch not delivered") for r in rows]
 
 
+async def fail_undispatchable(db: Db, failures: list[tuple[Placed, str]]) -> list[JobStateChanged]:
+    """running -> failed for attempts whose dispatch message could not be built (each
+    with why): another attempt would build the same message, so the job ends now, and
+    its unfinished dependents with it. Fenced by attempt (on the rows locked first)."""
+    if not failures:
+        return []
+    why = {p.id: (p.attempts, error) for p, error in failures}
+    rows = await fetch(db, sql.LOCK_FOR_REPORTS, sorted(why))
+    now = utcnow()
+    ends = [
+        AttemptEnd(job, S.FAILED, why[job.id][1], None, f"not dispatchable: {why[job.id][1]}")
+        for job in (RunningJob(**dict(r)) for r in rows)
+        if job.status == S.RUNNING and job.attempts == why[job.id][0]
+    ]
+    await _write_ends(db, ends, now)
+    events = [_end_event(end, now) for end in ends]
+    return events + await fail_dependents(db, [end.job.id for end in ends], S.FAILED)
+
+
 # ------------------------------------------------------------------- reports
 
 

@@ -42,3 +42,13 @@ def bad_text(ctx: TaskContext, payload: dict[str, object]) -> None:
 def big_result(ctx: TaskContext, params: Size) -> str:
     """Returns a string of ``chars`` characters."""
     return "x" * params.chars
+
+
+class Count(BaseModel):
+    count: int
+
+
+@registry.task("sample.many_zeros", max_attempts=1)
+def many_zeros(ctx: TaskContext, params: Count) -> list[int]:
+    """Returns ``count`` zeros: two bytes each encoded ("0,")."""
+    return [0] * params.count

@@ -5,6 +5,8 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from shared.errors import DecodeError
 from shared.messages import (
@@ -155,8 +157,6 @@ LOG = SAMPLES[6]
         (REPORT, {"attempt": -1}),
         (REPORT, {"result": 2**64}),
         (REPORT, {"result": {"deep": [1, -(2**63) - 1]}}),
-        (REPORT, {"result": float("nan")}),
-        (REPORT, {"result": {"x": float("inf")}}),
         (REPORT, {"error": "e" * 1_000_000}),
         (BEAT, {"capacity__memory_mb": INT4_OVERFLOW}),
         (BEAT, {"allocated__slots": INT4_OVERFLOW}),
@@ -176,8 +176,50 @@ def test_values_no_column_or_encoder_can_take_are_decode_errors(
         decode(_wire(message, **changes))
 
 
+@pytest.mark.parametrize("result", [float("nan"), {"x": float("inf")}, [1, float("-inf")]])
+def test_a_non_finite_number_is_refused_by_the_range_check(result: Any) -> None:
+    """The stdlib writes NaN and Infinity as bare words, which the parser takes: the
+    refusal must come from the value check (and the same check refuses a model built
+    in Python, where no parser is involved)."""
+    with pytest.raises(DecodeError, match="not a valid JSON number"):
+        decode(_wire(REPORT, result=result))
+    with pytest.raises(ValueError, match="not a valid JSON number"):
+        _report(result)
+
+
+def test_a_result_is_measured_exactly_not_estimated() -> None:
+    """600 KB of integers is well under MAX_RESULT_BYTES: the report takes it, and the
+    worker's check (which must agree) too; one byte over the limit is refused by both."""
+    from services.worker.runner import storable_result
+    from shared.messages import MAX_RESULT_BYTES
+
+    many = [0] * 300_000  # 600,001 bytes encoded
+    assert decode(encode(_report(many))).result == many  # type: ignore[union-attr]
+    assert storable_result(many).ok
+    over = "x" * (MAX_RESULT_BYTES - 1)  # two quotes: one byte over
+    with pytest.raises(ValueError, match=f"{MAX_RESULT_BYTES + 1:,} bytes"):
+        _report(over)
+    assert not storable_result(over).ok
+
+
+def test_a_payload_the_api_takes_at_its_largest_settings_is_dispatchable() -> None:
+    """The API's limits may be raised up to the message schema's, no further: a payload
+    at those limits must still fit a dispatch (same depth count, same integers)."""
+    from shared.jsonvalues import CLIENT_INT_MAX, CLIENT_INT_MIN, MAX_JSON_DEPTH
+    from shared.schemas import check_json_value
+
+    deep: Any = {"n": [CLIENT_INT_MIN, CLIENT_INT_MAX]}
+    for _ in range(MAX_JSON_DEPTH - 2):
+        deep = {"d": deep}
+    check_json_value(deep, max_depth=MAX_JSON_DEPTH)
+    dispatch = SAMPLES[1].model_copy(update={"payload": deep})
+    assert decode(encode(dispatch)) == dispatch
+    with pytest.raises(ValueError, match="deeper than"):
+        check_json_value({"d": deep}, max_depth=MAX_JSON_DEPTH)
+
+
 def test_nesting_beyond_the_limit_is_a_decode_error() -> None:
-    from shared.messages import MAX_JSON_DEPTH
+    from shared.jsonvalues import MAX_JSON_DEPTH
 
     deep: Any = 1
     for _ in range(MAX_JSON_DEPTH + 1):
@@ -220,6 +262,66 @@ def test_a_batch_keeps_its_good_items_and_names_each_bad_one() -> None:
     assert len(rejected) == 1
     assert "attempt" in rejected[0].reason
     assert str(good[1].job_id) in rejected[0].body.decode()
+
+
+GOOD_BATCH = Batch(
+    of="job.status",
+    items=[
+        JobStatusReport(job_id=uuid.uuid4(), attempt=1, worker_id="w1", status="started")
+        for _ in range(3)
+    ],
+)
+
+
+@pytest.mark.parametrize(
+    "ts", ["x", "", "1960-01-01T00:00:00Z", "9999-12-31T23:59:59-05:00", 10**30, -(10**30),
+           1e300, None, [], {}],
+)  # fmt: skip
+@pytest.mark.parametrize("bad_item", [False, True])
+def test_a_batch_with_a_bad_ts_is_rejected_whole_never_raised(ts: Any, bad_item: bool) -> None:
+    """An envelope the schema refuses rejects the whole body with its reason: the
+    receiver dead-letters it and settles the delivery (an exception here would leave
+    it unsettled, holding a prefetch slot for good)."""
+    from shared.messages import decode_each
+
+    changes: dict[str, Any] = {"ts": ts}
+    if bad_item:  # a bad item too: the path that rebuilds the batch from its good items
+        changes["items__1__attempt"] = INT4_OVERFLOW
+    body = _wire(GOOD_BATCH, **changes)
+    message, rejected = decode_each(body)
+    assert message is None
+    assert [r.body for r in rejected] == [body]
+    assert "ts" in rejected[0].reason
+
+
+ENVELOPE_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3),
+    max_leaves=8,
+)  # fmt: skip
+
+
+@given(
+    v=st.one_of(st.just(1), ENVELOPE_VALUES),
+    of=st.one_of(st.sampled_from(["job.status", "job.logs", "job.state", "job.dispatch"]),
+                 ENVELOPE_VALUES),
+    ts=ENVELOPE_VALUES,
+    extra_item=ENVELOPE_VALUES,
+)  # fmt: skip
+@settings(max_examples=300, deadline=None)
+def test_decode_each_never_raises_whatever_the_envelope(
+    v: Any, of: Any, ts: Any, extra_item: Any
+) -> None:
+    import json
+
+    from shared.messages import decode_each
+
+    raw = json.loads(encode(GOOD_BATCH))
+    raw.update(v=v, of=of, ts=ts)
+    raw["items"].append(extra_item)
+    body = json.dumps(raw).encode()
+    message, rejected = decode_each(body)
+    assert message is not None or rejected
 
 
 def test_an_undecodable_body_is_rejected_whole() -> None:

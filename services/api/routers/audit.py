@@ -9,6 +9,7 @@ from fastapi import APIRouter, Query
 from sqlalchemy import select
 
 from services.api.deps import AdminDep, SessionDep, error_responses
+from shared.jsonvalues import BIGINT_MAX
 from shared.models import AuditEntry
 from shared.schemas import AuditPage, AuditRead
 
@@ -33,7 +34,7 @@ async def audit_log(
     cursor: Annotated[
         int | None,
         # audit_log.id is a bigint: a larger cursor could only fail in the database.
-        Query(ge=1, le=2**63 - 1, description="next_cursor of the previous page"),
+        Query(ge=1, le=BIGINT_MAX, description="next_cursor of the previous page"),
     ] = None,
 ) -> dict[str, Any]:
     """Filter by ``actor`` (an API key id, ``dev`` or a worker id), ``action`` (e.g.
