@@ -22,7 +22,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import aio_pika
 import aio_pika.abc
@@ -35,6 +35,7 @@ from shared.messages import (
     Batch,
     JobDispatch,
     Message,
+    Rejected,
     _Message,
     batched,
     decode_each,
@@ -58,15 +59,14 @@ _BROKER_ERRORS = (
 # between), then the delivery is dead-lettered with the last error: a message that
 # cannot be handled must not come back forever, nor hold up the ones behind it.
 HANDLER_TRIES = 3
-# A message whose apply (a database write) fails for another reason than an outage is
-# tried this many times on its own before it is dead-lettered (``apply_isolating``).
-APPLY_TRIES = 3
+# A delivery whose dead letter the broker did not confirm is put back in its queue after
+# this pause (not rejected to the broker's dead-letter exchange: a batch's good items
+# would go with it unapplied, and without the reason).
+DEAD_LETTER_RETRY_PAUSE = 1.0
 REASON_HEADER = "x-switchyard-reason"
 QUEUE_HEADER = "x-switchyard-queue"
 SERVICE_HEADER = "x-switchyard-service"
 MAX_REASON_CHARS = 2000
-
-T = TypeVar("T")
 
 
 class UnpublishableMessage(SwitchyardError):
@@ -179,60 +179,6 @@ async def ack_all(deliveries: Sequence[Delivery]) -> None:
             log.info("ack of %d message(s) on a closed channel skipped (%s)", len(deliveries), exc)
 
 
-async def apply_isolating(
-    items: Sequence[T],
-    apply: Callable[[Sequence[T]], Awaitable[None]],
-    *,
-    is_transient: Callable[[BaseException], bool],
-    dead_letter: Callable[[T, str], Awaitable[None]],
-    what: str,
-    tries: int = APPLY_TRIES,
-) -> int:
-    """Apply ``items`` together; if that fails for a reason ``is_transient`` does not
-    excuse (an outage: raised, the caller keeps everything for later), find the item(s)
-    that cannot be applied by halving, apply the rest, and dead-letter each such item
-    after ``tries`` tries on its own. Returns how many were dead-lettered.
-
-    A batch of n with one poison item costs about 2·log2(n) applies, once; the poison
-    item never blocks the items around it. ``apply`` must be idempotent (a half that
-    failed is applied again) and commit what it applies."""
-    try:
-        await apply(items)
-        return 0
-    except Exception as exc:
-        if is_transient(exc):
-            raise
-        if len(items) > 1:
-            log.error(
-                "applying %d %s failed (%s: %s); isolating what cannot be applied",
-                len(items), what, type(exc).__name__, exc,
-            )  # fmt: skip
-            half = len(items) // 2
-            first = await apply_isolating(
-                items[:half], apply, is_transient=is_transient, dead_letter=dead_letter,
-                what=what, tries=tries,
-            )  # fmt: skip
-            return first + await apply_isolating(
-                items[half:], apply, is_transient=is_transient, dead_letter=dead_letter,
-                what=what, tries=tries,
-            )  # fmt: skip
-        last = exc
-    for attempt in range(2, tries + 1):
-        # A deadlock victim or a lost race passes on a second try; a bad value does not.
-        await asyncio.sleep(0.05 * attempt)
-        try:
-            await apply(items)
-            return 0
-        except Exception as exc:
-            if is_transient(exc):
-                raise
-            last = exc
-    reason = f"could not be applied ({tries} tries): {type(last).__name__}: {last}"
-    log.error("dead-lettering one of the %s: %s", what, reason)
-    await dead_letter(items[0], reason)
-    return 1
-
-
 Handler = Callable[[Delivery], Awaitable[None]]
 
 
@@ -323,10 +269,6 @@ class Consumer:
             await self._queue.channel.close()
         except _BROKER_ERRORS as exc:
             log.warning("closing consumer channel %s failed: %s", self._tag, exc)
-
-
-REASON_HEADER = "x-switchyard-reason"
-QUEUE_HEADER = "x-switchyard-queue"
 
 
 def _dead_letter(raw: aio_pika.abc.AbstractIncomingMessage) -> DeadLetter:
@@ -488,15 +430,16 @@ class Broker:
     async def dead_letter_message(
         self, message: _Message, *, reason: str, queue: str | None, key: str | None = None
     ) -> None:
-        """``dead_letter`` for a decoded message (one item of a batch, say)."""
+        """``dead_letter`` for a decoded message (one item of a batch, say), or for one
+        a bug built wrong: what cannot be encoded is kept as its repr."""
         try:
             body = encode(message)
-        except (TypeError, ValueError) as exc:  # kept readable, if not as it was
+        except Exception as exc:  # kept readable, if not as it was
             body = repr(message)[:MAX_TEXT_CHARS].encode("utf-8", "replace")
-            reason = f"{reason} (body not encodable: {exc}; its repr is kept)"
+            reason = f"{reason} (body not encodable: {type(exc).__name__}: {exc}; its repr is kept)"
         try:
             key = key or routing_key(message)
-        except (TypeError, ValueError):
+        except Exception:
             key = getattr(message, "kind", "unknown")
         await self.dead_letter(body, reason=reason, routing_key=key, queue=queue)
 
@@ -552,7 +495,10 @@ class Broker:
         errors: list[BrokerUnavailable] = []
         for (message, key), result in zip(items, results, strict=True):
             if isinstance(result, UnpublishableMessage):
-                await self._drop_unpublishable(message, key, result)
+                try:
+                    await self._dead_letter_unpublishable(message, key, result)
+                except BrokerUnavailable as exc:
+                    errors.append(exc)  # a caller that retries tries it again
             elif result is not None:
                 errors.append(result)
         if errors:
@@ -560,11 +506,12 @@ class Broker:
                 f"{len(errors)} publish(es) failed; first: {errors[0]}"
             ) from errors[0]
 
-    async def _drop_unpublishable(
+    async def _dead_letter_unpublishable(
         self, message: _Message, key: str | None, exc: UnpublishableMessage
     ) -> None:
         """A message no retry can publish: logged, and its description dead-lettered
-        (the body itself could not go), so the messages behind it go on."""
+        (the body itself could not go), so the messages behind it go on; raises
+        BrokerUnavailable if that dead letter is not confirmed."""
         kind = getattr(message, "kind", type(message).__name__)
         what = [
             f"{getattr(m, 'kind', '?')} job {getattr(m, 'job_id', '-')} "
@@ -573,13 +520,10 @@ class Broker:
         ]
         log.error("not publishing %s (%s): %s", kind, ", ".join(what[:20]), exc)
         summary = {"unpublished": kind, "messages": what[:500], "error": str(exc)[:2000]}
-        try:
-            await self.dead_letter(
-                json.dumps(summary).encode(), reason=f"unpublishable: {exc}",
-                routing_key=key or kind, queue=None,
-            )  # fmt: skip
-        except BrokerUnavailable as dead_exc:
-            log.error("its dead letter was not published either: %s", dead_exc)
+        await self.dead_letter(
+            json.dumps(summary).encode(), reason=f"unpublishable: {exc}",
+            routing_key=key or kind, queue=None,
+        )  # fmt: skip
 
     async def publish_each(
         self, items: Iterable[tuple[_Message, str | None]], *, timeout: float | None = None
@@ -672,11 +616,18 @@ class Broker:
         to a message that cannot be decoded or handled): decoded, the undecodable (a
         whole body, or items of a batch) dead-lettered with the reason, the rest handed
         to ``handler``; a handler that raises is tried HANDLER_TRIES times, then its
-        delivery is dead-lettered. Either way it is acked and the consumer goes on."""
+        delivery is dead-lettered. Either way it is acked and the consumer goes on; a
+        delivery whose dead letter the broker does not confirm is put back in its queue
+        (``_put_back``), never rejected to the broker's own dead-lettering."""
 
         async def on_message(raw: aio_pika.abc.AbstractIncomingMessage) -> None:
             received_at = time.monotonic()
-            message, rejected = decode_each(raw.body)
+            try:
+                message, rejected = decode_each(raw.body)
+            except Exception as exc:  # decode_each means never to raise: a bug, not the body's
+                log.exception("decoding a message of %s from %s failed", raw.routing_key, queue)
+                reason = f"could not be decoded: {type(exc).__name__}: {exc}"
+                message, rejected = None, [Rejected(raw.body, reason)]
             if rejected and not await self._settle_rejected(raw, queue, rejected, no_ack=no_ack):
                 return
             if message is None:
@@ -717,9 +668,7 @@ class Broker:
             for r in rejected:
                 await self.dead_letter(r.body, reason=r.reason, routing_key=key, queue=queue)
         except BrokerUnavailable as exc:
-            # The broker's own dead-lettering still keeps it (reason in the log above).
-            log.error("dead letter not confirmed (%s); rejecting %s to %s", exc, key, queue)
-            await _settle(raw, requeue=False)
+            await self._put_back(raw, queue, exc)
             return False
         if whole:
             await _settle(raw, requeue=None)
@@ -753,10 +702,22 @@ class Broker:
                 raw.body, reason=reason, routing_key=raw.routing_key or "", queue=queue
             )
         except BrokerUnavailable as exc:
-            log.error("dead letter not confirmed (%s); rejecting it to %s", exc, queue)
-            await _settle(raw, requeue=False)
+            await self._put_back(raw, queue, exc)
             return
         await _settle(raw, requeue=None)
+
+    async def _put_back(
+        self, raw: aio_pika.abc.AbstractIncomingMessage, queue: str, exc: BrokerUnavailable
+    ) -> None:
+        """A dead letter of ``raw`` (or of a bad item of it) was not confirmed: requeue
+        the whole delivery after a pause, to be decoded and handled again (handlers are
+        idempotent; a dead letter that did go may go twice). Nothing of it is lost."""
+        log.error(
+            "dead letter not confirmed (%s); putting %s back in %s in %.1f s",
+            exc, raw.routing_key, queue, DEAD_LETTER_RETRY_PAUSE,
+        )  # fmt: skip
+        await asyncio.sleep(DEAD_LETTER_RETRY_PAUSE)
+        await _settle(raw, requeue=True)
 
     async def delete_namespace(self, extra_queues: Sequence[str] = ()) -> None:
         """Remove this namespace's exchanges and queues (tests clean up what they made)."""

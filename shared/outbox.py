@@ -33,11 +33,13 @@ class Outbox:
       ``put`` never refuses. A chunk that was partly confirmed goes again whole (every
       consumer is idempotent).
 
-    Either way one message never stops the outbox: a message no retry can publish (too
-    large, not encodable) is logged and dead-lettered by ``Broker.publish_many`` and the
-    rest go on; an error that is not the broker's (a bug) makes the chunk go one message
-    at a time, and a message that still fails alone is logged and dropped, so what is
-    behind it (a worker's heartbeats) is never held up by it.
+    Either way one message never stops the outbox, nor is it dropped unseen: a message
+    no retry can publish (too large, not encodable) is logged and dead-lettered by
+    ``Broker.publish_many`` and the rest go on; an error that is not the broker's (a
+    bug) makes the chunk go one message at a time, and a message that still fails alone
+    is logged and dead-lettered with that error (its body, or its repr), so what is
+    behind it (a worker's heartbeats) is never held up by it. With ``retry`` such a
+    message is kept until its dead letter is confirmed.
     """
 
     RETRY_FIRST_PAUSE = 0.2
@@ -128,19 +130,25 @@ class Outbox:
 
     async def _publish_alone(self, chunk: list[_Message]) -> list[_Message]:
         """Publish each message of ``chunk`` on its own: one that raises (not the broker's
-        fault) is logged and dropped; returns what the broker did not take (to retry)."""
+        fault) is logged and dead-lettered; returns what the broker did not take (to
+        retry), and a message whose dead letter it did not confirm."""
         left: list[_Message] = []
         for message in chunk:
             try:
                 await self._broker.publish_many([(message, None)])
             except BrokerUnavailable:
                 left.append(message)
-            except Exception:
+            except Exception as exc:
                 log.exception(
-                    "dropping a %s message (job %s) that cannot be published",
+                    "dead-lettering a %s message (job %s) that cannot be published",
                     getattr(message, "kind", type(message).__name__),
                     getattr(message, "job_id", "-"),
                 )
+                reason = f"unpublishable: {type(exc).__name__}: {exc}"
+                try:
+                    await self._broker.dead_letter_message(message, reason=reason, queue=None)
+                except BrokerUnavailable:
+                    left.append(message)
         return left if self._retry else []
 
     async def flush(self, timeout: float = 5.0) -> None:

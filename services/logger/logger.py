@@ -20,8 +20,9 @@ from uuid import UUID
 import asyncpg
 import orjson
 
-from shared.broker import Broker, Delivery, Topology, ack_all, apply_isolating
+from shared.broker import Broker, Delivery, Topology, ack_all
 from shared.db import create_pool, is_db_outage, pool_transaction
+from shared.isolation import Backoff, apply_isolating
 from shared.messages import JobLog, JobStatusReport
 from shared.settings import Settings
 
@@ -155,6 +156,8 @@ class HistoryLogger:
         )  # fmt: skip
         self.buffer: list[Delivery] = []
         self.arrived = asyncio.Event()
+        # Between tries of a batch that could not be settled (see _flush).
+        self.held_back = Backoff()
 
     async def run(self, stop: asyncio.Event) -> None:
         # Plain asyncpg: the batch is three statements in one transaction, and the ORM's
@@ -198,19 +201,23 @@ class HistoryLogger:
                 await self._write(pool, some)
 
             try:
-                # A message the database refuses (not an outage: those _write waits out)
-                # is found by halving, tried alone and dead-lettered; the rest is written.
+                # A message the database refuses for its values while the rest is
+                # written is found by halving, tried alone and dead-lettered. Outages
+                # _write waits out.
                 await apply_isolating(
-                    messages, write, is_transient=lambda exc: False,
-                    dead_letter=self._dead_letter, what="history messages",
-                )  # fmt: skip
+                    messages, write, dead_letter=self._dead_letter, what="history messages"
+                )
             except Exception:
-                # Its dead letter was not confirmed (the broker is in trouble): keep the
-                # batch, unacked, for the next flush (the writes are idempotent).
-                log.exception("batch of %d not settled; keeping it", len(batch))
+                # A deadlock, an error no single message explains (held back: a read-only
+                # database, a missing column), or a dead letter the broker did not
+                # confirm: keep the batch, unacked, and try it again after a pause that
+                # grows while it lasts (the writes are idempotent).
+                log.warning("batch of %d not settled; keeping it", len(batch), exc_info=True)
                 self.buffer[:0] = batch
-                await asyncio.sleep(1.0)
+                await asyncio.sleep(self.held_back.next())
+                self.arrived.set()  # tried again even if nothing new arrives
                 return
+            self.held_back.reset()
             await ack_all(batch)
 
     async def _dead_letter(self, message: Any, reason: str) -> None:

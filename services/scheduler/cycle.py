@@ -36,8 +36,9 @@ from services.scheduler.fleet import Fleet, save_workers
 from services.scheduler.leadership import Leadership, LeadershipLost
 from services.scheduler.maintenance import Maintenance
 from services.scheduler.timed import TimedWork
-from shared.broker import Broker, Consumer, Delivery, Topology, ack_all, apply_isolating
+from shared.broker import Broker, Consumer, Delivery, Topology, ack_all
 from shared.db import RAW_DB_ERRORS, is_db_outage
+from shared.isolation import Backoff, BatchHeldBack, apply_isolating
 from shared.jobs import transitions
 from shared.jobs.annotations import save_progress
 from shared.messages import (
@@ -101,6 +102,8 @@ class Scheduler:
         self.maintenance = Maintenance(settings, self.db, self.outbox, self.fleet)
         self.inbox: list[Delivery] = []  # delivered, not yet applied (unacked)
         self.wake = asyncio.Event()
+        # Between tries of an inbox the database refuses for a reason no message explains.
+        self.held_back = Backoff()
 
     # ------------------------------------------------------------ standing by, leading
 
@@ -154,6 +157,13 @@ class Scheduler:
                 await self.leadership.check()
                 try:
                     await self.cycle()
+                    self.held_back.reset()
+                except BatchHeldBack:
+                    # A read-only database, a missing column, lost privileges: the inbox
+                    # is kept (unacked, nothing dead-lettered) and tried again, less
+                    # often while it lasts (apply_isolating logged why).
+                    await asyncio.sleep(self.held_back.next())
+                    self.wake.set()
                 except (SQLAlchemyError, *RAW_DB_ERRORS) as exc:
                     # Outage, deadlock victim, serialization failure: nothing was
                     # committed for the failed step; the next cycle redoes it.
@@ -216,10 +226,11 @@ class Scheduler:
     async def _apply_inbox(self) -> list[JobStateChanged]:
         """Apply what the inbox holds, commit, ack; returns the committed events.
 
-        A message the database refuses for another reason than an outage (a value that
-        slipped past the schema) is found by halving the batch, tried a few times on
-        its own and dead-lettered with the error; the rest is applied and acked. An
-        outage keeps the whole batch (unacked) for the next cycle."""
+        A message the database refuses for its values (one that slipped past the
+        schema) while the rest applies is found by halving the batch, tried a few times
+        on its own and dead-lettered with the error; the rest is applied and acked. An
+        outage, a deadlock, or an error no single message explains (``apply_isolating``
+        raises BatchHeldBack) keeps the whole batch (unacked) for a later cycle."""
         batch, self.inbox = self.inbox, []
         messages = [m for delivery in batch for m in delivery.messages]
         received = Received.sort(messages)
@@ -234,9 +245,8 @@ class Scheduler:
 
         try:
             await apply_isolating(
-                messages, apply, is_transient=is_db_outage, dead_letter=self._dead_letter,
-                what="inbox messages",
-            )  # fmt: skip
+                messages, apply, dead_letter=self._dead_letter, what="inbox messages"
+            )
         except BaseException:
             self.inbox[:0] = batch  # not (all) applied: keep them (unacked) for the next cycle
             self.dispatch.announce(events)  # what was applied (the fence ignores it next time)

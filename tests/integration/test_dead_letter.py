@@ -137,3 +137,70 @@ async def test_an_oversize_body_is_dead_lettered_unread(settings: Settings) -> N
         assert "bytes" in (letter.reason or "")
         await consumer.close()
         await broker.delete_namespace([queue])
+
+
+async def _break_dead_letters(broker: Broker) -> None:
+    """Delete ``<ns>.dead``: a dead letter published now fails (the broker closes the
+    publishing channel: NOT_FOUND) until the robust channel reopens and declares it again,
+    and a delivery rejected meanwhile has no dead-letter exchange to go to."""
+    channel = await broker._connection.channel()  # type: ignore[union-attr]
+    await channel.exchange_delete(broker.topology.dead_exchange)
+    await channel.close()
+
+
+async def test_good_items_wait_out_a_dead_letter_the_broker_does_not_take(
+    settings: Settings,
+) -> None:
+    """When the bad item's dead letter is not confirmed, the delivery is requeued (not
+    rejected to the broker's dead-letter exchange, where its good items would be lost
+    unapplied): once dead letters go again, the good items are handled and the bad one is
+    dead-lettered with its reason."""
+    queue = f"{settings.namespace}.dl-blip"
+    async with Broker(settings.amqp_url, settings.namespace, name="dl-blip") as broker:
+        got: list[object] = []
+
+        async def on(delivery: Delivery) -> None:
+            got.extend(delivery.messages)
+            await delivery.ack()
+
+        consumer = await broker.consume(queue, ["job.status.#"], on)
+        await _break_dead_letters(broker)
+        items = [
+            JobStatusReport(job_id=uuid.uuid4(), attempt=1, worker_id="w", status="started")
+            for _ in range(3)
+        ]
+        body = json.loads(encode(Batch(of="job.status", items=items)))
+        body["items"][1]["result"] = 2**64
+        await broker.publish_body(json.dumps(body).encode(), "job.status.batch")
+
+        async def handled() -> bool:
+            return len(got) >= 2
+
+        await wait_for(handled, timeout=20, what="the two good items")
+        assert got == [items[0], items[2]]
+        letters = await dead(broker, 1)
+        assert [json.loads(d.body)["job_id"] for d in letters] == [str(items[1].job_id)]
+        assert "result" in (letters[0].reason or ""), letters
+        await consumer.close()
+        await broker.delete_namespace([queue])
+
+
+async def test_a_failing_handlers_message_waits_out_a_dead_letter_the_broker_does_not_take(
+    settings: Settings,
+) -> None:
+    queue = f"{settings.namespace}.dl-blip-handler"
+    async with Broker(settings.amqp_url, settings.namespace, name="dl-blip-h") as broker:
+        poison = JobCancel(job_id=uuid.uuid4(), attempt=1)
+
+        async def on(delivery: Delivery) -> None:
+            raise ValueError("cannot apply this one")
+
+        consumer = await broker.consume(queue, ["job.cancel.#"], on)
+        await _break_dead_letters(broker)
+        await broker.publish(poison)
+        letters = await dead(broker, 1)
+        assert [json.loads(d.body)["job_id"] for d in letters] == [str(poison.job_id)]
+        # Dead-lettered by us with its reason, not by the broker (reason None).
+        assert "ValueError: cannot apply this one" in (letters[0].reason or ""), letters
+        await consumer.close()
+        await broker.delete_namespace([queue])

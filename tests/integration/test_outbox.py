@@ -179,3 +179,45 @@ async def test_a_message_that_cannot_be_published_does_not_stop_the_outbox(
         await outbox.close()
         await consumer.close()
         await sender.delete_namespace()
+
+
+async def test_a_message_that_breaks_the_publisher_is_dead_lettered_not_dropped(
+    settings: Settings,
+) -> None:
+    """A message whose publish raises an error that is not the broker's (a bug: here a
+    report built without validation and without a job id, so no routing key can be made
+    for it) is dead-lettered with the error, and the heartbeat behind it goes out."""
+    ns = settings.namespace
+    async with (
+        Broker(settings.amqp_url, ns, name="sender") as sender,
+        Broker(settings.amqp_url, ns, name="receiver") as receiver,
+    ):
+        got: list[object] = []
+
+        async def on(delivery: Delivery) -> None:
+            got.extend(delivery.messages)
+
+        consumer = await receiver.consume(
+            f"{ns}.outbox-bug", ["worker.heartbeat.#", "job.status.#"], on, no_ack=True,
+            auto_delete=True,
+        )  # fmt: skip
+        outbox = Outbox(sender, linger=0.0, retry=True)
+        task = outbox.start()
+        broken = JobStatusReport.model_construct(attempt=7777, worker_id="w1", status="completed")
+        outbox.put([broken, heartbeat()])
+
+        async def beat_arrived() -> bool:
+            return any(isinstance(m, WorkerHeartbeat) for m in got)
+
+        await wait_for(beat_arrived, timeout=10, what="the heartbeat behind the broken report")
+
+        async def dead_lettered() -> list:
+            return await sender.read_dead_letters()
+
+        (letter,) = await wait_for(dead_lettered, timeout=10, what="the report dead-lettered")
+        assert "7777" in letter.body.decode(), letter.body
+        assert "AttributeError" in (letter.reason or ""), letter.reason
+        assert not task.done()
+        await outbox.close()
+        await consumer.close()
+        await sender.delete_namespace()
