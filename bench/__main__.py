@@ -130,6 +130,14 @@ class Stack:
         self.procs.append(subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "bench.bare_app:app", "--port", str(self.bare_port), "--log-level", "warning"],
             cwd=ROOT, env=self.env))  # fmt: skip
+        try:
+            await self._until_up()
+        except BaseException:
+            await self.__aexit__()  # no service outlives a stack that did not come up
+            raise
+        return self
+
+    async def _until_up(self) -> None:
         async with httpx.AsyncClient() as c:
             for url in (f"{self.url}/healthz", f"{self.bare_url}/docs"):
                 for _ in range(300):
@@ -152,7 +160,6 @@ class Stack:
                 await asyncio.sleep(0.1)
         finally:
             await conn.close()
-        return self
 
     async def __aexit__(self, *exc: object) -> None:
         for p in self.procs:

@@ -124,6 +124,9 @@ def _json_field(limit: int, what: str) -> Any:
     return AfterValidator(lambda v: storable_json(v, limit=limit, what=what))
 
 
+_WIRE_TIME: TypeAdapter[datetime] = TypeAdapter(WireTime)  # built once: building is slow
+
+
 class JobDispatch(_Message):
     """scheduler -> the chosen worker.
 
@@ -148,8 +151,8 @@ class JobDispatch(_Message):
     def _lease_from_the_senders_clock(cls, data: Any) -> Any:
         if isinstance(data, dict) and data.get("lease_seconds") is None:
             try:
-                sent = TypeAdapter(WireTime).validate_python(data.get("ts") or utcnow())
-                until = TypeAdapter(WireTime).validate_python(data["lease_expires_at"])
+                sent = _WIRE_TIME.validate_python(data.get("ts") or utcnow())
+                until = _WIRE_TIME.validate_python(data["lease_expires_at"])
             except (KeyError, ValidationError):
                 return data  # the field's own validation says what is wrong
             data = {**data, "lease_seconds": max(0.0, (until - sent).total_seconds())}

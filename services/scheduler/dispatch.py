@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -56,6 +57,9 @@ from shared.settings import Settings
 log = logging.getLogger("switchyard.scheduler")
 
 _PASSES = 20  # placement passes per cycle at most: let other work (reports) in between
+# After a read past the heads found nothing that fits the room left, the next such read
+# waits this long (seconds): a job that fits only the room left waits at most about it.
+ROOM_SEARCH_PAUSE = 1.0
 # Jobs per priority one parking statement looks at (claim order). Chunks run until one
 # parks less than this, so N jobs that fit nowhere take about N / this statements, once;
 # each statement writes at most four windows of rows (about a second here: well inside
@@ -113,6 +117,8 @@ class Dispatcher:
         # The fleet's capacities when parked jobs were last un-parked against them (None:
         # not since taking over, when the fleet may have changed under another leader).
         self._capacities_seen: set[tuple[str, float, int]] | None = None
+        self._room_search_after = 0.0  # time.monotonic() before which no room search
+        self._fruitless_room: set[tuple[str, float, int]] = set()  # what it searched
 
     # ------------------------------------------------------------ leadership
 
@@ -188,14 +194,37 @@ class Dispatcher:
             if len(plan.placements) == len(candidates) < batch:
                 self.maybe_ready = False  # every ready job is placed now
                 return
+            if past_the_room and not plan.placements:
+                # Nothing behind the heads fits the room left either. That read skips
+                # every ready job too big for the room: not again in every cycle of a
+                # busy yard, only once the room grows or after ROOM_SEARCH_PAUSE.
+                self._room_search_after = time.monotonic() + ROOM_SEARCH_PAUSE
+                self._fruitless_room = room(views)
             if len(plan.placements) < len(candidates):
                 # Some heads do not fit the room now. More may wait behind a full window
                 # that would: look again past them (once), with the room left.
-                if past_the_room or len(candidates) < batch:
+                if past_the_room or len(candidates) < batch or not self._may_search_room():
                     return
                 past_the_room = True
             elif len(placed) < batch:
                 return
+
+    def _may_search_room(self) -> bool:
+        """Whether to read past the heads for jobs that fit the room left: not when no
+        worker has a slot with any CPU and memory free (every job needs some of both),
+        nor while a fruitless search is recent, unless the room has grown since."""
+        left = room(self._fleet.views())
+        if not any(cpu > 0 and memory >= 1 for _, cpu, memory in left):
+            return False
+        if time.monotonic() >= self._room_search_after:
+            return True
+        searched = self._fruitless_room
+        if left <= searched:
+            return False
+        return any(
+            not any(t == st and cpu <= scpu and mb <= smb for st, scpu, smb in searched)
+            for t, cpu, mb in left - searched
+        )
 
     async def _ready_heads(
         self, per_priority: int, fitting: set[tuple[str, float, int]] | None
@@ -246,12 +275,12 @@ class Dispatcher:
         """Announce the committed dispatches and publish them, confirms awaited aside.
         Returns the placements whose dispatch could not be built, with why: the others
         go out without them."""
-        lease_until = now + timedelta(seconds=self._settings.worker_lease_seconds)
+        lease = self._settings.worker_lease_seconds
         per_worker: dict[str, list[JobDispatch]] = {}
         undispatchable: list[tuple[Placed, str]] = []
         for p in placed:
             try:
-                dispatch = _dispatch_message(p, lease_until)
+                dispatch = _dispatch_message(p, now, lease)
             except ValidationError as exc:  # a row the message schema refuses
                 undispatchable.append(
                     (p, f"its dispatch cannot be built: {validation_summary(exc)}")
@@ -338,13 +367,15 @@ def _candidate(r: Mapping[str, Any]) -> Candidate:
     )  # fmt: skip
 
 
-def _dispatch_message(p: Placed, lease_until: datetime) -> JobDispatch:
+def _dispatch_message(p: Placed, now: datetime, lease: float) -> JobDispatch:
     return JobDispatch(
+        ts=now,
         job_id=p.id,
         attempt=p.attempts,
         type=p.type,
         payload=p.payload,
         resources=ResourceSpec(cpu_units=p.cpu_units, memory_mb=p.memory_mb),
         timeout_seconds=p.timeout_seconds,
-        lease_expires_at=lease_until,
+        lease_expires_at=now + timedelta(seconds=lease),
+        lease_seconds=lease,
     )
