@@ -168,7 +168,7 @@ async def ensure_database(database_url: str) -> bool:
 _OUTAGE_SQLSTATE_PREFIXES = ("08", "53", "57")
 
 
-def _chain(exc: BaseException) -> Iterator[BaseException]:
+def exception_chain(exc: BaseException) -> Iterator[BaseException]:
     """``exc`` and what caused it, each once."""
     seen: set[int] = set()
     current: BaseException | None = exc
@@ -181,14 +181,14 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
 def is_transient_conflict(exc: BaseException) -> bool:
     """True when ``exc`` is a deadlock or serialization failure: the transaction was
     rolled back whole and the same request, tried again, normally succeeds."""
-    return any(getattr(e, "sqlstate", None) in ("40P01", "40001") for e in _chain(exc))
+    return any(getattr(e, "sqlstate", None) in ("40P01", "40001") for e in exception_chain(exc))
 
 
 def is_db_outage(exc: BaseException) -> bool:
     """True when ``exc`` means the database is unreachable (retry later), not a bad query."""
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return True
-    for current in _chain(exc):
+    for current in exception_chain(exc):
         if isinstance(current, OperationalError | InterfaceError | PoolTimeout):
             return True
         if isinstance(current, ConnectionError | OSError | asyncio.TimeoutError):

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
-from shared.db import is_db_outage, is_transient_conflict
+from shared.db import exception_chain, is_db_outage, is_transient_conflict
 from shared.errors import SwitchyardError
 
 log = logging.getLogger(__name__)
@@ -48,19 +48,10 @@ def retry_later(exc: BaseException) -> bool:
     return is_db_outage(exc) or is_transient_conflict(exc)
 
 
-def _chain(exc: BaseException) -> Iterator[BaseException]:
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        yield current
-        current = current.__cause__ or current.__context__
-
-
 def may_be_one_messages_fault(exc: BaseException) -> bool:
     """True when ``exc`` can come from one message's values: a database error of class
     22 or 23, or an error that is not the database's (our code refusing a value)."""
-    for current in _chain(exc):
+    for current in exception_chain(exc):
         sqlstate = getattr(current, "sqlstate", None)
         if isinstance(sqlstate, str) and sqlstate:
             return sqlstate[:2] in _VALUE_SQLSTATE_CLASSES

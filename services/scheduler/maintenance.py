@@ -84,25 +84,21 @@ class Maintenance:
     async def _prune(self) -> None:
         settings = self._settings
         every = settings.retention_sweep_seconds
-        if settings.retention_days > 0:
-            cutoff = datetime.now(UTC) - timedelta(days=settings.retention_days)
+        sweeps = (
+            ("", "job(s) finished", settings.retention_days, retention.prune_finished),
+            ("audit ", "row(s) written", settings.audit_retention_days, retention.prune_audit),
+        )
+        for what, rows, days, prune in sweeps:
+            if days <= 0:
+                continue
+            cutoff = datetime.now(UTC) - timedelta(days=days)
             try:
-                n = await retention.prune_finished(self._db.pool, older_than=cutoff)
+                n = await prune(self._db.pool, older_than=cutoff)
             except RAW_DB_ERRORS as exc:
-                log.warning("retention sweep failed (next one in %g s): %s", every, exc)
+                log.warning("%sretention sweep failed (next one in %g s): %s", what, every, exc)
             else:
                 if n:
-                    log.info("retention: deleted %d job(s) finished before %s", n,
-                             cutoff.isoformat())  # fmt: skip
-        if settings.audit_retention_days > 0:
-            cutoff = datetime.now(UTC) - timedelta(days=settings.audit_retention_days)
-            try:
-                n = await retention.prune_audit(self._db.pool, older_than=cutoff)
-            except RAW_DB_ERRORS as exc:
-                log.warning("audit retention sweep failed (next one in %g s): %s", every, exc)
-            else:
-                if n:
-                    log.info("audit retention: deleted %d row(s) written before %s", n,
+                    log.info("%sretention: deleted %d %s before %s", what, n, rows,
                              cutoff.isoformat())  # fmt: skip
 
     # ------------------------------------------------------------ vacuum
