@@ -2,9 +2,24 @@
 
 from __future__ import annotations
 
+# The root and the errors the public package raises live there, so one tree spans both.
+from switchyard.errors import ApiError, SwitchyardError, TaskDefinitionError
 
-class SwitchyardError(Exception):
-    """Root of every error Switchyard raises on purpose."""
+__all__ = [
+    "ApiError",
+    "BrokerUnavailable",
+    "ConfigError",
+    "DecodeError",
+    "InvalidJobRequest",
+    "InvalidTransition",
+    "JobConflict",
+    "JobNotFound",
+    "JobRequestError",
+    "PermissionDenied",
+    "SwitchyardError",
+    "TaskDefinitionError",
+    "UnknownDependency",
+]
 
 
 class ConfigError(SwitchyardError):
@@ -26,10 +41,6 @@ class InvalidTransition(SwitchyardError):
         super().__init__(f"job status cannot go from {old!r} to {new!r}")
         self.old = old
         self.new = new
-
-
-class TaskDefinitionError(SwitchyardError):
-    """A @task declaration is wrong (duplicate name, unknown option...)."""
 
 
 class JobRequestError(SwitchyardError):

@@ -4,34 +4,24 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import datetime
-from enum import StrEnum
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
 from shared.jsonvalues import CLIENT_JSON, CLIENT_TIMES, check_json
-from shared.states import JobStatus
+from switchyard import models as _public
 
+# What a client or task author sees lives in the public package; the API uses the same
+# classes, so both sides read one definition.
+ExecutionRead = _public.ExecutionRead
+JobLogs = _public.JobLogs
+JobRead = _public.JobRead
+LogLine = _public.LogLine
+Priority = _public.Priority
+Resources = _public.Resources
+RetryPolicy = _public.RetryPolicy
 
-class Priority(StrEnum):
-    CRITICAL = "critical"
-    HIGH = "high"
-    NORMAL = "normal"
-    LOW = "low"
-
-    @property
-    def rank(self) -> int:
-        """0 = most urgent; the claim index orders by this."""
-        return _PRIORITY_RANK[self]
-
-    @classmethod
-    def from_rank(cls, rank: int) -> Priority:
-        return _RANK_PRIORITY[rank]
-
-
-_PRIORITY_RANK = {Priority.CRITICAL: 0, Priority.HIGH: 1, Priority.NORMAL: 2, Priority.LOW: 3}
-_RANK_PRIORITY = {rank: p for p, rank in _PRIORITY_RANK.items()}
 
 TaskName = Annotated[
     str,
@@ -54,15 +44,6 @@ WireTime = Annotated[AwareDatetime, AfterValidator(check_time_range)]
 """An RFC 3339 time with an offset, within CLIENT_TIMES: every time a client sends."""
 
 
-class Resources(BaseModel):
-    """What one attempt reserves on a worker."""
-
-    model_config = _STRICT
-
-    cpu_units: float = Field(gt=0, le=4096, description="CPU cores (fractions allowed)")
-    memory_mb: int = Field(gt=0, le=16_777_216, description="memory in MiB")
-
-
 class ResourcesIn(BaseModel):
     """Resources in a request: omitted fields take the task's defaults."""
 
@@ -70,17 +51,6 @@ class ResourcesIn(BaseModel):
 
     cpu_units: float | None = Field(default=None, gt=0, le=4096)
     memory_mb: int | None = Field(default=None, gt=0, le=16_777_216)
-
-
-class RetryPolicy(BaseModel):
-    """delay before attempt n+1 = initial_delay × multiplier^(n-1), ±10 % jitter, capped."""
-
-    model_config = _STRICT
-
-    max_attempts: int = Field(default=3, ge=1, le=100)
-    initial_delay_seconds: float = Field(default=1.0, ge=0, le=86_400)
-    backoff_multiplier: float = Field(default=2.0, ge=1, le=100)
-    max_delay_seconds: float = Field(default=300.0, ge=0, le=604_800)
 
 
 class RetryIn(BaseModel):
@@ -129,33 +99,6 @@ class BatchCreate(BaseModel):
     jobs: list[BatchJobCreate] = Field(min_length=1)
 
 
-class JobRead(BaseModel):
-    id: UUID
-    type: str
-    name: str | None
-    status: JobStatus
-    priority: Priority
-    payload: dict[str, Any]
-    resources: Resources
-    depends_on: list[UUID]
-    retry: RetryPolicy
-    timeout_seconds: float | None
-    attempts: int
-    worker_id: str | None
-    result: Any = None
-    error: str | None
-    progress: dict[str, Any] | None
-    created_at: datetime
-    updated_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-    run_at: datetime
-    created_by: str | None
-    idempotency_key: str | None
-    cancel_requested: bool
-    waiting_reason: str | None
-
-
 class JobPage(BaseModel):
     items: list[JobRead]
     next_cursor: str | None
@@ -163,35 +106,6 @@ class JobPage(BaseModel):
 
 class BatchRead(BaseModel):
     jobs: list[JobRead]
-
-
-class ExecutionRead(BaseModel):
-    attempt: int
-    worker_id: str | None
-    started_at: datetime | None
-    finished_at: datetime | None
-    duration_seconds: float | None
-    status: str
-    error: str | None
-    result: Any = None
-    resources: dict[str, Any] | None
-
-
-class LogLine(BaseModel):
-    ts: datetime
-    attempt: int
-    level: str
-    message: str
-
-
-class JobLogs(BaseModel):
-    """One page of a job's log lines (in order: attempt, then line), and every attempt."""
-
-    executions: list[ExecutionRead]
-    lines: list[LogLine]
-    next_cursor: str | None = Field(
-        default=None, description="pass as cursor for the next page; null: no more lines"
-    )
 
 
 class Capacity(BaseModel):

@@ -14,8 +14,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from shared.errors import ConfigError
 from shared.jsonvalues import MAX_JSON_DEPTH
 from shared.messages import MAX_PAYLOAD_BYTES
-
-ROLES = ("viewer", "submitter", "admin")
+from switchyard.models import ROLES as ROLES  # defined with the public package (tasks use it)
 
 # What a worker may offer (SWITCHYARD_WORKER_* and the worker's flags alike): more than
 # a machine has is a typo, and the columns that store it are 32-bit.

@@ -8,25 +8,20 @@ checked with :func:`check_transition`.
 
 from __future__ import annotations
 
-from enum import StrEnum
-
 from shared.errors import InvalidTransition
+from switchyard.states import TERMINAL, JobStatus
 
+__all__ = [
+    "CANCELLABLE_AT_ONCE",
+    "TERMINAL",
+    "TRANSITIONS",
+    "JobStatus",
+    "can_transition",
+    "check_transition",
+    "initial_status",
+    "sources_for",
+]
 
-class JobStatus(StrEnum):
-    PENDING = "pending"  # accepted; waiting for run_at
-    BLOCKED = "blocked"  # waiting on unmet dependencies
-    READY = "ready"  # eligible, waiting for a worker with room
-    RUNNING = "running"  # placed on a worker (dispatched or executing)
-    RETRYING = "retrying"  # an attempt failed; waiting for the backoff delay
-    COMPLETED = "completed"  # terminal: success
-    FAILED = "failed"  # terminal: attempts exhausted, dependency failed, worker lost
-    CANCELLED = "cancelled"  # terminal: cancelled by a user
-
-
-TERMINAL: frozenset[JobStatus] = frozenset(
-    {JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED}
-)
 
 S = JobStatus
 # old status -> statuses it may move to. ``None`` is "the job does not exist yet".
