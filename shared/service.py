@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import gc
 import logging
 import signal
 import sys
+import textwrap
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
+
+from pydantic import AliasChoices
+from pydantic.fields import FieldInfo
 
 from shared.errors import ConfigError, SwitchyardError
 from shared.settings import Settings, get_settings
@@ -40,6 +45,96 @@ def tune_gc() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(20_000, 10, 10)
+
+
+# Which Settings fields a service's --help lists beside the common ones. A field named
+# in no set here is listed by every service (a new field shows up everywhere until it is
+# placed, never nowhere); the CLI's and the SDK's own fields are listed by none.
+SERVICE_FIELDS: dict[str, frozenset[str]] = {
+    "api": frozenset(
+        {"api_host", "api_port", "api_keys", "api_keys_set", "dev", "max_body_bytes"}
+        | {"worker_lease_seconds", "demo_tasks", "metrics_require_key"}
+        | {"key_refused_cache_seconds", "audit_unauthenticated_rows_per_minute"}
+        | {"audit_detail_max_chars", "max_payload_bytes", "max_json_depth"}
+        | {"max_dependencies", "max_batch_jobs"}
+    ),
+    "scheduler": frozenset(
+        {"scheduler_tick_seconds", "scheduler_batch_size", "monitoring_seconds"}
+        | {"event_linger_seconds", "vacuum_seconds", "retention_days"}
+        | {"retention_sweep_seconds", "audit_retention_days", "aging_seconds"}
+        | {"worker_lease_seconds"}
+    ),
+    "worker": frozenset(
+        {"worker_id", "worker_threads", "worker_cpu_units", "worker_memory_mb"}
+        | {"worker_tasks", "worker_grace_seconds", "cancel_grace_seconds"}
+        | {"heartbeat_seconds", "demo_tasks"}
+    ),
+    "logger": frozenset(),
+}
+SERVICE_PREFIXES = {"api": ("ws_", "rate_limit_")}
+CLIENT_FIELDS = frozenset({"url", "api_key"})
+
+
+def _reads(service: str, field: str) -> bool:
+    if field in CLIENT_FIELDS:
+        return False
+    if field in SERVICE_FIELDS[service] or field.startswith(SERVICE_PREFIXES.get(service, ())):
+        return True
+    return not any(
+        field in fields or field.startswith(SERVICE_PREFIXES.get(other, ()))
+        for other, fields in SERVICE_FIELDS.items()
+    )
+
+
+def _variable(name: str, info: FieldInfo) -> str:
+    alias = info.validation_alias
+    if isinstance(alias, AliasChoices):
+        return " / ".join(str(choice) for choice in alias.choices)
+    return f"{Settings.model_config.get('env_prefix', '')}{name}".upper()
+
+
+def _default(info: FieldInfo) -> str:
+    if info.default_factory is not None:
+        return "empty"
+    value = info.default
+    if value is None:
+        return "unset"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if value == "":
+        return "empty"
+    if isinstance(value, str) and "://" in value:
+        return value
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def settings_help(service: str) -> str:
+    """One line per variable ``service`` reads, with its default, from Settings itself
+    (so the help never drifts from what the process reads)."""
+    lines = []
+    for name, info in Settings.model_fields.items():
+        if _reads(service, name):
+            line = f"  {_variable(name, info)} (default {_default(info)})"
+            if info.description:
+                line += f": {info.description}"
+            lines.append(line)
+    return "\n".join(lines)
+
+
+def service_parser(service: str, description: str) -> argparse.ArgumentParser:
+    """The parser of ``python -m services.<service>``: --help says what the service does,
+    its flags, the variables it reads (see ``settings_help``) and where the docs are, and
+    exits without reading the environment; an unknown flag exits 2. Add flags to it."""
+    return argparse.ArgumentParser(
+        prog=f"python -m services.{service}",
+        description=textwrap.fill(f"switchyard {service}: {description}", width=88),
+        epilog=(
+            "environment variables (an invalid value stops the service with exit code 2):\n"
+            f"{settings_help(service)}\n\n"
+            "Meanings and the full table: docs/operations.md (Configuration)."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
 
 
 class StartupError(SwitchyardError):

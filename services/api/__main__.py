@@ -11,11 +11,16 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from services.api.app import create_app, preflight
 from shared.errors import ConfigError
-from shared.service import tune_gc
+from shared.service import service_parser, tune_gc
 from shared.settings import get_settings
 
 
-def main() -> int:
+def main(argv: list[str]) -> int:
+    service_parser(
+        "api",
+        "the HTTP and WebSocket API (jobs, schedules, workers, keys), served by uvicorn on "
+        "SWITCHYARD_API_HOST:SWITCHYARD_API_PORT; it checks the database before it listens.",
+    ).parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -45,4 +50,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

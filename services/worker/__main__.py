@@ -19,7 +19,7 @@ import psutil
 
 from services.worker.worker import Worker, default_worker_id
 from shared import demo_tasks
-from shared.service import StartupError, run_service
+from shared.service import StartupError, run_service, service_parser
 from shared.settings import (
     WORKER_MAX_CPU_UNITS,
     WORKER_MAX_MEMORY_MB,
@@ -30,24 +30,35 @@ from shared.tasks import TaskRegistry, load_task_modules
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m services.worker", description=__doc__.split("\n\n")[1]
+    p = service_parser(
+        "worker",
+        "runs the @task functions of the given modules in threads, as the scheduler "
+        "dispatches them. " + " ".join(__doc__.split("\n\n")[1].split()),
     )
-    p.add_argument("--tasks", help="comma-separated modules of @task functions to load")
     p.add_argument(
-        "--threads", type=_within(int, 1, WORKER_MAX_THREADS), help="thread slots (jobs at once)"
+        "--tasks",
+        metavar="MODULE[,MODULE]",
+        help="comma-separated modules of @task functions to load",
+    )
+    p.add_argument(
+        "--threads",
+        metavar="N",
+        type=_within(int, 1, WORKER_MAX_THREADS),
+        help="thread slots (jobs at once)",
     )
     p.add_argument(
         "--cpu-units",
+        metavar="N",
         type=_within(float, 0, WORKER_MAX_CPU_UNITS, above=True),
         help="cpu units offered to jobs",
     )
     p.add_argument(
         "--memory-mb",
+        metavar="N",
         type=_within(int, 1, WORKER_MAX_MEMORY_MB),
         help="memory (MB) offered to jobs",
     )
-    p.add_argument("--worker-id", help="stable id (a restarted worker may reuse it)")
+    p.add_argument("--worker-id", metavar="ID", help="stable id (a restarted worker may reuse it)")
     p.add_argument("--no-demo-tasks", action="store_true", help="do not load the demo.* tasks")
     return p.parse_args(argv)
 
