@@ -14,17 +14,18 @@ WORKDIR /app
 # Dependencies first, in their own layer: it is rebuilt only when pyproject.toml
 # changes, not on every code edit (empty packages stand in for the code here).
 COPY pyproject.toml ./
-RUN mkdir shared services \
-    && touch shared/__init__.py services/__init__.py \
-    && pip install . \
+RUN mkdir shared services switchyard \
+    && touch shared/__init__.py services/__init__.py switchyard/__init__.py \
+    && pip install '.[server]' \
     && pip uninstall -y switchyard \
-    && rm -rf build ./*.egg-info shared services
+    && rm -rf build ./*.egg-info shared services switchyard
 
 # The project itself (non-editable, no dev extras). The sources stay in /app too:
 # alembic.ini finds the migrations at /app/shared/migrations.
 COPY alembic.ini ./
 COPY shared/ shared/
 COPY services/ services/
+COPY switchyard/ switchyard/
 RUN pip install --no-deps . && rm -rf build ./*.egg-info
 
 USER switchyard

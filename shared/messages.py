@@ -232,6 +232,21 @@ class WorkerCapacity(BaseModel):
     slots: Count
 
 
+class AttemptUsage(BaseModel):
+    """What one process-isolated attempt uses now (thread attempts share the worker's
+    process and have no figures of their own)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    job_id: UUID
+    attempt: Int4
+    isolation: Literal["process"] = "process"
+    pid: Int4
+    cpu_percent: NonNegative  # of one core, since the previous heartbeat
+    rss_mb: NonNegative  # resident memory above the idle child's own
+    peak_rss_mb: NonNegative = 0.0
+
+
 class WorkerHeartbeat(_Message):
     kind: Literal["worker.heartbeat"] = "worker.heartbeat"
     worker_id: Name
@@ -248,6 +263,8 @@ class WorkerHeartbeat(_Message):
     cpu_percent: Real = 0.0
     memory_percent: Real = 0.0
     started_at: WireTime | None = None
+    # Per-attempt usage of process-isolated attempts (absent from older workers).
+    attempts: list[AttemptUsage] = Field(default_factory=list, max_length=MAX_LIST_ITEMS)
 
     @model_validator(mode="after")
     def _fits_the_workers_table(self) -> WorkerHeartbeat:
@@ -366,7 +383,7 @@ Message = Annotated[Item | Batch, Field(discriminator="kind")]
 _PLAIN_MODELS = frozenset(
     {JobSubmitted, JobDispatch, JobCancel, JobStatusReport, JobStateChanged, JobProgress,
      JobLog, WorkerHeartbeat, MonitoringQueue, MonitoringResource, Batch, ResourceSpec,
-     WorkerCapacity}
+     WorkerCapacity, AttemptUsage}
 )  # fmt: skip
 _adapter: TypeAdapter[Message] = TypeAdapter(Message)
 

@@ -114,6 +114,16 @@ class Capacity(BaseModel):
     slots: int
 
 
+class AttemptUsageRead(BaseModel):
+    job_id: UUID
+    attempt: int
+    isolation: str
+    pid: int
+    cpu_percent: float
+    rss_mb: float
+    peak_rss_mb: float = 0.0
+
+
 class WorkerRead(BaseModel):
     id: str
     state: str = Field(description="alive, draining or dead")
@@ -125,6 +135,10 @@ class WorkerRead(BaseModel):
     memory_percent: float | None
     started_at: datetime | None
     last_heartbeat_at: datetime
+    attempts: list[AttemptUsageRead] | None = Field(
+        default=None,
+        description="per-attempt CPU % and RSS of process-isolated attempts (docs/isolation.md)",
+    )
 
 
 class Throughput(BaseModel):

@@ -6,7 +6,7 @@ import time, so tests can give each process its own environment.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -73,6 +73,9 @@ class Settings(BaseSettings):
     )
     worker_memory_mb: int | None = Field(default=None, gt=0, le=WORKER_MAX_MEMORY_MB)
     worker_tasks: str = ""  # comma-separated modules, like --tasks
+    # Where attempts run (like --isolation): "task" as each @task says (thread by
+    # default), "thread" or "process" for every attempt (docs/isolation.md).
+    worker_isolation: Literal["task", "thread", "process"] = "task"
     # SIGTERM: how long running jobs may take to finish before they are handed back.
     worker_grace_seconds: float = 30.0
     # After a cancel or a timeout, how long a task may take to notice before its

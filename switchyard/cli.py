@@ -1,134 +1,306 @@
-"""``switchyard``: the command line. Human tables by default, ``--json`` for scripts.
+"""``switchyard``: the command line. Human output by default, ``--json`` for scripts.
 
-URL and key come from ``--url`` / ``--api-key`` or SWITCHYARD_URL / SWITCHYARD_API_KEY.
-Run it as ``switchyard`` (the installed script) or ``python -m switchyard.cli``.
+URL and key come from ``--url`` / ``--api-key`` or SWITCHYARD_URL / SWITCHYARD_API_KEY;
+``--url``, ``--api-key`` and ``--json`` go before or after the subcommand. Exit codes:
+0 done, 1 an error or a failed job, 2 a usage error, 3 a cancelled job, 124 ``wait``
+ran out of time. Run it as ``switchyard`` (the installed script) or
+``python -m switchyard.cli``.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
+import os
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
 from typing import Annotated, Any, NoReturn
 
 import typer
 
-from switchyard.client import ApiError, Client
-from switchyard.states import TERMINAL
+from switchyard import __version__, display
+from switchyard.client import Client, JobRead
+from switchyard.errors import ApiError
+from switchyard.models import ExecutionRead, LogLine
+from switchyard.states import TERMINAL, JobStatus
 
-app = typer.Typer(help="Switchyard job orchestrator: submit and watch jobs.", no_args_is_help=True)
-state: dict[str, Any] = {}
+EXIT_FAILED = 1
+EXIT_CANCELLED = 3
+EXIT_TIMEOUT = 124
 
-UrlOpt = Annotated[str | None, typer.Option("--url", envvar="SWITCHYARD_URL", help="API base URL")]
-KeyOpt = Annotated[
-    str | None, typer.Option("--api-key", envvar="SWITCHYARD_API_KEY", help="API key")
-]
+app = typer.Typer(
+    help="Switchyard job orchestrator: submit, watch and steer jobs.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+)
+
+
+class Options:
+    """The global options, wherever on the command line they were given."""
+
+    url: str | None = None
+    api_key: str | None = None
+    key_source = "SWITCHYARD_API_KEY"
+    as_json = False
+
+
+options = Options()
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"switchyard {__version__}")
+        raise typer.Exit()
 
 
 @app.callback()
 def main_options(
-    url: UrlOpt = None,
-    api_key: KeyOpt = None,
-    as_json: Annotated[bool, typer.Option("--json", help="print the API's JSON unchanged")] = False,
+    ctx: typer.Context,
+    url: Annotated[
+        str | None, typer.Option("--url", envvar="SWITCHYARD_URL", help="API base URL")
+    ] = None,
+    api_key: Annotated[
+        str | None, typer.Option("--api-key", envvar="SWITCHYARD_API_KEY", help="API key")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the API's JSON")] = False,
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="print the version"),
+    ] = False,
 ) -> None:
-    state["client"] = lambda: Client(url or "http://127.0.0.1:8000", api_key or "")
-    state["json"] = as_json
+    options.url, options.api_key, options.as_json = url, api_key, as_json
+    source = ctx.get_parameter_source("api_key")
+    from_env = getattr(source, "name", "") == "ENVIRONMENT"
+    options.key_source = "SWITCHYARD_API_KEY" if from_env else "--api-key"
+
+
+# The same options after the subcommand (`switchyard status ID --json`): every API
+# command takes them too (``global_options`` adds them), and they win over those before it.
+LateUrl = Annotated[str | None, typer.Option("--url", help="API base URL")]
+LateKey = Annotated[str | None, typer.Option("--api-key", help="API key")]
+LateJson = Annotated[bool, typer.Option("--json", help="print the API's JSON")]
+_LATE = {
+    "late_url": (LateUrl, None),
+    "late_api_key": (LateKey, None),
+    "late_json": (LateJson, False),
+}
+
+
+def global_options(function: Callable[..., None]) -> Callable[..., None]:
+    """``function`` as a command that also takes --url, --api-key and --json."""
+    signature = inspect.signature(function, eval_str=True)
+    late = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=kind)
+        for name, (kind, default) in _LATE.items()
+    ]
+
+    @functools.wraps(function)
+    def command(*args: Any, late_url: str | None = None, late_api_key: str | None = None,
+                late_json: bool = False, **kwargs: Any) -> None:  # fmt: skip
+        if late_url is not None:
+            options.url = late_url
+        if late_api_key is not None:
+            options.api_key, options.key_source = late_api_key, "--api-key"
+        options.as_json = options.as_json or late_json
+        function(*args, **kwargs)
+
+    command.__signature__ = signature.replace(  # type: ignore[attr-defined]
+        parameters=[*signature.parameters.values(), *late]
+    )
+    command.__annotations__ = {
+        **function.__annotations__,
+        **{name: kind for name, (kind, _) in _LATE.items()},
+    }
+    return command
+
+
+def masked(key: str) -> str:
+    return f"'{key[:4]}…' ({len(key)} characters)" if len(key) > 6 else "a short key"
+
+
+def advice(exc: ApiError) -> str:
+    """What went wrong and what to do next, for each kind of refusal."""
+    detail = exc.detail
+    if isinstance(detail, list):  # a validation error: where and what
+        detail = "; ".join(
+            f"{'.'.join(str(p) for p in e.get('loc', ())[1:]) or 'request'}: {e.get('msg')}"
+            for e in detail
+            if isinstance(e, dict)
+        )
+    elif not isinstance(detail, str):
+        detail = display.compact(detail)
+    if exc.status == 0:
+        return (
+            f"{detail}\nIs the API running (`make run`)? Point the CLI at it with --url "
+            "or SWITCHYARD_URL."
+        )
+    if exc.status == 401:
+        used = (
+            f"the key {masked(options.api_key)} from {options.key_source}"
+            if options.api_key
+            else "no key (none given)"
+        )
+        return (
+            f"the API refused the request (HTTP 401: {detail}); it was sent with {used}.\n"
+            "Set a valid key with `export SWITCHYARD_API_KEY=<key>` or pass `--api-key <key>`."
+        )
+    if exc.status == 403:
+        return f"{detail} (HTTP 403): use a key whose role allows this."
+    if exc.status == 404:
+        return f"{detail} (HTTP 404): check the id; `switchyard list` shows recent jobs."
+    if exc.status == 409:
+        return f"{detail} (HTTP 409): `switchyard status <id>` shows where the job is."
+    if exc.status in (400, 413, 422):
+        return f"the API did not accept the request (HTTP {exc.status}): {detail}"
+    if exc.status == 429:
+        return f"{detail} (HTTP 429): too many requests; wait a moment and run it again."
+    return f"{detail} (HTTP {exc.status}): try again; if it persists, read the API's log."
 
 
 def fail(exc: ApiError) -> NoReturn:
-    typer.echo(
-        f"error: {exc.detail} (HTTP {exc.status})" if exc.status else f"error: {exc.detail}",
-        err=True,
-    )
+    typer.echo(f"error: {advice(exc)}", err=True)
     raise typer.Exit(1)
 
 
-def parse_payload(payload: str) -> Any:
+@contextmanager
+def client() -> Iterator[Client]:
+    """A client for this command; an API error ends the command with advice."""
     try:
-        return json.loads(payload)
-    except json.JSONDecodeError as exc:
-        typer.echo(f"error: --payload is not JSON: {exc}", err=True)
-        raise typer.Exit(2) from None
+        with Client(options.url, options.api_key or "") as sy:
+            yield sy
+    except ApiError as exc:
+        fail(exc)
+
+
+def call(method: str, path: str, **kwargs: Any) -> Any:
+    with client() as sy:
+        return sy.raw(method, path, **kwargs)
+
+
+def echo_lines(lines: list[str]) -> None:
+    for line in lines:
+        typer.echo(line)
 
 
 def print_json(value: Any) -> None:
-    typer.echo(json.dumps(value, indent=2, default=str))
+    typer.echo(display.pretty(value))
+
+
+def parse_payload(payload: str, option: str = "--payload") -> Any:
+    try:
+        return json.loads(payload)
+    except json.JSONDecodeError as exc:
+        typer.echo(f"error: {option} is not JSON ({exc}); e.g. {option} '{{\"x\": 1}}'", err=True)
+        raise typer.Exit(2) from None
+
+
+def job_line(job: JobRead) -> str:
+    label = f"{job.type} ({job.name})" if job.name else job.type
+    return f"{job.id}  {label}  {job.status}  priority {job.priority}"
 
 
 @app.command()
+@global_options
 def submit(
     type: Annotated[str, typer.Argument(help="task type, e.g. demo.sleep")],
     payload: Annotated[str, typer.Option(help="payload as a JSON object")] = "{}",
     priority: Annotated[str | None, typer.Option(help="critical | high | normal | low")] = None,
     depends_on: Annotated[
-        list[str] | None, typer.Option("--depends-on", help="job id (repeat)")
+        list[str] | None, typer.Option("--depends-on", metavar="JOB_ID", help="job id (repeat)")
     ] = None,
     cpu: Annotated[float | None, typer.Option("--cpu", help="cpu units")] = None,
     memory: Annotated[int | None, typer.Option("--memory", help="memory in MB")] = None,
     run_at: Annotated[str | None, typer.Option("--run-at", help="RFC 3339 time")] = None,
     idempotency_key: Annotated[str | None, typer.Option("--idempotency-key")] = None,
-    name: Annotated[str | None, typer.Option(help="a label")] = None,
+    name: Annotated[str | None, typer.Option(help="a label shown with the job")] = None,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="then wait for it, as `switchyard wait`")
+    ] = False,
 ) -> None:
     """Submit a job."""
     body = parse_payload(payload)
     resources = {k: v for k, v in (("cpu_units", cpu), ("memory_mb", memory)) if v is not None}
     request = {
-        "type": type, "payload": body, "priority": priority, "depends_on": depends_on or None,
-        "resources": resources or None, "run_at": run_at, "idempotency_key": idempotency_key,
-        "name": name,
+        "priority": priority, "depends_on": depends_on or None, "resources": resources or None,
+        "run_at": run_at, "idempotency_key": idempotency_key, "name": name,
     }  # fmt: skip
-    data = call("POST", "/jobs", json={k: v for k, v in request.items() if v is not None})
-    if state["json"]:
-        print_json(data)
+    with client() as sy:
+        job = sy.enqueue_job(type, body, **request)
+    if options.as_json and not wait:
+        print_json(job.model_dump(mode="json"))
+    elif not options.as_json:
+        typer.echo(job_line(job))
+    if wait:
+        wait_for(job.id, timeout=None)
+
+
+@app.command()
+@global_options
+def status(job_id: str) -> None:
+    """Show one job."""
+    with client() as sy:
+        job = sy.get_status(job_id)
+    if options.as_json:
+        print_json(job.model_dump(mode="json"))
     else:
-        typer.echo(f"{data['id']}  {data['status']}  {data['type']}  {data['priority']}")
-
-
-def call(method: str, path: str, **kwargs: Any) -> Any:
-    with state["client"]() as client:
-        try:
-            return client.raw(method, path, **kwargs)
-        except ApiError as exc:
-            fail(exc)
-
-
-def table(rows: list[dict[str, Any]], columns: list[str]) -> None:
-    """A plain text table (the --json output is the API's document)."""
-    cells = [[("" if r.get(c) is None else str(r.get(c))) for c in columns] for r in rows]
-    widths = [max([len(c), *(len(row[i]) for row in cells)]) for i, c in enumerate(columns)]
-    typer.echo("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
-    for row in cells:
-        typer.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+        echo_lines(display.labelled(display.job_summary(job)))
 
 
 @app.command("list")
+@global_options
 def list_jobs(
     status: Annotated[list[str] | None, typer.Option(help="repeat for several")] = None,
     type: Annotated[str | None, typer.Option()] = None,
     priority: Annotated[str | None, typer.Option()] = None,
-    limit: Annotated[int, typer.Option(help="at most this many")] = 50,
+    limit: Annotated[int, typer.Option(help="at most this many (1-1000)")] = 50,
 ) -> None:
-    """List jobs, newest first (``--status failed`` is the dead-letter view)."""
-    params = {"status": status, "type": type, "priority": priority, "limit": min(limit, 1000)}
+    """List jobs, newest first (`--status failed` is the dead-letter view)."""
+    if not 1 <= limit <= 1000:
+        typer.echo("error: --limit takes 1 to 1000", err=True)
+        raise typer.Exit(2)
+    params = {"status": status, "type": type, "priority": priority, "limit": limit}
     data = call("GET", "/jobs", params={k: v for k, v in params.items() if v is not None})
-    if state["json"]:
+    if options.as_json:
         print_json(data)
         return
-    table(
-        data["items"],
-        ["id", "type", "status", "priority", "attempts", "worker_id", "created_at", "error"],
-    )
+    jobs = [JobRead.model_validate(j) for j in data["items"]]
+    columns = [
+        display.Column("ID"), display.Column("TYPE", flexible=True),
+        display.Column("NAME", flexible=True), display.Column("STATUS"),
+        display.Column("PRIORITY"), display.Column("TRIES"),
+        display.Column("WORKER", flexible=True), display.Column("CREATED"),
+        display.Column("ERROR", flexible=True, least=5),
+    ]  # fmt: skip
+    rows = [
+        [str(j.id), j.type, j.name or "", str(j.status), str(j.priority), str(j.attempts),
+         j.worker_id or "", display.short_time(j.created_at), j.error or ""]
+        for j in jobs
+    ]  # fmt: skip
+    echo_lines(display.table(columns, rows, display.terminal_width()))
+    if data.get("next_cursor"):
+        typer.echo(f"(more: showing the newest {len(jobs)}; use --limit or filters)", err=True)
 
 
 @app.command()
+@global_options
 def cancel(job_id: str) -> None:
     """Cancel a job (a running one is stopped by its worker)."""
-    data = call("PATCH", f"/jobs/{job_id}/cancel")
-    print_json(data) if state["json"] else typer.echo(
-        f"{data['id']}  {data['status']}  cancel_requested={data['cancel_requested']}"
-    )
+    with client() as sy:
+        job = sy.cancel(job_id)
+    if options.as_json:
+        print_json(job.model_dump(mode="json"))
+    elif job.status == JobStatus.CANCELLED:
+        typer.echo(f"{job_line(job)}: cancelled")
+    else:
+        typer.echo(f"{job_line(job)}: cancel requested; its worker stops it")
 
 
 @app.command()
+@global_options
 def retry(
     job_id: str,
     dependents: Annotated[
@@ -136,60 +308,233 @@ def retry(
     ] = False,
 ) -> None:
     """Re-run a failed or cancelled job (same id, history kept)."""
-    data = call("POST", f"/jobs/{job_id}/retry", params={"dependents": dependents})
-    print_json(data) if state["json"] else typer.echo(
-        f"{data['id']}  {data['status']}  attempts so far: {data['attempts']}"
-    )
+    with client() as sy:
+        job = sy.retry(job_id, dependents=dependents)
+    if options.as_json:
+        print_json(job.model_dump(mode="json"))
+    else:
+        typer.echo(f"{job_line(job)}: queued again after {job.attempts} attempt(s)")
 
 
 @app.command()
+@global_options
 def workers() -> None:
     """Workers, their capacity and what they run."""
     data = call("GET", "/workers")
-    if state["json"]:
+    if options.as_json:
         print_json(data)
         return
+    columns = [
+        display.Column("ID", flexible=True), display.Column("STATE"), display.Column("CPU"),
+        display.Column("MEMORY MB"), display.Column("SLOTS"), display.Column("RUNNING"),
+        display.Column("HEARTBEAT"),
+    ]  # fmt: skip
     rows = [
-        {**w, "cpu": f"{w['allocated']['cpu_units']:g}/{w['capacity']['cpu_units']:g}",
-         "memory_mb": f"{w['allocated']['memory_mb']}/{w['capacity']['memory_mb']}",
-         "slots": f"{w['allocated']['slots']}/{w['capacity']['slots']}",
-         "running": len(w["running"])}
+        [w["id"], w["state"],
+         f"{w['allocated']['cpu_units']:g}/{w['capacity']['cpu_units']:g}",
+         f"{w['allocated']['memory_mb']}/{w['capacity']['memory_mb']}",
+         f"{w['allocated']['slots']}/{w['capacity']['slots']}",
+         str(len(w["running"])), _heartbeat_age(w.get("last_heartbeat_at"))]
         for w in data
     ]  # fmt: skip
-    table(rows, ["id", "state", "cpu", "memory_mb", "slots", "running", "last_heartbeat_at"])
+    echo_lines(display.table(columns, rows, display.terminal_width()))
+
+
+def _heartbeat_age(ts: str | None) -> str:
+    return display.ago(datetime.fromisoformat(ts)) if ts else ""
 
 
 @app.command()
+@global_options
 def stats() -> None:
     """Counts, queue depth, throughput and durations."""
     data = call("GET", "/stats")
-    if state["json"]:
+    if options.as_json:
         print_json(data)
         return
-    typer.echo(
-        "by status:   " + ", ".join(f"{k}={v}" for k, v in sorted(data["by_status"].items()))
-    )
-    typer.echo("queue depth: " + ", ".join(f"{k}={v}" for k, v in data["queue_depth"].items()))
-    for status_name, t in data["throughput"].items():
-        typer.echo(f"{status_name:10} last minute {t['last_minute']}, {t['per_minute']}/min")
+    by_status = ", ".join(f"{k} {v}" for k, v in sorted(data["by_status"].items()))
+    typer.echo(f"jobs by status: {by_status or 'none'}")
+    typer.echo("queue depth:    " + ", ".join(f"{k} {v}" for k, v in data["queue_depth"].items()))
+    for name, t in data["throughput"].items():
+        typer.echo(f"{name:15} {t['last_minute']} in the last minute, {t['per_minute']}/min")
     for job_type, d in data["durations"].items():
-        mean, p95 = d["mean_seconds"], d["p95_seconds"]
-        typer.echo(f"{job_type:20} n={d['count']} mean={mean:.3f}s p95={p95:.3f}s")
+        typer.echo(
+            f"{job_type:20} {d['count']} run(s), mean {display.duration(d['mean_seconds'])}, "
+            f"p95 {display.duration(d['p95_seconds'])}"
+        )
+
+
+def exit_for(job: JobRead) -> None:
+    """The exit code of a command that watched a job to its end."""
+    if job.status == JobStatus.FAILED:
+        raise typer.Exit(EXIT_FAILED)
+    if job.status == JobStatus.CANCELLED:
+        raise typer.Exit(EXIT_CANCELLED)
+
+
+def final_line(job: JobRead) -> str:
+    if job.status == JobStatus.COMPLETED:
+        took = ""
+        if job.started_at and job.finished_at:
+            took = f" in {display.duration((job.finished_at - job.started_at).total_seconds())}"
+        result = "" if job.result is None else f"; result {display.compact(job.result)}"
+        return f"job {job.id} completed{took}{result}"
+    return f"job {job.id} {job.status}: {job.error or 'no error recorded'}"
+
+
+@app.command()
+@global_options
+def logs(
+    job_id: str,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="keep printing until the job ends")
+    ] = False,
+) -> None:
+    """A job's attempts: each one's outcome, log lines, error and traceback. With
+    --follow, new lines and progress as they come; exits 1 if the job fails, 3 if it is
+    cancelled."""
+    with client() as sy:
+        if not follow:
+            job = sy.get_status(job_id)
+            history = sy.logs(job_id)
+            if options.as_json:
+                print_json(history.model_dump(mode="json"))
+                return
+            echo_lines(display.attempts(history.executions, history.lines))
+            if not history.executions and not history.lines:
+                typer.echo(f"(no attempt yet: the job is {job.status})")
+            typer.echo(final_line(job) if job.status in TERMINAL else f"job is {job.status}")
+            return
+        job = follow_job(sy, job_id)
+    exit_for(job)
+
+
+def follow_job(sy: Client, job_id: str) -> JobRead:
+    """Print a job's events until it ends; the earlier lines the replay left out come
+    from REST first. Returns the job as it ended."""
+    bar = display.ProgressBar()
+    attempt_shown: int | None = None
+    for event in sy.stream(job_ids=[job_id], replay=True):
+        if options.as_json:
+            typer.echo(event.model_dump_json())
+        elif event.event == "dropped" and event.data.get("replay"):
+            earlier = sy.logs(job_id).lines[: event.data["count"]]
+            for line in earlier:
+                attempt_shown = _print_line(bar, line, attempt_shown)
+        elif event.event == "log" and event.ts is not None:
+            line = LogLine(
+                ts=event.ts,
+                attempt=event.attempt or 0,
+                level=event.data.get("level", "info"),
+                message=event.data.get("message", ""),
+            )
+            attempt_shown = _print_line(bar, line, attempt_shown)
+        elif event.event == "progress":
+            bar.show(event.data)
+        elif event.event == "dropped":
+            bar.clear()
+            typer.echo(f"-- {event.data.get('count')} event(s) dropped (slow reader)", err=True)
+        elif event.event == "state":
+            bar.clear()
+            typer.echo(f"-- {event.data.get('new_status')}", err=True)
+        if event.event == "state" and event.data.get("new_status") in TERMINAL:
+            break
+    bar.clear()
+    job = sy.get_status(job_id)
+    if not options.as_json:
+        if job.status != JobStatus.COMPLETED:
+            last = _last_execution(sy.logs_page(job_id, limit=1).executions)
+            if last is not None:
+                echo_lines(display.attempt_error(last))
+        typer.echo(final_line(job))
+    return job
+
+
+def _print_line(bar: display.ProgressBar, line: LogLine, shown: int | None) -> int:
+    bar.clear()
+    if line.attempt != shown:
+        typer.echo(f"attempt {line.attempt}")
+    typer.echo(display.log_line(line))
+    return line.attempt
+
+
+def _last_execution(executions: list[ExecutionRead]) -> ExecutionRead | None:
+    return max(executions, key=lambda e: e.attempt, default=None)
+
+
+def wait_for(job_id: Any, timeout: float | None) -> None:
+    bar = display.ProgressBar()
+    with client() as sy:
+        try:
+            job = sy.wait(
+                job_id,
+                timeout=timeout if timeout is not None else float("inf"),
+                poll=0.25,
+                on_progress=None if options.as_json else lambda j: bar.show(j.progress),
+            )
+        except TimeoutError as exc:
+            bar.clear()
+            typer.echo(f"error: {exc}; `switchyard status {job_id}` shows it later", err=True)
+            raise typer.Exit(EXIT_TIMEOUT) from None
+        bar.clear()
+        if options.as_json:
+            print_json(job.model_dump(mode="json"))
+        else:
+            if job.status != JobStatus.COMPLETED:
+                last = _last_execution(sy.logs_page(job.id, limit=1).executions)
+                echo_lines(display.attempt_error(last) if last else [])
+            typer.echo(final_line(job))
+    exit_for(job)
+
+
+@app.command()
+@global_options
+def wait(
+    job_id: str,
+    timeout: Annotated[
+        float | None, typer.Option(help="give up after this many seconds (exit 124)")
+    ] = None,
+) -> None:
+    """Wait for a job to end, with a progress bar when it reports progress. Exits 0 when
+    it completed, 1 when it failed, 3 when it was cancelled."""
+    wait_for(job_id, timeout)
 
 
 schedules_app = typer.Typer(help="Periodic jobs (cron).", no_args_is_help=True)
 app.add_typer(schedules_app, name="schedules")
 
 
+def schedule_line(s: dict[str, Any]) -> str:
+    state = "paused" if s["paused"] else f"next run {_when_text(s.get('next_run_at'))}"
+    return f"{s['id']}  {s['name']}  {s['cron']} ({s['timezone']})  {state}"
+
+
+def _when_text(ts: str | None) -> str:
+    return display.when(datetime.fromisoformat(ts)) if ts else "-"
+
+
 @schedules_app.command("list")
+@global_options
 def schedules_list() -> None:
+    """The schedules and their next runs."""
     data = call("GET", "/schedules")
-    print_json(data) if state["json"] else table(
-        data, ["id", "name", "cron", "timezone", "paused", "next_run_at"]
-    )
+    if options.as_json:
+        print_json(data)
+        return
+    columns = [
+        display.Column("ID"), display.Column("NAME", flexible=True), display.Column("CRON"),
+        display.Column("TIMEZONE"), display.Column("NEXT RUN", flexible=True),
+    ]  # fmt: skip
+    rows = [
+        [s["id"], s["name"], s["cron"], s["timezone"],
+         "paused" if s["paused"] else _when_text(s.get("next_run_at"))]
+        for s in data
+    ]  # fmt: skip
+    echo_lines(display.table(columns, rows, display.terminal_width()))
 
 
 @schedules_app.command("create")
+@global_options
 def schedules_create(
     name: str,
     cron: Annotated[str, typer.Option(help="5 fields, or 6 with seconds last")],
@@ -197,6 +542,7 @@ def schedules_create(
     payload: Annotated[str, typer.Option(help="payload as a JSON object")] = "{}",
     timezone: Annotated[str, typer.Option(help="IANA time zone")] = "UTC",
 ) -> None:
+    """Create a schedule."""
     body = {
         "name": name,
         "cron": cron,
@@ -204,115 +550,96 @@ def schedules_create(
         "job": {"type": job_type, "payload": parse_payload(payload)},
     }
     data = call("POST", "/schedules", json=body)
-    print_json(data) if state["json"] else typer.echo(
-        f"{data['id']}  {data['name']}  next run {data['next_run_at']}"
-    )
+    print_json(data) if options.as_json else typer.echo(schedule_line(data))
+
+
+def _set_paused(schedule_id: str, paused: bool) -> None:
+    data = call("PATCH", f"/schedules/{schedule_id}", json={"paused": paused})
+    print_json(data) if options.as_json else typer.echo(schedule_line(data))
 
 
 @schedules_app.command("pause")
+@global_options
 def schedules_pause(schedule_id: str) -> None:
-    data = call("PATCH", f"/schedules/{schedule_id}", json={"paused": True})
-    print_json(data) if state["json"] else typer.echo(f"{data['name']} paused")
+    """Stop a schedule's runs until resumed."""
+    _set_paused(schedule_id, True)
 
 
 @schedules_app.command("resume")
+@global_options
 def schedules_resume(schedule_id: str) -> None:
-    data = call("PATCH", f"/schedules/{schedule_id}", json={"paused": False})
-    print_json(data) if state["json"] else typer.echo(
-        f"{data['name']} resumed; next run {data['next_run_at']}"
-    )
+    """Resume a paused schedule."""
+    _set_paused(schedule_id, False)
 
 
 @schedules_app.command("delete")
+@global_options
 def schedules_delete(schedule_id: str) -> None:
+    """Delete a schedule (its jobs stay)."""
     call("DELETE", f"/schedules/{schedule_id}")
-    if not state["json"]:
-        typer.echo("deleted")
+    print_json({"deleted": schedule_id}) if options.as_json else typer.echo("deleted")
 
 
-@app.command()
-def status(job_id: str) -> None:
-    """Show one job."""
-    data = call("GET", f"/jobs/{job_id}")
-    if state["json"]:
-        print_json(data)
-        return
-    keys = ("id", "type", "status", "priority", "attempts", "worker_id", "waiting_reason",
-            "created_at", "started_at", "finished_at", "result", "error", "progress")  # fmt: skip
-    for key in keys:
-        if data.get(key) is not None:
-            typer.echo(f"{key:15} {data[key]}")
+# Server commands: they run Switchyard's own code (the `server` extra), not the API.
 
 
-def format_line(event: dict[str, Any]) -> str:
-    data = event["data"]
-    return f"{event['ts']} [{event['attempt']}] {data['level'].upper():8} {data['message']}"
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)
+def worker(ctx: typer.Context) -> None:
+    """Run a worker over your tasks, from your project's directory:
+    `switchyard worker --tasks mypkg.tasks` (`switchyard worker --help` lists its flags)."""
+    from switchyard import server
+
+    try:
+        module = server.import_server("services.worker.__main__")
+    except server.ServerUnavailable as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    server.set_server_aside()
+    server.put_user_directory_first()
+    raise typer.Exit(module.main(list(ctx.args)))
 
 
-def every_log_line(client: Any, job_id: str) -> dict[str, Any]:
-    """GET /jobs/{id}/logs page after page: one document with every line."""
-    data: dict[str, Any] = client.raw("GET", f"/jobs/{job_id}/logs")
-    page = data
-    while page.get("next_cursor"):
-        page = client.raw("GET", f"/jobs/{job_id}/logs", params={"cursor": page["next_cursor"]})
-        data["lines"].extend(page["lines"])
-        data["executions"] = page["executions"]
-    data["next_cursor"] = None
-    return data
+db_app = typer.Typer(help="The database: create it and apply the migrations.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
 
 
-def print_line(line: dict[str, Any]) -> None:
-    """A line of GET /jobs/{id}/logs, printed as a streamed one is."""
-    typer.echo(format_line({"ts": line["ts"], "attempt": line["attempt"], "data": line}))
-
-
-@app.command()
-def logs(
-    job_id: str,
-    follow: Annotated[
-        bool, typer.Option("--follow", "-f", help="keep printing new lines until the job ends")
-    ] = False,
+@db_app.command("upgrade")
+def db_upgrade(
+    database_url: Annotated[
+        str | None,
+        typer.Option(
+            "--database-url",
+            envvar="SWITCHYARD_DATABASE_URL",
+            help="postgresql+asyncpg://user@host:port/name",
+        ),
+    ] = None,
+    revision: Annotated[str, typer.Option(help="migrate to this revision")] = "head",
 ) -> None:
-    """Print a job's log lines (and with --follow, new ones as they come)."""
-    with state["client"]() as client:
-        try:
-            if not follow:
-                data = every_log_line(client, job_id)
-                if state["json"]:
-                    print_json(data)
-                    return
-                for line in data["lines"]:
-                    print_line(line)
-                return
-            for event in client.stream(job_ids=[job_id], replay=True):
-                if event["event"] == "dropped" and event["data"].get("replay"):
-                    # The replay sent only the latest lines: the earlier ones, over REST.
-                    earlier = every_log_line(client, job_id)["lines"][: event["data"]["count"]]
-                    for line in earlier:
-                        if state["json"]:
-                            typer.echo(json.dumps(line))
-                        else:
-                            print_line(line)
-                    continue
-                if state["json"]:
-                    typer.echo(json.dumps(event))
-                elif event["event"] == "log":
-                    typer.echo(format_line(event))
-                elif event["event"] == "state":
-                    typer.echo(f"-- {event['data']['new_status']}", err=True)
-                elif event["event"] == "dropped":
-                    typer.echo(
-                        f"-- {event['data']['count']} event(s) dropped (slow reader)", err=True
-                    )
-                if event["event"] == "state" and event["data"]["new_status"] in TERMINAL:
-                    return
-        except ApiError as exc:
-            fail(exc)
+    """Create the database if missing and apply the migrations (they ship inside the
+    package: this works from any directory)."""
+    from switchyard import server
+
+    if database_url:
+        os.environ["SWITCHYARD_DATABASE_URL"] = database_url
+    try:
+        dbtools = server.import_server("shared.dbtools")
+        settings = server.import_server("shared.settings")
+        url = settings.get_settings().database_url
+        dbtools.upgrade(url, revision)
+    except server.ServerUnavailable as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    except Exception as exc:  # the database refused or is down: say so, no traceback
+        typer.echo(f"error: cannot migrate the database: {exc}", err=True)
+        raise typer.Exit(1) from None
 
 
 def main() -> None:
     try:
-        app()
+        app(prog_name="switchyard")
     except KeyboardInterrupt:
         sys.exit(130)
 

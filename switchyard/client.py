@@ -4,10 +4,15 @@
 
     with Client("http://127.0.0.1:8000", api_key="…") as sy:
         job = sy.enqueue_job("demo.sleep", {"seconds": 1}, priority="high")
-        for event in sy.stream(job_ids=[job.id], replay=True):
-            ...
+        done = sy.wait(job, on_progress=lambda j: print(j.progress))
 
-Errors are :class:`ApiError` carrying the API's status code and message.
+Every method takes the SDK's own types: a job id as a ``UUID``, a ``str`` or the job
+object itself (also in ``depends_on``), ``datetime`` values (``run_at``; a naive one is
+local time). Answers are typed (:class:`JobRead`, :class:`JobLogs`, :class:`Event`).
+A 429 or 503 answer is retried after its ``Retry-After``, at most ``retries`` times and
+never longer than ``max_retry_wait`` seconds at once; every other refusal is an
+:class:`ApiError` carrying the API's status code and message. :class:`AsyncClient` has
+the same methods, for asyncio code.
 """
 
 from __future__ import annotations
@@ -15,23 +20,34 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from email.utils import parsedate_to_datetime
+from enum import Enum
 from types import TracebackType
 from typing import Any
 from urllib.parse import urlencode
+from uuid import UUID
 
 import httpx
 import orjson
+from pydantic import BaseModel
 from websockets.asyncio.client import connect as aconnect
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from switchyard.errors import ApiError
-from switchyard.models import JobLogs, JobRead
+from switchyard.models import Event, JobLogs, JobRead
 from switchyard.states import TERMINAL
 
 #: Where the API is when neither the argument nor SWITCHYARD_URL says.
 DEFAULT_URL = "http://127.0.0.1:8000"
+LOG_PAGE_SIZE = 1000  # lines per GET /jobs/{id}/logs request
+RETRIED_STATUSES = frozenset({429, 503})
+
+JobRef = JobRead | UUID | str
+ProgressCallback = Callable[[JobRead], None]
 
 
 def _where(url: str | None, api_key: str | None) -> tuple[str, str | None, dict[str, str]]:
@@ -45,7 +61,56 @@ def _where(url: str | None, api_key: str | None) -> tuple[str, str | None, dict[
     return url.rstrip("/"), api_key, headers
 
 
-def _result(response: httpx.Response) -> Any:
+def job_id(job: JobRef) -> str:
+    """The id of a job given as its object, a UUID or a string."""
+    if isinstance(job, JobRead):
+        return str(job.id)
+    if isinstance(job, UUID):
+        return str(job)
+    if isinstance(job, str):
+        return job
+    raise TypeError(f"a job is a JobRead, a UUID or a str, not {type(job).__name__}")
+
+
+def plain(value: Any) -> Any:
+    """``value`` as JSON the API reads: the SDK's own types become what they stand for."""
+    if isinstance(value, JobRead):
+        return str(value.id)
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, UUID):
+        return str(value)
+    if isinstance(value, datetime):
+        # A naive datetime is local time, as Python's own astimezone() reads it.
+        return (value if value.tzinfo else value.astimezone()).isoformat()
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, Enum):
+        return plain(value.value)
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [plain(v) for v in value]
+    return value
+
+
+def retry_after(response: httpx.Response, attempt: int, cap: float) -> float:
+    """Seconds to wait before retrying a 429/503: its Retry-After (seconds or an HTTP
+    date), else an exponential guess; never more than ``cap``."""
+    header = response.headers.get("Retry-After", "").strip()
+    wait = 0.5 * 2**attempt
+    if header:
+        try:
+            wait = float(header)
+        except ValueError:
+            try:
+                wait = (parsedate_to_datetime(header) - datetime.now().astimezone()).total_seconds()
+            except (TypeError, ValueError):
+                pass
+    return min(max(wait, 0.0), cap)
+
+
+def answer(response: httpx.Response) -> Any:
     """The JSON answer, or ApiError with the API's own message."""
     if response.status_code >= 400:
         try:
@@ -56,30 +121,81 @@ def _result(response: httpx.Response) -> Any:
     return response.json() if response.content else None
 
 
-LOG_PAGE_SIZE = 1000  # lines per GET /jobs/{id}/logs request
+@dataclass(frozen=True)
+class Call:
+    """One SDK call as data: both clients send it the same way and read its answer with
+    ``read`` (so the sync and the async client cannot drift apart)."""
+
+    method: str
+    path: str
+    params: dict[str, Any] = field(default_factory=dict)
+    body: Any = None
+    read: Callable[[Any], Any] = lambda data: data
 
 
-def _log_params(limit: int, cursor: str | None) -> dict[str, Any]:
-    return {"limit": limit} | ({"cursor": cursor} if cursor else {})
+def _jobs(data: Any) -> list[JobRead]:
+    return [JobRead.model_validate(j) for j in data["jobs"]]
 
 
-def _job_body(type: str, payload: dict[str, Any] | None, options: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "type": type,
-        "payload": payload or {},
-        **{k: v for k, v in options.items() if v is not None},
-    }
+class Calls:
+    """The routes of the API the SDK knows, as :class:`Call` values."""
+
+    @staticmethod
+    def enqueue_job(type: str, payload: Any, options: dict[str, Any]) -> Call:
+        body = {"type": type, "payload": payload or {}}
+        body |= {k: v for k, v in options.items() if v is not None}
+        return Call("POST", "/jobs", body=plain(body), read=JobRead.model_validate)
+
+    @staticmethod
+    def submit_batch(jobs: list[dict[str, Any]]) -> Call:
+        return Call("POST", "/jobs/batch", body=plain({"jobs": jobs}), read=_jobs)
+
+    @staticmethod
+    def get_status(job: JobRef) -> Call:
+        return Call("GET", f"/jobs/{job_id(job)}", read=JobRead.model_validate)
+
+    @staticmethod
+    def cancel(job: JobRef) -> Call:
+        return Call("PATCH", f"/jobs/{job_id(job)}/cancel", read=JobRead.model_validate)
+
+    @staticmethod
+    def retry(job: JobRef, dependents: bool) -> Call:
+        return Call(
+            "POST",
+            f"/jobs/{job_id(job)}/retry",
+            params={"dependents": dependents},
+            read=JobRead.model_validate,
+        )
+
+    @staticmethod
+    def logs_page(job: JobRef, limit: int, cursor: str | None) -> Call:
+        params: dict[str, Any] = {"limit": limit} | ({"cursor": cursor} if cursor else {})
+        return Call("GET", f"/jobs/{job_id(job)}/logs", params=params, read=JobLogs.model_validate)
+
+    @staticmethod
+    def list_page(filters: dict[str, Any], limit: int, cursor: str | None) -> Call:
+        params = {k: plain(v) for k, v in filters.items() if v is not None} | {"limit": limit}
+        return Call("GET", "/jobs", params=params | ({"cursor": cursor} if cursor else {}))
+
+    @staticmethod
+    def raw(method: str, path: str, params: dict[str, Any] | None, json: Any) -> Call:
+        return Call(method, path, params=plain(params or {}), body=plain(json))
+
+
+def _merge_logs(first: JobLogs, page: JobLogs) -> None:
+    first.lines.extend(page.lines)
+    first.executions = page.executions
 
 
 def _stream_url(
     url: str,
-    job_ids: list[str] | None,
+    job_ids: list[JobRef] | None,
     types: list[str] | None,
     statuses: list[str] | None,
     replay: bool,
 ) -> str:
-    query: list[tuple[str, str]] = [("job_id", j) for j in job_ids or []]
-    query += [("type", t) for t in types or []] + [("status", s) for s in statuses or []]
+    query: list[tuple[str, str]] = [("job_id", job_id(j)) for j in job_ids or []]
+    query += [("type", t) for t in types or []] + [("status", str(s)) for s in statuses or []]
     if replay:
         query.append(("replay", "true"))
     ws_url = url.replace("http://", "ws://", 1).replace("https://", "wss://", 1)
@@ -92,13 +208,41 @@ def _closed(exc: ConnectionClosed) -> None:
         raise ApiError(401, exc.rcvd.reason or "stream refused") from None
 
 
-class Client:
+class _Settings:
+    """What both clients are built from."""
+
     def __init__(
-        self, url: str | None = None, api_key: str | None = None, *, timeout: float = 30
+        self,
+        url: str | None,
+        api_key: str | None,
+        retries: int,
+        max_retry_wait: float,
     ) -> None:
-        self.url, self.api_key, headers = _where(url, api_key)
-        self._headers = headers
-        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+        self.url, self.api_key, self.headers = _where(url, api_key)
+        if retries < 0 or max_retry_wait < 0:
+            raise ValueError("retries and max_retry_wait must not be negative")
+        self.retries = retries
+        self.max_retry_wait = max_retry_wait
+
+    def unreachable(self, exc: httpx.HTTPError) -> ApiError:
+        return ApiError(0, f"cannot reach {self.url}: {exc}")
+
+
+class Client:
+    """The API over blocking HTTP (see the module docstring)."""
+
+    def __init__(
+        self,
+        url: str | None = None,
+        api_key: str | None = None,
+        *,
+        timeout: float = 30,
+        retries: int = 3,
+        max_retry_wait: float = 30.0,
+    ) -> None:
+        self._s = _Settings(url, api_key, retries, max_retry_wait)
+        self.url, self.api_key = self._s.url, self._s.api_key
+        self._http = httpx.Client(base_url=self.url, headers=self._s.headers, timeout=timeout)
 
     def __enter__(self) -> Client:
         return self
@@ -109,94 +253,102 @@ class Client:
     def close(self) -> None:
         self._http.close()
 
-    def _request(self, method: str, path: str, **kwargs: Any) -> Any:
-        try:
-            response = self._http.request(method, path, **kwargs)
-        except httpx.HTTPError as exc:
-            raise ApiError(0, f"cannot reach {self.url}: {exc}") from exc
-        return _result(response)
+    def _do(self, call: Call) -> Any:
+        for attempt in range(self._s.retries + 1):
+            try:
+                response = self._http.request(
+                    call.method, call.path, params=call.params or None, json=call.body
+                )
+            except httpx.HTTPError as exc:
+                raise self._s.unreachable(exc) from exc
+            if response.status_code not in RETRIED_STATUSES or attempt == self._s.retries:
+                break
+            time.sleep(retry_after(response, attempt, self._s.max_retry_wait))
+        return call.read(answer(response))
 
-    def enqueue_job(
-        self, type: str, payload: dict[str, Any] | None = None, **options: Any
-    ) -> JobRead:
+    def enqueue_job(self, type: str, payload: Any = None, **options: Any) -> JobRead:
         """Submit a job; ``options`` are the other fields of POST /jobs."""
-        body = {
-            "type": type,
-            "payload": payload or {},
-            **{k: v for k, v in options.items() if v is not None},
-        }
-        return JobRead.model_validate(self._request("POST", "/jobs", json=body))
-
-    def get_status(self, job_id: str) -> JobRead:
-        return JobRead.model_validate(self._request("GET", f"/jobs/{job_id}"))
-
-    def logs_page(
-        self, job_id: str, *, limit: int = LOG_PAGE_SIZE, cursor: str | None = None
-    ) -> JobLogs:
-        """One page of the job's lines (and its executions); ``next_cursor`` for the next."""
-        params = _log_params(limit, cursor)
-        return JobLogs.model_validate(self._request("GET", f"/jobs/{job_id}/logs", params=params))
-
-    def logs(self, job_id: str, *, page_size: int = LOG_PAGE_SIZE) -> JobLogs:
-        """Every line of the job (page after page) and its executions."""
-        first = page = self.logs_page(job_id, limit=page_size)
-        while page.next_cursor:
-            page = self.logs_page(job_id, limit=page_size, cursor=page.next_cursor)
-            first.lines.extend(page.lines)
-            first.executions = page.executions
-        first.next_cursor = None
-        return first
-
-    def cancel(self, job_id: str) -> JobRead:
-        return JobRead.model_validate(self._request("PATCH", f"/jobs/{job_id}/cancel"))
-
-    def retry(self, job_id: str, *, dependents: bool = False) -> JobRead:
-        return JobRead.model_validate(
-            self._request("POST", f"/jobs/{job_id}/retry", params={"dependents": dependents})
-        )
+        return self._do(Calls.enqueue_job(type, payload, options))
 
     def submit_batch(self, jobs: list[dict[str, Any]]) -> list[JobRead]:
-        data = self._request("POST", "/jobs/batch", json={"jobs": jobs})
-        return [JobRead.model_validate(j) for j in data["jobs"]]
+        """Submit jobs at once (``depends_on`` may name a batch member by its index)."""
+        return self._do(Calls.submit_batch(jobs))
+
+    def get_status(self, job: JobRef) -> JobRead:
+        return self._do(Calls.get_status(job))
+
+    def cancel(self, job: JobRef) -> JobRead:
+        return self._do(Calls.cancel(job))
+
+    def retry(self, job: JobRef, *, dependents: bool = False) -> JobRead:
+        return self._do(Calls.retry(job, dependents))
+
+    def logs_page(
+        self, job: JobRef, *, limit: int = LOG_PAGE_SIZE, cursor: str | None = None
+    ) -> JobLogs:
+        """One page of the job's lines (and its executions); ``next_cursor`` for the next."""
+        return self._do(Calls.logs_page(job, limit, cursor))
+
+    def logs(self, job: JobRef, *, page_size: int = LOG_PAGE_SIZE) -> JobLogs:
+        """Every line of the job (page after page) and its executions."""
+        first = page = self.logs_page(job, limit=page_size)
+        while page.next_cursor:
+            page = self.logs_page(job, limit=page_size, cursor=page.next_cursor)
+            _merge_logs(first, page)
+        first.next_cursor = None
+        return first
 
     def list_jobs(self, *, page_size: int = 100, **filters: Any) -> Iterator[JobRead]:
         """Every job matching the filters (status, type, priority, created_after/before),
         newest first, fetching page after page as the caller iterates."""
-        params = {k: v for k, v in filters.items() if v is not None} | {"limit": page_size}
+        cursor = None
         while True:
-            page = self._request("GET", "/jobs", params=params)
+            page = self._do(Calls.list_page(filters, page_size, cursor))
             yield from (JobRead.model_validate(j) for j in page["items"])
-            if not page["next_cursor"]:
+            if not (cursor := page["next_cursor"]):
                 return
-            params["cursor"] = page["next_cursor"]
 
-    def wait(self, job_id: str, timeout: float = 60.0, *, poll: float = 0.2) -> JobRead:
-        """Wait until the job is completed, failed or cancelled; TimeoutError after ``timeout``."""
+    def wait(
+        self,
+        job: JobRef,
+        timeout: float = 60.0,
+        *,
+        poll: float = 0.2,
+        on_progress: ProgressCallback | None = None,
+    ) -> JobRead:
+        """Wait until the job is completed, failed or cancelled and return it;
+        ``on_progress(job)`` is called whenever its progress changed; TimeoutError after
+        ``timeout`` seconds."""
         deadline = time.monotonic() + timeout
+        watch = _ProgressWatch(on_progress)
         while True:
-            job = self.get_status(job_id)
-            if job.status in TERMINAL:
-                return job
-            if time.monotonic() >= deadline:
-                raise TimeoutError(f"job {job_id} still {job.status} after {timeout:g} s")
-            time.sleep(min(poll, max(0.0, deadline - time.monotonic())))
+            current = self.get_status(job)
+            watch.saw(current)
+            if current.status in TERMINAL:
+                return current
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"job {current.id} still {current.status} after {timeout:g} s")
+            time.sleep(min(poll, left))
 
-    def raw(self, method: str, path: str, **kwargs: Any) -> Any:
+    def raw(
+        self, method: str, path: str, *, params: dict[str, Any] | None = None, json: Any = None
+    ) -> Any:
         """Any other route, as JSON (the CLI's --json output)."""
-        return self._request(method, path, **kwargs)
+        return self._do(Calls.raw(method, path, params, json))
 
     def stream(
         self,
         *,
-        job_ids: list[str] | None = None,
+        job_ids: list[JobRef] | None = None,
         types: list[str] | None = None,
         statuses: list[str] | None = None,
         replay: bool = False,
-    ) -> Iterator[dict[str, Any]]:
-        """Live events from ``WS /jobs/stream`` (envelopes as dicts), until the caller stops."""
+    ) -> Iterator[Event]:
+        """Live events from ``WS /jobs/stream``, until the caller stops or the API closes."""
         with connect(
             _stream_url(self.url, job_ids, types, statuses, replay),
-            additional_headers=self._headers,
+            additional_headers=self._s.headers,
         ) as ws:
             while True:
                 try:
@@ -204,18 +356,25 @@ class Client:
                 except ConnectionClosed as exc:
                     _closed(exc)
                     return
-                yield orjson.loads(raw)
+                yield Event.model_validate(orjson.loads(raw))
 
 
 class AsyncClient:
-    """The same as :class:`Client`, for asyncio code."""
+    """The same as :class:`Client`, for asyncio code: every method is awaited (``list_jobs``
+    and ``stream`` are async iterators)."""
 
     def __init__(
-        self, url: str | None = None, api_key: str | None = None, *, timeout: float = 30
+        self,
+        url: str | None = None,
+        api_key: str | None = None,
+        *,
+        timeout: float = 30,
+        retries: int = 3,
+        max_retry_wait: float = 30.0,
     ) -> None:
-        self.url, self.api_key, headers = _where(url, api_key)
-        self._headers = headers
-        self._http = httpx.AsyncClient(base_url=self.url, headers=headers, timeout=timeout)
+        self._s = _Settings(url, api_key, retries, max_retry_wait)
+        self.url, self.api_key = self._s.url, self._s.api_key
+        self._http = httpx.AsyncClient(base_url=self.url, headers=self._s.headers, timeout=timeout)
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -226,83 +385,111 @@ class AsyncClient:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def _request(self, method: str, path: str, **kwargs: Any) -> Any:
-        try:
-            response = await self._http.request(method, path, **kwargs)
-        except httpx.HTTPError as exc:
-            raise ApiError(0, f"cannot reach {self.url}: {exc}") from exc
-        return _result(response)
+    async def _do(self, call: Call) -> Any:
+        for attempt in range(self._s.retries + 1):
+            try:
+                response = await self._http.request(
+                    call.method, call.path, params=call.params or None, json=call.body
+                )
+            except httpx.HTTPError as exc:
+                raise self._s.unreachable(exc) from exc
+            if response.status_code not in RETRIED_STATUSES or attempt == self._s.retries:
+                break
+            await asyncio.sleep(retry_after(response, attempt, self._s.max_retry_wait))
+        return call.read(answer(response))
 
-    async def enqueue_job(
-        self, type: str, payload: dict[str, Any] | None = None, **options: Any
-    ) -> JobRead:
-        body = {
-            "type": type,
-            "payload": payload or {},
-            **{k: v for k, v in options.items() if v is not None},
-        }
-        return JobRead.model_validate(await self._request("POST", "/jobs", json=body))
+    async def enqueue_job(self, type: str, payload: Any = None, **options: Any) -> JobRead:
+        return await self._do(Calls.enqueue_job(type, payload, options))
 
-    async def get_status(self, job_id: str) -> JobRead:
-        return JobRead.model_validate(await self._request("GET", f"/jobs/{job_id}"))
+    async def submit_batch(self, jobs: list[dict[str, Any]]) -> list[JobRead]:
+        return await self._do(Calls.submit_batch(jobs))
+
+    async def get_status(self, job: JobRef) -> JobRead:
+        return await self._do(Calls.get_status(job))
+
+    async def cancel(self, job: JobRef) -> JobRead:
+        return await self._do(Calls.cancel(job))
+
+    async def retry(self, job: JobRef, *, dependents: bool = False) -> JobRead:
+        return await self._do(Calls.retry(job, dependents))
 
     async def logs_page(
-        self, job_id: str, *, limit: int = LOG_PAGE_SIZE, cursor: str | None = None
+        self, job: JobRef, *, limit: int = LOG_PAGE_SIZE, cursor: str | None = None
     ) -> JobLogs:
-        params = _log_params(limit, cursor)
-        return JobLogs.model_validate(
-            await self._request("GET", f"/jobs/{job_id}/logs", params=params)
-        )
+        return await self._do(Calls.logs_page(job, limit, cursor))
 
-    async def logs(self, job_id: str, *, page_size: int = LOG_PAGE_SIZE) -> JobLogs:
-        """Every line of the job (page after page) and its executions."""
-        first = page = await self.logs_page(job_id, limit=page_size)
+    async def logs(self, job: JobRef, *, page_size: int = LOG_PAGE_SIZE) -> JobLogs:
+        first = page = await self.logs_page(job, limit=page_size)
         while page.next_cursor:
-            page = await self.logs_page(job_id, limit=page_size, cursor=page.next_cursor)
-            first.lines.extend(page.lines)
-            first.executions = page.executions
+            page = await self.logs_page(job, limit=page_size, cursor=page.next_cursor)
+            _merge_logs(first, page)
         first.next_cursor = None
         return first
 
-    async def cancel(self, job_id: str) -> JobRead:
-        return JobRead.model_validate(await self._request("PATCH", f"/jobs/{job_id}/cancel"))
-
-    async def retry(self, job_id: str, *, dependents: bool = False) -> JobRead:
-        return JobRead.model_validate(
-            await self._request("POST", f"/jobs/{job_id}/retry", params={"dependents": dependents})
-        )
-
     async def list_jobs(self, *, page_size: int = 100, **filters: Any) -> AsyncIterator[JobRead]:
-        params = {k: v for k, v in filters.items() if v is not None} | {"limit": page_size}
+        cursor = None
         while True:
-            page = await self._request("GET", "/jobs", params=params)
+            page = await self._do(Calls.list_page(filters, page_size, cursor))
             for j in page["items"]:
                 yield JobRead.model_validate(j)
-            if not page["next_cursor"]:
+            if not (cursor := page["next_cursor"]):
                 return
-            params["cursor"] = page["next_cursor"]
 
-    async def wait(self, job_id: str, timeout: float = 60.0, *, poll: float = 0.2) -> JobRead:
-        deadline = asyncio.get_running_loop().time() + timeout
+    async def wait(
+        self,
+        job: JobRef,
+        timeout: float = 60.0,
+        *,
+        poll: float = 0.2,
+        on_progress: ProgressCallback | None = None,
+    ) -> JobRead:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        watch = _ProgressWatch(on_progress)
         while True:
-            job = await self.get_status(job_id)
-            if job.status in TERMINAL:
-                return job
-            left = deadline - asyncio.get_running_loop().time()
+            current = await self.get_status(job)
+            watch.saw(current)
+            if current.status in TERMINAL:
+                return current
+            left = deadline - loop.time()
             if left <= 0:
-                raise TimeoutError(f"job {job_id} still {job.status} after {timeout:g} s")
+                raise TimeoutError(f"job {current.id} still {current.status} after {timeout:g} s")
             await asyncio.sleep(min(poll, left))
 
+    async def raw(
+        self, method: str, path: str, *, params: dict[str, Any] | None = None, json: Any = None
+    ) -> Any:
+        return await self._do(Calls.raw(method, path, params, json))
+
     async def stream(
-        self, *, job_ids: list[str] | None = None, types: list[str] | None = None,
-        statuses: list[str] | None = None, replay: bool = False,
-    ) -> AsyncIterator[dict[str, Any]]:  # fmt: skip
+        self,
+        *,
+        job_ids: list[JobRef] | None = None,
+        types: list[str] | None = None,
+        statuses: list[str] | None = None,
+        replay: bool = False,
+    ) -> AsyncIterator[Event]:
         url = _stream_url(self.url, job_ids, types, statuses, replay)
-        async with aconnect(url, additional_headers=self._headers) as ws:
+        async with aconnect(url, additional_headers=self._s.headers) as ws:
             while True:
                 try:
                     raw = await ws.recv()
                 except ConnectionClosed as exc:
                     _closed(exc)
                     return
-                yield orjson.loads(raw)
+                yield Event.model_validate(orjson.loads(raw))
+
+
+class _ProgressWatch:
+    """Calls ``on_progress`` once per change of a job's progress (wait's polling sees the
+    same value many times)."""
+
+    def __init__(self, on_progress: ProgressCallback | None) -> None:
+        self._on_progress = on_progress
+        self._last: Any = None
+
+    def saw(self, job: JobRead) -> None:
+        if self._on_progress is None or job.progress is None or job.progress == self._last:
+            return
+        self._last = job.progress
+        self._on_progress(job)

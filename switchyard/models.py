@@ -115,3 +115,14 @@ class JobLogs(BaseModel):
     next_cursor: str | None = Field(
         default=None, description="pass as cursor for the next page; null: no more lines"
     )
+
+
+class Event(BaseModel):
+    """One message of ``WS /jobs/stream``: ``event`` is ``state``, ``log``, ``progress`` or
+    ``dropped``; ``data`` holds its fields (docs/api.md lists them per event)."""
+
+    event: str
+    job_id: UUID | None = None
+    attempt: int | None = None
+    ts: datetime | None = None
+    data: dict[str, Any] = Field(default_factory=dict)

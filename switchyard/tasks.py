@@ -27,7 +27,7 @@ import threading
 import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 from uuid import UUID
 
 from pydantic import BaseModel, ValidationError
@@ -36,6 +36,12 @@ from switchyard.errors import TaskDefinitionError
 from switchyard.models import ROLES, Resources, RetryPolicy
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:-]{0,199}$")
+
+#: Where a worker runs an attempt: on one of its threads (cheap, shares the GIL and the
+#: worker's memory), or in a warm child process it can kill (hard timeout, memory limit,
+#: a core of its own). docs/isolation.md says when to choose which.
+Isolation = Literal["thread", "process"]
+ISOLATIONS: tuple[str, ...] = get_args(Isolation)
 
 
 class Cancelled(Exception):
@@ -52,6 +58,7 @@ class TaskDefinition:
     retry: RetryPolicy
     roles: frozenset[str]
     description: str = ""
+    isolation: Isolation = "thread"
 
     def parameters_schema(self) -> dict[str, Any]:
         """JSON schema of the payload (what the API validates submissions against)."""
@@ -110,6 +117,7 @@ class TaskRegistry:
         max_delay_seconds: float = 300.0,
         roles: set[str] | frozenset[str] | None = None,
         description: str | None = None,
+        isolation: Isolation = "thread",
     ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         """Register the decorated function as task ``name`` (defaults apply per job)."""
 
@@ -127,6 +135,11 @@ class TaskRegistry:
                 raise TaskDefinitionError(f"task {name!r}: {exc}") from exc
             if timeout_seconds is not None and timeout_seconds <= 0:
                 raise TaskDefinitionError(f"task {name!r}: timeout_seconds must be > 0")
+            if isolation not in ISOLATIONS:
+                raise TaskDefinitionError(
+                    f"task {name!r}: isolation {isolation!r} is not one of "
+                    + ", ".join(repr(i) for i in ISOLATIONS)
+                )
             self.register(
                 TaskDefinition(
                     name=name,
@@ -137,6 +150,7 @@ class TaskRegistry:
                     retry=retry,
                     roles=frozenset(roles or ()),
                     description=description or (inspect.getdoc(func) or "").split("\n")[0],
+                    isolation=isolation,
                 )
             )
             return func

@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from services.api.apidocs import install_api_docs
 from services.api.deps import reject_unknown_query_params
 from services.api.errors import CatchUnexpected, install_error_handlers
 from services.api.keycache import KeyCache
@@ -119,6 +120,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Jobs over REST, scheduled by priority, dependencies and free worker CPU/memory.",
         lifespan=lifespan,
         dependencies=[Depends(reject_unknown_query_params)],
+        docs_url=None,  # served offline by install_api_docs, below
+        redoc_url=None,
     )
     app.state.broker = None
     app.state.outbox = None
@@ -135,4 +138,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(keys.router)
     app.include_router(audit.router)
     app.include_router(schedules.router)
+    install_api_docs(app)
     return app

@@ -1,5 +1,5 @@
 """``python -m services.worker [--tasks MODULE[,MODULE]] [--threads N] [--cpu-units N]
-[--memory-mb N] [--worker-id ID] [--no-demo-tasks]``
+[--memory-mb N] [--worker-id ID] [--no-demo-tasks] [--isolation task|thread|process]``
 
 Defaults come from SWITCHYARD_WORKER_* variables, then from psutil (all cores, all
 memory, two threads per core, at least four).
@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import psutil
 
-from services.worker.worker import Worker, default_worker_id
+from services.worker.worker import WORKER_ISOLATIONS, Worker, default_worker_id
 from shared import demo_tasks
 from shared.service import StartupError, run_service, service_parser
 from shared.settings import (
@@ -60,6 +60,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     p.add_argument("--worker-id", metavar="ID", help="stable id (a restarted worker may reuse it)")
     p.add_argument("--no-demo-tasks", action="store_true", help="do not load the demo.* tasks")
+    p.add_argument(
+        "--isolation",
+        choices=WORKER_ISOLATIONS,
+        help="where attempts run: as each @task says (task, the default), on threads, or "
+        "each in a warm child process with hard timeouts and memory limits (process)",
+    )
     return p.parse_args(argv)
 
 
@@ -87,11 +93,16 @@ def _number(value: float) -> str:
     return f"{int(value):,}" if float(value).is_integer() else str(value)
 
 
+def task_modules(args: argparse.Namespace, settings: Settings) -> list[str]:
+    """The modules of the worker's tasks (a process-pool child imports the same ones)."""
+    return [m.strip() for m in (args.tasks or settings.worker_tasks).split(",") if m.strip()]
+
+
 def load_registry(args: argparse.Namespace, settings: Settings) -> TaskRegistry:
     registry = TaskRegistry()
     if settings.demo_tasks and not args.no_demo_tasks:
         registry.include(demo_tasks.registry)
-    modules = [m.strip() for m in (args.tasks or settings.worker_tasks).split(",") if m.strip()]
+    modules = task_modules(args, settings)
     try:
         load_task_modules(modules, registry)
     except Exception as exc:  # an import error in user code: say which module, stop
@@ -118,6 +129,9 @@ def build_worker(args: argparse.Namespace, settings: Settings) -> Worker:
         memory_mb=args.memory_mb
         or settings.worker_memory_mb
         or psutil.virtual_memory().total // 2**20,
+        isolation=args.isolation or settings.worker_isolation,
+        task_modules=task_modules(args, settings),
+        demo_tasks=settings.demo_tasks and not args.no_demo_tasks,
     )
 
 
@@ -132,7 +146,11 @@ def main(argv: list[str]) -> int:
 
     async def serve(settings: Settings, stop: asyncio.Event) -> int:
         assert worker is not None
-        await worker.run(stop)  # the first signal drains it
+        try:
+            await worker.run(stop)  # the first signal drains it
+        except StartupError as exc:  # the process pool could not start its children
+            print(f"switchyard worker: {exc}", file=sys.stderr)
+            return 2
         return 1 if worker.crashed else 0
 
     # Tasks allocate on this heap, and the collector tuning was measured on our own

@@ -12,6 +12,10 @@
   after ``cancel_grace_seconds`` the attempt is reported ended anyway and the thread is
   counted as *stuck*: its cpu, memory and slot stay reserved (reported in heartbeats)
   until it returns, so the worker is never overcommitted by a thread that will not stop.
+* Process isolation (``@task(isolation="process")`` or ``--isolation process``): the
+  attempt runs in a warm child of ``ProcessPool`` instead; a timeout or cancel
+  terminates the child (SIGTERM, SIGKILL after ``cancel_grace_seconds``) and the attempt
+  ends when it has exited, so nothing is ever stuck; its memory is a limit.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -32,11 +37,13 @@ from uuid import UUID
 import psutil
 from pydantic import ValidationError
 
+from services.worker.process_pool import Child, ProcessPool
 from services.worker.runner import Outcome, run_task
 from shared.broker import Broker, Consumer, Delivery, Topology
 from shared.catalog import announce_task_types
 from shared.db import create_engine, create_sessionmaker
 from shared.messages import (
+    AttemptUsage,
     JobCancel,
     JobDispatch,
     JobLog,
@@ -48,8 +55,9 @@ from shared.messages import (
     message_text,
 )
 from shared.outbox import Outbox
+from shared.service import StartupError
 from shared.settings import Settings
-from shared.tasks import TaskContext, TaskLogger, TaskRegistry
+from shared.tasks import TaskContext, TaskDefinition, TaskLogger, TaskRegistry
 
 log = logging.getLogger("switchyard.worker")
 
@@ -58,6 +66,10 @@ SEEN_MEMORY = 10_000  # (job, attempt) pairs remembered for duplicate detection
 # Seconds the outbox waits after a quiet moment: a short job's "started" and its end
 # then share one batch (one message, one scheduler cycle, one logger write).
 OUTBOX_LINGER = 0.002
+LogSink = Callable[[int, str, str], None]  # (seq, level, message)
+ProgressSink = Callable[[float, float | None, str | None], None]  # (done, total, message)
+# --isolation / SWITCHYARD_WORKER_ISOLATION: "task" lets each @task choose.
+WORKER_ISOLATIONS = ("task", "thread", "process")
 
 
 @dataclass
@@ -72,6 +84,8 @@ class Running:
     timers: list[asyncio.TimerHandle] = field(default_factory=list)
     last_progress: float = 0.0
     pending_progress: JobProgress | None = None
+    isolation: str = "thread"
+    child: Child | None = None  # process isolation: the child running it, once it has one
 
     @property
     def key(self) -> tuple[UUID, int]:
@@ -88,7 +102,15 @@ class Worker:
         threads: int,
         cpu_units: float,
         memory_mb: int,
+        isolation: str = "task",
+        task_modules: list[str] | None = None,
+        demo_tasks: bool = False,
     ) -> None:
+        """``task_modules`` and ``demo_tasks``: what the registry was loaded from, which a
+        process-pool child loads too."""
+        if isolation not in WORKER_ISOLATIONS:
+            choices = ", ".join(WORKER_ISOLATIONS)
+            raise ValueError(f"isolation {isolation!r} is not one of {choices}")
         self.settings = settings
         self.registry = registry
         self.worker_id = worker_id
@@ -115,6 +137,19 @@ class Worker:
         self._idle = asyncio.Event()
         self._process = psutil.Process()
         self.crashed = False
+        self.isolation = isolation
+        self.pool: ProcessPool | None = None
+        if any(self.isolation_of(d) == "process" for d in registry):
+            self.pool = ProcessPool(
+                modules=list(task_modules or []),
+                demo_tasks=demo_tasks,
+                size=threads,
+                kill_grace=settings.cancel_grace_seconds,
+            )
+
+    def isolation_of(self, definition: TaskDefinition) -> str:
+        """Where this worker runs ``definition``'s attempts: its flag, else the task's."""
+        return definition.isolation if self.isolation == "task" else self.isolation
 
     # ------------------------------------------------------------ lifecycle
 
@@ -122,6 +157,19 @@ class Worker:
         """Serve until ``stop`` is set, then drain and return."""
         self._loop = asyncio.get_running_loop()
         await self.announce()
+        try:
+            if self.pool is not None:
+                try:
+                    await self.pool.start()
+                except (RuntimeError, TimeoutError, OSError) as exc:
+                    raise StartupError(f"cannot start the process pool: {exc}") from exc
+            await self._serve(stop)
+        finally:
+            if self.pool is not None:
+                await self.pool.close()  # (again, on an error path): no child outlives it
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+    async def _serve(self, stop: asyncio.Event) -> None:
         async with self.broker:
             publisher = self.outbox.start()
             heartbeat = asyncio.create_task(self._heartbeats(), name="heartbeat")
@@ -138,20 +186,23 @@ class Worker:
             )
             self._send_heartbeat()
             log.info(
-                "worker %s ready: %s threads, %g cpu units, %d MB; tasks: %s",
+                "worker %s ready: %s threads, %g cpu units, %d MB; isolation %s%s; tasks: %s",
                 self.worker_id,
                 self.capacity.slots,
                 self.capacity.cpu_units,
                 self.capacity.memory_mb,
+                self.isolation,
+                f" ({self.pool.size} warm child processes)" if self.pool else "",
                 ", ".join(self.registry.names()),
             )
             await stop.wait()
             await self.drain()
+            if self.pool is not None:
+                await self.pool.close()  # the children of attempts handed back exit first
             heartbeat.cancel()
             self.state = "stopped"
             self._send_heartbeat()
             await self.outbox.close(timeout=10.0)
-        self.executor.shutdown(wait=False, cancel_futures=True)
 
     def _background_died(self, task: asyncio.Task[None], stop: asyncio.Event) -> None:
         """A worker that can no longer report must not keep taking work: stop it
@@ -202,7 +253,11 @@ class Worker:
                 f"(grace {self.settings.worker_grace_seconds:g} s)"
             )
             self._report_end(run, self._report(run.dispatch, "handed_back", error=reason))
-            self.stuck[run.key] = run  # its thread may still run until the process exits
+            if run.child is not None:  # its child is terminated (pool.close waits for it)
+                assert self.pool is not None
+                self.pool.terminate(run.child)
+            elif run.isolation == "thread":
+                self.stuck[run.key] = run  # its thread may still run until the process exits
 
     def threads_still_running(self) -> int:
         return sum(
@@ -265,14 +320,23 @@ class Worker:
             log.info("handing back job %s attempt %d: %s", *key, reason)
             self._emit(self._report(dispatch, "handed_back", error=reason))
             return
-        run = Running(dispatch=dispatch, ctx=self._context(dispatch), started=time.monotonic())
+        run = Running(
+            dispatch=dispatch,
+            ctx=self._context(dispatch),
+            started=time.monotonic(),
+            isolation=self.isolation_of(definition),
+        )
         self.running[key] = run
         self._emit(self._report(dispatch, "started"))
-        future = self.executor.submit(run_task, definition, run.ctx, dispatch.payload)
-        run.future = future
         loop = self._loop
         assert loop is not None
-        future.add_done_callback(lambda f: self._from_thread(self._finished, run, f))
+        if run.isolation == "process":
+            start = loop.create_task(self._start_in_child(run), name=f"start-{dispatch.job_id}")
+            start.add_done_callback(lambda t: self._child_start_failed(run, t))
+        else:
+            future = self.executor.submit(run_task, definition, run.ctx, dispatch.payload)
+            run.future = future
+            future.add_done_callback(lambda f: self._from_thread(self._finished, run, f))
         if dispatch.timeout_seconds:
             run.timers.append(loop.call_later(dispatch.timeout_seconds, self._time_out, run))
 
@@ -284,7 +348,7 @@ class Worker:
                 log.info("cancelling job %s attempt %d", *key)
                 run.cancel_requested = True
                 run.ctx.cancelled.set()
-                self._schedule_grace(run)
+                self._stop(run)
         if not found:
             self.early_cancels[message.job_id] = message.attempt
             while len(self.early_cancels) > SEEN_MEMORY:
@@ -293,8 +357,18 @@ class Worker:
     # ------------------------------------------------------------ attempt lifecycle
 
     def _context(self, dispatch: JobDispatch) -> TaskContext:
-        loop = self._loop
-        assert loop is not None
+        emit_log, report_progress = self._reporters(dispatch)
+        return TaskContext(
+            job_id=dispatch.job_id,
+            attempt=dispatch.attempt,
+            log=TaskLogger(emit_log),
+            cancelled=threading.Event(),
+            _report_progress=report_progress,
+        )
+
+    def _reporters(self, dispatch: JobDispatch) -> tuple[LogSink, ProgressSink]:
+        """How an attempt's log lines and progress reach the event loop, from a task
+        thread or (relayed by the pool) from a child process alike."""
         job_id, attempt, job_type = dispatch.job_id, dispatch.attempt, dispatch.type
 
         def emit_log(seq: int, level: str, message: str) -> None:
@@ -321,13 +395,7 @@ class Worker:
                 return
             self._from_thread(self._progress, (job_id, attempt), update)
 
-        return TaskContext(
-            job_id=job_id,
-            attempt=attempt,
-            log=TaskLogger(emit_log),
-            cancelled=threading.Event(),
-            _report_progress=report_progress,
-        )
+        return emit_log, report_progress
 
     def _from_thread(self, callback: Any, *args: Any) -> None:
         """Hand a task thread's news to the event loop (dropped once the worker has exited)."""
@@ -356,7 +424,18 @@ class Worker:
         log.info("job %s attempt %d timed out", *run.key)
         run.timed_out = True
         run.ctx.cancelled.set()
-        self._schedule_grace(run)
+        self._stop(run)
+
+    def _stop(self, run: Running) -> None:
+        """A timeout or a cancel: a thread is asked (and waited for, then left stuck);
+        a child is terminated, and the attempt ends when it has exited."""
+        if run.isolation == "thread":
+            self._schedule_grace(run)
+        elif run.child is not None:
+            assert self.pool is not None
+            self.pool.terminate(run.child)
+        else:  # still waiting for a free child: nothing runs, end it now
+            self._report_end(run, self._end_report(run, None))
 
     def _schedule_grace(self, run: Running) -> None:
         loop = self._loop
@@ -386,6 +465,46 @@ class Worker:
             self._send_heartbeat()
             return
         outcome = future.result()
+        if run.pending_progress is not None:
+            self._emit(run.pending_progress)
+            run.pending_progress = None
+        self._report_end(run, self._end_report(run, outcome))
+
+    # ------------------------------------------------------------ process attempts
+
+    async def _start_in_child(self, run: Running) -> None:
+        assert self.pool is not None
+        child = await self.pool.acquire()
+        if run.reported:  # cancelled or timed out while it waited for a child
+            return
+        run.child = child
+        self.pool.run(
+            child,
+            job_id=run.dispatch.job_id,
+            attempt=run.dispatch.attempt,
+            task_type=run.dispatch.type,
+            payload=run.dispatch.payload,
+            memory_mb=run.dispatch.resources.memory_mb,
+            listener=_ChildListener(self, run),
+        )
+
+    def _child_start_failed(self, run: Running, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or task.exception() is None or run.reported:
+            return
+        exc = task.exception()
+        log.error("job %s attempt %d: could not start it in a child: %r", *run.key, exc)
+        reason = f"worker {self.worker_id} could not start it in a child process: {exc!r}"
+        self._report_end(run, self._report(run.dispatch, "handed_back", error=reason))
+
+    def _child_finished(self, run: Running, outcome: Outcome) -> None:
+        for timer in run.timers:
+            timer.cancel()
+        run.child = None
+        if run.reported:  # handed back by the drain; its child is now gone: free it all
+            self.stuck.pop(run.key, None)
+            if self.state != "stopped":
+                self._send_heartbeat()
+            return
         if run.pending_progress is not None:
             self._emit(run.pending_progress)
             run.pending_progress = None
@@ -432,6 +551,10 @@ class Worker:
     def _report_end(self, run: Running, report: JobStatusReport) -> None:
         run.reported = True
         self.running.pop(run.key, None)
+        if run.child is not None:
+            # Handed back while its child still runs: its resources stay taken (as a
+            # stuck thread's) until the child has exited.
+            self.stuck[run.key] = run
         self._emit(report)
         if not self.running:
             self._idle.set()
@@ -477,8 +600,28 @@ class Worker:
                 cpu_percent=psutil.cpu_percent(interval=None),
                 memory_percent=round(self._process.memory_percent(), 3),
                 started_at=self.started_at,
+                attempts=self._attempt_usage(),
             )
         )
+
+    def _attempt_usage(self) -> list[AttemptUsage]:
+        if self.pool is None:
+            return []
+        out = []
+        for child, cpu, rss_mb in self.pool.usage():
+            if child.job is None:
+                continue
+            out.append(
+                AttemptUsage(
+                    job_id=child.job[0],
+                    attempt=child.job[1],
+                    pid=child.pid,
+                    cpu_percent=round(cpu, 1),
+                    rss_mb=round(rss_mb, 1),
+                    peak_rss_mb=round(child.peak_rss / 2**20, 1),
+                )
+            )
+        return out
 
     async def _heartbeats(self) -> None:
         while True:
@@ -489,3 +632,22 @@ class Worker:
 def default_worker_id() -> str:
     host = "".join(c if c.isalnum() or c in "-_" else "-" for c in os.uname().nodename)
     return f"{host[:60]}-{os.getpid()}"
+
+
+class _ChildListener:
+    """One process attempt's news from its child, on the event loop: the same log
+    lines, progress and end as a thread's (``Worker._context``'s callbacks)."""
+
+    def __init__(self, worker: Worker, run: Running) -> None:
+        self.worker = worker
+        self.run = run
+        self._log, self._progress = worker._reporters(run.dispatch)
+
+    def on_log(self, seq: int, level: str, message: str) -> None:
+        self._log(seq, level, message)
+
+    def on_progress(self, done: float, total: float | None, message: str | None) -> None:
+        self._progress(done, total, message)
+
+    def on_end(self, outcome: Outcome) -> None:
+        self.worker._child_finished(self.run, outcome)

@@ -1,4 +1,5 @@
-"""Alembic environment: async engine on DATABASE_URL (or -x url=...)."""
+"""Alembic environment: async engine on ``-x url=...``, the URL ``shared.dbtools`` passes, or
+SWITCHYARD_DATABASE_URL."""
 
 from __future__ import annotations
 
@@ -20,7 +21,11 @@ target_metadata = Base.metadata
 
 
 def _url() -> str:
-    return context.get_x_argument(as_dictionary=True).get("url") or get_settings().database_url
+    return (
+        context.get_x_argument(as_dictionary=True).get("url")
+        or config.attributes.get("database_url")
+        or get_settings().database_url
+    )
 
 
 def run_migrations_offline() -> None:

@@ -52,3 +52,62 @@ class Count(BaseModel):
 def many_zeros(ctx: TaskContext, params: Count) -> list[int]:
     """Returns ``count`` zeros: two bytes each encoded ("0,")."""
     return [0] * params.count
+
+
+# Process isolation (tests/e2e/test_isolation.py): tasks a thread could not be stopped
+# from, or that would take the worker down with them.
+
+
+@registry.task("sample.runaway", isolation="process", max_attempts=1)
+def runaway(ctx: TaskContext, payload: dict[str, object]) -> None:
+    """Spins forever and never looks at its cancel flag."""
+    n = 0
+    while True:
+        n += 1
+
+
+class Hog(BaseModel):
+    mb: int
+    step_mb: int = 16
+
+
+@registry.task("sample.hog", isolation="process", memory_mb=64, max_attempts=2,
+               initial_delay_seconds=0.1)  # fmt: skip
+def hog(ctx: TaskContext, params: Hog) -> dict[str, int]:
+    """Allocates ``mb`` MB (touched, so resident) in steps, then returns."""
+    import time
+
+    held = []
+    for _ in range(params.mb // params.step_mb):
+        held.append(bytearray(b"x" * (params.step_mb * 2**20)))
+        time.sleep(0.02)
+    return {"held_mb": len(held) * params.step_mb}
+
+
+class Crash(BaseModel):
+    how: str  # "segfault" or "exit"
+
+
+@registry.task("sample.crash", isolation="process", max_attempts=1)
+def crash(ctx: TaskContext, params: Crash) -> None:
+    """Takes its own process down: a segfault, or os._exit(3)."""
+    import ctypes
+    import os
+
+    ctx.log.info("about to %s", params.how)
+    if params.how == "segfault":
+        ctypes.string_at(0)
+    os._exit(3)
+
+
+class Work(BaseModel):
+    loops: int
+
+
+@registry.task("sample.count", cpu_units=1, memory_mb=64, max_attempts=1)
+def count(ctx: TaskContext, params: Work) -> dict[str, int]:
+    """A fixed amount of pure-Python work (its wall time shows whether it had a core)."""
+    total = 0
+    for i in range(params.loops):
+        total += i & 7
+    return {"total": total}

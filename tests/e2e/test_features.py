@@ -108,16 +108,16 @@ def test_sdk_against_the_stack(stack: Stack) -> None:
     with Client(stack.url, ADMIN_KEY) as sy:
         job = sy.enqueue_job("demo.progress", {"steps": 3, "delay_seconds": 0.1}, priority="high")
         events = []
-        for event in sy.stream(job_ids=[str(job.id)], replay=True):
+        for event in sy.stream(job_ids=[job], replay=True):
             events.append(event)
-            if event["event"] == "state" and event["data"]["new_status"] == "completed":
+            if event.event == "state" and event.data["new_status"] == "completed":
                 break
-        assert [e["data"]["message"] for e in events if e["event"] == "log"] == [
+        assert [e.data["message"] for e in events if e.event == "log"] == [
             "step 1 of 3",
             "step 2 of 3",
             "step 3 of 3",
         ]
-        done = sy.wait(str(job.id), timeout=10)
+        done = sy.wait(job.id, timeout=10)
         assert done.status == "completed" and done.result == {"steps": 3}
         stack.wait_for(
             lambda: len(sy.logs(str(job.id)).lines) == 3, what="the logger wrote the lines"
@@ -151,7 +151,7 @@ def test_cli_against_the_stack(stack: Stack) -> None:
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "shared.cli", *args],
+            [sys.executable, "-m", "switchyard.cli", *args],
             env=env,
             capture_output=True,
             text=True,
@@ -179,11 +179,11 @@ def test_cli_against_the_stack(stack: Stack) -> None:
     assert "completed" in status.stdout and job["id"] in status.stdout
     listed = cli("list", "--type", "demo.echo")
     assert (
-        listed.stdout.splitlines()[0].split()[:3] == ["ID", "TYPE", "STATUS"]
+        listed.stdout.splitlines()[0].split()[:4] == ["ID", "TYPE", "NAME", "STATUS"]
         and job["id"] in listed.stdout
     )
     assert "w1" in cli("workers").stdout
-    assert "by status:" in cli("stats").stdout
+    assert "jobs by status:" in cli("stats").stdout
     child = json.loads(cli("--json", "submit", "demo.echo", "--depends-on", job["id"]).stdout)
     assert child["depends_on"] == [job["id"]]
     slow = json.loads(cli("--json", "submit", "demo.sleep", "--payload", '{"seconds": 30}').stdout)

@@ -405,7 +405,7 @@ def test_dockerfile_installs_the_project_and_runs_the_api() -> None:
     assert "[dev]" not in runs, "dev extras in the image"
 
     copied = " ".join(args for ins, args in instructions if ins in ("COPY", "ADD"))
-    for needed in ("alembic.ini", "shared", "services", "pyproject.toml"):
+    for needed in ("alembic.ini", "shared", "services", "switchyard", "pyproject.toml"):
         assert needed in copied, f"{needed} is not copied into the image"
 
     cmds = [args for ins, args in instructions if ins == "CMD"]
@@ -427,7 +427,7 @@ def test_dockerignore_keeps_the_context_small() -> None:
     for needed in (".venv", ".git", "bench/results", ".pytest_cache", ".ruff_cache"):
         assert needed in patterns, f".dockerignore does not exclude {needed}"
     assert any("__pycache__" in p for p in patterns)
-    for kept in ("pyproject.toml", "alembic.ini", "shared", "services"):
+    for kept in ("pyproject.toml", "alembic.ini", "shared", "services", "switchyard"):
         assert kept not in patterns, f".dockerignore excludes {kept}, which the image needs"
 
 

@@ -1,0 +1,405 @@
+"""A small pool of warm child processes that run process-isolated attempts.
+
+Why not ``concurrent.futures.ProcessPoolExecutor``: it cannot kill one child. Here each
+child is ours to SIGTERM / SIGKILL, to measure and to replace:
+
+* children come from a ``forkserver`` that imported the task modules once, so a new
+  child is warm in milliseconds and shares no file descriptor or lock of the worker;
+* one reader thread per child blocks on its pipe and hands each message to the event
+  loop with ``call_soon_threadsafe`` (as task threads do): the loop never waits on a
+  child;
+* a watch on the loop samples each busy child's memory every ``WATCH_INTERVAL``: an
+  attempt whose resident memory grows more than its ``memory_mb`` above the idle child's
+  is killed (SIGKILL) and fails with ``exceeded memory_mb=N: peak M MB``;
+* a child that exits while it runs an attempt (a segfault, ``os._exit``, the memory
+  kill, a termination) fails only that attempt; the pool starts a replacement.
+
+The pool knows nothing of messages or reports: the worker gives each attempt an
+:class:`AttemptListener` and decides what is reported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import os
+import signal
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from typing import Any, Protocol
+from uuid import UUID
+
+import psutil
+
+from services.worker import child as child_code
+from services.worker.runner import Outcome
+from switchyard import _child as child_entry
+
+log = logging.getLogger("switchyard.worker.pool")
+
+WATCH_INTERVAL = 0.1  # seconds between memory samples of the busy children
+START_TIMEOUT = 60.0  # seconds a new child may take to import the task modules
+# Children in a row that die before they are ready: the pool stops replacing them (a
+# module that fails to import in a child would otherwise fork forever).
+MAX_START_FAILURES = 3
+MB = 2**20
+
+
+class AttemptListener(Protocol):
+    """What the worker hears of one attempt running in a child (on the event loop)."""
+
+    def on_log(self, seq: int, level: str, message: str) -> None: ...
+
+    def on_progress(self, done: float, total: float | None, message: str | None) -> None: ...
+
+    def on_end(self, outcome: Outcome) -> None:
+        """The attempt is over and its child is free or gone: its resources are free."""
+
+
+@dataclass(eq=False)
+class Child:
+    process: BaseProcess
+    inbox: Connection  # the parent's end of the child's inbox
+    ready: bool = False
+    gone: bool = False  # exited and reaped
+    listener: AttemptListener | None = None
+    job: tuple[UUID, int] | None = None
+    memory_limit_mb: int = 0
+    baseline_rss: int = 0
+    peak_rss: int = 0  # above the baseline, this attempt
+    ps: psutil.Process | None = None
+    terminating: bool = False  # SIGTERM sent: its outcome no longer counts, only its exit
+    memory_error: str | None = None
+    timers: list[asyncio.TimerHandle] = field(default_factory=list)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid or 0
+
+
+def _memory(pid: int) -> tuple[int, int]:
+    """(resident, peak resident since the last reset) bytes of ``pid``: the kernel's
+    VmHWM catches a spike between two samples."""
+    rss = hwm = 0
+    with open(f"/proc/{pid}/status", "rb") as f:
+        for line in f:
+            if line.startswith(b"VmRSS:"):
+                rss = int(line.split()[1]) * 1024
+            elif line.startswith(b"VmHWM:"):
+                hwm = int(line.split()[1]) * 1024
+    return rss, max(rss, hwm)
+
+
+def _reset_peak(pid: int) -> None:
+    """Reset the child's VmHWM to its current RSS (Linux >= 4.0), so the peak is this
+    attempt's; without it the sampled RSS alone counts."""
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/clear_refs", "w") as f:
+        f.write("5")
+
+
+def describe_exit(exitcode: int | None) -> str:
+    if exitcode is None:
+        return "the attempt's process vanished"
+    if exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        return f"the attempt's process was killed by {name} (exit code {exitcode})"
+    return f"the attempt's process exited with code {exitcode}"
+
+
+class ProcessPool:
+    def __init__(
+        self, *, modules: list[str], size: int, kill_grace: float, demo_tasks: bool = False
+    ) -> None:
+        self.modules = modules
+        self.demo_tasks = demo_tasks
+        self.size = size
+        self.kill_grace = kill_grace
+        self.children: list[Child] = []
+        self.closing = False
+        self._context = multiprocessing.get_context("forkserver")
+        # The forkserver imports these once; every child forks from it warm.
+        # The child's entry is in ``switchyard``: it finds our server code even when the
+        # user's directory (first on the path) has packages named like ours.
+        self._context.set_forkserver_preload([child_entry.__name__, *modules])
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._changed = asyncio.Event()
+        self._watch: asyncio.Task[None] | None = None
+        self._starting = 0
+        self._start_failures = 0
+        self.broken: str | None = None  # why no child can be started
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Start ``size`` children and wait until each has imported the task modules."""
+        self._loop = asyncio.get_running_loop()
+        for _ in range(self.size):
+            await self._spawn()
+        self._watch = asyncio.create_task(self._watch_memory(), name="pool-watch")
+        await self._wait(
+            lambda: self._ready_count() >= self.size or self.broken is not None,
+            START_TIMEOUT,
+            "children ready",
+        )
+        if self.broken is not None:
+            raise RuntimeError(self.broken)
+
+    async def close(self) -> None:
+        """Idle children leave; busy ones are terminated (SIGTERM, SIGKILL after the
+        grace). Returns once every child has exited: none outlives the worker."""
+        self.closing = True
+        for c in self.children:
+            if c.gone:
+                continue
+            if c.job is None:
+                with contextlib.suppress(OSError):
+                    c.inbox.send((child_code.EXIT,))
+            else:
+                self.terminate(c)
+        with contextlib.suppress(TimeoutError):
+            await self._wait(self._all_exited, self.kill_grace + 1, "children exit")
+        for c in list(self.children):
+            self._signal(c, signal.SIGKILL)
+        with contextlib.suppress(TimeoutError):
+            await self._wait(self._all_exited, 5.0, "children killed")
+        if self._watch is not None:
+            self._watch.cancel()
+
+    async def _spawn(self) -> None:
+        loop = self._loop
+        assert loop is not None
+        self._starting += 1
+        try:
+            # Starting a process talks to the forkserver (and starts it the first time):
+            # not on the event loop.
+            new = await loop.run_in_executor(None, self._start_process)
+        finally:
+            self._starting -= 1
+        self.children.append(new)
+        if self.closing:  # started while the pool closed: it leaves at once
+            with contextlib.suppress(OSError):
+                new.inbox.send((child_code.EXIT,))
+        self._changed.set()
+
+    def _start_process(self) -> Child:
+        parent_in, child_out = self._context.Pipe(duplex=False)  # child -> parent
+        child_in, parent_out = self._context.Pipe(duplex=False)  # parent -> child
+        process = self._context.Process(
+            target=child_entry.main,
+            args=(self.modules, self.demo_tasks, child_in, child_out),
+            name="switchyard-attempt",
+            daemon=True,
+        )
+        process.start()
+        child_in.close()
+        child_out.close()
+        new = Child(process=process, inbox=parent_out)
+        threading.Thread(
+            target=self._read_child, args=(new, parent_in), name=f"child-{process.pid}", daemon=True
+        ).start()
+        return new
+
+    def _read_child(self, c: Child, conn: Connection) -> None:
+        """The child's messages to the loop, then its exit (this thread alone joins it)."""
+        while True:
+            try:
+                item = conn.recv()
+            except (EOFError, OSError):
+                break
+            self._to_loop(self._on_message, c, item)
+        conn.close()
+        c.process.join()
+        self._to_loop(self._on_exit, c, c.process.exitcode)
+
+    def _to_loop(self, callback: Callable[..., None], *args: Any) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        with contextlib.suppress(RuntimeError):  # the loop closed between check and call
+            loop.call_soon_threadsafe(callback, *args)
+
+    # ------------------------------------------------------------ attempts
+
+    async def acquire(self) -> Child:
+        """An idle ready child (waits while replacements start)."""
+        while True:
+            for c in self.children:
+                if c.ready and c.job is None and not c.terminating and not c.gone:
+                    return c
+            if self.closing:
+                raise RuntimeError("the process pool is closing")
+            if self.broken is not None:
+                raise RuntimeError(self.broken)
+            self._changed.clear()
+            await self._changed.wait()
+
+    def run(
+        self,
+        c: Child,
+        *,
+        job_id: UUID,
+        attempt: int,
+        task_type: str,
+        payload: dict[str, Any],
+        memory_mb: int,
+        listener: AttemptListener,
+    ) -> None:
+        c.job = (job_id, attempt)
+        c.listener = listener
+        c.memory_limit_mb = memory_mb
+        c.memory_error = None
+        c.peak_rss = 0
+        try:
+            c.baseline_rss, _ = _memory(c.pid)
+            _reset_peak(c.pid)
+            c.ps = psutil.Process(c.pid)
+            c.ps.cpu_percent(interval=None)  # the first call starts the measurement
+        except (OSError, psutil.Error):
+            c.baseline_rss = 0
+        # A payload of megabytes fills the pipe until the child has read it: not on the
+        # event loop. A child that died meanwhile is reported by its reader thread.
+        loop = self._loop
+        assert loop is not None
+        item = (child_code.RUN, job_id, attempt, task_type, payload)
+        loop.run_in_executor(None, self._send, c, item)
+
+    @staticmethod
+    def _send(c: Child, item: tuple[Any, ...]) -> None:
+        try:
+            c.inbox.send(item)
+        except OSError as exc:
+            log.warning("could not send to child %d (it exits): %r", c.pid, exc)
+
+    def terminate(self, c: Child) -> None:
+        """SIGTERM now (the task's cancel flag is set and it is interrupted), SIGKILL
+        if the child is still alive after the grace. The attempt ends when it exits."""
+        if c.terminating or c.gone:
+            return
+        c.terminating = True
+        self._signal(c, signal.SIGTERM)
+        loop = self._loop
+        assert loop is not None
+        c.timers.append(loop.call_later(self.kill_grace, self._signal, c, signal.SIGKILL))
+
+    def _signal(self, c: Child, sig: int) -> None:
+        if not c.gone and c.pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(c.pid, sig)
+
+    def _on_message(self, c: Child, item: tuple[Any, ...]) -> None:
+        kind = item[0]
+        if kind == child_code.READY:
+            c.ready = True
+            self._start_failures = 0
+            self._changed.set()
+            return
+        listener = c.listener
+        if listener is None:
+            return
+        if kind == child_code.LOG:
+            listener.on_log(item[1], item[2], item[3])
+        elif kind == child_code.PROGRESS:
+            listener.on_progress(item[1], item[2], item[3])
+        elif kind == child_code.OUTCOME and not c.terminating:
+            # A terminated child's outcome does not count: its exit ends the attempt.
+            c.listener = None
+            c.job = None
+            c.ps = None
+            self._changed.set()
+            listener.on_end(Outcome(**item[1]))
+
+    def _on_exit(self, c: Child, exitcode: int | None) -> None:
+        c.gone = True
+        for timer in c.timers:
+            timer.cancel()
+        with contextlib.suppress(ValueError):
+            self.children.remove(c)
+        c.inbox.close()
+        listener, c.listener, c.job = c.listener, None, None
+        if listener is not None:
+            error = c.memory_error or describe_exit(exitcode)
+            if not c.terminating and not c.memory_error:
+                log.warning("child %d died running an attempt: %s", c.pid, error)
+            listener.on_end(Outcome(ok=False, error=error))
+        elif not self.closing:
+            log.warning("idle child %d exited: %s", c.pid, describe_exit(exitcode))
+        if not c.ready:
+            self._start_failures += 1
+            if self._start_failures >= MAX_START_FAILURES:
+                self.broken = (
+                    f"{self._start_failures} child processes in a row died before they were "
+                    f"ready (last: {describe_exit(exitcode)}); see the worker's log"
+                )
+                log.error("process pool: %s; no more are started", self.broken)
+        self._changed.set()
+        if (
+            not self.closing
+            and self.broken is None
+            and len(self.children) + self._starting < self.size
+        ):
+            task = asyncio.ensure_future(self._spawn())
+            task.add_done_callback(self._spawned)
+
+    def _spawned(self, task: asyncio.Future[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("could not start a replacement child: %r", task.exception())
+
+    # ------------------------------------------------------------ measuring
+
+    async def _watch_memory(self) -> None:
+        while True:
+            await asyncio.sleep(WATCH_INTERVAL)
+            for c in self.children:
+                if c.job is not None and not c.gone and c.memory_error is None:
+                    self._check_memory(c)
+
+    def _check_memory(self, c: Child) -> None:
+        try:
+            _, peak = _memory(c.pid)
+        except (OSError, ValueError):
+            return  # exiting: its reader thread reports it
+        c.peak_rss = max(c.peak_rss, peak - c.baseline_rss)
+        limit = c.memory_limit_mb * MB
+        if c.peak_rss > limit:
+            c.memory_error = (
+                f"exceeded memory_mb={c.memory_limit_mb}: peak {c.peak_rss / MB:.0f} MB"
+            )
+            log.warning("job %s attempt %s: %s; killing its process", *c.job or ("?", "?"),
+                        c.memory_error)  # fmt: skip
+            self._signal(c, signal.SIGKILL)
+
+    def usage(self) -> list[tuple[Child, float, float]]:
+        """(child, cpu %, resident MB above its idle self) of each busy child."""
+        out = []
+        for c in self.children:
+            if c.job is None or c.gone or c.ps is None:
+                continue
+            try:
+                cpu = c.ps.cpu_percent(interval=None)
+                rss, _ = _memory(c.pid)
+            except (OSError, ValueError, psutil.Error):
+                continue
+            out.append((c, cpu, max(0, rss - c.baseline_rss) / MB))
+        return out
+
+    # ------------------------------------------------------------ helpers
+
+    def _all_exited(self) -> bool:
+        return not self.children and not self._starting
+
+    def _ready_count(self) -> int:
+        return sum(1 for c in self.children if c.ready and not c.gone)
+
+    async def _wait(self, done: Callable[[], bool], timeout: float, what: str) -> None:
+        async with asyncio.timeout(timeout):
+            while not done():
+                self._changed.clear()
+                await self._changed.wait()

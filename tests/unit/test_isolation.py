@@ -1,0 +1,184 @@
+"""Isolation as a choice: the @task option, the worker's flag and setting are checked
+where they enter; the process pool's children really are killed, measured and replaced
+(real child processes, no broker)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import psutil
+import pytest
+from pydantic import ValidationError
+
+from services.worker.__main__ import build_worker, parse_args
+from services.worker.process_pool import ProcessPool
+from services.worker.runner import Outcome
+from shared.settings import Settings
+from switchyard.errors import TaskDefinitionError
+from switchyard.tasks import TaskContext, TaskRegistry
+
+MODULES = ["shared.demo_tasks", "tests.e2e.sample_tasks"]
+
+
+# ------------------------------------------------------------ choosing
+
+
+def test_a_task_runs_on_a_thread_unless_it_asks_for_a_process() -> None:
+    registry = TaskRegistry()
+
+    @registry.task("t.thread")
+    def on_thread(ctx: TaskContext, payload: dict[str, Any]) -> None: ...
+
+    @registry.task("t.process", isolation="process")
+    def in_process(ctx: TaskContext, payload: dict[str, Any]) -> None: ...
+
+    assert registry["t.thread"].isolation == "thread"
+    assert registry["t.process"].isolation == "process"
+
+
+def test_an_unknown_isolation_fails_at_import_time() -> None:
+    registry = TaskRegistry()
+    with pytest.raises(TaskDefinitionError, match="isolation 'fork' is not one of 'thread', 'p"):
+
+        @registry.task("t.bad", isolation="fork")  # type: ignore[arg-type]
+        def bad(ctx: TaskContext, payload: dict[str, Any]) -> None: ...
+
+
+def test_the_worker_flag_and_setting_are_checked(capsys: pytest.CaptureFixture[str]) -> None:
+    assert parse_args(["--isolation", "process"]).isolation == "process"
+    assert parse_args([]).isolation is None  # then SWITCHYARD_WORKER_ISOLATION, then "task"
+    with pytest.raises(SystemExit) as exit_:
+        parse_args(["--isolation", "fork"])
+    assert exit_.value.code == 2
+    assert "argument --isolation: invalid choice: 'fork'" in capsys.readouterr().err
+    assert Settings().worker_isolation == "task"
+    with pytest.raises(ValidationError, match="worker_isolation"):
+        Settings(worker_isolation="fork")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("flag", "setting", "echo", "runaway", "pool"),
+    [
+        (None, "task", "thread", "process", True),
+        ("thread", "process", "thread", "thread", False),  # the flag wins over the setting
+        (None, "process", "process", "process", True),
+    ],
+)
+def test_the_worker_decides_per_task_unless_told(
+    flag: str | None, setting: str, echo: str, runaway: str, pool: bool
+) -> None:
+    args = parse_args(["--tasks", "tests.e2e.sample_tasks", "--threads", "2"]
+                      + (["--isolation", flag] if flag else []))  # fmt: skip
+    worker = build_worker(args, Settings(worker_isolation=setting))  # type: ignore[arg-type]
+    try:
+        assert worker.isolation_of(worker.registry["demo.echo"]) == echo
+        assert worker.isolation_of(worker.registry["sample.runaway"]) == runaway
+        assert (worker.pool is not None) == pool
+        if worker.pool is not None:
+            assert worker.pool.size == 2
+            assert worker.pool.modules == ["tests.e2e.sample_tasks"]
+            assert worker.pool.demo_tasks
+    finally:
+        worker.executor.shutdown()
+
+
+# ------------------------------------------------------------ the pool's children
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.logs: list[str] = []
+        self.progress: list[tuple[float, float | None]] = []
+        self.outcome: Outcome | None = None
+        self.ended = asyncio.Event()
+
+    def on_log(self, seq: int, level: str, message: str) -> None:
+        self.logs.append(f"{seq} {level} {message}")
+
+    def on_progress(self, done: float, total: float | None, message: str | None) -> None:
+        self.progress.append((done, total))
+
+    def on_end(self, outcome: Outcome) -> None:
+        self.outcome = outcome
+        self.ended.set()
+
+
+@pytest.fixture
+async def pool() -> AsyncIterator[ProcessPool]:
+    p = ProcessPool(modules=MODULES, size=2, kill_grace=1.0)
+    await p.start()
+    try:
+        yield p
+    finally:
+        await p.close()
+
+
+async def run_in(pool: ProcessPool, task: str, payload: dict[str, Any], *, memory_mb: int = 64,
+                 wait: bool = True) -> tuple[Recorder, int]:  # fmt: skip
+    child = await pool.acquire()
+    rec = Recorder()
+    pool.run(child, job_id=uuid.uuid4(), attempt=1, task_type=task, payload=payload,
+             memory_mb=memory_mb, listener=rec)  # fmt: skip
+    if wait:
+        await asyncio.wait_for(rec.ended.wait(), timeout=20)
+    return rec, child.pid
+
+
+async def test_logs_progress_and_the_result_cross_the_boundary(pool: ProcessPool) -> None:
+    rec, pid = await run_in(pool, "sample.greet", {"name": "Ada", "times": 2})
+    assert rec.outcome == Outcome(ok=True, result={"greeting": "hello Ada"})
+    assert rec.logs == ["1 info hello Ada (1)", "2 info hello Ada (2)"]
+    assert rec.progress == [(1, 2), (2, 2)]
+    failed, _ = await run_in(pool, "demo.fail", {"fail_times": 1})
+    assert failed.outcome is not None and failed.outcome.error is not None
+    assert "RuntimeError: demo.fail: failing attempt 1 of 1" in failed.outcome.error
+    assert failed.outcome.traceback and "demo_tasks.py" in failed.outcome.traceback
+    assert psutil.pid_exists(pid)  # a child that ran an attempt serves the next
+
+
+async def test_a_crash_fails_its_attempt_and_the_child_is_replaced(pool: ProcessPool) -> None:
+    rec, pid = await run_in(pool, "sample.crash", {"how": "segfault"})
+    assert rec.outcome is not None and rec.outcome.error is not None
+    assert "killed by SIGSEGV" in rec.outcome.error and rec.logs == ["1 info about to segfault"]
+    rec, pid2 = await run_in(pool, "sample.crash", {"how": "exit"})
+    assert rec.outcome == Outcome(ok=False, error="the attempt's process exited with code 3")
+    await pool._wait(lambda: pool._ready_count() == 2, 10, "replacements ready")
+    assert {c.pid for c in pool.children}.isdisjoint({pid, pid2})
+
+
+async def test_memory_over_the_declaration_kills_the_attempt(pool: ProcessPool) -> None:
+    rec, pid = await run_in(pool, "sample.hog", {"mb": 300}, memory_mb=64)
+    assert rec.outcome is not None and rec.outcome.error is not None
+    assert rec.outcome.error.startswith("exceeded memory_mb=64: peak "), rec.outcome.error
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
+    fits, _ = await run_in(pool, "sample.hog", {"mb": 32}, memory_mb=64)
+    assert fits.outcome == Outcome(ok=True, result={"held_mb": 32})
+
+
+async def test_terminate_stops_a_task_that_ignores_its_cancel_flag(pool: ProcessPool) -> None:
+    rec, pid = await run_in(pool, "sample.runaway", {}, wait=False)
+    (child,) = [c for c in pool.children if c.pid == pid]
+    await asyncio.sleep(0.2)  # let it spin
+    assert not rec.ended.is_set()
+    pool.terminate(child)
+    await asyncio.wait_for(rec.ended.wait(), timeout=3)  # SIGTERM, not the SIGKILL grace
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
+
+
+async def test_close_leaves_no_child_behind() -> None:
+    pool = ProcessPool(modules=MODULES, size=2, kill_grace=0.5)
+    await pool.start()
+    pids = [c.pid for c in pool.children]
+    await run_in(pool, "sample.runaway", {}, wait=False)
+    await asyncio.wait_for(pool.close(), timeout=10)
+    assert not pool.children
+    assert all(not psutil.pid_exists(p) or psutil.Process(p).status() == "zombie" for p in pids)
+
+
+async def test_a_payload_of_megabytes_crosses_without_blocking(pool: ProcessPool) -> None:
+    payload = {"blob": "x" * 1_500_000}  # far over a pipe's buffer, under MAX_RESULT_BYTES
+    rec, _ = await run_in(pool, "demo.echo", payload)
+    assert rec.outcome == Outcome(ok=True, result=payload)
