@@ -27,8 +27,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 migrate: install
-	$(BIN)/python -m shared.dbtools create
-	$(BIN)/alembic upgrade head
+	$(BIN)/switchyard db upgrade
 
 run: migrate
 	@echo "==> dev mode (SWITCHYARD_DEV=1): without SWITCHYARD_API_KEYS, requests need no key and act as admin"

@@ -204,6 +204,8 @@ class Worker(Base):
     memory_percent: Mapped[float | None] = mapped_column(Float)
     started_at: Mapped[datetime | None] = mapped_column(TZ)
     last_heartbeat_at: Mapped[datetime] = mapped_column(TZ, server_default=text("now()"))
+    # Per-attempt usage of its process-isolated attempts, as of its last heartbeat.
+    attempts: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, server_default="[]")
 
 
 class TaskType(Base):

@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from datetime import datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+)
 
 from shared.jsonvalues import CLIENT_JSON, CLIENT_TIMES, check_json
 from switchyard import models as _public
+from switchyard.states import JobStatus
 
 # What a client or task author sees lives in the public package; the API uses the same
 # classes, so both sides read one definition.
@@ -40,8 +50,29 @@ def check_time_range(value: datetime) -> datetime:
     return CLIENT_TIMES.check(value)
 
 
-WireTime = Annotated[AwareDatetime, AfterValidator(check_time_range)]
-"""An RFC 3339 time with an offset, within CLIENT_TIMES: every time a client sends."""
+# RFC 3339 date-time: a date, ``T`` (or a space), a time, and an offset.
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:[Zz]|[+-]\d{2}:\d{2})")
+
+
+def refuse_non_rfc3339(value: Any) -> Any:
+    """Only RFC 3339 text (or a datetime, from our own code) is a time. Pydantic's lax
+    mode would read a number, or a string of digits, as a Unix timestamp
+    (``created_before=10.0`` was 1970): a client that sends one meant something else."""
+    if isinstance(value, datetime):
+        return value
+    if isinstance(value, str) and _RFC3339.fullmatch(value.strip()):
+        return value
+    raise ValueError(
+        "give an RFC 3339 time with an offset, e.g. 2026-01-31T12:00:00Z "
+        "(numbers and Unix timestamps are not times here)"
+    )
+
+
+WireTime = Annotated[
+    AwareDatetime, BeforeValidator(refuse_non_rfc3339), AfterValidator(check_time_range)
+]
+"""An RFC 3339 time with an offset, within CLIENT_TIMES: every time a client sends, in a
+body or a query (refused otherwise with a 422 that says so)."""
 
 
 class ResourcesIn(BaseModel):
@@ -249,3 +280,123 @@ def check_json_value(value: Any, *, max_depth: int, where: str = "payload") -> N
     nested at most ``max_depth`` levels: the API's own limit); the error names the path
     of the first fault."""
     check_json(value, replace(CLIENT_JSON, max_depth=max_depth), where=where)
+
+
+# ------------------------------------------------------------------- GET /jobs/{id}/why
+
+WhyReason = Literal[
+    "dependencies",
+    "delayed",
+    "due",
+    "backoff",
+    "no_worker",
+    "no_worker_for_type",
+    "too_large",
+    "no_free_capacity",
+    "priority",
+    "placing",
+    "running",
+    "cancelling",
+    "terminal",
+]
+
+
+class WhyDependency(BaseModel):
+    id: UUID
+    type: str | None = Field(description="null when the job was deleted by retention")
+    name: str | None
+    status: str = Field(description="its status, or `deleted` (retention removed it)")
+
+
+class WhyResources(BaseModel):
+    cpu_units: float
+    memory_mb: int
+    slots: int
+
+
+class WhyWorker(BaseModel):
+    id: str
+    state: str = Field(description="alive or draining (a draining worker takes no new job)")
+    has_task_type: bool
+    capacity: WhyResources
+    free: WhyResources = Field(description="capacity minus what it holds now")
+    needed: WhyResources = Field(description="what the job needs (one slot)")
+    fits_now: bool = Field(description="it could start the job now")
+    fits_ever: bool = Field(description="it could start the job once empty")
+    why_not: str | None = Field(description="what is missing; null when it fits now")
+
+
+class WhyRead(BaseModel):
+    """``GET /jobs/{id}/why``: why the job is where it is."""
+
+    id: UUID
+    status: str
+    reason: WhyReason
+    message: str = Field(description="the reason, for a person")
+    waiting_reason: str | None = Field(description="what the scheduler last wrote")
+    dependencies: list[WhyDependency]
+    priority: Priority
+    effective_priority: Priority = Field(
+        description="the priority it is placed with: one level higher per "
+        "SWITCHYARD_AGING_SECONDS spent ready (never above critical)"
+    )
+    waited_seconds: float | None = Field(description="time ready so far (null unless ready)")
+    aging_seconds: float
+    position: int | None = Field(
+        description="ready jobs placed before it (claim order: priority, then age); "
+        "null when it is not in the ready queue"
+    )
+    position_capped: bool = Field(
+        description="true when there are more than `position` (counting stops there)"
+    )
+    workers: list[WhyWorker] = Field(description="every live worker, alive or draining")
+
+
+# ------------------------------------------------------------------- POST /jobs/bulk
+
+BULK_MAX_JOBS = 10_000
+"""At most this many jobs are acted on by one ``POST /jobs/bulk``."""
+
+
+class BulkFilter(BaseModel):
+    """Which jobs: every criterion given must hold (at least one is required)."""
+
+    model_config = _STRICT
+
+    status: list[JobStatus] | None = Field(default=None, min_length=1, max_length=8)
+    type: TaskName | None = None
+    priority: Priority | None = None
+    created_after: WireTime | None = None
+    created_before: WireTime | None = None
+    ids: list[UUID] | None = Field(default=None, min_length=1, max_length=BULK_MAX_JOBS)
+
+
+class BulkAction(BaseModel):
+    """Body of ``POST /jobs/bulk``."""
+
+    model_config = _STRICT
+
+    action: Literal["cancel", "retry"]
+    filter: BulkFilter
+    dry_run: bool = False
+    limit: int = Field(
+        default=BULK_MAX_JOBS,
+        ge=1,
+        le=BULK_MAX_JOBS,
+        description=f"at most this many jobs (the oldest first); at most {BULK_MAX_JOBS}",
+    )
+
+
+class BulkError(BaseModel):
+    id: UUID
+    detail: str
+
+
+class BulkResult(BaseModel):
+    action: str
+    dry_run: bool
+    matched: int = Field(description="jobs the filter selected (at most `limit`)")
+    changed: int = Field(description="jobs changed (with dry_run: would be changed)")
+    skipped: int = Field(description="jobs the single-job rules refused (409 cases, others')")
+    truncated: bool = Field(description="more jobs match than `limit`: run it again")
+    errors: list[BulkError] = Field(description="a sample of why jobs were skipped")

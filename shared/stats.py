@@ -44,6 +44,8 @@ async def list_workers(
 
     A worker is ``alive`` while its last heartbeat is younger than the lease (the
     scheduler marks it dead in the table when it notices; this read does not wait).
+    ``attempts`` is the usage of each process-isolated attempt it runs, as its last
+    heartbeat reported it (``shared.messages.AttemptUsage``).
     """
     now = datetime.now(UTC)
     rows = await session.execute(
@@ -70,6 +72,9 @@ async def list_workers(
                 "memory_percent": w.memory_percent,
                 "started_at": w.started_at,
                 "last_heartbeat_at": w.last_heartbeat_at,
+                # As of the last heartbeat; a dead worker's figures describe nothing
+                # that still runs.
+                "attempts": list(w.attempts or []) if state != "dead" else [],
             }
         )
     return out

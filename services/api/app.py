@@ -10,6 +10,7 @@ from fastapi import Depends, FastAPI
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.api.apidocs import install_api_docs
+from services.api.dashboard import install_dashboard
 from services.api.deps import reject_unknown_query_params
 from services.api.errors import CatchUnexpected, install_error_handlers
 from services.api.keycache import KeyCache
@@ -139,4 +140,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(audit.router)
     app.include_router(schedules.router)
     install_api_docs(app)
+    install_dashboard(app)
     return app

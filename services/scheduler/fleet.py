@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.scheduler.database import Database
 from services.scheduler.placement import WorkerView
+from shared.db import json_text
 from shared.jobs import reads, transitions
 from shared.jobs.transitions import Placed
 from shared.messages import (
@@ -323,9 +324,10 @@ async def save_workers(session: AsyncSession, beats: list[WorkerHeartbeat]) -> N
                 """
                 INSERT INTO workers (id, state, cpu_units, memory_mb, slots, allocated_cpu_units,
                     allocated_memory_mb, allocated_slots, running, task_types, cpu_percent,
-                    memory_percent, started_at, last_heartbeat_at)
+                    memory_percent, started_at, last_heartbeat_at, attempts)
                 VALUES (:id, :state, :cpu, :mem, :slots, :acpu, :amem, :aslots,
-                    CAST(:running AS uuid[]), CAST(:types AS text[]), :cpup, :memp, :started, :ts)
+                    CAST(:running AS uuid[]), CAST(:types AS text[]), :cpup, :memp, :started, :ts,
+                    CAST(CAST(:attempts AS text) AS jsonb))
                 ON CONFLICT (id) DO UPDATE SET state = excluded.state,
                     cpu_units = excluded.cpu_units, memory_mb = excluded.memory_mb,
                     slots = excluded.slots, allocated_cpu_units = excluded.allocated_cpu_units,
@@ -333,7 +335,7 @@ async def save_workers(session: AsyncSession, beats: list[WorkerHeartbeat]) -> N
                     allocated_slots = excluded.allocated_slots, running = excluded.running,
                     task_types = excluded.task_types, cpu_percent = excluded.cpu_percent,
                     memory_percent = excluded.memory_percent, started_at = excluded.started_at,
-                    last_heartbeat_at = excluded.last_heartbeat_at
+                    last_heartbeat_at = excluded.last_heartbeat_at, attempts = excluded.attempts
                 """
             ),
             {
@@ -351,13 +353,16 @@ async def save_workers(session: AsyncSession, beats: list[WorkerHeartbeat]) -> N
                 "memp": hb.memory_percent,
                 "started": hb.started_at,
                 "ts": hb.ts,
+                # Replaced whole: an attempt that ended is gone with the next heartbeat.
+                "attempts": json_text([a.model_dump(mode="json") for a in hb.attempts]),
             },
         )
 
 
 async def mark_worker_dead(session: AsyncSession, worker_id: str) -> None:
     await session.execute(
-        text("UPDATE workers SET state = 'dead', running = '{}' WHERE id = :id"), {"id": worker_id}
+        text("UPDATE workers SET state = 'dead', running = '{}', attempts = '[]' WHERE id = :id"),
+        {"id": worker_id},
     )
 
 

@@ -1,4 +1,4 @@
-"""``/jobs``: submit, batch submit, read, list, cancel, retry, logs.
+"""``/jobs``: submit, batch submit, read, list, cancel, retry, logs, why, bulk.
 
 The routes that answer with jobs declare their schema (``response_model``: ``JobRead``,
 ``BatchRead``, ``JobPage``) for the OpenAPI document, and answer with the bytes of the
@@ -15,9 +15,11 @@ from fastapi import APIRouter, HTTPException, Query, Request, Response
 
 from services.api.deps import SessionDep, SubmitterDep, ViewerDep, error_responses
 from services.api.events import publish_after_commit
+from shared.jobs.bulk import run_bulk
 from shared.jobs.commands import cancel_job, retry_job
+from shared.jobs.listing import JobSelection, list_page
 from shared.jobs.logs import LOG_PAGE_DEFAULT, LOG_PAGE_MAX, InvalidLogCursor, job_log_page
-from shared.jobs.reads import JobFilter, get_job, list_jobs
+from shared.jobs.reads import get_job
 from shared.jobs.submit import (
     IdempotencyRace,
     SubmitResult,
@@ -26,15 +28,20 @@ from shared.jobs.submit import (
     submit_one_fast,
 )
 from shared.jobs.views import batch_json, job_json, page_json
+from shared.jobs.why import explain_job
 from shared.messages import JobCancel, JobStateChanged, JobSubmitted, _Message
 from shared.schemas import (
     BatchCreate,
     BatchRead,
+    BulkAction,
+    BulkError,
+    BulkResult,
     JobCreate,
     JobLogs,
     JobPage,
     JobRead,
     Priority,
+    WhyRead,
     WireTime,
 )
 from shared.states import JobStatus
@@ -155,23 +162,97 @@ async def list_jobs_route(
     priority: Priority | None = None,
     created_after: WireTime | None = None,
     created_before: WireTime | None = None,
+    name: Annotated[
+        str | None,
+        Query(
+            min_length=1,
+            max_length=200,
+            pattern=r"^[^\x00]+$",
+            description="jobs whose name starts with this (case-sensitive prefix)",
+        ),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: Annotated[str | None, Query(max_length=500, pattern=r"^[A-Za-z0-9_=-]+$")] = None,
 ) -> Response:
     """Newest first; pass ``next_cursor`` back as ``cursor`` for the next page."""
-    jobs, next_cursor = await list_jobs(
-        session,
-        filters=JobFilter(
-            status=status,
-            type=type,
-            priority=priority,
-            created_after=created_after,
-            created_before=created_before,
-        ),
-        limit=limit,
-        cursor=cursor,
+    selection = JobSelection(
+        status=status,
+        type=type,
+        priority=priority,
+        created_after=created_after,
+        created_before=created_before,
+        name_prefix=name,
     )
+    jobs, next_cursor = await list_page(session, selection=selection, limit=limit, cursor=cursor)
     return _json(page_json(jobs, next_cursor))
+
+
+@router.post(
+    "/bulk",
+    name="job.bulk",
+    response_model=BulkResult,
+    responses=error_responses(401, 403, 413, 422, 503),
+)
+async def bulk_route(
+    body: BulkAction, request: Request, session: SessionDep, actor: SubmitterDep
+) -> BulkResult:
+    """Cancel or retry every job a filter selects, each by the rules of the single-job
+    route (a job they refuse is counted in ``skipped``); at most ``limit`` (at most
+    10,000) jobs, oldest first (``truncated`` says more matched). Without a
+    ``status`` filter, only the jobs the action applies to are selected; a submitter's
+    filter selects only its own jobs. ``dry_run``: nothing changes, the counts are what
+    would happen now."""
+    criteria = body.filter
+    selection = JobSelection(
+        status=criteria.status,
+        type=criteria.type,
+        priority=criteria.priority,
+        created_after=criteria.created_after,
+        created_before=criteria.created_before,
+        ids=criteria.ids,
+    )
+    if selection.is_empty():
+        # An empty filter would be every job: never by accident.
+        raise HTTPException(
+            422,
+            "filter: give at least one of status, type, priority, created_after, "
+            "created_before, ids (an empty filter would select every job)",
+        )
+    state = request.app.state
+
+    def on_changed(action: str, result: Any) -> None:
+        if action == "cancel":
+            publish_after_commit(state, _cancel_messages(*result))
+        else:
+            publish_after_commit(state, _retry_messages(result[1]))
+
+    outcome = await run_bulk(
+        session,
+        action=body.action,
+        selection=selection,
+        actor=actor,
+        limit=body.limit,
+        dry_run=body.dry_run,
+        on_changed=on_changed,
+        request=_bulk_request_detail(body),
+    )
+    return BulkResult(
+        action=body.action,
+        dry_run=body.dry_run,
+        matched=outcome.matched,
+        changed=outcome.changed,
+        skipped=outcome.skipped,
+        truncated=outcome.truncated,
+        errors=[BulkError(id=i, detail=d) for i, d in outcome.errors],
+    )
+
+
+def _bulk_request_detail(body: BulkAction) -> dict[str, Any]:
+    """The request as its audit row keeps it: the ids given are counted, not listed."""
+    detail = body.model_dump(mode="json", exclude_none=True)
+    if body.filter.ids:
+        detail["filter"]["ids"] = f"{len(body.filter.ids)} ids"
+    return detail
 
 
 @router.get(
@@ -201,11 +282,18 @@ async def cancel_job_route(
     except BaseException:
         await session.rollback()
         raise
+    publish_after_commit(request.app.state, _cancel_messages(job, events, notify_worker))
+    return _json(job_json(job))
+
+
+def _cancel_messages(
+    job: Any, events: list[JobStateChanged], notify_worker: bool
+) -> list[_Message]:
+    """What a committed cancel announces: its state events; a running job's worker told."""
     messages: list[_Message] = list(events)
     if notify_worker:
         messages.append(JobCancel(job_id=job.id, attempt=job.attempts))
-    publish_after_commit(request.app.state, messages)
-    return _json(job_json(job))
+    return messages
 
 
 @router.post(
@@ -231,14 +319,19 @@ async def retry_job_route(
     except BaseException:
         await session.rollback()
         raise
+    publish_after_commit(request.app.state, _retry_messages(events))
+    return _json(job_json(job))
+
+
+def _retry_messages(events: list[JobStateChanged]) -> list[_Message]:
+    """What a committed retry announces: its state events, a wake-up for each ready job."""
     messages: list[_Message] = list(events)
     messages.extend(
         JobSubmitted(job_id=e.job_id, type=e.type, priority="retry")
         for e in events
         if e.new_status == "ready"
     )
-    publish_after_commit(request.app.state, messages)
-    return _json(job_json(job))
+    return messages
 
 
 @router.get(
@@ -260,3 +353,25 @@ async def job_logs_route(
         return await job_log_page(session, job_id, limit=limit, cursor=cursor)
     except InvalidLogCursor as exc:
         raise HTTPException(422, str(exc)) from None
+
+
+@router.get(
+    "/{job_id}/why",
+    name="jobs.why",
+    response_model=WhyRead,
+    responses=error_responses(401, 403, 404, 422, 503),
+)
+async def why_route(
+    job_id: UUID, request: Request, session: SessionDep, actor: ViewerDep
+) -> WhyRead:
+    """Why the job is where it is: a reason code and message, its dependencies with
+    their statuses, its priority after aging and how many ready jobs go before it, and
+    for each live worker whether it could take it (free vs needed CPU, memory, slots,
+    task type)."""
+    settings = request.app.state.settings
+    return await explain_job(
+        session,
+        job_id,
+        aging_seconds=settings.aging_seconds,
+        lease_seconds=settings.worker_lease_seconds,
+    )

@@ -1,0 +1,193 @@
+"""POST /jobs/bulk: cancel or retry by filter, each job by the single-job rules, audited
+per job, bounded; a dry run changes nothing; bad input is a 422 that changes nothing."""
+
+from __future__ import annotations
+
+import uuid
+
+import asyncpg
+import httpx
+import pytest
+
+from shared.schemas import BULK_MAX_JOBS
+from tests.conftest import OTHER_SUBMITTER_KEY, SUBMITTER_KEY, VIEWER_KEY, auth
+
+# Jobs that wait for their time: nothing runs them while a test looks.
+LATER = "2999-01-01T00:00:00Z"
+
+
+async def submit(client: httpx.AsyncClient, key: str | None = None, **body: object) -> dict:
+    headers = auth(key) if key else None
+    r = await client.post(
+        "/jobs", json={"type": "demo.echo", "run_at": LATER, **body}, headers=headers
+    )
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+async def bulk(
+    client: httpx.AsyncClient, body: dict, key: str | None = None, code: int = 200
+) -> dict:
+    r = await client.post("/jobs/bulk", json=body, headers=auth(key) if key else None)
+    assert r.status_code == code, r.text
+    return r.json()
+
+
+async def statuses(db: asyncpg.Connection) -> dict[str, str]:
+    return {str(r["id"]): r["status"] for r in await db.fetch("SELECT id, status FROM jobs")}
+
+
+async def audit(db: asyncpg.Connection, action: str) -> list[asyncpg.Record]:
+    return await db.fetch(
+        "SELECT job_id, outcome, actor, detail FROM audit_log WHERE action = $1 ORDER BY id",
+        action,
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        ({"action": "cancel", "filter": {}}, "at least one of"),
+        ({"action": "cancel", "filter": {"status": []}}, "status"),
+        ({"action": "cancel", "filter": {"status": ["sleeping"]}}, "status"),
+        ({"action": "explode", "filter": {"type": "demo.echo"}}, "action"),
+        ({"action": "cancel", "filter": {"type": "demo.echo", "owner": "x"}}, "owner"),
+        ({"action": "cancel", "filter": {"created_before": 10.0}}, "RFC 3339"),
+        ({"action": "cancel", "filter": {"ids": ["nope"]}}, "ids"),
+        ({"action": "cancel", "filter": {"type": "demo.echo"}, "limit": BULK_MAX_JOBS + 1}, "limit"),
+        ({"action": "cancel"}, "filter"),
+    ],
+)  # fmt: skip
+async def test_bad_input_is_a_422_that_changes_nothing(
+    client: httpx.AsyncClient, db: asyncpg.Connection, body: dict, says: str
+) -> None:
+    job = await submit(client)
+    answer = await bulk(client, body, code=422)
+    assert says in str(answer["detail"])
+    assert (await statuses(db))[job["id"]] == "pending"
+    assert await audit(db, "job.cancel") == []
+
+
+async def test_too_many_ids_are_refused_before_any_work(
+    client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    job = await submit(client)
+    ids = [job["id"]] + [str(uuid.uuid4()) for _ in range(BULK_MAX_JOBS)]
+    answer = await bulk(client, {"action": "cancel", "filter": {"ids": ids}}, code=422)
+    assert "ids" in str(answer["detail"])
+    assert (await statuses(db))[job["id"]] == "pending"
+
+
+async def test_a_viewer_may_not(client: httpx.AsyncClient, db: asyncpg.Connection) -> None:
+    job = await submit(client)
+    body = {"action": "cancel", "filter": {"ids": [job["id"]]}, "dry_run": True}
+    answer = await bulk(client, body, key=VIEWER_KEY, code=403)
+    assert "submitter" in answer["detail"]
+    assert (await statuses(db))[job["id"]] == "pending"
+
+
+async def test_dry_run_counts_and_changes_nothing(
+    client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    jobs = [await submit(client) for _ in range(3)]
+    await submit(client, type="demo.sleep", payload={"seconds": 1})
+    before = await statuses(db)
+    answer = await bulk(
+        client, {"action": "cancel", "filter": {"type": "demo.echo"}, "dry_run": True}
+    )
+    assert answer == {
+        "action": "cancel", "dry_run": True, "matched": 3, "changed": 3, "skipped": 0,
+        "truncated": False, "errors": [],
+    }  # fmt: skip
+    assert await statuses(db) == before
+    assert await audit(db, "job.cancel") == []
+    (row,) = await audit(db, "job.bulk")
+    assert row["outcome"] == "dry_run"
+    assert '"changed": 3' in row["detail"] and '"type": "demo.echo"' in row["detail"]
+    assert {j["id"] for j in jobs} <= set(before)
+
+
+async def test_cancel_by_filter_audits_each_job(
+    client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    high = [await submit(client, priority="high") for _ in range(3)]
+    low = await submit(client, priority="low")
+    answer = await bulk(client, {"action": "cancel", "filter": {"priority": "high"}})
+    assert (answer["matched"], answer["changed"], answer["skipped"]) == (3, 3, 0)
+    now = await statuses(db)
+    assert [now[j["id"]] for j in high] == ["cancelled"] * 3 and now[low["id"]] == "pending"
+    rows = await audit(db, "job.cancel")
+    assert sorted(str(r["job_id"]) for r in rows) == sorted(j["id"] for j in high)
+    assert {r["outcome"] for r in rows} == {"ok"}
+    (summary,) = await audit(db, "job.bulk")
+    assert summary["outcome"] == "ok"
+    # Again: the cancelled jobs are no longer what a cancel applies to.
+    again = await bulk(client, {"action": "cancel", "filter": {"priority": "high"}})
+    assert (again["matched"], again["changed"]) == (0, 0)
+
+
+async def test_refused_jobs_are_skipped_with_why(
+    client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    """A status filter the action does not apply to: each job is refused as the
+    single-job route would refuse it (409), counted, and the others go on."""
+    waiting = await submit(client)
+    done = await submit(client)
+    await db.execute("UPDATE jobs SET status = 'completed' WHERE id = $1", uuid.UUID(done["id"]))
+    body = {"action": "cancel", "filter": {"status": ["pending", "completed"]}}
+    answer = await bulk(client, body)
+    assert (answer["matched"], answer["changed"], answer["skipped"]) == (2, 1, 1)
+    assert answer["errors"] == [
+        {"id": done["id"], "detail": f"job {done['id']} is already completed; nothing to cancel"}
+    ]
+    assert (await statuses(db))[waiting["id"]] == "cancelled"
+
+
+async def test_a_submitter_acts_only_on_its_own_jobs(
+    client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    mine = [await submit(client, SUBMITTER_KEY) for _ in range(2)]
+    theirs = await submit(client, OTHER_SUBMITTER_KEY)
+    ids = [j["id"] for j in [*mine, theirs]]
+    dry = await bulk(
+        client, {"action": "cancel", "filter": {"ids": ids}, "dry_run": True}, SUBMITTER_KEY
+    )
+    assert (dry["matched"], dry["changed"]) == (2, 2)
+    answer = await bulk(
+        client, {"action": "cancel", "filter": {"type": "demo.echo"}}, SUBMITTER_KEY
+    )
+    assert (answer["matched"], answer["changed"], answer["skipped"]) == (2, 2, 0)
+    now = await statuses(db)
+    assert [now[j["id"]] for j in mine] == ["cancelled", "cancelled"]
+    assert now[theirs["id"]] == "pending"
+    # An admin acts on every job.
+    answer = await bulk(client, {"action": "cancel", "filter": {"type": "demo.echo"}})
+    assert answer["changed"] == 1 and (await statuses(db))[theirs["id"]] == "cancelled"
+
+
+async def test_retry_by_filter_requeues_failed_and_cancelled(
+    client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    failed = await submit(client)
+    cancelled = await submit(client)
+    waiting = await submit(client)
+    await db.execute("UPDATE jobs SET status = 'failed' WHERE id = $1", uuid.UUID(failed["id"]))
+    r = await client.patch(f"/jobs/{cancelled['id']}/cancel")
+    assert r.status_code == 200, r.text
+    answer = await bulk(client, {"action": "retry", "filter": {"type": "demo.echo"}})
+    assert (answer["matched"], answer["changed"], answer["skipped"]) == (2, 2, 0)
+    now = await statuses(db)
+    assert now[failed["id"]] == "ready" and now[cancelled["id"]] == "ready"
+    assert now[waiting["id"]] == "pending"
+    rows = await audit(db, "job.retry")
+    assert sorted(str(r["job_id"]) for r in rows) == sorted([failed["id"], cancelled["id"]])
+
+
+async def test_at_most_limit_jobs_oldest_first_and_truncated_says_more(
+    client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    jobs = [await submit(client) for _ in range(5)]
+    answer = await bulk(client, {"action": "cancel", "filter": {"type": "demo.echo"}, "limit": 2})
+    assert (answer["matched"], answer["changed"], answer["truncated"]) == (2, 2, True)
+    now = await statuses(db)
+    assert [now[j["id"]] for j in jobs] == ["cancelled"] * 2 + ["pending"] * 3
