@@ -354,7 +354,7 @@ class WhyRead(BaseModel):
 
 # ------------------------------------------------------------------- POST /jobs/bulk
 
-BULK_MAX_JOBS = 10_000
+BULK_MAX_JOBS = 1_000
 """At most this many jobs are acted on by one ``POST /jobs/bulk``."""
 
 

@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import traceback
 from dataclasses import dataclass
+from types import TracebackType
 from typing import Any, Literal
 
 from shared.jsonvalues import TASK_OUTPUT_JSON, check_json, encoded_within
 from shared.messages import MAX_RESULT_BYTES, message_text
 from shared.tasks import Cancelled, TaskContext, TaskDefinition
+from switchyard import tasks as switchyard_tasks
 
 MAX_TRACEBACK_LINES = 30
+# Frames of the code that calls a task: a traceback starts at the task's own code.
+_CALLER_FILES = frozenset({__file__, switchyard_tasks.__file__})
 
 
 @dataclass(frozen=True)
@@ -34,7 +38,8 @@ def run_task(definition: TaskDefinition, ctx: TaskContext, payload: dict[str, An
     except Cancelled:
         return Outcome(ok=False, error="cancelled", cancelled=True)
     except Exception as exc:
-        lines = traceback.format_exc().rstrip().splitlines()
+        trace = traceback.format_exception(type(exc), exc, _task_frames(exc))
+        lines = "".join(trace).splitlines()
         return Outcome(
             ok=False,
             error=_text(f"{type(exc).__name__}: {_describe(exc)}"),
@@ -45,6 +50,13 @@ def run_task(definition: TaskDefinition, ctx: TaskContext, payload: dict[str, An
             ok=False, error=_text(f"{type(exc).__name__} raised by the task: {_describe(exc)}")
         )
     return storable_result(result)
+
+
+def _task_frames(exc: BaseException) -> TracebackType | None:
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename in _CALLER_FILES:
+        tb = tb.tb_next
+    return tb
 
 
 def storable_result(result: Any) -> Outcome:

@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import playwright.sync_api as playwright_sync
 import pytest
 
 from tests.conftest import ADMIN_KEY, ROOT, VIEWER_KEY
@@ -23,7 +24,6 @@ from tests.e2e.conftest import Stack
 
 pytestmark = pytest.mark.e2e
 
-playwright_sync = pytest.importorskip("playwright.sync_api")
 expect = playwright_sync.expect
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -189,6 +189,7 @@ def test_admin_watches_runs_and_steers_jobs(stack: Stack, tabs, shots) -> None: 
     expect(page.locator("#log-lines li").last).to_contain_text("line 40 of 40")
     expect(page.locator("main h1 .badge")).to_have_text("completed")
     tab.assert_not_reloaded()
+    page.locator("#logs-h").scroll_into_view_if_needed()
     shots(tab, "job")
 
     # Cancel a running demo.sleep from the UI: it ends cancelled.
@@ -287,6 +288,9 @@ def test_viewer_sees_no_actions_and_bulk_cancel_counts_first(stack: Stack, tabs,
     admin = tabs()
     admin.sign_in(ADMIN_KEY)
     expect(admin.page.locator("#role")).to_have_text("admin")
+    admin.go("#/jobs?name=ui-delayed-")
+    expect(admin.page.locator("#jobs-table tbody tr")).to_have_count(3)
+    expect(admin.page.locator("button[data-action=bulk-cancel]")).to_be_disabled()
     admin.go("#/jobs?status=pending&type=demo.echo")
     rows = admin.page.locator("#jobs-table tbody tr")
     expect(rows).to_have_count(2)

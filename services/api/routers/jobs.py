@@ -198,7 +198,7 @@ async def bulk_route(
 ) -> BulkResult:
     """Cancel or retry every job a filter selects, each by the rules of the single-job
     route (a job they refuse is counted in ``skipped``); at most ``limit`` (at most
-    10,000) jobs, oldest first (``truncated`` says more matched). Without a
+    1,000) jobs, oldest first (``truncated`` says more matched). Without a
     ``status`` filter, only the jobs the action applies to are selected; a submitter's
     filter selects only its own jobs. ``dry_run``: nothing changes, the counts are what
     would happen now."""

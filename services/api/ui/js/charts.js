@@ -12,7 +12,7 @@ export function lineChart(points, { label, unit = "", windowMs = 120_000 } = {})
   const now = points.length ? points[points.length - 1].t : Date.now();
   const x0 = now - windowMs;
   const shown = points.filter((p) => p.t >= x0 && Number.isFinite(p.v));
-  const maxV = Math.max(1e-9, ...shown.map((p) => p.v));
+  const maxV = Math.max(1, ...shown.map((p) => p.v)); // an idle chart still has a scale
   const top = niceCeiling(maxV);
   const x = (t) => PAD.left + ((t - x0) / windowMs) * (W - PAD.left - PAD.right);
   const y = (v) => H - PAD.bottom - (v / top) * (H - PAD.top - PAD.bottom);
@@ -29,7 +29,8 @@ export function lineChart(points, { label, unit = "", windowMs = 120_000 } = {})
       grid,
       svg("text", { x: PAD.left, y: H - 6, class: "axis" }, `−${Math.round(windowMs / 1000)} s`),
       svg("text", { x: W - PAD.right, y: H - 6, class: "axis", "text-anchor": "end" }, "now"),
-      path ? svg("path", { d: path, class: "line" }) : null),
+      path ? svg("path", { d: path, class: "line" }) : null,
+      shown.map((p) => svg("circle", { cx: x(p.t).toFixed(1), cy: y(p.v).toFixed(1), r: 2.5, class: "dot" }))),
     h("figcaption", {}, label, " ",
       h("strong", {}, latest === null ? "–" : `${fmtNumber(latest)} ${unit}`)));
 }

@@ -55,7 +55,7 @@ export function jobPage(main, jobId, identity) {
   }
 
   function renderHead() {
-    setChildren(head, 
+    setChildren(head,
       h("h1", {}, job.name || job.type, " ", statusBadge(job.status)),
       h("p", { class: "muted mono" }, job.id),
       h("p", {}, h("a", { href: `#/dag/${job.id}` }, "Dependency graph"), " ",
@@ -65,7 +65,7 @@ export function jobPage(main, jobId, identity) {
   function renderFields() {
     const row = (name, value) => h("tr", {}, h("th", { scope: "row" }, name), h("td", {}, value));
     const res = job.resources || {};
-    setChildren(fields, 
+    setChildren(fields,
       h("h2", { id: "fields-h" }, "Fields"),
       h("table", { class: "fields" }, h("tbody", {},
         row("Type", job.type),
@@ -89,7 +89,7 @@ export function jobPage(main, jobId, identity) {
 
   function renderProgress(p) {
     if (!p || p.done === null || p.done === undefined) {
-      setChildren(progress, );
+      setChildren(progress);
       return;
     }
     const total = p.total || null;
@@ -157,8 +157,9 @@ export function jobPage(main, jobId, identity) {
     const priority = w.effective_priority !== w.priority
       ? `${w.effective_priority} (aged from ${w.priority} after ${fmtAge(w.waited_seconds)})`
       : w.priority;
-    setChildren(why, 
-      h("h2", { id: "why-h" }, "Why is it waiting?"),
+    const waiting = !["running", "cancelling", "terminal"].includes(w.reason);
+    setChildren(why,
+      h("h2", { id: "why-h" }, waiting ? "Why is it waiting?" : "Where it stands"),
       h("p", { class: "reason" }, h("code", { id: "why-reason", class: `reason-${w.reason}` }, w.reason),
         " ", w.message),
       h("p", {}, "Effective priority: ", h("strong", {}, priority),

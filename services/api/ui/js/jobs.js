@@ -165,7 +165,7 @@ function filterForm(filter, apply) {
     h("fieldset", {}, h("legend", {}, "Status"), statusBoxes),
     h("div", { class: "row" },
       h("label", { for: "f-name" }, "Name"),
-      h("input", { id: "f-name", name: "name", type: "search", value: filter.name, placeholder: "search names" }),
+      h("input", { id: "f-name", name: "name", type: "search", value: filter.name, placeholder: "name starts with…" }),
       h("label", { for: "f-type" }, "Type"),
       h("input", { id: "f-type", name: "type", value: filter.type, placeholder: "e.g. demo.sleep" }),
       h("label", { for: "f-priority" }, "Priority"),
@@ -226,13 +226,13 @@ function bulkPanel(filter, reload) {
         type: "button", class: action === "cancel" ? "danger" : "", "data-action": `bulk-${action}-confirm`,
         onclick: () => act(action),
       }, `Yes, ${action} ${answer.changed}`);
-      setChildren(output, 
+      setChildren(output,
         h("p", { id: "bulk-count", dataset: { matched: answer.matched, changed: answer.changed } },
           `${answer.matched} job${answer.matched === 1 ? "" : "s"} match; ${answer.changed} would be `
           + `${action === "cancel" ? "cancelled" : "retried"}, ${answer.skipped} skipped`
           + `${answer.truncated ? " (more match than one bulk action takes)" : ""}.`),
         answer.changed ? confirm : null,
-        h("button", { type: "button", class: "secondary", onclick: () => setChildren(output, ) }, "Never mind"));
+        h("button", { type: "button", class: "secondary", onclick: () => setChildren(output) }, "Never mind"));
       if (answer.changed) confirm.focus();
     } catch (err) {
       setChildren(output, h("p", { class: "error-text" }, errorText(err)));

@@ -34,7 +34,7 @@ function route() {
   leavePage();
   leavePage = () => {};
   notice(null);
-  setChildren(main, );
+  setChildren(main);
   if (!identity) {
     loginPage();
     return;

@@ -27,7 +27,7 @@ export function overviewPage(main) {
     const byStatus = STATUSES.map((s) => [s, stats.by_status[s] || 0]);
     const byPriority = Object.entries(stats.by_priority);
     const depth = Object.values(stats.queue_depth).reduce((a, b) => a + b, 0);
-    setChildren(countsEl, 
+    setChildren(countsEl,
       h("h2", { id: "counts-h" }, "Jobs"),
       h("p", { class: "big" }, h("span", { id: "queue-depth" }, String(depth)), " waiting ",
         h("span", { class: "muted" },
@@ -39,7 +39,7 @@ export function overviewPage(main) {
 
   function renderCharts() {
     const throughput = stats ? stats.throughput.completed : null;
-    setChildren(chartsEl, 
+    setChildren(chartsEl,
       h("h2", {}, "Live"),
       lineChart(finishedPerSecond, { label: "Finished jobs per second", unit: "/s", windowMs: WINDOW_MS }),
       lineChart(latency, { label: "Submit → start latency", unit: "s", windowMs: WINDOW_MS }),
@@ -52,7 +52,7 @@ export function overviewPage(main) {
     const rows = failures.map((job) => h("tr", {},
       h("td", {}, jobLink(job.id)), h("td", {}, job.name || ""), h("td", {}, job.type),
       h("td", {}, fmtTime(job.finished_at)), h("td", { class: "error-text" }, job.error || "")));
-    setChildren(failuresEl, 
+    setChildren(failuresEl,
       h("h2", { id: "failures-h" }, `Failures of the last hour (${failures.length})`),
       failures.length
         ? table(["Job", "Name", "Type", "Failed at", "Error"], rows, { class: "data" })
