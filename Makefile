@@ -4,8 +4,11 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+# Compose v1 (docker-compose) where it is installed, else the v2 plugin; v1 builds
+# without BuildKit (no buildx plugin on these machines).
+COMPOSE := $(shell command -v docker-compose >/dev/null 2>&1 && echo "DOCKER_BUILDKIT=0 COMPOSE_DOCKER_CLI_BUILD=0 docker-compose" || echo "docker compose")
 
-.PHONY: help install migrate run test test-faults test-fast bench lint format up down clean
+.PHONY: help install migrate run test test-faults test-fast test-compose test-hosts bench lint format up down clean
 
 help:
 	@echo "make install   create .venv with the project and dev tools (idempotent)"
@@ -15,7 +18,9 @@ help:
 	@echo "make test-faults  the whole fault-injection suite, long scenarios included"
 	@echo "make bench     run the benchmark (figures printed and written as JSON)"
 	@echo "make lint      ruff + mypy"
-	@echo "make up        docker compose up --build"
+	@echo "make test-compose  the compose stack on a real Docker engine (needs Docker; minutes)"
+	@echo "make test-hosts    workers on other hosts: network namespaces (needs root, iproute2)"
+	@echo "make up        docker compose up --build (needs a .env: see README, Docker)"
 
 install: $(STAMP)
 
@@ -43,23 +48,31 @@ test-faults: install
 test-fast: install
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
+# Outside `make test`: both need more than PostgreSQL and RabbitMQ (a Docker engine;
+# root for network namespaces) and take minutes. They print what they measured.
+test-compose: install
+	$(BIN)/python tests/compose/run.py
+
+test-hosts: install
+	$(BIN)/python -m tests.hosts.run
+
 bench: install
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy shared services
+	$(BIN)/mypy shared services switchyard
 
 format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
 up:
-	docker compose up --build
+	$(COMPOSE) up --build
 
 down:
-	docker compose down
+	$(COMPOSE) down
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

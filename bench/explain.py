@@ -32,7 +32,8 @@ DB = "swy_explain"
 def queries() -> dict[str, tuple[str, list[object]]]:
     """Title -> (statement, arguments): the statements the services run."""
     from shared.jobs import sql
-    from shared.jobs.reads import JobFilter, encode_cursor, list_page_query
+    from shared.jobs.listing import JobSelection, page_query
+    from shared.jobs.reads import encode_cursor
     from shared.states import JobStatus
 
     cursor = encode_cursor(
@@ -41,14 +42,12 @@ def queries() -> dict[str, tuple[str, list[object]]]:
     return {
         "claim (heads of the ready index, per priority)": (sql.CLAIM_READY_HEADS, [200]),
         "due delayed / retrying jobs": (sql.DUE_JOBS, [500]),
-        "list page, newest first, no filter": list_page_query(
-            JobFilter(), limit=101, cursor=cursor
+        "list page, newest first, no filter": page_query(JobSelection(), limit=101, cursor=cursor),
+        "list page, status = failed": page_query(
+            JobSelection(status=[JobStatus.FAILED]), limit=101, cursor=cursor
         ),
-        "list page, status = failed": list_page_query(
-            JobFilter(status=[JobStatus.FAILED]), limit=101, cursor=cursor
-        ),
-        "list page, type = etl.load": list_page_query(
-            JobFilter(type="etl.load"), limit=101, cursor=None
+        "list page, type = etl.load": page_query(
+            JobSelection(type="etl.load"), limit=101, cursor=None
         ),
         "idempotency key lookup": (
             "SELECT * FROM jobs WHERE idempotency_key IN ('key-5400000')",

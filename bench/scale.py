@@ -28,7 +28,8 @@ import asyncpg
 
 from shared.db import GENERIC_PLANS
 from shared.jobs import sql
-from shared.jobs.reads import JobFilter, encode_cursor, list_page_query
+from shared.jobs.listing import JobSelection, page_query
+from shared.jobs.reads import encode_cursor
 from shared.states import JobStatus
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -85,8 +86,8 @@ async def _measure(
     newest = await next(iter(conns.values())).fetchval("SELECT now() + interval '1 s'")
     # The list page as the API runs it (GET /jobs: the page after a cursor).
     cursor = encode_cursor(SimpleNamespace(created_at=newest, id=uuid.UUID(int=2**128 - 1)))
-    list_all = list_page_query(JobFilter(), limit=51, cursor=cursor)
-    list_failed = list_page_query(JobFilter(status=[JobStatus.FAILED]), limit=51, cursor=cursor)
+    list_all = page_query(JobSelection(), limit=51, cursor=cursor)
+    list_failed = page_query(JobSelection(status=[JobStatus.FAILED]), limit=51, cursor=cursor)
     for size, conn in conns.items():
         sample[size] = [(r["id"],) for r in await conn.fetch(
             "SELECT id FROM jobs TABLESAMPLE BERNOULLI (1) LIMIT $1", repeat)]  # fmt: skip

@@ -121,6 +121,14 @@ class Job(Base):
         Index("jobs_created_idx", "created_at", "id"),
         Index("jobs_status_created_idx", "status", "created_at", "id"),
         Index("jobs_type_created_idx", "type", "created_at", "id"),
+        Index("jobs_priority_created_idx", "priority", "created_at", "id"),
+        # The name prefix search of the list (byte order; only named jobs).
+        Index(
+            "jobs_name_prefix_idx",
+            "name",
+            postgresql_ops={"name": "text_pattern_ops"},
+            postgresql_where=text("name IS NOT NULL"),
+        ),
         # Throughput and durations over the last minutes (GET /stats), retention.
         Index("jobs_finished_idx", "finished_at", postgresql_where=text("finished_at IS NOT NULL")),
         Index(

@@ -210,6 +210,15 @@ class ApiKeyRead(BaseModel):
     revoked_at: datetime | None
 
 
+class KeyIdentity(BaseModel):
+    """The key a request was made with: what a client (the dashboard) needs to know which
+    actions it may offer. ``id`` is what ``created_by`` holds on the jobs it submitted."""
+
+    id: str = Field(description="the key's id (`dev` in dev mode without keys)")
+    role: str
+    label: str | None
+
+
 class ApiKeyCreated(ApiKeyRead):
     key: str = Field(description="the secret: shown this once, stored only as a hash")
 
@@ -369,6 +378,9 @@ class BulkFilter(BaseModel):
     created_after: WireTime | None = None
     created_before: WireTime | None = None
     ids: list[UUID] | None = Field(default=None, min_length=1, max_length=BULK_MAX_JOBS)
+    name: ShortText | None = Field(
+        default=None, description="jobs whose name starts with this (as GET /jobs?name=)"
+    )
 
 
 class BulkAction(BaseModel):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import logging
 import signal
@@ -15,6 +16,7 @@ from typing import Any, TypeVar
 from pydantic import AliasChoices
 from pydantic.fields import FieldInfo
 
+from shared import health
 from shared.errors import ConfigError, SwitchyardError
 from shared.settings import Settings, get_settings
 
@@ -152,6 +154,7 @@ def run_service(
     """Read the settings, call ``prepare(settings)`` if given (before the event loop
     exists), then run ``serve(settings, stop)``; SIGTERM/SIGINT set ``stop``, and
     ``serve`` drains and returns in its own time (a second signal changes nothing).
+    While it runs, the loop touches the service's heartbeat file (``shared.health``).
 
     Returns the exit code: 2 for a bad configuration (an invalid setting, or a
     StartupError from ``prepare``), else what ``serve`` returns (None: 0).
@@ -176,6 +179,13 @@ def run_service(
             loop.add_signal_handler(sig, stop.set)
         if gc_tuning:
             tune_gc()
-        return await serve(settings, stop)
+        # The healthcheck reads this task's file: it is touched only while the loop runs.
+        beating = asyncio.create_task(health.beat(name), name=f"{name}-health")
+        try:
+            return await serve(settings, stop)
+        finally:
+            beating.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beating
 
     return run_async(main()) or 0

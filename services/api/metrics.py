@@ -4,7 +4,15 @@ Counters and histograms come from the ``job.state`` events this replica receives
 Every API replica receives every event, so each reports the whole cluster's counts:
 aggregate them across replicas with ``max``, not ``sum``. Submissions are counted by
 the replica that accepted them (``sum`` is right for those). Gauges (queue depth,
-workers) are read from the database at scrape time.
+workers, the ready backlog, the fleet's free capacity) are read from the database at
+scrape time, so every replica reports the same value: aggregate them with ``max``.
+
+The ready backlog (``switchyard_ready_jobs``) is what an autoscaler should watch, not the
+RabbitMQ queues: dispatch queues are short by design, the backlog lives in PostgreSQL.
+It is counted from the two partial covering indexes that hold exactly the ready jobs
+(``jobs_claim_idx`` for the claimable ones, ``jobs_parked_idx`` for the parked ones,
+both carrying ``type``): an index-only scan over the backlog, never over the finished
+jobs, whatever the table's size (docs/operations.md, "Metrics").
 """
 
 from __future__ import annotations
@@ -12,11 +20,22 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from shared.db import fetch
 from shared.messages import JobStateChanged, Message
 from shared.states import TERMINAL
 from shared.stats import depth_by_status_and_priority, list_workers
 
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
+# Each half matches one partial index's predicate word for word, so the planner can
+# answer it with an index-only scan of that index (checked by a test with EXPLAIN).
+READY_JOBS_BY_TYPE = """
+SELECT type, false AS parked, count(*) AS n FROM jobs
+WHERE status = 'ready' AND NOT parked GROUP BY type
+UNION ALL
+SELECT type, true AS parked, count(*) AS n FROM jobs
+WHERE status = 'ready' AND parked GROUP BY type
+"""
+FREE_RESOURCES = ("cpu_units", "memory_mb", "slots")
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
@@ -78,6 +97,23 @@ class Metrics:
             registry=r,
         )
 
+        self.ready_jobs = Gauge(
+            "switchyard_ready_jobs",
+            'Ready jobs waiting for a worker, by task type; parked="true": no live worker '
+            "could run them even empty (its type runs nowhere, or they are too large)",
+            ["task_type", "parked"],
+            registry=r,
+        )
+        self.free = {
+            resource: Gauge(
+                f"switchyard_free_{resource}",
+                f"Free {resource.replace('_', ' ')} over the live workers that take work "
+                "(capacity minus allocated; draining and dead workers count nothing)",
+                registry=r,
+            )
+            for resource in FREE_RESOURCES
+        }
+
     def observe(self, message: Message) -> None:
         """Listener for the event hub."""
         if not isinstance(message, JobStateChanged) or message.old_status is None:
@@ -96,18 +132,28 @@ class Metrics:
         self.queue_depth.clear()
         for status, priority, n in await depth_by_status_and_priority(session):
             self.queue_depth.labels(status, priority).set(n)
+        self.ready_jobs.clear()
+        for row in await fetch(session, READY_JOBS_BY_TYPE):
+            self.ready_jobs.labels(row["type"], "true" if row["parked"] else "false").set(row["n"])
         workers = await list_workers(session, lease_seconds=lease_seconds)
         self.workers.clear()
         self.worker_capacity.clear()
         self.worker_allocated.clear()
         counts: dict[str, int] = {"alive": 0, "draining": 0, "dead": 0}
+        free = dict.fromkeys(FREE_RESOURCES, 0.0)
         for w in workers:
             counts[w["state"]] = counts.get(w["state"], 0) + 1
             if w["state"] == "dead":
                 continue
+            if w["state"] == "alive":
+                for resource in FREE_RESOURCES:
+                    room = w["capacity"][resource] - w["allocated"][resource]
+                    free[resource] += max(0.0, room)
             for resource in ("cpu_units", "memory_mb", "slots"):
                 self.worker_capacity.labels(w["id"], resource).set(w["capacity"][resource])
                 self.worker_allocated.labels(w["id"], resource).set(w["allocated"][resource])
         for state, n in counts.items():
             self.workers.labels(state).set(n)
+        for resource, amount in free.items():
+            self.free[resource].set(amount)
         return generate_latest(self.registry)

@@ -1,8 +1,9 @@
 """``python -m services.worker [--tasks MODULE[,MODULE]] [--threads N] [--cpu-units N]
 [--memory-mb N] [--worker-id ID] [--no-demo-tasks] [--isolation task|thread|process]``
 
-Defaults come from SWITCHYARD_WORKER_* variables, then from psutil (all cores, all
-memory, two threads per core, at least four).
+Defaults come from SWITCHYARD_WORKER_* variables, then from the container's cgroup
+limits (CPU quota, memory limit), then from psutil (all cores, all memory); two threads
+per core offered, at least four.
 """
 
 from __future__ import annotations
@@ -10,13 +11,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import math
 import os
 import re
 import sys
 from collections.abc import Callable
 
-import psutil
-
+from services.worker.capacity import ContainerCapacity, container_capacity
 from services.worker.worker import WORKER_ISOLATIONS, Worker, default_worker_id
 from shared import demo_tasks
 from shared.service import StartupError, run_service, service_parser
@@ -112,6 +113,25 @@ def load_registry(args: argparse.Namespace, settings: Settings) -> TaskRegistry:
     return registry
 
 
+def default_capacity(args: argparse.Namespace, settings: Settings) -> ContainerCapacity:
+    """What the worker offers: a flag, else its SWITCHYARD_WORKER_* variable, else the
+    container's cgroup limits, else the machine (psutil); logged with its source."""
+    found = container_capacity()
+    cpu, cpu_source = found.cpu_units, found.cpu_source
+    if args.cpu_units:
+        cpu, cpu_source = args.cpu_units, "--cpu-units"
+    elif settings.worker_cpu_units:
+        cpu, cpu_source = settings.worker_cpu_units, "SWITCHYARD_WORKER_CPU_UNITS"
+    memory, memory_source = found.memory_mb, found.memory_source
+    if args.memory_mb:
+        memory, memory_source = args.memory_mb, "--memory-mb"
+    elif settings.worker_memory_mb:
+        memory, memory_source = settings.worker_memory_mb, "SWITCHYARD_WORKER_MEMORY_MB"
+    offered = ContainerCapacity(cpu, memory, cpu_source, memory_source)
+    logging.getLogger("switchyard.worker").info("offering %s", offered.describe())
+    return offered
+
+
 def build_worker(args: argparse.Namespace, settings: Settings) -> Worker:
     """The worker the flags and settings describe (StartupError when it cannot run)."""
     registry = load_registry(args, settings)
@@ -119,16 +139,14 @@ def build_worker(args: argparse.Namespace, settings: Settings) -> Worker:
         raise StartupError(
             f"--worker-id {args.worker_id!r}: use 1-100 letters, digits, '-' or '_' (no dots)"
         )
-    cpus = psutil.cpu_count(logical=True) or 1
+    offered = default_capacity(args, settings)
     return Worker(
         settings=settings,
         registry=registry,
         worker_id=args.worker_id or settings.worker_id or default_worker_id(),
-        threads=args.threads or settings.worker_threads or max(4, 2 * cpus),
-        cpu_units=args.cpu_units or settings.worker_cpu_units or float(cpus),
-        memory_mb=args.memory_mb
-        or settings.worker_memory_mb
-        or psutil.virtual_memory().total // 2**20,
+        threads=args.threads or settings.worker_threads or max(4, 2 * math.ceil(offered.cpu_units)),
+        cpu_units=offered.cpu_units,
+        memory_mb=offered.memory_mb,
         isolation=args.isolation or settings.worker_isolation,
         task_modules=task_modules(args, settings),
         demo_tasks=settings.demo_tasks and not args.no_demo_tasks,

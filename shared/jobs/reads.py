@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import datetime
-from types import SimpleNamespace
 from typing import Any
 from uuid import UUID
 
@@ -24,7 +22,7 @@ from shared.errors import InvalidJobRequest, JobNotFound
 from shared.jobs import sql
 from shared.jobs.parking import as_arrays
 from shared.models import Job, JobDependency
-from shared.schemas import Priority, check_time_range
+from shared.schemas import check_time_range
 from shared.states import JobStatus
 
 S = JobStatus
@@ -38,15 +36,6 @@ async def get_job(session: AsyncSession, job_id: UUID, *, for_update: bool = Fal
     if job is None:
         raise JobNotFound(f"no job with id {job_id}")
     return job
-
-
-@dataclass(frozen=True)
-class JobFilter:
-    status: list[S] | None = None
-    type: str | None = None
-    priority: Priority | None = None
-    created_after: datetime | None = None
-    created_before: datetime | None = None
 
 
 def encode_cursor(job: Any) -> str:
@@ -64,40 +53,6 @@ def decode_cursor(cursor: str) -> tuple[datetime, UUID]:
         raise InvalidJobRequest(
             "cursor: not a cursor this API issued; pass next_cursor from the previous page"
         ) from None
-
-
-async def list_jobs(
-    session: AsyncSession, *, filters: JobFilter, limit: int, cursor: str | None
-) -> tuple[list[Any], str | None]:
-    """Newest first, keyset-paginated on (created_at, id): each page is an index scan."""
-    statement, args = list_page_query(filters, limit=limit + 1, cursor=cursor)
-    jobs = [SimpleNamespace(**dict(r)) for r in await fetch(session, statement, *args)]
-    next_cursor = encode_cursor(jobs[limit - 1]) if len(jobs) > limit else None
-    return jobs[:limit], next_cursor
-
-
-def list_page_query(
-    filters: JobFilter, *, limit: int, cursor: str | None
-) -> tuple[str, list[object]]:
-    """``sql.list_page`` for these filters, and its arguments."""
-    args: list[object] = [limit]
-    if filters.status:
-        args.append([s.value for s in filters.status])
-    if filters.type:
-        args.append(filters.type)
-    if filters.priority:
-        args.append(filters.priority.rank)
-    for given in (filters.created_after, filters.created_before):
-        if given:
-            args.append(given)
-    if cursor:
-        args.extend(decode_cursor(cursor))
-    statement = sql.list_page(
-        status=bool(filters.status), type=bool(filters.type), priority=bool(filters.priority),
-        after=bool(filters.created_after), before=bool(filters.created_before),
-        cursor=bool(cursor),
-    )  # fmt: skip
-    return statement, args
 
 
 async def jobs_by_idempotency_key(session: AsyncSession, keys: list[str]) -> dict[str, Job]:

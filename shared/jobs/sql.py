@@ -458,37 +458,3 @@ SELECT type, count(*) AS n, avg(EXTRACT(EPOCH FROM finished_at - started_at)) AS
 FROM jobs WHERE finished_at > $1 AND status = 'completed' AND started_at IS NOT NULL
 GROUP BY type ORDER BY type
 """
-
-# ------------------------------------------------------------------- the job list
-
-
-def list_page(
-    *, status: bool, type: bool, priority: bool, after: bool, before: bool, cursor: bool
-) -> str:
-    """A keyset page of the job list, newest first: ``$1`` the page size plus one, then
-    one parameter per filter given, in this order (statuses as ``text[]``, type,
-    priority rank, created at or after, created before, cursor's created_at and id).
-    Only the filters given appear, so each combination plans on its own index."""
-    where: list[str] = []
-    n = 1
-
-    def param() -> str:
-        nonlocal n
-        n += 1
-        return f"${n}"
-
-    if status:
-        where.append(f"status = ANY({param()}::text[])")
-    if type:
-        where.append(f"type = {param()}")
-    if priority:
-        where.append(f"priority = {param()}::smallint")
-    if after:
-        where.append(f"created_at >= {param()}")
-    if before:
-        where.append(f"created_at < {param()}")
-    if cursor:
-        created, job_id = param(), param()
-        where.append(f"(created_at, id) < ({created}::timestamptz, {job_id}::uuid)")
-    clause = f"WHERE {' AND '.join(where)} " if where else ""
-    return f"SELECT * FROM jobs {clause}ORDER BY created_at DESC, id DESC LIMIT $1"

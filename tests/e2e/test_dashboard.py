@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -188,6 +189,9 @@ def test_admin_watches_runs_and_steers_jobs(stack: Stack, tabs, shots) -> None: 
     expect(page.locator("#log-lines li")).to_have_count(40)
     expect(page.locator("#log-lines li").last).to_contain_text("line 40 of 40")
     expect(page.locator("main h1 .badge")).to_have_text("completed")
+    attempt = page.locator('#attempts-table tr[data-attempt="1"]')
+    expect(attempt).to_contain_text("ui-w1")
+    expect(attempt.locator(".badge")).to_have_text("completed")
     tab.assert_not_reloaded()
     page.locator("#logs-h").scroll_into_view_if_needed()
     shots(tab, "job")
@@ -216,7 +220,7 @@ def test_admin_watches_runs_and_steers_jobs(stack: Stack, tabs, shots) -> None: 
     shots(tab, "why")
 
     # The workers page shows the numbers GET /workers returns.
-    stack.submit({"type": "demo.sleep", "payload": {"seconds": 30}, "name": "ui-busy",
+    busy = stack.submit({"type": "demo.sleep", "payload": {"seconds": 30}, "name": "ui-busy",
                   "resources": {"cpu_units": 0.5, "memory_mb": 300}})  # fmt: skip
     stack.wait_for(lambda: stack.http.get("/workers").json()[0]["allocated"]["memory_mb"] == 300,
                    what="the busy job allocated")  # fmt: skip
@@ -246,7 +250,10 @@ def test_admin_watches_runs_and_steers_jobs(stack: Stack, tabs, shots) -> None: 
     tab.go("#/overview")
     expect(page.locator("#queue-depth")).to_be_visible()
     expect(page.locator("figure.chart")).to_have_count(2)
+    # The finished-jobs chart gets a point every 2 s.
+    expect(page.locator("figure.chart").first.locator("circle").first).to_be_attached()
     shots(tab, "overview")
+    api_ok(stack, "PATCH", f"/jobs/{busy['id']}/cancel")  # the worker stops sooner
 
 
 def fmt(n: float) -> str:
@@ -278,6 +285,7 @@ def test_viewer_sees_no_actions_and_bulk_cancel_counts_first(stack: Stack, tabs,
     expect(page.locator(f'#jobs-table tr[data-job-id="{failed["id"]}"]')).to_be_visible()
     expect(page.locator("main button[data-action]")).to_have_count(0)
     expect(page.locator("section.bulk")).to_have_count(0)
+    expect(page.locator("main")).not_to_contain_text("null")
     expect(page.locator("#nav a[data-page=audit]")).to_be_hidden()
     viewer.go(f"#/job/{failed['id']}")
     expect(page.locator("main h1 .badge")).to_have_text("failed")
@@ -286,6 +294,11 @@ def test_viewer_sees_no_actions_and_bulk_cancel_counts_first(stack: Stack, tabs,
     # An admin cancels the delayed jobs in bulk: the dry run's count comes first, and
     # nothing is cancelled before the confirmation.
     admin = tabs()
+    admin.sign_in("not-a-key")
+    expect(admin.page.locator("#login-error")).to_have_text(
+        "This key is not valid (or was revoked)."
+    )
+    assert admin.page.evaluate("() => sessionStorage.getItem('switchyard.key')") is None
     admin.sign_in(ADMIN_KEY)
     expect(admin.page.locator("#role")).to_have_text("admin")
     admin.go("#/jobs?name=ui-delayed-")
@@ -324,3 +337,50 @@ def test_ui_is_served_without_a_key_and_loads_nothing_from_elsewhere(stack: Stac
             text = path.read_text()
             assert not re.search(r"https?://(?!www\.w3\.org/2000/svg)", text), path
             assert stack.http.get(f"/ui/{path.relative_to(ui)}").status_code == 200
+
+
+def test_a_burst_of_events_is_coalesced(stack: Stack, tabs) -> None:  # type: ignore[no-untyped-def]
+    """Thousands of state events in a few seconds: the page applies them a few times a
+    second (not once per event), its main thread is never blocked long, and it ends
+    showing the final states."""
+    stack.worker("ui-burst", "--threads", "8", "--cpu-units", "8", "--memory-mb", "4096")
+    tab = tabs()
+    page = tab.page
+    tab.sign_in(ADMIN_KEY)
+    expect(page.locator("#role")).to_have_text("admin")
+    tab.go("#/jobs?type=demo.echo")
+    expect(page.get_by_text("No job matches.")).to_be_visible()
+    page.evaluate(
+        """() => {
+          window.__longestTask = 0;
+          new PerformanceObserver((list) => {
+            for (const e of list.getEntries()) {
+              window.__longestTask = Math.max(window.__longestTask, e.duration);
+            }
+          }).observe({ type: "longtask" });
+        }"""
+    )
+    before = page.evaluate("() => ({ ...window.switchyard.live })")
+    started = time.monotonic()
+    jobs = 1500
+    for batch in range(jobs // 500):
+        body = {"jobs": [{"ref": f"j{i}", "type": "demo.echo", "payload": {"b": batch, "i": i}}
+                         for i in range(500)]}  # fmt: skip
+        api_ok(stack, "POST", "/jobs/batch", json=body)
+
+    def all_completed() -> bool:
+        return stack.http.get("/stats").json()["by_status"].get("completed", 0) == jobs
+
+    stack.wait_for(all_completed, timeout=90, what=f"{jobs} jobs completed")
+    expect(page.locator('#jobs-table .badge[data-status="completed"]')).to_have_count(50)
+    elapsed = time.monotonic() - started
+    after = page.evaluate("() => ({ ...window.switchyard.live })")
+    events = after["events"] - before["events"]
+    flushes = after["flushes"] - before["flushes"]
+    longest = page.evaluate("() => window.__longestTask")
+    print(f"{events} events in {elapsed:.1f} s ({events / elapsed:.0f}/s): {flushes} renders, "
+          f"longest main-thread task {longest:.0f} ms")  # fmt: skip
+    assert events >= 2 * jobs, "the stream did not carry the burst"
+    assert flushes <= elapsed / 0.25 + 5, f"{flushes} renders in {elapsed:.1f} s: not coalesced"
+    assert longest < 250, f"the page's main thread was blocked for {longest:.0f} ms"
+    assert page.evaluate("() => 1 + 1") == 2

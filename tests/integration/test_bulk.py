@@ -48,6 +48,7 @@ async def audit(db: asyncpg.Connection, action: str) -> list[asyncpg.Record]:
     ("body", "says"),
     [
         ({"action": "cancel", "filter": {}}, "at least one of"),
+        ({"action": "cancel", "filter": {"name": ""}}, "name"),
         ({"action": "cancel", "filter": {"status": []}}, "status"),
         ({"action": "cancel", "filter": {"status": ["sleeping"]}}, "status"),
         ({"action": "explode", "filter": {"type": "demo.echo"}}, "action"),
@@ -191,3 +192,14 @@ async def test_at_most_limit_jobs_oldest_first_and_truncated_says_more(
     assert (answer["matched"], answer["changed"], answer["truncated"]) == (2, 2, True)
     now = await statuses(db)
     assert [now[j["id"]] for j in jobs] == ["cancelled"] * 2 + ["pending"] * 3
+
+
+async def test_the_name_prefix_filters_as_the_list_does(
+    client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    nightly = [await submit(client, name=f"nightly-{i}") for i in range(2)]
+    other = await submit(client, name="weekly-1")
+    answer = await bulk(client, {"action": "cancel", "filter": {"name": "nightly-"}})
+    assert (answer["matched"], answer["changed"]) == (2, 2)
+    now = await statuses(db)
+    assert [now[j["id"]] for j in nightly] == ["cancelled"] * 2 and now[other["id"]] == "pending"

@@ -13,7 +13,7 @@ async def submit(client: httpx.AsyncClient, **body: object) -> dict:
     return r.json()
 
 
-async def names(client: httpx.AsyncClient, **params: object) -> list[str | None]:
+async def names(client: httpx.AsyncClient, **params: str | int) -> list[str | None]:
     r = await client.get("/jobs", params=params)
     assert r.status_code == 200, r.text
     return [j["name"] for j in r.json()["items"]]

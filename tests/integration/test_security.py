@@ -122,12 +122,18 @@ REQUESTS: dict[str, Request] = {
     "GET /jobs": lambda c, h, r: c.get("/jobs", headers=h),
     "GET /jobs/{id}": lambda c, h, r: _get_job(c, h, ""),
     "GET /jobs/{id}/logs": lambda c, h, r: _get_job(c, h, "/logs"),
+    "GET /jobs/{id}/why": lambda c, h, r: _get_job(c, h, "/why"),
     "POST /jobs": lambda c, h, r: c.post("/jobs", json={"type": "demo.echo"}, headers=h),
     'POST /jobs (task with roles={"admin"})': lambda c, h, r: c.post(
         "/jobs", json={"type": "ops.admin_only"}, headers=h
     ),
     "POST /jobs/batch": lambda c, h, r: c.post(
         "/jobs/batch", json={"jobs": [{"ref": "a", "type": "demo.echo"}]}, headers=h
+    ),
+    "POST /jobs/bulk (dry run)": lambda c, h, r: c.post(
+        "/jobs/bulk",
+        json={"action": "cancel", "filter": {"ids": [str(uuid.uuid4())]}, "dry_run": True},
+        headers=h,
     ),
     "PATCH /jobs/{id}/cancel (own job)": own_job_cancel,
     "PATCH /jobs/{id}/cancel (another key's job)": others_job_cancel,
@@ -137,6 +143,7 @@ REQUESTS: dict[str, Request] = {
         "/api-keys", json={"role": "viewer", "label": "new"}, headers=h
     ),
     "GET /api-keys": lambda c, h, r: c.get("/api-keys", headers=h),
+    "GET /api-keys/me": lambda c, h, r: c.get("/api-keys/me", headers=h),
     "DELETE /api-keys/{id}": revoke_fresh_key,
     "GET /audit": lambda c, h, r: c.get("/audit", headers=h),
 }
@@ -301,3 +308,15 @@ async def test_retry_with_dependents_touches_only_the_submitters_own_jobs(
     # Without dependents the submitter's own job is retried as before.
     r = await client.post(f"/jobs/{parent}/retry", headers=mine)
     assert r.status_code == 200 and r.json()["status"] == "ready"
+
+
+async def test_a_key_learns_who_it_is_and_which_jobs_are_its_own(
+    client: httpx.AsyncClient,
+) -> None:
+    me = await client.get("/api-keys/me", headers=auth(SUBMITTER_KEY))
+    assert me.status_code == 200 and me.json()["role"] == "submitter"
+    assert set(me.json()) == {"id", "role", "label"}, "never the secret or more"
+    job = await client.post("/jobs", json={"type": "demo.echo"}, headers=auth(SUBMITTER_KEY))
+    assert job.json()["created_by"] == me.json()["id"]
+    viewer = await client.get("/api-keys/me", headers=auth(VIEWER_KEY))
+    assert viewer.json()["role"] == "viewer" and viewer.json()["id"] != me.json()["id"]

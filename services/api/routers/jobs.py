@@ -210,13 +210,14 @@ async def bulk_route(
         created_after=criteria.created_after,
         created_before=criteria.created_before,
         ids=criteria.ids,
+        name_prefix=criteria.name,
     )
     if selection.is_empty():
         # An empty filter would be every job: never by accident.
         raise HTTPException(
             422,
             "filter: give at least one of status, type, priority, created_after, "
-            "created_before, ids (an empty filter would select every job)",
+            "created_before, ids, name (an empty filter would select every job)",
         )
     state = request.app.state
 

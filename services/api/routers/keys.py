@@ -1,4 +1,5 @@
-"""``/api-keys`` (admin): create (the secret is shown once), list, revoke."""
+"""``/api-keys`` (admin): create (the secret is shown once), list, revoke; and
+``/api-keys/me`` (any key): which key this is."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ from uuid import UUID
 
 from fastapi import APIRouter, Query, Request, Response
 
-from services.api.deps import AdminDep, SessionDep, error_responses
+from services.api.deps import AdminDep, SessionDep, ViewerDep, error_responses
 from services.api.keys import create_api_key, list_api_keys, revoke_api_key
-from shared.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyRead
+from shared.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyRead, KeyIdentity
 
 router = APIRouter(prefix="/api-keys", tags=["api keys"])
 
@@ -25,6 +26,16 @@ async def create_key(body: ApiKeyCreate, session: SessionDep, actor: AdminDep) -
     return ApiKeyCreated(
         **ApiKeyRead.model_validate(new.row, from_attributes=True).model_dump(), key=new.secret
     )
+
+
+@router.get(
+    "/me", name="apikeys.me", response_model=KeyIdentity,
+    responses=error_responses(401, 403, 503),
+)  # fmt: skip
+async def who_am_i(actor: ViewerDep) -> KeyIdentity:
+    """The key this request was made with: its id (what ``created_by`` holds on the jobs
+    it submits), role and label. Any valid key may ask; the secret is never returned."""
+    return KeyIdentity(id=actor.key_id, role=actor.role, label=actor.label)
 
 
 @router.get(

@@ -100,10 +100,25 @@ export function jobPage(main, jobId, identity) {
       h("progress", { id: "job-progress", max: total || undefined, value })));
   }
 
+  // The logger writes executions in batches, a moment after the state changes: while
+  // the job's attempts are not all there (or a finished job's last one is open), read
+  // them again shortly.
+  let attemptsTimer = null;
+  let attemptsRetries = 0;
   async function loadAttempts() {
+    clearTimeout(attemptsTimer);
     try {
       const answer = await api(`/jobs/${jobId}/logs`, { query: { limit: 1 } });
       renderAttempts(answer.executions);
+      const last = answer.executions[answer.executions.length - 1];
+      const behind = job && (answer.executions.length < job.attempts
+        || (TERMINAL.has(job.status) && last && !last.finished_at));
+      if (behind && attemptsRetries < 20) {
+        attemptsRetries += 1;
+        attemptsTimer = setTimeout(loadAttempts, 1000);
+      } else if (!behind) {
+        attemptsRetries = 0;
+      }
     } catch (err) {
       setChildren(attempts, h("h2", { id: "attempts-h" }, "Attempts"),
         h("p", { class: "error-text" }, errorText(err)));
@@ -123,7 +138,8 @@ export function jobPage(main, jobId, identity) {
     setChildren(attempts, h("h2", { id: "attempts-h" }, "Attempts"),
       executions.length ? timeline(executions) : null,
       executions.length
-        ? table(["#", "Worker", "Start", "End", "Duration", "Outcome", "Error"], rows, { class: "data" })
+        ? table(["#", "Worker", "Start", "End", "Duration", "Outcome", "Error"], rows,
+          { class: "data", id: "attempts-table" })
         : h("p", { class: "muted" }, "No attempt yet."));
   }
 
@@ -214,6 +230,7 @@ export function jobPage(main, jobId, identity) {
   return () => {
     clearTimeout(refreshTimer);
     clearTimeout(whyTimer);
+    clearTimeout(attemptsTimer);
     stream.close();
   };
 }
@@ -234,7 +251,7 @@ function timeline(executions) {
   const ends = executions.map((e) => (e.finished_at ? Date.parse(e.finished_at) : now));
   const t0 = Math.min(...starts);
   const t1 = Math.max(t0 + 1, ...ends);
-  const W = 800;
+  const W = 1200;
   const rowH = 22;
   const left = 70;
   const x = (t) => left + ((t - t0) / (t1 - t0)) * (W - left - 10);

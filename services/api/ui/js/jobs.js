@@ -4,7 +4,7 @@
 import { api, errorText, mayBulk } from "./api.js";
 import { jobActions } from "./actions.js";
 import {
-  PRIORITIES, STATUSES, fmtTime, h, jobLink, notice, statusBadge, table, setChildren,
+  PRIORITIES, STATUSES, fmtTime, h, jobLink, notice, statusBadge, table, setChildren, append,
 } from "./dom.js";
 import { LiveStream, latestStates } from "./live.js";
 
@@ -47,8 +47,8 @@ export function jobsPage(main, params, identity, navigate) {
   const prev = h("button", { type: "button", class: "secondary", onclick: () => go(page - 1) }, "← Newer");
   const next = h("button", { type: "button", class: "secondary", onclick: () => go(page + 1) }, "Older →");
   const bulk = mayBulk(identity) ? bulkPanel(filter, () => load()) : null;
-  main.append(h("h1", {}, "Jobs"), form, bulk, info, tableHost,
-    h("nav", { class: "pager", "aria-label": "Pages of jobs" }, prev, next));
+  append(main, [h("h1", {}, "Jobs"), form, bulk, info, tableHost,
+    h("nav", { class: "pager", "aria-label": "Pages of jobs" }, prev, next)]);
 
   function query() {
     return {
@@ -254,13 +254,13 @@ function bulkPanel(filter, reload) {
     }
   }
 
-  host.append(
+  append(host, [
     h("span", { class: "muted" }, "All jobs of this filter:"),
     h("button", { type: "button", class: "secondary", disabled: !usable, "data-action": "bulk-cancel",
       title: usable ? "" : why, onclick: () => dryRun("cancel") }, "Cancel matching…"),
     h("button", { type: "button", class: "secondary", disabled: !usable, "data-action": "bulk-retry",
       title: usable ? "" : why, onclick: () => dryRun("retry") }, "Retry matching…"),
     usable ? null : h("span", { class: "muted small" }, why),
-    output);
+    output]);
   return host;
 }

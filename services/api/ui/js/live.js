@@ -15,6 +15,9 @@ const BACKOFF_MS = [500, 1000, 2000, 4000, 8000, 15000];
 const POLICY_VIOLATION = 1008;
 
 const indicator = () => document.getElementById("live");
+// What every stream of this tab received and how often it was applied: shown on
+// nothing, read by the browser test (and by a curious user in the console).
+export const liveCounters = { events: 0, flushes: 0 };
 const openStreams = new Set();
 
 function showState() {
@@ -84,6 +87,7 @@ export class LiveStream {
         this.dropped += 1;
       }
       this.buffer.push(event);
+      liveCounters.events += 1;
       this.schedule();
     };
     socket.onclose = (close) => {
@@ -120,6 +124,7 @@ export class LiveStream {
     if (this.closed || this.buffer.length === 0) return;
     const events = this.buffer;
     this.buffer = [];
+    liveCounters.flushes += 1;
     let dropped = this.dropped;
     this.dropped = 0;
     for (const ev of events) if (ev.event === "dropped" && !ev.data?.replay) dropped += 1;

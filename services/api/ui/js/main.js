@@ -7,6 +7,7 @@ import { h, notice, setChildren } from "./dom.js";
 import { jobPage } from "./job.js";
 import { jobsPage } from "./jobs.js";
 import { overviewPage } from "./overview.js";
+import { liveCounters } from "./live.js";
 import { workersPage } from "./workers.js";
 
 const main = document.getElementById("main");
@@ -119,6 +120,7 @@ function signOut() {
   loginPage();
 }
 
+window.switchyard = Object.freeze({ live: liveCounters });
 window.addEventListener("hashchange", route);
 window.addEventListener("switchyard:unauthorized", () => {
   if (!identity) return;
