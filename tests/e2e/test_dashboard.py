@@ -17,10 +17,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import httpx
 import playwright.sync_api as playwright_sync
 import pytest
 
-from tests.conftest import ADMIN_KEY, ROOT, VIEWER_KEY
+from tests.conftest import ADMIN_KEY, ROOT, SUBMITTER_KEY, VIEWER_KEY, auth
 from tests.e2e.conftest import Stack
 
 pytestmark = pytest.mark.e2e
@@ -145,7 +146,7 @@ def test_admin_watches_runs_and_steers_jobs(stack: Stack, tabs, shots) -> None: 
     tab = tabs()
     page = tab.page
     tab.sign_in(ADMIN_KEY)
-    expect(page.locator("#role")).to_have_text("admin")
+    expect(page.locator("#role")).to_contain_text("(admin)")
     expect(page.get_by_role("heading", name="Overview")).to_be_visible()
     assert page.evaluate("() => document.cookie") == ""
     assert page.evaluate("() => sessionStorage.getItem('switchyard.key')") == ADMIN_KEY
@@ -278,7 +279,7 @@ def test_viewer_sees_no_actions_and_bulk_cancel_counts_first(stack: Stack, tabs,
     viewer = tabs()
     viewer.open("#/jobs", query=f"?token={VIEWER_KEY}")
     page = viewer.page
-    expect(page.locator("#role")).to_have_text("viewer")
+    expect(page.locator("#role")).to_contain_text("(viewer)")
     assert "token" not in page.url and VIEWER_KEY not in page.url
     assert page.evaluate("() => sessionStorage.getItem('switchyard.key')") == VIEWER_KEY
     assert page.evaluate("() => document.cookie") == ""
@@ -291,6 +292,25 @@ def test_viewer_sees_no_actions_and_bulk_cancel_counts_first(stack: Stack, tabs,
     expect(page.locator("main h1 .badge")).to_have_text("failed")
     expect(page.locator("main button")).to_have_count(0)
 
+    # A submitter sees actions on its own jobs only (GET /api-keys/me says which).
+    own = httpx.post(
+        f"{stack.url}/jobs",
+        json={"type": "demo.echo", "run_at": later, "name": "ui-own"},
+        headers=auth(SUBMITTER_KEY),
+    ).json()
+    submitter = tabs()
+    submitter.open("#/jobs?status=pending&type=demo.echo", query=f"?token={SUBMITTER_KEY}")
+    expect(submitter.page.locator("#role")).to_contain_text("(submitter)")
+    expect(submitter.page.locator("#jobs-table tbody tr")).to_have_count(3)
+    buttons = submitter.page.locator("#jobs-table button[data-action=cancel]")
+    expect(buttons).to_have_count(1)
+    expect(
+        submitter.page.locator(
+            f'#jobs-table tr[data-job-id="{own["id"]}"] button[data-action=cancel]'
+        )
+    ).to_have_count(1)
+    api_ok(stack, "PATCH", f"/jobs/{own['id']}/cancel")
+
     # An admin cancels the delayed jobs in bulk: the dry run's count comes first, and
     # nothing is cancelled before the confirmation.
     admin = tabs()
@@ -300,10 +320,12 @@ def test_viewer_sees_no_actions_and_bulk_cancel_counts_first(stack: Stack, tabs,
     )
     assert admin.page.evaluate("() => sessionStorage.getItem('switchyard.key')") is None
     admin.sign_in(ADMIN_KEY)
-    expect(admin.page.locator("#role")).to_have_text("admin")
+    expect(admin.page.locator("#role")).to_contain_text("(admin)")
     admin.go("#/jobs?name=ui-delayed-")
     expect(admin.page.locator("#jobs-table tbody tr")).to_have_count(3)
-    expect(admin.page.locator("button[data-action=bulk-cancel]")).to_be_disabled()
+    expect(
+        admin.page.locator("button[data-action=bulk-cancel]")
+    ).to_be_enabled()  # the name search is part of a bulk filter
     admin.go("#/jobs?status=pending&type=demo.echo")
     rows = admin.page.locator("#jobs-table tbody tr")
     expect(rows).to_have_count(2)
@@ -347,7 +369,7 @@ def test_a_burst_of_events_is_coalesced(stack: Stack, tabs) -> None:  # type: ig
     tab = tabs()
     page = tab.page
     tab.sign_in(ADMIN_KEY)
-    expect(page.locator("#role")).to_have_text("admin")
+    expect(page.locator("#role")).to_contain_text("(admin)")
     tab.go("#/jobs?type=demo.echo")
     expect(page.get_by_text("No job matches.")).to_be_visible()
     page.evaluate(

@@ -2,12 +2,15 @@
 
 What ``docker compose up`` would only reveal at run time is checked here statically:
 the services the design names, variable names the Settings class really reads, health
-conditions that can become true, commands that name modules of this repo, and a worker
-that ``--scale worker=3`` can multiply.
+conditions that can become true, commands that name modules of this repo, a worker
+that ``--scale worker=3`` can multiply within the machine, secrets that must be given,
+and a broker that is not published. ``make test-compose`` (tests/compose/run.py) runs
+the stack on a real engine.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -15,6 +18,7 @@ import shlex
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
@@ -25,10 +29,13 @@ import pytest
 import yaml
 from pydantic import AliasChoices
 
+from shared import health
+from shared.service import run_service
 from shared.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
+AMQP_OVERRIDE = ROOT / "docker-compose.amqp.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 
@@ -37,9 +44,15 @@ LONG_RUNNING = ("postgres", "rabbitmq", *APP_SERVICES)
 DESIGN_SERVICES = ("postgres", "rabbitmq", "migrate", *APP_SERVICES)
 # Everything built from this repo's image and configured through Settings.
 IMAGE_SERVICES = ("migrate", *APP_SERVICES)
+# Services whose own loop is checked by `python -m shared.health <service>`.
+LOOP_SERVICES = ("scheduler", "worker", "logger")
+# What a user puts in .env: the variables the compose file requires (no default).
+USER_ENV = {"RABBITMQ_PASSWORD": "s3cretpw", "SWITCHYARD_API_KEYS": "k1:admin"}
+# The machine `--scale worker=3` must fit with the default limits.
+REFERENCE_MACHINE_CPUS = 2
 
 _INTERPOLATION = re.compile(
-    r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?-)(?P<default>[^}]*))?\}"
+    r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<default>[^}]*))?\}"
 )
 
 
@@ -59,10 +72,15 @@ def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return compose["services"]
 
 
+class MissingRequired(AssertionError):
+    """``${VAR:?message}`` with VAR unset: compose refuses to start, with the message."""
+
+
 def interpolate(value: str, env: dict[str, str] | None = None) -> str:
-    """Compose's ``${VAR:-default}`` / ``${VAR-default}`` / ``${VAR}``; a bare ``${VAR}``
-    with VAR unset is an error here (compose would silently use an empty string)."""
-    env = env or {}
+    """Compose's ``${VAR:-default}`` / ``${VAR-default}`` / ``${VAR:?error}`` /
+    ``${VAR}``; a bare ``${VAR}`` with VAR unset is an error here (compose would silently
+    use an empty string)."""
+    env = USER_ENV if env is None else env
 
     def sub(match: re.Match[str]) -> str:
         name, op, default = match["name"], match["op"], match["default"]
@@ -70,6 +88,10 @@ def interpolate(value: str, env: dict[str, str] | None = None) -> str:
             return env.get(name) or default
         if op == "-":
             return env.get(name, default)
+        if op in (":?", "?"):
+            if not env.get(name) if op == ":?" else name not in env:
+                raise MissingRequired(f"{name}: {default}")
+            return env[name]
         if name not in env:
             raise AssertionError(f"${{{name}}} has no default: compose would use ''")
         return env[name]
@@ -100,19 +122,35 @@ def depends_on(service: dict[str, Any]) -> dict[str, str]:
     return {name: (spec or {}).get("condition", "service_started") for name, spec in deps.items()}
 
 
-def port_mappings(service: dict[str, Any]) -> list[tuple[str | None, int]]:
+def port_mappings(
+    service: dict[str, Any], env: dict[str, str] | None = None
+) -> list[tuple[str | None, int]]:
     """(published host port or None, container port) for every ``ports`` entry."""
-    result: list[tuple[str | None, int]] = []
+    return [(published, container) for _, published, container in port_bindings(service, env)]
+
+
+def port_bindings(
+    service: dict[str, Any], env: dict[str, str] | None = None
+) -> list[tuple[str, str | None, int]]:
+    """(host address or "" for all, published port or None, container port)."""
+    result: list[tuple[str, str | None, int]] = []
     for entry in service.get("ports") or []:
         if isinstance(entry, dict):
             published = entry.get("published")
-            result.append((str(published) if published else None, int(entry["target"])))
+            result.append(
+                (
+                    str(entry.get("host_ip", "")),
+                    str(published) if published else None,
+                    int(entry["target"]),
+                )
+            )
             continue
-        spec = str(entry).split("/", 1)[0]  # drop "/tcp"
+        spec = interpolate(str(entry), env).split("/", 1)[0]  # drop "/tcp"
         parts = spec.rsplit(":", 2)
         container = int(parts[-1])
         published = parts[-2] if len(parts) >= 2 and parts[-2] else None
-        result.append((published, container))
+        address = parts[0] if len(parts) == 3 else ""
+        result.append((address, published, container))
     return result
 
 
@@ -154,6 +192,11 @@ def test_interpolation_helper() -> None:
     assert interpolate("${A-x}", {"A": ""}) == ""
     with pytest.raises(AssertionError):
         interpolate("${A}")
+    assert interpolate("${A:?say A}", {"A": "v"}) == "v"
+    with pytest.raises(MissingRequired, match="say A"):
+        interpolate("${A:?say A}", {"A": ""})
+    with pytest.raises(MissingRequired):
+        interpolate("${A?say A}", {})
 
 
 def test_services_named_by_the_design_exist(services: dict[str, Any]) -> None:
@@ -184,14 +227,15 @@ def test_postgres(services: dict[str, Any]) -> None:
     ), "postgres data is not on a volume"
 
 
-def test_rabbitmq_has_the_management_ui(services: dict[str, Any]) -> None:
+def test_rabbitmq_has_the_management_ui_on_loopback(services: dict[str, Any]) -> None:
     rabbit = services["rabbitmq"]
     image, _, tag = str(rabbit["image"]).partition(":")
     assert image == "rabbitmq"
     assert "management" in tag, f"{rabbit['image']} has no management UI"
-    mappings = port_mappings(rabbit)
-    assert ("15672", 15672) in mappings, "management UI is not published on 15672"
-    assert ("5672", 5672) in mappings, "AMQP is not published on 5672"
+    # Not 15672 on the host: a local RabbitMQ (every development machine here) holds it.
+    assert port_bindings(rabbit, USER_ENV) == [("127.0.0.1", "15673", 15672)]
+    moved = {**USER_ENV, "RABBITMQ_MANAGEMENT_PORT": "25000"}
+    assert port_bindings(rabbit, moved) == [("127.0.0.1", "25000", 15672)]
     test = rabbit["healthcheck"]["test"]
     argv = shlex.split(test) if isinstance(test, str) else test[1:]
     assert argv == ["rabbitmq-diagnostics", "-q", "ping"]
@@ -224,12 +268,47 @@ def test_app_services_wait_for_their_backends(services: dict[str, Any], name: st
     assert deps.get("migrate") == "service_completed_successfully"
 
 
-def test_migrate_is_one_shot_alembic(services: dict[str, Any]) -> None:
+def test_migrate_is_one_shot_and_waits_for_the_database(services: dict[str, Any]) -> None:
     migrate = services["migrate"]
-    assert command(migrate) == ["alembic", "upgrade", "head"]
+    # `switchyard db upgrade` creates the database if missing and retries until it
+    # answers (shared/dbtools.py), so a slow PostgreSQL start does not fail the stack.
+    assert command(migrate) == ["switchyard", "db", "upgrade"]
+    pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    assert 'switchyard = "switchyard.cli:main"' in pyproject
     assert migrate.get("restart", "no") == "no"
     assert depends_on(migrate).get("postgres") == "service_healthy"
-    assert (ROOT / "alembic.ini").is_file()
+
+
+def test_no_amqp_port_on_the_host(compose: dict[str, Any]) -> None:
+    for name, service in compose["services"].items():
+        for _, published, container in port_bindings(service):
+            assert container != 5672 and published != "5672", f"{name} publishes AMQP"
+
+
+def test_the_amqp_override_publishes_it_on_loopback() -> None:
+    override = yaml.safe_load(AMQP_OVERRIDE.read_text(encoding="utf-8"))
+    rabbit = override["services"]["rabbitmq"]
+    assert port_bindings(rabbit, {}) == [("127.0.0.1", "5673", 5672)]
+    wide = {"RABBITMQ_AMQP_BIND": "0.0.0.0", "RABBITMQ_AMQP_PORT": "5672"}
+    assert port_bindings(rabbit, wide) == [("0.0.0.0", "5672", 5672)]
+
+
+def test_broker_credentials_come_from_the_environment(services: dict[str, Any]) -> None:
+    rabbit_raw = services["rabbitmq"]["environment"]
+    with pytest.raises(MissingRequired, match="RABBITMQ_PASSWORD"):
+        interpolate(str(rabbit_raw["RABBITMQ_DEFAULT_PASS"]), {})
+    rabbit = environment(services["rabbitmq"])
+    assert rabbit["RABBITMQ_DEFAULT_PASS"] == USER_ENV["RABBITMQ_PASSWORD"]
+    assert rabbit["RABBITMQ_DEFAULT_USER"] not in ("", "guest")
+    for name in IMAGE_SERVICES:
+        raw = str(services[name]["environment"]["AMQP_URL"])
+        with pytest.raises(MissingRequired, match="RABBITMQ_PASSWORD"):
+            interpolate(raw, {})
+        amqp = urlsplit(environment(services[name])["AMQP_URL"])
+        assert (amqp.username, amqp.password) == (
+            rabbit["RABBITMQ_DEFAULT_USER"],
+            rabbit["RABBITMQ_DEFAULT_PASS"],
+        ), f"{name} does not log in as the broker's user"
 
 
 @pytest.mark.parametrize("name", LONG_RUNNING)
@@ -307,7 +386,9 @@ def test_api_listens_on_all_interfaces_with_keys(
 ) -> None:
     api = services["api"]
     raw_keys = str(api["environment"]["SWITCHYARD_API_KEYS"])
-    assert raw_keys.startswith("${SWITCHYARD_API_KEYS"), "API keys must come from the host env"
+    assert raw_keys.startswith("${SWITCHYARD_API_KEYS:?"), "API keys must be given, no default"
+    with pytest.raises(MissingRequired, match="SWITCHYARD_API_KEYS"):
+        interpolate(raw_keys, {})
 
     for var in list(os.environ):
         if var.upper().startswith("SWITCHYARD_"):
@@ -316,8 +397,7 @@ def test_api_listens_on_all_interfaces_with_keys(
         monkeypatch.setenv(var, value)
     settings = Settings()
     assert settings.api_host == "0.0.0.0"
-    # Without keys the API refuses to start outside dev mode: the default must be usable.
-    assert "admin" in settings.api_keys.values()
+    assert settings.api_keys == {"k1": "admin"}
     assert not settings.dev
 
     monkeypatch.setenv(
@@ -377,6 +457,74 @@ def test_api_healthcheck_exit_code_follows_healthz(
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=30)
     assert (result.returncode == 0) is healthy, result.stderr.decode(errors="replace")
+
+
+@pytest.mark.parametrize("name", LONG_RUNNING)
+def test_every_long_running_service_has_a_healthcheck(services: dict[str, Any], name: str) -> None:
+    check = services[name].get("healthcheck") or {}
+    assert check.get("test") and not check.get("disable"), f"{name} has no healthcheck"
+    if name in LOOP_SERVICES:
+        assert check["test"] == ["CMD", "python", "-m", "shared.health", name]
+        # Docker gives up after interval x retries: more than the check's own limit
+        # would hide nothing, less would flap on one slow beat.
+        assert health.DEFAULT_MAX_AGE_SECONDS > 2 * health.BEAT_SECONDS
+
+
+def test_workers_have_limits_that_three_fit_in_the_machine(services: dict[str, Any]) -> None:
+    worker = services["worker"]
+    cpus = float(interpolate(str(worker["cpus"])))
+    memory = interpolate(str(worker["mem_limit"]))
+    assert 0 < cpus and 3 * cpus <= REFERENCE_MACHINE_CPUS, f"3 x {cpus} CPUs on 2 cores"
+    assert re.fullmatch(r"\d+[mg]", memory), memory
+    assert float(interpolate(str(worker["cpus"]), {"WORKER_CPUS": "1.5"})) == 1.5
+    # Docker kills after stop_grace_period: the worker's drain grace (30 s) must fit.
+    assert int(str(worker["stop_grace_period"]).rstrip("s")) > Settings().worker_grace_seconds
+
+
+def test_health_check_follows_the_heartbeat_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SWITCHYARD_HEALTH_DIR", str(tmp_path))
+    healthy, why = health.check("worker", 30)
+    assert not healthy and "no heartbeat" in why
+    health.health_file("worker").touch()
+    assert health.check("worker", 30)[0]
+    assert not health.check("worker", 30, now=time.time() + 31)[0]
+    result = subprocess.run(
+        [sys.executable, "-m", "shared.health", "worker", "--max-age", "30"],
+        env={**os.environ, "SWITCHYARD_HEALTH_DIR": str(tmp_path)},
+        capture_output=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    os.utime(health.health_file("worker"), (time.time() - 60, time.time() - 60))
+    result = subprocess.run(
+        [sys.executable, "-m", "shared.health", "worker", "--max-age", "30"],
+        env={**os.environ, "SWITCHYARD_HEALTH_DIR": str(tmp_path)},
+        capture_output=True,
+        timeout=30,
+    )
+    assert result.returncode == 1 and b"silent for 60 s" in result.stderr
+
+
+def test_run_service_touches_the_heartbeat_while_its_loop_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SWITCHYARD_HEALTH_DIR", str(tmp_path))
+    path = health.health_file("logger")
+    seen: list[float] = []
+
+    async def serve(settings: Settings, stop: asyncio.Event) -> int:
+        for _ in range(1000):  # up to 10 s for the first beat
+            if path.exists():
+                break
+            await asyncio.sleep(0.01)
+        seen.append(path.stat().st_mtime)
+        return 7
+
+    assert run_service("logger", serve, gc_tuning=False) == 7
+    assert seen and time.time() - seen[0] < 10
+    assert health.check("logger", 30)[0]
 
 
 def test_worker_can_be_scaled(services: dict[str, Any]) -> None:

@@ -202,6 +202,7 @@ function bulkFilter(filter) {
   if (filter.priority) out.priority = filter.priority;
   if (filter.created_after) out.created_after = filter.created_after;
   if (filter.created_before) out.created_before = filter.created_before;
+  if (filter.name) out.name = filter.name;
   return out;
 }
 
@@ -211,10 +212,8 @@ function bulkPanel(filter, reload) {
   const host = h("section", { class: "bulk", "aria-label": "Bulk actions" });
   const output = h("div", { class: "bulk-output", "aria-live": "polite" });
   const criteria = bulkFilter(filter);
-  const usable = Object.keys(criteria).length > 0 && !filter.name;
-  const why = filter.name
-    ? "The name search is not part of a bulk filter: clear it to act in bulk."
-    : "Choose a filter first (status, type, priority or time): bulk actions never take every job.";
+  const usable = Object.keys(criteria).length > 0;
+  const why = "Choose a filter first (status, type, priority, name or time): bulk actions never take every job.";
 
   async function dryRun(action) {
     setChildren(output, h("span", { class: "muted" }, "Counting…"));
