@@ -60,7 +60,7 @@ def check(service: str, max_age: float, *, now: float | None = None) -> tuple[bo
     except FileNotFoundError:
         return False, f"{service}: no heartbeat yet ({path} missing)"
     if age > max_age:
-        return False, f"{service}: loop silent for {age:.0f} s (limit {max_age:g} s; {path})"
+        return False, f"{service}: loop silent for {age:.1f} s (limit {max_age:g} s; {path})"
     return True, f"{service}: loop alive ({age:.1f} s ago)"
 
 

@@ -12,11 +12,8 @@ from __future__ import annotations
 import functools
 import inspect
 import json
-import os
-import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime
 from typing import Annotated, Any, NoReturn
 
 import typer
@@ -162,7 +159,7 @@ def advice(exc: ApiError) -> str:
 
 
 def fail(exc: ApiError) -> NoReturn:
-    typer.echo(f"error: {advice(exc)}", err=True)
+    say(f"error: {advice(exc)}", err=True)
     raise typer.Exit(1)
 
 
@@ -174,6 +171,9 @@ def client() -> Iterator[Client]:
             yield sy
     except ApiError as exc:
         fail(exc)
+    except ValueError as exc:  # an argument the SDK refused before asking: a job id
+        say(f"error: {exc}; `switchyard list` shows recent jobs' ids", err=True)
+        raise typer.Exit(2) from None
 
 
 def call(method: str, path: str, **kwargs: Any) -> Any:
@@ -181,9 +181,15 @@ def call(method: str, path: str, **kwargs: Any) -> Any:
         return sy.raw(method, path, **kwargs)
 
 
+def say(text: str, *, err: bool = False) -> None:
+    """Human output: what a job, a task or a submitter wrote is shown, never obeyed by
+    the terminal (control characters escaped)."""
+    typer.echo(display.safe(text), err=err)
+
+
 def echo_lines(lines: list[str]) -> None:
     for line in lines:
-        typer.echo(line)
+        say(line)
 
 
 def print_json(value: Any) -> None:
@@ -194,7 +200,7 @@ def parse_payload(payload: str, option: str = "--payload") -> Any:
     try:
         return json.loads(payload)
     except json.JSONDecodeError as exc:
-        typer.echo(f"error: {option} is not JSON ({exc}); e.g. {option} '{{\"x\": 1}}'", err=True)
+        say(f"error: {option} is not JSON ({exc}); e.g. {option} '{{\"x\": 1}}'", err=True)
         raise typer.Exit(2) from None
 
 
@@ -233,7 +239,7 @@ def submit(
     if options.as_json and not wait:
         print_json(job.model_dump(mode="json"))
     elif not options.as_json:
-        typer.echo(job_line(job))
+        say(job_line(job))
     if wait:
         wait_for(job.id, timeout=None)
 
@@ -260,7 +266,7 @@ def list_jobs(
 ) -> None:
     """List jobs, newest first (`--status failed` is the dead-letter view)."""
     if not 1 <= limit <= 1000:
-        typer.echo("error: --limit takes 1 to 1000", err=True)
+        say("error: --limit takes 1 to 1000", err=True)
         raise typer.Exit(2)
     params = {"status": status, "type": type, "priority": priority, "limit": limit}
     data = call("GET", "/jobs", params={k: v for k, v in params.items() if v is not None})
@@ -282,7 +288,7 @@ def list_jobs(
     ]  # fmt: skip
     echo_lines(display.table(columns, rows, display.terminal_width()))
     if data.get("next_cursor"):
-        typer.echo(f"(more: showing the newest {len(jobs)}; use --limit or filters)", err=True)
+        say(f"(more: showing the newest {len(jobs)}; use --limit or filters)", err=True)
 
 
 @app.command()
@@ -294,9 +300,9 @@ def cancel(job_id: str) -> None:
     if options.as_json:
         print_json(job.model_dump(mode="json"))
     elif job.status == JobStatus.CANCELLED:
-        typer.echo(f"{job_line(job)}: cancelled")
+        say(f"{job_line(job)}: cancelled")
     else:
-        typer.echo(f"{job_line(job)}: cancel requested; its worker stops it")
+        say(f"{job_line(job)}: cancel requested; its worker stops it")
 
 
 @app.command()
@@ -313,7 +319,7 @@ def retry(
     if options.as_json:
         print_json(job.model_dump(mode="json"))
     else:
-        typer.echo(f"{job_line(job)}: queued again after {job.attempts} attempt(s)")
+        say(f"{job_line(job)}: queued again after {job.attempts} attempt(s)")
 
 
 @app.command()
@@ -341,7 +347,7 @@ def workers() -> None:
 
 
 def _heartbeat_age(ts: str | None) -> str:
-    return display.ago(datetime.fromisoformat(ts)) if ts else ""
+    return display.ago(display.parse_time(ts)) if ts else ""
 
 
 @app.command()
@@ -353,12 +359,12 @@ def stats() -> None:
         print_json(data)
         return
     by_status = ", ".join(f"{k} {v}" for k, v in sorted(data["by_status"].items()))
-    typer.echo(f"jobs by status: {by_status or 'none'}")
-    typer.echo("queue depth:    " + ", ".join(f"{k} {v}" for k, v in data["queue_depth"].items()))
+    say(f"jobs by status: {by_status or 'none'}")
+    say("queue depth:    " + ", ".join(f"{k} {v}" for k, v in data["queue_depth"].items()))
     for name, t in data["throughput"].items():
-        typer.echo(f"{name:15} {t['last_minute']} in the last minute, {t['per_minute']}/min")
+        say(f"{name:15} {t['last_minute']} in the last minute, {t['per_minute']}/min")
     for job_type, d in data["durations"].items():
-        typer.echo(
+        say(
             f"{job_type:20} {d['count']} run(s), mean {display.duration(d['mean_seconds'])}, "
             f"p95 {display.duration(d['p95_seconds'])}"
         )
@@ -402,8 +408,8 @@ def logs(
                 return
             echo_lines(display.attempts(history.executions, history.lines))
             if not history.executions and not history.lines:
-                typer.echo(f"(no attempt yet: the job is {job.status})")
-            typer.echo(final_line(job) if job.status in TERMINAL else f"job is {job.status}")
+                say(f"(no attempt yet: the job is {job.status})")
+            say(final_line(job) if job.status in TERMINAL else f"job is {job.status}")
             return
         job = follow_job(sy, job_id)
     exit_for(job)
@@ -416,10 +422,9 @@ def follow_job(sy: Client, job_id: str) -> JobRead:
     attempt_shown: int | None = None
     for event in sy.stream(job_ids=[job_id], replay=True):
         if options.as_json:
-            typer.echo(event.model_dump_json())
+            typer.echo(json.dumps(event.model_dump(mode="json")))
         elif event.event == "dropped" and event.data.get("replay"):
-            earlier = sy.logs(job_id).lines[: event.data["count"]]
-            for line in earlier:
+            for line in first_lines(sy, job_id, event.data["count"]):
                 attempt_shown = _print_line(bar, line, attempt_shown)
         elif event.event == "log" and event.ts is not None:
             line = LogLine(
@@ -433,28 +438,52 @@ def follow_job(sy: Client, job_id: str) -> JobRead:
             bar.show(event.data)
         elif event.event == "dropped":
             bar.clear()
-            typer.echo(f"-- {event.data.get('count')} event(s) dropped (slow reader)", err=True)
+            say(f"-- {event.data.get('count')} event(s) dropped (slow reader)", err=True)
         elif event.event == "state":
             bar.clear()
-            typer.echo(f"-- {event.data.get('new_status')}", err=True)
+            say(f"-- {event.data.get('new_status')}", err=True)
         if event.event == "state" and event.data.get("new_status") in TERMINAL:
             break
     bar.clear()
     job = sy.get_status(job_id)
+    if job.status not in TERMINAL:
+        say(
+            f"error: the event stream closed before the job ended (it is {job.status}); "
+            f"run `switchyard logs {job_id} --follow` again",
+            err=True,
+        )
+        raise typer.Exit(1)
     if not options.as_json:
-        if job.status != JobStatus.COMPLETED:
-            last = _last_execution(sy.logs_page(job_id, limit=1).executions)
-            if last is not None:
-                echo_lines(display.attempt_error(last))
-        typer.echo(final_line(job))
+        print_end(sy, job)
     return job
+
+
+def first_lines(sy: Client, job_id: str, count: int) -> list[LogLine]:
+    """The job's first ``count`` lines, reading no further pages than those."""
+    lines: list[LogLine] = []
+    cursor = None
+    while len(lines) < count:
+        page = sy.logs_page(job_id, limit=min(count - len(lines), 1000), cursor=cursor)
+        lines += page.lines
+        if not (cursor := page.next_cursor):
+            break
+    return lines[:count]
+
+
+def print_end(sy: Client, job: JobRead) -> None:
+    """How a watched job ended: the last attempt's error and traceback unless it
+    completed, then one line."""
+    if job.status != JobStatus.COMPLETED:
+        last = _last_execution(sy.logs_page(job.id, limit=1).executions)
+        echo_lines(display.attempt_error(last) if last else [])
+    say(final_line(job))
 
 
 def _print_line(bar: display.ProgressBar, line: LogLine, shown: int | None) -> int:
     bar.clear()
     if line.attempt != shown:
-        typer.echo(f"attempt {line.attempt}")
-    typer.echo(display.log_line(line))
+        say(f"attempt {line.attempt}")
+    say(display.log_line(line))
     return line.attempt
 
 
@@ -474,16 +503,13 @@ def wait_for(job_id: Any, timeout: float | None) -> None:
             )
         except TimeoutError as exc:
             bar.clear()
-            typer.echo(f"error: {exc}; `switchyard status {job_id}` shows it later", err=True)
+            say(f"error: {exc}; `switchyard status {job_id}` shows it later", err=True)
             raise typer.Exit(EXIT_TIMEOUT) from None
         bar.clear()
         if options.as_json:
             print_json(job.model_dump(mode="json"))
         else:
-            if job.status != JobStatus.COMPLETED:
-                last = _last_execution(sy.logs_page(job.id, limit=1).executions)
-                echo_lines(display.attempt_error(last) if last else [])
-            typer.echo(final_line(job))
+            print_end(sy, job)
     exit_for(job)
 
 
@@ -510,7 +536,7 @@ def schedule_line(s: dict[str, Any]) -> str:
 
 
 def _when_text(ts: str | None) -> str:
-    return display.when(datetime.fromisoformat(ts)) if ts else "-"
+    return display.when(display.parse_time(ts)) if ts else "-"
 
 
 @schedules_app.command("list")
@@ -550,12 +576,12 @@ def schedules_create(
         "job": {"type": job_type, "payload": parse_payload(payload)},
     }
     data = call("POST", "/schedules", json=body)
-    print_json(data) if options.as_json else typer.echo(schedule_line(data))
+    print_json(data) if options.as_json else say(schedule_line(data))
 
 
 def _set_paused(schedule_id: str, paused: bool) -> None:
     data = call("PATCH", f"/schedules/{schedule_id}", json={"paused": paused})
-    print_json(data) if options.as_json else typer.echo(schedule_line(data))
+    print_json(data) if options.as_json else say(schedule_line(data))
 
 
 @schedules_app.command("pause")
@@ -577,7 +603,7 @@ def schedules_resume(schedule_id: str) -> None:
 def schedules_delete(schedule_id: str) -> None:
     """Delete a schedule (its jobs stay)."""
     call("DELETE", f"/schedules/{schedule_id}")
-    print_json({"deleted": schedule_id}) if options.as_json else typer.echo("deleted")
+    print_json({"deleted": schedule_id}) if options.as_json else say("deleted")
 
 
 # Server commands: they run Switchyard's own code (the `server` extra), not the API.
@@ -595,7 +621,7 @@ def worker(ctx: typer.Context) -> None:
     try:
         module = server.import_server("services.worker.__main__")
     except server.ServerUnavailable as exc:
-        typer.echo(f"error: {exc}", err=True)
+        say(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
     server.set_server_aside()
     server.put_user_directory_first()
@@ -622,26 +648,20 @@ def db_upgrade(
     package: this works from any directory)."""
     from switchyard import server
 
-    if database_url:
-        os.environ["SWITCHYARD_DATABASE_URL"] = database_url
     try:
         dbtools = server.import_server("shared.dbtools")
-        settings = server.import_server("shared.settings")
-        url = settings.get_settings().database_url
+        url = database_url or server.import_server("shared.settings").get_settings().database_url
         dbtools.upgrade(url, revision)
     except server.ServerUnavailable as exc:
-        typer.echo(f"error: {exc}", err=True)
+        say(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
     except Exception as exc:  # the database refused or is down: say so, no traceback
-        typer.echo(f"error: cannot migrate the database: {exc}", err=True)
+        say(f"error: cannot migrate the database: {exc}", err=True)
         raise typer.Exit(1) from None
 
 
 def main() -> None:
-    try:
-        app(prog_name="switchyard")
-    except KeyboardInterrupt:
-        sys.exit(130)
+    app(prog_name="switchyard")
 
 
 if __name__ == "__main__":

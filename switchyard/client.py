@@ -18,6 +18,7 @@ the same methods, for asyncio code.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -32,9 +33,9 @@ from uuid import UUID
 
 import httpx
 import orjson
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from websockets.asyncio.client import connect as aconnect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 from websockets.sync.client import connect
 
 from switchyard.errors import ApiError
@@ -62,13 +63,17 @@ def _where(url: str | None, api_key: str | None) -> tuple[str, str | None, dict[
 
 
 def job_id(job: JobRef) -> str:
-    """The id of a job given as its object, a UUID or a string."""
+    """The id of a job given as its object, a UUID or a string (checked: an id goes into
+    a URL path, where ``../workers`` would reach another route)."""
     if isinstance(job, JobRead):
         return str(job.id)
     if isinstance(job, UUID):
         return str(job)
     if isinstance(job, str):
-        return job
+        try:
+            return str(UUID(job))
+        except ValueError:
+            raise ValueError(f"{job!r} is not a job id (a UUID)") from None
     raise TypeError(f"a job is a JobRead, a UUID or a str, not {type(job).__name__}")
 
 
@@ -95,30 +100,39 @@ def plain(value: Any) -> Any:
 
 
 def retry_after(response: httpx.Response, attempt: int, cap: float) -> float:
-    """Seconds to wait before retrying a 429/503: its Retry-After (seconds or an HTTP
-    date), else an exponential guess; never more than ``cap``."""
+    """Seconds to wait before retrying a 429/503: its Retry-After (whole seconds or an
+    HTTP date), else an exponential guess; never more than ``cap``."""
     header = response.headers.get("Retry-After", "").strip()
     wait = 0.5 * 2**attempt
-    if header:
+    if header.isdigit():
+        wait = float(header)
+    elif header:
         try:
-            wait = float(header)
-        except ValueError:
-            try:
-                wait = (parsedate_to_datetime(header) - datetime.now().astimezone()).total_seconds()
-            except (TypeError, ValueError):
-                pass
+            wait = (parsedate_to_datetime(header) - datetime.now().astimezone()).total_seconds()
+        except (TypeError, ValueError, OverflowError):
+            pass
     return min(max(wait, 0.0), cap)
 
 
 def answer(response: httpx.Response) -> Any:
-    """The JSON answer, or ApiError with the API's own message."""
+    """The JSON answer, or ApiError with the API's own message (or with what came back,
+    when it is not the API that answered: a proxy, a redirect, a page)."""
+    try:
+        body = response.json() if response.content else None
+    except ValueError:
+        body = _NOT_JSON
     if response.status_code >= 400:
-        try:
-            detail = response.json().get("detail", response.text)
-        except ValueError:
-            detail = response.text
-        raise ApiError(response.status_code, detail)
-    return response.json() if response.content else None
+        detail = body.get("detail", body) if isinstance(body, dict) else body
+        raise ApiError(response.status_code, response.text[:500] if body is _NOT_JSON else detail)
+    if response.status_code >= 300 or body is _NOT_JSON:
+        raise ApiError(
+            response.status_code,
+            f"not an answer of the Switchyard API (is the URL right?): {response.text[:200]!r}",
+        )
+    return body
+
+
+_NOT_JSON = object()
 
 
 @dataclass(frozen=True)
@@ -142,7 +156,7 @@ class Calls:
 
     @staticmethod
     def enqueue_job(type: str, payload: Any, options: dict[str, Any]) -> Call:
-        body = {"type": type, "payload": payload or {}}
+        body = {"type": type, "payload": {} if payload is None else payload}
         body |= {k: v for k, v in options.items() if v is not None}
         return Call("POST", "/jobs", body=plain(body), read=JobRead.model_validate)
 
@@ -227,6 +241,25 @@ class _Settings:
     def unreachable(self, exc: httpx.HTTPError) -> ApiError:
         return ApiError(0, f"cannot reach {self.url}: {exc}")
 
+    def no_stream(self, exc: Exception) -> ApiError:
+        """The stream could not be opened: the handshake's status when there was one."""
+        status = exc.response.status_code if isinstance(exc, InvalidStatus) else 0
+        return ApiError(status, f"cannot open the event stream at {self.url}: {exc}")
+
+    def retry_delay(self, response: httpx.Response, attempt: int) -> float | None:
+        """How long to wait before sending ``response``'s request again; None: do not."""
+        if response.status_code not in RETRIED_STATUSES or attempt >= self.retries:
+            return None
+        return retry_after(response, attempt, self.max_retry_wait)
+
+    @staticmethod
+    def read(call: Call, response: httpx.Response) -> Any:
+        data = answer(response)
+        try:
+            return call.read(data)
+        except (ValidationError, KeyError, TypeError) as exc:
+            raise ApiError(response.status_code, f"an answer the SDK cannot read: {exc}") from None
+
 
 class Client:
     """The API over blocking HTTP (see the module docstring)."""
@@ -254,17 +287,17 @@ class Client:
         self._http.close()
 
     def _do(self, call: Call) -> Any:
-        for attempt in range(self._s.retries + 1):
+        for attempt in itertools.count():
             try:
                 response = self._http.request(
                     call.method, call.path, params=call.params or None, json=call.body
                 )
             except httpx.HTTPError as exc:
                 raise self._s.unreachable(exc) from exc
-            if response.status_code not in RETRIED_STATUSES or attempt == self._s.retries:
+            if (delay := self._s.retry_delay(response, attempt)) is None:
                 break
-            time.sleep(retry_after(response, attempt, self._s.max_retry_wait))
-        return call.read(answer(response))
+            time.sleep(delay)
+        return self._s.read(call, response)
 
     def enqueue_job(self, type: str, payload: Any = None, **options: Any) -> JobRead:
         """Submit a job; ``options`` are the other fields of POST /jobs."""
@@ -320,15 +353,17 @@ class Client:
         ``on_progress(job)`` is called whenever its progress changed; TimeoutError after
         ``timeout`` seconds."""
         deadline = time.monotonic() + timeout
-        watch = _ProgressWatch(on_progress)
+        watch = _Watch(job, timeout, on_progress)
         while True:
-            current = self.get_status(job)
-            watch.saw(current)
-            if current.status in TERMINAL:
-                return current
+            try:
+                current = self.get_status(job)
+            except ApiError as exc:
+                watch.hiccup(exc, deadline - time.monotonic())
+            else:
+                if watch.saw(current):
+                    return current
             left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(f"job {current.id} still {current.status} after {timeout:g} s")
+            watch.check_time(left)
             time.sleep(min(poll, left))
 
     def raw(
@@ -346,10 +381,14 @@ class Client:
         replay: bool = False,
     ) -> Iterator[Event]:
         """Live events from ``WS /jobs/stream``, until the caller stops or the API closes."""
-        with connect(
-            _stream_url(self.url, job_ids, types, statuses, replay),
-            additional_headers=self._s.headers,
-        ) as ws:
+        try:
+            ws_cm = connect(
+                _stream_url(self.url, job_ids, types, statuses, replay),
+                additional_headers=self._s.headers,
+            )
+        except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as exc:
+            raise self._s.no_stream(exc) from exc
+        with ws_cm as ws:
             while True:
                 try:
                     raw = ws.recv()
@@ -386,17 +425,17 @@ class AsyncClient:
         await self._http.aclose()
 
     async def _do(self, call: Call) -> Any:
-        for attempt in range(self._s.retries + 1):
+        for attempt in itertools.count():
             try:
                 response = await self._http.request(
                     call.method, call.path, params=call.params or None, json=call.body
                 )
             except httpx.HTTPError as exc:
                 raise self._s.unreachable(exc) from exc
-            if response.status_code not in RETRIED_STATUSES or attempt == self._s.retries:
+            if (delay := self._s.retry_delay(response, attempt)) is None:
                 break
-            await asyncio.sleep(retry_after(response, attempt, self._s.max_retry_wait))
-        return call.read(answer(response))
+            await asyncio.sleep(delay)
+        return self._s.read(call, response)
 
     async def enqueue_job(self, type: str, payload: Any = None, **options: Any) -> JobRead:
         return await self._do(Calls.enqueue_job(type, payload, options))
@@ -445,15 +484,17 @@ class AsyncClient:
     ) -> JobRead:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        watch = _ProgressWatch(on_progress)
+        watch = _Watch(job, timeout, on_progress)
         while True:
-            current = await self.get_status(job)
-            watch.saw(current)
-            if current.status in TERMINAL:
-                return current
+            try:
+                current = await self.get_status(job)
+            except ApiError as exc:
+                watch.hiccup(exc, deadline - loop.time())
+            else:
+                if watch.saw(current):
+                    return current
             left = deadline - loop.time()
-            if left <= 0:
-                raise TimeoutError(f"job {current.id} still {current.status} after {timeout:g} s")
+            watch.check_time(left)
             await asyncio.sleep(min(poll, left))
 
     async def raw(
@@ -470,7 +511,11 @@ class AsyncClient:
         replay: bool = False,
     ) -> AsyncIterator[Event]:
         url = _stream_url(self.url, job_ids, types, statuses, replay)
-        async with aconnect(url, additional_headers=self._s.headers) as ws:
+        try:
+            ws = await aconnect(url, additional_headers=self._s.headers)
+        except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as exc:
+            raise self._s.no_stream(exc) from exc
+        async with ws:
             while True:
                 try:
                     raw = await ws.recv()
@@ -480,16 +525,30 @@ class AsyncClient:
                 yield Event.model_validate(orjson.loads(raw))
 
 
-class _ProgressWatch:
-    """Calls ``on_progress`` once per change of a job's progress (wait's polling sees the
-    same value many times)."""
+class _Watch:
+    """What ``wait`` decides while it polls: the end, a progress change (``on_progress``
+    once per change, though polling sees the same value many times), a hiccup of the
+    API or the network to ride out until the deadline, the deadline itself."""
 
-    def __init__(self, on_progress: ProgressCallback | None) -> None:
-        self._on_progress = on_progress
+    TRANSIENT = frozenset({0, 502, 503, 504})
+
+    def __init__(self, job: JobRef, timeout: float, on_progress: ProgressCallback | None) -> None:
+        self._job, self._timeout, self._on_progress = job_id(job), timeout, on_progress
         self._last: Any = None
+        self._status = "unknown"
 
-    def saw(self, job: JobRead) -> None:
-        if self._on_progress is None or job.progress is None or job.progress == self._last:
-            return
-        self._last = job.progress
-        self._on_progress(job)
+    def saw(self, job: JobRead) -> bool:
+        """True when ``job`` has ended."""
+        self._status = str(job.status)
+        if self._on_progress is not None and job.progress not in (None, self._last):
+            self._last = job.progress
+            self._on_progress(job)
+        return job.status in TERMINAL
+
+    def hiccup(self, exc: ApiError, left: float) -> None:
+        if exc.status not in self.TRANSIENT or left <= 0:
+            raise exc
+
+    def check_time(self, left: float) -> None:
+        if left <= 0:
+            raise TimeoutError(f"job {self._job} still {self._status} after {self._timeout:g} s")

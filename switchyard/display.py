@@ -4,6 +4,7 @@ a job, its attempts, a progress bar. (``--json`` prints the API's documents inst
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sys
 from collections.abc import Sequence
@@ -14,13 +15,30 @@ from typing import Any, TextIO
 from switchyard.models import ExecutionRead, JobRead, LogLine
 
 ELLIPSIS = "…"
+# C0 and C1 control characters but the newline: escape sequences, carriage returns, bells.
+_CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f]")
+
+
+def safe(text: str) -> str:
+    """``text`` with its control characters shown as ``\\xNN``, so that what a job's
+    submitter or its task wrote cannot move the cursor, retitle or clear a terminal."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+def parse_time(text: str) -> datetime:
+    return aware(datetime.fromisoformat(text))
+
+
+def aware(ts: datetime) -> datetime:
+    """The API sends times with an offset; one without is read as UTC, not local time."""
+    return ts if ts.tzinfo is not None else ts.replace(tzinfo=UTC)
 
 
 def when(ts: datetime | None, *, now: datetime | None = None) -> str:
     """A time as a person reads it: local, to the second, with how long ago."""
     if ts is None:
         return "-"
-    local = ts.astimezone()
+    local = aware(ts).astimezone()
     return f"{local:%Y-%m-%d %H:%M:%S} ({ago(ts, now=now)})"
 
 
@@ -28,12 +46,12 @@ def short_time(ts: datetime | None, *, now: datetime | None = None) -> str:
     """Time of day for today's times, else the date too (table cells)."""
     if ts is None:
         return ""
-    local, today = ts.astimezone(), (now or datetime.now(UTC)).astimezone()
+    local, today = aware(ts).astimezone(), (now or datetime.now(UTC)).astimezone()
     return f"{local:%H:%M:%S}" if local.date() == today.date() else f"{local:%Y-%m-%d %H:%M}"
 
 
 def ago(ts: datetime, *, now: datetime | None = None) -> str:
-    seconds = ((now or datetime.now(UTC)) - ts).total_seconds()
+    seconds = ((now or datetime.now(UTC)) - aware(ts)).total_seconds()
     suffix = "ago" if seconds >= 0 else "from now"
     return f"{duration(abs(seconds))} {suffix}"
 
@@ -51,12 +69,13 @@ def duration(seconds: float) -> str:
 
 
 def compact(value: Any) -> str:
-    """A JSON value on one line (never a Python repr)."""
+    """A JSON value on one line for a person (never a Python repr)."""
     return json.dumps(value, separators=(", ", ": "), ensure_ascii=False, default=str)
 
 
 def pretty(value: Any) -> str:
-    return json.dumps(value, indent=2, ensure_ascii=False, default=str)
+    """JSON for scripts: every control character escaped (``ensure_ascii``)."""
+    return json.dumps(value, indent=2, default=str)
 
 
 def terminal_width() -> int:
@@ -134,9 +153,9 @@ class ProgressBar:
             return
         self._shown = text
         if self.live:
-            self.stream.write("\r\x1b[2K" + fit(text, terminal_width() - 1))
+            self.stream.write("\r\x1b[2K" + safe(fit(text, terminal_width() - 1)))
         else:
-            self.stream.write(f"progress {text}\n")
+            self.stream.write(f"progress {safe(text)}\n")
         self.stream.flush()
 
     def clear(self) -> None:
@@ -161,7 +180,7 @@ def job_summary(job: JobRead) -> list[tuple[str, str]]:
         ("waiting", job.waiting_reason or ""),
         ("worker", job.worker_id or ""),
         ("created", when(job.created_at)),
-        ("run at", when(job.run_at) if job.run_at > job.created_at else ""),
+        ("run at", when(job.run_at) if aware(job.run_at) > aware(job.created_at) else ""),
         ("started", when(job.started_at) if job.started_at else ""),
         ("finished", _finished(job)),
         ("progress", progress_text(job.progress)),

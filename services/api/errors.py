@@ -26,6 +26,7 @@ from shared.errors import (
     PermissionDenied,
     UnknownDependency,
 )
+from shared.jobs.bulk import BulkInterrupted
 from shared.jsonvalues import printable
 
 log = logging.getLogger(__name__)
@@ -179,6 +180,33 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.status_code in (401, 403, 404, 405, 409, 413):
             await audit_refusal(request, exc.status_code, detail)
         return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(BulkInterrupted)
+    async def bulk_interrupted(request: Request, exc: BulkInterrupted) -> JSONResponse:
+        # Not "nothing was changed": the chunks before the failed one stay committed, and
+        # the answer says exactly how many. The job.bulk audit row is already written.
+        outcome = exc.outcome
+        body: dict[str, Any] = {
+            "detail": printable(exc.describe()),
+            "partial": True,
+            "dry_run": exc.dry_run,
+            "matched": outcome.matched,
+            "changed": outcome.changed,
+            "skipped": outcome.skipped,
+            "not_acted_on": outcome.untouched,
+            "in_doubt": outcome.in_doubt,
+            "truncated": outcome.truncated,
+        }
+        if is_db_outage(exc.cause) or is_transient_conflict(exc.cause):
+            # Safe to send again (the SDK does, after Retry-After): a repeat acts on the
+            # jobs still selected, and those already changed are no longer.
+            log.warning("bulk call stopped part way in %s: %s", request.url.path, exc)
+            return JSONResponse(body, status_code=503, headers={"Retry-After": "2"})
+        error_id = new_error_id()
+        log.error("bulk call stopped part way, error %s", error_id, exc_info=exc.cause)
+        body["detail"] = f"internal error {error_id}: " + body["detail"]
+        body["error_id"] = error_id
+        return JSONResponse(body, status_code=500)
 
     # Registered per class (not on Exception) so the answer is the whole story: Starlette
     # re-raises what reaches its catch-all handler.

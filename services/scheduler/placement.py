@@ -26,10 +26,11 @@ against), or its room now (``room``: what the heads are widened with).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from datetime import datetime
 from uuid import UUID
+
+from shared.placement_rules import effective_rank, fits
 
 
 @dataclass
@@ -71,23 +72,19 @@ class WorkerView:
     def free_slots(self) -> int:
         return self.slots - self.used_slots
 
+    # The rule is shared.placement_rules.fits (GET /jobs/{id}/why explains by it too).
     def fits_now(self, job: Candidate) -> bool:
-        return (
-            self.accepting
-            and job.type in self.task_types
-            and self.free_slots >= 1
-            and job.cpu_units <= self.free_cpu + 1e-9
-            and job.memory_mb <= self.free_memory
-        )
+        return fits(
+            job.type, job.cpu_units, job.memory_mb, self.accepting, self.task_types,
+            self.slots - self.used_slots, self.cpu_units - self.used_cpu,
+            self.memory_mb - self.used_memory,
+        )  # fmt: skip
 
     def fits_when_empty(self, job: Candidate) -> bool:
-        return (
-            self.accepting
-            and job.type in self.task_types
-            and self.slots >= 1
-            and job.cpu_units <= self.cpu_units + 1e-9
-            and job.memory_mb <= self.memory_mb
-        )
+        return fits(
+            job.type, job.cpu_units, job.memory_mb, self.accepting, self.task_types,
+            self.slots, self.cpu_units, self.memory_mb,
+        )  # fmt: skip
 
     def take(self, job: Candidate) -> None:
         self.used_cpu += job.cpu_units
@@ -109,10 +106,7 @@ class Plan:
 
 
 def effective_priority(job: Candidate, now: datetime, aging_seconds: float) -> int:
-    if aging_seconds <= 0:
-        return job.priority
-    waited = max(0.0, (now - job.waiting_since).total_seconds())
-    return max(0, job.priority - math.floor(waited / aging_seconds))
+    return effective_rank(job.priority, job.waiting_since, now, aging_seconds)
 
 
 def plan_placements(
@@ -129,14 +123,26 @@ def plan_placements(
     )
     reserved: set[str] = set()
     for job in order:
-        open_workers = [w for w in workers if w.id not in reserved]
-        fitting = [w for w in open_workers if w.fits_now(job)]
+        # w.fits_now(job) and w.fits_when_empty(job), each one call of the rule: this
+        # loop runs per job and worker every cycle.
+        kind, cpu, memory = job.type, job.cpu_units, job.memory_mb
+        fitting = [
+            w for w in workers
+            if w.id not in reserved and fits(
+                kind, cpu, memory, w.accepting, w.task_types,
+                w.slots - w.used_slots, w.cpu_units - w.used_cpu, w.memory_mb - w.used_memory,
+            )
+        ]  # fmt: skip
         if fitting:
             best = min(fitting, key=lambda w: (w.leftover(job), w.id))
             best.take(job)
             plan.placements.append((job, best.id))
             continue
-        could_fit = [w for w in workers if w.fits_when_empty(job)]
+        could_fit = [
+            w for w in workers
+            if fits(kind, cpu, memory, w.accepting, w.task_types, w.slots, w.cpu_units,
+                    w.memory_mb)
+        ]  # fmt: skip
         if not could_fit:
             plan.waiting[job.id] = why_it_fits_nowhere(job, workers)
             plan.unfittable.append(job.id)

@@ -18,8 +18,8 @@ import sys
 from collections.abc import Callable
 
 from services.worker.capacity import ContainerCapacity, container_capacity
+from services.worker.runner import worker_registry
 from services.worker.worker import WORKER_ISOLATIONS, Worker, default_worker_id
-from shared import demo_tasks
 from shared.service import StartupError, run_service, service_parser
 from shared.settings import (
     WORKER_MAX_CPU_UNITS,
@@ -27,7 +27,7 @@ from shared.settings import (
     WORKER_MAX_THREADS,
     Settings,
 )
-from shared.tasks import TaskRegistry, load_task_modules
+from shared.tasks import TaskRegistry
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -99,13 +99,14 @@ def task_modules(args: argparse.Namespace, settings: Settings) -> list[str]:
     return [m.strip() for m in (args.tasks or settings.worker_tasks).split(",") if m.strip()]
 
 
+def demo_tasks_wanted(args: argparse.Namespace, settings: Settings) -> bool:
+    return settings.demo_tasks and not args.no_demo_tasks
+
+
 def load_registry(args: argparse.Namespace, settings: Settings) -> TaskRegistry:
-    registry = TaskRegistry()
-    if settings.demo_tasks and not args.no_demo_tasks:
-        registry.include(demo_tasks.registry)
     modules = task_modules(args, settings)
     try:
-        load_task_modules(modules, registry)
+        registry = worker_registry(modules, demo=demo_tasks_wanted(args, settings))
     except Exception as exc:  # an import error in user code: say which module, stop
         raise StartupError(f"cannot load task modules {modules}: {exc!r}") from exc
     if not len(registry):
@@ -149,7 +150,7 @@ def build_worker(args: argparse.Namespace, settings: Settings) -> Worker:
         memory_mb=offered.memory_mb,
         isolation=args.isolation or settings.worker_isolation,
         task_modules=task_modules(args, settings),
-        demo_tasks=settings.demo_tasks and not args.no_demo_tasks,
+        demo_tasks=demo_tasks_wanted(args, settings),
     )
 
 

@@ -9,7 +9,9 @@ at once when the worker is gone.
 Stopping: SIGTERM (a timeout, a cancel, the worker's shutdown) sets the running
 attempt's cancel flag and raises :class:`Terminated` in the task, so its ``finally``
 blocks run and it returns; the child then exits (a child whose task was interrupted is
-never reused). The parent sends SIGKILL to one that is still alive after the grace.
+never reused); an idle child just leaves. The parent signals the child's process group
+(the child leads one), so what a task forked goes with it, and sends SIGKILL to a group
+whose child is still alive after the grace.
 SIGINT is ignored: a Ctrl-C in the worker's terminal reaches the whole process group,
 and the worker alone decides (by its drain) what happens to the attempts.
 """
@@ -26,9 +28,8 @@ from types import FrameType
 from typing import Any
 from uuid import UUID
 
-from services.worker.runner import Outcome, run_task
-from shared import demo_tasks
-from shared.tasks import TaskContext, TaskLogger, TaskRegistry, load_task_modules
+from services.worker.runner import Outcome, run_task, worker_registry
+from shared.tasks import TaskContext, TaskLogger, TaskRegistry
 
 # What the parent sends (tuples: pickled by multiprocessing, nothing of ours inside).
 RUN = "run"  # (RUN, job_id, attempt, task type, payload)
@@ -46,19 +47,13 @@ class Terminated(BaseException):
     code does not swallow the termination."""
 
 
-def registry_from_modules(modules: list[str], demo: bool) -> TaskRegistry:
-    """The registry a worker with these task modules (and the demo tasks or not) has."""
-    registry = TaskRegistry()
-    if demo:
-        registry.include(demo_tasks.registry)
-    load_task_modules(modules, registry)
-    return registry
-
-
 def child_main(modules: list[str], demo: bool, inbox: Connection, outbox: Connection) -> None:
     """The child's code (``switchyard._child.main`` calls it)."""
+    # Its own process group: the parent signals the group, so processes a task starts
+    # (a fork, multiprocessing) are terminated and killed with it, never left running.
+    os.setpgrp()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    registry = registry_from_modules(modules, demo)
+    registry = worker_registry(modules, demo=demo)
     send_lock = threading.Lock()
 
     def send(item: tuple[Any, ...]) -> None:
@@ -67,12 +62,17 @@ def child_main(modules: list[str], demo: bool, inbox: Connection, outbox: Connec
 
     runs: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
     cancelled = threading.Event()  # the running attempt's flag (one attempt at a time)
-    terminated = threading.Event()
+    terminated = threading.Event()  # SIGTERM came: leave after this attempt
+    in_task = threading.Event()  # SIGTERM interrupts an attempt; an idle child just leaves
+    interrupted = threading.Event()  # SIGTERM was raised into the attempt
 
     def on_sigterm(signum: int, frame: FrameType | None) -> None:
         cancelled.set()
         terminated.set()
-        raise Terminated("the worker terminated the attempt")
+        if in_task.is_set():
+            interrupted.set()
+            raise Terminated("the worker terminated the attempt")
+        runs.put(None)  # idle: leave (SimpleQueue.put may be called from a handler)
 
     signal.signal(signal.SIGTERM, on_sigterm)
 
@@ -93,17 +93,44 @@ def child_main(modules: list[str], demo: bool, inbox: Connection, outbox: Connec
     threading.Thread(target=read_parent, name="parent-reader", daemon=True).start()
     send((READY, os.getpid()))
     try:
-        while (item := runs.get()) is not None:
+        while not terminated.is_set() and (item := runs.get()) is not None:
             _, job_id, attempt, task_type, payload = item
             cancelled.clear()
-            outcome = _run_one(registry, send, cancelled, job_id, attempt, task_type, payload)
+            in_task.set()
+            try:
+                if terminated.is_set():  # SIGTERM just before: do not start the task
+                    raise Terminated("the worker terminated the attempt")
+                outcome = _run_one(registry, send, cancelled, job_id, attempt, task_type, payload)
+                in_task.clear()
+            except Terminated:  # outside the task's own code (run_task's handlers)
+                in_task.clear()
+                interrupted.set()
+            if interrupted.is_set():
+                # Whatever the task returned after SIGTERM reached it (it may catch
+                # BaseException) is no success, as a thread's result after its timeout
+                # is none: the worker reports the timeout or the cancel. An attempt that
+                # ended before SIGTERM keeps its outcome, which the worker reports.
+                outcome = INTERRUPTED
             send((OUTCOME, asdict(outcome)))
-            if terminated.is_set():
-                break  # the task was interrupted: its state is nobody's to trust
     except Terminated:
-        pass  # idle when terminated (the worker shuts down): leave
+        pass  # between two attempts: leave
     finally:
         outbox.close()
+
+
+# What an attempt interrupted by SIGTERM ends with.
+INTERRUPTED = Outcome(ok=False, error="terminated", cancelled=True)
+
+
+def _plain_number(value: Any) -> float | str:
+    """A progress figure as a plain float for the pipe: whatever the task passed (a
+    numpy scalar, a Decimal, an object of its own) must not be pickled to the worker,
+    which might not unpickle it. What is no number goes as its text, and the worker
+    refuses it as it refuses a thread's (``JobProgress``'s validation, a warning)."""
+    try:
+        return float(value)
+    except (TypeError, ValueError, OverflowError):
+        return str(value)
 
 
 def _run_one(
@@ -119,11 +146,18 @@ def _run_one(
     if definition is None:  # the worker checked; a module that registers lazily, say
         return Outcome(ok=False, error=f"task type {task_type!r} is not registered in the child")
 
+    # Only plain values cross the pipe (str, float, None): as on a thread, the text of
+    # whatever the task passes, so the worker never unpickles a type of the task's.
     def emit_log(seq: int, level: str, message: str) -> None:
-        send((LOG, seq, level, str(message)))
+        send((LOG, int(seq), str(level), str(message)))
 
     def report_progress(done: float, total: float | None, message: str | None) -> None:
-        send((PROGRESS, done, total, message))
+        send((
+            PROGRESS,
+            _plain_number(done),
+            None if total is None else _plain_number(total),
+            None if message is None else str(message),
+        ))  # fmt: skip
 
     ctx = TaskContext(
         job_id=job_id,
@@ -132,7 +166,4 @@ def _run_one(
         cancelled=cancelled,
         _report_progress=report_progress,
     )
-    try:
-        return run_task(definition, ctx, payload)
-    except Terminated:  # SIGTERM between run_task's own handlers
-        return Outcome(ok=False, error="terminated", cancelled=True)
+    return run_task(definition, ctx, payload)

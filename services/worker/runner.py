@@ -1,24 +1,50 @@
-"""Runs one task attempt on a pool thread and turns the outcome into plain data.
+"""What a task thread and a process-pool child share: the worker's registry, one task
+attempt run and turned into plain data, and the way back to the event loop.
 
-Nothing here touches the broker: the thread reports back to the event loop, which
-alone publishes (conventions §5).
+Nothing here touches the broker: a thread (a task's, or a child's reader) reports back
+to the event loop, which alone publishes (conventions §5).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal
 
+from shared import demo_tasks
 from shared.jsonvalues import TASK_OUTPUT_JSON, check_json, encoded_within
 from shared.messages import MAX_RESULT_BYTES, message_text
-from shared.tasks import Cancelled, TaskContext, TaskDefinition
+from shared.tasks import Cancelled, TaskContext, TaskDefinition, TaskRegistry, load_task_modules
 from switchyard import tasks as switchyard_tasks
 
 MAX_TRACEBACK_LINES = 30
 # Frames of the code that calls a task: a traceback starts at the task's own code.
 _CALLER_FILES = frozenset({__file__, switchyard_tasks.__file__})
+
+
+def worker_registry(modules: list[str], *, demo: bool) -> TaskRegistry:
+    """The registry of a worker with these task modules (and the demo tasks or not): the
+    worker builds it at start, and each process-pool child builds the same one."""
+    registry = TaskRegistry()
+    if demo:
+        registry.include(demo_tasks.registry)
+    load_task_modules(modules, registry)
+    return registry
+
+
+def call_from_thread(
+    loop: asyncio.AbstractEventLoop | None, callback: Callable[..., object], *args: object
+) -> None:
+    """Hand a thread's news to the event loop (dropped once the loop has closed: the
+    worker has exited and nobody can report it)."""
+    if loop is None or loop.is_closed():
+        return
+    with contextlib.suppress(RuntimeError):  # the loop closed between check and call
+        loop.call_soon_threadsafe(callback, *args)
 
 
 @dataclass(frozen=True)

@@ -12,24 +12,36 @@ A dry run does exactly the same, then rolls each chunk back: its counts are what
 run would do now (but for jobs a later chunk's cascade would have changed first).
 
 Whether it runs or not, one ``job.bulk`` audit row says who asked for what, and how it
-went.
+went. A chunk that fails for another reason (a deadlock with the scheduler's claim, a
+serialization failure, the database going away) is rolled back alone and the call stops
+there: the chunks before it stay committed (their events published), the audit row says
+``partial`` with the counts so far, and ``BulkInterrupted`` carries those counts to the
+API, which states them in its answer. Repeating the request is safe: the jobs already
+changed no longer match what the action applies to (a cancelled job is not cancelled
+again, a retried one is ``ready``), so a repeat acts on the rest.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 from uuid import UUID
 
+import asyncpg
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.auth import Actor
-from shared.errors import JobConflict, JobNotFound, PermissionDenied
+from shared.db import exception_chain, is_db_outage, is_transient_conflict
+from shared.errors import JobConflict, JobNotFound, PermissionDenied, SwitchyardError
 from shared.jobs.commands import cancel_job, retry_job
 from shared.jobs.listing import JobSelection, select_ids
 from shared.models import AuditEntry
 from shared.states import TERMINAL, JobStatus
+
+log = logging.getLogger(__name__)
 
 S = JobStatus
 CHUNK = 200
@@ -38,6 +50,10 @@ ERROR_SAMPLES = 20
 BulkActionName = Literal["cancel", "retry"]
 # What a single-job route would answer 4xx for: the job is skipped, the rest go on.
 REFUSALS = (JobConflict, JobNotFound, PermissionDenied)
+# What stops the call part way (the database, not the job, failed): that chunk is rolled
+# back, the ones before it stand. The same classes the API's generic handler answers.
+CHUNK_FAILURES = (SQLAlchemyError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError,
+                  TimeoutError)  # fmt: skip
 # The statuses an action applies to: the selection when the filter names none.
 APPLIES_TO: dict[str, list[JobStatus]] = {
     "cancel": sorted(set(S) - TERMINAL),
@@ -55,6 +71,55 @@ class BulkOutcome:
     skipped: int = 0
     truncated: bool = False
     errors: list[tuple[UUID, str]] = field(default_factory=list)
+    # Jobs of the chunk whose COMMIT failed without an answer (the connection was lost):
+    # the server may or may not have committed them. Not counted in ``changed``.
+    in_doubt: int = 0
+    # Jobs never acted on because an earlier chunk failed (the failed chunk's included).
+    untouched: int = 0
+
+
+class BulkInterrupted(SwitchyardError):
+    """A chunk failed part way: ``outcome`` counts what was committed before it;
+    ``cause`` is the database's error (the API chooses the answer from it)."""
+
+    def __init__(self, outcome: BulkOutcome, cause: BaseException, *, dry_run: bool,
+                 audited: bool) -> None:  # fmt: skip
+        self.outcome = outcome
+        self.cause = cause
+        self.dry_run = dry_run
+        self.audited = audited
+        super().__init__(self.describe())
+
+    def describe(self) -> str:
+        o = self.outcome
+        if self.dry_run:
+            done = "this was a dry run: nothing was changed"
+        elif o.changed:
+            done = (
+                f"{o.changed} jobs were changed and committed ({o.skipped} skipped) before "
+                "it and stay so"
+            )
+        else:
+            done = "nothing was changed"
+        doubt = (
+            f"; the commit of {o.in_doubt} more got no answer: they may or may not be changed"
+            if o.in_doubt
+            else ""
+        )
+        return (
+            f"stopped part way: {o.untouched} of the {o.matched} jobs selected were not acted "
+            f"on ({describe_cause(self.cause)}); {done}{doubt}. "
+            "Sending the same request again is safe: the jobs already changed no longer "
+            "match it, so it acts on the rest"
+        )
+
+
+def describe_cause(exc: BaseException) -> str:
+    """The database's own error where there is one (``DeadlockDetectedError: deadlock
+    detected``), not the wrapper SQLAlchemy puts round it with the whole statement."""
+    cause = next((e for e in exception_chain(exc) if isinstance(e, asyncpg.PostgresError)), exc)
+    lines = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {lines[0][:200] if lines else 'no message'}"
 
 
 def selection_for(action: BulkActionName, selection: JobSelection, *, actor: Actor) -> JobSelection:
@@ -90,40 +155,120 @@ async def run_bulk(
     outcome = BulkOutcome(matched=min(len(ids), limit), truncated=len(ids) > limit)
     ids = ids[:limit]
     for start in range(0, len(ids), CHUNK):
-        done: list[Any] = []
-        for job_id in ids[start : start + CHUNK]:
-            try:
-                async with session.begin_nested():
-                    done.append(await _act(session, action, job_id, actor=actor))
-            except REFUSALS as refusal:
-                outcome.skipped += 1
-                if len(outcome.errors) < ERROR_SAMPLES:
-                    outcome.errors.append((job_id, str(refusal)))
-        outcome.changed += len(done)
+        chunk = ids[start : start + CHUNK]
+        try:
+            done = await _act_on_chunk(session, action, chunk, actor=actor, outcome=outcome)
+        except CHUNK_FAILURES as failure:
+            outcome.untouched = len(ids) - start
+            await _stop(session, outcome, failure, dry_run=dry_run, actor=actor, request=request)
         if dry_run:
+            outcome.changed += len(done)
             await session.rollback()
             continue
-        await session.commit()
+        try:
+            await session.commit()
+        except CHUNK_FAILURES as failure:
+            # A COMMIT that failed with an error is rolled back; one that got no answer
+            # (the connection went away) may have happened: say so rather than guess.
+            outcome.untouched = len(ids) - start
+            if is_db_outage(failure) and not is_transient_conflict(failure):
+                outcome.in_doubt = len(done)
+            await _stop(session, outcome, failure, dry_run=dry_run, actor=actor, request=request)
+        outcome.changed += len(done)
         for result in done:
             on_changed(action, result)
+    await _audit(session, outcome, "dry_run" if dry_run else "ok", actor=actor, request=request)
+    await session.commit()
+    return outcome
+
+
+async def _act_on_chunk(
+    session: AsyncSession,
+    action: BulkActionName,
+    chunk: list[UUID],
+    *,
+    actor: Actor,
+    outcome: BulkOutcome,
+) -> list[Any]:
+    """Act on each job of ``chunk`` in one transaction (not committed here); a refused
+    job is counted in ``outcome`` and undone alone by its savepoint."""
+    done: list[Any] = []
+    skipped: list[tuple[UUID, str]] = []
+    for job_id in chunk:
+        try:
+            async with session.begin_nested():
+                done.append(await _act(session, action, job_id, actor=actor))
+        except REFUSALS as refusal:
+            skipped.append((job_id, str(refusal)))
+    # Counted only once the chunk got this far: a chunk that fails counts for nothing.
+    outcome.skipped += len(skipped)
+    outcome.errors.extend(skipped[: ERROR_SAMPLES - len(outcome.errors)])
+    return done
+
+
+async def _stop(
+    session: AsyncSession,
+    outcome: BulkOutcome,
+    failure: BaseException,
+    *,
+    dry_run: bool,
+    actor: Actor,
+    request: dict[str, Any],
+) -> NoReturn:
+    """Roll the failed chunk back, record how far the call got, and raise."""
+    log.warning(
+        "bulk %s stopped part way (%d changed, %d not acted on): %s",
+        request.get("action"), outcome.changed, outcome.untouched, describe_cause(failure),
+    )  # fmt: skip
+    audited = True
+    try:
+        await session.rollback()
+        await _audit(
+            session,
+            outcome,
+            "partial" if outcome.changed or outcome.in_doubt else "error",
+            actor=actor,
+            request=request,
+            error=describe_cause(failure),
+        )
+        await session.commit()
+    except CHUNK_FAILURES:
+        # The database that stopped the call may be gone: the per-job audit rows of the
+        # committed chunks still say what was changed.
+        log.exception("could not write the job.bulk audit row of a bulk call that stopped")
+        audited = False
+    raise BulkInterrupted(outcome, failure, dry_run=dry_run, audited=audited) from failure
+
+
+async def _audit(
+    session: AsyncSession,
+    outcome: BulkOutcome,
+    result: str,
+    *,
+    actor: Actor,
+    request: dict[str, Any],
+    error: str | None = None,
+) -> None:
+    detail: dict[str, Any] = {
+        "request": request,
+        "matched": outcome.matched,
+        "changed": outcome.changed,
+        "skipped": outcome.skipped,
+        "truncated": outcome.truncated,
+    }
+    if error is not None:
+        detail |= {"not_acted_on": outcome.untouched, "in_doubt": outcome.in_doubt,
+                   "error": error}  # fmt: skip
     session.add(
         AuditEntry(
             actor=actor.key_id,
             role=actor.role,
             action="job.bulk",
             client=actor.client,
-            outcome="dry_run" if dry_run else "ok",
-            detail={
-                "request": request,
-                "matched": outcome.matched,
-                "changed": outcome.changed,
-                "skipped": outcome.skipped,
-                "truncated": outcome.truncated,
-            },
+            outcome=result,
+            detail=detail,
         )
     )
-    await session.commit()
-    return outcome
 
 
 async def _act(session: AsyncSession, action: BulkActionName, job_id: UUID, *, actor: Actor) -> Any:

@@ -4,9 +4,10 @@ whether it could take the job.
 
 It answers from the same facts the scheduler decides on (``services/scheduler``): the
 job's row, the live workers' rows (``shared.stats.list_workers``) and the running jobs'
-resources, with the placement rules of ``services/scheduler/placement.py``: a worker
-takes a job when it is alive (not draining), runs its type, and has a slot and the
-job's CPU and memory free; it *could ever* take it when that holds of it empty. A
+resources, with the scheduler's own placement rules (``shared.placement_rules``): a worker takes a
+job when it is alive (not draining), runs its type, and has a slot and the job's CPU and
+memory free; it *could ever* take it when that holds of it empty; a ready job's priority
+ages as the scheduler ages it. A
 worker's use is the larger of what it reports and what the database has running on it,
 as the scheduler counts it.
 
@@ -17,7 +18,6 @@ at ``POSITION_COUNT_MAX`` (an index-only range scan of the claim index).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -28,13 +28,13 @@ from shared.db import fetch
 from shared.jobs.reads import get_job
 from shared.jobs.views import waiting_reason
 from shared.models import Job
+from shared.placement_rules import effective_rank, fits, shortfalls
 from shared.schemas import Priority, WhyDependency, WhyRead, WhyResources, WhyWorker
 from shared.states import TERMINAL, JobStatus
 from shared.stats import list_workers
 
 S = JobStatus
 POSITION_COUNT_MAX = 10_000
-CPU_EPSILON = 1e-9  # the scheduler's tolerance on CPU sums
 
 _DEPENDENCIES = "SELECT id, type, name, status FROM jobs WHERE id = ANY($1::uuid[])"
 # What the database has running on each worker (the partial index on running jobs).
@@ -54,17 +54,6 @@ SELECT count(*) AS n FROM (
 """
 
 
-def effective_rank(
-    priority: int, waiting_since: datetime, now: datetime, aging_seconds: float
-) -> int:
-    """The scheduler's aging (``placement.effective_priority``): one level higher per
-    ``aging_seconds`` waited, never above critical (0)."""
-    if aging_seconds <= 0:
-        return priority
-    waited = max(0.0, (now - waiting_since).total_seconds())
-    return max(0, priority - math.floor(waited / aging_seconds))
-
-
 @dataclass(frozen=True)
 class _Need:
     type: str
@@ -82,24 +71,39 @@ def judge_worker(worker: dict[str, Any], used: dict[str, float], need: _Need) ->
     )
     has_type = need.type in worker["task_types"]
     accepting = worker["state"] == "alive"
-    missing_ever = []
-    if not has_type:
-        missing_ever.append(f"does not run {need.type!r}")
-    if capacity["slots"] < 1:
-        missing_ever.append("has no slots")
-    if need.cpu_units > capacity["cpu_units"] + CPU_EPSILON:
-        missing_ever.append(f"has {capacity['cpu_units']:g} cpu units in all")
-    if need.memory_mb > capacity["memory_mb"]:
-        missing_ever.append(f"has {capacity['memory_mb']} MB in all")
-    missing_now = []
-    if free.slots < 1:
-        missing_now.append("no free slot")
-    if need.cpu_units > free.cpu_units + CPU_EPSILON:
-        missing_now.append(f"{free.cpu_units:g} cpu units free")
-    if need.memory_mb > free.memory_mb:
-        missing_now.append(f"{free.memory_mb} MB free")
-    fits_ever = accepting and not missing_ever
-    fits_now = fits_ever and not missing_now
+    # The scheduler's rule (shared.placement_rules), given the whole capacity ("ever")
+    # and the room free now; shortfalls only name what fails, for the message.
+    whole = (capacity["slots"], capacity["cpu_units"], capacity["memory_mb"])
+    room = (free.slots, free.cpu_units, free.memory_mb)
+    fits_ever = fits(need.type, need.cpu_units, need.memory_mb, accepting, worker["task_types"],
+                     *whole)  # fmt: skip
+    fits_now = fits_ever and fits(need.type, need.cpu_units, need.memory_mb, accepting,
+                                  worker["task_types"], *room)  # fmt: skip
+    no_type, no_slots, small_cpu, small_memory = shortfalls(
+        need.type, need.cpu_units, need.memory_mb, worker["task_types"], *whole
+    )
+    missing_ever = [
+        text
+        for short, text in (
+            (no_type, f"does not run {need.type!r}"),
+            (no_slots, "has no slots"),
+            (small_cpu, f"has {capacity['cpu_units']:g} cpu units in all"),
+            (small_memory, f"has {capacity['memory_mb']} MB in all"),
+        )
+        if short
+    ]
+    _, no_slot_free, cpu_busy, memory_busy = shortfalls(
+        need.type, need.cpu_units, need.memory_mb, worker["task_types"], *room
+    )
+    missing_now = [
+        text
+        for short, text in (
+            (no_slot_free, "no free slot"),
+            (cpu_busy, f"{free.cpu_units:g} cpu units free"),
+            (memory_busy, f"{free.memory_mb} MB free"),
+        )
+        if short
+    ]
     why_not = None
     if not accepting:
         why_not = "draining: takes no new job"

@@ -3,14 +3,17 @@ per job, bounded; a dry run changes nothing; bad input is a 422 that changes not
 
 from __future__ import annotations
 
+import asyncio
+import json
 import uuid
 
 import asyncpg
 import httpx
 import pytest
 
+from shared.jobs.bulk import CHUNK
 from shared.schemas import BULK_MAX_JOBS
-from tests.conftest import OTHER_SUBMITTER_KEY, SUBMITTER_KEY, VIEWER_KEY, auth
+from tests.conftest import OTHER_SUBMITTER_KEY, SUBMITTER_KEY, VIEWER_KEY, auth, wait_for
 
 # Jobs that wait for their time: nothing runs them while a test looks.
 LATER = "2999-01-01T00:00:00Z"
@@ -203,3 +206,71 @@ async def test_the_name_prefix_filters_as_the_list_does(
     assert (answer["matched"], answer["changed"]) == (2, 2)
     now = await statuses(db)
     assert [now[j["id"]] for j in nightly] == ["cancelled"] * 2 and now[other["id"]] == "pending"
+
+
+async def test_a_chunk_that_deadlocks_stops_the_call_and_says_what_stays_done(
+    client: httpx.AsyncClient, db: asyncpg.Connection, database_url: str
+) -> None:
+    """A real deadlock in the second chunk (another transaction holds a job of it and
+    then waits for one the bulk call already changed): that chunk is rolled back, the
+    first stays committed, the answer and the job.bulk row say exactly so, and sending
+    the request again does the rest."""
+    r = await client.post(
+        "/jobs/batch", json={"jobs": [{"type": "demo.echo", "run_at": LATER}] * (CHUNK + 50)}
+    )
+    assert r.status_code == 201, r.text
+    order = [row["id"] for row in await db.fetch("SELECT id FROM jobs ORDER BY created_at, id")]
+    first_of_chunk_1, held = order[CHUNK], order[CHUNK + 20]
+    other = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        # Only the bulk call's backend may detect the cycle (after its deadlock_timeout,
+        # 1 s): this one's check would come much later, and it gives up on its own.
+        await other.execute("SET deadlock_timeout = '60s'; SET lock_timeout = '20s'")
+        tx = other.transaction()
+        await tx.start()
+        await other.execute("SELECT 1 FROM jobs WHERE id = $1 FOR UPDATE", held)
+        call = asyncio.create_task(
+            client.post("/jobs/bulk", json={"action": "cancel", "filter": {"type": "demo.echo"}})
+        )
+
+        async def bulk_waits_for_the_held_row() -> bool:
+            return bool(
+                await db.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND wait_event_type = 'Lock' AND pid <> $1",
+                    other.get_server_pid(),
+                )
+            )
+
+        await wait_for(bulk_waits_for_the_held_row, timeout=30, interval=0.01,
+                       what="the bulk call to wait for the held row")  # fmt: skip
+        # The bulk call has changed first_of_chunk_1 (in its uncommitted chunk): wanting
+        # it closes the cycle.
+        closing = asyncio.create_task(
+            other.execute("SELECT 1 FROM jobs WHERE id = $1 FOR UPDATE", first_of_chunk_1)
+        )
+        answer = await asyncio.wait_for(call, timeout=30)
+        await asyncio.wait_for(closing, timeout=30)
+        await tx.rollback()
+    finally:
+        await other.close()
+    assert answer.status_code == 503, answer.text
+    assert answer.headers["Retry-After"]
+    body = answer.json()
+    assert body["partial"] is True
+    assert (body["matched"], body["changed"], body["skipped"]) == (CHUNK + 50, CHUNK, 0)
+    assert (body["not_acted_on"], body["in_doubt"]) == (50, 0)
+    assert f"{CHUNK} jobs were changed and committed" in body["detail"]
+    assert "DeadlockDetectedError: deadlock detected" in body["detail"], body["detail"]
+    now = await statuses(db)
+    assert [now[str(i)] for i in order] == ["cancelled"] * CHUNK + ["pending"] * 50
+    assert len(await audit(db, "job.cancel")) == CHUNK
+    (summary,) = await audit(db, "job.bulk")
+    assert summary["outcome"] == "partial"
+    detail = json.loads(summary["detail"])
+    assert (detail["changed"], detail["not_acted_on"]) == (CHUNK, 50)
+    assert "Deadlock" in detail["error"]
+    # The same request again acts on the rest only.
+    again = await bulk(client, {"action": "cancel", "filter": {"type": "demo.echo"}})
+    assert (again["matched"], again["changed"], again["skipped"]) == (50, 50, 0)
+    assert set((await statuses(db)).values()) == {"cancelled"}

@@ -14,8 +14,9 @@ import asyncpg
 import httpx
 import pytest
 
-from services.scheduler.placement import Candidate, effective_priority
-from shared.jobs.why import effective_rank
+from services.scheduler.placement import Candidate, WorkerView, effective_priority, plan_placements
+from shared.jobs.why import _Need, judge_worker
+from shared.placement_rules import effective_rank
 from tests.conftest import VIEWER_KEY, auth
 
 
@@ -206,3 +207,26 @@ def test_effective_rank_is_placements_rule(waited: int, aging: float) -> None:
     for rank in range(4):
         job = Candidate(uuid.uuid4(), "t", rank, 1, 1, since, since)
         assert effective_rank(rank, since, now, aging) == effective_priority(job, now, aging)
+
+
+@pytest.mark.parametrize("state", ["alive", "draining"])
+@pytest.mark.parametrize("kind", ["t", "other"])
+def test_a_workers_fit_is_what_the_scheduler_places_by(state: str, kind: str) -> None:
+    """For needs around a worker's capacity and room (0.1 + 0.2 cpu units among them),
+    the why panel's fits_now / fits_ever are the scheduler's: the job is placed on the
+    worker exactly when fits_now, and only fits_ever workers are candidates at all."""
+    capacity = {"cpu_units": 1.0, "memory_mb": 1024, "slots": 2}
+    for used_cpu, used_memory, used_slots in [(0.0, 0, 0), (0.7, 512, 1), (0.1 + 0.2, 0, 2)]:
+        row = {"id": "w", "state": state, "task_types": ["t"], "capacity": capacity}
+        used = {"cpu_units": used_cpu, "memory_mb": used_memory, "slots": used_slots}
+        for cpu in (0.3, 0.7, 1.0, 1.5):
+            for memory in (512, 1024, 2048):
+                judged = judge_worker(row, used, _Need(kind, cpu, memory))
+                view = WorkerView("w", 1.0, 1024, 2, frozenset({"t"}), used_cpu, used_memory,
+                                  used_slots, accepting=state == "alive")  # fmt: skip
+                job = Candidate(uuid.uuid4(), kind, 2, cpu, memory, datetime.now(UTC))
+                assert judged.fits_ever == view.fits_when_empty(job), (used, cpu, memory)
+                assert judged.fits_now == view.fits_now(job), (used, cpu, memory)
+                plan = plan_placements([job], [view], now=datetime.now(UTC), aging_seconds=300)
+                assert bool(plan.placements) == judged.fits_now, (used, cpu, memory)
+                assert (job.id in plan.unfittable) == (not judged.fits_ever)

@@ -8,8 +8,12 @@ import os
 import subprocess
 import sys
 
+import httpx
+
 from switchyard import AsyncClient, Client, __version__
 from switchyard.cli import advice, options
+from switchyard.client import answer, retry_after
+from switchyard.display import safe
 from switchyard.errors import ApiError
 
 NOWHERE = "http://127.0.0.1:9"  # nothing listens on the discard port
@@ -41,7 +45,8 @@ def test_version_and_completion() -> None:
 
 
 def test_global_options_after_the_subcommand_win() -> None:
-    out = cli("--url", "http://127.0.0.1:1", "status", "x", "--url", NOWHERE, "--json")
+    job = "01a24155-6c5c-737c-a456-c60a52f74df5"
+    out = cli("--url", "http://127.0.0.1:1", "status", job, "--url", NOWHERE, "--json")
     assert out.returncode == 1
     assert f"cannot reach {NOWHERE}" in out.stderr and "--url or SWITCHYARD_URL" in out.stderr
     assert "Traceback" not in out.stderr
@@ -75,3 +80,48 @@ def test_the_async_client_has_every_method_of_the_client() -> None:
         }
 
     assert methods(AsyncClient) == methods(Client)
+
+
+def test_a_job_id_must_be_an_id_before_it_goes_into_a_path() -> None:
+    out = cli("cancel", "../workers", SWITCHYARD_URL=NOWHERE)
+    assert out.returncode == 2 and "'../workers' is not a job id" in out.stderr
+    with Client(NOWHERE) as sy:
+        for bad in ("../api-keys/me", "x?dependents=true", ""):
+            try:
+                sy.cancel(bad)
+            except ValueError as exc:
+                assert "is not a job id" in str(exc)
+            else:
+                raise AssertionError(f"{bad!r} accepted")
+
+
+def test_retry_after_is_read_safely() -> None:
+    def wait(header: str | None, attempt: int = 0) -> float:
+        headers = {"Retry-After": header} if header is not None else {}
+        return retry_after(httpx.Response(429, headers=headers), attempt, cap=30)
+
+    assert wait("2") == 2 and wait("1000") == 30  # capped
+    assert wait(None) == 0.5 and wait(None, 3) == 4  # a guess that grows
+    for odd in ("nan", "inf", "-5", "soon", "1e9"):
+        assert 0 <= wait(odd) <= 30, odd
+    assert wait("Wed, 21 Oct 2015 07:28:00 GMT") == 0  # a date in the past
+
+
+def test_answers_that_are_not_the_apis_are_api_errors() -> None:
+    page = httpx.Response(200, text="<html>portal</html>")
+    moved = httpx.Response(302, headers={"Location": "/x"})
+    listed = httpx.Response(500, json=["odd"])
+    for response in (page, moved, listed):
+        try:
+            answer(response)
+        except ApiError as exc:
+            assert exc.status == response.status_code
+        else:
+            raise AssertionError(response)
+
+
+def test_human_output_never_carries_control_characters() -> None:
+    hostile = "nap\x1b]52;c;Zm9v\x07\x1b[2J\r\x9bX"
+    shown = safe(hostile)
+    assert not any(ord(c) < 32 or 127 <= ord(c) < 160 for c in shown)
+    assert shown.startswith("nap\\x1b]52")

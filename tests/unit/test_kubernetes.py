@@ -30,11 +30,30 @@ OVERLAYS = ("dev", "production")
 KUBERNETES_VERSION = "1.29.0"
 KUBECTL = shutil.which("kubectl")
 
-kubectl_needed = pytest.mark.skipif(
-    KUBECTL is None,
-    reason="kubectl not found: install it (Debian: apt-get install kubernetes-client; "
-    ".ci/run does) to render deploy/kubernetes",
-)
+
+def kubectl_unusable() -> str | None:
+    """Why `kubectl kustomize` cannot render these manifests here, or None. The
+    overlays use components, `labels` and `replicas`: kustomize v4 or later, embedded in
+    kubectl from 1.21 on (Debian 12's kubernetes-client is 1.20, with kustomize v2)."""
+    if KUBECTL is None:
+        return (
+            "kubectl not found: install it (Debian: apt-get install kubernetes-client; "
+            ".ci/run does) to render deploy/kubernetes"
+        )
+    done = subprocess.run(
+        [KUBECTL, "version", "--client"], capture_output=True, text=True, timeout=30, check=False
+    )
+    found = re.search(r"Kustomize Version: v(\d+)", done.stdout)
+    if found is None or int(found[1]) < 4:
+        return (
+            f"{KUBECTL} embeds no kustomize v4+ ({done.stdout.strip()!r}): the overlays need "
+            "kubectl 1.21 or later"
+        )
+    return None
+
+
+UNUSABLE = kubectl_unusable()
+kubectl_needed = pytest.mark.skipif(UNUSABLE is not None, reason=UNUSABLE or "")
 Object = dict[str, Any]
 
 
@@ -65,8 +84,8 @@ def render_with_postgresql_scaler(tmp: Path) -> list[Object]:
 
 @pytest.fixture(scope="module")
 def renderings(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Object]]:
-    if KUBECTL is None:
-        pytest.skip("kubectl not found (apt-get install kubernetes-client)")
+    if UNUSABLE is not None:
+        pytest.skip(UNUSABLE)
     out = {name: kustomize(KUBERNETES / "overlays" / name) for name in OVERLAYS}
     out["production-postgresql-scaler"] = render_with_postgresql_scaler(
         tmp_path_factory.mktemp("pg-scaler")

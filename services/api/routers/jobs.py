@@ -201,7 +201,9 @@ async def bulk_route(
     1,000) jobs, oldest first (``truncated`` says more matched). Without a
     ``status`` filter, only the jobs the action applies to are selected; a submitter's
     filter selects only its own jobs. ``dry_run``: nothing changes, the counts are what
-    would happen now."""
+    would happen now. A chunk the database fails (a deadlock, an outage) stops the call:
+    503 (500 for anything else) with ``partial: true`` and the counts of what stays done;
+    sending it again is safe and acts on the rest."""
     criteria = body.filter
     selection = JobSelection(
         status=criteria.status,
