@@ -29,12 +29,14 @@ import asyncpg
 import httpx
 import psutil
 
+from bench.peers import Peers
+from bench.peers import report as report_peers
 from bench.scale import run_scale
 
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN = os.environ.get("TEST_DATABASE_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 KEY = "bench-admin-key"
-MEASURES = ("submit", "batch", "e2e", "latency", "saturation", "scale")
+MEASURES = ("submit", "batch", "e2e", "peers", "latency", "saturation", "scale")
 
 
 def free_port() -> int:
@@ -444,12 +446,20 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 [await batch_rate(stack.url, 5, 2000) for _ in range(runs)]
             )
             await wait_idle(stack)
-        if "e2e" in want:
-            e2e = [await end_to_end(stack, args.jobs, args.profile) for _ in range(runs)]
+        # Celery and Dramatiq on the same broker (bench/peers.py), interleaved with our
+        # own end-to-end runs: ours, Celery, Dramatiq, ``runs`` times; same job count.
+        e2e: list[tuple[float, dict[str, float]]] = []
+        async with Peers(enabled="peers" in want) as peers:
+            for _ in range(runs if want & {"e2e", "peers"} else 0):
+                if "e2e" in want:
+                    e2e.append(await end_to_end(stack, args.jobs, args.profile))
+                await peers.run_each(args.jobs)
+        if e2e:
             results["end_to_end_jobs_per_s"] = median_of([r for r, _ in e2e])
             results["cpu_ms_per_job"] = {
                 k: median_of([cpu[k] for _, cpu in e2e]) for k in e2e[0][1]
             }  # fmt: skip
+        results.update(peers.results(results.get("end_to_end_jobs_per_s")))
         keys = ("p50", "p95", "p99", "placed_p50", "placed_p99")
         if "latency" in want:
             # The target figure with a light load generator (aiohttp); the same runs
@@ -514,6 +524,7 @@ def report(r: dict[str, Any]) -> None:
             + ", ".join(f"{k} {v:.2f}" for k, v in cpu.items())
             + f"; total {sum(cpu.values()):.2f}"
         )
+    report_peers(r)
     for key, label in (
         ("latency_ms", "submit -> started"),
         ("latency_httpx_client_ms", "  the same, httpx load generator"),

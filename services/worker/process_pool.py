@@ -12,7 +12,14 @@ child is ours to SIGTERM / SIGKILL, to measure and to replace:
   attempt whose resident memory grows more than its ``memory_mb`` above the idle child's
   is killed (SIGKILL) and fails with ``exceeded memory_mb=N: peak M MB``;
 * a child that exits while it runs an attempt (a segfault, ``os._exit``, the memory
-  kill, a termination) fails only that attempt; the pool starts a replacement.
+  kill, a termination) fails only that attempt; the pool starts a replacement;
+* each child leads its own process group, and every signal goes to the group (only
+  while the child has not exited: after that its pid may be another process's), so
+  what a task forked is terminated with it; the reader waits on the child's exit as
+  well as on its pipe, which such a grandchild may hold open;
+* a pool that cannot start children (``MAX_START_FAILURES`` in a row: a task module
+  that fails to import in a child, no file descriptors left, ...) is *broken*: it says
+  so once (``on_broken``) and the worker stops, for its supervisor to restart it.
 
 The pool knows nothing of messages or reports: the worker gives each attempt an
 :class:`AttemptListener` and decides what is reported.
@@ -29,7 +36,7 @@ import signal
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection
+from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from typing import Any, Protocol
 from uuid import UUID
@@ -37,16 +44,21 @@ from uuid import UUID
 import psutil
 
 from services.worker import child as child_code
-from services.worker.runner import Outcome
+from services.worker.runner import Outcome, call_from_thread
 from switchyard import _child as child_entry
 
 log = logging.getLogger("switchyard.worker.pool")
 
 WATCH_INTERVAL = 0.1  # seconds between memory samples of the busy children
 START_TIMEOUT = 60.0  # seconds a new child may take to import the task modules
-# Children in a row that die before they are ready: the pool stops replacing them (a
-# module that fails to import in a child would otherwise fork forever).
+# Longest an attempt waits for a free child (a replacement starting, a terminated child
+# exiting): past it the attempt is handed back rather than wait on a pool gone wrong.
+ACQUIRE_TIMEOUT = START_TIMEOUT
+# Children in a row that could not be started or died before they were ready: the pool
+# stops replacing them (a module that fails to import in a child would otherwise fork
+# forever) and is broken.
 MAX_START_FAILURES = 3
+RESTART_DELAY = 0.1  # seconds before the next start after a failed one, doubled each time
 MB = 2**20
 
 
@@ -73,8 +85,9 @@ class Child:
     baseline_rss: int = 0
     peak_rss: int = 0  # above the baseline, this attempt
     ps: psutil.Process | None = None
-    terminating: bool = False  # SIGTERM sent: its outcome no longer counts, only its exit
-    memory_error: str | None = None
+    terminating: bool = False  # SIGTERM sent: only an outcome that is a success still counts
+    peak_reset: bool = False  # VmHWM was reset at this attempt's start: it is this attempt's
+    kill_reason: str | None = None  # why the pool killed it (memory, an unreadable message)
     timers: list[asyncio.TimerHandle] = field(default_factory=list)
 
     @property
@@ -83,8 +96,7 @@ class Child:
 
 
 def _memory(pid: int) -> tuple[int, int]:
-    """(resident, peak resident since the last reset) bytes of ``pid``: the kernel's
-    VmHWM catches a spike between two samples."""
+    """(resident, peak resident since the last reset: VmHWM) bytes of ``pid``."""
     rss = hwm = 0
     with open(f"/proc/{pid}/status", "rb") as f:
         for line in f:
@@ -92,14 +104,25 @@ def _memory(pid: int) -> tuple[int, int]:
                 rss = int(line.split()[1]) * 1024
             elif line.startswith(b"VmHWM:"):
                 hwm = int(line.split()[1]) * 1024
-    return rss, max(rss, hwm)
+    return rss, hwm
 
 
-def _reset_peak(pid: int) -> None:
-    """Reset the child's VmHWM to its current RSS (Linux >= 4.0), so the peak is this
-    attempt's; without it the sampled RSS alone counts."""
-    with contextlib.suppress(OSError), open(f"/proc/{pid}/clear_refs", "w") as f:
-        f.write("5")
+def attempt_peak(rss: int, hwm: int, *, peak_reset: bool) -> int:
+    """The peak resident bytes to hold against an attempt's limit: the kernel's VmHWM
+    catches a spike between two samples, but only once reset at the attempt's start;
+    otherwise it is the peak of an earlier attempt, and the sample alone counts."""
+    return max(rss, hwm) if peak_reset else rss
+
+
+def _reset_peak(pid: int) -> bool:
+    """Reset the child's VmHWM to its current RSS (Linux >= 4.0); whether it worked."""
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w") as f:
+            f.write("5")
+    except OSError as exc:
+        log.debug("cannot reset the peak memory of child %d (%r): sampled RSS only", pid, exc)
+        return False
+    return True
 
 
 def describe_exit(exitcode: int | None) -> str:
@@ -116,9 +139,18 @@ def describe_exit(exitcode: int | None) -> str:
 
 class ProcessPool:
     def __init__(
-        self, *, modules: list[str], size: int, kill_grace: float, demo_tasks: bool = False
+        self,
+        *,
+        modules: list[str],
+        size: int,
+        kill_grace: float,
+        demo_tasks: bool = False,
+        on_broken: Callable[[str], None] | None = None,
     ) -> None:
+        """``on_broken(reason)`` is called once, on the event loop, when the pool gives up
+        starting children."""
         self.modules = modules
+        self.on_broken = on_broken
         self.demo_tasks = demo_tasks
         self.size = size
         self.kill_grace = kill_grace
@@ -142,7 +174,7 @@ class ProcessPool:
         """Start ``size`` children and wait until each has imported the task modules."""
         self._loop = asyncio.get_running_loop()
         for _ in range(self.size):
-            await self._spawn()
+            self._spawn()
         self._watch = asyncio.create_task(self._watch_memory(), name="pool-watch")
         await self._wait(
             lambda: self._ready_count() >= self.size or self.broken is not None,
@@ -173,21 +205,65 @@ class ProcessPool:
         if self._watch is not None:
             self._watch.cancel()
 
-    async def _spawn(self) -> None:
+    def _spawn(self) -> None:
+        """Start one child (counted in ``_starting`` until it is in ``children``)."""
         loop = self._loop
         assert loop is not None
         self._starting += 1
-        try:
-            # Starting a process talks to the forkserver (and starts it the first time):
-            # not on the event loop.
-            new = await loop.run_in_executor(None, self._start_process)
-        finally:
-            self._starting -= 1
+        # Starting a process talks to the forkserver (and starts it the first time):
+        # not on the event loop.
+        loop.run_in_executor(None, self._start_process).add_done_callback(self._spawned)
+
+    def _spawned(self, started: asyncio.Future[Child]) -> None:
+        self._starting -= 1
+        exc = None if started.cancelled() else started.exception()
+        if exc is not None or started.cancelled():
+            # No file descriptor left (EMFILE), the forkserver gone: counted as a child
+            # that did not start, retried after a pause, until the pool is broken.
+            log.error("could not start a child process: %r", exc)
+            self._start_failed(f"a child process could not be started: {exc!r}")
+            return
+        new = started.result()
+        if new.gone:  # it died before this callback: its exit was counted already
+            self._replace()
+            return
         self.children.append(new)
         if self.closing:  # started while the pool closed: it leaves at once
             with contextlib.suppress(OSError):
                 new.inbox.send((child_code.EXIT,))
         self._changed.set()
+
+    def _replace(self) -> None:
+        """Start children until the pool has ``size`` again (unless it closes or is broken)."""
+        while (
+            not self.closing
+            and self.broken is None
+            and len(self.children) + self._starting < self.size
+        ):
+            self._spawn()
+
+    def _start_failed(self, what: str) -> None:
+        """A child could not be started or died before it was ready."""
+        self._start_failures += 1
+        self._changed.set()
+        if self._start_failures >= MAX_START_FAILURES:
+            self._break(
+                f"{self._start_failures} child processes in a row could not start (last: "
+                f"{what}); see the worker's log"
+            )
+            return
+        loop = self._loop
+        assert loop is not None
+        loop.call_later(RESTART_DELAY * 2 ** (self._start_failures - 1), self._replace)
+
+    def _break(self, reason: str) -> None:
+        if self.broken is not None:
+            return
+        self.broken = reason
+        log.error("process pool broken: %s; no more children are started", reason)
+        self._changed.set()  # attempts waiting for a child are handed back
+        if self.on_broken is not None:
+            self.on_broken(reason)
 
     def _start_process(self) -> Child:
         parent_in, child_out = self._context.Pipe(duplex=False)  # child -> parent
@@ -208,38 +284,57 @@ class ProcessPool:
         return new
 
     def _read_child(self, c: Child, conn: Connection) -> None:
-        """The child's messages to the loop, then its exit (this thread alone joins it)."""
-        while True:
+        """The child's messages to the loop, then its exit (this thread alone joins it).
+
+        It waits on the child's exit (its sentinel) as well as on the pipe: a process
+        the task forked holds the pipe open, so EOF may never come. A message that cannot
+        be read (not unpicklable here, a corrupt stream) ends the child: it is killed and
+        its attempt fails with the reason, rather than leave an attempt that never ends.
+        """
+        sentinel = c.process.sentinel
+        while conn in wait([conn, sentinel]):  # what the child sent before it exited first
             try:
                 item = conn.recv()
             except (EOFError, OSError):
                 break
+            except Exception as exc:
+                c.kill_reason = f"its message to the worker could not be read: {exc!r}"
+                log.error("child %d: %s; killing it", c.pid, c.kill_reason)
+                self._signal(c, signal.SIGKILL)
+                break
             self._to_loop(self._on_message, c, item)
         conn.close()
         c.process.join()
+        # What the task forked and left behind dies with it. Safe after the exit: a
+        # group id stays reserved while a member lives, and with none left there is
+        # nothing to find (a new group under this id in this very moment would need
+        # the pid counter to wrap around to it).
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(c.pid, signal.SIGKILL)
         self._to_loop(self._on_exit, c, c.process.exitcode)
 
     def _to_loop(self, callback: Callable[..., None], *args: Any) -> None:
-        loop = self._loop
-        if loop is None or loop.is_closed():
-            return
-        with contextlib.suppress(RuntimeError):  # the loop closed between check and call
-            loop.call_soon_threadsafe(callback, *args)
+        call_from_thread(self._loop, callback, *args)
 
     # ------------------------------------------------------------ attempts
 
-    async def acquire(self) -> Child:
-        """An idle ready child (waits while replacements start)."""
-        while True:
-            for c in self.children:
-                if c.ready and c.job is None and not c.terminating and not c.gone:
-                    return c
-            if self.closing:
-                raise RuntimeError("the process pool is closing")
-            if self.broken is not None:
-                raise RuntimeError(self.broken)
-            self._changed.clear()
-            await self._changed.wait()
+    async def acquire(self, timeout: float = ACQUIRE_TIMEOUT) -> Child:
+        """An idle ready child (waits while replacements start, ``timeout`` at most:
+        then TimeoutError; RuntimeError when the pool closes or is broken)."""
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    for c in self.children:
+                        if c.ready and c.job is None and not c.terminating and not c.gone:
+                            return c
+                    if self.closing:
+                        raise RuntimeError("the process pool is closing")
+                    if self.broken is not None:
+                        raise RuntimeError(self.broken)
+                    self._changed.clear()
+                    await self._changed.wait()
+        except TimeoutError:
+            raise TimeoutError(f"no child process was free within {timeout:g} s") from None
 
     def run(
         self,
@@ -255,11 +350,12 @@ class ProcessPool:
         c.job = (job_id, attempt)
         c.listener = listener
         c.memory_limit_mb = memory_mb
-        c.memory_error = None
+        c.kill_reason = None
         c.peak_rss = 0
+        c.peak_reset = False
         try:
             c.baseline_rss, _ = _memory(c.pid)
-            _reset_peak(c.pid)
+            c.peak_reset = _reset_peak(c.pid)
             c.ps = psutil.Process(c.pid)
             c.ps.cpu_percent(interval=None)  # the first call starts the measurement
         except (OSError, psutil.Error):
@@ -290,9 +386,21 @@ class ProcessPool:
         c.timers.append(loop.call_later(self.kill_grace, self._signal, c, signal.SIGKILL))
 
     def _signal(self, c: Child, sig: int) -> None:
-        if not c.gone and c.pid:
+        """Signal the child's process group (what its task forked too), only while the
+        child has not exited: its pid may be another process's once it is reaped."""
+        if not c.pid or self._exited(c):
+            return
+        try:
+            os.killpg(c.pid, sig)
+        except ProcessLookupError:  # still starting: not yet the leader of its group
             with contextlib.suppress(ProcessLookupError):
                 os.kill(c.pid, sig)
+
+    @staticmethod
+    def _exited(c: Child) -> bool:
+        # The sentinel is readable once the child has exited (it is not read here: the
+        # reader thread's join reads the exit code from it).
+        return c.gone or bool(wait([c.process.sentinel], 0))
 
     def _on_message(self, c: Child, item: tuple[Any, ...]) -> None:
         kind = item[0]
@@ -308,13 +416,17 @@ class ProcessPool:
             listener.on_log(item[1], item[2], item[3])
         elif kind == child_code.PROGRESS:
             listener.on_progress(item[1], item[2], item[3])
-        elif kind == child_code.OUTCOME and not c.terminating:
-            # A terminated child's outcome does not count: its exit ends the attempt.
+        elif kind == child_code.OUTCOME and c.job is not None:
+            outcome = Outcome(**item[1])
+            if c.terminating and not outcome.ok:
+                return  # the interrupted attempt ends with its child's exit
+            # A success stands even when a timeout or cancel came at the same moment:
+            # the child sends "ok" only for an attempt that ended before SIGTERM.
             c.listener = None
             c.job = None
             c.ps = None
             self._changed.set()
-            listener.on_end(Outcome(**item[1]))
+            listener.on_end(outcome)
 
     def _on_exit(self, c: Child, exitcode: int | None) -> None:
         c.gone = True
@@ -325,32 +437,17 @@ class ProcessPool:
         c.inbox.close()
         listener, c.listener, c.job = c.listener, None, None
         if listener is not None:
-            error = c.memory_error or describe_exit(exitcode)
-            if not c.terminating and not c.memory_error:
+            error = c.kill_reason or describe_exit(exitcode)
+            if not c.terminating and not c.kill_reason:
                 log.warning("child %d died running an attempt: %s", c.pid, error)
             listener.on_end(Outcome(ok=False, error=error))
         elif not self.closing:
             log.warning("idle child %d exited: %s", c.pid, describe_exit(exitcode))
-        if not c.ready:
-            self._start_failures += 1
-            if self._start_failures >= MAX_START_FAILURES:
-                self.broken = (
-                    f"{self._start_failures} child processes in a row died before they were "
-                    f"ready (last: {describe_exit(exitcode)}); see the worker's log"
-                )
-                log.error("process pool: %s; no more are started", self.broken)
         self._changed.set()
-        if (
-            not self.closing
-            and self.broken is None
-            and len(self.children) + self._starting < self.size
-        ):
-            task = asyncio.ensure_future(self._spawn())
-            task.add_done_callback(self._spawned)
-
-    def _spawned(self, task: asyncio.Future[None]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            log.error("could not start a replacement child: %r", task.exception())
+        if not c.ready and not self.closing:
+            self._start_failed(f"a child died before it was ready: {describe_exit(exitcode)}")
+        else:
+            self._replace()
 
     # ------------------------------------------------------------ measuring
 
@@ -358,22 +455,21 @@ class ProcessPool:
         while True:
             await asyncio.sleep(WATCH_INTERVAL)
             for c in self.children:
-                if c.job is not None and not c.gone and c.memory_error is None:
+                if c.job is not None and not c.gone and c.kill_reason is None:
                     self._check_memory(c)
 
     def _check_memory(self, c: Child) -> None:
         try:
-            _, peak = _memory(c.pid)
+            rss, hwm = _memory(c.pid)
         except (OSError, ValueError):
             return  # exiting: its reader thread reports it
+        peak = attempt_peak(rss, hwm, peak_reset=c.peak_reset)
         c.peak_rss = max(c.peak_rss, peak - c.baseline_rss)
         limit = c.memory_limit_mb * MB
         if c.peak_rss > limit:
-            c.memory_error = (
-                f"exceeded memory_mb={c.memory_limit_mb}: peak {c.peak_rss / MB:.0f} MB"
-            )
+            c.kill_reason = f"exceeded memory_mb={c.memory_limit_mb}: peak {c.peak_rss / MB:.0f} MB"
             log.warning("job %s attempt %s: %s; killing its process", *c.job or ("?", "?"),
-                        c.memory_error)  # fmt: skip
+                        c.kill_reason)  # fmt: skip
             self._signal(c, signal.SIGKILL)
 
     def usage(self) -> list[tuple[Child, float, float]]:

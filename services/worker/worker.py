@@ -15,7 +15,9 @@
 * Process isolation (``@task(isolation="process")`` or ``--isolation process``): the
   attempt runs in a warm child of ``ProcessPool`` instead; a timeout or cancel
   terminates the child (SIGTERM, SIGKILL after ``cancel_grace_seconds``) and the attempt
-  ends when it has exited, so nothing is ever stuck; its memory is a limit.
+  ends when it has exited, so nothing is ever stuck; its memory is a limit. A pool that
+  can no longer start children stops the worker (exit code 1, for its supervisor to
+  restart it) rather than hand its process attempts back for ever.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ import psutil
 from pydantic import ValidationError
 
 from services.worker.process_pool import Child, ProcessPool
-from services.worker.runner import Outcome, run_task
+from services.worker.runner import Outcome, call_from_thread, run_task
 from shared.broker import Broker, Consumer, Delivery, Topology
 from shared.catalog import announce_task_types
 from shared.db import create_engine, create_sessionmaker
@@ -135,6 +137,7 @@ class Worker:
         self._consumer: Consumer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._idle = asyncio.Event()
+        self._stop_serving: asyncio.Event | None = None  # while serving: set, it stops the worker
         self._process = psutil.Process()
         self.crashed = False
         self.isolation = isolation
@@ -145,6 +148,7 @@ class Worker:
                 demo_tasks=demo_tasks,
                 size=threads,
                 kill_grace=settings.cancel_grace_seconds,
+                on_broken=self._pool_broken,
             )
 
     def isolation_of(self, definition: TaskDefinition) -> str:
@@ -170,6 +174,7 @@ class Worker:
         self.executor.shutdown(wait=False, cancel_futures=True)
 
     async def _serve(self, stop: asyncio.Event) -> None:
+        self._stop_serving = stop
         async with self.broker:
             publisher = self.outbox.start()
             heartbeat = asyncio.create_task(self._heartbeats(), name="heartbeat")
@@ -213,6 +218,22 @@ class Worker:
         self.crashed = True
         stop.set()
 
+    def _pool_broken(self, reason: str) -> None:
+        """The process pool can start no more children. Handing its attempts back would
+        bounce them here every cycle (each dispatch handed back unrun), and offering only
+        the thread tasks would leave process tasks waiting in silence: stop instead (exit
+        code 1), as for a dead background task; a restarted worker gets a new pool, or
+        says at start why it cannot (exit code 2)."""
+        if self._stop_serving is None:  # still starting: ``run`` reports it as a startup error
+            return
+        log.critical(
+            "process-isolated tasks cannot run on this worker: %s; stopping the worker "
+            "(its supervisor restarts it)",
+            reason,
+        )
+        self.crashed = True
+        self._stop_serving.set()
+
     async def announce(self) -> None:
         """Write this worker's task types into ``task_types`` so the API accepts them."""
         engine = create_engine(self.settings, pool_size=1)
@@ -247,7 +268,8 @@ class Worker:
         for run in list(self.running.values()):
             # Hand the job back: it goes to another worker without using up an attempt
             # of its retry budget (the attempt number still moves on: fencing holds).
-            run.ctx.cancelled.set()
+            if run.isolation == "thread":
+                run.ctx.cancelled.set()  # a child's flag is its own: SIGTERM sets it
             reason = (
                 f"worker {self.worker_id} shut down before the attempt finished "
                 f"(grace {self.settings.worker_grace_seconds:g} s)"
@@ -336,7 +358,11 @@ class Worker:
         else:
             future = self.executor.submit(run_task, definition, run.ctx, dispatch.payload)
             run.future = future
-            future.add_done_callback(lambda f: self._from_thread(self._finished, run, f))
+            future.add_done_callback(
+                lambda f: self._from_thread(
+                    self._attempt_ended, run, None if f.cancelled() else f.result()
+                )
+            )
         if dispatch.timeout_seconds:
             run.timers.append(loop.call_later(dispatch.timeout_seconds, self._time_out, run))
 
@@ -399,11 +425,7 @@ class Worker:
 
     def _from_thread(self, callback: Any, *args: Any) -> None:
         """Hand a task thread's news to the event loop (dropped once the worker has exited)."""
-        loop = self._loop
-        if loop is None or loop.is_closed():
-            return
-        with contextlib.suppress(RuntimeError):  # the loop closed between check and call
-            loop.call_soon_threadsafe(callback, *args)
+        call_from_thread(self._loop, callback, *args)
 
     def _progress(self, key: tuple[UUID, int], update: JobProgress) -> None:
         run = self.running.get(key)
@@ -456,15 +478,21 @@ class Worker:
         self._report_end(run, self._end_report(run, None))
         self.stuck[run.key] = run
 
-    def _finished(self, run: Running, future: Future[Outcome]) -> None:
+    def _attempt_ended(self, run: Running, outcome: Outcome | None) -> None:
+        """An attempt's thread returned, or its child ended it (its outcome, or its exit
+        as a failed one): report its end, or free the resources of one reported already."""
         for timer in run.timers:
             timer.cancel()
-        if run.reported:  # a stuck thread finally returned: free its resources
+        run.child = None
+        if run.reported:
+            # A stuck thread finally returned, or the child of an attempt handed back by
+            # the drain has exited: its cpu, memory and slot are free now.
             self.stuck.pop(run.key, None)
-            log.info("stuck thread of job %s attempt %d returned", *run.key)
-            self._send_heartbeat()
+            log.info("job %s attempt %d: its %s ended after its end was reported",
+                     *run.key, run.isolation)  # fmt: skip
+            if self.state != "stopped":
+                self._send_heartbeat()
             return
-        outcome = future.result()
         if run.pending_progress is not None:
             self._emit(run.pending_progress)
             run.pending_progress = None
@@ -496,20 +524,6 @@ class Worker:
         reason = f"worker {self.worker_id} could not start it in a child process: {exc!r}"
         self._report_end(run, self._report(run.dispatch, "handed_back", error=reason))
 
-    def _child_finished(self, run: Running, outcome: Outcome) -> None:
-        for timer in run.timers:
-            timer.cancel()
-        run.child = None
-        if run.reported:  # handed back by the drain; its child is now gone: free it all
-            self.stuck.pop(run.key, None)
-            if self.state != "stopped":
-                self._send_heartbeat()
-            return
-        if run.pending_progress is not None:
-            self._emit(run.pending_progress)
-            run.pending_progress = None
-        self._report_end(run, self._end_report(run, outcome))
-
     def _report(self, dispatch: JobDispatch, status: str, **fields: Any) -> JobStatusReport:
         """This worker's report on one attempt. What the schema refuses (a result the
         runner let through, say) fails the attempt with the reason, rather than leave
@@ -537,6 +551,11 @@ class Worker:
         def report(status: str, **fields: Any) -> JobStatusReport:
             return self._report(run.dispatch, status, **fields)
 
+        if run.isolation == "process" and outcome is not None and outcome.ok:
+            # The child sends a success only for an attempt that ended before its
+            # SIGTERM: a timeout or cancel that came at that moment finds it done (as a
+            # thread's does when its future is done) and does not throw it away.
+            return report("completed", result=outcome.result)
         if run.timed_out:
             timeout = run.dispatch.timeout_seconds or 0
             return report("failed", timed_out=True, error=f"timed out after {timeout:g} s")
@@ -650,4 +669,4 @@ class _ChildListener:
         self._progress(done, total, message)
 
     def on_end(self, outcome: Outcome) -> None:
-        self.worker._child_finished(self.run, outcome)
+        self.worker._attempt_ended(self.run, outcome)

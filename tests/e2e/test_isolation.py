@@ -7,6 +7,7 @@ from __future__ import annotations
 import signal
 import time
 from datetime import datetime
+from pathlib import Path
 
 import psutil
 import pytest
@@ -189,3 +190,47 @@ def test_heartbeats_carry_each_process_attempts_usage(stack: Stack, settings: ob
     assert 0 <= usage.rss_mb < 32  # demo.cpu allocates next to nothing
     stack.http.patch(f"/jobs/{job['id']}/cancel")
     stack.wait_status(job["id"], "cancelled", timeout=5)
+
+
+# A task module that imports in the worker, then no more: its task kills the pool's
+# forkserver (the next one imports the modules afresh) after it made the import fail.
+BREAKING_TASKS = """
+import os
+import signal
+from typing import Any
+
+from switchyard import TaskContext, TaskRegistry
+
+FLAG = os.environ["BREAKING_TASKS_FLAG"]
+if os.path.exists(FLAG):
+    raise ImportError("breaking_tasks: the test made this module fail to import")
+
+registry = TaskRegistry()
+
+
+@registry.task("breaking.break_pool", isolation="process", max_attempts=1)
+def break_pool(ctx: TaskContext, payload: dict[str, Any]) -> None:
+    open(FLAG, "w").close()
+    os.kill(os.getppid(), signal.SIGKILL)  # the forkserver this child was forked from
+    os._exit(3)
+"""
+
+
+def test_a_pool_that_cannot_start_children_stops_the_worker(stack: Stack, tmp_path: Path) -> None:
+    (tmp_path / "breaking_tasks.py").write_text(BREAKING_TASKS)
+    env = {
+        "PYTHONPATH": str(tmp_path),
+        "BREAKING_TASKS_FLAG": str(tmp_path / "broken"),
+        "SWITCHYARD_WORKER_TASKS": "breaking_tasks",
+    }
+    worker = stack.start("worker", "--worker-id", "w1", "--threads", "1", env=env)
+    stack.wait_for(lambda: stack.worker_alive("w1"), what="worker registered", proc=worker)
+    job = stack.submit({"type": "breaking.break_pool"})
+    # Its replacements cannot import the module: the pool is broken and the worker
+    # stops (exit code 1, for its supervisor to restart it) rather than take process
+    # attempts only to hand them back every scheduling cycle.
+    assert worker.wait(timeout=30) == 1
+    output = worker.output()
+    assert "process-isolated tasks cannot run on this worker: 3 child processes in a row" in output
+    assert stack.job(job["id"])["status"] == "failed"
+    stack.wait_for(lambda: not stack.worker_alive("w1"), what="the worker gone")

@@ -5,8 +5,11 @@ where they enter; the process pool's children really are killed, measured and re
 from __future__ import annotations
 
 import asyncio
+import resource
+import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -14,7 +17,7 @@ import pytest
 from pydantic import ValidationError
 
 from services.worker.__main__ import build_worker, parse_args
-from services.worker.process_pool import ProcessPool
+from services.worker.process_pool import ProcessPool, _reset_peak, attempt_peak
 from services.worker.runner import Outcome
 from shared.settings import Settings
 from switchyard.errors import TaskDefinitionError
@@ -94,9 +97,11 @@ class Recorder:
         self.progress: list[tuple[float, float | None]] = []
         self.outcome: Outcome | None = None
         self.ended = asyncio.Event()
+        self.logged = asyncio.Event()
 
     def on_log(self, seq: int, level: str, message: str) -> None:
         self.logs.append(f"{seq} {level} {message}")
+        self.logged.set()
 
     def on_progress(self, done: float, total: float | None, message: str | None) -> None:
         self.progress.append((done, total))
@@ -182,3 +187,187 @@ async def test_a_payload_of_megabytes_crosses_without_blocking(pool: ProcessPool
     payload = {"blob": "x" * 1_500_000}  # far over a pipe's buffer, under MAX_RESULT_BYTES
     rec, _ = await run_in(pool, "demo.echo", payload)
     assert rec.outcome == Outcome(ok=True, result=payload)
+
+
+# ------------------------------------------------------------ the pool's hard cases
+
+# Tasks that do to a child what a careless or hostile task can: a module written for
+# these tests only (children import it by name, with the test's sys.path).
+PROBE_TASKS = '''
+import gc
+import os
+import time
+from multiprocessing.connection import Connection
+from typing import Any
+
+from switchyard import TaskContext, TaskRegistry
+
+registry = TaskRegistry()
+
+
+def _explode() -> None:
+    raise RuntimeError("this value cannot be unpickled here")
+
+
+class Unpicklable(float):
+    """Pickles fine in the child; unpickling it (in the worker) raises."""
+
+    def __reduce__(self) -> Any:
+        return (_explode, ())
+
+
+@registry.task("probe.odd_progress")
+def odd_progress(ctx: TaskContext, payload: dict[str, Any]) -> dict[str, bool]:
+    ctx.progress(Unpicklable(1.0), Unpicklable(2.0), "half")
+    return {"ok": True}
+
+
+@registry.task("probe.corrupt_pipe")
+def corrupt_pipe(ctx: TaskContext, payload: dict[str, Any]) -> None:
+    for obj in gc.get_objects():  # the child's end of its pipe to the worker
+        if isinstance(obj, Connection) and not obj.closed and obj.writable:
+            obj.send_bytes(b"not a pickle")
+    while True:
+        time.sleep(0.05)
+
+
+@registry.task("probe.fork")
+def fork(ctx: TaskContext, payload: dict[str, Any]) -> None:
+    """Leaves a grandchild that holds the child's pipe open, then exits or runs away."""
+    pid = os.fork()
+    if pid == 0:
+        time.sleep(120)
+        os._exit(0)
+    ctx.log.info("%d", pid)
+    if payload.get("exit"):
+        os._exit(3)
+    while True:
+        time.sleep(0.05)
+'''
+
+
+@pytest.fixture(scope="module")
+def probe_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("probe")
+    (directory / "isolation_probe_tasks.py").write_text(PROBE_TASKS)
+    return directory
+
+
+@pytest.fixture
+async def probe_pool(
+    probe_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[ProcessPool]:
+    monkeypatch.syspath_prepend(str(probe_dir))
+    p = ProcessPool(modules=[*MODULES, "isolation_probe_tasks"], size=1, kill_grace=1.0)
+    await p.start()
+    try:
+        yield p
+    finally:
+        await p.close()
+
+
+async def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll (another process's exit has no event to wait on) until ``condition``."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"not within {timeout} s: {what}")
+        await asyncio.sleep(0.01)
+
+
+def gone(pid: int) -> bool:
+    return not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
+
+
+async def test_progress_of_odd_types_crosses_as_plain_numbers(probe_pool: ProcessPool) -> None:
+    rec, _ = await run_in(probe_pool, "probe.odd_progress", {})
+    assert rec.outcome == Outcome(ok=True, result={"ok": True})
+    assert rec.progress == [(1.0, 2.0)]
+
+
+async def test_a_message_that_cannot_be_read_ends_the_child(probe_pool: ProcessPool) -> None:
+    rec, pid = await run_in(probe_pool, "probe.corrupt_pipe", {})
+    assert rec.outcome is not None and rec.outcome.error is not None
+    assert rec.outcome.error.startswith("its message to the worker could not be read: Unpick")
+    assert gone(pid)
+    fine, _ = await run_in(probe_pool, "demo.echo", {"x": 1})  # the replacement serves
+    assert fine.outcome == Outcome(ok=True, result={"x": 1})
+
+
+@pytest.mark.parametrize("how", ["exit", "terminate"])
+async def test_a_forked_grandchild_neither_hides_the_exit_nor_outlives_it(
+    probe_pool: ProcessPool, how: str
+) -> None:
+    rec, pid = await run_in(probe_pool, "probe.fork", {"exit": how == "exit"}, wait=False)
+    await asyncio.wait_for(rec.logged.wait(), timeout=10)
+    grandchild = int(rec.logs[0].split()[-1])
+    if how == "terminate":
+        (child,) = [c for c in probe_pool.children if c.pid == pid]
+        probe_pool.terminate(child)
+    await asyncio.wait_for(rec.ended.wait(), timeout=5)  # the grandchild holds the pipe
+    assert rec.outcome is not None
+    if how == "exit":
+        assert rec.outcome.error == "the attempt's process exited with code 3"
+    await wait_until(lambda: gone(grandchild), 5, "the grandchild killed with its group")
+
+
+def main_thread_state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
+async def test_a_success_that_meets_its_termination_is_kept(pool: ProcessPool) -> None:
+    child = await pool.acquire()
+    rec = Recorder()
+    pool.run(child, job_id=uuid.uuid4(), attempt=1, task_type="sample.count",
+             payload={"loops": 3_000_000}, memory_mb=64, listener=rec)  # fmt: skip
+    # Hold the event loop (the outcome cannot be handled) until the child has run the
+    # task (its main thread busy) and sent its outcome (back to waiting for the next).
+    seen_busy, deadline = False, time.monotonic() + 20
+    while time.monotonic() < deadline:
+        state = main_thread_state(child.pid)
+        seen_busy = seen_busy or state == "R"
+        if seen_busy and state == "S":
+            break
+    else:
+        pytest.fail("the child did not finish its attempt")
+    pool.terminate(child)  # the timeout fires as the outcome is on its way
+    await asyncio.wait_for(rec.ended.wait(), timeout=10)
+    assert rec.outcome is not None and rec.outcome.ok, rec.outcome
+
+
+async def test_acquire_gives_up_after_its_deadline(pool: ProcessPool) -> None:
+    for _ in range(2):
+        await run_in(pool, "sample.runaway", {}, wait=False)
+    with pytest.raises(TimeoutError, match=r"no child process was free within 0\.3 s"):
+        await pool.acquire(timeout=0.3)
+
+
+async def test_children_that_cannot_be_started_break_the_pool() -> None:
+    broken: list[str] = []
+    pool = ProcessPool(modules=MODULES, size=1, kill_grace=0.5, on_broken=broken.append)
+    await pool.start()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        child = await pool.acquire()
+        # No new file descriptor from here on (EMFILE): no pipe for a new child.
+        resource.setrlimit(resource.RLIMIT_NOFILE, (3, hard))
+        rec = Recorder()
+        pool.run(child, job_id=uuid.uuid4(), attempt=1, task_type="sample.crash",
+                 payload={"how": "exit"}, memory_mb=64, listener=rec)  # fmt: skip
+        # Without a limit on its wait, this would wait for ever for a child.
+        with pytest.raises(RuntimeError, match="3 child processes in a row could not start"):
+            await asyncio.wait_for(pool.acquire(), timeout=10)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        await pool.close()
+    assert rec.outcome == Outcome(ok=False, error="the attempt's process exited with code 3")
+    assert broken == [pool.broken] and "Too many open files" in broken[0]
+
+
+async def test_the_peak_counts_only_when_reset_for_the_attempt(pool: ProcessPool) -> None:
+    assert attempt_peak(100, 500, peak_reset=True) == 500
+    assert attempt_peak(100, 500, peak_reset=False) == 100  # an earlier attempt's peak
+    child = await pool.acquire()
+    assert _reset_peak(child.pid) is True
+    assert _reset_peak(2**22 + 1) is False  # no such process: the peak stays unknown

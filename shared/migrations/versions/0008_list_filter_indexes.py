@@ -25,16 +25,34 @@ NAMED = sa.text("name IS NOT NULL")
 
 
 def upgrade() -> None:
-    op.create_index("jobs_priority_created_idx", "jobs", ["priority", "created_at", "id"])
-    op.create_index(
-        "jobs_name_prefix_idx",
-        "jobs",
-        ["name"],
-        postgresql_ops={"name": "text_pattern_ops"},
-        postgresql_where=NAMED,
-    )
+    # CONCURRENTLY: at millions of jobs a plain CREATE INDEX blocks every write to jobs
+    # (submits, claims, heartbeats' updates) for the whole build. It cannot run inside a
+    # transaction, hence the autocommit block (what ran before it is committed first).
+    # A build that failed half way leaves an INVALID index of the same name: dropped
+    # first, so running the upgrade again repairs it.
+    with op.get_context().autocommit_block():
+        for name in ("jobs_priority_created_idx", "jobs_name_prefix_idx"):
+            op.drop_index(name, table_name="jobs", postgresql_concurrently=True, if_exists=True)
+        op.create_index(
+            "jobs_priority_created_idx",
+            "jobs",
+            ["priority", "created_at", "id"],
+            postgresql_concurrently=True,
+        )
+        op.create_index(
+            "jobs_name_prefix_idx",
+            "jobs",
+            ["name"],
+            postgresql_ops={"name": "text_pattern_ops"},
+            postgresql_where=NAMED,
+            postgresql_concurrently=True,
+        )
 
 
 def downgrade() -> None:
-    op.drop_index("jobs_name_prefix_idx", table_name="jobs", postgresql_where=NAMED)
-    op.drop_index("jobs_priority_created_idx", table_name="jobs")
+    with op.get_context().autocommit_block():
+        op.drop_index(
+            "jobs_name_prefix_idx", table_name="jobs", postgresql_where=NAMED,
+            postgresql_concurrently=True,
+        )  # fmt: skip
+        op.drop_index("jobs_priority_created_idx", table_name="jobs", postgresql_concurrently=True)
