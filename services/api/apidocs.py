@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from datetime import datetime
 from importlib.resources import files
-from os import PathLike
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
@@ -28,11 +27,10 @@ from fastapi import FastAPI
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, Response
-from starlette.staticfiles import StaticFiles
-from starlette.types import Scope
+from starlette.responses import HTMLResponse
 
 from services.api.routers.stream import MAX_REPLAY_JOBS, POLICY_VIOLATION, REPLAY_BYTES
+from services.api.static import StaticFilesWithHeaders
 from shared.states import JobStatus
 
 ASSETS_PATH = "/docs/assets"
@@ -40,22 +38,6 @@ ASSETS_PATH = "/docs/assets"
 ASSETS_MAX_AGE = 86_400
 STREAM_PATH = "/jobs/stream"
 STREAM_TAG = "stream"
-
-
-class CacheableStaticFiles(StaticFiles):
-    """StaticFiles (ETag, Last-Modified, 304) that also lets browsers and proxies keep
-    the files a while."""
-
-    def file_response(
-        self,
-        full_path: str | PathLike[str],
-        stat_result: Any,
-        scope: Scope,
-        status_code: int = 200,
-    ) -> Response:
-        response = super().file_response(full_path, stat_result, scope, status_code)
-        response.headers["cache-control"] = f"public, max-age={ASSETS_MAX_AGE}"
-        return response
 
 
 def _asset(request: Request, name: str) -> str:
@@ -330,7 +312,9 @@ def install_api_docs(app: FastAPI) -> None:
     stream in ``/openapi.json``. Create ``app`` with ``docs_url=None, redoc_url=None``."""
     assets = files("fastapi_offline") / "static"
     app.mount(
-        ASSETS_PATH, CacheableStaticFiles(directory=str(assets)), name="docs-assets"
+        ASSETS_PATH, StaticFilesWithHeaders(
+            directory=str(assets), headers={"cache-control": f"public, max-age={ASSETS_MAX_AGE}"}
+        ), name="docs-assets"
     )  # fmt: skip
     app.add_route("/docs", swagger_ui_page, include_in_schema=False)
     app.add_route("/redoc", redoc_page, include_in_schema=False)

@@ -14,14 +14,11 @@ first load never leaves in a Referer header.
 
 from __future__ import annotations
 
-from os import PathLike
 from pathlib import Path
-from typing import Any
 
 from fastapi import FastAPI
-from starlette.responses import Response
-from starlette.staticfiles import StaticFiles
-from starlette.types import Scope
+
+from services.api.static import StaticFilesWithHeaders
 
 UI_PATH = "/ui"
 UI_DIRECTORY = Path(__file__).parent / "ui"
@@ -32,25 +29,20 @@ CONTENT_SECURITY_POLICY = (
 )
 
 
-class DashboardFiles(StaticFiles):
-    """StaticFiles (ETag, 304) with the dashboard's headers. ``no-cache``: the browser
-    revalidates each file on load, so a new release is never half old, half new."""
-
-    def file_response(
-        self,
-        full_path: str | PathLike[str],
-        stat_result: Any,
-        scope: Scope,
-        status_code: int = 200,
-    ) -> Response:
-        response = super().file_response(full_path, stat_result, scope, status_code)
-        response.headers["cache-control"] = "no-cache"
-        response.headers["content-security-policy"] = CONTENT_SECURITY_POLICY
-        response.headers["referrer-policy"] = "no-referrer"
-        response.headers["x-content-type-options"] = "nosniff"
-        return response
+# ``no-cache``: the browser revalidates each file on load (ETag), so a new release is
+# never half old, half new.
+DASHBOARD_HEADERS = {
+    "cache-control": "no-cache",
+    "content-security-policy": CONTENT_SECURITY_POLICY,
+    "referrer-policy": "no-referrer",
+    "x-content-type-options": "nosniff",
+}
 
 
 def install_dashboard(app: FastAPI) -> None:
     """Serve ``/ui/`` (``index.html``) and its assets, no key needed (like ``/docs``)."""
-    app.mount(UI_PATH, DashboardFiles(directory=UI_DIRECTORY, html=True), name="dashboard")
+    app.mount(
+        UI_PATH,
+        StaticFilesWithHeaders(directory=UI_DIRECTORY, html=True, headers=DASHBOARD_HEADERS),
+        name="dashboard",
+    )

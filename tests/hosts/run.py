@@ -371,7 +371,17 @@ def main() -> int:
             # retry then waits for room on the other hosts like any ready job.
             return all(any(run["status"] == "lost" for run in history(api, j)) for j in on_cut_host)
 
-        wait_for("the cut host's attempts declared lost", all_lost, timeout=LEASE_SECONDS + 20)
+        try:
+            wait_for("the cut host's attempts declared lost", all_lost, timeout=LEASE_SECONDS + 20)
+        except Failed:
+            for j in on_cut_host:
+                say(f"DIAG job {j}: {api.get(f'/jobs/{j}').json()}")
+                say(f"DIAG executions {j}: {history(api, j)}")
+                rows = query(where["database"], f"SELECT * FROM job_executions WHERE job_id = '{j}'")
+                say(f"DIAG db executions {j}: {[dict(r) for r in rows]}")
+                rows = query(where["database"], f"SELECT action, attempt, outcome, actor, at FROM audit_log WHERE job_id = '{j}' ORDER BY at")
+                say(f"DIAG audit {j}: {[dict(r) for r in rows]}")
+            raise
         figures["cut_to_attempts_lost_seconds"] = round(time.monotonic() - cut_at, 1)
 
         def retried_elsewhere() -> bool:
