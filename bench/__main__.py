@@ -456,6 +456,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 await peers.run_each(args.jobs)
         if e2e:
             results["end_to_end_jobs_per_s"] = median_of([r for r, _ in e2e])
+            results["end_to_end_runs"] = [round(r, 1) for r, _ in e2e]  # in the peers' order
             results["cpu_ms_per_job"] = {
                 k: median_of([cpu[k] for _, cpu in e2e]) for k in e2e[0][1]
             }  # fmt: skip

@@ -665,7 +665,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         "scheduler_command": args.scheduler_command,
         "ceilings": [],
     }
-    for k in sorted(set(args.parallel)):
+    for k in sorted(set(args.parallel) - {0}):
         results["ceilings"].append(await scheduler_ceiling(args, k))
     if args.db_claim:
         results["db_claim"] = await db_claim(
@@ -698,7 +698,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
         type=int,
         nargs="+",
         default=[1],
-        help="yards at once (e.g. 1 2: one scheduler, then two summed)",
+        help="yards at once (e.g. 1 2: one scheduler, then two summed; 0: none)",
     )
     p.add_argument(
         "--db-claim",

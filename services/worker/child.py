@@ -12,8 +12,9 @@ blocks run and it returns; the child then exits (a child whose task was interrup
 never reused); an idle child just leaves. The parent signals the child's process group
 (the child leads one), so what a task forked goes with it, and sends SIGKILL to a group
 whose child is still alive after the grace.
-SIGINT is ignored: a Ctrl-C in the worker's terminal reaches the whole process group,
-and the worker alone decides (by its drain) what happens to the attempts.
+SIGINT is ignored (and the child's own group keeps a Ctrl-C in the worker's terminal
+from reaching it at all): the worker alone decides, by its drain, what happens to the
+attempts.
 """
 
 from __future__ import annotations

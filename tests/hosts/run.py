@@ -353,8 +353,18 @@ def main() -> int:
         cut_host = hosts[0]
 
         def running_on(worker_id: str) -> list[str] | None:
+            # A worker's `running` (its last heartbeat) can still list short jobs that
+            # completed since: only this batch's jobs, and only those the database has
+            # running there as attempt 1 (the attempt that must end `lost`).
             workers = {w["id"]: w for w in api.get("/workers").json()}
-            running = [str(j) for j in workers.get(worker_id, {}).get("running") or []]
+            listed = [str(j) for j in workers.get(worker_id, {}).get("running") or []]
+            running = []
+            for j in listed:
+                if j not in long:
+                    continue
+                job = api.get(f"/jobs/{j}").json()
+                if (job["status"], job["worker_id"], job["attempts"]) == ("running", worker_id, 1):
+                    running.append(j)
             return running if len(running) >= 2 else None
 
         on_cut_host = wait_for(
@@ -374,13 +384,10 @@ def main() -> int:
         try:
             wait_for("the cut host's attempts declared lost", all_lost, timeout=LEASE_SECONDS + 20)
         except Failed:
-            for j in on_cut_host:
-                say(f"DIAG job {j}: {api.get(f'/jobs/{j}').json()}")
-                say(f"DIAG executions {j}: {history(api, j)}")
-                rows = query(where["database"], f"SELECT * FROM job_executions WHERE job_id = '{j}'")
-                say(f"DIAG db executions {j}: {[dict(r) for r in rows]}")
-                rows = query(where["database"], f"SELECT action, attempt, outcome, actor, at FROM audit_log WHERE job_id = '{j}' ORDER BY at")
-                say(f"DIAG audit {j}: {[dict(r) for r in rows]}")
+            for j in on_cut_host:  # what each cut job and its executions look like
+                job = api.get(f"/jobs/{j}").json()
+                say(f"job {j}: {job['status']} attempt {job['attempts']} on {job['worker_id']}")
+                say(f"  executions: {history(api, j)}")
             raise
         figures["cut_to_attempts_lost_seconds"] = round(time.monotonic() - cut_at, 1)
 
