@@ -30,43 +30,23 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
+
+from tests.scripts import Failed, check, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT = "switchyard-composetest"
 JOBS = 60
 SLEEP_SECONDS = 2.0  # each job's demo.sleep: long enough to overlap the scale-down
-T = TypeVar("T")
 
 
 def say(message: str) -> None:
     print(f"[test-compose] {message}", flush=True)
-
-
-class Failed(AssertionError):
-    pass
-
-
-def check(condition: object, message: str) -> None:
-    if not condition:
-        raise Failed(message)
-
-
-def wait_for(what: str, probe: Callable[[], T | None], timeout: float, every: float = 1.0) -> T:
-    """``probe()`` until it returns something truthy, or fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    last: T | None = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(every)
-    raise Failed(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})")
 
 
 def free_port() -> int:
@@ -227,7 +207,7 @@ def main() -> int:
             states = [health_of(c) for c in long_running]
             return states if all(s.endswith(" healthy") for s in states) else None
 
-        states = wait_for("every container healthy", every_one_healthy, timeout=180)
+        states = wait_for("every container healthy", every_one_healthy, timeout=180, every=1.0)
         figures["up_to_all_healthy_seconds"] = round(time.monotonic() - t, 1)
         say("healthy: " + ", ".join(s.lstrip("/").split(" ")[0] for s in states))
 
@@ -247,7 +227,7 @@ def main() -> int:
             alive = [w for w in api.get("/workers").json() if w["state"] == "alive"]
             return alive if len(alive) == 3 else None
 
-        workers = wait_for("3 alive workers", three_alive_workers, timeout=60)
+        workers = wait_for("3 alive workers", three_alive_workers, timeout=60, every=1.0)
         figures["worker_capacity"] = sorted(
             f"{w['capacity']['cpu_units']:g} CPU, {w['capacity']['memory_mb']} MB, "
             f"{w['capacity']['slots']} slots"
@@ -264,7 +244,9 @@ def main() -> int:
         # --- 60 jobs on three workers ---------------------------------------------
         t = time.monotonic()
         first = submit_sleeps(api, JOBS, 0.5, "spread")
-        wait_for(f"{JOBS} jobs completed", lambda: all_completed(api, first), timeout=180)
+        wait_for(
+            f"{JOBS} jobs completed", lambda: all_completed(api, first), timeout=180, every=1.0
+        )
         figures["jobs_60_seconds"] = round(time.monotonic() - t, 1)
         per_worker = completed_once(api, first)
         figures["jobs_per_worker"] = dict(sorted(per_worker.items()))
@@ -320,7 +302,12 @@ def main() -> int:
         figures["removed_workers_exit_codes"] = exits
         check(len(exits) == 2, f"expected 2 workers to stop, Docker saw {exits}")
         check(set(exits.values()) == {"0"}, f"a removed worker did not drain: {exits}")
-        wait_for(f"{JOBS} more jobs completed", lambda: all_completed(api, second), timeout=300)
+        wait_for(
+            f"{JOBS} more jobs completed",
+            lambda: all_completed(api, second),
+            timeout=300,
+            every=1.0,
+        )
         figures["jobs_60_with_scale_down_seconds"] = round(time.monotonic() - t, 1)
         per_worker = completed_once(api, second)
         attempts = collections.Counter(api.get(f"/jobs/{i}").json()["attempts"] for i in second)
@@ -344,7 +331,9 @@ def main() -> int:
                 )
                 return probe.stderr.strip() if probe.returncode == 1 else None
 
-            why = wait_for("the stopped logger's health to fail", health_fails, timeout=90)
+            why = wait_for(
+                "the stopped logger's health to fail", health_fails, timeout=90, every=1.0
+            )
             figures["stopped_logger_health"] = f"{why} (after {time.monotonic() - t:.0f} s)"
         finally:
             docker("kill", "--signal", "CONT", logger)

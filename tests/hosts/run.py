@@ -38,9 +38,9 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import asyncpg
 import httpx
@@ -48,6 +48,7 @@ import httpx
 from shared.broker import Broker
 from shared.dbtools import upgrade
 from tests.hosts.forwarder import Forwarder
+from tests.scripts import Failed, check, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 PG = ("127.0.0.1", 5432)
@@ -56,31 +57,10 @@ HOSTS = 3
 LEASE_SECONDS = 3.0
 LONG_JOB_SECONDS = 4.0
 SUBNET = "10.231"
-T = TypeVar("T")
 
 
 def say(message: str) -> None:
     print(f"[test-hosts] {message}", flush=True)
-
-
-class Failed(AssertionError):
-    pass
-
-
-def check(condition: object, message: str) -> None:
-    if not condition:
-        raise Failed(message)
-
-
-def wait_for(what: str, probe: Callable[[], T | None], timeout: float, every: float = 0.2) -> T:
-    deadline = time.monotonic() + timeout
-    last: T | None = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(every)
-    raise Failed(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})")
 
 
 def ip(*args: str) -> None:
