@@ -51,7 +51,7 @@ test-fast: install
 # Outside `make test`: both need more than PostgreSQL and RabbitMQ (a Docker engine;
 # root for network namespaces) and take minutes. They print what they measured.
 test-compose: install
-	$(BIN)/python tests/compose/run.py
+	$(BIN)/python -m tests.compose.run
 
 test-hosts: install
 	$(BIN)/python -m tests.hosts.run

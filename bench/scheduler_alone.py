@@ -49,6 +49,15 @@ RESULTS = ROOT / "bench" / "results"
 ADMIN = os.environ.get("TEST_DATABASE_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 AMQP = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 TASK_TYPE = "bench.noop"
+# The bench's own connections (insert, poll, sampler) are named so that their backends'
+# CPU is not counted as the yard's.
+BENCH_APP = "scheduler-alone-bench"
+
+
+async def bench_connect(dsn: str) -> asyncpg.Connection:
+    return await asyncpg.connect(dsn, server_settings={"application_name": BENCH_APP})
+
+
 JOB_CPU, JOB_MEMORY_MB = 1.0, 64  # each synthetic worker slot fits one job exactly
 
 
@@ -159,6 +168,7 @@ class Yard:
     reports: str
     # What runs the scheduler (an A/B can run a variant: ``--scheduler-command``).
     scheduler_command: tuple[str, ...] = ("-m", "services.scheduler")
+    index: int = 0
     tag: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
@@ -184,7 +194,8 @@ class Yard:
         }
 
     def _start(self, name: str, *args: str) -> None:
-        log = open(RESULTS / f"scheduler-alone-{name}-{self.tag}.log", "wb")
+        # Overwritten by the next invocation (yards of one invocation have their index).
+        log = open(RESULTS / f"scheduler-alone-{name}{self.index}.log", "wb")
         self.procs[name] = subprocess.Popen(
             [sys.executable, *args], cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT
         )
@@ -277,12 +288,13 @@ class CpuMeter:
 
     async def snapshot(self) -> dict[str, Any]:
         own_pids: set[int] = set()
-        conn = await asyncpg.connect(ADMIN)
+        conn = await bench_connect(ADMIN)
         try:
             rows = await conn.fetch(
                 "SELECT pid FROM pg_stat_activity WHERE datname = ANY($1::text[])"
-                " AND pid <> pg_backend_pid()",
+                " AND application_name <> $2",
                 self._databases,
+                BENCH_APP,
             )
             own_pids = {r["pid"] for r in rows}
         finally:
@@ -334,7 +346,7 @@ FROM generate_series(1, $1)
 async def insert_ready(dsn: str, n: int) -> datetime:
     """N ready jobs in one transaction; returns the database's time just after it
     committed (the clock starts there: no job was claimable before)."""
-    conn = await asyncpg.connect(dsn)
+    conn = await bench_connect(dsn)
     try:
         await conn.execute(INSERT_READY, n)
         started: datetime = await conn.fetchval("SELECT clock_timestamp()")
@@ -354,18 +366,18 @@ async def wake(namespace: str) -> None:
 
 async def until_completed(dsn: str, timeout: float) -> datetime:
     """The last ``finished_at`` once no job is ready or running (the yard's database
-    holds only this bench's jobs, and runs go one after another): two index-only counts
-    per poll, so polling costs PostgreSQL little."""
-    conn = await asyncpg.connect(dsn)
+    holds only this bench's jobs, and runs go one after another): two index probes per
+    poll (counting the ready ones took a tenth of PostgreSQL's samples)."""
+    conn = await bench_connect(dsn)
     try:
         deadline = time.monotonic() + timeout
-        left = -1
+        left = True
         while time.monotonic() < deadline:
             left = await conn.fetchval(
-                "SELECT (SELECT count(*) FROM jobs WHERE status = 'ready' AND NOT parked)"
-                " + (SELECT count(*) FROM jobs WHERE status = 'running')"
+                "SELECT EXISTS (SELECT FROM jobs WHERE status = 'ready' AND NOT parked)"
+                " OR EXISTS (SELECT FROM jobs WHERE status = 'running')"
             )
-            if left == 0:
+            if not left:
                 other = await conn.fetchval("SELECT count(*) FROM jobs WHERE status <> 'completed'")
                 if other:
                     raise RuntimeError(f"{other} job(s) ended other than completed: see the logs")
@@ -373,8 +385,8 @@ async def until_completed(dsn: str, timeout: float) -> datetime:
                     "SELECT max(finished_at) FROM jobs WHERE finished_at IS NOT NULL"
                 )
                 return last
-            await asyncio.sleep(0.05)
-        raise TimeoutError(f"{left} jobs still ready or running after {timeout:.0f} s")
+            await asyncio.sleep(0.1)
+        raise TimeoutError(f"jobs still ready or running after {timeout:.0f} s")
     finally:
         await conn.close()
 
@@ -387,6 +399,14 @@ class Run:
     load: tuple[float, float, float]
 
 
+async def vacuum(dsn: str) -> None:
+    conn = await bench_connect(dsn)
+    try:
+        await conn.execute("VACUUM (ANALYZE) jobs")
+    finally:
+        await conn.close()
+
+
 async def measure(yards: list[Yard], jobs: int, *, profile: Path | None = None) -> Run:
     """One run: ``jobs`` ready jobs in each yard at once, until all are completed."""
     procs = {
@@ -396,8 +416,10 @@ async def measure(yards: list[Yard], jobs: int, *, profile: Path | None = None) 
     }
     meter = CpuMeter(procs, [y.db for y in yards])
     async with _profiling(yards[0], profile) as sampler:
-        before = await meter.snapshot()
         t0s = await asyncio.gather(*(insert_ready(y.dsn, jobs) for y in yards))
+        # After the insert (not the scheduler's work); the wake-up hint comes after it.
+        # (The scheduler's own tick may start on them a few ms earlier: not counted.)
+        before = await meter.snapshot()
         await asyncio.gather(*(wake(y.namespace) for y in yards))
         ends = await asyncio.gather(*(until_completed(y.dsn, timeout=600) for y in yards))
         after = await meter.snapshot()
@@ -418,14 +440,15 @@ class ActivitySampler:
         self._task: asyncio.Task[None] | None = None
 
     async def _run(self) -> None:
-        conn = await asyncpg.connect(self._dsn)
+        conn = await bench_connect(self._dsn)
         try:
             while True:
                 rows = await conn.fetch(
                     "SELECT state, wait_event_type, wait_event, left(regexp_replace(query,"
                     " '\\s+', ' ', 'g'), 90) AS q FROM pg_stat_activity WHERE datname = $1"
-                    " AND pid <> pg_backend_pid() AND state <> 'idle'",
+                    " AND application_name <> $2 AND state <> 'idle'",
                     self._db,
+                    BENCH_APP,
                 )
                 self.samples += 1
                 for r in rows:
@@ -505,13 +528,14 @@ RETURNING j.id, j.type, j.payload, j.cpu_units, j.memory_mb, j.timeout_seconds, 
 """
 
 
-async def db_claim_rate(dsn: str, jobs: int, clients: int, per_claim: int) -> float:
+async def db_claim_rate(dsn: str, jobs: int, clients: int, per_claim: int) -> tuple[float, float]:
     """Jobs per second claimed and completed by ``clients`` connections, each a worker
     that claims ``per_claim`` jobs, then completes them (the scheduler's completion
-    statement), until none is left."""
+    statement), until none is left; and the CPU milliseconds per job of their backends."""
     from shared.jobs import sql
 
-    conns = [await asyncpg.connect(dsn) for _ in range(clients)]
+    conns = [await bench_connect(dsn) for _ in range(clients)]
+    backends = [psutil.Process(c.get_server_pid()) for c in conns]
     done = 0
 
     async def worker(conn: asyncpg.Connection, name: str) -> None:
@@ -523,22 +547,23 @@ async def db_claim_rate(dsn: str, jobs: int, clients: int, per_claim: int) -> fl
             if not rows:
                 return
             now = datetime.now(UTC)
+            n = len(rows)
             await complete.fetch(
-                [r["id"] for r in rows],
-                [r["attempts"] for r in rows],
-                [name] * len(rows),
-                ["null"] * len(rows),
-                [now] * len(rows),
-                [True] * len(rows),
-                now,
-            )
-            done += len(rows)
+                [r["id"] for r in rows], [r["attempts"] for r in rows], [name] * n,
+                ["null"] * n, [now] * n, [True] * n, now,
+            )  # fmt: skip
+            done += n
+
+    def backends_cpu() -> float:
+        return sum(sum(p.cpu_times()[:2]) for p in backends)
 
     try:
         await insert_ready(dsn, jobs)
+        cpu = backends_cpu()
         start = time.perf_counter()
         await asyncio.gather(*(worker(c, f"claimer-{i}") for i, c in enumerate(conns)))
-        return done / (time.perf_counter() - start)
+        elapsed = time.perf_counter() - start
+        return done / elapsed, 1000 * (backends_cpu() - cpu) / max(1, done)
     finally:
         for c in conns:
             await c.close()
@@ -565,21 +590,20 @@ async def db_claim(jobs: int, runs: int, concurrency: list[int], per_claim: list
             for c in concurrency:
                 rates, pg = [], []
                 for _ in range(runs):
-                    before = _postgres_cpu()
-                    rate = await db_claim_rate(dsn, jobs, c, k)
-                    pg.append(1000 * (_postgres_cpu() - before) / jobs)
+                    rate, cpu = await db_claim_rate(dsn, jobs, c, k)
                     rates.append(rate)
+                    pg.append(cpu)
                 row: dict[str, Any] = {
                     "clients": c,
                     "per_claim": k,
                     "jobs_per_s": round(statistics.median(rates)),
                     "runs": [round(r) for r in rates],
-                    "postgresql_all_cpu_ms_per_job": round(statistics.median(pg), 4),
+                    "claim_backends_cpu_ms_per_job": round(statistics.median(pg), 4),
                     "load": os.getloadavg(),
                 }
                 print(
                     f"  db claim: {c} client(s) x {k} per claim: {row['jobs_per_s']:,} jobs/s"
-                    f" (runs {row['runs']}), pg {row['postgresql_all_cpu_ms_per_job']} ms/job,"
+                    f" (runs {row['runs']}), its backends {row['claim_backends_cpu_ms_per_job']} ms/job,"
                     f" load {row['load'][0]:.2f}"
                 )
                 out.append(row)
@@ -590,14 +614,6 @@ async def db_claim(jobs: int, runs: int, concurrency: list[int], per_claim: list
     return out
 
 
-def _postgres_cpu() -> float:
-    total = 0.0
-    for proc in psutil.process_iter(["name", "cpu_times"]):
-        if proc.info["name"] == "postgres" and proc.info["cpu_times"] is not None:
-            total += proc.info["cpu_times"].user + proc.info["cpu_times"].system
-    return total
-
-
 # ---------------------------------------------------------------- main
 
 
@@ -605,7 +621,7 @@ async def scheduler_ceiling(args: argparse.Namespace, parallel: int) -> dict[str
     """Medians of ``--runs`` runs with ``parallel`` yards at once (one warm-up run first:
     pools, plans and caches)."""
     command = tuple(args.scheduler_command.split())
-    yards = [Yard(args.workers, args.slots, args.reports, command) for _ in range(parallel)]
+    yards = [Yard(args.workers, args.slots, args.reports, command, i) for i in range(parallel)]
     async with contextlib.AsyncExitStack() as stack:
         for y in yards:
             await stack.enter_async_context(y)
@@ -613,6 +629,8 @@ async def scheduler_ceiling(args: argparse.Namespace, parallel: int) -> dict[str
         runs: list[Run] = []
         for i in range(args.runs):
             profile = args.profile if (args.profile and i == 0 and parallel == 1) else None
+            if args.vacuum_between:
+                await asyncio.gather(*(vacuum(y.dsn) for y in yards))
             run = await measure(yards, args.jobs, profile=profile)
             print(
                 f"  {parallel} scheduler(s), run {i + 1}: {run.jobs_per_s:,.0f} jobs/s"
@@ -643,11 +661,13 @@ def report(results: dict[str, Any]) -> None:
             f"  {row['schedulers']} scheduler(s): {row['placements_completions_per_s']:>7,}"
             f" placements+completions/s  (runs {row['runs_per_s']})"
         )
-        print(f"      CPU ms per job: {parts}")
+        whose = " (of all the yards' jobs together)" if row["schedulers"] > 1 else ""
+        print(f"      CPU ms per job{whose}: {parts}")
     for row in results.get("db_claim", []):
         print(
             f"  placement in the database, {row['clients']} client(s) x {row['per_claim']}:"
-            f" {row['jobs_per_s']:>7,} jobs/s"
+            f" {row['jobs_per_s']:>7,} jobs/s, its backends"
+            f" {row['claim_backends_cpu_ms_per_job']:.3f} ms CPU per job"
         )
 
 
@@ -663,13 +683,14 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         "slots": args.slots,
         "reports": args.reports,
         "scheduler_command": args.scheduler_command,
+        "vacuum_between": args.vacuum_between,
         "ceilings": [],
     }
     for k in sorted(set(args.parallel) - {0}):
         results["ceilings"].append(await scheduler_ceiling(args, k))
     if args.db_claim:
         results["db_claim"] = await db_claim(
-            args.jobs, args.runs, concurrency=[1, 2, 4], per_claim=args.per_claim
+            args.claim_jobs, args.runs, concurrency=[1, 2, 4], per_claim=args.per_claim
         )
     results["uptime_at_end"] = subprocess.run(
         ["uptime"], capture_output=True, text=True
@@ -711,6 +732,17 @@ def parse(argv: list[str]) -> argparse.Namespace:
         nargs="+",
         default=[1, 50],
         help="jobs per claim statement for --db-claim",
+    )
+    p.add_argument(
+        "--vacuum-between",
+        action="store_true",
+        help="VACUUM jobs before each run (off the clock): no dead entries of earlier runs",
+    )
+    p.add_argument(
+        "--claim-jobs",
+        type=int,
+        default=5_000,
+        help="jobs per run of --db-claim (one per claim is slow: a commit per job)",
     )
     p.add_argument(
         "--profile",
