@@ -457,11 +457,13 @@ def dispatches_for(worker_id: str, dispatches: list[JobDispatch]) -> list[tuple[
     return out
 
 
-def _fields(obj: Any) -> dict[str, Any]:
+def _fields(obj: Any) -> dict[str, Any] | str:
     """orjson's ``default``: this module's models as their fields; anything else
     (a model of a task's own in ``result``, say) is left to pydantic (see encode)."""
     if type(obj) in _PLAIN_MODELS:
         return obj.__dict__  # type: ignore[no-any-return]
+    if isinstance(obj, UUID):  # asyncpg's own UUID type, which orjson does not know
+        return str(obj)
     raise TypeError
 
 
