@@ -319,8 +319,15 @@ def test_server_install_runs_a_users_tasks_from_their_directory(
         assert failed.returncode == 1, failed.stdout + failed.stderr
         assert "ValueError: as asked" in failed.stdout
         failed_id = failed.stdout.split()[0]
-        logs = venv.run(cli, "logs", failed_id, env=user_env)
-        assert logs.returncode == 0 and "attempt 1  failed  on u1" in logs.stdout
+
+        def logged_failed() -> subprocess.CompletedProcess[str] | None:
+            # The logger writes an attempt's end in a batch, after the scheduler.
+            out = venv.run(cli, "logs", failed_id, env=user_env)
+            return out if "attempt 1  failed  on u1" in out.stdout else None
+
+        wait_until(lambda: logged_failed() is not None, "the failed attempt logged", processes)
+        logs = logged_failed()
+        assert logs is not None and logs.returncode == 0
         assert "traceback:" in logs.stdout and 'raise ValueError("as asked")' in logs.stdout
     finally:
         processes.stop()

@@ -337,16 +337,24 @@ def test_cli_logs_follow(stack: Stack) -> None:
     assert messages(follow.stdout) == steps
     assert follow.stdout.strip().splitlines()[-1].startswith(f"job {job['id']} completed")
     assert "-- completed" in follow.stderr
+
     # Without --follow: the stored lines under their attempt's outcome.
-    plain = subprocess.run(
-        [sys.executable, "-m", "switchyard.cli", "logs", job["id"]],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
+    def plain_logs() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "switchyard.cli", "logs", job["id"]],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    # The logger writes the attempt's end in a batch, after the scheduler ended the job.
+    stack.wait_for(
+        lambda: plain_logs().stdout.startswith("attempt 1  completed  on w1"),
+        what="the attempt's end logged",
     )
+    plain = plain_logs()
     assert plain.returncode == 0 and messages(plain.stdout) == steps
-    assert plain.stdout.startswith("attempt 1  completed  on w1")
     # Following a job that has already ended prints its lines too, then stops.
     after = subprocess.run(
         [sys.executable, "-m", "switchyard.cli", "logs", job["id"], "--follow"],

@@ -45,7 +45,10 @@ def test_the_sdk_takes_its_own_types_and_reports_progress(stack: Stack) -> None:
                 break
         assert events[-1].data["new_status"] == "completed"
         assert [e.data["message"] for e in events if e.event == "log"][-1] == "step 4 of 4"
-        assert sy.logs(str(first.id)).executions[0].status == "completed"
+        stack.wait_for(  # the logger writes executions in batches, after the scheduler
+            lambda: sy.logs(str(first.id)).executions[0].status == "completed",
+            what="the logger wrote the execution",
+        )
 
 
 def test_async_client_does_what_the_client_does(stack: Stack) -> None:
