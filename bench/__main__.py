@@ -254,15 +254,62 @@ def cpu_seconds(stack: Stack) -> dict[str, float]:
     return out
 
 
+_TABLE_WRITES = """
+SELECT relname, n_tup_ins, n_tup_upd, n_tup_hot_upd, n_tup_del FROM pg_stat_user_tables
+"""
+_DB_TOTALS = """
+SELECT xact_commit, pg_current_wal_lsn() - '0/0'::pg_lsn AS wal
+FROM pg_stat_database WHERE datname = current_database()
+"""
+
+
+# Tables whose counters move while the yard is idle (heartbeats, key use): not waited on.
+_IDLE_WRITES = ("workers.", "task_types.", "api_keys.")
+# A PostgreSQL 15 backend reports its counters at most once a second while busy and 10 s
+# after it went idle: the counters are read once they stayed the same this long.
+_STATS_SETTLED = 11.0
+
+
+async def database_writes(dsn: str) -> dict[str, float]:
+    """Row writes per table, commits and WAL bytes so far, once the job tables' counters
+    have settled (at most 40 s)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        deadline = time.monotonic() + 40
+        last: dict[str, float] = {}
+        since = time.monotonic()
+        while True:
+            now: dict[str, float] = {}
+            for r in await conn.fetch(_TABLE_WRITES):
+                for col in ("n_tup_ins", "n_tup_upd", "n_tup_hot_upd", "n_tup_del"):
+                    now[f"{r['relname']}.{col.removeprefix('n_tup_')}"] = r[col]
+            totals = await conn.fetchrow(_DB_TOTALS)
+            if any(now[k] != last.get(k) for k in now if not k.startswith(_IDLE_WRITES)):
+                last, since = now, time.monotonic()
+            elif time.monotonic() - since >= _STATS_SETTLED:
+                now["commits"], now["wal_bytes"] = totals["xact_commit"], float(totals["wal"])
+                return now
+            if time.monotonic() > deadline:
+                raise TimeoutError("the table statistics did not settle")
+            await asyncio.sleep(1.0)
+    finally:
+        await conn.close()
+
+
 async def end_to_end(
     stack: Stack, n: int, profile: Path | None = None
-) -> tuple[float, dict[str, float]]:
+) -> tuple[float, dict[str, float], dict[str, float]]:
     """Jobs per second from the first submit to the last one completed in the database,
     and the CPU milliseconds each process spent per job meanwhile.
+
+    Also what each job cost the database: row writes per table (inserts, updates, of
+    which HOT, deletes), commits and WAL bytes per job, over the run and the quiet
+    moment after it (``wal_bytes`` is the whole cluster's).
 
     With ``profile``, py-spy samples every service process meanwhile (see --profile)."""
     batches, size = max(1, n // 500), min(500, n)
     spies = stack.profile(profile) if profile else []
+    writes_before = await database_writes(stack.dsn)
     before = cpu_seconds(stack)
     t0 = datetime.now(UTC)
     await batch_rate(stack.url, batches, size)
@@ -274,7 +321,13 @@ async def end_to_end(
         spy.wait(timeout=60)
     total = batches * size
     cpu = {k: round(1000 * (after[k] - before.get(k, 0.0)) / total, 3) for k in after}
-    return total / (last - t0).total_seconds(), cpu
+    writes_after = await database_writes(stack.dsn)
+    writes = {
+        k: round((v - writes_before.get(k, 0.0)) / total, 3)
+        for k, v in writes_after.items()
+        if v != writes_before.get(k, 0.0)
+    }
+    return total / (last - t0).total_seconds(), cpu, writes
 
 
 def _client_cpu() -> float:
@@ -448,18 +501,22 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             await wait_idle(stack)
         # Celery and Dramatiq on the same broker (bench/peers.py), interleaved with our
         # own end-to-end runs: ours, Celery, Dramatiq, ``runs`` times; same job count.
-        e2e: list[tuple[float, dict[str, float]]] = []
+        e2e: list[tuple[float, dict[str, float], dict[str, float]]] = []
         async with Peers(enabled="peers" in want) as peers:
             for _ in range(runs if want & {"e2e", "peers"} else 0):
                 if "e2e" in want:
                     e2e.append(await end_to_end(stack, args.jobs, args.profile))
                 await peers.run_each(args.jobs)
         if e2e:
-            results["end_to_end_jobs_per_s"] = median_of([r for r, _ in e2e])
-            results["end_to_end_runs"] = [round(r, 1) for r, _ in e2e]  # in the peers' order
+            results["end_to_end_jobs_per_s"] = median_of([r for r, _, _ in e2e])
+            results["end_to_end_runs"] = [round(r, 1) for r, _, _ in e2e]  # in the peers' order
             results["cpu_ms_per_job"] = {
-                k: median_of([cpu[k] for _, cpu in e2e]) for k in e2e[0][1]
+                k: median_of([cpu[k] for _, cpu, _ in e2e]) for k in e2e[0][1]
             }  # fmt: skip
+            results["database_writes_per_job"] = {
+                k: median_of([w.get(k, 0.0) for _, _, w in e2e])
+                for k in sorted({k for _, _, w in e2e for k in w})
+            }
         results.update(peers.results(results.get("end_to_end_jobs_per_s")))
         keys = ("p50", "p95", "p99", "placed_p50", "placed_p99")
         if "latency" in want:
@@ -525,6 +582,11 @@ def report(r: dict[str, Any]) -> None:
             + ", ".join(f"{k} {v:.2f}" for k, v in cpu.items())
             + f"; total {sum(cpu.values()):.2f}"
         )
+        writes = r.get("database_writes_per_job", {})
+        if writes:
+            print(f"{'  database writes per job':34} "
+                  + ", ".join(f"{k} {v:g}" for k, v in writes.items() if k != "wal_bytes")
+                  + f"; WAL {writes.get('wal_bytes', 0) / 1024:.1f} KiB")  # fmt: skip
     report_peers(r)
     for key, label in (
         ("latency_ms", "submit -> started"),

@@ -33,6 +33,16 @@ def effective_rank(
     return max(0, priority - math.floor(waited / aging_seconds))
 
 
+def free_capacity_reason(job_type: str, cpu_units: float, memory_mb: int) -> str:
+    """Why a ready job waits when it fits some live worker, only not now: the common
+    case of a backlog. The scheduler does not write it on the row (one more row version
+    per queued job); a ready job with no reason written reads as this."""
+    return (
+        f"waiting for free capacity: needs {cpu_units:g} cpu units, {memory_mb} MB and a "
+        f"slot on a worker that runs {job_type!r}"
+    )
+
+
 def fits(
     job_type: str,
     cpu_units: float,

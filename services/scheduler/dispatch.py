@@ -76,9 +76,11 @@ class WaitingReasons:
 
     def __init__(self, db: Database) -> None:
         self._db = db
-        self._written: dict[UUID, str] = {}
+        self._written: dict[UUID, str | None] = {}
 
-    async def write(self, reasons: dict[UUID, str]) -> None:
+    async def write(self, reasons: dict[UUID, str | None]) -> None:
+        # A job this scheduler wrote nothing on has no reason written (None) unless an
+        # earlier leader wrote one: that one stays until the job is dispatched.
         changed = {job: why for job, why in reasons.items() if self._written.get(job) != why}
         if not changed:
             return

@@ -100,7 +100,9 @@ class WorkerView:
 @dataclass
 class Plan:
     placements: list[tuple[Candidate, str]] = field(default_factory=list)
-    waiting: dict[UUID, str] = field(default_factory=dict)  # job id -> reason
+    # job id -> reason to write; None: the default a ready row without one reads as
+    # (``free_capacity_reason``), written as NULL only where another reason was written
+    waiting: dict[UUID, str | None] = field(default_factory=dict)
     reservations: dict[str, UUID] = field(default_factory=dict)  # worker id -> job id
     unfittable: list[UUID] = field(default_factory=list)  # fit no live worker, even empty
 
@@ -159,10 +161,7 @@ def plan_placements(
                 f"{job.memory_mb} MB (reserved for this job: it has waited {waited:.0f} s)"
             )
         else:
-            plan.waiting[job.id] = (
-                f"waiting for free capacity: needs {job.cpu_units:g} cpu units, "
-                f"{job.memory_mb} MB and a slot on a worker that runs {job.type!r}"
-            )
+            plan.waiting[job.id] = None  # free_capacity_reason: the row's default
     return plan
 
 

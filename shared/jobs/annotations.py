@@ -24,9 +24,9 @@ async def save_progress(db: Db, updates: dict[tuple[UUID, int], dict[str, Any]])
     )
 
 
-async def set_waiting_reasons(db: Db, reasons: dict[UUID, str]) -> set[UUID]:
-    """Write the reasons that changed; the ids of the jobs still ready (whose reason is
-    now the one given)."""
+async def set_waiting_reasons(db: Db, reasons: dict[UUID, str | None]) -> set[UUID]:
+    """Write the reasons that changed (None: back to the default the row reads as); the
+    ids of the jobs still ready (whose reason is now the one given)."""
     if not reasons:
         return set()
     rows = await fetch(db, sql.SET_WAITING_REASONS, list(reasons), list(reasons.values()))

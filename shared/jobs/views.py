@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 
 from shared.models import Job
+from shared.placement_rules import free_capacity_reason
 from shared.schemas import Priority
 from shared.states import JobStatus
 
@@ -100,8 +101,7 @@ def waiting_reason(job: StoredJob) -> str | None:
                 f"{job.run_at.isoformat()}"
             )
         case S.READY:
-            return job.waiting_reason or (
-                f"waiting for a worker with {job.cpu_units:g} free cpu units and "
-                f"{job.memory_mb} MB free memory that runs {job.type!r}"
+            return job.waiting_reason or free_capacity_reason(
+                job.type, job.cpu_units, job.memory_mb
             )
     return None

@@ -175,3 +175,30 @@ async def test_a_parked_job_that_leaves_ready_and_comes_back_is_claimable_again(
     assert (await client.post(f"/jobs/{orphan}/retry")).status_code == 200
     row = await db.fetchrow("SELECT status, parked FROM jobs WHERE id = $1", orphan)
     assert (row["status"], row["parked"]) == ("ready", False)
+
+
+async def test_a_backlog_waiting_only_for_room_is_not_rewritten(
+    client: httpx.AsyncClient, db: asyncpg.Connection, placement: Placement
+) -> None:
+    """Jobs that fit a live worker, only not now, keep their row as it is (no reason
+    written: one more row version of every queued job, each cycle's heads) and read as
+    waiting for free capacity."""
+    queued = await submit(client, [{"type": "demo.echo"}] * 40)
+    versions = {r["id"]: r["xmin"] for r in await db.fetch(
+        "SELECT id, xmin::text FROM jobs WHERE id = ANY($1)", queued)}  # fmt: skip
+    placement.worker("w", cpu=4, memory_mb=4096, types=["demo.echo"])  # 4 slots
+
+    await placement.dispatcher.place()
+
+    rows = await db.fetch(
+        "SELECT id, xmin::text, status, waiting_reason FROM jobs WHERE id = ANY($1)", queued
+    )
+    waiting = [r for r in rows if r["status"] == "ready"]
+    assert len(waiting) == 36
+    assert [r["id"] for r in waiting if r["xmin"] != versions[r["id"]]] == []
+    assert {r["waiting_reason"] for r in waiting} == {None}
+    read = (await client.get(f"/jobs/{waiting[0]['id']}")).json()
+    assert read["waiting_reason"] == (
+        "waiting for free capacity: needs 0.1 cpu units, 16 MB and a slot on a worker "
+        "that runs 'demo.echo'"
+    )

@@ -30,7 +30,7 @@ async def test_submit_and_read_back(client: httpx.AsyncClient, db: asyncpg.Conne
     assert job["resources"] == {"cpu_units": 0.1, "memory_mb": 16}  # the task's defaults
     assert job["retry"]["max_attempts"] == 3
     assert job["attempts"] == 0 and job["worker_id"] is None
-    assert "waiting for a worker" in job["waiting_reason"]
+    assert job["waiting_reason"].startswith("waiting for free capacity: needs")
     got = await client.get(f"/jobs/{job['id']}")
     assert got.status_code == 200
     assert got.json() == job
