@@ -171,6 +171,9 @@ class Stack:
                 p.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 p.kill()
+        if os.environ.get("BENCH_KEEP_DATABASE"):
+            print(f"kept: {self.dsn}")
+            return
         admin = await asyncpg.connect(ADMIN)
         await admin.execute(f'DROP DATABASE IF EXISTS "{self.db}" WITH (FORCE)')
         await admin.close()
