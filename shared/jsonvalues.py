@@ -56,6 +56,8 @@ def has_bad_text(text: str) -> bool:
 def safe_text(value: str) -> str:
     """``value`` with lone surrogates and NUL replaced by U+FFFD, visibly (what a task
     wrote: its report must travel)."""
+    if not has_bad_text(value):
+        return value  # nearly always: no regex substitution, no copy
     return _BAD_TEXT.sub("\ufffd", value)
 
 

@@ -71,6 +71,8 @@ def storable_json(value: Any, *, limit: int, what: str = "value", convert: bool 
     """``value`` as JSON every hop can carry (shared.jsonvalues: WIRE_JSON, or with
     ``convert`` TASK_OUTPUT_JSON), encoded in at most ``limit`` bytes, measured exactly.
     Raises ValueError naming what is wrong and where."""
+    if value is None:
+        return None  # most results and every start report: nothing to walk or measure
     clean = check_json(value, TASK_OUTPUT_JSON if convert else WIRE_JSON, where=what)
     encoded_within(clean, limit, where=what)
     return clean
@@ -80,7 +82,13 @@ def _wire_time(value: datetime) -> datetime:
     """Aware (a naive time is taken as UTC), in UTC, within MESSAGE_TIMES."""
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
-    return MESSAGE_TIMES.check(value).astimezone(UTC)
+    try:
+        utc = value.astimezone(UTC)
+    except OverflowError:  # its offset pushes it past datetime's own range
+        utc = None
+    if utc is None or not MESSAGE_TIMES.earliest <= utc < MESSAGE_TIMES.latest:
+        MESSAGE_TIMES.check(value)  # raises, saying the range
+    return utc  # type: ignore[return-value]
 
 
 # The types every field below is built from.

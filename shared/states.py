@@ -48,9 +48,18 @@ def can_transition(old: JobStatus | str | None, new: JobStatus | str) -> bool:
     return JobStatus(new) in TRANSITIONS[old_status]
 
 
+# (old, new) pairs the machine allows, as plain strings: a StrEnum member hashes and
+# compares as its value, so a lookup takes members and strings alike (twice per job).
+_ALLOWED = frozenset(
+    (None if old is None else str(old), str(new))
+    for old, targets in TRANSITIONS.items()
+    for new in targets
+)
+
+
 def check_transition(old: JobStatus | str | None, new: JobStatus | str) -> JobStatus:
     """Return ``new`` as a JobStatus, or raise InvalidTransition."""
-    if not can_transition(old, new):
+    if (old, new) not in _ALLOWED and not can_transition(old, new):
         raise InvalidTransition(None if old is None else str(old), str(new))
     return JobStatus(new)
 

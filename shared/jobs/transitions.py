@@ -56,6 +56,30 @@ def state_event(
     )  # fmt: skip
 
 
+def stored_event(
+    job_id: UUID,
+    type: str,
+    attempt: int,
+    old: str,
+    new: str,
+    reason: str,
+    *,
+    worker_id: str | None,
+    duration_seconds: float | None = None,
+    wait_seconds: float | None = None,
+) -> JobStateChanged:
+    """``state_event`` for the hot paths (a dispatch, a completion, an unblocked child):
+    the id, type, attempt and worker as the database just returned them (each was
+    checked on its way in), a reason of our own, a time of our clock. Built without
+    checking them again: a fifth of what validating costs, twice per job."""
+    check_transition(old, new)
+    return JobStateChanged.model_construct(
+        ts=utcnow(), job_id=job_id, type=type, old_status=str(old), new_status=str(new),
+        attempt=attempt, worker_id=worker_id, reason=reason,
+        duration_seconds=duration_seconds, wait_seconds=wait_seconds,
+    )  # fmt: skip
+
+
 def _row_event(row: Any, old: str | None, new: str, reason: str | None) -> JobStateChanged:
     """``state_event`` of a returned row (id, type, attempts, worker_id)."""
     return state_event(
@@ -145,7 +169,7 @@ async def dispatch(
 
 def dispatched_events(placed: Iterable[Placed]) -> list[JobStateChanged]:
     return [
-        state_event(
+        stored_event(
             p.id, p.type, p.attempts, S.READY, S.RUNNING, "dispatched",
             worker_id=p.worker_id, wait_seconds=p.waited_seconds,
         )
@@ -241,7 +265,7 @@ async def _apply_successes(
     out.ignored = len(ends) - len(completed)
     for r in completed:
         out.events.append(
-            state_event(
+            stored_event(
                 r["id"], r["type"], r["attempts"], S.RUNNING, S.COMPLETED, "completed",
                 worker_id=r["worker_id"], duration_seconds=run_seconds(r["started_at"], now),
             )
@@ -348,7 +372,15 @@ def _end_event(end: AttemptEnd, now: datetime) -> JobStateChanged:
 def _unblocked_events(rows: Iterable[Any]) -> list[JobStateChanged]:
     """The events of the children that left ``blocked``."""
     return [
-        _row_event(r, S.BLOCKED, r["status"], "dependencies completed")
+        stored_event(
+            r["id"],
+            r["type"],
+            r["attempts"],
+            S.BLOCKED,
+            r["status"],
+            "dependencies completed",
+            worker_id=r["worker_id"],
+        )
         for r in rows
         if r["status"] != S.BLOCKED
     ]
