@@ -20,6 +20,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -29,14 +30,14 @@ import asyncpg
 import httpx
 import psutil
 
-from bench.peers import Peers
+from bench.peers import DEFAULT_THREADS, Peers
 from bench.peers import report as report_peers
 from bench.scale import run_scale
 
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN = os.environ.get("TEST_DATABASE_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 KEY = "bench-admin-key"
-MEASURES = ("submit", "batch", "e2e", "peers", "latency", "saturation", "scale")
+MEASURES = ("submit", "batch", "e2e", "peers", "wide", "latency", "saturation", "scale")
 
 
 def free_port() -> int:
@@ -45,6 +46,33 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class WorkerShape:
+    """What each of the bench's workers offers: threads and CPU units (``demo.echo``
+    needs 0.1 unit, so the in-flight jobs per worker are min(threads, 10 x units))."""
+
+    name: str
+    threads: int
+    cpu_units: float
+
+    @classmethod
+    def default(cls) -> WorkerShape:
+        return cls("narrow", env_int("BENCH_THREADS", 32), env_float("BENCH_CPU_UNITS", 2.0))
+
+    @classmethod
+    def wide(cls) -> WorkerShape:
+        threads = env_int("BENCH_WIDE_THREADS", 128)
+        return cls("wide", threads, env_float("BENCH_WIDE_CPU_UNITS", threads / 10))
+
+    @property
+    def in_flight(self) -> int:
+        return min(self.threads, int(self.cpu_units * 10 + 1e-9))
+
+    def describe(self, workers: int) -> dict[str, Any]:
+        return {"workers": workers, "threads": self.threads, "cpu_units": self.cpu_units,
+                "jobs_in_flight": workers * self.in_flight}  # fmt: skip
 
 
 class Stack:
@@ -125,10 +153,7 @@ class Stack:
         self._start("api", "-m", "services.api")
         self._start("scheduler", "-m", "services.scheduler")
         self._start("logger", "-m", "services.logger")
-        for i in range(self.workers):
-            self._start(f"worker{i}", "-m", "services.worker", "--worker-id", f"bench-w{i}",
-                        "--threads", os.environ.get("BENCH_THREADS", "32"),
-                        "--cpu-units", os.environ.get("BENCH_CPU_UNITS", "2"))  # fmt: skip
+        self._start_workers(WorkerShape.default())
         self.procs.append(subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "bench.bare_app:app", "--port", str(self.bare_port), "--log-level", "warning"],
             cwd=ROOT, env=self.env))  # fmt: skip
@@ -138,6 +163,25 @@ class Stack:
             await self.__aexit__()  # no service outlives a stack that did not come up
             raise
         return self
+
+    def _start_workers(self, shape: WorkerShape) -> None:
+        self.shape = shape
+        for i in range(self.workers):
+            self._start(f"worker{i}", "-m", "services.worker", "--worker-id",
+                        f"bench-{shape.name}-w{i}", "--threads", str(shape.threads),
+                        "--cpu-units", str(shape.cpu_units))  # fmt: skip
+
+    async def reshape_workers(self, shape: WorkerShape) -> None:
+        """Replace the workers by ones of ``shape`` (the old ones drain and exit first,
+        so no job is handed to a worker on its way out)."""
+        old = [self.services.pop(f"worker{i}") for i in range(self.workers)]
+        for p in old:
+            p.terminate()
+        for p in old:
+            p.wait(timeout=60)
+            self.procs.remove(p)
+        self._start_workers(shape)
+        await self._until_up()
 
     async def _until_up(self) -> None:
         async with httpx.AsyncClient() as c:
@@ -154,10 +198,11 @@ class Stack:
         conn = await asyncpg.connect(self.dsn)
         try:
             for _ in range(300):
-                if (
-                    await conn.fetchval("SELECT count(*) FROM workers WHERE state = 'alive'")
-                    >= self.workers
-                ):
+                alive = await conn.fetchval(
+                    "SELECT count(*) FROM workers WHERE state = 'alive' AND id LIKE $1",
+                    f"bench-{self.shape.name}-%",
+                )
+                if alive >= self.workers:
                     break
                 await asyncio.sleep(0.1)
         finally:
@@ -333,6 +378,40 @@ async def end_to_end(
     return total / (last - t0).total_seconds(), cpu, writes
 
 
+EndToEnd = tuple[float, dict[str, float], dict[str, float]]  # jobs/s, CPU, writes per job
+
+
+def median_cpu(runs: list[EndToEnd]) -> dict[str, float]:
+    return {k: median_of([cpu[k] for _, cpu, _ in runs]) for k in runs[0][1]}
+
+
+async def wide_end_to_end(stack: Stack, peers: Peers, n: int, runs: int) -> dict[str, Any]:
+    """The end-to-end runs again with wide workers (``WorkerShape.wide``), each followed
+    by a run of every peer given as many threads per worker: how the figures move with
+    the jobs in flight (a no-op's round trip is mostly waiting on commits and hops). The
+    workers, ours and the peers', are the default ones again afterwards."""
+    shape = WorkerShape.wide()
+    await stack.reshape_workers(shape)
+    await peers.reshape(threads=shape.threads)
+    wide: list[EndToEnd] = []
+    for _ in range(runs):
+        wide.append(await end_to_end(stack, n))
+        await peers.run_each(n)
+    ours = median_of([r for r, _, _ in wide])
+    by_peer = peers.results(ours)
+    await stack.reshape_workers(WorkerShape.default())
+    await peers.reshape(threads=DEFAULT_THREADS)
+    return {
+        **shape.describe(stack.workers),
+        "jobs_per_s": ours,
+        "runs": [round(r, 1) for r, _, _ in wide],
+        "cpu_ms_per_job": median_cpu(wide),
+        **{k.removeprefix("end_to_end_"): v for k, v in by_peer.items() if k.startswith("end_to_end_vs_")},
+        "peers": {name: {"jobs_per_s": p["end_to_end_jobs_per_s"], "settings": p["settings"]}
+                  for name, p in by_peer.get("peers", {}).items()},
+    }  # fmt: skip
+
+
 def _client_cpu() -> float:
     t = psutil.Process().cpu_times()
     return t.user + t.system
@@ -504,23 +583,24 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             await wait_idle(stack)
         # Celery and Dramatiq on the same broker (bench/peers.py), interleaved with our
         # own end-to-end runs: ours, Celery, Dramatiq, ``runs`` times; same job count.
-        e2e: list[tuple[float, dict[str, float], dict[str, float]]] = []
+        e2e: list[EndToEnd] = []
         async with Peers(enabled="peers" in want) as peers:
             for _ in range(runs if want & {"e2e", "peers"} else 0):
                 if "e2e" in want:
                     e2e.append(await end_to_end(stack, args.jobs, args.profile))
                 await peers.run_each(args.jobs)
-        if e2e:
-            results["end_to_end_jobs_per_s"] = median_of([r for r, _, _ in e2e])
-            results["end_to_end_runs"] = [round(r, 1) for r, _, _ in e2e]  # in the peers' order
-            results["cpu_ms_per_job"] = {
-                k: median_of([cpu[k] for _, cpu, _ in e2e]) for k in e2e[0][1]
-            }  # fmt: skip
-            results["database_writes_per_job"] = {
-                k: median_of([w.get(k, 0.0) for _, _, w in e2e])
-                for k in sorted({k for _, _, w in e2e for k in w})
-            }
-        results.update(peers.results(results.get("end_to_end_jobs_per_s")))
+            if e2e:
+                results["end_to_end_jobs_per_s"] = median_of([r for r, _, _ in e2e])
+                results["end_to_end_runs"] = [round(r, 1) for r, _, _ in e2e]  # peers' order
+                results["end_to_end_workers"] = stack.shape.describe(stack.workers)
+                results["cpu_ms_per_job"] = median_cpu(e2e)
+                results["database_writes_per_job"] = {
+                    k: median_of([w.get(k, 0.0) for _, _, w in e2e])
+                    for k in sorted({k for _, _, w in e2e for k in w})
+                }
+            results.update(peers.results(results.get("end_to_end_jobs_per_s")))
+            if e2e and "wide" in want:
+                results["end_to_end_wide"] = await wide_end_to_end(stack, peers, args.jobs, runs)
         keys = ("p50", "p95", "p99", "placed_p50", "placed_p99")
         if "latency" in want:
             # The target figure with a light load generator (aiohttp); the same runs
@@ -577,7 +657,8 @@ def report(r: dict[str, Any]) -> None:
     if "end_to_end_jobs_per_s" in r:
         print(
             f"{'end to end (demo.echo)':34} {r['end_to_end_jobs_per_s']:10.0f}/s   "
-            f"({r['jobs']:,} jobs, 2 workers x {r['worker_threads']} threads)"
+            f"({r['jobs']:,} jobs, 2 workers x {r['worker_threads']} threads, "
+            f"{r['end_to_end_workers']['jobs_in_flight']} jobs in flight)"
         )
         cpu = r["cpu_ms_per_job"]
         print(
@@ -591,6 +672,21 @@ def report(r: dict[str, Any]) -> None:
                   + ", ".join(f"{k} {v:g}" for k, v in writes.items() if k != "wal_bytes")
                   + f"; WAL {writes.get('wal_bytes', 0) / 1024:.1f} KiB")  # fmt: skip
     report_peers(r)
+    wide = r.get("end_to_end_wide")
+    if wide:
+        ratios = ", ".join(
+            f"switchyard / {k.removeprefix('vs_')} {v:.2f}"
+            for k, v in wide.items()
+            if k.startswith("vs_")
+        )
+        print(
+            f"{'end to end, wide workers':34} {wide['jobs_per_s']:10.0f}/s   "
+            f"({wide['workers']} workers x {wide['threads']} threads, {wide['cpu_units']:g} cpu units: "
+            f"{wide['jobs_in_flight']} jobs in flight); {ratios}"
+        )
+        cpu = wide["cpu_ms_per_job"]
+        print(f"{'  CPU ms per job':34} " + ", ".join(f"{k} {v:.2f}" for k, v in cpu.items())
+              + f"; total {sum(cpu.values()):.2f}")  # fmt: skip
     for key, label in (
         ("latency_ms", "submit -> started"),
         ("latency_httpx_client_ms", "  the same, httpx load generator"),
@@ -639,6 +735,11 @@ async def wait_idle(stack: Stack, timeout: float = 300) -> None:
 def env_int(name: str, default: int) -> int:
     value = os.environ.get(name)
     return int(value) if value not in (None, "") else default
+
+
+def env_float(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    return float(value) if value not in (None, "") else default
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ from bench.peer_tally import read_done
 ROOT = Path(__file__).resolve().parent.parent
 AMQP_URL = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 RUN_TIMEOUT_S = 600
+DEFAULT_THREADS = 8  # per peer worker; the wide series gives them as many as ours
 
 
 @dataclass(frozen=True)
@@ -68,15 +69,15 @@ PEERS = (
             "-P",
             "threads",
             "-c",
-            "8",
+            "{threads}",
             "--without-gossip",
             "--without-mingle",
             "--without-heartbeat",
             "--loglevel",
             "WARNING",
         ),
-        settings="RabbitMQ broker, threads pool x 8, acks late, prefetch multiplier 4 "
-        "(the default: 32 in flight), no result backend, apply_async in a loop",
+        settings="RabbitMQ broker, threads pool x {threads}, acks late, prefetch multiplier 4 "
+        "(the default: 4 x threads in flight), no result backend, apply_async in a loop",
         queue_suffixes=("",),
         own_exchange=True,
     ),
@@ -84,8 +85,15 @@ PEERS = (
         name="dramatiq",
         package="dramatiq",
         app="bench.peer_dramatiq_app",
-        worker=("dramatiq", "bench.peer_dramatiq_app", "--processes", "1", "--threads", "8"),
-        settings="RabbitmqBroker, 1 process x 8 threads, default middleware and prefetch "
+        worker=(
+            "dramatiq",
+            "bench.peer_dramatiq_app",
+            "--processes",
+            "1",
+            "--threads",
+            "{threads}",
+        ),
+        settings="RabbitmqBroker, 1 process x {threads} threads, default middleware and prefetch "
         "(2 x threads), no results, no publisher confirms, send in a loop",
         queue_suffixes=("", ".DQ", ".XQ"),
         own_exchange=False,
@@ -123,15 +131,36 @@ class PeerWorker:
         self.env = {**os.environ, "PEER_QUEUE": self.queue, "PEER_DONE_DIR": str(done_dir)}
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = ROOT / "bench" / "results" / f"peer-{spec.name}.log"
+        self.threads = DEFAULT_THREADS
+
+    @property
+    def settings(self) -> str:
+        return self.spec.settings.format(threads=self.threads)
 
     async def start(self) -> None:
         self._spawn()
         await self._until_consuming(timeout=60)
 
+    async def restart(self, threads: int) -> None:
+        """The same worker on the same queue with ``threads`` threads."""
+        self._terminate()
+        self.threads = threads
+        await self.start()
+
+    def _terminate(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
     def _spawn(self) -> None:
+        args = [a.format(threads=self.threads) for a in self.spec.worker]
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", *self.spec.worker],
+                [sys.executable, "-m", *args],
                 cwd=ROOT,
                 env=self.env,
                 stdout=log,
@@ -191,13 +220,7 @@ class PeerWorker:
         }
 
     async def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        self._terminate()
         async with await aio_pika.connect(AMQP_URL) as conn:
             channel = await conn.channel()
             for suffix in self.spec.queue_suffixes:
@@ -240,6 +263,14 @@ class Peers:
         for worker in self.workers:
             self.runs[worker.spec.name].append(await worker.run(n))
 
+    async def reshape(self, threads: int) -> None:
+        """Start a new series with ``threads`` threads per peer worker (beside another
+        shape of our own stack): the runs so far are forgotten."""
+        for worker in self.workers:
+            await worker.restart(threads)
+        for runs in self.runs.values():
+            runs.clear()
+
     def results(self, ours_per_s: float | None) -> dict[str, Any]:
         """JSON keys: ``peers`` (each peer's medians) and, with our own end to end in
         the same run, ``end_to_end_vs_<peer>`` (our median over the peer's)."""
@@ -252,7 +283,7 @@ class Peers:
             median = statistics.median(r["jobs_per_s"] for r in runs)
             peers[name] = {
                 "version": importlib.metadata.version(worker.spec.package),
-                "settings": worker.spec.settings,
+                "settings": worker.settings,
                 "end_to_end_jobs_per_s": median,
                 "end_to_end_runs": [round(r["jobs_per_s"], 1) for r in runs],
                 "send_per_s": statistics.median(r["send_per_s"] for r in runs),
