@@ -85,10 +85,10 @@ def _wire_time(value: datetime) -> datetime:
     try:
         utc = value.astimezone(UTC)
     except OverflowError:  # its offset pushes it past datetime's own range
-        utc = None
-    if utc is None or not MESSAGE_TIMES.earliest <= utc < MESSAGE_TIMES.latest:
+        return MESSAGE_TIMES.check(value)  # raises, saying the range
+    if not MESSAGE_TIMES.earliest <= utc < MESSAGE_TIMES.latest:
         MESSAGE_TIMES.check(value)  # raises, saying the range
-    return utc  # type: ignore[return-value]
+    return utc
 
 
 # The types every field below is built from.

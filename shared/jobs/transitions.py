@@ -71,7 +71,7 @@ def stored_event(
     """``state_event`` for the hot paths (a dispatch, a completion, an unblocked child):
     the id, type, attempt and worker as the database just returned them (each was
     checked on its way in), a reason of our own, a time of our clock. Built without
-    checking them again: a fifth of what validating costs, twice per job."""
+    checking them again: less than half of what validating costs, twice per job."""
     check_transition(old, new)
     return JobStateChanged.model_construct(
         ts=utcnow(), job_id=job_id, type=type, old_status=str(old), new_status=str(new),
