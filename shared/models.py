@@ -116,6 +116,12 @@ class Job(Base):
             postgresql_include=["type", "cpu_units", "memory_mb"],
             postgresql_where=text("status = 'ready' AND parked"),
         ),
+        # The few ready jobs with a reason written (a reservation): read by a new leader.
+        Index(
+            "jobs_written_reason_idx",
+            "id",
+            postgresql_where=text("status = 'ready' AND NOT parked AND waiting_reason IS NOT NULL"),
+        ),
         Index("jobs_due_idx", "run_at", postgresql_where=text("status IN ('pending', 'retrying')")),
         Index("jobs_running_idx", "worker_id", postgresql_where=text("status = 'running'")),
         Index("jobs_created_idx", "created_at", "id"),

@@ -187,7 +187,7 @@ class Scheduler:
 
     async def _take_over(self) -> None:
         """Workers and allocations as the database has them."""
-        self.dispatch.take_over()
+        await self.dispatch.take_over()
         await self.fleet.load()
         log.info(
             "took over: %d live worker(s), %d running job(s)",

@@ -39,7 +39,7 @@ from services.scheduler.placement import (
 from shared.broker import Broker
 from shared.db import RAW_DB_ERRORS
 from shared.jobs import parking, reads, transitions
-from shared.jobs.annotations import set_waiting_reasons
+from shared.jobs.annotations import set_waiting_reasons, written_waiting_reasons
 from shared.jobs.transitions import Placed
 from shared.messages import (
     JobCancel,
@@ -69,25 +69,34 @@ UNPARK_CHUNK = 20_000
 
 
 class WaitingReasons:
-    """The waiting reason last written per ready job: a cycle writes only the ones that
-    changed (the heads of a long queue keep theirs from cycle to cycle)."""
+    """The waiting reasons written on ready jobs, as the database has them: a cycle
+    writes only the ones that changed (the heads of a long queue keep theirs from cycle
+    to cycle). Only written reasons are kept: a job that only waits for room has none
+    (it reads as ``free_capacity_reason``), so nearly every queued job costs nothing
+    here. Read from the database when leading starts, so that a reason an earlier
+    leader wrote (a reservation) is cleared once it no longer holds."""
 
-    LIMIT = 100_000  # bounded: forgetting only costs a rewrite
+    LIMIT = 100_000  # past it, read again from the database
 
     def __init__(self, db: Database) -> None:
         self._db = db
-        self._written: dict[UUID, str | None] = {}
+        self._written: dict[UUID, str] = {}
+
+    async def load(self) -> None:
+        self._written = await written_waiting_reasons(self._db.pool, limit=self.LIMIT)
 
     async def write(self, reasons: dict[UUID, str | None]) -> None:
-        # A job this scheduler wrote nothing on has no reason written (None) unless an
-        # earlier leader wrote one: that one stays until the job is dispatched.
         changed = {job: why for job, why in reasons.items() if self._written.get(job) != why}
         if not changed:
             return
-        ready = await set_waiting_reasons(self._db.pool, changed)
+        for job in await set_waiting_reasons(self._db.pool, changed):
+            why = changed[job]
+            if why is None:
+                self._written.pop(job, None)
+            else:
+                self._written[job] = why
         if len(self._written) > self.LIMIT:
-            self._written.clear()
-        self._written.update((job, changed[job]) for job in ready)
+            await self.load()
 
     def cleared(self, jobs: Iterable[UUID]) -> None:
         """The dispatch of these jobs cleared their reason."""
@@ -124,10 +133,11 @@ class Dispatcher:
 
     # ------------------------------------------------------------ leadership
 
-    def take_over(self) -> None:
+    async def take_over(self) -> None:
         self._unconfirmed.clear()  # from an earlier leadership (a confirm that came late)
         self.maybe_ready = True
         self._capacities_seen = None
+        await self._reasons.load()
 
     def forget(self) -> None:
         """Leadership lost: the next leader's loss check has the unconfirmed ones."""
@@ -270,7 +280,7 @@ class Dispatcher:
             return
         if unparked := await parking.unpark_fitting(self._db.pool, fleet, chunk=UNPARK_CHUNK):
             log.info("un-parked %d ready job(s) that a live worker can run now", unparked)
-            self._reasons.clear()  # their reasons were cleared with them
+            await self._reasons.load()  # theirs were cleared with them
             self.maybe_ready = True
 
     def _publish(self, placed: list[Placed], now: datetime) -> list[tuple[Placed, str]]:

@@ -31,3 +31,10 @@ async def set_waiting_reasons(db: Db, reasons: dict[UUID, str | None]) -> set[UU
         return set()
     rows = await fetch(db, sql.SET_WAITING_REASONS, list(reasons), list(reasons.values()))
     return {r["id"] for r in rows}
+
+
+async def written_waiting_reasons(db: Db, *, limit: int) -> dict[UUID, str]:
+    """The reasons written on ready jobs the scheduler may place (not parked ones, whose
+    reason parking keeps): at most ``limit``."""
+    rows = await fetch(db, sql.WRITTEN_WAITING_REASONS, limit)
+    return {r["id"]: r["waiting_reason"] for r in rows}

@@ -373,7 +373,7 @@ RETURNING j.id, j.type, due.status AS old_status, j.attempts, j.worker_id
 # A user's cancel of a job no worker holds: it ends at once (``$2`` now, ``$3`` error).
 CANCEL_WAITING = f"""
 UPDATE jobs SET status = 'cancelled', cancel_requested = true, finished_at = $2,
-    updated_at = $2, error = $3
+    updated_at = $2, error = $3, waiting_reason = NULL
 WHERE id = $1
   AND status IN {allowed_from(S.CANCELLED, among=CANCELLABLE_AT_ONCE)}
 RETURNING id, type, attempts, worker_id
@@ -389,6 +389,7 @@ REQUEUE = f"""
 UPDATE jobs
 SET status = $2, unmet_dependencies = $3, runs = 0, error = NULL, result = NULL,
     finished_at = NULL, started_at = NULL, cancel_requested = false, worker_id = NULL,
+    waiting_reason = NULL,
     run_at = $4, ready_at = CASE WHEN $2 = 'ready' THEN $4::timestamptz END, updated_at = $4
 WHERE id = $1
   AND status IN {allowed_from(S.READY, S.BLOCKED, among={S.FAILED, S.CANCELLED})}
@@ -412,6 +413,14 @@ WHERE j.id = u.id AND j.attempts = u.attempt
 
 # Why ready jobs wait: only a changed reason is written; answers every job that is still
 # ready (written now or already saying that), so the scheduler remembers only those.
+# Read when a scheduler starts leading and after an un-park: few rows (reservations),
+# found by their own partial index (migration 0009), however long the ready queue.
+WRITTEN_WAITING_REASONS = """
+SELECT id, waiting_reason FROM jobs
+WHERE status = 'ready' AND NOT parked AND waiting_reason IS NOT NULL
+LIMIT $1
+"""
+
 SET_WAITING_REASONS = """
 WITH r AS (
     SELECT j.id, r.reason, j.waiting_reason IS DISTINCT FROM r.reason AS changed

@@ -48,7 +48,7 @@ async def placement(settings: Settings) -> AsyncIterator[Placement]:
         outbox.start()
         fleet = Fleet(settings, db, outbox, rng=random.Random(0))
         dispatcher = Dispatcher(settings, db, broker, outbox, fleet)
-        dispatcher.take_over()
+        await dispatcher.take_over()
         yield Placement(fleet, dispatcher)
         await dispatcher.settle(stop=_set_event())
         await outbox.close()
@@ -202,3 +202,42 @@ async def test_a_backlog_waiting_only_for_room_is_not_rewritten(
         "waiting for free capacity: needs 0.1 cpu units, 16 MB and a slot on a worker "
         "that runs 'demo.echo'"
     )
+
+
+async def test_a_reason_an_earlier_leader_wrote_is_cleared_once_it_no_longer_holds(
+    client: httpx.AsyncClient, db: asyncpg.Connection, placement: Placement
+) -> None:
+    """A reservation text written by the leader before (read when leading starts) is
+    cleared when the job only waits for room now; a parked job keeps its own."""
+    queued = await submit(client, [{"type": "demo.echo"}] * 8)
+    stale = "waiting for worker gone to free 0.1 cpu units and 16 MB (reserved for this job: it has waited 900 s)"  # fmt: skip
+    await db.execute("UPDATE jobs SET waiting_reason = $2 WHERE id = $1", queued[-1], stale)
+    placement.worker("w", cpu=4, memory_mb=4096, types=["demo.echo"])  # 4 slots
+    await placement.dispatcher.take_over()  # a new leader
+
+    await placement.dispatcher.place()
+
+    assert await db.fetchval("SELECT status FROM jobs WHERE id = $1", queued[-1]) == "ready"
+    assert await db.fetchval("SELECT waiting_reason FROM jobs WHERE id = $1", queued[-1]) is None
+    read = (await client.get(f"/jobs/{queued[-1]}")).json()
+    assert read["waiting_reason"].startswith("waiting for free capacity: needs 0.1 cpu units")
+
+
+async def test_a_parked_job_cancelled_and_retried_does_not_keep_its_old_reason(
+    client: httpx.AsyncClient, db: asyncpg.Connection, placement: Placement
+) -> None:
+    """Parking writes why a job fits nowhere; cancelled, then retried once a worker for
+    it runs, it must not say so any more (its reason is cleared with the status)."""
+    (orphan,) = await submit(client, [ORPHAN])
+    placement.worker("echo-only", cpu=4, memory_mb=4096, types=["demo.echo"])
+    await placement.dispatcher.place()
+    assert "no live worker runs" in await db.fetchval(
+        "SELECT waiting_reason FROM jobs WHERE id = $1", orphan
+    )
+    assert (await client.patch(f"/jobs/{orphan}/cancel")).status_code == 200
+    assert await db.fetchval("SELECT waiting_reason FROM jobs WHERE id = $1", orphan) is None
+    assert (await client.post(f"/jobs/{orphan}/retry")).status_code == 200
+
+    read = (await client.get(f"/jobs/{orphan}")).json()
+    assert read["status"] == "ready"
+    assert read["waiting_reason"].startswith("waiting for free capacity"), read

@@ -39,7 +39,7 @@ async def placement(settings: Settings) -> AsyncIterator[Placement]:
         outbox.start()
         fleet = Fleet(settings, db, outbox, rng=random.Random(0))
         dispatcher = Dispatcher(settings, db, broker, outbox, fleet)
-        dispatcher.take_over()
+        await dispatcher.take_over()
         yield Placement(fleet, dispatcher)
         stop = asyncio.Event()
         stop.set()
