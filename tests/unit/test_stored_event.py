@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 
 import pytest
+from asyncpg.pgproto.pgproto import UUID as DatabaseUUID
 
 from shared.jobs.transitions import state_event, stored_event
 from shared.messages import JobStateChanged, decode, encode
@@ -20,11 +21,13 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("id_type", [uuid.UUID, DatabaseUUID], ids=["uuid", "asyncpg"])
 @pytest.mark.parametrize(("old", "new", "reason", "extra"), CASES)
 def test_a_stored_event_is_the_validated_event(
-    old: str, new: str, reason: str, extra: dict[str, object]
+    old: str, new: str, reason: str, extra: dict[str, object], id_type: type
 ) -> None:
-    job_id = uuid.uuid4()
+    # The database's rows carry asyncpg's own UUID type: the same bytes either way.
+    job_id = id_type(str(uuid.uuid4()))
     fast = stored_event(job_id, "demo.echo", 3, old, new, reason, **extra)  # type: ignore[arg-type]
     checked = state_event(job_id, "demo.echo", 3, old, new, reason, ts=fast.ts, **extra)  # type: ignore[arg-type]
     assert encode(fast) == encode(checked)
