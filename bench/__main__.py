@@ -30,12 +30,12 @@ import asyncpg
 import httpx
 import psutil
 
+from bench.databases import create_migrated, drop, dsn_of, sqlalchemy_url
 from bench.peers import DEFAULT_THREADS, Peers
 from bench.peers import report as report_peers
 from bench.scale import run_scale
 
 ROOT = Path(__file__).resolve().parent.parent
-ADMIN = os.environ.get("TEST_DATABASE_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 KEY = "bench-admin-key"
 HIGH_RATE = 1000  # single submits per second offered in the second latency measure
 MEASURES = ("submit", "batch", "e2e", "peers", "wide", "latency", "saturation", "scale")
@@ -79,11 +79,11 @@ class WorkerShape:
 class Stack:
     def __init__(self, workers: int) -> None:
         self.db = f"swy_bench_{uuid.uuid4().hex[:8]}"
-        self.dsn = ADMIN.rsplit("/", 1)[0] + f"/{self.db}"
+        self.dsn = dsn_of(self.db)
         self.port, self.bare_port = free_port(), free_port()
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("SWITCHYARD_")},
-            "DATABASE_URL": self.dsn.replace("postgresql://", "postgresql+asyncpg://"),
+            "DATABASE_URL": sqlalchemy_url(self.dsn),
             "SWITCHYARD_NAMESPACE": f"bench-{uuid.uuid4().hex[:8]}",
             "SWITCHYARD_API_KEYS": f"{KEY}:admin",
             "SWITCHYARD_API_PORT": str(self.port),
@@ -145,16 +145,7 @@ class Stack:
         self.services[name] = proc
 
     async def __aenter__(self) -> Stack:
-        admin = await asyncpg.connect(ADMIN)
-        await admin.execute(f'CREATE DATABASE "{self.db}"')
-        await admin.close()
-        subprocess.run(
-            [sys.executable, "-m", "alembic", "upgrade", "head"],
-            cwd=ROOT,
-            env=self.env,
-            check=True,
-            capture_output=True,
-        )
+        await create_migrated(self.db)
         self._start("api", "-m", "services.api")
         self._start("scheduler", "-m", "services.scheduler")
         self._start("logger", "-m", "services.logger")
@@ -226,9 +217,7 @@ class Stack:
         if os.environ.get("BENCH_KEEP_DATABASE"):
             print(f"kept: {self.dsn}")
             return
-        admin = await asyncpg.connect(ADMIN)
-        await admin.execute(f'DROP DATABASE IF EXISTS "{self.db}" WITH (FORCE)')
-        await admin.close()
+        await drop(self.db)
 
 
 async def submit_rate(url: str, n: int, concurrency: int) -> float:

@@ -11,21 +11,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import subprocess
-import sys
 import time
 import uuid
 from datetime import UTC, datetime
-from pathlib import Path
 from types import SimpleNamespace
 
 import asyncpg
 
+from bench.databases import create_migrated, drop
 from bench.scale import LOAD
 
-ROOT = Path(__file__).resolve().parent.parent
-ADMIN = os.environ.get("TEST_DATABASE_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 DB = "swy_explain"
 
 
@@ -57,18 +52,7 @@ def queries() -> dict[str, tuple[str, list[object]]]:
 
 
 async def main(rows: int, keep: bool) -> None:
-    admin = await asyncpg.connect(ADMIN)
-    await admin.execute(f'DROP DATABASE IF EXISTS "{DB}" WITH (FORCE)')
-    await admin.execute(f'CREATE DATABASE "{DB}"')
-    url = ADMIN.rsplit("/", 1)[0] + f"/{DB}"
-    subprocess.run(
-        [sys.executable, "-m", "alembic", "upgrade", "head"],
-        cwd=ROOT,
-        env={**os.environ, "DATABASE_URL": url.replace("postgresql://", "postgresql+asyncpg://")},
-        check=True,
-        capture_output=True,
-    )
-    conn = await asyncpg.connect(url)
+    conn = await asyncpg.connect(await create_migrated(DB))
     start = time.monotonic()
     await conn.execute(LOAD, 6_000_000 - rows + 1, 6_000_000)  # the newest `rows` rows
     await conn.execute("VACUUM ANALYZE jobs")
@@ -86,8 +70,7 @@ async def main(rows: int, keep: bool) -> None:
         print("```")
     await conn.close()
     if not keep:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{DB}" WITH (FORCE)')
-    await admin.close()
+        await drop(DB)
 
 
 if __name__ == "__main__":

@@ -30,8 +30,9 @@ from typing import Any
 import asyncpg
 import httpx
 
+from bench.databases import create_migrated, drop, dsn_of, sqlalchemy_url
+
 ROOT = Path(__file__).resolve().parent.parent
-ADMIN = os.environ.get("TEST_DATABASE_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 KEY = "bench-jobs-page-key"
 FIRST_PAGE_MS = 200.0
 FILTER_MS = 300.0
@@ -154,24 +155,18 @@ async def measure(url: str, repeat: int) -> list[dict[str, Any]]:
 
 async def run(rows: int, repeat: int, keep: bool) -> list[dict[str, Any]]:
     db = f"swy_jobs_page_{uuid.uuid4().hex[:8]}"
-    dsn = ADMIN.rsplit("/", 1)[0] + f"/{db}"
+    dsn = dsn_of(db)
     port = _free_port()
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("SWITCHYARD_")},
-        "DATABASE_URL": dsn.replace("postgresql://", "postgresql+asyncpg://"),
+        "DATABASE_URL": sqlalchemy_url(dsn),
         "SWITCHYARD_NAMESPACE": f"bench-page-{uuid.uuid4().hex[:8]}",
         "SWITCHYARD_API_KEYS": f"{KEY}:admin",
         "SWITCHYARD_API_PORT": str(port),
     }
-    admin = await asyncpg.connect(ADMIN)
-    await admin.execute(f'CREATE DATABASE "{db}"')
-    await admin.close()
     proc: subprocess.Popen[bytes] | None = None
     try:
-        subprocess.run(
-            [sys.executable, "-m", "alembic", "upgrade", "head"],
-            cwd=ROOT, env=env, check=True, capture_output=True,
-        )  # fmt: skip
+        await create_migrated(db)
         t = time.perf_counter()
         await _load(dsn, rows)
         print(f"loaded {rows:,} jobs in {time.perf_counter() - t:.1f} s ({db})", flush=True)
@@ -187,9 +182,7 @@ async def run(rows: int, repeat: int, keep: bool) -> list[dict[str, Any]]:
             proc.terminate()
             proc.wait(timeout=30)
         if not keep:
-            admin = await asyncpg.connect(ADMIN)
-            await admin.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
-            await admin.close()
+            await drop(db)
 
 
 def main() -> None:

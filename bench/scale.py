@@ -16,24 +16,20 @@ from __future__ import annotations
 import asyncio
 import os
 import statistics
-import subprocess
 import sys
 import time
 import uuid
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import asyncpg
 
+from bench.databases import create_migrated, drop
 from shared.db import GENERIC_PLANS
 from shared.jobs import sql
 from shared.jobs.listing import JobSelection, page_query
 from shared.jobs.reads import encode_cursor
 from shared.states import JobStatus
-
-ROOT = Path(__file__).resolve().parent.parent
-ADMIN = os.environ.get("TEST_DATABASE_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 # Rows g in [$1, $2]; the newest row (g = 6M) was created now.
 LOAD = """
@@ -130,22 +126,7 @@ async def _measure(
 
 async def _load(db: str, size: int) -> asyncpg.Connection:
     """A fresh database ``db`` holding ``size`` jobs; an open connection to it."""
-    admin = await asyncpg.connect(ADMIN)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
-        await admin.execute(f'CREATE DATABASE "{db}"')
-    finally:
-        await admin.close()
-    url = ADMIN.rsplit("/", 1)[0] + f"/{db}"
-    await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "alembic", "upgrade", "head"],
-        cwd=ROOT,
-        env={**os.environ, "DATABASE_URL": url.replace("postgresql://", "postgresql+asyncpg://")},
-        check=True,
-        capture_output=True,
-    )
-    conn = await asyncpg.connect(url, command_timeout=3600)
+    conn = await asyncpg.connect(await create_migrated(db), command_timeout=3600)
     t = time.monotonic()
     # The newest rows are the last ones: g counts up to 6M.
     await conn.execute(LOAD, 6_000_000 - size + 1, 6_000_000)
@@ -158,7 +139,6 @@ async def run_scale(sizes: list[int], repeat: int = 200) -> dict[str, Any]:
     """One database per size (loaded two at a time), then every operation timed on all
     sizes in turn."""
     prefix = f"swy_scale_{os.getpid()}"
-    admin = await asyncpg.connect(ADMIN)
     conns: dict[int, asyncpg.Connection] = {}
     try:
         # The largest loads beside the others (two cores).
@@ -171,9 +151,7 @@ async def run_scale(sizes: list[int], repeat: int = 200) -> dict[str, Any]:
     finally:
         for conn in conns.values():
             await conn.close()
-        for size in sizes:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{prefix}_{size}" WITH (FORCE)')
-        await admin.close()
+        await drop(*(f"{prefix}_{size}" for size in sizes))
     base = by_size[min(sizes)]
     ratios = {
         str(size): {op: round(ms / base[op], 2) if base[op] else None for op, ms in ops.items()}
@@ -277,12 +255,7 @@ async def run_unfittable(
     finally:
         for conn in conns.values():
             await conn.close()
-        admin = await asyncpg.connect(ADMIN)
-        try:
-            for db in names.values():
-                await admin.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
-        finally:
-            await admin.close()
+        await drop(*names.values())
     out["method"] = (
         "three databases (none ahead; parked ahead; not in the room ahead), the same "
         "fitting jobs behind; claims as the scheduler plans them, executions interleaved"

@@ -44,9 +44,10 @@ from typing import Any
 import asyncpg
 import psutil
 
+from bench.databases import ADMIN, create_migrated, drop, dsn_of, sqlalchemy_url
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
-ADMIN = os.environ.get("TEST_DATABASE_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 AMQP = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 TASK_TYPE = "bench.noop"
 # The bench's own connections (insert, poll, sampler) are named so that their backends'
@@ -178,7 +179,7 @@ class Yard:
 
     @property
     def dsn(self) -> str:
-        return ADMIN.rsplit("/", 1)[0] + f"/{self.db}"
+        return dsn_of(self.db)
 
     @property
     def namespace(self) -> str:
@@ -188,7 +189,7 @@ class Yard:
     def env(self) -> dict[str, str]:
         return {
             **{k: v for k, v in os.environ.items() if not k.startswith("SWITCHYARD_")},
-            "DATABASE_URL": self.dsn.replace("postgresql://", "postgresql+asyncpg://"),
+            "DATABASE_URL": sqlalchemy_url(self.dsn),
             "AMQP_URL": AMQP,
             "SWITCHYARD_NAMESPACE": self.namespace,
         }
@@ -201,18 +202,7 @@ class Yard:
         )
 
     async def __aenter__(self) -> Yard:
-        admin = await asyncpg.connect(ADMIN)
-        try:
-            await admin.execute(f'CREATE DATABASE "{self.db}"')
-        finally:
-            await admin.close()
-        subprocess.run(
-            [sys.executable, "-m", "alembic", "upgrade", "head"],
-            cwd=ROOT,
-            env=self.env,
-            check=True,
-            capture_output=True,
-        )
+        await create_migrated(self.db)
         self._start("scheduler", *self.scheduler_command)
         self._start(
             "fleet",
@@ -259,11 +249,7 @@ class Yard:
                 p.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 p.kill()
-        admin = await asyncpg.connect(ADMIN)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{self.db}" WITH (FORCE)')
-        finally:
-            await admin.close()
+        await drop(self.db)
         await _delete_namespace(self.namespace)
 
 
@@ -572,20 +558,9 @@ async def db_claim_rate(dsn: str, jobs: int, clients: int, per_claim: int) -> tu
 async def db_claim(jobs: int, runs: int, concurrency: list[int], per_claim: list[int]) -> Any:
     tag = uuid.uuid4().hex[:8]
     db = f"swy_claim_{tag}"
-    dsn = ADMIN.rsplit("/", 1)[0] + f"/{db}"
-    env = {**os.environ, "DATABASE_URL": dsn.replace("postgresql://", "postgresql+asyncpg://")}
-    admin = await asyncpg.connect(ADMIN)
-    await admin.execute(f'CREATE DATABASE "{db}"')
-    await admin.close()
     out: list[dict[str, Any]] = []
     try:
-        subprocess.run(
-            [sys.executable, "-m", "alembic", "upgrade", "head"],
-            cwd=ROOT,
-            env=env,
-            check=True,
-            capture_output=True,
-        )
+        dsn = await create_migrated(db)
         for k in per_claim:
             for c in concurrency:
                 rates, pg = [], []
@@ -608,9 +583,7 @@ async def db_claim(jobs: int, runs: int, concurrency: list[int], per_claim: list
                 )
                 out.append(row)
     finally:
-        admin = await asyncpg.connect(ADMIN)
-        await admin.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
-        await admin.close()
+        await drop(db)
     return out
 
 
