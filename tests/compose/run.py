@@ -21,13 +21,11 @@ What it does, each step asserted, and the figures it prints:
 from __future__ import annotations
 
 import collections
-import json
 import os
 import secrets
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -37,7 +35,7 @@ from typing import Any
 
 import httpx
 
-from tests.scripts import Failed, check, wait_for
+from tests.scripts import Failed, check, finish, passed, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT = "switchyard-composetest"
@@ -349,14 +347,8 @@ def main() -> int:
             timeout=30,
         )
     figures["total_seconds"] = round(time.monotonic() - started, 1)
-    say("PASSED; figures:")
-    print(json.dumps(figures, indent=2))
-    return 0
+    return passed(say, figures)
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except Failed as exc:
-        say(f"FAILED: {exc}")
-        sys.exit(1)
+    finish(say, main)

@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import json
 import os
 import shutil
 import signal
@@ -48,7 +47,7 @@ import httpx
 from shared.broker import Broker
 from shared.dbtools import upgrade
 from tests.hosts.forwarder import Forwarder
-from tests.scripts import Failed, check, wait_for
+from tests.scripts import Failed, check, finish, passed, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 PG = ("127.0.0.1", 5432)
@@ -437,14 +436,8 @@ def main() -> int:
         wait_for("host 1's late log lines stored", late_lines_stored, timeout=30)
         figures["late_lines_of_cut_attempts"] = f"'{last_line}' of attempt 1 stored for all"
     figures["total_seconds"] = round(time.monotonic() - started, 1)
-    say("PASSED; figures:")
-    print(json.dumps(figures, indent=2))
-    return 0
+    return passed(say, figures)
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except Failed as exc:
-        say(f"FAILED: {exc}")
-        sys.exit(1)
+    finish(say, main)
