@@ -12,10 +12,7 @@ bench's own on the default vhost, deleted by the bench afterwards.
 
 from __future__ import annotations
 
-import json
 import os
-import sys
-import time
 
 import dramatiq
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
@@ -35,19 +32,6 @@ def noop(run: str, index: int, total: int) -> None:
     peer_tally.record(run, index, total)
 
 
-def produce(run: str, n: int) -> dict[str, float]:
-    cpu0 = time.process_time()
-    first_send = time.time()
-    for i in range(n):
-        noop.send(run, i, n)
-    sent = time.time()
-    broker.close()  # flush and close this thread's connection
-    return {
-        "first_send": first_send,
-        "sent_s": sent - first_send,
-        "cpu_s": time.process_time() - cpu0,
-    }
-
-
 if __name__ == "__main__":
-    print(json.dumps(produce(sys.argv[1], int(sys.argv[2]))))
+    # broker.close: flush and close this thread's connection.
+    peer_tally.produce(noop.send, broker.close)

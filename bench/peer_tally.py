@@ -4,14 +4,17 @@ Neither peer keeps results (no result backend), so the worker process counts the
 executions itself: each task carries ``(run, index, total)`` and adds its index to the
 run's set; the task that makes the set complete writes the wall-clock time into
 ``<PEER_DONE_DIR>/<run>.done``. Distinct indices, so a redelivered message cannot make a
-run look complete early. Imported by the peer workers; nothing here touches a broker.
+run look complete early. Imported by the peer workers and producers; nothing here touches a broker.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 _lock = threading.Lock()
@@ -37,3 +40,18 @@ def read_done(done_dir: Path, run: str) -> float | None:
     """When run ``run`` completed (epoch seconds), or None while it has not."""
     done = done_dir / f"{run}.done"
     return float(done.read_text()) if done.exists() else None
+
+
+def produce(send: Callable[[str, int, int], object], close: Callable[[], object]) -> None:
+    """A peer's producer run (``python -m <peer app> <run> <n>``): ``send`` each of the n
+    tasks in a loop, ``close`` to flush; prints when it began, how long sending took and
+    the CPU it used, as JSON for bench/peers.py."""
+    run, n = sys.argv[1], int(sys.argv[2])
+    cpu0 = time.process_time()
+    first_send = time.time()
+    for i in range(n):
+        send(run, i, n)
+    sent = time.time()
+    close()
+    print(json.dumps({"first_send": first_send, "sent_s": sent - first_send,
+                      "cpu_s": time.process_time() - cpu0}))  # fmt: skip
