@@ -16,6 +16,7 @@ trees in a temporary directory.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,24 +87,12 @@ def own_cgroups(root: Path) -> dict[str, str]:
 def cgroup_cpu_limit(root: Path, groups: dict[str, str] | None = None) -> tuple[float, str] | None:
     """The smallest CPU quota on the way up from this process's cgroup, in cores
     (150000/100000 -> 1.5), with its source; None when no cgroup limits the CPU."""
-    groups = own_cgroups(root) if groups is None else groups
-    limits: list[float] = []
-    if "" in groups:
-        for directory in _up_from(root / _MOUNT, groups[""]):
-            quota = _v2_cpu_max(directory / "cpu.max")
-            if quota is not None:
-                limits.append(quota)
-        if limits:
-            return _round_cores(min(limits)), "cgroup v2 cpu.max"
-    if "cpu" in groups:
-        for mount in _v1_mounts(root, "cpu"):
-            for directory in _up_from(mount, groups["cpu"]):
-                quota = _v1_cpu_quota(directory)
-                if quota is not None:
-                    limits.append(quota)
-        if limits:
-            return _round_cores(min(limits)), "cgroup v1 cpu.cfs_quota_us"
-    return None
+    found = _smallest_limit(
+        root, own_cgroups(root) if groups is None else groups,
+        v2=lambda d: _v2_cpu_max(d / "cpu.max"), v2_source="cgroup v2 cpu.max",
+        v1_controller="cpu", v1=_v1_cpu_quota, v1_source="cgroup v1 cpu.cfs_quota_us",
+    )  # fmt: skip
+    return None if found is None else (_round_cores(found[0]), found[1])
 
 
 def cgroup_memory_limit_mb(
@@ -111,23 +100,40 @@ def cgroup_memory_limit_mb(
 ) -> tuple[int, str] | None:
     """The smallest memory limit on the way up from this process's cgroup, in MB (at
     least 1), with its source; None when no cgroup limits the memory."""
-    groups = own_cgroups(root) if groups is None else groups
-    limits: list[int] = []
+    found = _smallest_limit(
+        root, own_cgroups(root) if groups is None else groups,
+        v2=lambda d: _bytes(d / "memory.max"), v2_source="cgroup v2 memory.max",
+        v1_controller="memory", v1=lambda d: _bytes(d / "memory.limit_in_bytes"),
+        v1_source="cgroup v1 memory.limit_in_bytes",
+    )  # fmt: skip
+    return None if found is None else (max(1, int(found[0]) // 2**20), found[1])
+
+
+def _smallest_limit(
+    root: Path,
+    groups: dict[str, str],
+    *,
+    v2: Callable[[Path], float | None],
+    v2_source: str,
+    v1_controller: str,
+    v1: Callable[[Path], float | None],
+    v1_source: str,
+) -> tuple[float, str] | None:
+    """The smallest limit ``v2`` (the unified hierarchy) or else ``v1`` (the
+    controller's own mounts) reads in this process's cgroup and those above it."""
     if "" in groups:
-        for directory in _up_from(root / _MOUNT, groups[""]):
-            limit = _bytes(directory / "memory.max")
-            if limit is not None:
-                limits.append(limit)
-        if limits:
-            return max(1, min(limits) // 2**20), "cgroup v2 memory.max"
-    if "memory" in groups:
-        for mount in _v1_mounts(root, "memory"):
-            for directory in _up_from(mount, groups["memory"]):
-                limit = _bytes(directory / "memory.limit_in_bytes")
-                if limit is not None:
-                    limits.append(limit)
-        if limits:
-            return max(1, min(limits) // 2**20), "cgroup v1 memory.limit_in_bytes"
+        found = [v for d in _up_from(root / _MOUNT, groups[""]) if (v := v2(d)) is not None]
+        if found:
+            return min(found), v2_source
+    if v1_controller in groups:
+        found = [
+            v
+            for mount in _v1_mounts(root, v1_controller)
+            for d in _up_from(mount, groups[v1_controller])
+            if (v := v1(d)) is not None
+        ]
+        if found:
+            return min(found), v1_source
     return None
 
 
