@@ -30,31 +30,34 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
 import psutil
-from pydantic import ValidationError
 
-from services.worker.process_pool import Child, ProcessPool
+from services.worker.attempt import (
+    Running,
+    attempt_usage,
+    end_report,
+    log_line,
+    progress_update,
+    status_report,
+)
+from services.worker.process_pool import ProcessPool
 from services.worker.runner import Outcome, call_from_thread, run_task
 from shared.broker import Broker, Consumer, Delivery, Topology
 from shared.catalog import announce_task_types
 from shared.db import create_engine, create_sessionmaker
 from shared.messages import (
-    AttemptUsage,
     JobCancel,
     JobDispatch,
-    JobLog,
     JobProgress,
     JobStatusReport,
     WorkerCapacity,
     WorkerHeartbeat,
     _Message,
-    message_text,
 )
 from shared.outbox import Outbox
 from shared.service import StartupError
@@ -72,26 +75,6 @@ LogSink = Callable[[int, str, str], None]  # (seq, level, message)
 ProgressSink = Callable[[float, float | None, str | None], None]  # (done, total, message)
 # --isolation / SWITCHYARD_WORKER_ISOLATION: "task" lets each @task choose.
 WORKER_ISOLATIONS = ("task", "thread", "process")
-
-
-@dataclass
-class Running:
-    dispatch: JobDispatch
-    ctx: TaskContext
-    started: float
-    future: Future[Outcome] | None = None
-    reported: bool = False  # the attempt's end was reported (thread may still run)
-    cancel_requested: bool = False
-    timed_out: bool = False
-    timers: list[asyncio.TimerHandle] = field(default_factory=list)
-    last_progress: float = 0.0
-    pending_progress: JobProgress | None = None
-    isolation: str = "thread"
-    child: Child | None = None  # process isolation: the child running it, once it has one
-
-    @property
-    def key(self) -> tuple[UUID, int]:
-        return (self.dispatch.job_id, self.dispatch.attempt)
 
 
 class Worker:
@@ -274,7 +257,9 @@ class Worker:
                 f"worker {self.worker_id} shut down before the attempt finished "
                 f"(grace {self.settings.worker_grace_seconds:g} s)"
             )
-            self._report_end(run, self._report(run.dispatch, "handed_back", error=reason))
+            self._report_end(
+                run, status_report(self.worker_id, run.dispatch, "handed_back", error=reason)
+            )
             if run.child is not None:  # its child is terminated (pool.close waits for it)
                 assert self.pool is not None
                 self.pool.terminate(run.child)
@@ -304,7 +289,11 @@ class Worker:
                     k[0] for k in self.running
                 }:
                     reason = f"worker {self.worker_id} could not take it: {type(exc).__name__}"
-                    self._emit(self._report(message, "handed_back", error=f"{reason}: {exc}"))
+                    self._emit(
+                        status_report(
+                            self.worker_id, message, "handed_back", error=f"{reason}: {exc}"
+                        )
+                    )
         await delivery.ack()
 
     def lease_expired(self, dispatch: JobDispatch, received_at: float) -> bool:
@@ -326,7 +315,12 @@ class Worker:
         if self.early_cancels.get(dispatch.job_id, -1) >= dispatch.attempt:
             log.info("job %s attempt %d was cancelled before it arrived", *key)
             self._emit(
-                self._report(dispatch, "cancelled", error="cancelled by request before it started")
+                status_report(
+                    self.worker_id,
+                    dispatch,
+                    "cancelled",
+                    error="cancelled by request before it started",
+                )
             )
             return
         reason = None
@@ -340,7 +334,7 @@ class Worker:
             reason = f"worker {self.worker_id} has no room (threads still stopping)"
         if reason is not None or definition is None:
             log.info("handing back job %s attempt %d: %s", *key, reason)
-            self._emit(self._report(dispatch, "handed_back", error=reason))
+            self._emit(status_report(self.worker_id, dispatch, "handed_back", error=reason))
             return
         run = Running(
             dispatch=dispatch,
@@ -349,7 +343,7 @@ class Worker:
             isolation=self.isolation_of(definition),
         )
         self.running[key] = run
-        self._emit(self._report(dispatch, "started"))
+        self._emit(status_report(self.worker_id, dispatch, "started"))
         loop = self._loop
         assert loop is not None
         if run.isolation == "process":
@@ -395,31 +389,14 @@ class Worker:
     def _reporters(self, dispatch: JobDispatch) -> tuple[LogSink, ProgressSink]:
         """How an attempt's log lines and progress reach the event loop, from a task
         thread or (relayed by the pool) from a child process alike."""
-        job_id, attempt, job_type = dispatch.job_id, dispatch.attempt, dispatch.type
 
         def emit_log(seq: int, level: str, message: str) -> None:
-            # The task's text as every hop can carry it: bad characters replaced, an
-            # oversize line cut with a marker (never an exception in the task's thread).
-            line = JobLog(
-                job_id=job_id, type=job_type, attempt=attempt, seq=seq, level=level,
-                message=message_text(str(message)),
-            )  # fmt: skip
-            self._from_thread(self._emit, line)
+            self._from_thread(self._emit, log_line(dispatch, seq, level, message))
 
         def report_progress(done: float, total: float | None, message: str | None) -> None:
-            try:
-                update = JobProgress(
-                    job_id=job_id,
-                    type=job_type,
-                    attempt=attempt,
-                    done=done,
-                    total=total,
-                    message=None if message is None else message_text(str(message)),
-                )
-            except ValidationError as exc:  # NaN, say: progress is advisory, the job goes on
-                log.warning("job %s: progress (%r, %r) not sent: %s", job_id, done, total, exc)
-                return
-            self._from_thread(self._progress, (job_id, attempt), update)
+            update = progress_update(dispatch, done, total, message)
+            if update is not None:
+                self._from_thread(self._progress, (dispatch.job_id, dispatch.attempt), update)
 
         return emit_log, report_progress
 
@@ -457,7 +434,7 @@ class Worker:
             assert self.pool is not None
             self.pool.terminate(run.child)
         else:  # still waiting for a free child: nothing runs, end it now
-            self._report_end(run, self._end_report(run, None))
+            self._report_end(run, end_report(self.worker_id, run, None))
 
     def _schedule_grace(self, run: Running) -> None:
         loop = self._loop
@@ -475,7 +452,7 @@ class Worker:
             *run.key,
             self.settings.cancel_grace_seconds,
         )
-        self._report_end(run, self._end_report(run, None))
+        self._report_end(run, end_report(self.worker_id, run, None))
         self.stuck[run.key] = run
 
     def _attempt_ended(self, run: Running, outcome: Outcome | None) -> None:
@@ -496,7 +473,7 @@ class Worker:
         if run.pending_progress is not None:
             self._emit(run.pending_progress)
             run.pending_progress = None
-        self._report_end(run, self._end_report(run, outcome))
+        self._report_end(run, end_report(self.worker_id, run, outcome))
 
     # ------------------------------------------------------------ process attempts
 
@@ -522,50 +499,9 @@ class Worker:
         exc = task.exception()
         log.error("job %s attempt %d: could not start it in a child: %r", *run.key, exc)
         reason = f"worker {self.worker_id} could not start it in a child process: {exc!r}"
-        self._report_end(run, self._report(run.dispatch, "handed_back", error=reason))
-
-    def _report(self, dispatch: JobDispatch, status: str, **fields: Any) -> JobStatusReport:
-        """This worker's report on one attempt. What the schema refuses (a result the
-        runner let through, say) fails the attempt with the reason, rather than leave
-        it unreported."""
-        try:
-            return JobStatusReport(
-                job_id=dispatch.job_id,
-                attempt=dispatch.attempt,
-                worker_id=self.worker_id,
-                status=status,  # type: ignore[arg-type]
-                **fields,
-            )
-        except ValidationError as exc:
-            log.error("job %s attempt %d: report not valid: %s", dispatch.job_id,
-                      dispatch.attempt, exc)  # fmt: skip
-            return JobStatusReport(
-                job_id=dispatch.job_id,
-                attempt=dispatch.attempt,
-                worker_id=self.worker_id,
-                status="failed" if status in ("completed", "failed") else status,  # type: ignore[arg-type]
-                error=message_text(f"the attempt's report could not be sent: {exc}"),
-            )
-
-    def _end_report(self, run: Running, outcome: Outcome | None) -> JobStatusReport:
-        def report(status: str, **fields: Any) -> JobStatusReport:
-            return self._report(run.dispatch, status, **fields)
-
-        if run.isolation == "process" and outcome is not None and outcome.ok:
-            # The child sends a success only for an attempt that ended before its
-            # SIGTERM: a timeout or cancel that came at that moment finds it done (as a
-            # thread's does when its future is done) and does not throw it away.
-            return report("completed", result=outcome.result)
-        if run.timed_out:
-            timeout = run.dispatch.timeout_seconds or 0
-            return report("failed", timed_out=True, error=f"timed out after {timeout:g} s")
-        if run.cancel_requested or (outcome is not None and outcome.cancelled):
-            return report("cancelled", error="cancelled by request")
-        if outcome is None:
-            return report("failed", error="attempt abandoned")
-        if outcome.ok:
-            return report("completed", result=outcome.result)
-        return report("failed", error=outcome.error, traceback=outcome.traceback)
+        self._report_end(
+            run, status_report(self.worker_id, run.dispatch, "handed_back", error=reason)
+        )
 
     def _report_end(self, run: Running, report: JobStatusReport) -> None:
         run.reported = True
@@ -619,28 +555,9 @@ class Worker:
                 cpu_percent=psutil.cpu_percent(interval=None),
                 memory_percent=round(self._process.memory_percent(), 3),
                 started_at=self.started_at,
-                attempts=self._attempt_usage(),
+                attempts=attempt_usage(self.pool),
             )
         )
-
-    def _attempt_usage(self) -> list[AttemptUsage]:
-        if self.pool is None:
-            return []
-        out = []
-        for child, cpu, rss_mb in self.pool.usage():
-            if child.job is None:
-                continue
-            out.append(
-                AttemptUsage(
-                    job_id=child.job[0],
-                    attempt=child.job[1],
-                    pid=child.pid,
-                    cpu_percent=round(cpu, 1),
-                    rss_mb=round(rss_mb, 1),
-                    peak_rss_mb=round(child.peak_rss / 2**20, 1),
-                )
-            )
-        return out
 
     async def _heartbeats(self) -> None:
         while True:

@@ -1,0 +1,147 @@
+"""One attempt on a worker: the record the worker keeps of it (``Running``) and what the
+worker sends about it (status reports, log lines, progress, a child's resource use).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+from uuid import UUID
+
+from pydantic import ValidationError
+
+from services.worker.process_pool import Child, ProcessPool
+from services.worker.runner import Outcome
+from shared.messages import (
+    AttemptUsage,
+    JobDispatch,
+    JobLog,
+    JobProgress,
+    JobStatusReport,
+    message_text,
+)
+from shared.tasks import TaskContext
+
+log = logging.getLogger("switchyard.worker")
+
+
+@dataclass
+class Running:
+    dispatch: JobDispatch
+    ctx: TaskContext
+    started: float
+    future: Future[Outcome] | None = None
+    reported: bool = False  # the attempt's end was reported (thread may still run)
+    cancel_requested: bool = False
+    timed_out: bool = False
+    timers: list[asyncio.TimerHandle] = field(default_factory=list)
+    last_progress: float = 0.0
+    pending_progress: JobProgress | None = None
+    isolation: str = "thread"
+    child: Child | None = None  # process isolation: the child running it, once it has one
+
+    @property
+    def key(self) -> tuple[UUID, int]:
+        return (self.dispatch.job_id, self.dispatch.attempt)
+
+
+def status_report(
+    worker_id: str, dispatch: JobDispatch, status: str, **fields: Any
+) -> JobStatusReport:
+    """The worker's report on one attempt. What the schema refuses (a result the runner
+    let through, say) fails the attempt with the reason, rather than leave it
+    unreported."""
+    try:
+        return JobStatusReport(
+            job_id=dispatch.job_id,
+            attempt=dispatch.attempt,
+            worker_id=worker_id,
+            status=status,  # type: ignore[arg-type]
+            **fields,
+        )
+    except ValidationError as exc:
+        log.error("job %s attempt %d: report not valid: %s", dispatch.job_id,
+                  dispatch.attempt, exc)  # fmt: skip
+        return JobStatusReport(
+            job_id=dispatch.job_id,
+            attempt=dispatch.attempt,
+            worker_id=worker_id,
+            status="failed" if status in ("completed", "failed") else status,  # type: ignore[arg-type]
+            error=message_text(f"the attempt's report could not be sent: {exc}"),
+        )
+
+
+def end_report(worker_id: str, run: Running, outcome: Outcome | None) -> JobStatusReport:
+    """How the attempt ended: its outcome, unless a timeout or a cancel came first
+    (``outcome`` is None when it ended without one: abandoned, or never started)."""
+
+    def report(status: str, **fields: Any) -> JobStatusReport:
+        return status_report(worker_id, run.dispatch, status, **fields)
+
+    if run.isolation == "process" and outcome is not None and outcome.ok:
+        # The child sends a success only for an attempt that ended before its
+        # SIGTERM: a timeout or cancel that came at that moment finds it done (as a
+        # thread's does when its future is done) and does not throw it away.
+        return report("completed", result=outcome.result)
+    if run.timed_out:
+        timeout = run.dispatch.timeout_seconds or 0
+        return report("failed", timed_out=True, error=f"timed out after {timeout:g} s")
+    if run.cancel_requested or (outcome is not None and outcome.cancelled):
+        return report("cancelled", error="cancelled by request")
+    if outcome is None:
+        return report("failed", error="attempt abandoned")
+    if outcome.ok:
+        return report("completed", result=outcome.result)
+    return report("failed", error=outcome.error, traceback=outcome.traceback)
+
+
+def log_line(dispatch: JobDispatch, seq: int, level: str, message: str) -> JobLog:
+    """One of the task's log lines as every hop can carry it: bad characters replaced,
+    an oversize line cut with a marker (never an exception in the task's thread)."""
+    return JobLog(
+        job_id=dispatch.job_id, type=dispatch.type, attempt=dispatch.attempt, seq=seq,
+        level=level, message=message_text(str(message)),
+    )  # fmt: skip
+
+
+def progress_update(
+    dispatch: JobDispatch, done: float, total: float | None, message: str | None
+) -> JobProgress | None:
+    """The task's progress as a message, or None (logged) for one the schema refuses."""
+    try:
+        return JobProgress(
+            job_id=dispatch.job_id,
+            type=dispatch.type,
+            attempt=dispatch.attempt,
+            done=done,
+            total=total,
+            message=None if message is None else message_text(str(message)),
+        )
+    except ValidationError as exc:  # NaN, say: progress is advisory, the job goes on
+        log.warning("job %s: progress (%r, %r) not sent: %s", dispatch.job_id, done, total, exc)
+        return None
+
+
+def attempt_usage(pool: ProcessPool | None) -> list[AttemptUsage]:
+    """What each process attempt uses now (its child's cpu and memory), for the heartbeat;
+    a thread's use cannot be told apart from the worker's own."""
+    if pool is None:
+        return []
+    out = []
+    for child, cpu, rss_mb in pool.usage():
+        if child.job is None:
+            continue
+        out.append(
+            AttemptUsage(
+                job_id=child.job[0],
+                attempt=child.job[1],
+                pid=child.pid,
+                cpu_percent=round(cpu, 1),
+                rss_mb=round(rss_mb, 1),
+                peak_rss_mb=round(child.peak_rss / 2**20, 1),
+            )
+        )
+    return out
