@@ -17,11 +17,13 @@ jobs, whatever the table's size (docs/operations.md, "Metrics").
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.db import fetch
-from shared.messages import JobStateChanged, Message
+from shared.messages import JobStateChanged, Message, StateSummary
 from shared.states import TERMINAL
 from shared.stats import depth_by_status_and_priority, list_workers
 
@@ -41,6 +43,7 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2
 
 class Metrics:
     def __init__(self) -> None:
+        self._children: dict[tuple[Any, ...], Any] = {}
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.submitted = Counter(
@@ -114,19 +117,29 @@ class Metrics:
             for resource in FREE_RESOURCES
         }
 
-    def observe(self, message: Message) -> None:
-        """Listener for the event hub."""
-        if not isinstance(message, JobStateChanged) or message.old_status is None:
+    def observe(self, message: Message | StateSummary) -> None:
+        """Listener for the event hub: a whole event, or a state event's summary."""
+        if not isinstance(message, JobStateChanged | StateSummary) or message.old_status is None:
             return
         new = message.new_status
         if new == "running" and message.wait_seconds is not None:
-            self.dispatch_latency.labels(message.type).observe(message.wait_seconds)
+            self._child(self.dispatch_latency, message.type).observe(message.wait_seconds)
         if message.old_status == "running" and new != "running":
-            self.attempts_ended.labels(message.type, new).inc()
+            self._child(self.attempts_ended, message.type, new).inc()
             if message.duration_seconds is not None:
-                self.duration.labels(message.type, new).observe(message.duration_seconds)
+                self._child(self.duration, message.type, new).observe(message.duration_seconds)
         if new in TERMINAL:
-            self.finished.labels(message.type, new).inc()
+            self._child(self.finished, message.type, new).inc()
+
+    def _child(self, metric: Counter | Histogram, *labels: str) -> Any:
+        """``metric.labels(*labels)``, looked up once: every event of every job comes
+        here, and ``labels`` validates and locks on each call. (These metrics are never
+        cleared, so a child, once made, stays the one the registry reports.)"""
+        key = (id(metric), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     async def render(self, session: AsyncSession, *, lease_seconds: float) -> bytes:
         self.queue_depth.clear()

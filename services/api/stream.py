@@ -27,7 +27,15 @@ from uuid import UUID
 import orjson
 
 from shared.broker import Broker, Delivery
-from shared.messages import JobLog, JobProgress, JobStateChanged, Message
+from shared.errors import DecodeError
+from shared.messages import (
+    JobLog,
+    JobProgress,
+    JobStateChanged,
+    Message,
+    StateSummary,
+    state_summaries,
+)
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +150,7 @@ class EventHub:
         self.buffer_size = buffer_size
         self.subscribers: set[Subscriber] = set()
         self._per_key: dict[str, int] = {}  # open sockets per API key id
-        self.listeners: list[Callable[[Message], None]] = []
+        self.listeners: list[Callable[[Message | StateSummary], None]] = []
         self._recent: OrderedDict[UUID, tuple[float, deque[dict[str, Any]]]] = OrderedDict()
         self._recent_total = 0
 
@@ -158,6 +166,7 @@ class EventHub:
             auto_delete=True,
             no_ack=True,
             skip_own=True,  # this replica's own events come through publish_local
+            skim=self._skim,
             # A replica that cannot keep up loses its oldest live events (they are in
             # the database), never the broker's memory.
             arguments={
@@ -195,6 +204,31 @@ class EventHub:
     def recent_lines(self, job_id: UUID) -> list[dict[str, Any]]:
         entry = self._recent.get(job_id)
         return list(entry[1]) if entry else []
+
+    def _skim(self, body: bytes, routing_key: str) -> bool:
+        """With no client connected, nothing but the counters reads a state event and
+        nobody a progress update: the counters get a state event's few fields
+        (``state_summaries``, a third of a whole decode: every replica reads every
+        event) and a progress update is not decoded at all. False: decode it whole (a
+        client is connected, a log line to keep for replay, a body the summary refuses:
+        the whole decode says what is wrong with it)."""
+        if self.subscribers:
+            return False
+        if routing_key.startswith("job.progress."):
+            return True
+        if not routing_key.startswith("job.state."):
+            return False
+        try:
+            summaries = state_summaries(body)
+        except DecodeError:
+            return False
+        for summary in summaries:
+            for listener in self.listeners:
+                try:
+                    listener(summary)
+                except Exception:
+                    log.exception("event listener failed on a job.state event")
+        return True
 
     async def _on_delivery(self, delivery: Delivery) -> None:
         for message in delivery.messages:

@@ -35,6 +35,7 @@ from shared.broker.deliveries import (
     DeadLetter,
     Delivery,
     Handler,
+    Skim,
     _dead_letter,
     _settle,
     ack_all,
@@ -345,6 +346,7 @@ class Broker:
         arguments: dict[str, Any] | None = None,
         no_ack: bool = False,
         skip_own: bool = False,
+        skim: Skim | None = None,
     ) -> Consumer:
         """Declare ``queue_name`` bound to ``bindings`` and hand each delivery to ``handler``.
 
@@ -352,14 +354,20 @@ class Broker:
         it sends it: only for fan-out copies that may be lost). An undecodable body (or
         batch item) goes to the dead-letter queue with its reason instead of looping
         forever. With ``skip_own`` messages this broker object published are
-        dropped unread. A handler that raises is tried again (handlers are idempotent)
-        and after HANDLER_TRIES dead-lettered with its error; see ``_receiver``.
+        dropped unread. With ``skim`` (``no_ack`` queues only) each body is offered to it
+        undecoded first, with its routing key: one it returns True for is done with. A
+        handler that raises is tried again (handlers are idempotent) and after
+        HANDLER_TRIES dead-lettered with its error; see ``_receiver``.
         """
+        if skim is not None and not no_ack:
+            raise ValueError("skim is for no_ack queues: a skimmed message is never settled")
         queue = await self._declare(
             queue_name, bindings, prefetch=prefetch, durable=durable, exclusive=exclusive,
             auto_delete=auto_delete, arguments=arguments,
         )  # fmt: skip
-        on_message = self._receiver(queue_name, handler, no_ack=no_ack, skip_own=skip_own)
+        on_message = self._receiver(
+            queue_name, handler, no_ack=no_ack, skip_own=skip_own, skim=skim
+        )
         tag = await queue.consume(on_message, no_ack=no_ack)
         return Consumer(queue, tag)
 
@@ -400,7 +408,7 @@ class Broker:
         return queue
 
     def _receiver(
-        self, queue: str, handler: Handler, *, no_ack: bool, skip_own: bool
+        self, queue: str, handler: Handler, *, no_ack: bool, skip_own: bool, skim: Skim | None
     ) -> Callable[[aio_pika.abc.AbstractIncomingMessage], Awaitable[None]]:
         """What each raw delivery goes through (the one place that decides what happens
         to a message that cannot be decoded or handled): decoded, the undecodable (a
@@ -412,6 +420,12 @@ class Broker:
 
         async def on_message(raw: aio_pika.abc.AbstractIncomingMessage) -> None:
             received_at = time.monotonic()
+            if skim is not None:
+                try:
+                    if skim(raw.body, raw.routing_key or ""):
+                        return
+                except Exception:  # the skimmer's bug: the message is decoded as usual
+                    log.exception("skimming a message of %s from %s failed", raw.routing_key, queue)
             try:
                 message, rejected = decode_each(raw.body)
             except Exception as exc:  # decode_each means never to raise: a bug, not the body's

@@ -93,6 +93,8 @@ async def ack_all(deliveries: Sequence[Delivery]) -> None:
 
 
 Handler = Callable[[Delivery], Awaitable[None]]
+# A look at a fan-out copy before it is decoded: (body, routing key) -> done with it.
+Skim = Callable[[bytes, str], bool]
 
 
 # Messages whose content exists nowhere else until their consumer has stored it: a

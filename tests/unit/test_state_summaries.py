@@ -1,0 +1,95 @@
+"""``state_summaries``: what the API's counters read of a ``job.state`` body without
+decoding it whole. It must give the fields ``decode`` gives, and refuse what ``decode``
+would refuse in those fields (the caller then decodes the body whole)."""
+
+from __future__ import annotations
+
+import uuid
+
+import orjson
+import pytest
+
+from shared.errors import DecodeError
+from shared.messages import (
+    Batch,
+    JobCancel,
+    JobStateChanged,
+    decode,
+    encode,
+    state_summaries,
+    unpack,
+)
+
+FIELDS = ("type", "old_status", "new_status", "wait_seconds", "duration_seconds")
+
+
+def event(**overrides: object) -> JobStateChanged:
+    values: dict[str, object] = {
+        "job_id": uuid.uuid4(), "type": "demo.echo", "old_status": "running",
+        "new_status": "completed", "attempt": 2, "worker_id": "w-1", "reason": "completed",
+        "duration_seconds": 0.25,
+    }  # fmt: skip
+    values.update(overrides)
+    return JobStateChanged(**values)  # type: ignore[arg-type]
+
+
+EVENTS = [
+    event(),
+    event(old_status="ready", new_status="running", wait_seconds=1.5, duration_seconds=None),
+    event(old_status=None, new_status="ready", duration_seconds=None),
+    event(type="t\x00ype", new_status="failed"),  # bad text: replaced, as decode does
+]
+
+
+@pytest.mark.parametrize(
+    "body", [encode(e) for e in EVENTS] + [encode(Batch(of="job.state", items=EVENTS))]
+)
+def test_the_summaries_hold_what_decode_gives(body: bytes) -> None:
+    whole = unpack(decode(body))
+    summaries = state_summaries(body)
+    assert [{f: getattr(s, f) for f in FIELDS} for s in summaries] == [
+        {f: getattr(e, f) for f in FIELDS} for e in whole
+    ]
+
+
+def _edited(e: JobStateChanged, **fields: object) -> dict[str, object]:
+    raw = orjson.loads(encode(e))
+    raw.update(fields)
+    return raw  # type: ignore[no-any-return]
+
+
+REFUSED = {
+    "not JSON": b"{not json",
+    "a batch of another kind": orjson.dumps(
+        {"v": 1, "kind": "batch", "of": "job.logs", "items": [orjson.loads(encode(event()))]}
+    ),
+    "a type too long": orjson.dumps(_edited(event(), type="x" * 1001)),
+    "no new status": orjson.dumps({k: v for k, v in _edited(event()).items() if k != "new_status"}),
+    "a duration that is not finite": encode(event()).replace(b"0.25", b"1e999"),
+    "a status that is a number": orjson.dumps(_edited(event(), old_status=7)),
+    "another version": orjson.dumps(_edited(event(), v=2)),
+    "one bad item in a batch": orjson.dumps(
+        {
+            "v": 1,
+            "kind": "batch",
+            "of": "job.state",
+            "items": [orjson.loads(encode(event())), _edited(event(), type="x" * 1001)],
+        }
+    ),
+    "an empty batch": orjson.dumps({"v": 1, "kind": "batch", "of": "job.state", "items": []}),
+}
+
+
+@pytest.mark.parametrize("body", REFUSED.values(), ids=REFUSED.keys())
+def test_what_decode_refuses_in_those_fields_is_refused(body: bytes) -> None:
+    with pytest.raises(DecodeError):
+        decode(body)
+    with pytest.raises(DecodeError):
+        state_summaries(body)
+
+
+def test_a_body_of_another_kind_is_left_to_decode() -> None:
+    body = encode(JobCancel(job_id=uuid.uuid4(), attempt=1))
+    assert isinstance(decode(body), JobCancel)
+    with pytest.raises(DecodeError):
+        state_summaries(body)
