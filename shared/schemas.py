@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import replace
 from datetime import datetime
@@ -18,7 +19,7 @@ from pydantic import (
     StringConstraints,
 )
 
-from shared.jsonvalues import CLIENT_JSON, CLIENT_TIMES, check_json
+from shared.jsonvalues import CLIENT_JSON, CLIENT_TIMES, JsonRules, check_json
 from switchyard import models as _public
 from switchyard.states import JobStatus
 
@@ -288,7 +289,13 @@ def check_json_value(value: Any, *, max_depth: int, where: str = "payload") -> N
     """Refuse what a client's JSON value may not hold (``shared.jsonvalues.CLIENT_JSON``,
     nested at most ``max_depth`` levels: the API's own limit); the error names the path
     of the first fault."""
-    check_json(value, replace(CLIENT_JSON, max_depth=max_depth), where=where)
+    check_json(value, _client_json(max_depth), where=where)
+
+
+@functools.lru_cache(maxsize=8)
+def _client_json(max_depth: int) -> JsonRules:
+    """CLIENT_JSON at ``max_depth`` (one per configured depth, not one per job)."""
+    return replace(CLIENT_JSON, max_depth=max_depth)
 
 
 # ------------------------------------------------------------------- GET /jobs/{id}/why
