@@ -50,3 +50,55 @@ async def test_jobs_is_analyzed_within_seconds_of_filling_up(
         )
     )
     assert "jobs_pkey" in plan, plan
+
+
+async def _stats_show(db: asyncpg.Connection, sql: str, what: str) -> None:
+    """Wait until the statistics views show ``sql`` true (a backend reports its counts
+    up to a few seconds late)."""
+    deadline = time.monotonic() + 20
+    while True:
+        await db.execute("SELECT pg_stat_clear_snapshot()")
+        if await db.fetchval(sql):
+            return
+        assert time.monotonic() < deadline, f"the statistics never showed {what}"
+        await asyncio.sleep(0.2)
+
+
+async def _check_once(maintenance: Maintenance) -> None:
+    maintenance._last_analyze_check = 0.0  # the check is due now
+    maintenance.start_due_tasks()
+    assert maintenance._vacuum_task is not None
+    await maintenance._vacuum_task
+
+
+async def test_a_busy_table_is_analyzed_again_when_it_grew_not_on_every_change(
+    settings: Settings, db: asyncpg.Connection
+) -> None:
+    """Every status change of a busy yard is a modified row: analyzing whenever a tenth
+    of the table changed meant an ANALYZE every two seconds. Between vacuums only growth
+    past twice the known rows does (the vacuum analyzes the rest)."""
+    if await db.fetchval("SELECT current_setting('autovacuum')") == "on":
+        pytest.skip("this server analyzes on its own (autovacuum is on)")
+    await db.execute(FILL, 5000)
+    await db.execute("ANALYZE jobs")
+
+    async def known_rows() -> float:
+        return float(await db.fetchval("SELECT reltuples FROM pg_class WHERE relname = 'jobs'"))
+
+    assert await known_rows() == 5000
+    # Every row changes, the table shrinks: far past autovacuum's analyze threshold.
+    await db.execute("UPDATE jobs SET status = 'running', worker_id = 'w' WHERE true")
+    await db.execute("DELETE FROM jobs WHERE id IN (SELECT id FROM jobs LIMIT 3000)")
+    modified = """SELECT n_mod_since_analyze >= 8000 FROM pg_stat_user_tables
+                  WHERE relname = 'jobs'"""
+    await _stats_show(db, modified, "the changes")
+    database = Database(settings)
+    async with database.open():
+        maintenance = Maintenance(settings, database, None, None)  # type: ignore[arg-type]
+        await _check_once(maintenance)
+        assert await known_rows() == 5000  # not analyzed again
+        await db.execute(FILL, 9000)  # 11,000 rows: more than twice 5,000
+        grown = "SELECT n_live_tup >= 11000 FROM pg_stat_user_tables WHERE relname = 'jobs'"
+        await _stats_show(db, grown, "the new rows")
+        await _check_once(maintenance)
+        assert await known_rows() == 11000
