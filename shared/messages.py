@@ -538,7 +538,7 @@ _summaries_adapter: TypeAdapter[StateSummary | _StateSummaries] = TypeAdapter(
 
 def state_summaries(body: bytes) -> list[StateSummary]:
     """The ``job.state`` events of a body (one, or a batch of them), each as its
-    ``StateSummary``: about a third of what decoding them whole costs. Raises
+    ``StateSummary``: about half of what decoding them whole costs. Raises
     DecodeError for any other body, and for one with an item whose summarised fields
     ``decode`` would refuse (the caller then decodes it whole, which says why)."""
     if len(body) > MAX_MESSAGE_BYTES:

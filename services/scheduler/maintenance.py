@@ -28,17 +28,23 @@ from shared.stats import queue_depth
 log = logging.getLogger("switchyard.scheduler")
 
 # How often the scheduler asks, between vacuums (each of which analyzes too), whether
-# ``jobs`` grew past twice the rows its statistics know, on a server without
-# autovacuum: a table that fills in seconds must not be planned for as nearly empty.
-# Only growth: other changes wait for the next vacuum (a busy yard changes a tenth of
-# its rows every few seconds; analyzing it that often was a fifth of the database's CPU
-# in an end-to-end run).
+# ``jobs`` needs analyzing on a server without autovacuum: when more rows were inserted
+# since the last analyze than autovacuum's threshold (50 + 10 % of the rows the
+# statistics know). A table that fills in seconds, or a burst of new ready jobs into a
+# table of finished ones, must not be planned for with statistics that saw none of
+# them. Inserts, not every change: a busy yard updates each job twice more (dispatch,
+# completion), and analyzing on those ran an ANALYZE every 2 s, a fifth of the
+# database's CPU in an end-to-end run; they wait for the next vacuum.
 ANALYZE_CHECK_SECONDS = 2.0
-JOBS_GREW_SINCE_ANALYZE = """
-SELECT s.n_live_tup > 50 + 2 * greatest(c.reltuples, 0)
+JOBS_CHANGES = """
+SELECT s.n_tup_ins AS inserted, s.n_mod_since_analyze AS changed,
+       50 + 0.1 * greatest(c.reltuples, 0) AS threshold
 FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid
 WHERE s.relid = 'jobs'::regclass
 """
+
+
+JOBS_INSERTED = "SELECT n_tup_ins FROM pg_stat_user_tables WHERE relid = 'jobs'::regclass"
 
 
 class Maintenance:
@@ -53,6 +59,9 @@ class Maintenance:
         self._vacuum_task: asyncio.Task[None] | None = None
         self._server_vacuums = False
         self._last_analyze_check = 0.0
+        # jobs' insert count when it was last analyzed (None: not known since taking over
+        # or since the last vacuum; then all changes since that analyze count)
+        self._inserted_at_analyze: int | None = None
         self._last_monitoring = 0.0
 
     def start_due_tasks(self) -> None:
@@ -109,7 +118,7 @@ class Maintenance:
 
     def _start_vacuum(self) -> None:
         """Vacuum (and analyze) ``jobs`` in the background when the server's autovacuum
-        is off, and analyze it in between as soon as it grew past twice its statistics.
+        is off, and analyze it in between as soon as enough rows were inserted.
 
         Every dispatch and report writes a new row version; the old ones stay in the
         ready index until a vacuum, so the claim scans more dead entries the longer
@@ -130,17 +139,25 @@ class Maintenance:
             self._vacuum_task = asyncio.create_task(self._vacuum(), name="vacuum")
         elif now - self._last_analyze_check >= ANALYZE_CHECK_SECONDS:
             self._last_analyze_check = now
-            self._vacuum_task = asyncio.create_task(self._analyze_if_grown(), name="analyze")
+            self._vacuum_task = asyncio.create_task(self._analyze_if_inserted(), name="analyze")
 
-    async def _analyze_if_grown(self) -> None:
-        """ANALYZE ``jobs`` when it holds more than twice the rows (and 50) its
-        statistics know."""
+    async def _analyze_if_inserted(self) -> None:
+        """ANALYZE ``jobs`` when more rows were inserted since it was last analyzed than
+        autovacuum's threshold (``JOBS_CHANGES``)."""
         try:
             if await self._db.pool.fetchval("SELECT current_setting('autovacuum')") == "on":
                 self._server_vacuums = True  # the server does it: never again
                 return
-            if await self._db.pool.fetchval(JOBS_GREW_SINCE_ANALYZE, timeout=5):
+            row = await self._db.pool.fetchrow(JOBS_CHANGES, timeout=5)
+            if row is None:
+                return
+            baseline = self._inserted_at_analyze
+            since = row["changed"] if baseline is None else row["inserted"] - baseline
+            if since > row["threshold"]:
                 await self._db.pool.execute("ANALYZE jobs", timeout=60)
+                self._inserted_at_analyze = row["inserted"]
+            elif baseline is None:
+                self._inserted_at_analyze = row["inserted"]
         except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
             log.warning("analyze of jobs failed: %s", exc)
 
@@ -156,6 +173,7 @@ class Maintenance:
                 return
             t = time.monotonic()
             await conn.execute("VACUUM (ANALYZE) jobs", timeout=600)
+            self._inserted_at_analyze = await conn.fetchval(JOBS_INSERTED, timeout=5)
             log.info("autovacuum is off on this server: vacuumed jobs in %.2f s",
                      time.monotonic() - t)  # fmt: skip
         except (OSError, asyncpg.PostgresError, TimeoutError) as exc:

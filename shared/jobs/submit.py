@@ -233,13 +233,9 @@ def _wire(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _columns(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
-    """The rows in their wire form (as ``_wire`` gives each), one list per column."""
-    columns = {name: [r[name] for r in rows] for name in sql.INSERT_COLUMNS}
-    columns.update(
-        payload=[r["payload_json"] for r in rows],
-        depends_on=[uuid_array(r["depends_on"]) for r in rows],
-    )
-    return columns
+    """The rows in their wire form, one list per column."""
+    wired = [_wire(r) for r in rows]
+    return {name: [w[name] for w in wired] for name in sql.INSERT_COLUMNS}
 
 
 async def _audit(

@@ -14,6 +14,7 @@ from shared.messages import (
     Batch,
     JobCancel,
     JobStateChanged,
+    StateSummary,
     decode,
     encode,
     state_summaries,
@@ -93,3 +94,22 @@ def test_a_body_of_another_kind_is_left_to_decode() -> None:
     assert isinstance(decode(body), JobCancel)
     with pytest.raises(DecodeError):
         state_summaries(body)
+
+
+def test_the_summary_checks_its_fields_as_the_event_does() -> None:
+    """The summary re-declares the fields it reads: a constraint tightened on one and
+    not the other would let the summary take what ``decode`` refuses."""
+    summary, whole = StateSummary.model_fields, JobStateChanged.model_fields
+    for name in (*FIELDS, "kind", "v"):
+        assert summary[name].annotation == whole[name].annotation, name
+        assert summary[name].metadata == whole[name].metadata, name
+
+
+def test_the_fields_it_does_not_read_are_not_checked() -> None:
+    """What the counters do not read is not checked either (docs/performance.md): a
+    state event with a malformed id is counted from its summary, while a whole decode
+    (a WebSocket client connected) refuses it."""
+    raw = _edited(event(), job_id="not-a-uuid", attempt=-1)
+    with pytest.raises(DecodeError):
+        decode(orjson.dumps(raw))
+    assert [s.type for s in state_summaries(orjson.dumps(raw))] == ["demo.echo"]
