@@ -11,22 +11,16 @@ from __future__ import annotations
 
 import functools
 import inspect
-import json
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from typing import Annotated, Any, NoReturn
+from collections.abc import Callable
+from typing import Annotated, Any
 
 import typer
 
 from switchyard import __version__, display
-from switchyard.client import Client, JobRead
-from switchyard.errors import ApiError
-from switchyard.models import ExecutionRead, LogLine
+from switchyard.client import JobRead
+from switchyard.console import call, client, echo_lines, options, parse_payload, print_json, say
 from switchyard.states import TERMINAL, JobStatus
-
-EXIT_FAILED = 1
-EXIT_CANCELLED = 3
-EXIT_TIMEOUT = 124
+from switchyard.watch import exit_for, final_line, follow_job, wait_for
 
 app = typer.Typer(
     help="Switchyard job orchestrator: submit, watch and steer jobs.",
@@ -34,18 +28,6 @@ app = typer.Typer(
     rich_markup_mode=None,
     pretty_exceptions_enable=False,
 )
-
-
-class Options:
-    """The global options, wherever on the command line they were given."""
-
-    url: str | None = None
-    api_key: str | None = None
-    key_source = "SWITCHYARD_API_KEY"
-    as_json = False
-
-
-options = Options()
 
 
 def _version(value: bool) -> None:
@@ -113,95 +95,6 @@ def global_options(function: Callable[..., None]) -> Callable[..., None]:
         **{name: kind for name, (kind, _) in _LATE.items()},
     }
     return command
-
-
-def masked(key: str) -> str:
-    return f"'{key[:4]}…' ({len(key)} characters)" if len(key) > 6 else "a short key"
-
-
-def advice(exc: ApiError) -> str:
-    """What went wrong and what to do next, for each kind of refusal."""
-    detail = exc.detail
-    if isinstance(detail, list):  # a validation error: where and what
-        detail = "; ".join(
-            f"{'.'.join(str(p) for p in e.get('loc', ())[1:]) or 'request'}: {e.get('msg')}"
-            for e in detail
-            if isinstance(e, dict)
-        )
-    elif not isinstance(detail, str):
-        detail = display.compact(detail)
-    if exc.status == 0:
-        return (
-            f"{detail}\nIs the API running (`make run`)? Point the CLI at it with --url "
-            "or SWITCHYARD_URL."
-        )
-    if exc.status == 401:
-        used = (
-            f"the key {masked(options.api_key)} from {options.key_source}"
-            if options.api_key
-            else "no key (none given)"
-        )
-        return (
-            f"the API refused the request (HTTP 401: {detail}); it was sent with {used}.\n"
-            "Set a valid key with `export SWITCHYARD_API_KEY=<key>` or pass `--api-key <key>`."
-        )
-    if exc.status == 403:
-        return f"{detail} (HTTP 403): use a key whose role allows this."
-    if exc.status == 404:
-        return f"{detail} (HTTP 404): check the id; `switchyard list` shows recent jobs."
-    if exc.status == 409:
-        return f"{detail} (HTTP 409): `switchyard status <id>` shows where the job is."
-    if exc.status in (400, 413, 422):
-        return f"the API did not accept the request (HTTP {exc.status}): {detail}"
-    if exc.status == 429:
-        return f"{detail} (HTTP 429): too many requests; wait a moment and run it again."
-    return f"{detail} (HTTP {exc.status}): try again; if it persists, read the API's log."
-
-
-def fail(exc: ApiError) -> NoReturn:
-    say(f"error: {advice(exc)}", err=True)
-    raise typer.Exit(1)
-
-
-@contextmanager
-def client() -> Iterator[Client]:
-    """A client for this command; an API error ends the command with advice."""
-    try:
-        with Client(options.url, options.api_key or "") as sy:
-            yield sy
-    except ApiError as exc:
-        fail(exc)
-    except ValueError as exc:  # an argument the SDK refused before asking: a job id
-        say(f"error: {exc}; `switchyard list` shows recent jobs' ids", err=True)
-        raise typer.Exit(2) from None
-
-
-def call(method: str, path: str, **kwargs: Any) -> Any:
-    with client() as sy:
-        return sy.raw(method, path, **kwargs)
-
-
-def say(text: str, *, err: bool = False) -> None:
-    """Human output: what a job, a task or a submitter wrote is shown, never obeyed by
-    the terminal (control characters escaped)."""
-    typer.echo(display.safe(text), err=err)
-
-
-def echo_lines(lines: list[str]) -> None:
-    for line in lines:
-        say(line)
-
-
-def print_json(value: Any) -> None:
-    typer.echo(display.pretty(value))
-
-
-def parse_payload(payload: str, option: str = "--payload") -> Any:
-    try:
-        return json.loads(payload)
-    except json.JSONDecodeError as exc:
-        say(f"error: {option} is not JSON ({exc}); e.g. {option} '{{\"x\": 1}}'", err=True)
-        raise typer.Exit(2) from None
 
 
 def job_line(job: JobRead) -> str:
@@ -370,24 +263,6 @@ def stats() -> None:
         )
 
 
-def exit_for(job: JobRead) -> None:
-    """The exit code of a command that watched a job to its end."""
-    if job.status == JobStatus.FAILED:
-        raise typer.Exit(EXIT_FAILED)
-    if job.status == JobStatus.CANCELLED:
-        raise typer.Exit(EXIT_CANCELLED)
-
-
-def final_line(job: JobRead) -> str:
-    if job.status == JobStatus.COMPLETED:
-        took = ""
-        if job.started_at and job.finished_at:
-            took = f" in {display.duration((job.finished_at - job.started_at).total_seconds())}"
-        result = "" if job.result is None else f"; result {display.compact(job.result)}"
-        return f"job {job.id} completed{took}{result}"
-    return f"job {job.id} {job.status}: {job.error or 'no error recorded'}"
-
-
 @app.command()
 @global_options
 def logs(
@@ -412,104 +287,6 @@ def logs(
             say(final_line(job) if job.status in TERMINAL else f"job is {job.status}")
             return
         job = follow_job(sy, job_id)
-    exit_for(job)
-
-
-def follow_job(sy: Client, job_id: str) -> JobRead:
-    """Print a job's events until it ends; the earlier lines the replay left out come
-    from REST first. Returns the job as it ended."""
-    bar = display.ProgressBar()
-    attempt_shown: int | None = None
-    for event in sy.stream(job_ids=[job_id], replay=True):
-        if options.as_json:
-            typer.echo(json.dumps(event.model_dump(mode="json")))
-        elif event.event == "dropped" and event.data.get("replay"):
-            for line in first_lines(sy, job_id, event.data["count"]):
-                attempt_shown = _print_line(bar, line, attempt_shown)
-        elif event.event == "log" and event.ts is not None:
-            line = LogLine(
-                ts=event.ts,
-                attempt=event.attempt or 0,
-                level=event.data.get("level", "info"),
-                message=event.data.get("message", ""),
-            )
-            attempt_shown = _print_line(bar, line, attempt_shown)
-        elif event.event == "progress":
-            bar.show(event.data)
-        elif event.event == "dropped":
-            bar.clear()
-            say(f"-- {event.data.get('count')} event(s) dropped (slow reader)", err=True)
-        elif event.event == "state":
-            bar.clear()
-            say(f"-- {event.data.get('new_status')}", err=True)
-        if event.event == "state" and event.data.get("new_status") in TERMINAL:
-            break
-    bar.clear()
-    job = sy.get_status(job_id)
-    if job.status not in TERMINAL:
-        say(
-            f"error: the event stream closed before the job ended (it is {job.status}); "
-            f"run `switchyard logs {job_id} --follow` again",
-            err=True,
-        )
-        raise typer.Exit(1)
-    if not options.as_json:
-        print_end(sy, job)
-    return job
-
-
-def first_lines(sy: Client, job_id: str, count: int) -> list[LogLine]:
-    """The job's first ``count`` lines, reading no further pages than those."""
-    lines: list[LogLine] = []
-    cursor = None
-    while len(lines) < count:
-        page = sy.logs_page(job_id, limit=min(count - len(lines), 1000), cursor=cursor)
-        lines += page.lines
-        if not (cursor := page.next_cursor):
-            break
-    return lines[:count]
-
-
-def print_end(sy: Client, job: JobRead) -> None:
-    """How a watched job ended: the last attempt's error and traceback unless it
-    completed, then one line."""
-    if job.status != JobStatus.COMPLETED:
-        last = _last_execution(sy.logs_page(job.id, limit=1).executions)
-        echo_lines(display.attempt_error(last) if last else [])
-    say(final_line(job))
-
-
-def _print_line(bar: display.ProgressBar, line: LogLine, shown: int | None) -> int:
-    bar.clear()
-    if line.attempt != shown:
-        say(f"attempt {line.attempt}")
-    say(display.log_line(line))
-    return line.attempt
-
-
-def _last_execution(executions: list[ExecutionRead]) -> ExecutionRead | None:
-    return max(executions, key=lambda e: e.attempt, default=None)
-
-
-def wait_for(job_id: Any, timeout: float | None) -> None:
-    bar = display.ProgressBar()
-    with client() as sy:
-        try:
-            job = sy.wait(
-                job_id,
-                timeout=timeout if timeout is not None else float("inf"),
-                poll=0.25,
-                on_progress=None if options.as_json else lambda j: bar.show(j.progress),
-            )
-        except TimeoutError as exc:
-            bar.clear()
-            say(f"error: {exc}; `switchyard status {job_id}` shows it later", err=True)
-            raise typer.Exit(EXIT_TIMEOUT) from None
-        bar.clear()
-        if options.as_json:
-            print_json(job.model_dump(mode="json"))
-        else:
-            print_end(sy, job)
     exit_for(job)
 
 

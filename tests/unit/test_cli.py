@@ -11,7 +11,7 @@ import sys
 import httpx
 
 from switchyard import AsyncClient, Client, __version__
-from switchyard.cli import advice, options
+from switchyard.console import advice, options
 from switchyard.client import answer, retry_after
 from switchyard.display import safe
 from switchyard.errors import ApiError
