@@ -22,8 +22,9 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from services.api.summaries import StateSummary
 from shared.db import fetch
-from shared.messages import JobStateChanged, Message, StateSummary
+from shared.messages import JobStateChanged, Message
 from shared.states import TERMINAL
 from shared.stats import depth_by_status_and_priority, list_workers
 

@@ -26,6 +26,7 @@ from uuid import UUID
 
 import orjson
 
+from services.api.summaries import StateSummary, state_summaries
 from shared.broker import Broker, Delivery
 from shared.errors import DecodeError
 from shared.messages import (
@@ -33,8 +34,6 @@ from shared.messages import (
     JobProgress,
     JobStateChanged,
     Message,
-    StateSummary,
-    state_summaries,
 )
 
 log = logging.getLogger(__name__)

@@ -9,15 +9,14 @@ import uuid
 import orjson
 import pytest
 
+from services.api.summaries import StateSummary, state_summaries
 from shared.errors import DecodeError
 from shared.messages import (
     Batch,
     JobCancel,
     JobStateChanged,
-    StateSummary,
     decode,
     encode,
-    state_summaries,
     unpack,
 )
 
