@@ -41,7 +41,8 @@ from bench.peer_tally import read_done
 
 ROOT = Path(__file__).resolve().parent.parent
 AMQP_URL = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
-RUN_TIMEOUT_S = 600
+# A peer run that has not finished by then is recorded as failed (see Peers.run_each).
+RUN_TIMEOUT_S = float(os.environ.get("BENCH_PEER_TIMEOUT", 600))
 DEFAULT_THREADS = 8  # per peer worker; the wide series gives them as many as ours
 
 
@@ -147,6 +148,17 @@ class PeerWorker:
         self.threads = threads
         await self.start()
 
+    async def start_afresh(self) -> None:
+        """After a run that did not finish: the worker killed, what it left on its
+        queues purged (so that the next run counts only its own tasks), started again."""
+        self._terminate()
+        async with await aio_pika.connect(AMQP_URL) as conn:
+            channel = await conn.channel()
+            for suffix in self.spec.queue_suffixes:
+                queue = await channel.declare_queue(self.queue + suffix, passive=True)
+                await queue.purge()
+        await self.start()
+
     def _terminate(self) -> None:
         if self.proc is not None:
             self.proc.terminate()
@@ -237,6 +249,7 @@ class Peers:
         self.done_dir = Path(tempfile.gettempdir())  # made our own in __aenter__
         self.workers: list[PeerWorker] = []
         self.runs: dict[str, list[dict[str, Any]]] = {}
+        self.failed: dict[str, list[str]] = {}  # why each run that did not finish failed
 
     async def __aenter__(self) -> Peers:
         if not self.enabled:
@@ -250,6 +263,7 @@ class Peers:
             self.workers.append(worker)  # before start: stopped and cleaned up either way
             await worker.start()
             self.runs[spec.name] = []
+            self.failed[spec.name] = []
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -259,9 +273,19 @@ class Peers:
             shutil.rmtree(self.done_dir, ignore_errors=True)
 
     async def run_each(self, n: int) -> None:
-        """One run of every peer, in turn (called between our own runs)."""
+        """One run of every peer, in turn (called between our own runs).
+
+        A run that does not finish in RUN_TIMEOUT_S is recorded as failed (the JSON's
+        ``failed_runs``) and its worker started afresh: one hung peer does not end the
+        bench and lose what was measured before it. A worker that exited still does."""
         for worker in self.workers:
-            self.runs[worker.spec.name].append(await worker.run(n))
+            name = worker.spec.name
+            try:
+                self.runs[name].append(await worker.run(n))
+            except TimeoutError as exc:
+                print(f"  peer {name}: {exc}; the run counts as failed, the worker is restarted")
+                self.failed[name].append(str(exc))
+                await worker.start_afresh()
 
     async def reshape(self, threads: int) -> None:
         """Start a new series with ``threads`` threads per peer worker (beside another
@@ -270,6 +294,8 @@ class Peers:
             await worker.restart(threads)
         for runs in self.runs.values():
             runs.clear()
+        for failed in self.failed.values():
+            failed.clear()
 
     def results(self, ours_per_s: float | None) -> dict[str, Any]:
         """JSON keys: ``peers`` (each peer's medians) and, with our own end to end in
@@ -278,7 +304,10 @@ class Peers:
         peers: dict[str, Any] = {}
         for worker in self.workers:
             name, runs = worker.spec.name, self.runs[worker.spec.name]
+            failed = self.failed[name]
             if not runs:
+                if failed:
+                    peers[name] = {"settings": worker.settings, "failed_runs": failed}
                 continue
             median = statistics.median(r["jobs_per_s"] for r in runs)
             peers[name] = {
@@ -291,6 +320,7 @@ class Peers:
                     k: round(statistics.median(r["cpu_ms_per_job"][k] for r in runs), 3)
                     for k in runs[0]["cpu_ms_per_job"]
                 },
+                **({"failed_runs": failed} if failed else {}),
             }
             if ours_per_s is not None:
                 out[f"end_to_end_vs_{name}"] = ours_per_s / median
@@ -302,6 +332,10 @@ class Peers:
 def report(r: dict[str, Any]) -> None:
     """The peers' rows of the printed table."""
     for name, peer in r.get("peers", {}).items():
+        for why in peer.get("failed_runs", []):
+            print(f"{'  peer: ' + name:34} a run failed: {why}")
+        if "end_to_end_jobs_per_s" not in peer:
+            continue
         ratio = r.get(f"end_to_end_vs_{name}")
         print(
             f"{'  peer: ' + name + ' ' + peer['version']:34} "
