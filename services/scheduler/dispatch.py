@@ -16,6 +16,7 @@ un-parked. docs/architecture.md (placement) and docs/performance.md (what each c
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Iterable, Mapping
@@ -288,11 +289,12 @@ class Dispatcher:
         Returns the placements whose dispatch could not be built, with why: the others
         go out without them."""
         lease = self._settings.worker_lease_seconds
+        lease_expires_at = now + timedelta(seconds=lease)
         per_worker: dict[str, list[JobDispatch]] = {}
         undispatchable: list[tuple[Placed, str]] = []
         for p in placed:
             try:
-                dispatch = _dispatch_message(p, now, lease)
+                dispatch = _dispatch_message(p, now, lease, lease_expires_at)
             except ValidationError as exc:  # a row the message schema refuses
                 undispatchable.append(
                     (p, f"its dispatch cannot be built: {validation_summary(exc)}")
@@ -379,15 +381,24 @@ def _candidate(r: Mapping[str, Any]) -> Candidate:
     )  # fmt: skip
 
 
-def _dispatch_message(p: Placed, now: datetime, lease: float) -> JobDispatch:
+def _dispatch_message(
+    p: Placed, now: datetime, lease: float, lease_expires_at: datetime
+) -> JobDispatch:
     return JobDispatch(
         ts=now,
         job_id=p.id,
         attempt=p.attempts,
         type=p.type,
         payload=p.payload,
-        resources=ResourceSpec(cpu_units=p.cpu_units, memory_mb=p.memory_mb),
+        resources=_resources(p.cpu_units, p.memory_mb),
         timeout_seconds=p.timeout_seconds,
-        lease_expires_at=now + timedelta(seconds=lease),
+        lease_expires_at=lease_expires_at,
         lease_seconds=lease,
     )
+
+
+@functools.lru_cache(maxsize=1024)
+def _resources(cpu_units: float, memory_mb: int) -> ResourceSpec:
+    """Validated once per shape (most jobs share a few; the model is frozen). A shape
+    it refuses raises each time, and is not kept."""
+    return ResourceSpec(cpu_units=cpu_units, memory_mb=memory_mb)

@@ -7,7 +7,9 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from pydantic import ValidationError
 
+from services.scheduler.dispatch import _resources
 from services.scheduler.placement import (
     Candidate,
     WorkerView,
@@ -169,3 +171,11 @@ def test_aging_counts_from_ready_not_from_submission() -> None:
     j = job(priority=3, waited=10_000)
     j.ready_since = NOW - timedelta(seconds=5)
     assert effective_priority(j, NOW, 300) == 3
+
+
+def test_dispatches_share_resources_by_shape_and_a_refused_shape_is_not_kept() -> None:
+    assert _resources(0.5, 256) is _resources(0.5, 256)
+    assert _resources(0.5, 256).model_dump() == {"cpu_units": 0.5, "memory_mb": 256}
+    for _ in range(2):  # not kept: the second call is refused as the first was
+        with pytest.raises(ValidationError):
+            _resources(-1.0, 256)
