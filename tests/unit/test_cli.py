@@ -11,8 +11,8 @@ import sys
 import httpx
 
 from switchyard import AsyncClient, Client, __version__
-from switchyard.console import advice, options
 from switchyard.client import answer, retry_after
+from switchyard.console import advice, options
 from switchyard.display import safe
 from switchyard.errors import ApiError
 

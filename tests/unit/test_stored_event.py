@@ -18,6 +18,8 @@ CASES = [
     ("running", "completed", "completed", {"worker_id": "w-1", "duration_seconds": None}),
     ("blocked", "ready", "dependencies completed", {"worker_id": None}),
     ("blocked", "pending", "dependencies completed", {"worker_id": None}),
+    (None, "ready", "submitted", {"worker_id": None}),
+    (None, "failed", "dependency 5f0c… failed", {"worker_id": None}),
 ]
 
 
