@@ -22,49 +22,54 @@ M = TypeVar("M", bound=BaseModel)
 
 _GIVEN = object()  # a field the caller must give: no default, or a default factory
 _CONSTANTS = (type(None), bool, int, float, str)
-_PLANS: dict[type[BaseModel], tuple[tuple[str, Any], ...]] = {}
 _new = object.__new__
 _set = object.__setattr__
 
 
-def _plan(cls: type[BaseModel]) -> tuple[tuple[str, Any], ...]:
-    """Each field of ``cls`` in order, with its constant default or ``_GIVEN``."""
-    plan = _PLANS.get(cls)
-    if plan is not None:
-        return plan
-    if (
-        cls.__pydantic_post_init__
-        or cls.__private_attributes__
-        or cls.__pydantic_root_model__
-        or cls.model_config.get("extra") == "allow"
-    ):
-        raise TypeError(f"{cls.__name__} needs model_construct (post-init, private or extra)")
-    steps: list[tuple[str, Any]] = []
-    for name, field in cls.__pydantic_fields__.items():
-        if field.alias is not None or field.validation_alias is not None:
-            raise TypeError(f"{cls.__name__}.{name} has an alias: use model_construct")
-        if field.is_required() or field.default_factory is not None:
-            steps.append((name, _GIVEN))
-        elif type(field.default) in _CONSTANTS:
-            steps.append((name, field.default))
-        else:  # a shared mutable default would be one object for every instance
-            raise TypeError(f"{cls.__name__}.{name}'s default is not a constant")
-    plan = _PLANS[cls] = tuple(steps)
-    return plan
+class _Plan:
+    """What building one model takes: its fields in order with their constant defaults
+    (``_GIVEN`` for the others), and the names that must be given."""
+
+    __slots__ = ("given", "template")
+
+    def __init__(self, cls: type[BaseModel]) -> None:
+        if (
+            cls.__pydantic_post_init__
+            or cls.__private_attributes__
+            or cls.__pydantic_root_model__
+            or cls.model_config.get("extra") == "allow"
+        ):
+            raise TypeError(f"{cls.__name__} needs model_construct (post-init, private or extra)")
+        self.template: dict[str, Any] = {}
+        for name, field in cls.__pydantic_fields__.items():
+            if field.alias is not None or field.validation_alias is not None:
+                raise TypeError(f"{cls.__name__}.{name} has an alias: use model_construct")
+            if field.is_required() or field.default_factory is not None:
+                self.template[name] = _GIVEN
+            elif type(field.default) in _CONSTANTS:
+                self.template[name] = field.default
+            else:  # a shared mutable default would be one object for every instance
+                raise TypeError(f"{cls.__name__}.{name}'s default is not a constant")
+        self.given = frozenset(n for n, v in self.template.items() if v is _GIVEN)
+
+
+_PLANS: dict[type[BaseModel], _Plan] = {}
 
 
 def prechecked(cls: type[M], **values: Any) -> M:
     """``cls.model_construct(**values)`` for values that were checked already; every
     field without a constant default must be given."""
-    fields: dict[str, Any] = {}
-    for name, default in _plan(cls):
-        value = values.get(name, default)
-        if value is _GIVEN:
-            raise TypeError(f"{cls.__name__}: {name} must be given")
-        fields[name] = value
-    if not values.keys() <= fields.keys():
-        unknown = sorted(values.keys() - fields.keys())
+    plan = _PLANS.get(cls)
+    if plan is None:
+        plan = _PLANS[cls] = _Plan(cls)
+    fields = plan.template.copy()  # declaration order, which update() keeps
+    fields.update(values)
+    if len(fields) != len(plan.template):
+        unknown = sorted(values.keys() - plan.template.keys())
         raise TypeError(f"{cls.__name__} has no field {', '.join(unknown)}")
+    if not plan.given <= values.keys():
+        missing = sorted(plan.given - values.keys())
+        raise TypeError(f"{cls.__name__}: {', '.join(missing)} must be given")
     model = _new(cls)
     _set(model, "__dict__", fields)
     _set(model, "__pydantic_fields_set__", set(values))
