@@ -10,7 +10,9 @@ import asyncpg
 import httpx
 import pytest
 
+from services.api.app import create_app
 from shared.catalog import announce_task_types
+from shared.settings import Settings
 from shared.tasks import TaskContext, TaskRegistry
 from tests.conftest import ADMIN_KEY, OTHER_SUBMITTER_KEY, ROOT, SUBMITTER_KEY, VIEWER_KEY, auth
 
@@ -320,3 +322,16 @@ async def test_a_key_learns_who_it_is_and_which_jobs_are_its_own(
     assert job.json()["created_by"] == me.json()["id"]
     viewer = await client.get("/api-keys/me", headers=auth(VIEWER_KEY))
     assert viewer.json()["role"] == "viewer" and viewer.json()["id"] != me.json()["id"]
+
+
+async def test_metrics_need_a_valid_key_when_the_setting_asks_for_one(settings: Settings) -> None:
+    locked = create_app(settings.model_copy(update={"metrics_require_key": True}))
+    async with locked.router.lifespan_context(locked):
+        transport = httpx.ASGITransport(app=locked)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            assert (await c.get("/metrics")).status_code == 401
+            bad = await c.get("/metrics", headers=auth("sy_not_a_key"))
+            assert bad.status_code == 401
+            ok = await c.get("/metrics", headers=auth(VIEWER_KEY))
+            assert ok.status_code == 200
+            assert "switchyard_" in ok.text

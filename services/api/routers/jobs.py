@@ -109,23 +109,22 @@ def _announce(state: Any, events: list[JobStateChanged], created: list[Any]) -> 
     responses=error_responses(401, 403, 404, 413, 422, 503)
     | {200: {"model": JobRead, "description": "idempotent repeat: the stored job"}},
 )
-async def submit_job(
-    body: JobCreate,
-    request: Request,
-    session: SessionDep,
-    actor: SubmitterDep,
-) -> Response:
+async def submit_job(body: JobCreate, request: Request, actor: SubmitterDep) -> Response:
     """Submit one job. With an ``idempotency_key`` already used for the same request,
     answers 200 with the stored job and runs nothing new."""
     state = request.app.state
-    if can_submit_fast(body) and state.pool is not None:
-        job, event = await submit_one_fast(
-            state.pool, session, catalog=state.catalog, spec=body, actor=actor,
-            limits=state.limits,
-        )  # fmt: skip
-        _announce(state, [event], [job])
-        return _json(job_json(job), status_code=201)
-    result = await _submit(request, session, actor, [body], batch=False)
+    # The session is opened here, not as a dependency: a generator dependency costs
+    # FastAPI an exit stack per request, and the common submit uses the session only
+    # when the task catalog has to look a type up (docs/performance.md).
+    async with state.sessionmaker() as session:
+        if can_submit_fast(body) and state.pool is not None:
+            job, event = await submit_one_fast(
+                state.pool, session, catalog=state.catalog, spec=body, actor=actor,
+                limits=state.limits,
+            )  # fmt: skip
+            _announce(state, [event], [job])
+            return _json(job_json(job), status_code=201)
+        result = await _submit(request, session, actor, [body], batch=False)
     return _json(job_json(result.jobs[0]), status_code=201 if result.created[0] else 200)
 
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
-from services.api.deps import SessionDep, ViewerDep, current_actor, error_responses, require_role
+from services.api.deps import SessionDep, ViewerDep, authorize, current_actor, error_responses
 from shared.schemas import StatsRead, WorkerRead
 from shared.stats import job_stats, list_workers
 
@@ -45,7 +45,6 @@ async def metrics(request: Request, session: SessionDep) -> Response:
     """Prometheus text format. No key needed unless SWITCHYARD_METRICS_REQUIRE_KEY=1."""
     state = request.app.state
     if state.settings.metrics_require_key:
-        actor = await current_actor(request, session)
-        await require_role("viewer")(actor)
+        authorize(await current_actor(request), "viewer")
     body = await state.metrics.render(session, lease_seconds=state.settings.worker_lease_seconds)
     return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")

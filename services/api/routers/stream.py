@@ -97,8 +97,7 @@ async def job_stream(websocket: WebSocket) -> None:
             raise HTTPException(401, INVALID_KEY)  # refused a moment ago: no lookup
         generation = cache.generation if cache is not None else 0
         try:
-            async with state.sessionmaker() as session:
-                actor = await resolve_token(state, session, token)
+            actor = await resolve_token(state, token)
         except HTTPException:
             if digest is not None and cache is not None:
                 cache.remember_refused(digest, generation)
