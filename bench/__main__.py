@@ -525,7 +525,12 @@ async def latency_offered(stack: Stack, rate: float, seconds: float) -> dict[str
             return r.status
 
         statuses = await _paced(rate, int(rate * seconds), one)
-    refused = collections.Counter(str(st) for st in statuses if st != 201)
+    # A status, or the name of what the request raised (a timeout, a reset connection).
+    refused = collections.Counter(
+        type(st).__name__ if isinstance(st, BaseException) else str(st)
+        for st in statuses
+        if st != 201
+    )
     if refused:
         print(f"  latency run ({rate:g}/s offered): of {len(statuses)} submissions, refused or"
               f" failed: {dict(refused)}")  # fmt: skip

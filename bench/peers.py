@@ -154,9 +154,15 @@ class PeerWorker:
         self._terminate()
         async with await aio_pika.connect(AMQP_URL) as conn:
             channel = await conn.channel()
+            # The broker requeues a killed worker's unacked messages once it sees the
+            # connection gone: purged before that, they would come back.
+            main = await channel.declare_queue(self.queue, passive=True)
+            deadline = time.monotonic() + 30
+            while main.declaration_result.consumer_count and time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
+                main = await channel.declare_queue(self.queue, passive=True)
             for suffix in self.spec.queue_suffixes:
-                queue = await channel.declare_queue(self.queue + suffix, passive=True)
-                await queue.purge()
+                await (await channel.get_queue(self.queue + suffix, ensure=False)).purge()
         await self.start()
 
     def _terminate(self) -> None:
@@ -210,7 +216,13 @@ class PeerWorker:
             cwd=ROOT, env=self.env, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
-        out, err = await producer.communicate()
+        try:
+            out, err = await asyncio.wait_for(producer.communicate(), timeout=RUN_TIMEOUT_S)
+        except TimeoutError:
+            producer.kill()
+            await producer.wait()
+            what = f"{self.spec.name}: the producer did not finish in {RUN_TIMEOUT_S} s"
+            raise TimeoutError(what) from None
         if producer.returncode != 0:
             raise RuntimeError(f"{self.spec.name} producer failed: {err.decode()[-2000:]}")
         sent = json.loads(out.decode().strip().splitlines()[-1])
@@ -292,10 +304,9 @@ class Peers:
         shape of our own stack): the runs so far are forgotten."""
         for worker in self.workers:
             await worker.restart(threads)
-        for runs in self.runs.values():
-            runs.clear()
-        for failed in self.failed.values():
-            failed.clear()
+        # New lists: results() handed out the old ones (the series before keeps them).
+        self.runs = {name: [] for name in self.runs}
+        self.failed = {name: [] for name in self.failed}
 
     def results(self, ours_per_s: float | None) -> dict[str, Any]:
         """JSON keys: ``peers`` (each peer's medians) and, with our own end to end in
@@ -307,7 +318,7 @@ class Peers:
             failed = self.failed[name]
             if not runs:
                 if failed:
-                    peers[name] = {"settings": worker.settings, "failed_runs": failed}
+                    peers[name] = {"settings": worker.settings, "failed_runs": list(failed)}
                 continue
             median = statistics.median(r["jobs_per_s"] for r in runs)
             peers[name] = {
@@ -320,7 +331,7 @@ class Peers:
                     k: round(statistics.median(r["cpu_ms_per_job"][k] for r in runs), 3)
                     for k in runs[0]["cpu_ms_per_job"]
                 },
-                **({"failed_runs": failed} if failed else {}),
+                **({"failed_runs": list(failed)} if failed else {}),
             }
             if ours_per_s is not None:
                 out[f"end_to_end_vs_{name}"] = ours_per_s / median

@@ -79,7 +79,17 @@ class _MutableDefault(BaseModel):
     tags: list[str] = []
 
 
-@pytest.mark.parametrize("cls", [_Aliased, _Private, _Extra, _MutableDefault])
-def test_models_it_cannot_build_as_model_construct_would_are_refused(cls: type[BaseModel]) -> None:
-    with pytest.raises(TypeError):
-        prechecked(cls, name="x", tags=[])
+@pytest.mark.parametrize(
+    ("cls", "values", "why"),
+    [
+        (_Aliased, {"name": "x"}, "has an alias"),
+        (_Private, {"name": "x"}, "post-init, private or extra"),
+        (_Extra, {"name": "x"}, "post-init, private or extra"),
+        (_MutableDefault, {"tags": ["x"]}, "default is not a constant"),
+    ],
+)
+def test_models_it_cannot_build_as_model_construct_would_are_refused(
+    cls: type[BaseModel], values: dict[str, Any], why: str
+) -> None:
+    with pytest.raises(TypeError, match=why):
+        prechecked(cls, **values)

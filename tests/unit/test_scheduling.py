@@ -176,6 +176,6 @@ def test_aging_counts_from_ready_not_from_submission() -> None:
 def test_dispatches_share_resources_by_shape_and_a_refused_shape_is_not_kept() -> None:
     assert _resources(0.5, 256) is _resources(0.5, 256)
     assert _resources(0.5, 256).model_dump() == {"cpu_units": 0.5, "memory_mb": 256}
-    for _ in range(2):  # not kept: the second call is refused as the first was
+    for _ in range(2):  # a refused shape stays refused (lru_cache keeps no exception)
         with pytest.raises(ValidationError):
             _resources(-1.0, 256)

@@ -4,11 +4,12 @@ must be exactly what the validated ``state_event`` builds, on the wire and decod
 from __future__ import annotations
 
 import uuid
+from types import SimpleNamespace
 
 import pytest
 from asyncpg.pgproto.pgproto import UUID as DatabaseUUID
 
-from shared.jobs.transitions import state_event, stored_event
+from shared.jobs.transitions import state_event, stored_event, submitted_event
 from shared.messages import JobStateChanged, decode, encode
 from shared.states import InvalidTransition
 
@@ -40,3 +41,14 @@ def test_a_stored_event_is_the_validated_event(
 def test_a_stored_event_still_refuses_a_transition_the_state_machine_does_not_allow() -> None:
     with pytest.raises(InvalidTransition):
         stored_event(uuid.uuid4(), "t", 1, "completed", "running", "dispatched", worker_id="w")
+
+
+@pytest.mark.parametrize(
+    ("status", "error"), [("ready", None), ("blocked", None), ("failed", "dependency x failed")]
+)
+def test_a_submitted_event_is_the_validated_event(status: str, error: str | None) -> None:
+    job = SimpleNamespace(id=uuid.uuid4(), type="demo.echo", status=status, error=error)
+    fast = submitted_event(job)
+    checked = state_event(job.id, job.type, 0, None, status, error or "submitted", ts=fast.ts)
+    assert encode(fast) == encode(checked)
+    assert decode(encode(fast)) == checked
