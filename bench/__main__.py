@@ -428,7 +428,7 @@ async def wide_end_to_end(stack: Stack, peers: Peers, n: int, runs: int) -> dict
         "cpu_ms_per_job": median_cpu(wide),
         **{k.removeprefix("end_to_end_"): v for k, v in by_peer.items() if k.startswith("end_to_end_vs_")},
         "peers": {name: {"jobs_per_s": p.get("end_to_end_jobs_per_s"), "settings": p["settings"],
-                         **{k: p[k] for k in ("failed_runs",) if k in p}}
+                         **({"failed_runs": p["failed_runs"]} if "failed_runs" in p else {})}
                   for name, p in by_peer.get("peers", {}).items()},
     }  # fmt: skip
 

@@ -318,7 +318,7 @@ class Peers:
             failed = self.failed[name]
             if not runs:
                 if failed:
-                    peers[name] = {"settings": worker.settings, "failed_runs": list(failed)}
+                    peers[name] = {"settings": worker.settings, "failed_runs": failed}
                 continue
             median = statistics.median(r["jobs_per_s"] for r in runs)
             peers[name] = {
@@ -331,7 +331,7 @@ class Peers:
                     k: round(statistics.median(r["cpu_ms_per_job"][k] for r in runs), 3)
                     for k in runs[0]["cpu_ms_per_job"]
                 },
-                **({"failed_runs": list(failed)} if failed else {}),
+                **({"failed_runs": failed} if failed else {}),
             }
             if ours_per_s is not None:
                 out[f"end_to_end_vs_{name}"] = ours_per_s / median

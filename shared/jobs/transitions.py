@@ -73,8 +73,8 @@ def stored_event(
     """``state_event`` for the hot paths (a submit, a dispatch, a completion, an
     unblocked child): the id, type, attempt and worker as the database just returned
     them or as a checked request gave them, a reason of our own, a time of our clock.
-    Built without checking them again (``prechecked``): 1.4 against 3.8 µs validated,
-    three times per job."""
+    Built without checking them again (``prechecked``): 2.7 against 5.1 µs for the
+    validated ``state_event``, three times per job."""
     check_transition(old, new)
     return prechecked(
         JobStateChanged, ts=ts or utcnow(), job_id=job_id, type=type,
