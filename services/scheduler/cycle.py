@@ -260,21 +260,24 @@ class Scheduler:
         )
 
     async def _apply(self, received: Received, events: list[JobStateChanged]) -> None:
-        """Starts and completions (nearly every report) on the raw pool; the rest, with
-        progress and heartbeats, in a session. Each outcome counts once committed (its
-        events are added to ``events`` then): a batch kept for the next cycle after a
-        failure is applied again, and the fence then ignores what had already been
-        applied."""
+        """Progress, then starts and completions (nearly every report), on the raw
+        pool; the other reports, with heartbeats, in a session. Each outcome counts
+        once committed (its events are added to ``events`` then): a batch kept for the
+        next cycle after a failure is applied again, and the fence then ignores what
+        had already been applied."""
         successes, others = transitions.split_reports(received.reports)
+        if received.progress:
+            # First: a job's last progress is stored before its completion (sent after
+            # it, often in the same inbox) commits, so whoever sees the job completed
+            # sees its final progress. (Fenced by attempt only: it lands on a job that
+            # has ended too.)
+            await save_progress(self.db.pool, received.progress)
         if successes:
             outcome = await transitions.apply_successes(self.db.pool, successes)
             self.fleet.free(outcome.freed)
             events.extend(outcome.events)
-        if others or received.beats or received.progress:
+        if others or received.beats:
             async with self.db.session() as session:
-                # (Progress is fenced by attempt only: its final value lands even when
-                # the completion that shared its batch was committed just before.)
-                await save_progress(session, received.progress)
                 outcome = await transitions.apply_reports(session, others, rng=self.rng)
                 await save_workers(session, list(received.beats.values()))
                 await session.commit()
