@@ -4,8 +4,7 @@ The active one consumes ``<ns>.scheduler`` (job.submitted, job.status, heartbeat
 progress) into an inbox and runs a cycle whenever a message arrives or the tick passes:
 
 1. apply the inbox: attempt reports (fenced by attempt number), progress and
-   heartbeats; commit; ack those messages (the ready queue's heads for step 5 are read
-   meanwhile, on another connection);
+   heartbeats; commit; ack those messages;
 2. declare lost what a dead worker held or what a live worker never received, and
    retry or fail it like a failed attempt (``fleet``);
 3. promote delayed / backoff jobs whose time has come, fire due schedules (``timed``);
@@ -203,12 +202,6 @@ class Scheduler:
     # ------------------------------------------------------------ the cycle
 
     async def cycle(self) -> None:
-        try:
-            await self._cycle()
-        finally:
-            self.dispatch.drop_read_ahead()  # a cycle that failed before placing
-
-    async def _cycle(self) -> None:
         events = await self._apply_inbox()
         try:
             events.extend(await self.fleet.handle_losses())
@@ -245,8 +238,6 @@ class Scheduler:
             self.dispatch.maybe_ready = True
         for hb in received.beats.values():
             self.fleet.register_heartbeat(hb)
-        # The placement's first read of the ready queue goes beside the reports' statement.
-        self.dispatch.read_ahead(freeing=sum(r.status != "started" for r in received.reports))
         events: list[JobStateChanged] = []
 
         async def apply(some: Sequence[Any]) -> None:

@@ -4,9 +4,7 @@ Each pass reads the heads of the ready queue, lets ``placement`` decide, marks t
 chosen jobs running with a new attempt number (committed), then publishes their
 dispatches. The publishes' confirms are awaited beside the cycle loop; a dispatch the
 broker did not confirm is put back at the start of the next cycle. Why the jobs left
-behind wait is written on them (only when it changed). A cycle's first read of the
-heads starts while its reports are applied (``read_ahead``), so the two round trips
-overlap; it is used only if nothing has made a job ready since it started.
+behind wait is written on them (only when it changed).
 
 Backfill, however many jobs wait ahead: heads that no live worker could run even when
 empty are parked (with those behind them in claim order) and the heads read again;
@@ -110,25 +108,6 @@ class WaitingReasons:
         self._written.clear()
 
 
-class _HeadsAhead:
-    """A read of the ready queue's heads started before the cycle's reports were applied."""
-
-    def __init__(self, per_priority: int, generation: int, task: asyncio.Task[list[Candidate]]):
-        self.per_priority = per_priority
-        self.generation = generation  # Dispatcher._ready_generation when it started
-        self.task = task
-
-    def drop(self) -> None:
-        """Unused: let it finish on its own (a short read; cancelling costs the server a
-        cancel request) and keep what it raised, if anything, from being reported."""
-        self.task.add_done_callback(_consume_outcome)
-
-
-def _consume_outcome(task: asyncio.Task[Any]) -> None:
-    if not task.cancelled():
-        task.exception()
-
-
 class Dispatcher:
     def __init__(
         self, settings: Settings, db: Database, broker: Broker, outbox: Outbox, fleet: Fleet
@@ -140,11 +119,7 @@ class Dispatcher:
         self._fleet = fleet
         # False once a placement pass found no ready job left: until a hint, a job
         # turning ready or the next tick, cycles skip the ready-queue query.
-        self._maybe_ready = True
-        # Counts the moments something may have made jobs ready (maybe_ready set): a
-        # read of the heads that started before the last one may lack those jobs.
-        self._ready_generation = 0
-        self._ahead: _HeadsAhead | None = None
+        self.maybe_ready = True
         self._reasons = WaitingReasons(db)
         # Dispatch publishes whose confirms are awaited beside the cycle loop (a
         # confirm is a broker round trip the next cycle need not wait for), and the
@@ -157,16 +132,6 @@ class Dispatcher:
         self._room_search_after = 0.0  # time.monotonic() before which no room search
         self._fruitless_room: set[tuple[str, float, int]] = set()  # what it searched
 
-    @property
-    def maybe_ready(self) -> bool:
-        return self._maybe_ready
-
-    @maybe_ready.setter
-    def maybe_ready(self, value: bool) -> None:
-        if value:
-            self._ready_generation += 1
-        self._maybe_ready = value
-
     # ------------------------------------------------------------ leadership
 
     async def take_over(self) -> None:
@@ -177,7 +142,6 @@ class Dispatcher:
 
     def forget(self) -> None:
         """Leadership lost: the next leader's loss check has the unconfirmed ones."""
-        self.drop_read_ahead()
         self._reasons.clear()
         self._unconfirmed.clear()
         self._capacities_seen = None
@@ -204,56 +168,20 @@ class Dispatcher:
 
     # ------------------------------------------------------------ placement
 
-    def read_ahead(self, freeing: int) -> None:
-        """Start reading the heads the next ``place`` will want, for the slots free now
-        and ``freeing`` more (the ends among the reports about to be applied), so that
-        the read and the reports' statement overlap. Nothing if it will want none."""
-        self.drop_read_ahead()
-        if not self.maybe_ready:
-            return
-        free = _free_slots(self._fleet.views()) + freeing
-        if free == 0:
-            return
-        batch = self._per_priority(free)
-        task = asyncio.create_task(self._ready_heads(batch, None))
-        self._ahead = _HeadsAhead(batch, self._ready_generation, task)
-
-    def drop_read_ahead(self) -> None:
-        if self._ahead is not None:
-            self._ahead.drop()
-            self._ahead = None
-
-    def _per_priority(self, free: int) -> int:
-        # Enough heads per priority to fill every free slot, and some more so that a few
-        # jobs too big for the free room now do not hide smaller ones.
-        return min(self._settings.scheduler_batch_size, max(32, 2 * free))
-
     async def place(self) -> None:
-        ahead, self._ahead = self._ahead, None
-        try:
-            await self._place(ahead)
-        finally:
-            if ahead is not None:
-                ahead.drop()  # (a no-op once its result was taken)
-
-    async def _place(self, ahead: _HeadsAhead | None) -> None:
         await self._unpark_if_the_fleet_grew()
         if not self.maybe_ready:
             return  # the last look found the ready queue empty and nothing came since
-        if ahead is not None and ahead.generation != self._ready_generation:
-            ahead = None  # jobs may have turned ready since it started: read again
         past_the_room = False  # read the heads of what fits the room now as well
         for _ in range(_PASSES):
             views = self._fleet.views()
-            free = _free_slots(views)
+            free = sum(max(0, v.slots - v.used_slots) for v in views if v.accepting)
             if free == 0:
                 return  # nothing can be placed: do not read candidates at all
-            batch = self._per_priority(free)
-            if ahead is not None and ahead.per_priority >= batch:
-                batch, candidates = ahead.per_priority, await ahead.task
-            else:
-                candidates = await self._ready_heads(batch, room(views) if past_the_room else None)
-            ahead = None
+            # Enough heads per priority to fill every free slot, and some more so that
+            # a few jobs too big for the free room now do not hide smaller ones.
+            batch = min(self._settings.scheduler_batch_size, max(32, 2 * free))
+            candidates = await self._ready_heads(batch, room(views) if past_the_room else None)
             if not candidates:
                 self.maybe_ready = False
                 return
@@ -444,10 +372,6 @@ class Dispatcher:
         self.maybe_ready = True
         self.announce(undone)
         return True
-
-
-def _free_slots(views: list[WorkerView]) -> int:
-    return sum(max(0, v.slots - v.used_slots) for v in views if v.accepting)
 
 
 def _candidate(r: Mapping[str, Any]) -> Candidate:
