@@ -3,8 +3,8 @@
 A real scheduler (``python -m services.scheduler``, its own database and namespace) and
 synthetic workers that answer instantly: a small asyncio program (``--fleet-of``, run
 as a child process so its CPU is counted apart) that heartbeats like
-``services.worker`` and, for each dispatch, reports ``started`` then ``completed`` at
-once. No API and no logger: the jobs are inserted ready in bulk before the clock
+``services.worker`` and, for each dispatch, reports its start and completion at once
+(in one report, as a worker does for an attempt that ends before its start is sent). No API and no logger: the jobs are inserted ready in bulk before the clock
 starts, and the clock stops at the last ``finished_at``. So the figure is placements +
 completions per second through the scheduler's loop, PostgreSQL and RabbitMQ, with
 nothing else in the way (docs/scaling.md).
@@ -39,7 +39,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import asyncpg
 import psutil
@@ -67,7 +67,8 @@ JOB_CPU, JOB_MEMORY_MB = 1.0, 64  # each synthetic worker slot fits one job exac
 
 async def serve_fleet(namespace: str, workers: int, slots: int, reports: str) -> None:
     """W workers on one connection: each consumes its dispatch queue and answers every
-    dispatch at once (``started`` and ``completed``, or only ``completed``), and
+    dispatch at once (``--reports``: one completion carrying its start, as a worker's
+    outbox folds them; the two apart; or only ``completed``), and
     heartbeats every ``heartbeat_seconds`` as a real worker does. Runs until SIGTERM."""
     from shared.broker import Broker, Delivery, Topology
     from shared.messages import (
@@ -76,6 +77,7 @@ async def serve_fleet(namespace: str, workers: int, slots: int, reports: str) ->
         WorkerCapacity,
         WorkerHeartbeat,
         _Message,
+        fold_starts,
     )
 
     stop = asyncio.Event()
@@ -99,37 +101,26 @@ async def serve_fleet(namespace: str, workers: int, slots: int, reports: str) ->
             started_at=started_at,
         )
 
+    def report(
+        worker_id: str, d: JobDispatch, status: Literal["started", "completed"]
+    ) -> JobStatusReport:
+        return JobStatusReport(job_id=d.job_id, attempt=d.attempt, worker_id=worker_id,
+                               status=status)  # fmt: skip
+
     async with Broker(AMQP, namespace, name="bench-synthetic-fleet") as broker:
 
         def answerer(worker_id: str) -> Any:
             async def on_delivery(delivery: Delivery) -> None:
-                out: list[tuple[_Message, str | None]] = []
+                sent: list[_Message] = []
                 for d in delivery.messages:
                     if not isinstance(d, JobDispatch):
                         continue  # a cancel: nothing runs long enough to cancel
-                    if reports == "started+completed":
-                        out.append(
-                            (
-                                JobStatusReport(
-                                    job_id=d.job_id,
-                                    attempt=d.attempt,
-                                    worker_id=worker_id,
-                                    status="started",
-                                ),
-                                None,
-                            )
-                        )
-                    out.append(
-                        (
-                            JobStatusReport(
-                                job_id=d.job_id,
-                                attempt=d.attempt,
-                                worker_id=worker_id,
-                                status="completed",
-                            ),
-                            None,
-                        )
-                    )
+                    if reports != "completed":
+                        sent.append(report(worker_id, d, "started"))
+                    sent.append(report(worker_id, d, "completed"))
+                if reports == "folded":
+                    sent = fold_starts(sent)  # as a worker's outbox does
+                out: list[tuple[_Message, str | None]] = [(m, None) for m in sent]
                 if out:
                     await broker.publish_many(out)  # batched, confirmed before the ack
                 await delivery.ack()
@@ -683,9 +674,11 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--runs", type=int, default=3)
     p.add_argument(
         "--reports",
-        choices=("started+completed", "completed"),
-        default="started+completed",
-        help="what a synthetic worker reports per dispatch (a real one: both)",
+        choices=("folded", "started+completed", "completed"),
+        default="folded",
+        help="what a synthetic worker reports per dispatch: one completion carrying its"
+        " start (what a worker sends for an attempt that ends at once), the two reports"
+        " apart, or the completion alone",
     )
     p.add_argument(
         "--parallel",

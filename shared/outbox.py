@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from shared.broker import Broker
 from shared.errors import BrokerUnavailable
@@ -53,6 +53,7 @@ class Outbox:
         linger: float = 0.0,
         retry: bool = False,
         chunk: int = 5_000,
+        compact: Callable[[list[_Message]], list[_Message]] | None = None,
     ) -> None:
         self._broker = broker
         # Messages per publish; with ``retry`` a partly confirmed chunk goes again whole,
@@ -64,6 +65,8 @@ class Outbox:
         # per consumer instead of one per message).
         self._linger = linger
         self._retry = retry
+        # Rewrites a chunk before its first publish (fewer messages that say the same).
+        self._compact = compact
         self._pending: list[_Message] = []
         self._sending: list[_Message] = []
         self._wake = asyncio.Event()
@@ -98,9 +101,20 @@ class Outbox:
             while self._pending:
                 self._sending = self._pending[: self._chunk]
                 del self._pending[: len(self._sending)]
+                self._sending = self._compacted(self._sending)
                 await self._publish(self._sending)
                 self._sending = []
             self._idle.set()
+
+    def _compacted(self, chunk: list[_Message]) -> list[_Message]:
+        if self._compact is None:
+            return chunk
+        try:
+            return self._compact(chunk)
+        except Exception:  # a bug: the chunk goes as it was rather than stop the outbox
+            log.exception("compacting %d message(s) failed; publishing them as they are",
+                          len(chunk))  # fmt: skip
+            return chunk
 
     async def _publish(self, chunk: list[_Message]) -> None:
         """Publish ``chunk`` once, or with ``retry`` until the broker confirms it."""

@@ -107,11 +107,28 @@ def merge_reports(reports: list[JobStatusReport]) -> list[_Execution]:
         if r.status == "started":
             row.started_at = row.started_at or r.ts
             continue
+        row.started_at = row.started_at or r.started_at  # a start folded into the end
         row.status = r.status
         row.finished_at = r.ts
         row.error = r.error if not r.traceback else f"{r.error}\n{r.traceback}"
         row.result = orjson.dumps(r.result).decode() if r.status == "completed" else None
     return list(rows.values())
+
+
+def execution_audit(reports: list[JobStatusReport]) -> list[list[Any]]:
+    """INSERT_EXECUTION_AUDIT's arrays: a row per start and per end, a start folded into
+    its end report (``started_at``) included."""
+    rows: list[tuple[str, str, UUID, int, str, datetime | None, str | None]] = [
+        (r.worker_id, "execution.start", r.job_id, r.attempt, "started", r.started_at, None)
+        for r in reports
+        if r.started_at is not None and r.status != "started"
+    ]
+    rows += [
+        (r.worker_id, "execution.start" if r.status == "started" else "execution.end",
+         r.job_id, r.attempt, r.status, r.ts, (r.error or "")[:2000] or None)
+        for r in reports
+    ]  # fmt: skip
+    return [list(column) for column in zip(*rows, strict=True)]
 
 
 async def write_batch(
@@ -126,15 +143,7 @@ async def write_batch(
             timeout=30,
         )  # fmt: skip
     if reports:
-        await conn.execute(
-            INSERT_EXECUTION_AUDIT,
-            [r.worker_id for r in reports],
-            ["execution.start" if r.status == "started" else "execution.end" for r in reports],
-            [r.job_id for r in reports], [r.attempt for r in reports],
-            [r.status for r in reports], [r.ts for r in reports],
-            [(r.error or "")[:2000] or None for r in reports],
-            timeout=30,
-        )  # fmt: skip
+        await conn.execute(INSERT_EXECUTION_AUDIT, *execution_audit(reports), timeout=30)
     executions = merge_reports(reports)
     if executions:
         await conn.execute(

@@ -58,6 +58,7 @@ from shared.messages import (
     WorkerCapacity,
     WorkerHeartbeat,
     _Message,
+    fold_starts,
 )
 from shared.outbox import Outbox
 from shared.service import StartupError
@@ -69,7 +70,8 @@ log = logging.getLogger("switchyard.worker")
 PROGRESS_INTERVAL = 0.2  # seconds between progress messages of one job
 SEEN_MEMORY = 10_000  # (job, attempt) pairs remembered for duplicate detection
 # Seconds the outbox waits after a quiet moment: a short job's "started" and its end
-# then share one batch (one message, one scheduler cycle, one logger write).
+# then go together, as one report (fold_starts): one message, one scheduler cycle, one
+# logger write.
 OUTBOX_LINGER = 0.002
 LogSink = Callable[[int, str, str], None]  # (seq, level, message)
 ProgressSink = Callable[[float, float | None, str | None], None]  # (done, total, message)
@@ -114,7 +116,9 @@ class Worker:
         self.early_cancels: OrderedDict[UUID, int] = OrderedDict()
         # Reports and log lines exist nowhere else until the scheduler and the logger
         # have stored them: a failed publish is retried, never dropped.
-        self.outbox = Outbox(self.broker, linger=OUTBOX_LINGER, retry=True, chunk=500)
+        self.outbox = Outbox(
+            self.broker, linger=OUTBOX_LINGER, retry=True, chunk=500, compact=fold_starts
+        )
         self.state = "alive"
         self.started_at = datetime.now(UTC)
         self._consumer: Consumer | None = None

@@ -298,7 +298,8 @@ FROM jobs WHERE id = ANY($1::uuid[]) ORDER BY id FOR NO KEY UPDATE
 # A batch of attempt starts and successful ends, one row per attempt (``$6``: it ended),
 # fenced in the WHERE (still running that attempt on that worker), so nothing is read
 # first. Rows are locked in id order as the other writers lock them. An end's
-# ``started_at`` is its start report when that came in the same batch; a start alone
+# ``started_at`` is its start report when that came in the same batch (or in the end
+# report itself: ``JobStatusReport.started_at``); a start alone
 # only fills ``started_at`` once. The children the completions unblock are updated in
 # the same statement by ``switchyard_unblock_children`` (migration 0004), whose query
 # takes its own snapshot after this UPDATE has its row locks: a child whose submit this

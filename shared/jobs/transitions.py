@@ -251,6 +251,8 @@ async def apply_successes(db: Db, reports: list[JobStatusReport]) -> ReportOutco
             starts.setdefault(key, r.ts)
         else:
             ends.setdefault(key, r.result)
+            if r.started_at is not None:  # its start report, folded into it
+                starts.setdefault(key, r.started_at)
     return await _apply_successes(db, starts, ends, utcnow())
 
 
@@ -338,6 +340,8 @@ def _decide(
             out.ignored += report.status != "lost"
             continue
         key = (job.id, job.attempts, report.worker_id)
+        if report.started_at is not None and job.started_at is None:
+            out.starts[key] = job.started_at = report.started_at  # its folded start
         if report.status == "started":
             if job.started_at is None:
                 out.starts[key] = job.started_at = report.ts

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import httpx
@@ -37,3 +38,37 @@ async def test_redelivered_batch_writes_nothing_twice(
     async with db.transaction():
         await write_batch(db, [], reports[:1])
     assert await db.fetchval("SELECT status FROM job_executions") == "completed"
+
+
+async def test_a_folded_start_is_written_as_its_own_start(
+    app: object, client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    """A worker's end report that carries its start (fold_starts): the execution row and
+    the audit log have the start as if its report had come on its own; again, nothing
+    twice."""
+    job_id = uuid.UUID((await client.post("/jobs", json={"type": "demo.echo"})).json()["id"])
+    started = datetime(2026, 1, 1, tzinfo=UTC)
+    ended = started + timedelta(seconds=2)
+    folded = JobStatusReport(
+        job_id=job_id, attempt=1, worker_id="w", status="completed", result=[1],
+        ts=ended, started_at=started,
+    )  # fmt: skip
+    for _ in range(2):
+        async with db.transaction():
+            await write_batch(db, [], [folded])
+    row = await db.fetchrow(
+        "SELECT status, started_at, finished_at, duration_seconds FROM job_executions"
+        " WHERE job_id = $1",
+        job_id,
+    )
+    assert (row["status"], row["started_at"], row["finished_at"]) == ("completed", started, ended)
+    assert row["duration_seconds"] == 2
+    audit = await db.fetch(
+        "SELECT action, outcome, at, actor FROM audit_log WHERE job_id = $1 AND attempt = 1"
+        " ORDER BY at",
+        job_id,
+    )
+    assert [(r["action"], r["outcome"], r["at"], r["actor"]) for r in audit] == [
+        ("execution.start", "started", started, "w"),
+        ("execution.end", "completed", ended, "w"),
+    ]

@@ -7,13 +7,20 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 
 from shared.broker import Broker, Delivery
 from shared.errors import BrokerUnavailable
-from shared.messages import JobStateChanged, JobStatusReport, WorkerCapacity, WorkerHeartbeat
+from shared.messages import (
+    JobStateChanged,
+    JobStatusReport,
+    WorkerCapacity,
+    WorkerHeartbeat,
+    fold_starts,
+)
 from shared.outbox import Outbox
 from shared.settings import Settings
 from tests.conftest import AMQP_URL, wait_for
@@ -221,3 +228,48 @@ async def test_a_message_that_breaks_the_publisher_is_dead_lettered_not_dropped(
         await outbox.close()
         await consumer.close()
         await sender.delete_namespace()
+
+
+async def test_compact_rewrites_a_chunk_and_a_failing_one_changes_nothing(
+    settings: Settings,
+) -> None:
+    """A worker's outbox folds a short attempt's start into its end (one report reaches
+    the consumers); a compact step that raises (a bug) leaves the chunk as it was: every
+    message still goes, and the outbox goes on."""
+    ns = settings.namespace
+    async with (
+        Broker(settings.amqp_url, ns, name="sender") as sender,
+        Broker(settings.amqp_url, ns, name="receiver") as receiver,
+    ):
+        got: list[JobStatusReport] = []
+
+        async def on(delivery: Delivery) -> None:
+            got.extend(delivery.messages)
+
+        consumer = await receiver.consume(
+            f"{ns}.compact-test", ["job.status.#"], on, no_ack=True, auto_delete=True
+        )
+
+        def broken(chunk: list[Any]) -> list[Any]:
+            raise RuntimeError("a bug in the compact step")
+
+        for compact, expected in ((fold_starts, 1), (broken, 2)):
+            got.clear()
+            job = uuid.uuid4()
+            outbox = Outbox(sender, linger=0.2, retry=True, compact=compact)
+            outbox.start()
+            outbox.put([JobStatusReport(job_id=job, attempt=1, worker_id="w", status="started")])
+            outbox.put([JobStatusReport(job_id=job, attempt=1, worker_id="w", status="completed")])
+
+            async def arrived(n: int = expected) -> bool:
+                return len(got) >= n
+
+            await wait_for(arrived, timeout=10, what="the reports arrive")
+            await outbox.close()
+            if expected == 1:
+                (folded,) = got
+                assert folded.status == "completed" and folded.started_at is not None
+            else:
+                assert [r.status for r in got] == ["started", "completed"]
+                assert all(r.started_at is None for r in got)
+        await consumer.close()

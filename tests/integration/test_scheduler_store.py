@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from datetime import UTC, datetime
+from typing import Any
 
 import asyncpg
 import httpx
@@ -125,6 +127,42 @@ async def test_fast_path_fences_like_the_general_one(
     assert row["status"] == "completed" and row["started_at"] <= row["finished_at"]
     row = await db.fetchrow("SELECT status, started_at FROM jobs WHERE id = $1", starting)
     assert row["status"] == "running" and row["started_at"] is not None
+
+
+async def test_a_start_folded_into_its_end_is_written_on_either_path(
+    app: object, client: httpx.AsyncClient, db: asyncpg.Connection, database_url: str
+) -> None:
+    """An end report that carries its attempt's start (a worker's fold_starts): the job's
+    started_at is that start, on the fast path (completed) and on the general one
+    (failed, with its retry), as if the start had come on its own."""
+    completed = await running_job(client, db, cancel=False)
+    failed = await running_job(client, db, cancel=False)
+    await db.execute("UPDATE jobs SET max_attempts = 5 WHERE id = $1", failed)
+    started = datetime(2026, 1, 1, tzinfo=UTC)
+
+    def folded(job_id: uuid.UUID, status: str, **kw: Any) -> JobStatusReport:
+        return JobStatusReport(
+            job_id=job_id, attempt=2, worker_id="w1", status=status,  # type: ignore[arg-type]
+            started_at=started, **kw,
+        )  # fmt: skip
+
+    pool = await asyncpg.create_pool(
+        database_url.replace("postgresql+asyncpg://", "postgresql://"), min_size=1, max_size=1
+    )
+    try:
+        out = await transitions.apply_successes(pool, [folded(completed, "completed")])
+    finally:
+        await pool.close()
+    assert [(e.job_id, e.new_status) for e in out.events] == [(completed, "completed")]
+    row = await db.fetchrow("SELECT status, started_at FROM jobs WHERE id = $1", completed)
+    assert (row["status"], row["started_at"]) == ("completed", started)
+
+    async with app.state.sessionmaker() as session:  # type: ignore[attr-defined]
+        out = await transitions.apply_reports(session, [folded(failed, "failed", error="boom")])
+        await session.commit()
+    assert [(e.job_id, e.new_status) for e in out.events] == [(failed, "retrying")]
+    row = await db.fetchrow("SELECT status, started_at, error FROM jobs WHERE id = $1", failed)
+    assert (row["status"], row["started_at"], row["error"]) == ("retrying", started, "boom")
 
 
 def test_split_reports_keeps_a_jobs_reports_together() -> None:

@@ -45,3 +45,13 @@ def test_one_row_per_attempt_whatever_the_order() -> None:
     rb = by_key[(b, 1)]
     assert rb.status == "failed" and rb.error == "ValueError: no\ntb" and rb.result is None
     assert by_key[(b, 2)].status == "running" and by_key[(b, 2)].finished_at is None
+
+
+def test_a_start_folded_into_the_end_is_the_rows_start() -> None:
+    a = uuid.uuid4()
+    (row,) = merge_reports(
+        [report(a, 1, "completed", 2, result=None, started_at=T0 + timedelta(seconds=1))]
+    )
+    assert (row.status, row.started_at, row.finished_at) == (
+        "completed", T0 + timedelta(seconds=1), T0 + timedelta(seconds=2),
+    )  # fmt: skip
