@@ -195,6 +195,18 @@ class JobStatusReport(_Message):
     # on its own (absent from older workers: their start travels alone).
     started_at: WireTime | None = None
 
+    @model_validator(mode="after")
+    def _a_start_rides_only_on_an_end(self) -> JobStatusReport:
+        if self.started_at is not None and self.status in ("started", "lost"):
+            raise ValueError(f"started_at is for an end report, not a {self.status!r} one")
+        return self
+
+    @property
+    def start_time(self) -> datetime | None:
+        """When the attempt started, if this report says: a start report's own time, or
+        the start an end report carries."""
+        return self.ts if self.status == "started" else self.started_at
+
 
 class JobStateChanged(_Message):
     """Whoever committed a status change -> anyone: one persisted transition."""

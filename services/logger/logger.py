@@ -104,10 +104,9 @@ def merge_reports(reports: list[JobStatusReport]) -> list[_Execution]:
     for r in reports:
         row = rows.setdefault((r.job_id, r.attempt), _Execution(r.job_id, r.attempt))
         row.worker_id = row.worker_id or r.worker_id
+        row.started_at = row.started_at or r.start_time
         if r.status == "started":
-            row.started_at = row.started_at or r.ts
             continue
-        row.started_at = row.started_at or r.started_at  # a start folded into the end
         row.status = r.status
         row.finished_at = r.ts
         row.error = r.error if not r.traceback else f"{r.error}\n{r.traceback}"
@@ -116,18 +115,16 @@ def merge_reports(reports: list[JobStatusReport]) -> list[_Execution]:
 
 
 def execution_audit(reports: list[JobStatusReport]) -> list[list[Any]]:
-    """INSERT_EXECUTION_AUDIT's arrays: a row per start and per end, a start folded into
-    its end report (``started_at``) included."""
-    rows: list[tuple[str, str, UUID, int, str, datetime | None, str | None]] = [
-        (r.worker_id, "execution.start", r.job_id, r.attempt, "started", r.started_at, None)
-        for r in reports
-        if r.started_at is not None and r.status != "started"
-    ]
-    rows += [
-        (r.worker_id, "execution.start" if r.status == "started" else "execution.end",
-         r.job_id, r.attempt, r.status, r.ts, (r.error or "")[:2000] or None)
-        for r in reports
-    ]  # fmt: skip
+    """INSERT_EXECUTION_AUDIT's arrays: a row per start (a start report, or one folded
+    into its end report) and per end."""
+    rows: list[tuple[str, str, UUID, int, str, datetime | None, str | None]] = []
+    for r in reports:  # in report order: the log's ids follow what happened
+        if r.start_time is not None:
+            rows.append((r.worker_id, "execution.start", r.job_id, r.attempt, "started",
+                         r.start_time, None))  # fmt: skip
+        if r.status != "started":
+            rows.append((r.worker_id, "execution.end", r.job_id, r.attempt, r.status, r.ts,
+                         (r.error or "")[:2000] or None))  # fmt: skip
     return [list(column) for column in zip(*rows, strict=True)]
 
 

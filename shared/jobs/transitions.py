@@ -247,12 +247,10 @@ async def apply_successes(db: Db, reports: list[JobStatusReport]) -> ReportOutco
     ends: dict[_Attempt, Any] = {}
     for r in reports:
         key = (r.job_id, r.attempt, r.worker_id)
-        if r.status == "started":
-            starts.setdefault(key, r.ts)
-        else:
+        if r.start_time is not None:  # a start report, or one folded into its end
+            starts.setdefault(key, r.start_time)
+        if r.status != "started":
             ends.setdefault(key, r.result)
-            if r.started_at is not None:  # its start report, folded into it
-                starts.setdefault(key, r.started_at)
     return await _apply_successes(db, starts, ends, utcnow())
 
 
@@ -340,16 +338,14 @@ def _decide(
             out.ignored += report.status != "lost"
             continue
         key = (job.id, job.attempts, report.worker_id)
-        if report.started_at is not None and job.started_at is None:
-            out.starts[key] = job.started_at = report.started_at  # its folded start
-        if report.status == "started":
-            if job.started_at is None:
-                out.starts[key] = job.started_at = report.ts
-        elif report.status == "completed":
+        if report.start_time is not None and job.started_at is None:
+            # A start report, or one folded into its end: applied first.
+            out.starts[key] = job.started_at = report.start_time
+        if report.status == "completed":
             out.successes[key] = report.result
             job.status = S.COMPLETED
             out.order.append(job.id)
-        elif report.status != "lost":  # "lost": the scheduler wrote it after applying it
+        elif report.status not in ("started", "lost"):  # lost: written after it was applied
             end = decide_end(job, report, now, rng)
             check_transition(job.status, end.status)
             out.ends[job.id] = end

@@ -8,11 +8,17 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
+from pydantic import ValidationError
+
+from shared.errors import DecodeError
 from shared.messages import (
+    Batch,
     JobLog,
     JobStatusReport,
     _Message,
     decode,
+    decode_each,
     encode,
     fold_starts,
 )
@@ -105,3 +111,31 @@ def test_a_folded_report_travels_with_its_start() -> None:
     # A report from a worker that does not fold has none.
     plain = decode(encode(report(a, "completed", 2)))
     assert isinstance(plain, JobStatusReport) and plain.started_at is None
+
+
+def test_a_start_on_a_report_that_is_no_end_is_refused() -> None:
+    """``started_at`` rides only on an end report: on a start (or a ``lost``) it would be
+    a second start, read differently by the two report paths. Such an item is rejected
+    with why; the rest of its batch goes on."""
+    a, b = uuid.uuid4(), uuid.uuid4()
+    with pytest.raises(ValidationError, match="started_at is for an end report"):
+        report(a, "started", 1, started_at=T0)
+    good = report(b, "completed", 2, started_at=T0)
+    body = encode(Batch(of="job.status", items=[good, good]))
+    body = body.replace(b'"status":"completed"', b'"status":"started"', 1)
+    message, rejected = decode_each(body)
+    assert isinstance(message, Batch) and message.items == [good]
+    (refused,) = rejected
+    assert "started_at is for an end report, not a 'started' one" in refused.reason
+    for status in ("started", "lost"):
+        with pytest.raises(DecodeError, match="started_at is for an end report"):
+            decode(encode(report(a, "completed", 2, started_at=T0)).replace(
+                b'"status":"completed"', f'"status":"{status}"'.encode()
+            ))  # fmt: skip
+
+
+def test_start_time_is_the_start_a_report_stands_for() -> None:
+    a = uuid.uuid4()
+    assert report(a, "started", 1).start_time == T0 + timedelta(seconds=1)
+    assert report(a, "completed", 2).start_time is None
+    assert report(a, "failed", 2, started_at=T0).start_time == T0
