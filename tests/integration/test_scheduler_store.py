@@ -31,6 +31,13 @@ async def running_job(
     return job_id
 
 
+async def raw_pool(database_url: str) -> asyncpg.Pool:
+    """A one-connection asyncpg pool on the test's database, as the scheduler uses."""
+    return await asyncpg.create_pool(
+        database_url.replace("postgresql+asyncpg://", "postgresql://"), min_size=1, max_size=1
+    )
+
+
 def report(
     job_id: uuid.UUID, status: str, *, attempt: int = 2, worker: str = "w1"
 ) -> JobStatusReport:
@@ -91,9 +98,7 @@ async def test_fast_path_fences_like_the_general_one(
     alone recorded, a start and its end in one batch written as one completed row."""
     done = await running_job(client, db, cancel=False)
     starting = await running_job(client, db, cancel=False)
-    pool = await asyncpg.create_pool(
-        database_url.replace("postgresql+asyncpg://", "postgresql://"), min_size=1, max_size=1
-    )
+    pool = await raw_pool(database_url)
     try:
         out = await transitions.apply_successes(
             pool,
@@ -146,9 +151,7 @@ async def test_a_start_folded_into_its_end_is_written_on_either_path(
             started_at=started, **kw,
         )  # fmt: skip
 
-    pool = await asyncpg.create_pool(
-        database_url.replace("postgresql+asyncpg://", "postgresql://"), min_size=1, max_size=1
-    )
+    pool = await raw_pool(database_url)
     try:
         out = await transitions.apply_successes(pool, [folded(completed, "completed")])
     finally:
@@ -219,9 +222,7 @@ async def test_retention_deletes_only_what_finished_before_the_cutoff(
             "INSERT INTO job_executions (job_id, attempt, status) VALUES ($1, 1, 'completed')",
             job_id,
         )
-    pool = await asyncpg.create_pool(
-        database_url.replace("postgresql+asyncpg://", "postgresql://"), min_size=1, max_size=1
-    )
+    pool = await raw_pool(database_url)
     try:
         cutoff = await db.fetchval("SELECT now() - interval '30 days'")
         assert await retention.prune_finished(pool, older_than=cutoff, batch=1) == 2
@@ -251,9 +252,7 @@ async def test_fast_path_unblocks_children(
         ).json()["id"]
     )
     assert await db.fetchval("SELECT status FROM jobs WHERE id = $1", child) == "blocked"
-    pool = await asyncpg.create_pool(
-        database_url.replace("postgresql+asyncpg://", "postgresql://"), min_size=1, max_size=1
-    )
+    pool = await raw_pool(database_url)
     try:
         out = await transitions.apply_successes(pool, [report(parent, "completed")])
     finally:
@@ -274,9 +273,7 @@ async def test_completion_sees_a_child_whose_submit_it_waited_for(
     The completion waits for that lock; once the child commits, the completion must
     unblock it, although the child was not committed when the statement began."""
     parent = await running_job(client, db, cancel=False)
-    pool = await asyncpg.create_pool(
-        database_url.replace("postgresql+asyncpg://", "postgresql://"), min_size=1, max_size=1
-    )
+    pool = await raw_pool(database_url)
     state = app.state  # type: ignore[attr-defined]
     try:
         async with state.sessionmaker() as session:
@@ -318,9 +315,7 @@ async def test_waiting_reasons_answer_the_jobs_still_ready(
 ) -> None:
     ready = uuid.UUID((await client.post("/jobs", json={"type": "demo.echo"})).json()["id"])
     running = await running_job(client, db, cancel=False)
-    pool = await asyncpg.create_pool(
-        database_url.replace("postgresql+asyncpg://", "postgresql://"), min_size=1, max_size=1
-    )
+    pool = await raw_pool(database_url)
     try:
         why = {ready: "waiting for free capacity", running: "waiting for free capacity"}
         assert await annotations.set_waiting_reasons(pool, why) == {ready}
