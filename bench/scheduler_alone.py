@@ -4,8 +4,9 @@ A real scheduler (``python -m services.scheduler``, its own database and namespa
 synthetic workers that answer instantly: a small asyncio program (``--fleet-of``, run
 as a child process so its CPU is counted apart) that heartbeats like
 ``services.worker`` and, for each dispatch, reports its start and completion at once
-(in one report, as a worker does for an attempt that ends before its start is sent). No API and no logger: the jobs are inserted ready in bulk before the clock
-starts, and the clock stops at the last ``finished_at``. So the figure is placements +
+(in one report, as a worker does for an attempt that ends before its start is sent).
+No API and no logger: the jobs are inserted ready in bulk before the clock starts,
+and the clock stops at the last ``finished_at``. So the figure is placements +
 completions per second through the scheduler's loop, PostgreSQL and RabbitMQ, with
 nothing else in the way (docs/scaling.md).
 
