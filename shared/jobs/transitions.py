@@ -113,18 +113,19 @@ async def insert_jobs(db: Db, columns: dict[str, list[Any]]) -> int:
         if name != "id" and values.count(values[0]) == len(values)
     )
     args = [values[0] if name in same else values for name, values in columns.items()]
-    return len(await fetch(db, _insert_statement(same), *args))
+    keyed = any(key is not None for key in columns["idempotency_key"])
+    return len(await fetch(db, _insert_statement(same, keyed), *args))
 
 
-_INSERT_STATEMENTS: dict[frozenset[str], str] = {}
+_INSERT_STATEMENTS: dict[tuple[frozenset[str], bool], str] = {}
 
 
-def _insert_statement(same: frozenset[str]) -> str:
-    statement = _INSERT_STATEMENTS.get(same)
+def _insert_statement(same: frozenset[str], keyed: bool) -> str:
+    statement = _INSERT_STATEMENTS.get((same, keyed))
     if statement is None:
         if len(_INSERT_STATEMENTS) >= 256:  # bounded; in practice a handful of shapes
             _INSERT_STATEMENTS.clear()
-        statement = _INSERT_STATEMENTS[same] = sql.insert_jobs(same)
+        statement = _INSERT_STATEMENTS[same, keyed] = sql.insert_jobs(same, keyed=keyed)
     return statement
 
 
