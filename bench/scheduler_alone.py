@@ -71,6 +71,7 @@ async def serve_fleet(namespace: str, workers: int, slots: int, reports: str) ->
     dispatch at once (``--reports``: one completion carrying its start, as a worker's
     outbox folds them; the two apart; or only ``completed``), and
     heartbeats every ``heartbeat_seconds`` as a real worker does. Runs until SIGTERM."""
+    from shared.bodies import fold_starts
     from shared.broker import Broker, Delivery, Topology
     from shared.messages import (
         JobDispatch,
@@ -78,7 +79,6 @@ async def serve_fleet(namespace: str, workers: int, slots: int, reports: str) ->
         WorkerCapacity,
         WorkerHeartbeat,
         _Message,
-        fold_starts,
     )
 
     stop = asyncio.Event()

@@ -335,53 +335,6 @@ MAX_BATCH_ITEMS = 500
 MAX_BATCH_BYTES = 4 * 2**20
 
 
-_TEXT_FIELDS = ("message", "error", "traceback", "reason")
-_JSON_FIELDS = ("result", "payload")
-_FREE_FORM: dict[type, tuple[tuple[str, ...], tuple[str, ...]]] = {}
-
-
-def approx_size(message: Any) -> int:
-    """About how many bytes ``message`` takes encoded (its free-form parts counted)."""
-    cls = type(message)
-    fields = _FREE_FORM.get(cls)
-    if fields is None:  # once per class: reading a field a model lacks is slow
-        names = getattr(cls, "model_fields", {})
-        fields = _FREE_FORM[cls] = (
-            tuple(f for f in _TEXT_FIELDS if f in names),
-            tuple(f for f in _JSON_FIELDS if f in names),
-        )
-    n = 300
-    for name in fields[0]:
-        value = getattr(message, name)
-        if isinstance(value, str):
-            n += len(value)
-    for name in fields[1]:
-        value = getattr(message, name)
-        if value is not None:
-            try:
-                n += len(orjson.dumps(value))
-            except TypeError:  # built without validation (a bug): let it travel alone
-                n += MAX_BATCH_BYTES
-    return n
-
-
-def _chunks(messages: list[Any]) -> list[list[Any]]:
-    """Consecutive runs of at most MAX_BATCH_ITEMS items and about MAX_BATCH_BYTES."""
-    out: list[list[Any]] = []
-    run: list[Any] = []
-    size = 0
-    for m in messages:
-        n = approx_size(m)
-        if run and (len(run) >= MAX_BATCH_ITEMS or size + n > MAX_BATCH_BYTES):
-            out.append(run)
-            run, size = [], 0
-        run.append(m)
-        size += n
-    if run:
-        out.append(run)
-    return out
-
-
 class Batch(_Message):
     """Several messages of one kind in one body, in order (``of`` names the kind).
 
@@ -417,59 +370,6 @@ def unpack(message: Message) -> list[Any]:
     return list(message.items) if isinstance(message, Batch) else [message]
 
 
-def batched(messages: list[_Message]) -> list[_Message]:
-    """Runs of consecutive same-kind batchable messages become batches (order kept);
-    a run of one stays a plain message, routed as design.md gives it."""
-    out: list[_Message] = []
-    run: list[_Message] = []
-
-    def close() -> None:
-        for chunk in _chunks(run):
-            if len(chunk) == 1:
-                out.append(chunk[0])
-            else:
-                out.append(Batch(of=chunk[0].kind, items=chunk))
-        run.clear()
-
-    for m in messages:
-        kind = getattr(m, "kind", None)
-        if kind not in BATCHABLE or kind == "job.dispatch":
-            close()
-            out.append(m)
-            continue
-        if run and run[0].kind != kind:  # type: ignore[attr-defined]
-            close()
-        run.append(m)
-    close()
-    return out
-
-
-def fold_starts(messages: list[_Message]) -> list[_Message]:
-    """``messages`` with each start report that an end report of the same attempt
-    follows left out, its time carried by that end report (``started_at``): a short
-    attempt's start and end, sent together anyway, become one report, so each receiver
-    decodes and stores one. Everything else keeps its place and order."""
-    last_end: dict[tuple[UUID, int, str], int] = {}
-    for i, m in enumerate(messages):
-        if type(m) is JobStatusReport and m.status != "started" and m.started_at is None:
-            last_end[(m.job_id, m.attempt, m.worker_id)] = i
-    if not last_end:
-        return messages
-    starts: dict[tuple[UUID, int, str], datetime] = {}
-    out: list[_Message] = []
-    for i, m in enumerate(messages):
-        if type(m) is JobStatusReport:
-            key = (m.job_id, m.attempt, m.worker_id)
-            if m.status == "started":
-                if i < last_end.get(key, -1):  # an end of its attempt comes after it
-                    starts.setdefault(key, m.ts)
-                    continue
-            elif key in starts and m.started_at is None:
-                m = m.model_copy(update={"started_at": starts.pop(key)})
-        out.append(m)
-    return out
-
-
 def routing_key(message: _Message) -> str:
     """The routing key design.md gives each message (dispatch needs the worker id)."""
     match message:
@@ -493,18 +393,6 @@ def routing_key(message: _Message) -> str:
 def dispatch_key(worker_id: str, job_id: UUID | None) -> str:
     """``job.dispatch.<worker_id>.<job_id>``; ``job_id`` None: a batch for that worker."""
     return f"job.dispatch.{worker_id}.{job_id if job_id is not None else 'batch'}"
-
-
-def dispatches_for(worker_id: str, dispatches: list[JobDispatch]) -> list[tuple[_Message, str]]:
-    """One worker's dispatches as messages with their routing keys: batches of up to
-    MAX_BATCH_ITEMS, or the plain dispatch when there is one."""
-    out: list[tuple[_Message, str]] = []
-    for chunk in _chunks(dispatches):
-        if len(chunk) == 1:
-            out.append((chunk[0], dispatch_key(worker_id, chunk[0].job_id)))
-        else:
-            out.append((Batch(of="job.dispatch", items=chunk), dispatch_key(worker_id, None)))
-    return out
 
 
 def _fields(obj: Any) -> dict[str, Any] | str:

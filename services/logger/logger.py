@@ -119,9 +119,9 @@ def execution_audit(reports: list[JobStatusReport]) -> list[list[Any]]:
     into its end report) and per end."""
     rows: list[tuple[str, str, UUID, int, str, datetime | None, str | None]] = []
     for r in reports:  # in report order: the log's ids follow what happened
-        if r.start_time is not None:
+        if (start := r.start_time) is not None:
             rows.append((r.worker_id, "execution.start", r.job_id, r.attempt, "started",
-                         r.start_time, None))  # fmt: skip
+                         start, None))  # fmt: skip
         if r.status != "started":
             rows.append((r.worker_id, "execution.end", r.job_id, r.attempt, r.status, r.ts,
                          (r.error or "")[:2000] or None))  # fmt: skip

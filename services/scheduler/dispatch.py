@@ -37,6 +37,7 @@ from services.scheduler.placement import (
     plan_placements,
     room,
 )
+from shared.bodies import dispatches_for
 from shared.broker import Broker
 from shared.db import RAW_DB_ERRORS
 from shared.jobs import parking, reads, transitions
@@ -48,7 +49,6 @@ from shared.messages import (
     JobStateChanged,
     ResourceSpec,
     _Message,
-    dispatches_for,
     unpack,
     validation_summary,
 )

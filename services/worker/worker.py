@@ -47,6 +47,7 @@ from services.worker.attempt import (
 )
 from services.worker.process_pool import ProcessPool
 from services.worker.runner import Outcome, call_from_thread, run_task
+from shared.bodies import fold_starts
 from shared.broker import Broker, Consumer, Delivery, Topology
 from shared.catalog import announce_task_types
 from shared.db import create_engine, create_sessionmaker
@@ -58,7 +59,6 @@ from shared.messages import (
     WorkerCapacity,
     WorkerHeartbeat,
     _Message,
-    fold_starts,
 )
 from shared.outbox import Outbox
 from shared.service import StartupError

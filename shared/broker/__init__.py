@@ -30,6 +30,7 @@ import aio_pika
 import aio_pika.abc
 import aio_pika.exceptions
 
+from shared.bodies import batched
 from shared.broker.deliveries import (
     Consumer,
     DeadLetter,
@@ -59,7 +60,6 @@ from shared.messages import (
     MAX_TEXT_CHARS,
     Rejected,
     _Message,
-    batched,
     decode_each,
     encode,
     routing_key,
@@ -278,7 +278,7 @@ class Broker:
         """Publish several messages with their confirms pipelined (not one by one).
 
         Runs of same-kind messages with no explicit key travel as batches (see
-        ``shared.messages.batched``)."""
+        ``shared.bodies.batched``)."""
         items = list(items)
         if all(key is None for _, key in items):
             items = [(m, None) for m in batched([m for m, _ in items])]

@@ -248,8 +248,8 @@ async def apply_successes(db: Db, reports: list[JobStatusReport]) -> ReportOutco
     ends: dict[_Attempt, Any] = {}
     for r in reports:
         key = (r.job_id, r.attempt, r.worker_id)
-        if r.start_time is not None:  # a start report, or one folded into its end
-            starts.setdefault(key, r.start_time)
+        if (start := r.start_time) is not None:  # a start report, or one folded into its end
+            starts.setdefault(key, start)
         if r.status != "started":
             ends.setdefault(key, r.result)
     return await _apply_successes(db, starts, ends, utcnow())
@@ -339,9 +339,9 @@ def _decide(
             out.ignored += report.status != "lost"
             continue
         key = (job.id, job.attempts, report.worker_id)
-        if report.start_time is not None and job.started_at is None:
+        if (start := report.start_time) is not None and job.started_at is None:
             # A start report, or one folded into its end: applied first.
-            out.starts[key] = job.started_at = report.start_time
+            out.starts[key] = job.started_at = start
         if report.status == "completed":
             out.successes[key] = report.result
             job.status = S.COMPLETED

@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from shared.bodies import fold_starts
 from shared.broker import Broker, Delivery
 from shared.errors import BrokerUnavailable
 from shared.messages import (
@@ -19,7 +20,6 @@ from shared.messages import (
     JobStatusReport,
     WorkerCapacity,
     WorkerHeartbeat,
-    fold_starts,
 )
 from shared.outbox import Outbox
 from shared.settings import Settings

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from shared.bodies import batched, dispatches_for
 from shared.errors import DecodeError
 from shared.messages import (
     MAX_BATCH_BYTES,
@@ -17,9 +18,7 @@ from shared.messages import (
     JobLog,
     JobStatusReport,
     ResourceSpec,
-    batched,
     decode,
-    dispatches_for,
     encode,
     routing_key,
     unpack,

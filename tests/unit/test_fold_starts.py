@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from shared.bodies import fold_starts
 from shared.errors import DecodeError
 from shared.messages import (
     Batch,
@@ -20,7 +21,6 @@ from shared.messages import (
     decode,
     decode_each,
     encode,
-    fold_starts,
 )
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
