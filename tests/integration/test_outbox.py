@@ -6,7 +6,9 @@ once the broker is back (a worker's reports exist nowhere else)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -75,6 +77,32 @@ def report(job: uuid.UUID) -> JobStatusReport:
 def heartbeat() -> WorkerHeartbeat:
     capacity = WorkerCapacity(cpu_units=1, memory_mb=1, slots=1)
     return WorkerHeartbeat(worker_id="w1", state="alive", capacity=capacity, allocated=capacity)
+
+
+@contextlib.asynccontextmanager
+async def sent_and_received(
+    settings: Settings, queue: str, bindings: list[str]
+) -> AsyncIterator[tuple[Broker, list[Any]]]:
+    """A sender, and the list of every message a consumer bound to ``bindings`` receives
+    (the namespace is deleted afterwards)."""
+    ns = settings.namespace
+    async with (
+        Broker(settings.amqp_url, ns, name="sender") as sender,
+        Broker(settings.amqp_url, ns, name="receiver") as receiver,
+    ):
+        got: list[Any] = []
+
+        async def on(delivery: Delivery) -> None:
+            got.extend(delivery.messages)
+
+        consumer = await receiver.consume(
+            f"{ns}.{queue}", bindings, on, no_ack=True, auto_delete=True
+        )
+        try:
+            yield sender, got
+        finally:
+            await consumer.close()
+            await sender.delete_namespace()
 
 
 # The proxy aborts the sender's socket mid-stream; the garbage collector reports it at
@@ -146,20 +174,8 @@ async def test_a_message_that_cannot_be_published_does_not_stop_the_outbox(
     publisher lives on (it used to die of a TypeError, or retry the message forever)."""
     from shared.messages import MAX_MESSAGE_BYTES, JobLog
 
-    ns = settings.namespace
-    async with (
-        Broker(settings.amqp_url, ns, name="sender") as sender,
-        Broker(settings.amqp_url, ns, name="receiver") as receiver,
-    ):
-        got: list[object] = []
-
-        async def on(delivery: Delivery) -> None:
-            got.extend(delivery.messages)
-
-        consumer = await receiver.consume(
-            f"{ns}.outbox-poison", ["worker.heartbeat.#", "job.logs.#"], on, no_ack=True,
-            auto_delete=True,
-        )  # fmt: skip
+    bindings = ["worker.heartbeat.#", "job.logs.#"]
+    async with sent_and_received(settings, "outbox-poison", bindings) as (sender, got):
         outbox = Outbox(sender, linger=0.0, retry=True, chunk=500)
         task = outbox.start()
         job = uuid.uuid4()
@@ -184,8 +200,6 @@ async def test_a_message_that_cannot_be_published_does_not_stop_the_outbox(
         assert len(letters) == 2, letters
         assert all("unpublishable" in (d.reason or "") for d in letters)
         await outbox.close()
-        await consumer.close()
-        await sender.delete_namespace()
 
 
 async def test_a_message_that_breaks_the_publisher_is_dead_lettered_not_dropped(
@@ -194,20 +208,8 @@ async def test_a_message_that_breaks_the_publisher_is_dead_lettered_not_dropped(
     """A message whose publish raises an error that is not the broker's (a bug: here a
     report built without validation and without a job id, so no routing key can be made
     for it) is dead-lettered with the error, and the heartbeat behind it goes out."""
-    ns = settings.namespace
-    async with (
-        Broker(settings.amqp_url, ns, name="sender") as sender,
-        Broker(settings.amqp_url, ns, name="receiver") as receiver,
-    ):
-        got: list[object] = []
-
-        async def on(delivery: Delivery) -> None:
-            got.extend(delivery.messages)
-
-        consumer = await receiver.consume(
-            f"{ns}.outbox-bug", ["worker.heartbeat.#", "job.status.#"], on, no_ack=True,
-            auto_delete=True,
-        )  # fmt: skip
+    bindings = ["worker.heartbeat.#", "job.status.#"]
+    async with sent_and_received(settings, "outbox-bug", bindings) as (sender, got):
         outbox = Outbox(sender, linger=0.0, retry=True)
         task = outbox.start()
         broken = JobStatusReport.model_construct(attempt=7777, worker_id="w1", status="completed")
@@ -226,8 +228,6 @@ async def test_a_message_that_breaks_the_publisher_is_dead_lettered_not_dropped(
         assert "AttributeError" in (letter.reason or ""), letter.reason
         assert not task.done()
         await outbox.close()
-        await consumer.close()
-        await sender.delete_namespace()
 
 
 async def test_compact_rewrites_a_chunk_and_a_failing_one_changes_nothing(
@@ -236,19 +236,7 @@ async def test_compact_rewrites_a_chunk_and_a_failing_one_changes_nothing(
     """A worker's outbox folds a short attempt's start into its end (one report reaches
     the consumers); a compact step that raises (a bug) leaves the chunk as it was: every
     message still goes, and the outbox goes on."""
-    ns = settings.namespace
-    async with (
-        Broker(settings.amqp_url, ns, name="sender") as sender,
-        Broker(settings.amqp_url, ns, name="receiver") as receiver,
-    ):
-        got: list[JobStatusReport] = []
-
-        async def on(delivery: Delivery) -> None:
-            got.extend(delivery.messages)
-
-        consumer = await receiver.consume(
-            f"{ns}.compact-test", ["job.status.#"], on, no_ack=True, auto_delete=True
-        )
+    async with sent_and_received(settings, "compact-test", ["job.status.#"]) as (sender, got):
 
         def broken(chunk: list[Any]) -> list[Any]:
             raise RuntimeError("a bug in the compact step")
@@ -272,4 +260,3 @@ async def test_compact_rewrites_a_chunk_and_a_failing_one_changes_nothing(
             else:
                 assert [r.status for r in got] == ["started", "completed"]
                 assert all(r.started_at is None for r in got)
-        await consumer.close()
