@@ -24,6 +24,7 @@ from shared.broker import Broker
 from shared.catalog import TaskCatalog, announce_task_types
 from shared.db import create_engine, create_pool, create_sessionmaker
 from shared.errors import ConfigError
+from shared.jobs.grouped import GroupedInserts
 from shared.jobs.prepare import Limits
 from shared.outbox import Outbox
 from shared.settings import Settings, get_settings
@@ -87,6 +88,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.outbox = Outbox(broker)
         app.state.outbox.start()
         app.state.pool = await create_pool(settings)
+        app.state.inserts = GroupedInserts(app.state.pool)
         app.state.key_cache = KeyCache(
             settings.sync_database_url,
             refused_ttl=settings.key_refused_cache_seconds,
@@ -111,6 +113,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await app.state.key_cache.close()
             await app.state.outbox.close()
+            await app.state.inserts.close()
             await app.state.pool.close()
             await broker.close()
             await engine.dispose()
@@ -127,6 +130,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.broker = None
     app.state.outbox = None
     app.state.pool = None
+    app.state.inserts = None
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RateLimit, settings=settings)  # outermost: before any work

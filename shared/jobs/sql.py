@@ -24,7 +24,7 @@ from collections.abc import Iterable
 
 from sqlalchemy.dialects import postgresql
 
-from shared.models import Job
+from shared.models import AuditEntry, Job
 from shared.states import CANCELLABLE_AT_ONCE, TERMINAL, TRANSITIONS, JobStatus, sources_for
 
 S = JobStatus
@@ -205,12 +205,13 @@ INSERT_DEFAULTS: dict[str, object] = {
 NEW_STATUSES = status_list(TRANSITIONS[None])
 
 
-def insert_jobs(same: frozenset[str], *, keyed: bool = True) -> str:
+def insert_jobs(same: frozenset[str], *, keyed: bool = True, returning: str = "id") -> str:
     """Insert a batch: ``$1..$n`` are the columns of ``INSERT_COLUMNS`` in order, each an
-    array, except those in ``same`` (one value for every row). ``RETURNING id``: a row
-    whose idempotency key another request took first is not inserted. Not ``keyed``
-    (no row has a key, so none can conflict): a plain insert, which spares each row
-    PostgreSQL's speculative insertion (a lock and a WAL record more per row)."""
+    array, except those in ``same`` (one value for every row). ``RETURNING id`` (or
+    ``returning``): a row whose idempotency key another request took first is not
+    inserted. Not ``keyed`` (no row has a key, so none can conflict): a plain insert,
+    which spares each row PostgreSQL's speculative insertion (a lock and a WAL record
+    more per row)."""
     values, arrays, names = [], [], []
     for i, (column, wire) in enumerate(INSERT_COLUMNS.items(), start=1):
         cast = _INSERT_CASTS.get(column, "")
@@ -227,7 +228,7 @@ def insert_jobs(same: frozenset[str], *, keyed: bool = True) -> str:
         f"WHERE {status} IN {NEW_STATUSES} "
         + ("ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING "
            if keyed else "")
-        + "RETURNING id"
+        + f"RETURNING {returning}"
     )  # fmt: skip
 
 
@@ -258,6 +259,32 @@ def insert_one_with_audit() -> str:
 
 
 INSERT_ONE_WITH_AUDIT = insert_one_with_audit()
+
+
+def _audit_wire_type(column: str) -> str:
+    declared = AuditEntry.__table__.columns[column].type.compile(dialect=postgresql.dialect())
+    return "text" if declared == "JSONB" else declared.lower()
+
+
+def insert_several_with_audit() -> str:
+    """Several jobs (``$1..$24``: each column of ``INSERT_COLUMNS`` as an array) and one
+    audit row each (then each of ``AUDIT_COLUMNS`` as an array, ``detail`` as JSON
+    text): the single submits of several requests as one statement, atomic on its own.
+    An audit row goes in only with its job."""
+    n = len(INSERT_COLUMNS)
+    arrays = ", ".join(
+        f"${n + i}::{_audit_wire_type(c)}[]" for i, c in enumerate(AUDIT_COLUMNS, start=1)
+    )
+    values = ", ".join(f"a.{c}::jsonb" if c == "detail" else f"a.{c}" for c in AUDIT_COLUMNS)
+    return (
+        f"WITH j AS ({insert_jobs(frozenset(), keyed=False, returning='*')}), "
+        f"a AS (INSERT INTO audit_log ({', '.join(AUDIT_COLUMNS)}) SELECT {values} "
+        f"FROM unnest({arrays}) AS a({', '.join(AUDIT_COLUMNS)}) JOIN j ON j.id = a.job_id) "
+        "SELECT * FROM j"
+    )
+
+
+INSERT_SEVERAL_WITH_AUDIT = insert_several_with_audit()
 
 # ready -> running on the chosen worker, with a new attempt number (the fence).
 DISPATCH = f"""

@@ -1,6 +1,7 @@
 """Submission: validated jobs (``shared.jobs.prepare``) stored with their edges and
 audit row, in the caller's transaction (``submit_jobs``) or, for a job with no parent and
-no idempotency key, in one statement (``submit_one_fast``).
+no idempotency key, in one statement (``submit_one_fast``; several such submits that
+arrive together share one, ``shared.jobs.grouped``).
 
 Each returns the ``job.state`` events to publish after the commit.
 """
@@ -15,7 +16,6 @@ from types import SimpleNamespace
 from typing import Any
 from uuid import UUID
 
-import asyncpg
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -24,6 +24,7 @@ from shared.catalog import TaskCatalog, TaskTypeInfo
 from shared.db import json_text
 from shared.errors import InvalidJobRequest, UnknownDependency
 from shared.jobs import reads, sql, transitions
+from shared.jobs.grouped import GroupedInserts
 from shared.jobs.prepare import Limits, Prepared, prepare, prepare_submission, resolve_batch_refs
 from shared.jobs.prepare import task_type as lookup_task_type
 from shared.messages import JobStateChanged
@@ -322,7 +323,7 @@ def can_submit_fast(spec: JobCreate) -> bool:
 
 
 async def submit_one_fast(
-    pool: asyncpg.Pool,
+    inserts: GroupedInserts,
     session: AsyncSession,
     *,
     catalog: TaskCatalog,
@@ -344,5 +345,5 @@ async def submit_one_fast(
         actor.key_id, actor.role, "job.submit", actor.client, it.id, "ok",
         json_text({"job_ids": [str(it.id)], "count": 1}),
     )  # fmt: skip
-    job = SimpleNamespace(**dict(await transitions.insert_one(pool, _wire(row), audit)))
+    job = SimpleNamespace(**dict(await inserts.insert(_wire(row), audit)))
     return job, transitions.submitted_event(job)

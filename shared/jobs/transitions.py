@@ -20,7 +20,7 @@ from uuid import UUID
 
 import asyncpg
 
-from shared.db import Db, fetch, json_text, pool_fetchrow
+from shared.db import Db, fetch, json_text, pool_fetch, pool_fetchrow
 from shared.jobs import sql
 from shared.jobs.outcomes import AttemptEnd, RunningJob, decide_end, run_seconds
 from shared.messages import JobStateChanged, JobStatusReport
@@ -133,6 +133,20 @@ async def insert_one(pool: asyncpg.Pool, row: dict[str, Any], audit: Sequence[An
     """Insert one new job (``row``: the values of ``sql.INSERT_COLUMNS``) and its audit
     row in one statement; the stored row."""
     return await pool_fetchrow(pool, sql.INSERT_ONE_WITH_AUDIT, *row.values(), *audit)
+
+
+async def insert_several(
+    pool: asyncpg.Pool, rows: Sequence[dict[str, Any]], audits: Sequence[Sequence[Any]]
+) -> list[Any]:
+    """``insert_one`` for several jobs in one statement (one round trip and one commit
+    for all): the stored rows, in the order of ``rows``. All or none go in."""
+    columns = [[row[name] for row in rows] for name in sql.INSERT_COLUMNS]
+    audit_columns = [[audit[i] for audit in audits] for i in range(len(sql.AUDIT_COLUMNS))]
+    stored = {r["id"]: r for r in await pool_fetch(pool, sql.INSERT_SEVERAL_WITH_AUDIT,
+                                                   *columns, *audit_columns)}  # fmt: skip
+    if len(stored) != len(rows):  # every new row has a new status: the statement's guard
+        raise RuntimeError(f"{len(rows) - len(stored)} of {len(rows)} new jobs were not stored")
+    return [stored[row["id"]] for row in rows]
 
 
 # ------------------------------------------------------------------- placement

@@ -117,9 +117,9 @@ async def submit_job(body: JobCreate, request: Request, actor: SubmitterDep) -> 
     # FastAPI an exit stack per request, and the common submit uses the session only
     # when the task catalog has to look a type up (docs/performance.md).
     async with state.sessionmaker() as session:
-        if can_submit_fast(body) and state.pool is not None:
+        if can_submit_fast(body) and state.inserts is not None:
             job, event = await submit_one_fast(
-                state.pool, session, catalog=state.catalog, spec=body, actor=actor,
+                state.inserts, session, catalog=state.catalog, spec=body, actor=actor,
                 limits=state.limits,
             )  # fmt: skip
             _announce(state, [event], [job])

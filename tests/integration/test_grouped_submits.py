@@ -1,0 +1,111 @@
+"""Single submits that arrive together go into the database as one statement
+(``shared.jobs.grouped``), and each request still gets its own row or its own error."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+
+from shared.jobs import sql
+from shared.jobs.grouped import GroupedInserts
+
+
+def wire_row(**values: Any) -> dict[str, Any]:
+    """A new ready job as ``insert_one`` takes it (``sql.INSERT_COLUMNS``, in order)."""
+    now = datetime.now(UTC)
+    row = {
+        "id": uuid.uuid4(), "type": "demo.echo", "name": None, "status": "ready",
+        "priority": 2, "payload": "{}", "cpu_units": 0.1, "memory_mb": 16,
+        "timeout_seconds": None, "max_attempts": 1, "retry_initial_delay": 1.0,
+        "retry_backoff": 2.0, "retry_max_delay": 60.0, "run_at": now, "depends_on": "{}",
+        "unmet_dependencies": 0, "error": None, "idempotency_key": None,
+        "idempotency_fingerprint": None, "created_by": None, "created_at": now,
+        "updated_at": now, "ready_at": now, "finished_at": None,
+    }  # fmt: skip
+    row.update(values)
+    assert tuple(row) == tuple(sql.INSERT_COLUMNS)
+    return row
+
+
+def audit_of(row: dict[str, Any]) -> tuple[Any, ...]:
+    detail = json.dumps({"job_ids": [str(row["id"])], "count": 1})
+    return ("test", "admin", "job.submit", "127.0.0.1", row["id"], "ok", detail)
+
+
+@pytest.fixture
+async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    dsn = database_url.replace("postgresql+asyncpg://", "postgresql://")
+    async with asyncpg.create_pool(dsn, min_size=1, max_size=2) as p:
+        yield p
+
+
+async def test_concurrent_submits_share_statements_and_each_gets_its_own_job(
+    client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    n = 40
+    answers = await asyncio.gather(
+        *(client.post("/jobs", json={"type": "demo.echo", "payload": {"i": i}}) for i in range(n))
+    )
+    assert [a.status_code for a in answers] == [201] * n, answers[0].text
+    jobs = [a.json() for a in answers]
+    # Each answer is its own request's job, as stored.
+    assert [job["payload"] for job in jobs] == [{"i": i} for i in range(n)]
+    stored = {
+        str(r["id"]): json.loads(r["payload"])
+        for r in await db.fetch("SELECT id, payload FROM jobs")
+    }
+    assert stored == {job["id"]: job["payload"] for job in jobs}
+    audited = await db.fetch(
+        "SELECT job_id, detail FROM audit_log WHERE action = 'job.submit' AND outcome = 'ok'"
+    )
+    assert sorted(str(a["job_id"]) for a in audited) == sorted(stored)
+    assert all(json.loads(a["detail"])["job_ids"] == [str(a["job_id"])] for a in audited)
+    # Rows written by one statement share its transaction id: the 40 went in together,
+    # not as 40 transactions.
+    transactions = await db.fetchval("SELECT count(DISTINCT xmin::text) FROM jobs")
+    assert transactions < n / 4
+
+
+async def test_a_row_the_database_refuses_fails_alone(
+    pool: asyncpg.Pool, db: asyncpg.Connection
+) -> None:
+    inserts = GroupedInserts(pool)
+    rows = [wire_row(), wire_row(), wire_row(name="nul\x00byte"), wire_row()]
+    # The first goes alone; the other three wait for it and then go as one group,
+    # which the database refuses for its third row.
+    results = await asyncio.gather(
+        *(inserts.insert(row, audit_of(row)) for row in rows), return_exceptions=True
+    )
+    assert isinstance(results[2], asyncpg.PostgresError), results[2]
+    assert [r["id"] for i, r in enumerate(results) if i != 2] == [  # type: ignore[index]
+        row["id"] for i, row in enumerate(rows) if i != 2
+    ]
+    stored = {r["id"] for r in await db.fetch("SELECT id FROM jobs")}
+    assert stored == {rows[0]["id"], rows[1]["id"], rows[3]["id"]}
+    audited = {r["job_id"] for r in await db.fetch("SELECT job_id FROM audit_log")}
+    assert audited == stored
+    await inserts.close()
+
+
+async def test_a_request_cancelled_while_it_waits_submits_nothing(
+    pool: asyncpg.Pool, db: asyncpg.Connection
+) -> None:
+    inserts = GroupedInserts(pool)
+    rows = [wire_row() for _ in range(3)]
+    tasks = [asyncio.create_task(inserts.insert(row, audit_of(row))) for row in rows]
+    await asyncio.sleep(0)  # each has started: the first runs its statement, two wait
+    tasks[1].cancel()
+    done = await asyncio.gather(*tasks, return_exceptions=True)
+    assert isinstance(done[1], asyncio.CancelledError)
+    assert {done[0]["id"], done[2]["id"]} == {rows[0]["id"], rows[2]["id"]}  # type: ignore[index]
+    stored = {r["id"] for r in await db.fetch("SELECT id FROM jobs")}
+    assert stored == {rows[0]["id"], rows[2]["id"]}
+    await inserts.close()
