@@ -1,7 +1,8 @@
 """How a sender groups its messages into bodies (docs/architecture.md, "Batches"): runs
 of one kind become ``Batch`` bodies bounded in items and bytes (``batched``,
-``dispatches_for``), and a short attempt's start report rides in its end report
-(``fold_starts``). What a body is and how it is read stay in ``shared.messages``."""
+``dispatches_for``), a short attempt's start report rides in its end report
+(``fold_starts``), and a chunk's wake-up hints are sent as one
+(``one_hint``). What a body is and how it is read stay in ``shared.messages``."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from shared.messages import (
     Batch,
     JobDispatch,
     JobStatusReport,
+    JobSubmitted,
     _Message,
     dispatch_key,
 )
@@ -120,6 +122,18 @@ def fold_starts(messages: list[_Message]) -> list[_Message]:
                 m = m.model_copy(update={"started_at": starts.pop(key)})
         out.append(m)
     return out
+
+
+def one_hint(messages: list[_Message]) -> list[_Message]:
+    """``messages`` with their ``job.submitted`` hints made one, the last, sent after
+    the rest: a hint only tells the scheduler to look at the database now, and one says
+    that for a chunk as well as many. The other messages keep their order, so a chunk
+    of several requests' messages (an event and a hint each) travels as one batch of
+    events and one hint, and every event still goes before the hint of its request."""
+    hints = [m for m in messages if type(m) is JobSubmitted]
+    if not hints or (len(hints) == 1 and messages[-1] is hints[0]):
+        return messages
+    return [m for m in messages if type(m) is not JobSubmitted] + hints[-1:]
 
 
 def dispatches_for(worker_id: str, dispatches: list[JobDispatch]) -> list[tuple[_Message, str]]:

@@ -20,6 +20,7 @@ from services.api.middleware import BodySizeLimit, RateLimit
 from services.api.routers import audit, health, jobs, keys, observe, schedules, stream
 from services.api.stream import EventHub
 from shared import demo_tasks
+from shared.bodies import one_hint
 from shared.broker import Broker
 from shared.catalog import TaskCatalog, announce_task_types
 from shared.db import create_engine, create_pool, create_sessionmaker
@@ -85,7 +86,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.engine = engine
         app.state.sessionmaker = sessionmaker
         app.state.broker = broker
-        app.state.outbox = Outbox(broker)
+        app.state.outbox = Outbox(broker, compact=one_hint)
         app.state.outbox.start()
         app.state.pool = await create_pool(settings)
         app.state.inserts = GroupedInserts(app.state.pool)
