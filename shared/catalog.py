@@ -79,16 +79,22 @@ class TaskCatalog:
         self.ttl = ttl
         self._entries: dict[str, tuple[float, TaskTypeInfo]] = {}
 
-    async def get(self, session: AsyncSession, name: str) -> TaskTypeInfo | None:
-        now = time.monotonic()
+    def cached(self, name: str) -> TaskTypeInfo | None:
+        """The type as read less than ``ttl`` ago, without asking the database."""
         cached = self._entries.get(name)
-        if cached is not None and now - cached[0] < self.ttl:
+        if cached is not None and time.monotonic() - cached[0] < self.ttl:
             return cached[1]
+        return None
+
+    async def get(self, session: AsyncSession, name: str) -> TaskTypeInfo | None:
+        info = self.cached(name)
+        if info is not None:
+            return info
         row = await session.get(TaskType, name)
         if row is None:
             return None  # not cached: a worker announcing it makes it valid at once
         info = _info_from_row(row)
-        self._entries[name] = (now, info)
+        self._entries[name] = (time.monotonic(), info)
         return info
 
     async def names(self, session: AsyncSession) -> list[str]:

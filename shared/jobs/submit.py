@@ -17,7 +17,7 @@ from typing import Any
 from uuid import UUID
 
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared.auth import Actor
 from shared.catalog import TaskCatalog, TaskTypeInfo
@@ -25,7 +25,7 @@ from shared.db import json_text
 from shared.errors import InvalidJobRequest, UnknownDependency
 from shared.jobs import reads, sql, transitions
 from shared.jobs.grouped import GroupedInserts
-from shared.jobs.prepare import Limits, Prepared, prepare, prepare_submission, resolve_batch_refs
+from shared.jobs.prepare import Limits, Prepared, prepare, resolve_batch_refs
 from shared.jobs.prepare import task_type as lookup_task_type
 from shared.messages import JobStateChanged
 from shared.models import AuditEntry, JobDependency
@@ -324,7 +324,7 @@ def can_submit_fast(spec: JobCreate) -> bool:
 
 async def submit_one_fast(
     inserts: GroupedInserts,
-    session: AsyncSession,
+    sessions: async_sessionmaker[AsyncSession],
     *,
     catalog: TaskCatalog,
     spec: JobCreate,
@@ -334,7 +334,11 @@ async def submit_one_fast(
     """``POST /jobs`` for a job ``can_submit_fast`` accepts: validated exactly as
     ``submit_jobs`` does, then one round trip (no BEGIN / COMMIT, no ORM). Returns the
     stored row (attribute access, like a ``Job``) and its ``job.state`` event."""
-    it = await prepare_submission(session, catalog, spec, actor, limits, where="")
+    task = catalog.cached(spec.type)
+    if task is None:  # a session (its setup and close) only when the catalog must read
+        async with sessions() as session:
+            task = await lookup_task_type(session, catalog, spec.type, where="")
+    it = prepare(task, spec, actor, limits, where="")
     now = transitions.utcnow()
     run_at = start_time(spec.run_at, now)
     status = initial_status(unmet_dependencies=0, failed_dependency=False, delayed=run_at > now)
