@@ -77,11 +77,13 @@ class GroupedInserts:
                 group = []
         finally:
             self._busy = False
-            # Only when cancelled (the API stopping): nobody is left waiting forever.
-            for *_, future in group + self._waiting:
-                if not future.done():
-                    future.set_exception(RuntimeError("the API is stopping; job not submitted"))
+            # Only when interrupted (the API stopping, or a bug): nobody waits forever.
+            stranded = [future for *_, future in group + self._waiting if not future.done()]
             self._waiting.clear()
+            if stranded:
+                log.warning("%d submit(s) not inserted: their group was interrupted", len(stranded))
+            for future in stranded:
+                future.set_exception(RuntimeError("the insert was interrupted; job not submitted"))
 
     async def _insert_group(self, group: list[Waiting]) -> None:
         try:
