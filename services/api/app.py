@@ -113,8 +113,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             await app.state.key_cache.close()
+            await app.state.inserts.close()  # before the outbox: its last events go there
             await app.state.outbox.close()
-            await app.state.inserts.close()
             await app.state.pool.close()
             await broker.close()
             await engine.dispose()

@@ -10,7 +10,8 @@ changes nothing; the busier the API, the larger the groups and the cheaper each 
 
 Each request still answers only once its own row is committed. One bad row does not
 fail its group: a group that fails for another reason than an outage goes again one
-job at a time, so each request gets its own row or its own error.
+job at a time, so each request gets its own row or its own error. A group is bounded
+in rows and in payload bytes.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import asyncpg
 
 from shared.db import is_db_outage
 from shared.jobs import transitions
+from shared.messages import MAX_BATCH_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +35,10 @@ Waiting = tuple[dict[str, Any], Sequence[Any], "asyncio.Future[Any]"]
 class GroupedInserts:
     """At most one insert statement in flight; what arrives meanwhile is the next group."""
 
-    # Rows per statement: bounds one statement's time and its parameters' size.
+    # Bounds on one statement (its time, its parameters' size): rows, and payload bytes
+    # (one client's large payloads must not make a statement that holds up everyone).
     MAX_GROUP = 500
+    MAX_GROUP_BYTES = MAX_BATCH_BYTES
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
@@ -60,6 +64,7 @@ class GroupedInserts:
         the request that ran this one answers now."""
         if self._waiting:
             self._drainer = asyncio.create_task(self._drain(), name="grouped-inserts")
+            self._drainer.add_done_callback(_log_crash)
         else:
             self._busy = False
 
@@ -67,11 +72,7 @@ class GroupedInserts:
         group: list[Waiting] = []
         try:
             while self._waiting:
-                taken = self._waiting[: self.MAX_GROUP]
-                del self._waiting[: len(taken)]
-                # A request cancelled before its statement started submits nothing, as
-                # it would not have alone.
-                group = [waiting for waiting in taken if not waiting[2].done()]
+                group = self._next_group()
                 if group:
                     await self._insert_group(group)
                 group = []
@@ -83,34 +84,77 @@ class GroupedInserts:
             if stranded:
                 log.warning("%d submit(s) not inserted: their group was interrupted", len(stranded))
             for future in stranded:
-                future.set_exception(RuntimeError("the insert was interrupted; job not submitted"))
+                future.set_exception(ConnectionError("the API stopped before the job was stored"))
+
+    def _next_group(self) -> list[Waiting]:
+        """The first waiting submits, within the bounds on rows and payload bytes (one
+        at least); a request cancelled while it waited submits nothing, as it would not
+        have alone."""
+        taken, size = 0, 0
+        for row, _, _ in self._waiting[: self.MAX_GROUP]:
+            size += len(row["payload"])
+            if taken and size > self.MAX_GROUP_BYTES:
+                break
+            taken += 1
+        group = self._waiting[:taken]
+        del self._waiting[:taken]
+        return [waiting for waiting in group if not waiting[2].done()]
 
     async def _insert_group(self, group: list[Waiting]) -> None:
-        try:
-            if len(group) == 1:
-                stored = [await transitions.insert_one(self._pool, group[0][0], group[0][1])]
-            else:
-                stored = await transitions.insert_several(
-                    self._pool, [row for row, _, _ in group], [audit for _, audit, _ in group]
-                )
-        except Exception as exc:
-            if len(group) > 1 and not is_db_outage(exc):
-                log.warning("a group of %d submits failed (%s); inserting them one by one",
-                            len(group), exc)  # fmt: skip
-                for one in group:
-                    await self._insert_group([one])
-                return
-            for *_, future in group:
-                if not future.done():
-                    future.set_exception(exc)
+        if len(group) == 1:
+            await self._insert_one_by_one(group)
             return
-        for (*_, future), row in zip(group, stored, strict=True):
-            if not future.done():  # its request may have been cancelled meanwhile
-                future.set_result(row)
+        try:
+            stored = await transitions.insert_several(
+                self._pool, [row for row, _, _ in group], [audit for _, audit, _ in group]
+            )
+        except Exception as exc:
+            if is_db_outage(exc):
+                _fail(group, exc)
+                return
+            log.warning("a group of %d submits failed (%s); inserting them one by one",
+                        len(group), exc)  # fmt: skip
+            await self._insert_one_by_one(group)
+            return
+        for (row, _, future), job in zip(group, stored, strict=True):
+            if future.done():  # its request was cancelled meanwhile
+                continue
+            if job is None:  # committed without it: an answer, not a second try
+                future.set_exception(RuntimeError(f"job {row['id']} was not stored"))
+            else:
+                future.set_result(job)
 
-    async def close(self) -> None:
-        """Stop the group in flight, if any; its requests get an error."""
+    async def _insert_one_by_one(self, group: list[Waiting]) -> None:
+        """Each submit as its own statement: each request gets its own row or error;
+        once the database is unreachable, the rest get that error without trying."""
+        for i, (row, audit, future) in enumerate(group):
+            try:
+                job = await transitions.insert_one(self._pool, row, audit)
+            except Exception as exc:
+                if is_db_outage(exc):
+                    _fail(group[i:], exc)
+                    return
+                _fail([group[i]], exc)
+                continue
+            if not future.done():
+                future.set_result(job)
+
+    async def close(self, timeout: float = 10.0) -> None:
+        """Let the group in flight finish (at most ``timeout``), then stop it; the
+        requests still waiting get an error (503)."""
         drainer, self._drainer = self._drainer, None
         if drainer is not None and not drainer.done():
+            await asyncio.wait([drainer], timeout=timeout)
             drainer.cancel()
             await asyncio.wait([drainer])
+
+
+def _fail(group: Sequence[Waiting], exc: BaseException) -> None:
+    for *_, future in group:
+        if not future.done():
+            future.set_exception(exc)
+
+
+def _log_crash(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("the grouped inserts' task failed", exc_info=exc)

@@ -139,14 +139,13 @@ async def insert_several(
     pool: asyncpg.Pool, rows: Sequence[dict[str, Any]], audits: Sequence[Sequence[Any]]
 ) -> list[Any]:
     """``insert_one`` for several jobs in one statement (one round trip and one commit
-    for all): the stored rows, in the order of ``rows``. All or none go in."""
+    for all): the stored rows in the order of ``rows``, None for one the status guard
+    left out (none: every new row has a new status). Committed when this returns."""
     columns = [[row[name] for row in rows] for name in sql.INSERT_COLUMNS]
     audit_columns = [[audit[i] for audit in audits] for i in range(len(sql.AUDIT_COLUMNS))]
     stored = {r["id"]: r for r in await pool_fetch(pool, sql.INSERT_SEVERAL_WITH_AUDIT,
                                                    *columns, *audit_columns)}  # fmt: skip
-    if len(stored) != len(rows):  # every new row has a new status: the statement's guard
-        raise RuntimeError(f"{len(rows) - len(stored)} of {len(rows)} new jobs were not stored")
-    return [stored[row["id"]] for row in rows]
+    return [stored.get(row["id"]) for row in rows]
 
 
 # ------------------------------------------------------------------- placement

@@ -14,8 +14,12 @@ import asyncpg
 import httpx
 import pytest
 
+from shared.broker import Broker, Delivery
 from shared.jobs import sql
 from shared.jobs.grouped import GroupedInserts
+from shared.messages import JobStateChanged, JobSubmitted
+from shared.settings import Settings
+from tests.conftest import wait_for
 
 
 def wire_row(**values: Any) -> dict[str, Any]:
@@ -74,8 +78,48 @@ async def test_concurrent_submits_share_statements_and_each_gets_its_own_job(
     assert transactions < n / 4
 
 
+async def test_concurrent_submits_wake_the_scheduler_once_per_published_chunk(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
+    """The API's outbox sends one hint for the requests it publishes together, after
+    their events (``one_hint``): 40 concurrent submits are not 40 hints."""
+    hints: list[JobSubmitted] = []
+    events: list[JobStateChanged] = []
+
+    async def collect(delivery: Delivery) -> None:
+        for message in delivery.messages:
+            if isinstance(message, JobSubmitted):
+                hints.append(message)
+            elif isinstance(message, JobStateChanged):
+                events.append(message)
+        await delivery.ack()
+
+    broker = Broker(settings.amqp_url, settings.namespace, name="test-hints")
+    await broker.connect()
+    try:
+        await broker.consume(
+            f"{settings.namespace}.test-hints", ["job.submitted.#", "job.state.#"], collect,
+            exclusive=True, auto_delete=True, durable=False,
+        )  # fmt: skip
+        n = 40
+        answers = await asyncio.gather(
+            *(client.post("/jobs", json={"type": "demo.echo", "payload": {"i": i}})
+              for i in range(n))
+        )  # fmt: skip
+        assert [a.status_code for a in answers] == [201] * n
+
+        async def every_event() -> bool:
+            return len(events) >= n and bool(hints)
+
+        await wait_for(every_event, timeout=10, what="40 submitted events and a hint")
+        assert {str(e.job_id) for e in events} == {a.json()["id"] for a in answers}
+        assert len(hints) < n / 4, len(hints)
+    finally:
+        await broker.close()
+
+
 async def test_a_row_the_database_refuses_fails_alone(
-    pool: asyncpg.Pool, db: asyncpg.Connection
+    pool: asyncpg.Pool, db: asyncpg.Connection, caplog: pytest.LogCaptureFixture
 ) -> None:
     inserts = GroupedInserts(pool)
     rows = [wire_row(), wire_row(), wire_row(name="nul\x00byte"), wire_row()]
@@ -84,6 +128,7 @@ async def test_a_row_the_database_refuses_fails_alone(
     results = await asyncio.gather(
         *(inserts.insert(row, audit_of(row)) for row in rows), return_exceptions=True
     )
+    assert "a group of 3 submits failed" in caplog.text
     assert isinstance(results[2], asyncpg.PostgresError), results[2]
     assert [r["id"] for i, r in enumerate(results) if i != 2] == [  # type: ignore[index]
         row["id"] for i, row in enumerate(rows) if i != 2
@@ -108,4 +153,36 @@ async def test_a_request_cancelled_while_it_waits_submits_nothing(
     assert {done[0]["id"], done[2]["id"]} == {rows[0]["id"], rows[2]["id"]}  # type: ignore[index]
     stored = {r["id"] for r in await db.fetch("SELECT id FROM jobs")}
     assert stored == {rows[0]["id"], rows[2]["id"]}
+    await inserts.close()
+
+
+async def test_a_group_is_bounded_by_its_payload_bytes(
+    pool: asyncpg.Pool, db: asyncpg.Connection
+) -> None:
+    inserts = GroupedInserts(pool)
+    payload = '{"pad": "' + "x" * 90 + '"}'
+    inserts.MAX_GROUP_BYTES = 2 * len(payload)  # two payloads per statement
+    rows = [wire_row(payload=payload) for _ in range(5)]
+    results = await asyncio.gather(*(inserts.insert(row, audit_of(row)) for row in rows))
+    assert [r["id"] for r in results] == [row["id"] for row in rows]
+    # The first alone, then the four that waited in two statements of two.
+    assert await db.fetchval("SELECT count(DISTINCT xmin::text) FROM jobs") == 3
+
+
+async def test_a_row_the_statement_leaves_out_is_answered_with_an_error_not_retried(
+    pool: asyncpg.Pool, db: asyncpg.Connection
+) -> None:
+    """A row the status guard leaves out (not a new job's status) does not make the
+    committed others go again: they are answered, it gets an error."""
+    inserts = GroupedInserts(pool)
+    rows = [wire_row(), wire_row(), wire_row(status="running"), wire_row()]
+    results = await asyncio.gather(
+        *(inserts.insert(row, audit_of(row)) for row in rows), return_exceptions=True
+    )
+    assert isinstance(results[2], Exception)
+    assert [r["id"] for i, r in enumerate(results) if i != 2] == [  # type: ignore[index]
+        row["id"] for i, row in enumerate(rows) if i != 2
+    ]
+    assert await db.fetchval("SELECT count(*) FROM jobs") == 3
+    assert await db.fetchval("SELECT count(*) FROM audit_log") == 3
     await inserts.close()
