@@ -20,18 +20,21 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import asyncpg
 import httpx
+import orjson
 import psutil
 
 from bench.databases import create_migrated, drop, dsn_of, sqlalchemy_url
+from bench.loadgen import LightClient
 from bench.peers import DEFAULT_THREADS, Peers
 from bench.peers import report as report_peers
 from bench.scale import run_scale
@@ -438,22 +441,74 @@ def _client_cpu() -> float:
     return t.user + t.system
 
 
+# The load generators the latency runs can use (``client``): the light one is the
+# target figures' (bench/loadgen.py), aiohttp's runs stay beside it for comparison with
+# the earlier sessions' figures, httpx is still selectable.
+CLIENTS = ("light", "aiohttp", "httpx")
+Post = Callable[[dict[str, Any]], Awaitable[tuple[int, bytes]]]
+
+
+@contextlib.asynccontextmanager
+async def job_poster(url: str, client: str, *, connections: int) -> AsyncIterator[Post]:
+    """``POST /jobs`` with a JSON body through ``client``, over at most ``connections``
+    keep-alive connections: the answer's status and body."""
+    headers = {"Authorization": f"Bearer {KEY}"}
+    if client == "light":
+        where = urlsplit(url)
+        light = LightClient(where.hostname or "127.0.0.1", where.port or 80, headers,
+                            limit=connections)  # fmt: skip
+
+        async def post_light(body: dict[str, Any]) -> tuple[int, bytes]:
+            return await light.post("/jobs", orjson.dumps(body))
+
+        try:
+            yield post_light
+        finally:
+            light.close()
+    elif client == "aiohttp":
+        # Expire idle connections before uvicorn's 5 s keep-alive does.
+        connector = aiohttp.TCPConnector(limit=connections, keepalive_timeout=2)
+        timeout = aiohttp.ClientTimeout(total=120)
+        async with aiohttp.ClientSession(
+            url, headers=headers, connector=connector, timeout=timeout
+        ) as session:
+
+            async def post_aiohttp(body: dict[str, Any]) -> tuple[int, bytes]:
+                async with session.post("/jobs", json=body) as r:
+                    return r.status, await r.read()
+
+            yield post_aiohttp
+    elif client == "httpx":
+        limits = httpx.Limits(max_connections=connections, keepalive_expiry=2)
+        async with httpx.AsyncClient(
+            base_url=url, headers=headers, timeout=120, limits=limits
+        ) as c:
+
+            async def post_httpx(body: dict[str, Any]) -> tuple[int, bytes]:
+                r = await c.post("/jobs", json=body)
+                return r.status_code, r.content
+
+            yield post_httpx
+    else:
+        raise ValueError(f"unknown load generator {client!r}: one of {', '.join(CLIENTS)}")
+
+
 async def latency(
-    stack: Stack, rate: float, seconds: float, client: str = "aiohttp"
+    stack: Stack, rate: float, seconds: float, client: str = "light"
 ) -> dict[str, float]:
     """Submit single jobs at a fixed offered rate; submit -> started quantiles.
 
     The load generator shares the 2 cores with the stack, so its own CPU is part of the
-    experiment: aiohttp costs ~0.45 ms of CPU per request here, httpx 1.6-3.2 ms (at
-    200/s a third to two thirds of a core taken from the stack). ``client`` picks it;
-    ``client_cpu_ms_per_request`` says what it used."""
+    experiment: the light client costs a fraction of aiohttp's ~0.4 ms of CPU per
+    request here, httpx 1.3-3 ms (at 200/s up to two thirds of a core taken from the
+    stack). ``client`` picks it; ``client_cpu_ms_per_request`` says what it used."""
     n = int(rate * seconds)
     since = datetime.now(UTC)
     cpu0 = _client_cpu()
-    post = _aiohttp_poster if client == "aiohttp" else _httpx_poster
-    statuses = await post(stack.url, rate, n)
+    async with job_poster(stack.url, client, connections=64) as post:
+        answers = await _paced(rate, n, lambda i: post({"type": "demo.echo", "payload": {"i": i}}))
     client_ms = 1000 * (_client_cpu() - cpu0) / max(1, n)
-    accepted = sum(1 for s in statuses if s == 201)
+    accepted = sum(1 for a in answers if isinstance(a, tuple) and a[0] == 201)
     if accepted < n:
         print(f"  latency run ({client}): {n - accepted} of {n} submissions failed")
     q = await started_quantiles(stack, since, accepted)
@@ -472,59 +527,29 @@ async def _paced(rate: float, n: int, one: Any) -> list[Any]:
     return await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def _aiohttp_poster(url: str, rate: float, n: int) -> list[Any]:
-    headers = {"Authorization": f"Bearer {KEY}"}
-    connector = aiohttp.TCPConnector(limit=64, keepalive_timeout=2)
-    timeout = aiohttp.ClientTimeout(total=30)
-    async with aiohttp.ClientSession(
-        url, headers=headers, connector=connector, timeout=timeout
-    ) as s:
-
-        async def one(i: int) -> int:
-            body = {"type": "demo.echo", "payload": {"i": i}}
-            async with s.post("/jobs", json=body) as r:
-                await r.read()
-                return r.status
-
-        return await _paced(rate, n, one)
-
-
-async def _httpx_poster(url: str, rate: float, n: int) -> list[Any]:
-    headers = {"Authorization": f"Bearer {KEY}"}
-    limits = httpx.Limits(max_connections=64, keepalive_expiry=2)
-    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=30, limits=limits) as c:
-
-        async def one(i: int) -> int:
-            r = await c.post("/jobs", json={"type": "demo.echo", "payload": {"i": i}})
-            return r.status_code
-
-        return await _paced(rate, n, one)
-
-
-async def latency_offered(stack: Stack, rate: float, seconds: float) -> dict[str, float]:
-    """Single submits offered at ``rate`` (aiohttp) whether or not the API keeps up:
-    submit -> started from the moment each request was due to be sent (the client's
-    clock, the same machine's), so time spent queued before the API took it counts,
-    the client's own lag included; and the rate the API accepted them at."""
-    headers = {"Authorization": f"Bearer {KEY}"}
-    connector = aiohttp.TCPConnector(limit=256, keepalive_timeout=2)
+async def latency_offered(
+    stack: Stack, rate: float, seconds: float, client: str = "light"
+) -> dict[str, Any]:
+    """Single submits offered at ``rate`` whether or not the API keeps up: submit ->
+    started from the moment each request was due to be sent (the client's clock, the
+    same machine's), so time spent queued before the API took it counts, the client's
+    own lag included; and the rate the API accepted them at."""
     due: dict[str, float] = {}
     last_answer = 0.0
     first = time.time()
-    async with aiohttp.ClientSession(
-        stack.url, headers=headers, connector=connector, timeout=aiohttp.ClientTimeout(total=120)
-    ) as s:
+    cpu0 = _client_cpu()
+    async with job_poster(stack.url, client, connections=256) as post:
 
         async def one(i: int) -> int:
             nonlocal last_answer
-            async with s.post("/jobs", json={"type": "demo.echo", "payload": {"i": i}}) as r:
-                body = await r.json()
+            status, body = await post({"type": "demo.echo", "payload": {"i": i}})
             last_answer = max(last_answer, time.time())
-            if r.status == 201:
-                due[body["id"]] = first + i / rate
-            return r.status
+            if status == 201:
+                due[orjson.loads(body)["id"]] = first + i / rate
+            return status
 
         statuses = await _paced(rate, int(rate * seconds), one)
+    client_ms = 1000 * (_client_cpu() - cpu0) / max(1, len(statuses))
     # A status, or the name of what the request raised (a timeout, a reset connection).
     refused = collections.Counter(
         type(st).__name__ if isinstance(st, BaseException) else str(st)
@@ -532,8 +557,8 @@ async def latency_offered(stack: Stack, rate: float, seconds: float) -> dict[str
         if st != 201
     )
     if refused:
-        print(f"  latency run ({rate:g}/s offered): of {len(statuses)} submissions, refused or"
-              f" failed: {dict(refused)}")  # fmt: skip
+        print(f"  latency run ({rate:g}/s offered, {client}): of {len(statuses)} submissions,"
+              f" refused or failed: {dict(refused)}")  # fmt: skip
     if not due:
         raise RuntimeError(f"no submission of the {rate:g}/s run was accepted")
     started = await started_times(stack.dsn, list(due), timeout=600)
@@ -543,6 +568,7 @@ async def latency_offered(stack: Stack, rate: float, seconds: float) -> dict[str
         "accepted_per_s": round(len(due) / max(1e-9, last_answer - first), 1),
         **({"refused": dict(refused)} if refused else {}),
         **{f"p{q}": round(ms[min(len(ms) - 1, int(len(ms) * q / 100))], 1) for q in (50, 95, 99)},
+        "client_cpu_ms_per_request": round(client_ms, 3),
     }
 
 
@@ -689,29 +715,35 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 results["end_to_end_wide"] = await wide_end_to_end(stack, peers, args.jobs, runs)
         keys = ("p50", "p95", "p99", "placed_p50", "placed_p99")
         if "latency" in want:
-            # The target figure with a light load generator (aiohttp); the same runs
-            # with httpx beside it, taken in turn, for comparison.
-            lat: dict[str, list[dict[str, float]]] = {"aiohttp": [], "httpx": []}
+            # The target figures with the light load generator; the same runs with
+            # aiohttp beside them, taken in turn, for comparison.
+            lat: dict[str, list[dict[str, float]]] = {"light": [], "aiohttp": []}
             for _ in range(runs):
                 for client, done in lat.items():
                     done.append(await latency(stack, args.rate, args.seconds, client))
                     await wait_idle(stack)
-            for key, client in (("latency_ms", "aiohttp"), ("latency_httpx_client_ms", "httpx")):
+            for key, client in (("latency_ms", "light"), ("latency_aiohttp_client_ms", "aiohttp")):
                 results[key] = {
                     "offered_per_s": args.rate, "seconds": args.seconds, "client": client,
                     **{k: median_of([run[k] for run in lat[client]])
                        for k in (*keys, "client_cpu_ms_per_request")},
                 }  # fmt: skip
-        if "latency" in want:
-            # The issue's second rate, offered whether or not the API keeps up.
-            high = [await latency_offered(stack, HIGH_RATE, args.seconds / 3) for _ in range(runs)]
-            results["latency_high_rate_ms"] = {
-                "offered_per_s": HIGH_RATE, "seconds": args.seconds / 3,
-                "from": "when each request was due to be sent", "client": "aiohttp",
-                **{k: median_of([run[k] for run in high])
-                   for k in ("accepted_per_s", "p50", "p95", "p99")},
-            }  # fmt: skip
-            await wait_idle(stack)
+            # The issue's second rate, offered whether or not the API keeps up; the
+            # clients in turn, as above.
+            high: dict[str, list[dict[str, Any]]] = {"light": [], "aiohttp": []}
+            for _ in range(runs):
+                for client, done in high.items():
+                    done.append(await latency_offered(stack, HIGH_RATE, args.seconds / 3, client))
+                    await wait_idle(stack)
+            for key, client in (
+                ("latency_high_rate_ms", "light"), ("latency_high_rate_aiohttp_client_ms", "aiohttp")
+            ):  # fmt: skip
+                results[key] = {
+                    "offered_per_s": HIGH_RATE, "seconds": args.seconds / 3,
+                    "from": "when each request was due to be sent", "client": client,
+                    **{k: median_of([run[k] for run in high[client]])
+                       for k in ("accepted_per_s", "p50", "p95", "p99", "client_cpu_ms_per_request")},
+                }  # fmt: skip
         if "saturation" in want:
             sat = [await latency_saturated(stack, args.saturation_seconds) for _ in range(runs)]
             results["latency_saturation_ms"] = {
@@ -786,14 +818,21 @@ def report(r: dict[str, Any]) -> None:
         for name, peer in wide["peers"].items():
             for why in peer.get("failed_runs", []):
                 print(f"{'  wide peer: ' + name:34} a run failed: {why}")
-    high = r.get("latency_high_rate_ms")
-    if high:
-        print(f"{'submit -> started, 1,000/s offered':34} p50 {high['p50']:.1f} ms, "
-              f"p95 {high['p95']:.1f} ms, p99 {high['p99']:.1f} ms (from when each request "
-              f"was due; the API accepted {high['accepted_per_s']:.0f}/s)")  # fmt: skip
+    for key, label in (
+        ("latency_high_rate_ms", "submit -> started, 1,000/s offered"),
+        ("latency_high_rate_aiohttp_client_ms", "  the same, aiohttp load generator"),
+    ):
+        if key in r:
+            high = r[key]
+            print(f"{label:34} p50 {high['p50']:.1f} ms, p95 {high['p95']:.1f} ms, p99 "
+                  f"{high['p99']:.1f} ms (from when each request was due; the API accepted "
+                  f"{high['accepted_per_s']:.0f}/s)")  # fmt: skip
+            if "client" in high:
+                print(f"{'':34} load generator: {high['client']}, "
+                      f"{high['client_cpu_ms_per_request']:.2f} ms CPU per request")  # fmt: skip
     for key, label in (
         ("latency_ms", "submit -> started"),
-        ("latency_httpx_client_ms", "  the same, httpx load generator"),
+        ("latency_aiohttp_client_ms", "  the same, aiohttp load generator"),
         ("latency_saturation_ms", "  at saturation"),
     ):
         if key in r:
