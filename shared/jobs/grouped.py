@@ -25,7 +25,6 @@ import asyncpg
 
 from shared.db import is_db_outage
 from shared.jobs import transitions
-from shared.messages import MAX_BATCH_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +35,10 @@ class GroupedInserts:
     """At most one insert statement in flight; what arrives meanwhile is the next group."""
 
     # Bounds on one statement (its time, its parameters' size): rows, and payload bytes
-    # (one client's large payloads must not make a statement that holds up everyone).
+    # (one client's large payloads must not make a statement that holds up everyone;
+    # 4 MiB is about what one batch request of small jobs carries).
     MAX_GROUP = 500
-    MAX_GROUP_BYTES = MAX_BATCH_BYTES
+    MAX_GROUP_BYTES = 4 * 2**20
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
