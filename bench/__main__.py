@@ -635,6 +635,23 @@ def median_of(runs: list[float]) -> float:
     return statistics.median(runs)
 
 
+def medians(runs: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[str, float]:
+    return {k: median_of([run[k] for run in runs]) for k in keys}
+
+
+async def by_client(
+    stack: Stack, runs: int, measure: Callable[[str], Awaitable[dict[str, Any]]]
+) -> dict[str, list[dict[str, Any]]]:
+    """``measure`` with the light load generator and with aiohttp, taken in turn
+    ``runs`` times, the stack idle before each run; the runs by client."""
+    done: dict[str, list[dict[str, Any]]] = {"light": [], "aiohttp": []}
+    for _ in range(runs):
+        for client, client_runs in done.items():
+            client_runs.append(await measure(client))
+            await wait_idle(stack)
+    return done
+
+
 async def machine(stack: Stack) -> dict[str, Any]:
     conn = await asyncpg.connect(stack.dsn)
     try:
@@ -717,38 +734,30 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         if "latency" in want:
             # The target figures with the light load generator; the same runs with
             # aiohttp beside them, taken in turn, for comparison.
-            lat: dict[str, list[dict[str, float]]] = {"light": [], "aiohttp": []}
-            for _ in range(runs):
-                for client, done in lat.items():
-                    done.append(await latency(stack, args.rate, args.seconds, client))
-                    await wait_idle(stack)
+            lat = await by_client(stack, runs, lambda c: latency(stack, args.rate, args.seconds, c))
             for key, client in (("latency_ms", "light"), ("latency_aiohttp_client_ms", "aiohttp")):
                 results[key] = {
                     "offered_per_s": args.rate, "seconds": args.seconds, "client": client,
-                    **{k: median_of([run[k] for run in lat[client]])
-                       for k in (*keys, "client_cpu_ms_per_request")},
+                    **medians(lat[client], (*keys, "client_cpu_ms_per_request")),
                 }  # fmt: skip
-            # The issue's second rate, offered whether or not the API keeps up; the
-            # clients in turn, as above.
-            high: dict[str, list[dict[str, Any]]] = {"light": [], "aiohttp": []}
-            for _ in range(runs):
-                for client, done in high.items():
-                    done.append(await latency_offered(stack, HIGH_RATE, args.seconds / 3, client))
-                    await wait_idle(stack)
+            # The issue's second rate, offered whether or not the API keeps up.
+            high = await by_client(
+                stack, runs, lambda c: latency_offered(stack, HIGH_RATE, args.seconds / 3, c)
+            )
             for key, client in (
                 ("latency_high_rate_ms", "light"), ("latency_high_rate_aiohttp_client_ms", "aiohttp")
             ):  # fmt: skip
                 results[key] = {
                     "offered_per_s": HIGH_RATE, "seconds": args.seconds / 3,
                     "from": "when each request was due to be sent", "client": client,
-                    **{k: median_of([run[k] for run in high[client]])
-                       for k in ("accepted_per_s", "p50", "p95", "p99", "client_cpu_ms_per_request")},
+                    **medians(high[client],
+                              ("accepted_per_s", "p50", "p95", "p99", "client_cpu_ms_per_request")),
                 }  # fmt: skip
         if "saturation" in want:
             sat = [await latency_saturated(stack, args.saturation_seconds) for _ in range(runs)]
             results["latency_saturation_ms"] = {
                 "offered_per_s": "as many as accepted in batches of 500", "seconds": args.saturation_seconds,
-                **{k: median_of([run[k] for run in sat]) for k in keys},
+                **medians(sat, keys),
             }  # fmt: skip
     if args.scale and "scale" in want:
         results["scale"] = await run_scale([10_000, 1_000_000, 5_000_000])
@@ -821,28 +830,20 @@ def report(r: dict[str, Any]) -> None:
     for key, label in (
         ("latency_high_rate_ms", "submit -> started, 1,000/s offered"),
         ("latency_high_rate_aiohttp_client_ms", "  the same, aiohttp load generator"),
-    ):
-        if key in r:
-            high = r[key]
-            print(f"{label:34} p50 {high['p50']:.1f} ms, p95 {high['p95']:.1f} ms, p99 "
-                  f"{high['p99']:.1f} ms (from when each request was due; the API accepted "
-                  f"{high['accepted_per_s']:.0f}/s)")  # fmt: skip
-            if "client" in high:
-                print(f"{'':34} load generator: {high['client']}, "
-                      f"{high['client_cpu_ms_per_request']:.2f} ms CPU per request")  # fmt: skip
-    for key, label in (
         ("latency_ms", "submit -> started"),
         ("latency_aiohttp_client_ms", "  the same, aiohttp load generator"),
         ("latency_saturation_ms", "  at saturation"),
     ):
         if key in r:
             la = r[key]
-            print(
-                f"{label:34} p50 {la['p50']:.1f} ms, p95 {la['p95']:.1f} ms, "
-                f"p99 {la['p99']:.1f} ms (offered: {la['offered_per_s']}/s for "
-                f"{la['seconds']:g} s; submit -> placed p50 {la['placed_p50']:.1f} ms, "
-                f"p99 {la['placed_p99']:.1f} ms)"
-            )
+            if "accepted_per_s" in la:  # offered whether or not the API keeps up
+                where = (f"from when each request was due; the API accepted "
+                         f"{la['accepted_per_s']:.0f}/s")  # fmt: skip
+            else:
+                where = (f"offered: {la['offered_per_s']}/s for {la['seconds']:g} s; submit "
+                         f"-> placed p50 {la['placed_p50']:.1f} ms, p99 {la['placed_p99']:.1f} ms")  # fmt: skip
+            print(f"{label:34} p50 {la['p50']:.1f} ms, p95 {la['p95']:.1f} ms, "
+                  f"p99 {la['p99']:.1f} ms ({where})")  # fmt: skip
             if "client" in la:
                 print(f"{'':34} load generator: {la['client']}, "
                       f"{la['client_cpu_ms_per_request']:.2f} ms CPU per request")  # fmt: skip

@@ -235,8 +235,7 @@ def _wire(row: dict[str, Any]) -> dict[str, Any]:
 
 def _columns(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
     """The rows in their wire form, one list per column."""
-    wired = [_wire(r) for r in rows]
-    return {name: [w[name] for w in wired] for name in sql.INSERT_COLUMNS}
+    return transitions.as_columns([_wire(r) for r in rows])
 
 
 async def _audit(

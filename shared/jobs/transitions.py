@@ -141,11 +141,17 @@ async def insert_several(
     """``insert_one`` for several jobs in one statement (one round trip and one commit
     for all): the stored rows in the order of ``rows``, None for one the status guard
     left out (none: every new row has a new status). Committed when this returns."""
-    columns = [[row[name] for row in rows] for name in sql.INSERT_COLUMNS]
+    columns = as_columns(rows)
     audit_columns = [[audit[i] for audit in audits] for i in range(len(sql.AUDIT_COLUMNS))]
     stored = {r["id"]: r for r in await pool_fetch(pool, sql.INSERT_SEVERAL_WITH_AUDIT,
-                                                   *columns, *audit_columns)}  # fmt: skip
+                                                   *columns.values(), *audit_columns)}  # fmt: skip
     return [stored.get(row["id"]) for row in rows]
+
+
+def as_columns(rows: Sequence[dict[str, Any]]) -> dict[str, list[Any]]:
+    """Rows in their wire form (``sql.INSERT_COLUMNS``) as one list per column, in that
+    order: what the insert statements take."""
+    return {name: [row[name] for row in rows] for name in sql.INSERT_COLUMNS}
 
 
 # ------------------------------------------------------------------- placement

@@ -44,6 +44,23 @@ def audit_of(row: dict[str, Any]) -> tuple[Any, ...]:
     return ("test", "admin", "job.submit", "127.0.0.1", row["id"], "ok", detail)
 
 
+async def submit_together(client: httpx.AsyncClient, n: int) -> list[httpx.Response]:
+    """``n`` single submits at once (payload ``{"i": i}``), all answered 201."""
+    answers = await asyncio.gather(
+        *(client.post("/jobs", json={"type": "demo.echo", "payload": {"i": i}}) for i in range(n))
+    )
+    assert [a.status_code for a in answers] == [201] * n, answers[0].text
+    return list(answers)
+
+
+async def insert_together(inserts: GroupedInserts, rows: list[dict[str, Any]]) -> list[Any]:
+    """Each row through ``inserts`` at once: the first goes alone, the others wait for it
+    and then go as groups. Each request's stored row, or what it raised."""
+    return await asyncio.gather(
+        *(inserts.insert(row, audit_of(row)) for row in rows), return_exceptions=True
+    )
+
+
 @pytest.fixture
 async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
     dsn = database_url.replace("postgresql+asyncpg://", "postgresql://")
@@ -55,11 +72,7 @@ async def test_concurrent_submits_share_statements_and_each_gets_its_own_job(
     client: httpx.AsyncClient, db: asyncpg.Connection
 ) -> None:
     n = 40
-    answers = await asyncio.gather(
-        *(client.post("/jobs", json={"type": "demo.echo", "payload": {"i": i}}) for i in range(n))
-    )
-    assert [a.status_code for a in answers] == [201] * n, answers[0].text
-    jobs = [a.json() for a in answers]
+    jobs = [a.json() for a in await submit_together(client, n)]
     # Each answer is its own request's job, as stored.
     assert [job["payload"] for job in jobs] == [{"i": i} for i in range(n)]
     stored = {
@@ -102,11 +115,7 @@ async def test_concurrent_submits_wake_the_scheduler_once_per_published_chunk(
             exclusive=True, auto_delete=True, durable=False,
         )  # fmt: skip
         n = 40
-        answers = await asyncio.gather(
-            *(client.post("/jobs", json={"type": "demo.echo", "payload": {"i": i}})
-              for i in range(n))
-        )  # fmt: skip
-        assert [a.status_code for a in answers] == [201] * n
+        answers = await submit_together(client, n)
 
         async def every_event() -> bool:
             return len(events) >= n and bool(hints)
@@ -125,9 +134,7 @@ async def test_a_row_the_database_refuses_fails_alone(
     rows = [wire_row(), wire_row(), wire_row(name="nul\x00byte"), wire_row()]
     # The first goes alone; the other three wait for it and then go as one group,
     # which the database refuses for its third row.
-    results = await asyncio.gather(
-        *(inserts.insert(row, audit_of(row)) for row in rows), return_exceptions=True
-    )
+    results = await insert_together(inserts, rows)
     assert "a group of 3 submits failed" in caplog.text
     assert isinstance(results[2], asyncpg.PostgresError), results[2]
     assert [r["id"] for i, r in enumerate(results) if i != 2] == [  # type: ignore[index]
@@ -163,7 +170,7 @@ async def test_a_group_is_bounded_by_its_payload_bytes(
     payload = '{"pad": "' + "x" * 90 + '"}'
     inserts.MAX_GROUP_BYTES = 2 * len(payload)  # two payloads per statement
     rows = [wire_row(payload=payload) for _ in range(5)]
-    results = await asyncio.gather(*(inserts.insert(row, audit_of(row)) for row in rows))
+    results = await insert_together(inserts, rows)
     assert [r["id"] for r in results] == [row["id"] for row in rows]
     # The first alone, then the four that waited in two statements of two.
     assert await db.fetchval("SELECT count(DISTINCT xmin::text) FROM jobs") == 3
@@ -176,9 +183,7 @@ async def test_a_row_the_statement_leaves_out_is_answered_with_an_error_not_retr
     committed others go again: they are answered, it gets an error."""
     inserts = GroupedInserts(pool)
     rows = [wire_row(), wire_row(), wire_row(status="running"), wire_row()]
-    results = await asyncio.gather(
-        *(inserts.insert(row, audit_of(row)) for row in rows), return_exceptions=True
-    )
+    results = await insert_together(inserts, rows)
     assert isinstance(results[2], Exception)
     assert [r["id"] for i, r in enumerate(results) if i != 2] == [  # type: ignore[index]
         row["id"] for i, row in enumerate(rows) if i != 2
