@@ -21,10 +21,6 @@ from sqlalchemy.ext.asyncio import (
 
 from shared.settings import Settings
 
-# Where a statement runs: the pool (its own transaction), a connection, or a session
-# (on the asyncpg connection under it, inside the session's transaction).
-Db: TypeAlias = asyncpg.Pool | asyncpg.Connection | AsyncSession
-
 
 def create_engine(settings: Settings, *, pool_size: int = 10) -> AsyncEngine:
     return create_async_engine(
@@ -107,11 +103,61 @@ async def pool_fetch(pool: asyncpg.Pool, sql: str, *args: object) -> list[asyncp
             raise
 
 
-def _drop_if_broken(conn: asyncpg.Connection, exc: Exception) -> None:
-    """Terminate ``conn`` unless ``exc`` was only its statement's own error."""
-    if not isinstance(exc, asyncpg.PostgresError) or is_db_outage(exc):
-        with contextlib.suppress(asyncpg.InterfaceError):  # already gone
-            conn.terminate()
+def _drop_if_broken(conn: asyncpg.Connection, exc: BaseException) -> bool:
+    """Terminate ``conn`` unless ``exc`` was only its statement's own error; whether it
+    was terminated. (A statement cancelled midway leaves it unusable too.)"""
+    if isinstance(exc, asyncpg.PostgresError) and not is_db_outage(exc):
+        return False
+    with contextlib.suppress(asyncpg.InterfaceError):  # already gone
+        conn.terminate()
+    return True
+
+
+class KeptConnection:
+    """One connection of ``pool`` kept from one statement to the next, for a caller that
+    runs its statements one after another (the scheduler's cycle). Taking a connection
+    from an asyncpg pool and giving it back costs about as much CPU as a small
+    statement's own client side: 60-80 µs here (docs/performance.md).
+
+    Each statement runs as ``pool_fetch`` runs it: bounded in time, in its own
+    transaction. A connection that failed for another reason than its statement is
+    dropped, and the next statement takes a fresh one from the pool. A statement that
+    comes while another one runs takes a pooled connection of its own, as before, so a
+    second caller is slower, never wrong. ``close`` before the pool's (a pool waits for
+    its connections)."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+        self._conn: asyncpg.Connection | None = None
+        self._in_use = asyncio.Lock()
+
+    async def fetch(self, sql: str, *args: object) -> list[asyncpg.Record]:
+        if self._in_use.locked():
+            return await pool_fetch(self.pool, sql, *args)
+        async with self._in_use:
+            if self._conn is None:
+                self._conn = await self.pool.acquire(timeout=5)
+            conn = self._conn
+            try:
+                return await conn.fetch(sql, *args, timeout=10)  # type: ignore[no-any-return]
+            except BaseException as exc:
+                if _drop_if_broken(conn, exc):
+                    self._conn = None
+                    await self.pool.release(conn)
+                raise
+
+    async def close(self) -> None:
+        """Give the connection back, once the statement running on it (if any) ended."""
+        async with self._in_use:
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                await self.pool.release(conn)
+
+
+# Where a statement runs: the pool or a connection it keeps (its own transaction), a
+# connection, or a session (on the asyncpg connection under it, inside the session's
+# transaction).
+Db: TypeAlias = asyncpg.Pool | KeptConnection | asyncpg.Connection | AsyncSession
 
 
 @contextlib.asynccontextmanager
@@ -126,13 +172,6 @@ async def pool_transaction(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connecti
         except Exception as exc:
             _drop_if_broken(conn, exc)
             raise
-
-
-async def pool_fetchrow(pool: asyncpg.Pool, sql: str, *args: object) -> asyncpg.Record:
-    """``pool_fetch`` of a statement that returns one row."""
-    rows = await pool_fetch(pool, sql, *args)
-    assert rows
-    return rows[0]
 
 
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
@@ -228,6 +267,8 @@ async def session_connection(session: AsyncSession) -> asyncpg.Connection:
 
 async def fetch(db: Db, statement: str, *args: object) -> list[asyncpg.Record]:
     """Run one ``$n`` statement where ``db`` says (see ``Db``)."""
+    if isinstance(db, KeptConnection):
+        return await db.fetch(statement, *args)
     if isinstance(db, asyncpg.Pool):
         return await pool_fetch(db, statement, *args)
     conn = await session_connection(db) if isinstance(db, AsyncSession) else db

@@ -271,9 +271,9 @@ class Scheduler:
             # it, often in the same inbox) commits, so whoever sees the job completed
             # sees its final progress. (Fenced by attempt only: it lands on a job that
             # has ended too.)
-            await save_progress(self.db.pool, received.progress)
+            await save_progress(self.db.cycle, received.progress)
         if successes:
-            outcome = await transitions.apply_successes(self.db.pool, successes)
+            outcome = await transitions.apply_successes(self.db.cycle, successes)
             self.fleet.free(outcome.freed)
             events.extend(outcome.events)
         if others or received.beats:

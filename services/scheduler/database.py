@@ -3,7 +3,9 @@
 Two of them: ORM sessions for the multi-statement transactions (reports with progress
 and heartbeats, losses, timed work, undo, monitoring), and a raw asyncpg pool for the
 statements of the placement path (claim, dispatch, reports, waiting reasons,
-retention), where a transaction's round trips would cost more than the statement.
+retention), where a transaction's round trips would cost more than the statement. The
+cycle's statements, one after another, run on a connection of the pool kept for them
+(``cycle``); the background tasks (retention) take theirs from the pool.
 The advisory lock has a connection of its own (``leadership``), as has a vacuum.
 """
 
@@ -15,7 +17,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from shared.db import create_engine, create_pool, create_sessionmaker
+from shared.db import KeptConnection, create_engine, create_pool, create_sessionmaker
 from shared.settings import Settings
 
 
@@ -24,6 +26,7 @@ class Database:
         self._settings = settings
         self._sessionmaker: async_sessionmaker[AsyncSession] | None = None
         self._pool: asyncpg.Pool | None = None
+        self._cycle: KeptConnection | None = None
 
     @contextlib.asynccontextmanager
     async def open(self) -> AsyncIterator[None]:
@@ -34,9 +37,12 @@ class Database:
         # connection. The cycle uses one connection at a time, the retention sweep one
         # beside it.
         self._pool = await create_pool(self._settings, min_size=0, max_size=3, generic_plans=True)
+        self._cycle = KeptConnection(self._pool)
         try:
             yield
         finally:
+            await self._cycle.close()
+            self._cycle = None
             await self._pool.close()
             self._pool = None
             await engine.dispose()
@@ -49,3 +55,9 @@ class Database:
     def pool(self) -> asyncpg.Pool:
         assert self._pool is not None, "the scheduler's database is not open"
         return self._pool
+
+    @property
+    def cycle(self) -> KeptConnection:
+        """Where the cycle's statements run (one at a time)."""
+        assert self._cycle is not None, "the scheduler's database is not open"
+        return self._cycle

@@ -84,13 +84,13 @@ class WaitingReasons:
         self._written: dict[UUID, str] = {}
 
     async def load(self) -> None:
-        self._written = await written_waiting_reasons(self._db.pool, limit=self.LIMIT)
+        self._written = await written_waiting_reasons(self._db.cycle, limit=self.LIMIT)
 
     async def write(self, reasons: dict[UUID, str | None]) -> None:
         changed = {job: why for job, why in reasons.items() if self._written.get(job) != why}
         if not changed:
             return
-        for job in await set_waiting_reasons(self._db.pool, changed):
+        for job in await set_waiting_reasons(self._db.cycle, changed):
             why = changed[job]
             if why is None:
                 self._written.pop(job, None)
@@ -192,7 +192,7 @@ class Dispatcher:
             if plan.unfittable and await self._park(views):
                 continue  # the heads without them (and without those behind them)
             placed = await transitions.dispatch(
-                self._db.pool,
+                self._db.cycle,
                 [(job.id, worker_id) for job, worker_id in plan.placements],
                 lease_seconds=self._settings.worker_lease_seconds,
             )
@@ -246,7 +246,7 @@ class Dispatcher:
         # placement's latency): a plain read of the heads, then one UPDATE
         # (``transitions.dispatch``) that re-checks each is still ready and commits
         # before anything is published.
-        rows = await reads.ready_heads(self._db.pool, per_priority=per_priority, fitting=fitting)
+        rows = await reads.ready_heads(self._db.cycle, per_priority=per_priority, fitting=fitting)
         unique = {r["id"]: r for r in rows}  # the two kinds of heads may share jobs
         return [_candidate(r) for r in unique.values()]
 
@@ -261,7 +261,7 @@ class Dispatcher:
         parked = 0
         while True:
             n = await parking.park_unfittable(
-                self._db.pool, fleet, window=PARK_WINDOW, reasons=reasons,
+                self._db.cycle, fleet, window=PARK_WINDOW, reasons=reasons,
                 other_reason=other_reason,
             )  # fmt: skip
             parked += n
@@ -279,7 +279,7 @@ class Dispatcher:
         self._capacities_seen = fleet
         if not grew or not fleet:
             return
-        if unparked := await parking.unpark_fitting(self._db.pool, fleet, chunk=UNPARK_CHUNK):
+        if unparked := await parking.unpark_fitting(self._db.cycle, fleet, chunk=UNPARK_CHUNK):
             log.info("un-parked %d ready job(s) that a live worker can run now", unparked)
             await self._reasons.load()  # theirs were cleared with them
             self.maybe_ready = True

@@ -174,6 +174,7 @@ async def test_a_group_is_bounded_by_its_payload_bytes(
     assert [r["id"] for r in results] == [row["id"] for row in rows]
     # The first alone, then the four that waited in two statements of two.
     assert await db.fetchval("SELECT count(DISTINCT xmin::text) FROM jobs") == 3
+    await inserts.close()
 
 
 async def test_a_row_the_statement_leaves_out_is_answered_with_an_error_not_retried(
