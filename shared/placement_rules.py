@@ -12,6 +12,7 @@ it is idle).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Container
 from datetime import datetime
@@ -33,6 +34,7 @@ def effective_rank(
     return max(0, priority - math.floor(waited / aging_seconds))
 
 
+@functools.lru_cache(maxsize=4096)  # written for every ready job of a list or batch answer
 def free_capacity_reason(job_type: str, cpu_units: float, memory_mb: int) -> str:
     """Why a ready job waits when it fits some live worker, only not now: the common
     case of a backlog. The scheduler does not write it on the row (one more row version

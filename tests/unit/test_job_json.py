@@ -153,3 +153,28 @@ def test_insert_defaults_cover_every_other_column() -> None:
             assert value is None, name
         else:
             assert str(default.arg).lower() == str(value).lower(), name
+
+
+def test_a_new_jobs_row_has_the_insert_columns_in_order() -> None:
+    """``job_row`` builds the values the insert statements take by position: the
+    columns of ``INSERT_COLUMNS`` in their order, then the payload's JSON text."""
+    from datetime import UTC, datetime
+    from uuid import uuid4
+
+    from shared.auth import Actor
+    from shared.jobs.prepare import Prepared
+    from shared.jobs.sql import INSERT_COLUMNS
+    from shared.jobs.submit import job_row
+    from shared.schemas import JobCreate, Resources, RetryPolicy
+
+    now = datetime.now(UTC)
+    spec = JobCreate(type="demo.echo", payload={"a": 1})
+    it = Prepared(
+        id=uuid4(), spec=spec, task=None,  # type: ignore[arg-type]
+        resources=Resources(cpu_units=0.5, memory_mb=64), retry=RetryPolicy(),
+        timeout_seconds=None, fingerprint="", payload_json='{"a":1}',
+    )  # fmt: skip
+    row = job_row(it, status="ready", run_at=now, now=now, actor=Actor("k", "admin"),
+                  dep_ids=[], unmet=0, error=None)  # fmt: skip
+    assert list(row) == [*INSERT_COLUMNS, "payload_json"]
+    assert row["payload_json"] == '{"a":1}'
