@@ -9,7 +9,7 @@ Each returns the ``job.state`` events to publish after the commit.
 from __future__ import annotations
 
 import graphlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import SimpleNamespace
@@ -230,21 +230,27 @@ _DEAD = frozenset({S.FAILED, S.CANCELLED})
 _DONE_OR_DEAD = _DEAD | {S.COMPLETED}
 
 
+# The columns whose value travels otherwise than the row holds it: the payload as its
+# JSON text, the parents as a uuid[] literal (a column of arrays cannot travel as one
+# array of arrays).
+_WIRE_FORMS: dict[str, Callable[[dict[str, Any]], Any]] = {
+    "payload": lambda row: row["payload_json"],
+    "depends_on": lambda row: uuid_array(row["depends_on"]),
+}
+
+
 def _wire(row: dict[str, Any]) -> dict[str, Any]:
-    """A row's values as they travel (``sql.INSERT_COLUMNS``): the payload as its JSON
-    text, the parents as a uuid[] literal (a column of arrays cannot travel as one array
-    of arrays)."""
+    """A row's values as they travel (``sql.INSERT_COLUMNS``)."""
     wire = {name: row[name] for name in sql.INSERT_COLUMNS}
-    wire.update(payload=row["payload_json"], depends_on=uuid_array(row["depends_on"]))
+    wire.update((name, form(row)) for name, form in _WIRE_FORMS.items())
     return wire
 
 
 def _columns(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
-    """The rows in their wire form (``_wire``), one list per column: built column by
-    column, without a wire copy of each row."""
+    """The rows as they travel, one list per column: built column by column, without a
+    ``_wire`` copy of each row."""
     columns = transitions.as_columns(rows)
-    columns["payload"] = [row["payload_json"] for row in rows]
-    columns["depends_on"] = [uuid_array(ids) for ids in columns["depends_on"]]
+    columns.update((name, [form(row) for row in rows]) for name, form in _WIRE_FORMS.items())
     return columns
 
 
