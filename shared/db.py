@@ -91,26 +91,40 @@ RAW_DB_ERRORS = (
 )
 
 
+# Bounds on a raw statement: waiting for a pooled connection, and the statement itself.
+ACQUIRE_TIMEOUT = 5.0
+STATEMENT_TIMEOUT = 10.0
+
+
 async def pool_fetch(pool: asyncpg.Pool, sql: str, *args: object) -> list[asyncpg.Record]:
     """One statement on ``pool`` (its own transaction), bounded in time; a connection
     that failed for another reason than the statement itself (the server terminated it
     while it idled in the pool, an outage) is dropped, never handed to the next caller."""
-    async with pool.acquire(timeout=5) as conn:
+    async with pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
         try:
-            return await conn.fetch(sql, *args, timeout=10)  # type: ignore[no-any-return]
+            return await conn.fetch(sql, *args, timeout=STATEMENT_TIMEOUT)  # type: ignore[no-any-return]
         except Exception as exc:
             _drop_if_broken(conn, exc)
             raise
 
 
-def _drop_if_broken(conn: asyncpg.Connection, exc: BaseException) -> bool:
+def _drop_if_broken(conn: asyncpg.Connection, exc: Exception) -> bool:
     """Terminate ``conn`` unless ``exc`` was only its statement's own error; whether it
-    was terminated. (A statement cancelled midway leaves it unusable too.)"""
+    was terminated."""
     if isinstance(exc, asyncpg.PostgresError) and not is_db_outage(exc):
         return False
     with contextlib.suppress(asyncpg.InterfaceError):  # already gone
         conn.terminate()
     return True
+
+
+def _is_open(conn: asyncpg.Connection) -> bool:
+    """False once the server closed ``conn`` (asyncpg then gives its pool slot back and
+    the proxy we hold refuses every call)."""
+    try:
+        return not conn.is_closed()
+    except asyncpg.InterfaceError:
+        return False
 
 
 class KeptConnection:
@@ -120,38 +134,54 @@ class KeptConnection:
     statement's own client side: 60-80 µs here (docs/performance.md).
 
     Each statement runs as ``pool_fetch`` runs it: bounded in time, in its own
-    transaction. A connection that failed for another reason than its statement is
-    dropped, and the next statement takes a fresh one from the pool. A statement that
-    comes while another one runs takes a pooled connection of its own, as before, so a
-    second caller is slower, never wrong. ``close`` before the pool's (a pool waits for
-    its connections)."""
+    transaction. A connection the server closed meanwhile is replaced before the next
+    statement; one that failed for another reason than its statement is dropped, and
+    one whose statement was cancelled goes back to the pool (which has the server
+    cancel the statement first). A statement that comes while another one runs on it,
+    or after ``close``, runs on a pooled connection of its own, as before: slower, never
+    wrong. ``close`` before the pool's (a pool waits for its connections); ``release``
+    when the caller will not run statements for a while."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
         self._conn: asyncpg.Connection | None = None
         self._in_use = asyncio.Lock()
+        self._closed = False
 
     async def fetch(self, sql: str, *args: object) -> list[asyncpg.Record]:
-        if self._in_use.locked():
+        if self._closed or self._in_use.locked():
             return await pool_fetch(self.pool, sql, *args)
         async with self._in_use:
+            if self._conn is not None and not _is_open(self._conn):
+                await self._give_back()
             if self._conn is None:
-                self._conn = await self.pool.acquire(timeout=5)
+                self._conn = await self.pool.acquire(timeout=ACQUIRE_TIMEOUT)
             conn = self._conn
             try:
-                return await conn.fetch(sql, *args, timeout=10)  # type: ignore[no-any-return]
-            except BaseException as exc:
+                return await conn.fetch(sql, *args, timeout=STATEMENT_TIMEOUT)  # type: ignore[no-any-return]
+            except asyncio.CancelledError:
+                await self._give_back()
+                raise
+            except Exception as exc:
                 if _drop_if_broken(conn, exc):
-                    self._conn = None
-                    await self.pool.release(conn)
+                    await self._give_back()
                 raise
 
-    async def close(self) -> None:
-        """Give the connection back, once the statement running on it (if any) ended."""
+    async def _give_back(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await self.pool.release(conn)
+
+    async def release(self) -> None:
+        """Give the connection back to the pool now (when the statement running on it,
+        if any, ended); the next statement takes one again."""
         async with self._in_use:
-            conn, self._conn = self._conn, None
-            if conn is not None:
-                await self.pool.release(conn)
+            await self._give_back()
+
+    async def close(self) -> None:
+        """``release``, and from now on every statement takes a pooled connection."""
+        self._closed = True
+        await self.release()
 
 
 # Where a statement runs: the pool or a connection it keeps (its own transaction), a
@@ -165,7 +195,7 @@ async def pool_transaction(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connecti
     """A connection of ``pool`` inside one transaction (committed when the block ends,
     rolled back if it raises); dropped like in ``pool_fetch`` when it failed for another
     reason than a statement."""
-    async with pool.acquire(timeout=5) as conn:
+    async with pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
         try:
             async with conn.transaction():
                 yield conn

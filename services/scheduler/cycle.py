@@ -125,6 +125,7 @@ class Scheduler:
                             # queue for whoever leads).
                             log.error("%s; standing by again", exc)
                             self._stand_down()
+                            await self.db.cycle.release()  # a standby holds none
                     await self.outbox.close()
             finally:
                 await self.leadership.close()
@@ -260,8 +261,9 @@ class Scheduler:
         )
 
     async def _apply(self, received: Received, events: list[JobStateChanged]) -> None:
-        """Progress, then starts and completions (nearly every report), on the raw
-        pool; the other reports, with heartbeats, in a session. Each outcome counts
+        """Progress, then starts and completions (nearly every report), each one
+        statement on the cycle's connection; the other reports, with heartbeats, in a
+        session. Each outcome counts
         once committed (its events are added to ``events`` then): a batch kept for the
         next cycle after a failure is applied again, and the fence then ignores what
         had already been applied."""

@@ -5,7 +5,8 @@ and heartbeats, losses, timed work, undo, monitoring), and a raw asyncpg pool fo
 statements of the placement path (claim, dispatch, reports, waiting reasons,
 retention), where a transaction's round trips would cost more than the statement. The
 cycle's statements, one after another, run on a connection of the pool kept for them
-(``cycle``); the background tasks (retention) take theirs from the pool.
+(``cycle``), given back when the scheduler stands by; retention and the maintenance
+reads take theirs from the pool.
 The advisory lock has a connection of its own (``leadership``), as has a vacuum.
 """
 
@@ -34,8 +35,8 @@ class Database:
         self._sessionmaker = create_sessionmaker(engine)
         # Connects on first use (a standby, or a start during an outage, holds none).
         # Its statements have one good plan whatever the parameters: plan them once per
-        # connection. The cycle uses one connection at a time, the retention sweep one
-        # beside it.
+        # connection. The cycle keeps one connection, the retention sweep and the
+        # maintenance reads use one beside it.
         self._pool = await create_pool(self._settings, min_size=0, max_size=3, generic_plans=True)
         self._cycle = KeptConnection(self._pool)
         try:

@@ -120,7 +120,7 @@ class GroupedInserts:
             if future.done():  # its request was cancelled meanwhile
                 continue
             if job is None:  # committed without it: an answer, not a second try
-                future.set_exception(RuntimeError(f"job {row['id']} was not stored"))
+                future.set_exception(transitions.not_stored(row["id"]))
             else:
                 future.set_result(job)
 

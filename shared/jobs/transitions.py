@@ -18,7 +18,9 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
-from shared.db import Db, fetch, json_text
+import asyncpg
+
+from shared.db import Db, KeptConnection, fetch, json_text
 from shared.jobs import sql
 from shared.jobs.outcomes import AttemptEnd, RunningJob, decide_end, run_seconds
 from shared.messages import JobStateChanged, JobStatusReport
@@ -127,17 +129,27 @@ def _insert_statement(same: frozenset[str], keyed: bool) -> str:
     return statement
 
 
-async def insert_one(db: Db, row: dict[str, Any], audit: Sequence[Any]) -> Any:
+async def insert_one(
+    db: asyncpg.Pool | KeptConnection, row: dict[str, Any], audit: Sequence[Any]
+) -> Any:
     """Insert one new job (``row``: the values of ``sql.INSERT_COLUMNS``) and its audit
     row in one statement, outside any transaction of the caller's; the stored row."""
     stored = await fetch(db, sql.INSERT_ONE_WITH_AUDIT, *row.values(), *audit)
-    if not stored:  # the status guard left it out: not a new job's status
-        raise RuntimeError(f"job {row['id']} was not stored")
+    if not stored:
+        raise not_stored(row["id"])
     return stored[0]
 
 
+def not_stored(job_id: UUID) -> RuntimeError:
+    """What a submit gets when the insert's status guard left its row out (not a new
+    job's status): a bug, answered as one."""
+    return RuntimeError(f"job {job_id} was not stored")
+
+
 async def insert_several(
-    db: Db, rows: Sequence[dict[str, Any]], audits: Sequence[Sequence[Any]]
+    db: asyncpg.Pool | KeptConnection,
+    rows: Sequence[dict[str, Any]],
+    audits: Sequence[Sequence[Any]],
 ) -> list[Any]:
     """``insert_one`` for several jobs in one statement (one round trip and one commit
     for all): the stored rows in the order of ``rows``, None for one the status guard
@@ -150,8 +162,9 @@ async def insert_several(
 
 
 def as_columns(rows: Sequence[dict[str, Any]]) -> dict[str, list[Any]]:
-    """Rows in their wire form (``sql.INSERT_COLUMNS``) as one list per column, in that
-    order: what the insert statements take."""
+    """The values of ``sql.INSERT_COLUMNS`` of each row (other keys are left out) as one
+    list per column, in that order: what the insert statements take once each value is
+    in its wire form."""
     return {name: [row[name] for row in rows] for name in sql.INSERT_COLUMNS}
 
 
@@ -177,8 +190,9 @@ async def dispatch(
     db: Db, placements: list[tuple[UUID, str]], *, lease_seconds: float
 ) -> list[Placed]:
     """ready -> running on the chosen worker, with a new attempt number (the fence). A
-    job no longer ready (cancelled since it was read) is skipped. On the pool the
-    statement is committed when this returns, before any dispatch is published."""
+    job no longer ready (cancelled since it was read) is skipped. On the pool (or a
+    connection it keeps) the statement is committed when this returns, before any
+    dispatch is published."""
     if not placements:
         return []
     rows = await fetch(
@@ -263,7 +277,8 @@ _Attempt = tuple[UUID, int, str]  # job, attempt, worker
 async def apply_successes(db: Db, reports: list[JobStatusReport]) -> ReportOutcome:
     """Starts and completions: the fence (running, that attempt, that worker) is in the
     statement, so nothing is read first; the completions and the children they unblock
-    are one statement (on the pool: one transaction, one round trip)."""
+    are one statement (on the pool or a connection it keeps: one transaction, one round
+    trip)."""
     starts: dict[_Attempt, datetime] = {}
     ends: dict[_Attempt, Any] = {}
     for r in reports:

@@ -10,6 +10,7 @@ import asyncpg
 import pytest
 
 from shared.db import KeptConnection, fetch, is_db_outage
+from tests.conftest import wait_for
 
 BACKEND = "SELECT pg_backend_pid() AS pid"
 
@@ -47,22 +48,54 @@ async def test_a_statement_error_keeps_the_connection(pool: asyncpg.Pool) -> Non
     await kept.close()
 
 
-async def test_a_broken_connection_is_dropped_and_the_next_statement_gets_a_fresh_one(
+async def admin_connection(database_url: str) -> asyncpg.Connection:
+    return await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://"))
+
+
+async def until_active(admin: asyncpg.Connection, pid: int, *, active: bool) -> None:
+    """Wait (bounded) until backend ``pid`` runs a statement (or is gone, ``active=False``)."""
+    running = "SELECT count(*) = 1 FROM pg_stat_activity WHERE pid = $1 AND state = 'active'"
+    exists = "SELECT count(*) = 0 FROM pg_stat_activity WHERE pid = $1"
+
+    async def reached() -> bool:
+        return bool(await admin.fetchval(running if active else exists, pid))
+
+    await wait_for(reached, timeout=5, what=f"backend {pid} {'active' if active else 'gone'}")
+
+
+async def test_a_connection_the_server_closed_while_kept_is_replaced_before_use(
     pool: asyncpg.Pool, database_url: str
 ) -> None:
     kept = KeptConnection(pool)
     first = await backend(kept)
-    dsn = database_url.replace("postgresql+asyncpg://", "postgresql://")
-    admin = await asyncpg.connect(dsn)
+    admin = await admin_connection(database_url)
     try:
+        assert await admin.fetchval("SELECT pg_terminate_backend($1)", first)
+        await until_active(admin, first, active=False)
+        await admin.fetchval("SELECT 1")  # one more round trip: the kept one saw its EOF
+    finally:
+        await admin.close()
+    # Not an error for the caller: the statement never reached the closed connection.
+    assert await backend(kept) != first
+    await kept.close()
+
+
+async def test_a_connection_that_breaks_under_a_statement_is_dropped(
+    pool: asyncpg.Pool, database_url: str
+) -> None:
+    kept = KeptConnection(pool)
+    first = await backend(kept)
+    slow = asyncio.create_task(fetch(kept, "SELECT pg_sleep(5)"))
+    admin = await admin_connection(database_url)
+    try:
+        await until_active(admin, first, active=True)
         assert await admin.fetchval("SELECT pg_terminate_backend($1)", first)
     finally:
         await admin.close()
     with pytest.raises(Exception) as failed:
-        await backend(kept)
+        await slow
     assert is_db_outage(failed.value)
-    second = await backend(kept)
-    assert second != first
+    assert await backend(kept) != first
     await kept.close()
 
 
@@ -81,17 +114,23 @@ async def test_a_second_statement_meanwhile_takes_a_pooled_connection(
     await kept.close()
 
 
-async def test_a_cancelled_statement_drops_the_connection(pool: asyncpg.Pool) -> None:
+async def test_a_cancelled_statement_is_cancelled_on_the_server_too(
+    pool: asyncpg.Pool, database_url: str
+) -> None:
     kept = KeptConnection(pool)
     first = await backend(kept)
-    slow = asyncio.create_task(fetch(kept, "SELECT pg_sleep(5)"))
+    slow = asyncio.create_task(fetch(kept, "SELECT pg_sleep(30)"))
     await asyncio.sleep(0.1)
     slow.cancel()
     with pytest.raises(asyncio.CancelledError):
         await slow
-    # Cancelled midway, the connection's state is unknown: the next statement runs on
-    # a fresh one, at once.
-    assert await asyncio.wait_for(backend(kept), timeout=2) != first
+    admin = await admin_connection(database_url)
+    try:
+        sleeping = "SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND state = 'active'"
+        assert await admin.fetchval(sleeping, first) == 0  # not left running (holding locks)
+    finally:
+        await admin.close()
+    assert await asyncio.wait_for(backend(kept), timeout=2) > 0
     await kept.close()
 
 
@@ -102,4 +141,13 @@ async def test_close_waits_for_the_statement_running_on_it(pool: asyncpg.Pool) -
     await kept.close()
     assert slow.done()
     assert (await slow)[0]["n"] == 7
+    assert pool.get_size() - pool.get_idle_size() == 0
+
+
+async def test_after_close_statements_take_pooled_connections(pool: asyncpg.Pool) -> None:
+    kept = KeptConnection(pool)
+    await backend(kept)
+    await kept.close()
+    assert await backend(kept) > 0
+    # Nothing kept again: the fixture's bounded pool.close() would time out otherwise.
     assert pool.get_size() - pool.get_idle_size() == 0
