@@ -48,8 +48,12 @@ async def test_a_statement_error_keeps_the_connection(pool: asyncpg.Pool) -> Non
     await kept.close()
 
 
-async def admin_connection(database_url: str) -> asyncpg.Connection:
-    return await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://"))
+@pytest.fixture
+async def admin(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    """A connection of its own, to watch and terminate the kept one's backend."""
+    conn = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://"))
+    yield conn
+    await conn.close()
 
 
 async def until_active(admin: asyncpg.Connection, pid: int, *, active: bool) -> None:
@@ -64,34 +68,35 @@ async def until_active(admin: asyncpg.Connection, pid: int, *, active: bool) -> 
 
 
 async def test_a_connection_the_server_closed_while_kept_is_replaced_before_use(
-    pool: asyncpg.Pool, database_url: str
+    pool: asyncpg.Pool, admin: asyncpg.Connection
 ) -> None:
     kept = KeptConnection(pool)
     first = await backend(kept)
-    admin = await admin_connection(database_url)
-    try:
-        assert await admin.fetchval("SELECT pg_terminate_backend($1)", first)
-        await until_active(admin, first, active=False)
-        await admin.fetchval("SELECT 1")  # one more round trip: the kept one saw its EOF
-    finally:
-        await admin.close()
+    assert await admin.fetchval("SELECT pg_terminate_backend($1)", first)
+    await until_active(admin, first, active=False)
+    await admin.fetchval("SELECT 1")  # one more round trip: the kept one saw its EOF
     # Not an error for the caller: the statement never reached the closed connection.
     assert await backend(kept) != first
     await kept.close()
 
 
+async def slow_statement(
+    kept: KeptConnection, admin: asyncpg.Connection
+) -> tuple[int, asyncio.Task[list[asyncpg.Record]]]:
+    """A 30 s statement on the kept connection, once the server runs it: the backend
+    and the task."""
+    pid = await backend(kept)
+    slow = asyncio.create_task(fetch(kept, "SELECT pg_sleep(30)"))
+    await until_active(admin, pid, active=True)
+    return pid, slow
+
+
 async def test_a_connection_that_breaks_under_a_statement_is_dropped(
-    pool: asyncpg.Pool, database_url: str
+    pool: asyncpg.Pool, admin: asyncpg.Connection
 ) -> None:
     kept = KeptConnection(pool)
-    first = await backend(kept)
-    slow = asyncio.create_task(fetch(kept, "SELECT pg_sleep(5)"))
-    admin = await admin_connection(database_url)
-    try:
-        await until_active(admin, first, active=True)
-        assert await admin.fetchval("SELECT pg_terminate_backend($1)", first)
-    finally:
-        await admin.close()
+    first, slow = await slow_statement(kept, admin)
+    assert await admin.fetchval("SELECT pg_terminate_backend($1)", first)
     with pytest.raises(Exception) as failed:
         await slow
     assert is_db_outage(failed.value)
@@ -115,21 +120,15 @@ async def test_a_second_statement_meanwhile_takes_a_pooled_connection(
 
 
 async def test_a_cancelled_statement_is_cancelled_on_the_server_too(
-    pool: asyncpg.Pool, database_url: str
+    pool: asyncpg.Pool, admin: asyncpg.Connection
 ) -> None:
     kept = KeptConnection(pool)
-    first = await backend(kept)
-    slow = asyncio.create_task(fetch(kept, "SELECT pg_sleep(30)"))
-    await asyncio.sleep(0.1)
+    first, slow = await slow_statement(kept, admin)
     slow.cancel()
     with pytest.raises(asyncio.CancelledError):
         await slow
-    admin = await admin_connection(database_url)
-    try:
-        sleeping = "SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND state = 'active'"
-        assert await admin.fetchval(sleeping, first) == 0  # not left running (holding locks)
-    finally:
-        await admin.close()
+    sleeping = "SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND state = 'active'"
+    assert await admin.fetchval(sleeping, first) == 0  # not left running (holding locks)
     assert await asyncio.wait_for(backend(kept), timeout=2) > 0
     await kept.close()
 
