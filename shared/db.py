@@ -167,6 +167,12 @@ class KeptConnection:
                     await self._give_back()
                 raise
 
+    @property
+    def holds_open(self) -> bool:
+        """Whether it keeps a connection that asyncpg still knows open (it learns of a
+        close by the server when its socket reports it)."""
+        return self._conn is not None and _is_open(self._conn)
+
     async def _give_back(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:

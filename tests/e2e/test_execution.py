@@ -192,8 +192,9 @@ def test_worker_killed_mid_job_is_retried_elsewhere(stack: Stack) -> None:
     job = stack.submit({"type": "demo.sleep", "payload": {"seconds": 2}})
     running = stack.wait_status(job["id"], "running")
     assert running["worker_id"] == "doomed"
-    stack.worker("survivor")
+    # Killed at once: waiting for the survivor to register first could outlast the job.
     doomed.signal(signal.SIGKILL)
+    stack.worker("survivor")
     done = stack.wait_status(job["id"], "completed", timeout=30)
     assert done["worker_id"] == "survivor" and done["attempts"] == 2
     assert not stack.sql("SELECT id FROM jobs WHERE status = 'running'")
