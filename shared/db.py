@@ -152,7 +152,7 @@ class KeptConnection:
         if self._closed or self._in_use.locked():
             return await pool_fetch(self.pool, sql, *args)
         async with self._in_use:
-            if self._conn is not None and not _is_open(self._conn):
+            if not self.holds_open:  # none yet, or closed by the server meanwhile
                 await self._give_back()
             if self._conn is None:
                 self._conn = await self.pool.acquire(timeout=ACQUIRE_TIMEOUT)

@@ -263,10 +263,9 @@ class Scheduler:
     async def _apply(self, received: Received, events: list[JobStateChanged]) -> None:
         """Progress, then starts and completions (nearly every report), each one
         statement on the cycle's connection; the other reports, with heartbeats, in a
-        session. Each outcome counts
-        once committed (its events are added to ``events`` then): a batch kept for the
-        next cycle after a failure is applied again, and the fence then ignores what
-        had already been applied."""
+        session. Each outcome counts once committed (its events are added to
+        ``events`` then): a batch kept for the next cycle after a failure is applied
+        again, and the fence then ignores what had already been applied."""
         successes, others = transitions.split_reports(received.reports)
         if received.progress:
             # First: a job's last progress is stored before its completion (sent after

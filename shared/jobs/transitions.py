@@ -20,7 +20,7 @@ from uuid import UUID
 
 import asyncpg
 
-from shared.db import Db, KeptConnection, fetch, json_text
+from shared.db import Db, fetch, json_text, pool_fetch
 from shared.jobs import sql
 from shared.jobs.outcomes import AttemptEnd, RunningJob, decide_end, run_seconds
 from shared.messages import JobStateChanged, JobStatusReport
@@ -129,12 +129,10 @@ def _insert_statement(same: frozenset[str], keyed: bool) -> str:
     return statement
 
 
-async def insert_one(
-    db: asyncpg.Pool | KeptConnection, row: dict[str, Any], audit: Sequence[Any]
-) -> Any:
+async def insert_one(pool: asyncpg.Pool, row: dict[str, Any], audit: Sequence[Any]) -> Any:
     """Insert one new job (``row``: the values of ``sql.INSERT_COLUMNS``) and its audit
     row in one statement, outside any transaction of the caller's; the stored row."""
-    stored = await fetch(db, sql.INSERT_ONE_WITH_AUDIT, *row.values(), *audit)
+    stored = await pool_fetch(pool, sql.INSERT_ONE_WITH_AUDIT, *row.values(), *audit)
     if not stored:
         raise not_stored(row["id"])
     return stored[0]
@@ -147,17 +145,15 @@ def not_stored(job_id: UUID) -> RuntimeError:
 
 
 async def insert_several(
-    db: asyncpg.Pool | KeptConnection,
-    rows: Sequence[dict[str, Any]],
-    audits: Sequence[Sequence[Any]],
+    pool: asyncpg.Pool, rows: Sequence[dict[str, Any]], audits: Sequence[Sequence[Any]]
 ) -> list[Any]:
     """``insert_one`` for several jobs in one statement (one round trip and one commit
     for all): the stored rows in the order of ``rows``, None for one the status guard
     left out (none: every new row has a new status). Committed when this returns."""
     columns = as_columns(rows)
     audit_columns = [[audit[i] for audit in audits] for i in range(len(sql.AUDIT_COLUMNS))]
-    stored = {r["id"]: r for r in await fetch(db, sql.INSERT_SEVERAL_WITH_AUDIT,
-                                              *columns.values(), *audit_columns)}  # fmt: skip
+    stored = {r["id"]: r for r in await pool_fetch(pool, sql.INSERT_SEVERAL_WITH_AUDIT,
+                                                   *columns.values(), *audit_columns)}  # fmt: skip
     return [stored.get(row["id"]) for row in rows]
 
 
