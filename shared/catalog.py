@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from shared.models import AuditEntry, TaskType
 from shared.schemas import Resources, RetryPolicy
 from shared.settings import ROLES
+from shared.single_flight import SingleFlight
 from shared.tasks import TaskRegistry
 
 log = logging.getLogger("switchyard.catalog")
@@ -73,11 +74,14 @@ def _info_from_row(row: TaskType) -> TaskTypeInfo:
 
 class TaskCatalog:
     """Read-through cache of ``task_types``: a changed definition shows within ``ttl``;
-    unknown names are not cached, so a newly announced type is accepted at once."""
+    unknown names are not cached, so a newly announced type is accepted at once. The
+    submits that miss a name at the same moment (its entry expired under load) share
+    one read."""
 
     def __init__(self, *, ttl: float = 2.0) -> None:
         self.ttl = ttl
         self._entries: dict[str, tuple[float, TaskTypeInfo]] = {}
+        self._reads: SingleFlight[TaskTypeInfo | None] = SingleFlight()
 
     def cached(self, name: str) -> TaskTypeInfo | None:
         """The type as read less than ``ttl`` ago, without asking the database."""
@@ -90,6 +94,9 @@ class TaskCatalog:
         info = self.cached(name)
         if info is not None:
             return info
+        return await self._reads.read(name, lambda: self._read(session, name))
+
+    async def _read(self, session: AsyncSession, name: str) -> TaskTypeInfo | None:
         row = await session.get(TaskType, name)
         if row is None:
             return None  # not cached: a worker announcing it makes it valid at once

@@ -127,5 +127,20 @@ async def wait_for(
         await asyncio.sleep(interval)
 
 
+def statements_on(app: Any, table: str) -> list[str]:
+    """Every statement the app's engine runs from now on that names ``table`` (a real
+    query counter: SQLAlchemy's own event)."""
+    from sqlalchemy import event
+
+    seen: list[str] = []
+
+    def before(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        if table in statement:
+            seen.append(statement)
+
+    event.listen(app.state.engine.sync_engine, "before_cursor_execute", before)
+    return seen
+
+
 def auth(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}

@@ -14,6 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import HTTPConnection
 
+from services.api.keycache import KeyCache
 from services.api.keys import hash_key
 from shared.auth import Actor
 from shared.models import ApiKey
@@ -42,12 +43,25 @@ async def resolve_token(state: Any, token: str | None) -> Actor:
             "missing API key: send 'Authorization: Bearer <key>'",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    # The index lookup compares SHA-256 digests, never the key itself; the final check
-    # is constant-time all the same.
     digest = hash_key(token)
-    cache = getattr(state, "key_cache", None)
-    if cache is not None and (known := cache.get(digest)) is not None:
-        return known
+    cache: KeyCache | None = getattr(state, "key_cache", None)
+    if cache is None:
+        actor = await _stored_actor(state, digest, None)
+    elif (actor := cache.get(digest)) is None:
+        # Requests that miss the cache together (an entry expired, a revocation cleared
+        # them all) share one lookup of their key.
+        actor = await cache.lookups.read(digest, lambda: _stored_actor(state, digest, cache))
+    if actor is None:
+        raise HTTPException(
+            401, "invalid or revoked API key", headers={"WWW-Authenticate": "Bearer"}
+        )
+    return actor
+
+
+async def _stored_actor(state: Any, digest: str, cache: KeyCache | None) -> Actor | None:
+    """The actor of the valid key whose digest is ``digest`` (remembered in ``cache``),
+    or None. The index lookup compares SHA-256 digests, never the key itself; the final
+    check is constant-time all the same."""
     generation = cache.generation if cache is not None else 0
     async with state.sessionmaker() as session:
         row = (
@@ -58,9 +72,7 @@ async def resolve_token(state: Any, token: str | None) -> Actor:
             )
         ).first()
     if row is None or not hmac.compare_digest(row.key_hash, digest):
-        raise HTTPException(
-            401, "invalid or revoked API key", headers={"WWW-Authenticate": "Bearer"}
-        )
+        return None
     actor = Actor(key_id=str(row.id), role=row.role, label=row.label)
     if cache is not None:
         cache.put(digest, actor, generation)

@@ -6,7 +6,7 @@ import httpx
 
 from services.api.app import create_app
 from shared.settings import Settings
-from tests.conftest import auth, wait_for
+from tests.conftest import auth, statements_on, wait_for
 
 
 async def test_revoke_on_one_replica_is_refused_by_another(
@@ -54,20 +54,6 @@ async def test_a_lookup_that_raced_a_revocation_is_not_remembered(
     assert cache.get("digest") is not None
 
 
-def count_key_lookups(app: object) -> list[str]:
-    """Every statement the app's engine runs on ``api_keys`` (a real query counter)."""
-    from sqlalchemy import event
-
-    seen: list[str] = []
-
-    def before(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
-        if "api_keys" in statement:
-            seen.append(statement)
-
-    event.listen(app.state.engine.sync_engine, "before_cursor_execute", before)  # type: ignore[attr-defined]
-    return seen
-
-
 async def test_an_invalid_key_is_looked_up_once_then_refused_from_memory(
     app: object, client: httpx.AsyncClient, db: object
 ) -> None:
@@ -77,7 +63,7 @@ async def test_an_invalid_key_is_looked_up_once_then_refused_from_memory(
         return bool(cache.active)
 
     await wait_for(listening, timeout=10, what="the replica listens for key changes")
-    lookups = count_key_lookups(app)
+    lookups = statements_on(app, "api_keys")
     for method, path in (("GET", "/jobs"), ("POST", "/jobs"), ("GET", "/jobs/stats")):
         r = await client.request(method, path, json={}, headers=auth("sy_not-a-key"))
         assert r.status_code == 401 and r.json()["detail"] == "invalid or revoked API key"

@@ -1,0 +1,97 @@
+"""Requests that miss a cache at the same moment ask the database once, not once each.
+
+An entry that expires under load (the task catalog's every 2 s, a remembered key's every
+10 s, every key after a revocation) is missed by every request in flight; each used to
+read it on a connection of its own, past the pool's size (docs/performance.md). The
+table is locked meanwhile, so every request arrives while the first read waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import asyncpg
+import httpx
+
+from tests.conftest import VIEWER_KEY, auth, statements_on, wait_for
+
+REQUESTS = 30
+
+
+@asynccontextmanager
+async def locked(database_url: str, table: str) -> AsyncIterator[None]:
+    """``table`` locked against reads until the block ends."""
+    conn = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        async with conn.transaction():
+            await conn.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
+            yield
+    finally:
+        await conn.close()
+
+
+async def concurrently_while_locked(
+    database_url: str,
+    table: str,
+    seen: list[str],
+    request: Callable[[], Awaitable[httpx.Response]],
+    *,
+    once_read: Callable[[], None] = lambda: None,
+) -> list[httpx.Response]:
+    """REQUESTS requests at once while ``table`` is locked; the lock goes once a read of
+    it has been sent (``once_read`` runs then)."""
+    async with locked(database_url, table):
+        tasks = [asyncio.create_task(request()) for _ in range(REQUESTS)]
+
+        async def read_sent() -> bool:
+            return bool(seen)
+
+        await wait_for(read_sent, timeout=10, what=f"a read of {table}")
+        once_read()
+    return await asyncio.gather(*tasks)
+
+
+async def test_submits_that_miss_the_task_catalog_together_share_one_read(
+    app: object, client: httpx.AsyncClient, database_url: str
+) -> None:
+    catalog = app.state.catalog  # type: ignore[attr-defined]
+    r = await client.post("/jobs", json={"type": "demo.echo", "payload": {}})
+    assert r.status_code == 201, r.text  # the key is remembered; the type too, until:
+    catalog.ttl = 0  # every entry stale now
+    seen = statements_on(app, "task_types")
+
+    def fresh_again() -> None:
+        catalog.ttl = 60  # what the read brings back stays fresh for the rest
+
+    answers = await concurrently_while_locked(
+        database_url, "task_types", seen,
+        lambda: client.post("/jobs", json={"type": "demo.echo", "payload": {}}),
+        once_read=fresh_again,
+    )  # fmt: skip
+    assert [a.status_code for a in answers] == [201] * REQUESTS, answers[0].text
+    assert len(seen) == 1, f"{len(seen)} reads of task_types for {REQUESTS} submits"
+
+
+async def test_requests_that_miss_the_key_cache_together_share_one_lookup(
+    app: object, database_url: str
+) -> None:
+    cache = app.state.key_cache  # type: ignore[attr-defined]
+
+    async def listening() -> bool:
+        return bool(cache.active)
+
+    await wait_for(listening, timeout=10, what="the replica listens for key changes")
+    transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://switchyard.test", headers=auth(VIEWER_KEY)
+    ) as viewer:
+        assert (await viewer.get("/jobs")).status_code == 200  # remembered...
+        cache.clear()  # ...and forgotten, as a revocation of another key does
+        seen = statements_on(app, "api_keys")
+        answers = await concurrently_while_locked(
+            database_url, "api_keys", seen, lambda: viewer.get("/jobs")
+        )
+    assert [a.status_code for a in answers] == [200] * REQUESTS, answers[0].text
+    assert len(seen) == 1, f"{len(seen)} lookups of one key for {REQUESTS} requests"
