@@ -127,6 +127,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         dependencies=[Depends(reject_unknown_query_params)],
         docs_url=None,  # served offline by install_api_docs, below
         redoc_url=None,
+        # FastAPI's OpenTelemetry hooks look for a configured provider on every request
+        # (environment reads included); the yard exports Prometheus metrics instead
+        # (/metrics), and configures no OpenTelemetry (docs/performance.md).
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.broker = None
     app.state.outbox = None
