@@ -74,9 +74,9 @@ def _info_from_row(row: TaskType) -> TaskTypeInfo:
 
 class TaskCatalog:
     """Read-through cache of ``task_types``: a changed definition shows within ``ttl``;
-    unknown names are not cached, so a newly announced type is accepted at once. The
-    submits that miss a name at the same moment (its entry expired under load) share
-    one read."""
+    unknown names are not cached, so a newly announced type is accepted at once (at
+    the latest once a read under way when it was announced is over). The submits that
+    miss a name at the same moment (its entry expired under load) share one read."""
 
     def __init__(self, *, ttl: float = 2.0) -> None:
         self.ttl = ttl
@@ -94,6 +94,11 @@ class TaskCatalog:
         info = self.cached(name)
         if info is not None:
             return info
+        if session.in_transaction():
+            # It holds a connection already: reading on it costs the pool nothing,
+            # whereas waiting for a reader that waits for the pool could take the last
+            # connections from it.
+            return await self._read(session, name)
         return await self._reads.read(name, lambda: self._read(session, name))
 
     async def _read(self, session: AsyncSession, name: str) -> TaskTypeInfo | None:

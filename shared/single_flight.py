@@ -3,9 +3,14 @@
 A read-through cache whose entry expires under load is missed by every request in
 flight at that moment; each would ask the database the same question at once (and
 open connections past the pool's size to do so). ``SingleFlight`` lets the first one
-ask and the others await its answer: a value, or the error it raised. Only a reader
-that was cancelled (its client went away) leaves the others to ask again, one of them
-for the rest.
+ask and the others await its answer: a value, or the error it raised (the same
+exception object, as any future shared by several awaiters hands out). A reader that
+was cancelled or interrupted leaves the others to ask again, one of them for the rest.
+
+The key says which answers are interchangeable: a cache that is cleared while a read
+is under way (a revoked key) must put its generation in the key, so that a request
+that comes after the clear does not get an answer read before it. A ``read`` must not
+itself read the same key from the same ``SingleFlight``: it would wait for itself.
 """
 
 from __future__ import annotations
@@ -28,18 +33,16 @@ class SingleFlight(Generic[T]):
                 # shielded: a waiter that is cancelled must not cancel the others' answer
                 return await asyncio.shield(underway)
             except asyncio.CancelledError:
-                if not underway.cancelled():
-                    raise  # this caller was cancelled
+                task = asyncio.current_task()
+                if not underway.cancelled() or (task is not None and task.cancelling()):
+                    raise  # this caller was cancelled, not (only) the reader
         answer: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         # An error nobody waited for is not "never retrieved": the reader raised it.
         answer.add_done_callback(lambda f: f.cancelled() or f.exception())
         self._reads[key] = answer
         try:
             value = await read()
-        except asyncio.CancelledError:
-            answer.cancel()
-            raise
-        except BaseException as exc:
+        except Exception as exc:
             answer.set_exception(exc)
             raise
         else:
@@ -47,3 +50,5 @@ class SingleFlight(Generic[T]):
             return value
         finally:
             del self._reads[key]
+            if not answer.done():
+                answer.cancel()  # cancelled or interrupted: the waiters read themselves

@@ -127,15 +127,30 @@ async def wait_for(
         await asyncio.sleep(interval)
 
 
+async def listening_key_cache(app: Any) -> Any:
+    """The app's key cache, once it listens for key changes (it remembers keys only
+    while it does)."""
+    cache = app.state.key_cache
+
+    async def listening() -> bool:
+        return bool(cache.active)
+
+    await wait_for(listening, timeout=10, what="the API replica listens for key changes")
+    return cache
+
+
 def statements_on(app: Any, table: str) -> list[str]:
-    """Every statement the app's engine runs from now on that names ``table`` (a real
-    query counter: SQLAlchemy's own event)."""
+    """Every statement the app's engine runs from now on that reads or writes ``table``
+    (a real query counter: SQLAlchemy's own event)."""
+    import re
+
     from sqlalchemy import event
 
+    names = re.compile(rf"\b(FROM|JOIN|INTO|UPDATE)\s+{re.escape(table)}\b", re.IGNORECASE)
     seen: list[str] = []
 
     def before(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
-        if table in statement:
+        if names.search(statement):
             seen.append(statement)
 
     event.listen(app.state.engine.sync_engine, "before_cursor_execute", before)

@@ -46,11 +46,15 @@ async def resolve_token(state: Any, token: str | None) -> Actor:
     digest = hash_key(token)
     cache: KeyCache | None = getattr(state, "key_cache", None)
     if cache is None:
-        actor = await _stored_actor(state, digest, None)
+        actor = await _stored_actor(state, digest, None, 0)
     elif (actor := cache.get(digest)) is None:
         # Requests that miss the cache together (an entry expired, a revocation cleared
-        # them all) share one lookup of their key.
-        actor = await cache.lookups.read(digest, lambda: _stored_actor(state, digest, cache))
+        # them all) share one lookup of their key; one that comes after a clear does
+        # not share a lookup that started before it (the generation is in the key).
+        generation = cache.generation
+        actor = await cache.lookups.read(
+            (digest, generation), lambda: _stored_actor(state, digest, cache, generation)
+        )
     if actor is None:
         raise HTTPException(
             401, "invalid or revoked API key", headers={"WWW-Authenticate": "Bearer"}
@@ -58,11 +62,13 @@ async def resolve_token(state: Any, token: str | None) -> Actor:
     return actor
 
 
-async def _stored_actor(state: Any, digest: str, cache: KeyCache | None) -> Actor | None:
-    """The actor of the valid key whose digest is ``digest`` (remembered in ``cache``),
-    or None. The index lookup compares SHA-256 digests, never the key itself; the final
-    check is constant-time all the same."""
-    generation = cache.generation if cache is not None else 0
+async def _stored_actor(
+    state: Any, digest: str, cache: KeyCache | None, generation: int
+) -> Actor | None:
+    """The actor of the valid key whose digest is ``digest`` (remembered in ``cache``
+    unless it was cleared since ``generation``), or None. The index lookup compares
+    SHA-256 digests, never the key itself; the final check is constant-time all the
+    same."""
     async with state.sessionmaker() as session:
         row = (
             await session.execute(

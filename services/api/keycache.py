@@ -63,7 +63,7 @@ class KeyCache:
         self.refused_ttl = refused_ttl
         self.recheck_seconds = recheck_seconds
         self._entries: dict[str, tuple[float, Actor]] = {}
-        self.lookups: SingleFlight[Actor | None] = SingleFlight()  # by digest
+        self.lookups: SingleFlight[Actor | None] = SingleFlight()  # by digest, generation
         # digest -> when to forget it; oldest first, so the bound drops the oldest
         self._refused: OrderedDict[str, float] = OrderedDict()
         self._watches: dict[str, set[KeyWatch]] = {}

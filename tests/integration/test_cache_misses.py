@@ -15,7 +15,7 @@ from contextlib import asynccontextmanager
 import asyncpg
 import httpx
 
-from tests.conftest import VIEWER_KEY, auth, statements_on, wait_for
+from tests.conftest import VIEWER_KEY, auth, listening_key_cache, statements_on, wait_for
 
 REQUESTS = 30
 
@@ -77,12 +77,7 @@ async def test_submits_that_miss_the_task_catalog_together_share_one_read(
 async def test_requests_that_miss_the_key_cache_together_share_one_lookup(
     app: object, database_url: str
 ) -> None:
-    cache = app.state.key_cache  # type: ignore[attr-defined]
-
-    async def listening() -> bool:
-        return bool(cache.active)
-
-    await wait_for(listening, timeout=10, what="the replica listens for key changes")
+    cache = await listening_key_cache(app)
     transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
     async with httpx.AsyncClient(
         transport=transport, base_url="http://switchyard.test", headers=auth(VIEWER_KEY)
@@ -95,3 +90,57 @@ async def test_requests_that_miss_the_key_cache_together_share_one_lookup(
         )
     assert [a.status_code for a in answers] == [200] * REQUESTS, answers[0].text
     assert len(seen) == 1, f"{len(seen)} lookups of one key for {REQUESTS} requests"
+
+
+async def test_a_request_after_the_keys_were_cleared_does_not_share_an_older_lookup(
+    app: object, database_url: str
+) -> None:
+    """A revocation clears every remembered key: a request that comes after it must
+    look its key up again, not take the answer of a lookup that began before it."""
+    cache = await listening_key_cache(app)
+    transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://switchyard.test", headers=auth(VIEWER_KEY)
+    ) as viewer:
+        seen = statements_on(app, "api_keys")
+
+        def lookups(n: int) -> Callable[[], Awaitable[bool]]:
+            async def sent() -> bool:
+                return len(seen) >= n
+
+            return sent
+
+        async with locked(database_url, "api_keys"):
+            before = asyncio.create_task(viewer.get("/jobs"))
+            await wait_for(lookups(1), timeout=10, what="the first lookup")
+            cache.clear()  # as a revocation's notification does, meanwhile
+            after = asyncio.create_task(viewer.get("/jobs"))
+            await wait_for(lookups(2), timeout=10, what="a lookup of its own")
+        assert [(await t).status_code for t in (before, after)] == [200, 200]
+
+
+async def test_a_caller_that_holds_a_connection_reads_the_catalog_on_it(
+    app: object, database_url: str
+) -> None:
+    """Waiting for another request's read, which may itself wait for a pooled
+    connection, while holding one could take the pool's last connections from it."""
+    from sqlalchemy import text
+
+    catalog, sessions = app.state.catalog, app.state.sessionmaker  # type: ignore[attr-defined]
+    catalog.ttl = 0
+    seen = statements_on(app, "task_types")
+
+    def reads(n: int) -> Callable[[], Awaitable[bool]]:
+        async def sent() -> bool:
+            return len(seen) >= n
+
+        return sent
+
+    async with sessions() as idle, sessions() as holding:
+        await holding.execute(text("SELECT 1"))  # it holds a connection now
+        async with locked(database_url, "task_types"):
+            first = asyncio.create_task(catalog.get(idle, "demo.echo"))
+            await wait_for(reads(1), timeout=10, what="the first read")
+            second = asyncio.create_task(catalog.get(holding, "demo.echo"))
+            await wait_for(reads(2), timeout=10, what="a read on its own connection")
+        assert (await first).name == (await second).name == "demo.echo"

@@ -6,7 +6,7 @@ import httpx
 
 from services.api.app import create_app
 from shared.settings import Settings
-from tests.conftest import auth, statements_on, wait_for
+from tests.conftest import auth, listening_key_cache, statements_on, wait_for
 
 
 async def test_revoke_on_one_replica_is_refused_by_another(
@@ -14,12 +14,7 @@ async def test_revoke_on_one_replica_is_refused_by_another(
 ) -> None:
     other_app = create_app(settings)
     async with other_app.router.lifespan_context(other_app):
-        cache = other_app.state.key_cache
-
-        async def listening() -> bool:
-            return cache.active
-
-        await wait_for(listening, timeout=10, what="the other replica listens for revocations")
+        cache = await listening_key_cache(other_app)
         made = (await client.post("/api-keys", json={"role": "viewer", "label": "two"})).json()
         transport = httpx.ASGITransport(app=other_app)
         async with httpx.AsyncClient(transport=transport, base_url="http://other") as other:
@@ -40,12 +35,7 @@ async def test_a_lookup_that_raced_a_revocation_is_not_remembered(
 ) -> None:
     from shared.auth import Actor
 
-    cache = app.state.key_cache  # type: ignore[attr-defined]
-
-    async def listening() -> bool:
-        return bool(cache.active)
-
-    await wait_for(listening, timeout=10, what="the replica listens for revocations")
+    cache = await listening_key_cache(app)
     before = cache.generation  # a request reads the generation, then the key row...
     cache.clear()  # ...a revocation's NOTIFY arrives meanwhile...
     cache.put("digest", Actor(key_id="k", role="viewer"), before)  # ...then it answers
@@ -57,12 +47,7 @@ async def test_a_lookup_that_raced_a_revocation_is_not_remembered(
 async def test_an_invalid_key_is_looked_up_once_then_refused_from_memory(
     app: object, client: httpx.AsyncClient, db: object
 ) -> None:
-    cache = app.state.key_cache  # type: ignore[attr-defined]
-
-    async def listening() -> bool:
-        return bool(cache.active)
-
-    await wait_for(listening, timeout=10, what="the replica listens for key changes")
+    await listening_key_cache(app)
     lookups = statements_on(app, "api_keys")
     for method, path in (("GET", "/jobs"), ("POST", "/jobs"), ("GET", "/jobs/stats")):
         r = await client.request(method, path, json={}, headers=auth("sy_not-a-key"))
@@ -79,12 +64,7 @@ async def test_a_refused_key_that_becomes_valid_is_accepted_once_keys_change(
 ) -> None:
     from services.api.keys import hash_key
 
-    cache = app.state.key_cache  # type: ignore[attr-defined]
-
-    async def listening() -> bool:
-        return bool(cache.active)
-
-    await wait_for(listening, timeout=10, what="the replica listens for key changes")
+    await listening_key_cache(app)
     secret = "sy_restored-later"
     assert (await client.get("/jobs", headers=auth(secret))).status_code == 401
     await db.execute(  # type: ignore[attr-defined]

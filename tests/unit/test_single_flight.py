@@ -87,3 +87,36 @@ async def test_a_cancelled_waiter_does_not_cancel_the_read() -> None:
     read.answer.set_result("v")
     assert await asyncio.gather(reader, other) == ["v", "v"]
     assert waiter.cancelled() and read.calls == 1
+
+
+class Interrupted(BaseException):
+    """Not an Exception: what an interrupt does to the reader's task."""
+
+
+async def test_an_interrupted_reader_leaves_the_waiters_to_read_again() -> None:
+    flight: SingleFlight[str] = SingleFlight()
+    read = Reads()
+    reader, *waiters = await callers(flight, "k", read, 3)
+    read.started.clear()
+    interrupted, read.answer = read.answer, asyncio.get_running_loop().create_future()
+    interrupted.set_exception(Interrupted())
+    with pytest.raises(Interrupted):
+        await reader
+    await read.started.wait()  # not handed the interrupt: one of them reads again
+    read.answer.set_result("v")
+    assert await asyncio.gather(*waiters) == ["v", "v"]
+    assert read.calls == 2
+
+
+async def test_a_waiter_cancelled_with_the_reader_stays_cancelled() -> None:
+    flight: SingleFlight[str] = SingleFlight()
+    read = Reads()
+    reader, waiter, other = await callers(flight, "k", read, 3)
+    reader.cancel()
+    waiter.cancel()  # in the same turn of the loop: it must not read in its stead
+    read.started.clear()
+    await read.started.wait()  # the other one reads
+    read.answer.set_result("v")
+    assert await other == "v"
+    assert reader.cancelled() and waiter.cancelled()
+    assert read.calls == 2
