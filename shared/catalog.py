@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import jsonschema
 from sqlalchemy import func, select, text
@@ -24,6 +24,8 @@ from shared.single_flight import SingleFlight
 from shared.tasks import TaskRegistry
 
 log = logging.getLogger("switchyard.catalog")
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,7 @@ class TaskCatalog:
         self.ttl = ttl
         self._entries: dict[str, tuple[float, TaskTypeInfo]] = {}
         self._reads: SingleFlight[TaskTypeInfo | None] = SingleFlight()
+        self._names: SingleFlight[list[str]] = SingleFlight()
 
     def cached(self, name: str) -> TaskTypeInfo | None:
         """The type as read less than ``ttl`` ago, without asking the database."""
@@ -94,12 +97,7 @@ class TaskCatalog:
         info = self.cached(name)
         if info is not None:
             return info
-        if session.in_transaction():
-            # It holds a connection already: reading on it costs the pool nothing,
-            # whereas waiting for a reader that waits for the pool could take the last
-            # connections from it.
-            return await self._read(session, name)
-        return await self._reads.read(name, lambda: self._read(session, name))
+        return await _shared(self._reads, name, session, lambda: self._read(session, name))
 
     async def _read(self, session: AsyncSession, name: str) -> TaskTypeInfo | None:
         row = await session.get(TaskType, name)
@@ -110,7 +108,26 @@ class TaskCatalog:
         return info
 
     async def names(self, session: AsyncSession) -> list[str]:
-        return list((await session.scalars(select(TaskType.name).order_by(TaskType.name))).all())
+        """Every known name (for the message that refuses an unknown one: the requests
+        that want it at the same moment share one read)."""
+
+        async def read() -> list[str]:
+            names = await session.scalars(select(TaskType.name).order_by(TaskType.name))
+            return list(names.all())
+
+        return await _shared(self._names, "", session, read)
+
+
+async def _shared(
+    reads: SingleFlight[T], key: str, session: AsyncSession, read: Callable[[], Awaitable[T]]
+) -> T:
+    """``read()``, shared with the callers that want ``key`` at the same moment, unless
+    ``session`` holds a connection already: reading on it costs the pool nothing,
+    whereas waiting for a reader that waits for the pool could take the pool's last
+    connections from it."""
+    if session.in_transaction():
+        return await read()
+    return await reads.read(key, read)
 
 
 def may_submit(roles: Iterable[str]) -> frozenset[str]:

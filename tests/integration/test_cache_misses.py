@@ -74,6 +74,23 @@ async def test_submits_that_miss_the_task_catalog_together_share_one_read(
     assert len(seen) == 1, f"{len(seen)} reads of task_types for {REQUESTS} submits"
 
 
+async def test_submits_of_an_unknown_type_together_share_the_reads_that_refuse_them(
+    app: object, client: httpx.AsyncClient, database_url: str
+) -> None:
+    """An unknown type is read (not found), then every known name for the message: a
+    flood of such submits costs a few reads, not two per request."""
+    assert (await client.get("/jobs")).status_code == 200  # the key is remembered
+    seen = statements_on(app, "task_types")
+    answers = await concurrently_while_locked(
+        database_url, "task_types", seen,
+        lambda: client.post("/jobs", json={"type": "no.such.task", "payload": {}}),
+    )  # fmt: skip
+    assert [a.status_code for a in answers] == [422] * REQUESTS, answers[0].text
+    assert "registered types: demo." in answers[-1].json()["detail"]
+    # the type by one of them, the names by it on its own connection and by the others
+    assert len(seen) <= 3, f"{len(seen)} reads of task_types for {REQUESTS} submits"
+
+
 async def test_requests_that_miss_the_key_cache_together_share_one_lookup(
     app: object, database_url: str
 ) -> None:
