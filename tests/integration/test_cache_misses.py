@@ -32,6 +32,15 @@ async def locked(database_url: str, table: str) -> AsyncIterator[None]:
         await conn.close()
 
 
+def sent(seen: list[str], n: int) -> Callable[[], Awaitable[bool]]:
+    """A condition for ``wait_for``: ``n`` statements seen."""
+
+    async def enough() -> bool:
+        return len(seen) >= n
+
+    return enough
+
+
 async def concurrently_while_locked(
     database_url: str,
     table: str,
@@ -44,11 +53,7 @@ async def concurrently_while_locked(
     it has been sent (``once_read`` runs then)."""
     async with locked(database_url, table):
         tasks = [asyncio.create_task(request()) for _ in range(REQUESTS)]
-
-        async def read_sent() -> bool:
-            return bool(seen)
-
-        await wait_for(read_sent, timeout=10, what=f"a read of {table}")
+        await wait_for(sent(seen, 1), timeout=10, what=f"a read of {table}")
         once_read()
     return await asyncio.gather(*tasks)
 
@@ -120,19 +125,12 @@ async def test_a_request_after_the_keys_were_cleared_does_not_share_an_older_loo
         transport=transport, base_url="http://switchyard.test", headers=auth(VIEWER_KEY)
     ) as viewer:
         seen = statements_on(app, "api_keys")
-
-        def lookups(n: int) -> Callable[[], Awaitable[bool]]:
-            async def sent() -> bool:
-                return len(seen) >= n
-
-            return sent
-
         async with locked(database_url, "api_keys"):
             before = asyncio.create_task(viewer.get("/jobs"))
-            await wait_for(lookups(1), timeout=10, what="the first lookup")
+            await wait_for(sent(seen, 1), timeout=10, what="the first lookup")
             cache.clear()  # as a revocation's notification does, meanwhile
             after = asyncio.create_task(viewer.get("/jobs"))
-            await wait_for(lookups(2), timeout=10, what="a lookup of its own")
+            await wait_for(sent(seen, 2), timeout=10, what="a lookup of its own")
         assert [(await t).status_code for t in (before, after)] == [200, 200]
 
 
@@ -146,18 +144,11 @@ async def test_a_caller_that_holds_a_connection_reads_the_catalog_on_it(
     catalog, sessions = app.state.catalog, app.state.sessionmaker  # type: ignore[attr-defined]
     catalog.ttl = 0
     seen = statements_on(app, "task_types")
-
-    def reads(n: int) -> Callable[[], Awaitable[bool]]:
-        async def sent() -> bool:
-            return len(seen) >= n
-
-        return sent
-
     async with sessions() as idle, sessions() as holding:
         await holding.execute(text("SELECT 1"))  # it holds a connection now
         async with locked(database_url, "task_types"):
             first = asyncio.create_task(catalog.get(idle, "demo.echo"))
-            await wait_for(reads(1), timeout=10, what="the first read")
+            await wait_for(sent(seen, 1), timeout=10, what="the first read")
             second = asyncio.create_task(catalog.get(holding, "demo.echo"))
-            await wait_for(reads(2), timeout=10, what="a read on its own connection")
+            await wait_for(sent(seen, 2), timeout=10, what="a read on its own connection")
         assert (await first).name == (await second).name == "demo.echo"
