@@ -1,8 +1,9 @@
 """How a sender groups its messages into bodies (docs/architecture.md, "Batches"): runs
 of one kind become ``Batch`` bodies bounded in items and bytes (``batched``,
 ``dispatches_for``), a short attempt's start report rides in its end report
-(``fold_starts``), and a chunk's wake-up hints are sent as one
-(``one_hint``). What a body is and how it is read stay in ``shared.messages``."""
+(``fold_starts``), a worker's messages of one kind go together (``kinds_together``),
+and a chunk's wake-up hints are sent as one (``one_hint``). What a body is and how it
+is read stay in ``shared.messages``."""
 
 from __future__ import annotations
 
@@ -96,6 +97,40 @@ def batched(messages: list[_Message]) -> list[_Message]:
         run.append(m)
     close()
     return out
+
+
+def kinds_together(messages: list[_Message]) -> list[_Message]:
+    """``messages`` reordered so that each kind's messages come together, for
+    ``batched`` to send each kind in as few bodies as it can: a worker's chunk of
+    jobs that each logged a line and ended is [log, end, log, end, ...], one body per
+    message as it stands, two bodies this way. Only messages of a job move, and never
+    past one of the same job (each job's log lines, progress and reports keep their
+    order); a message of no job (a heartbeat, which lists the jobs a worker runs) stays
+    where it is, and nothing moves past it."""
+    groups: list[list[_Message]] = []
+    latest_of_kind: dict[str, int] = {}  # kind -> its last group since the last barrier
+    group_of_job: dict[Any, int] = {}  # job -> the group of its latest message
+    for m in messages:
+        job = getattr(m, "job_id", None)
+        if job is None:
+            groups.append([m])
+            latest_of_kind.clear()
+            group_of_job.clear()
+            continue
+        kind: str = m.kind  # type: ignore[attr-defined]
+        g = latest_of_kind.get(kind)
+        if g is None or g < group_of_job.get(job, -1):
+            g = latest_of_kind[kind] = len(groups)
+            groups.append([])
+        groups[g].append(m)
+        group_of_job[job] = g
+    return [m for group in groups for m in group]
+
+
+def worker_chunk(messages: list[_Message]) -> list[_Message]:
+    """What a worker's outbox sends of a chunk: short attempts' starts folded into their
+    ends, then each kind together."""
+    return kinds_together(fold_starts(messages))
 
 
 def fold_starts(messages: list[_Message]) -> list[_Message]:

@@ -47,7 +47,7 @@ from services.worker.attempt import (
 )
 from services.worker.process_pool import ProcessPool
 from services.worker.runner import Outcome, call_from_thread, run_task
-from shared.bodies import fold_starts
+from shared.bodies import worker_chunk
 from shared.broker import Broker, Consumer, Delivery, Topology
 from shared.catalog import announce_task_types
 from shared.db import create_engine, create_sessionmaker
@@ -70,8 +70,9 @@ log = logging.getLogger("switchyard.worker")
 PROGRESS_INTERVAL = 0.2  # seconds between progress messages of one job
 SEEN_MEMORY = 10_000  # (job, attempt) pairs remembered for duplicate detection
 # Seconds the outbox waits after a quiet moment: a short job's "started" and its end
-# then go together, as one report (fold_starts): one message, one scheduler cycle, one
-# logger write.
+# then go together, as one report (fold_starts), and the log lines and reports of the
+# jobs that ran meanwhile go as a body of each kind (kinds_together): a few messages,
+# one scheduler cycle, one logger write.
 OUTBOX_LINGER = 0.002
 LogSink = Callable[[int, str, str], None]  # (seq, level, message)
 ProgressSink = Callable[[float, float | None, str | None], None]  # (done, total, message)
@@ -117,7 +118,7 @@ class Worker:
         # Reports and log lines exist nowhere else until the scheduler and the logger
         # have stored them: a failed publish is retried, never dropped.
         self.outbox = Outbox(
-            self.broker, linger=OUTBOX_LINGER, retry=True, chunk=500, compact=fold_starts
+            self.broker, linger=OUTBOX_LINGER, retry=True, chunk=500, compact=worker_chunk
         )
         self.state = "alive"
         self.started_at = datetime.now(UTC)

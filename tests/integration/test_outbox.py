@@ -18,6 +18,7 @@ from shared.bodies import fold_starts
 from shared.broker import Broker, Delivery
 from shared.errors import BrokerUnavailable
 from shared.messages import (
+    JobLog,
     JobStateChanged,
     JobStatusReport,
     WorkerCapacity,
@@ -260,3 +261,48 @@ async def test_compact_rewrites_a_chunk_and_a_failing_one_changes_nothing(
             else:
                 assert [r.status for r in got] == ["started", "completed"]
                 assert all(r.started_at is None for r in got)
+
+
+async def test_a_workers_jobs_that_logged_and_ended_reach_the_broker_as_two_bodies(
+    settings: Settings,
+) -> None:
+    """The real worker's outbox (``kinds_together``): 20 jobs that each logged a line and
+    ended, put in one go, are two deliveries (a batch of lines, a batch of reports), not
+    40; each job's line still arrives before its report."""
+    from services.worker.worker import Worker
+    from switchyard.tasks import TaskRegistry
+
+    worker = Worker(settings=settings, registry=TaskRegistry(), worker_id="w1", threads=2,
+                    cpu_units=1, memory_mb=64)  # fmt: skip
+    ns = settings.namespace
+    async with worker.broker, Broker(settings.amqp_url, ns, name="receiver") as receiver:
+        deliveries: list[list[Any]] = []
+
+        async def on(delivery: Delivery) -> None:
+            deliveries.append(delivery.messages)
+
+        consumer = await receiver.consume(
+            f"{ns}.worker-chunk-test", ["job.logs.#", "job.status.#"], on, no_ack=True,
+            auto_delete=True,
+        )  # fmt: skip
+        worker.outbox.start()
+        jobs = [uuid.uuid4() for _ in range(20)]
+        for job in jobs:
+            worker.outbox.put(
+                [JobLog(job_id=job, attempt=1, seq=1, level="info", message="a line")]
+            )
+            worker.outbox.put(
+                [JobStatusReport(job_id=job, attempt=1, worker_id="w1", status="completed")]
+            )
+
+        async def all_arrived() -> bool:
+            return sum(len(d) for d in deliveries) >= 2 * len(jobs)
+
+        await wait_for(all_arrived, timeout=10, what="the lines and reports arrive")
+        await worker.outbox.close()
+        await consumer.close()
+        await worker.broker.delete_namespace()
+    assert len(deliveries) == 2, [len(d) for d in deliveries]
+    arrived = [(type(m).__name__, m.job_id) for d in deliveries for m in d]
+    for job in jobs:
+        assert arrived.index(("JobLog", job)) < arrived.index(("JobStatusReport", job))
