@@ -43,7 +43,7 @@ from shared.states import TERMINAL, JobStatus
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "bench-admin-key"
 HIGH_RATE = 1000  # single submits per second offered in the second latency measure
-MEASURES = ("submit", "batch", "e2e", "peers", "wide", "latency", "saturation", "scale")
+MEASURES = ("submit", "batch", "e2e", "peers", "wide", "logging", "latency", "saturation", "scale")
 
 
 def free_port() -> int:
@@ -264,12 +264,24 @@ async def submit_rate(url: str, n: int, concurrency: int) -> float:
         return (n - len(failures)) / elapsed
 
 
-async def batch_rate(url: str, batches: int, size: int) -> float:
+JobMaker = Callable[[int, int], dict[str, Any]]  # (batch, index) -> one job of a batch
+
+
+def echo_job(b: int, i: int) -> dict[str, Any]:
+    return {"type": "demo.echo", "payload": {"b": b, "i": i}}
+
+
+def logging_job(b: int, i: int) -> dict[str, Any]:
+    """A job that logs one line (``demo.log``): what most real tasks do at least."""
+    return {"type": "demo.log", "payload": {"lines": 1}}
+
+
+async def batch_rate(url: str, batches: int, size: int, job: JobMaker = echo_job) -> float:
     headers = {"Authorization": f"Bearer {KEY}"}
     async with httpx.AsyncClient(base_url=url, headers=headers, timeout=120) as c:
         start = time.perf_counter()
         for b in range(batches):
-            jobs = [{"type": "demo.echo", "payload": {"b": b, "i": i}} for i in range(size)]
+            jobs = [job(b, i) for i in range(size)]
             r = await c.post("/jobs/batch", json={"jobs": jobs})
             assert r.status_code == 201, r.text[:300]
         return batches * size / (time.perf_counter() - start)
@@ -366,7 +378,7 @@ async def database_writes(dsn: str) -> dict[str, float]:
 
 
 async def end_to_end(
-    stack: Stack, n: int, profile: Path | None = None
+    stack: Stack, n: int, profile: Path | None = None, job: JobMaker = echo_job
 ) -> tuple[float, dict[str, float], dict[str, float]]:
     """Jobs per second from the first submit to the last one completed in the database,
     and the CPU milliseconds each process spent per job meanwhile.
@@ -381,7 +393,7 @@ async def end_to_end(
     writes_before = await database_writes(stack.dsn)
     before = cpu_seconds(stack)
     t0 = datetime.now(UTC)
-    await batch_rate(stack.url, batches, size)
+    await batch_rate(stack.url, batches, size, job)
     last = await wait_all_completed(stack.dsn, t0, batches * size, timeout=600)
     after = cpu_seconds(stack)
     for spy in spies:
@@ -404,6 +416,38 @@ EndToEnd = tuple[float, dict[str, float], dict[str, float]]  # jobs/s, CPU, writ
 
 def median_cpu(runs: list[EndToEnd]) -> dict[str, float]:
     return {k: median_of([cpu[k] for _, cpu, _ in runs]) for k in runs[0][1]}
+
+
+LOG_LINES_SINCE = (
+    "SELECT count(*) FROM job_logs l JOIN jobs j ON j.id = l.job_id WHERE j.created_at >= $1"
+)
+
+
+async def logging_end_to_end(stack: Stack, n: int, runs: int) -> dict[str, Any]:
+    """The end-to-end runs with jobs that each log one line (``demo.log``): a line is a
+    message of its own from the worker to the logger, stored in ``job_logs``. After each
+    run every line must be stored (within a minute: the logger writes them a moment
+    after the jobs complete); the clock stops at the last completion, as above."""
+    done: list[EndToEnd] = []
+    for _ in range(runs):
+        since = datetime.now(UTC)
+        done.append(await end_to_end(stack, n, job=logging_job))
+        conn = await asyncpg.connect(stack.dsn)
+        try:
+            deadline = time.monotonic() + 60
+            while (stored := await conn.fetchval(LOG_LINES_SINCE, since)) < n:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"only {stored} of {n} log lines stored after 60 s")
+                await asyncio.sleep(0.2)
+        finally:
+            await conn.close()
+        await wait_idle(stack)
+    return {
+        "task": "demo.log, one line per job",
+        "jobs_per_s": median_of([r for r, _, _ in done]),
+        "runs": [round(r, 1) for r, _, _ in done],
+        "cpu_ms_per_job": median_cpu(done),
+    }
 
 
 async def wide_end_to_end(stack: Stack, peers: Peers, n: int, runs: int) -> dict[str, Any]:
@@ -730,6 +774,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             results.update(peers.results(results.get("end_to_end_jobs_per_s")))
             if e2e and "wide" in want:
                 results["end_to_end_wide"] = await wide_end_to_end(stack, peers, args.jobs, runs)
+        if "logging" in want:
+            results["end_to_end_logging"] = await logging_end_to_end(stack, args.jobs, runs)
         keys = ("p50", "p95", "p99", "placed_p50", "placed_p99")
         if "latency" in want:
             # The target figures with the light load generator; the same runs with
@@ -827,6 +873,13 @@ def report(r: dict[str, Any]) -> None:
         for name, peer in wide["peers"].items():
             for why in peer.get("failed_runs", []):
                 print(f"{'  wide peer: ' + name:34} a run failed: {why}")
+    logging = r.get("end_to_end_logging")
+    if logging:
+        cpu = logging["cpu_ms_per_job"]
+        print(f"{'end to end, a log line per job':34} {logging['jobs_per_s']:10.0f}/s   "
+              f"(demo.log; runs {', '.join(f'{x:.0f}' for x in logging['runs'])})")  # fmt: skip
+        print(f"{'  CPU ms per job':34} " + ", ".join(f"{k} {v:.2f}" for k, v in cpu.items())
+              + f"; total {sum(cpu.values()):.2f}")  # fmt: skip
     for key, label in (
         ("latency_high_rate_ms", "submit -> started, 1,000/s offered"),
         ("latency_high_rate_aiohttp_client_ms", "  the same, aiohttp load generator"),
