@@ -329,7 +329,7 @@ Item = Annotated[
 
 # Kinds that travel in batches when a sender has several at once (a message per job
 # per hop is what caps a Python queue: see docs/performance.md).
-BATCHABLE = frozenset({"job.dispatch", "job.status", "job.state", "job.logs"})
+BATCHABLE = frozenset({"job.dispatch", "job.status", "job.state", "job.logs", "job.progress"})
 MAX_BATCH_ITEMS = 500
 # A batch body stays well under RabbitMQ's max_message_size (16 MiB by default on 4.x).
 MAX_BATCH_BYTES = 4 * 2**20
@@ -339,11 +339,12 @@ class Batch(_Message):
     """Several messages of one kind in one body, in order (``of`` names the kind).
 
     Routed like its items, with ``batch`` in place of the job id: ``job.status.batch``,
-    ``job.state.batch``, ``job.logs.batch``, ``job.dispatch.<worker_id>.batch``; so
-    every ``<kind>.#`` binding receives it. Receivers handle the items one by one."""
+    ``job.state.batch``, ``job.logs.batch``, ``job.progress.batch``,
+    ``job.dispatch.<worker_id>.batch``; so every ``<kind>.#`` binding receives it.
+    Receivers handle the items one by one."""
 
     kind: Literal["batch"] = "batch"
-    of: Literal["job.dispatch", "job.status", "job.state", "job.logs"]
+    of: Literal["job.dispatch", "job.status", "job.state", "job.logs", "job.progress"]
     items: list[Item] = Field(min_length=1, max_length=MAX_BATCH_ITEMS)
 
     @field_validator("items")

@@ -348,3 +348,24 @@ def test_jobs_that_fit_nowhere_do_not_hide_one_that_fits(stack: Stack) -> None:
     assert stack.wait_status(small["id"], "completed")["worker_id"] == "narrow"
     blocked = stack.sql("SELECT count(*) AS n FROM jobs WHERE status = 'ready'")[0]["n"]
     assert blocked == 40
+
+
+def test_jobs_that_run_together_keep_each_its_progress_and_log_line(stack: Stack) -> None:
+    """A worker sends what its jobs report at the same moment as one body per kind
+    (progress, lines, reports: ``kinds_together``): 30 jobs submitted together, each
+    reporting progress and logging a line, end with their own final progress and line
+    stored, none lost and none given another job's."""
+    stack.worker("w-together", "--threads", "8")
+    body = {"type": "demo.progress", "payload": {"steps": 1, "delay_seconds": 0}}
+    r = stack.http.post("/jobs/batch", json={"jobs": [body] * 30})
+    assert r.status_code == 201, r.text
+    ids = [j["id"] for j in r.json()["jobs"]]
+    for job_id in ids:
+        done = stack.wait_status(job_id, "completed")
+        assert done["progress"]["done"] == 1 and done["progress"]["total"] == 1, done
+        assert done["progress"]["message"] == "step 1 of 1", done
+    rows = stack.sql(
+        "SELECT job_id::text, message FROM job_logs WHERE job_id = ANY($1::uuid[])", ids
+    )
+    assert sorted(job for job, _ in rows) == sorted(ids)  # one line each, none lost
+    assert all(message == "step 1 of 1" for _, message in rows)

@@ -18,6 +18,9 @@ from shared.messages import (
     WorkerCapacity,
     WorkerHeartbeat,
     _Message,
+    decode,
+    encode,
+    routing_key,
     unpack,
 )
 
@@ -103,3 +106,15 @@ def test_random_chunks_lose_nothing_keep_each_jobs_order_and_never_add_bodies() 
         out = kinds_together(chunk)
         _check_order_kept(chunk, out)
         assert len(batched(out)) <= len(batched(chunk))
+
+
+def test_progress_of_many_jobs_travels_as_one_batch() -> None:
+    """Progress is batchable too: jobs that each reported progress, logged and ended are
+    three bodies (progress, lines, reports), not one per progress message."""
+    jobs = [uuid.uuid4() for _ in range(10)]
+    chunk: list[_Message] = [m for job in jobs for m in (progress(job), log(job), report(job))]
+    bodies = batched(worker_chunk(chunk))
+    assert [b.of for b in bodies] == ["job.progress", "job.logs", "job.status"]  # type: ignore[attr-defined]
+    decoded = decode(encode(bodies[0]))
+    assert routing_key(decoded) == "job.progress.batch"
+    assert unpack(decoded) == [m for m in chunk if isinstance(m, JobProgress)]  # type: ignore[arg-type]
