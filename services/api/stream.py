@@ -93,12 +93,7 @@ def to_envelope(message: Message) -> tuple[dict[str, Any], str | None, str | Non
                 message.new_status,
             )
         case JobLog():
-            data = {"seq": message.seq, "level": message.level, "message": message.message}
-            return (
-                envelope("log", message.job_id, message.attempt, iso(message.ts), data),
-                message.type,
-                None,
-            )
+            return log_envelope(message), message.type, None
         case JobProgress():
             data = {"done": message.done, "total": message.total, "message": message.message}
             return (
@@ -107,6 +102,11 @@ def to_envelope(message: Message) -> tuple[dict[str, Any], str | None, str | Non
                 None,
             )
     return None
+
+
+def log_envelope(line: JobLog) -> dict[str, Any]:
+    data = {"seq": line.seq, "level": line.level, "message": line.message}
+    return envelope("log", line.job_id, line.attempt, iso(line.ts), data)
 
 
 class TooManySockets(Exception):
@@ -150,7 +150,9 @@ class EventHub:
         self.subscribers: set[Subscriber] = set()
         self._per_key: dict[str, int] = {}  # open sockets per API key id
         self.listeners: list[Callable[[Message | StateSummary], None]] = []
-        self._recent: OrderedDict[UUID, tuple[float, deque[dict[str, Any]]]] = OrderedDict()
+        # Lines as they came: made envelopes only when a client asks for a replay (every
+        # replica keeps every job's lines, and few are ever replayed).
+        self._recent: OrderedDict[UUID, tuple[float, deque[JobLog]]] = OrderedDict()
         self._recent_total = 0
 
     async def start(self) -> None:
@@ -202,7 +204,7 @@ class EventHub:
 
     def recent_lines(self, job_id: UUID) -> list[dict[str, Any]]:
         entry = self._recent.get(job_id)
-        return list(entry[1]) if entry else []
+        return [log_envelope(line) for line in entry[1]] if entry else []
 
     def _skim(self, body: bytes, routing_key: str) -> bool:
         """With no client connected, nothing but the counters reads a state event and
@@ -242,15 +244,15 @@ class EventHub:
     def publish_local(self, message: Message) -> None:
         """Hand one event to listeners (metrics) and matching subscribers."""
         self._notify(message)
-        if not self.subscribers and not isinstance(message, JobLog):
-            return  # nobody is watching, and only log lines are remembered for replay
+        if isinstance(message, JobLog):
+            self._remember(message)
+        if not self.subscribers:
+            return
         converted = to_envelope(message)
         if converted is None:
             return
         event, job_type, status = converted
         job_id = message.job_id  # type: ignore[union-attr]
-        if event["event"] == "log":
-            self._remember(job_id, event)
         body: bytes | None = None
         for sub in list(self.subscribers):
             if sub.filter.matches(event["event"], job_id, job_type, status):
@@ -265,14 +267,14 @@ class EventHub:
             except Exception:
                 log.exception("event listener failed on %s", getattr(message, "kind", "?"))
 
-    def _remember(self, job_id: UUID, event: dict[str, Any]) -> None:
+    def _remember(self, line: JobLog) -> None:
         now = time.monotonic()
-        entry = self._recent.pop(job_id, None)
+        entry = self._recent.pop(line.job_id, None)
         lines = entry[1] if entry else deque(maxlen=RECENT_LINES)
         self._recent_total -= len(lines)
-        lines.append(event)
+        lines.append(line)
         self._recent_total += len(lines)
-        self._recent[job_id] = (now, lines)
+        self._recent[line.job_id] = (now, lines)
         # Oldest-touched first: evict while over any bound.
         while self._recent and (
             len(self._recent) > RECENT_JOBS
