@@ -127,7 +127,7 @@ def kinds_together(messages: list[_Message]) -> list[_Message]:
     return [m for group in groups for m in group]
 
 
-def worker_chunk(messages: list[_Message]) -> list[_Message]:
+def compact_worker_chunk(messages: list[_Message]) -> list[_Message]:
     """What a worker's outbox sends of a chunk: short attempts' starts folded into their
     ends, then each kind together."""
     return kinds_together(fold_starts(messages))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 from uuid import UUID
 
 import orjson
@@ -329,7 +329,8 @@ Item = Annotated[
 
 # Kinds that travel in batches when a sender has several at once (a message per job
 # per hop is what caps a Python queue: see docs/performance.md).
-BATCHABLE = frozenset({"job.dispatch", "job.status", "job.state", "job.logs", "job.progress"})
+BatchableKind = Literal["job.dispatch", "job.status", "job.state", "job.logs", "job.progress"]
+BATCHABLE = frozenset(get_args(BatchableKind))
 MAX_BATCH_ITEMS = 500
 # A batch body stays well under RabbitMQ's max_message_size (16 MiB by default on 4.x).
 MAX_BATCH_BYTES = 4 * 2**20
@@ -344,7 +345,7 @@ class Batch(_Message):
     Receivers handle the items one by one."""
 
     kind: Literal["batch"] = "batch"
-    of: Literal["job.dispatch", "job.status", "job.state", "job.logs", "job.progress"]
+    of: BatchableKind
     items: list[Item] = Field(min_length=1, max_length=MAX_BATCH_ITEMS)
 
     @field_validator("items")

@@ -264,8 +264,8 @@ def _discard(seq: int, level: str, message: str) -> None:
 class TaskContext:
     """What a task function receives first. Safe to use from the task's thread.
 
-    ``log`` lines become ``job.logs.<id>`` messages; ``progress()`` becomes
-    ``job.progress.<id>`` (throttled by the worker); ``cancelled`` is set when the
+    ``log`` lines become ``job.logs`` messages; ``progress()`` becomes
+    ``job.progress`` (throttled by the worker); ``cancelled`` is set when the
     attempt is cancelled or times out, and a task should stop soon after.
     """
 

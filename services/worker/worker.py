@@ -47,7 +47,7 @@ from services.worker.attempt import (
 )
 from services.worker.process_pool import ProcessPool
 from services.worker.runner import Outcome, call_from_thread, run_task
-from shared.bodies import worker_chunk
+from shared.bodies import compact_worker_chunk
 from shared.broker import Broker, Consumer, Delivery, Topology
 from shared.catalog import announce_task_types
 from shared.db import create_engine, create_sessionmaker
@@ -118,7 +118,7 @@ class Worker:
         # Reports and log lines exist nowhere else until the scheduler and the logger
         # have stored them: a failed publish is retried, never dropped.
         self.outbox = Outbox(
-            self.broker, linger=OUTBOX_LINGER, retry=True, chunk=500, compact=worker_chunk
+            self.broker, linger=OUTBOX_LINGER, retry=True, chunk=500, compact=compact_worker_chunk
         )
         self.state = "alive"
         self.started_at = datetime.now(UTC)

@@ -350,22 +350,27 @@ def test_jobs_that_fit_nowhere_do_not_hide_one_that_fits(stack: Stack) -> None:
     assert blocked == 40
 
 
-def test_jobs_that_run_together_keep_each_its_progress_and_log_line(stack: Stack) -> None:
+def test_jobs_that_run_together_keep_each_its_progress_and_log_lines(stack: Stack) -> None:
     """A worker sends what its jobs report at the same moment as one body per kind
     (progress, lines, reports: ``kinds_together``): 30 jobs submitted together, each
-    reporting progress and logging a line, end with their own final progress and line
-    stored, none lost and none given another job's."""
+    reporting progress and logging 1 to 3 steps, end with their own final progress and
+    lines stored, none lost and none given another job's."""
     stack.worker("w-together", "--threads", "8")
-    body = {"type": "demo.progress", "payload": {"steps": 1, "delay_seconds": 0}}
-    r = stack.http.post("/jobs/batch", json={"jobs": [body] * 30})
+    steps = [1 + i % 3 for i in range(30)]
+    bodies = [{"type": "demo.progress", "payload": {"steps": n, "delay_seconds": 0}} for n in steps]
+    r = stack.http.post("/jobs/batch", json={"jobs": bodies})
     assert r.status_code == 201, r.text
     ids = [j["id"] for j in r.json()["jobs"]]
-    for job_id in ids:
+    for job_id, n in zip(ids, steps, strict=True):
         done = stack.wait_status(job_id, "completed")
-        assert done["progress"]["done"] == 1 and done["progress"]["total"] == 1, done
-        assert done["progress"]["message"] == "step 1 of 1", done
-    rows = stack.sql(
-        "SELECT job_id::text, message FROM job_logs WHERE job_id = ANY($1::uuid[])", ids
+        assert done["progress"]["done"] == n and done["progress"]["total"] == n, done
+        assert done["progress"]["message"] == f"step {n} of {n}", done
+    query = "SELECT job_id::text, seq, message FROM job_logs WHERE job_id = ANY($1::uuid[])"
+    stack.wait_for(
+        lambda: len(stack.sql(query, ids)) >= sum(steps), what="every job's lines stored"
     )
-    assert sorted(job for job, _ in rows) == sorted(ids)  # one line each, none lost
-    assert all(message == "step 1 of 1" for _, message in rows)
+    stored: dict[str, list[str]] = {}
+    for job_id, _, message in sorted(stack.sql(query, ids)):
+        stored.setdefault(job_id, []).append(message)
+    for job_id, n in zip(ids, steps, strict=True):
+        assert stored[job_id] == [f"step {k} of {n}" for k in range(1, n + 1)], job_id
