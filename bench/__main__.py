@@ -398,12 +398,13 @@ async def end_to_end(
     batches, size = max(1, n // 500), min(500, n)
     spies = stack.profile(profile) if profile else []
     writes_before = await database_writes(stack.dsn)
+    lines_before = await last_log_line(stack.dsn) if log_lines_per_job else 0
     before = cpu_seconds(stack)
     t0 = datetime.now(UTC)
     await batch_rate(stack.url, batches, size, job)
     last = await wait_all_completed(stack.dsn, t0, batches * size, timeout=600)
     if log_lines_per_job:
-        await wait_log_lines_stored(stack.dsn, t0, batches * size * log_lines_per_job)
+        await wait_log_lines_stored(stack.dsn, lines_before, batches * size * log_lines_per_job)
     after = cpu_seconds(stack)
     for spy in spies:
         spy.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
@@ -427,18 +428,24 @@ def median_cpu(runs: list[EndToEnd]) -> dict[str, float]:
     return {k: median_of([cpu[k] for _, cpu, _ in runs]) for k in runs[0][1]}
 
 
-LOG_LINES_SINCE = (
-    "SELECT count(*) FROM job_logs l JOIN jobs j ON j.id = l.job_id WHERE j.created_at >= $1"
-)
+async def last_log_line(dsn: str) -> int:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await conn.fetchval("SELECT coalesce(max(id), 0) FROM job_logs")  # type: ignore[no-any-return]
+    finally:
+        await conn.close()
 
 
-async def wait_log_lines_stored(dsn: str, since: datetime, n: int, timeout: float = 60) -> None:
-    """Until the ``n`` log lines of the jobs submitted since ``since`` are all stored;
-    raises if they are not within ``timeout`` (a line lost is a bug, not a slow run)."""
+async def wait_log_lines_stored(dsn: str, after: int, n: int, timeout: float = 60) -> None:
+    """Until ``n`` log lines are stored past line id ``after`` (the run's own: nothing
+    else writes lines into the bench's database); raises if they are not within
+    ``timeout`` (a line lost is a bug, not a slow run). Each poll walks only the new
+    lines' ids, not the jobs: the machine being measured runs it."""
     conn = await asyncpg.connect(dsn)
     try:
         deadline = time.monotonic() + timeout
-        while (stored := await conn.fetchval(LOG_LINES_SINCE, since)) < n:
+        query = "SELECT count(*) FROM job_logs WHERE id > $1"
+        while (stored := await conn.fetchval(query, after)) < n:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"only {stored} of {n} log lines stored after {timeout:.0f} s")
             await asyncio.sleep(0.05)
