@@ -835,6 +835,12 @@ def save(results: dict[str, Any], out: Path) -> None:
     print(f"\nwritten: {out}")
 
 
+def print_cpu(cpu: dict[str, float]) -> None:
+    """The indented line of CPU milliseconds per job under an end-to-end figure."""
+    print(f"{'  CPU ms per job':34} " + ", ".join(f"{k} {v:.2f}" for k, v in cpu.items())
+          + f"; total {sum(cpu.values()):.2f}")  # fmt: skip
+
+
 def report(r: dict[str, Any]) -> None:
     m = r["machine"]
     print(
@@ -862,12 +868,7 @@ def report(r: dict[str, Any]) -> None:
             f"({r['jobs']:,} jobs, 2 workers x {r['worker_threads']} threads, "
             f"{r['end_to_end_workers']['jobs_in_flight']} jobs in flight)"
         )
-        cpu = r["cpu_ms_per_job"]
-        print(
-            f"{'  CPU ms per job':34} "
-            + ", ".join(f"{k} {v:.2f}" for k, v in cpu.items())
-            + f"; total {sum(cpu.values()):.2f}"
-        )
+        print_cpu(r["cpu_ms_per_job"])
         writes = r.get("database_writes_per_job", {})
         if writes:
             print(f"{'  database writes per job':34} "
@@ -886,19 +887,15 @@ def report(r: dict[str, Any]) -> None:
             f"({wide['workers']} workers x {wide['threads']} threads, {wide['cpu_units']:g} cpu units: "
             f"{wide['jobs_in_flight']} jobs in flight); {ratios}"
         )
-        cpu = wide["cpu_ms_per_job"]
-        print(f"{'  CPU ms per job':34} " + ", ".join(f"{k} {v:.2f}" for k, v in cpu.items())
-              + f"; total {sum(cpu.values()):.2f}")  # fmt: skip
+        print_cpu(wide["cpu_ms_per_job"])
         for name, peer in wide["peers"].items():
             for why in peer.get("failed_runs", []):
                 print(f"{'  wide peer: ' + name:34} a run failed: {why}")
     logging = r.get("end_to_end_logging")
     if logging:
-        cpu = logging["cpu_ms_per_job"]
         print(f"{'end to end, a log line per job':34} {logging['jobs_per_s']:10.0f}/s   "
               f"(demo.log; runs {', '.join(f'{x:.0f}' for x in logging['runs'])})")  # fmt: skip
-        print(f"{'  CPU ms per job':34} " + ", ".join(f"{k} {v:.2f}" for k, v in cpu.items())
-              + f"; total {sum(cpu.values()):.2f}")  # fmt: skip
+        print_cpu(logging["cpu_ms_per_job"])
     for key, label in (
         ("latency_high_rate_ms", "submit -> started, 1,000/s offered"),
         ("latency_high_rate_aiohttp_client_ms", "  the same, aiohttp load generator"),
