@@ -153,8 +153,8 @@ class Scheduler:
             prefetch=5000,
         )
         turns_held_back = Backoff()
-        applying = asyncio.create_task(self._apply_loop(stop))
-        applying.add_done_callback(lambda _: self.wake.set())  # ended by raising: see why
+        taking_in = asyncio.create_task(self._take_in_loop(stop))
+        taking_in.add_done_callback(lambda _: self.wake.set())  # ended by raising: see why
         try:
             while not stop.is_set():
                 try:
@@ -166,25 +166,25 @@ class Scheduler:
                 if stop.is_set():
                     break
                 self.wake.clear()
-                if applying.done():
-                    applying.result()  # it ends only by raising (or on stop): raise it here
+                if taking_in.done():
+                    taking_in.result()  # it ends only by raising (or on stop): raise it here
                 await self.leadership.check()
                 if pause := await self._attempt(self.turn, turns_held_back, "cycle"):
                     await asyncio.sleep(pause)
                     self.wake.set()
         finally:
-            if stop.is_set() and not applying.done():
+            if stop.is_set() and not taking_in.done():
                 # A clean stop: an inbox being applied is committed and acked first.
                 self.delivered.set()
-                await asyncio.wait({applying}, timeout=self.settings.publish_timeout_seconds)
-            applying.cancel()
+                await asyncio.wait({taking_in}, timeout=self.settings.publish_timeout_seconds)
+            taking_in.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await applying
+                await taking_in
             await consumer.close()
             await self.dispatch.settle(stop)
             await self.maintenance.stop()
 
-    async def _apply_loop(self, stop: asyncio.Event) -> None:
+    async def _take_in_loop(self, stop: asyncio.Event) -> None:
         """``take_in`` whenever messages wait in the inbox, else every tick (a silent
         worker sends none), beside the turns: reports wait for the statements of the
         reports before them, not for a placement in progress (each loop has its own
