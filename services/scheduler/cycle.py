@@ -1,19 +1,14 @@
 """The scheduler: one active instance (``leadership``), the others stand by.
 
 The active one consumes ``<ns>.scheduler`` (job.submitted, job.status, heartbeats,
-progress) into an inbox. Two loops run while it leads, each on a database connection of
-its own: one takes in (1-2) whenever messages wait in the inbox and at every tick, the
-other takes a turn (3-6) after each take-in or tick. So reports are applied while a
-placement is in progress, and a placement waits for no report; ``cycle`` runs the two
-one after the other.
+progress) into an inbox and runs a cycle whenever a message arrives or the tick passes:
 
 1. apply the inbox: attempt reports (fenced by attempt number), progress and
    heartbeats; commit; ack those messages;
 2. declare lost what a dead worker held or what a live worker never received, and
-   retry or fail it like a failed attempt (``fleet``); publish the ``job.state``
-   events of 1 and 2, in commit order;
+   retry or fail it like a failed attempt (``fleet``);
 3. promote delayed / backoff jobs whose time has come, fire due schedules (``timed``);
-4. publish the ``job.state`` events of 3;
+4. publish the ``job.state`` events of all of it, in commit order;
 5. put back the dispatches the broker refused, or else place ready jobs (``dispatch``,
    ``placement``): mark them running with a new attempt number, commit, publish;
 6. re-send cancels, publish monitoring, start retention and vacuum (``maintenance``).
@@ -25,10 +20,9 @@ when it takes over, so a standby that takes over continues where the last one st
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC
 from typing import Any
@@ -107,8 +101,7 @@ class Scheduler:
         self.timed = TimedWork(settings, self.db)
         self.maintenance = Maintenance(settings, self.db, self.outbox, self.fleet)
         self.inbox: list[Delivery] = []  # delivered, not yet applied (unacked)
-        self.wake = asyncio.Event()  # a turn is due
-        self.delivered = asyncio.Event()  # the inbox holds messages
+        self.wake = asyncio.Event()
         # Between tries of an inbox the database refuses for a reason no message explains.
         self.held_back = Backoff()
 
@@ -133,7 +126,6 @@ class Scheduler:
                             log.error("%s; standing by again", exc)
                             self._stand_down()
                             await self.db.cycle.release()  # a standby holds none
-                            await self.db.reports.release()
                     await self.outbox.close()
             finally:
                 await self.leadership.close()
@@ -152,9 +144,6 @@ class Scheduler:
             self._on_delivery,
             prefetch=5000,
         )
-        turns_held_back = Backoff()
-        taking_in = asyncio.create_task(self._take_in_loop(stop))
-        taking_in.add_done_callback(lambda _: self.wake.set())  # ended by raising: see why
         try:
             while not stop.is_set():
                 try:
@@ -166,70 +155,36 @@ class Scheduler:
                 if stop.is_set():
                     break
                 self.wake.clear()
-                if taking_in.done():
-                    taking_in.result()  # it ends only by raising (or on stop): raise it here
                 await self.leadership.check()
-                if pause := await self._attempt(self.turn, turns_held_back, "cycle"):
-                    await asyncio.sleep(pause)
+                try:
+                    await self.cycle()
+                    self.held_back.reset()
+                except BatchHeldBack:
+                    # A read-only database, a missing column, lost privileges: the inbox
+                    # is kept (unacked, nothing dead-lettered) and tried again, less
+                    # often while it lasts (apply_isolating logged why).
+                    await asyncio.sleep(self.held_back.next())
+                    self.wake.set()
+                except (SQLAlchemyError, *RAW_DB_ERRORS) as exc:
+                    # Outage, deadlock victim, serialization failure: nothing was
+                    # committed for the failed step; the next cycle redoes it.
+                    what = "database unavailable" if is_db_outage(exc) else "cycle failed"
+                    log.warning("%s (%s); retrying", what, exc)
+                    await asyncio.sleep(0.5)
+                    self.wake.set()
+                except LeadershipLost:
+                    raise
+                except Exception:
+                    # Not the database's (a bug, a broker that would not take a dead
+                    # letter): the inbox is kept, so nothing is lost; the loop goes on
+                    # rather than stop the yard (messages are isolated in _apply_inbox).
+                    log.exception("cycle failed; retrying")
+                    await asyncio.sleep(0.5)
                     self.wake.set()
         finally:
-            if stop.is_set() and not taking_in.done():
-                # A clean stop: an inbox being applied is committed and acked first.
-                self.delivered.set()
-                await asyncio.wait({taking_in}, timeout=self.settings.publish_timeout_seconds)
-            taking_in.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await taking_in
             await consumer.close()
             await self.dispatch.settle(stop)
             await self.maintenance.stop()
-
-    async def _take_in_loop(self, stop: asyncio.Event) -> None:
-        """``take_in`` whenever messages wait in the inbox, else every tick (a silent
-        worker sends none), beside the turns: reports wait for the statements of the
-        reports before them, not for a placement in progress (each loop has its own
-        connection), and a turn places what they freed."""
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    self.delivered.wait(), timeout=self.settings.scheduler_tick_seconds
-                )
-            if stop.is_set():
-                return
-            self.delivered.clear()
-            if pause := await self._attempt(self.take_in, self.held_back, "inbox"):
-                await asyncio.sleep(pause)
-                self.delivered.set()
-            self.wake.set()
-
-    async def _attempt(
-        self, step: Callable[[], Awaitable[None]], held_back: Backoff, what: str
-    ) -> float:
-        """Run one step of a leading loop; 0, or how long to wait before trying it again
-        when it failed (what it had not committed is kept, or redone next time)."""
-        try:
-            await step()
-        except BatchHeldBack:
-            # A read-only database, a missing column, lost privileges: the inbox is kept
-            # (unacked, nothing dead-lettered) and tried again, less often while it
-            # lasts (apply_isolating logged why).
-            return held_back.next()
-        except (SQLAlchemyError, *RAW_DB_ERRORS) as exc:
-            # Outage, deadlock victim, serialization failure: nothing was committed for
-            # the failed step; the next try redoes it.
-            why = "database unavailable" if is_db_outage(exc) else f"{what} failed"
-            log.warning("%s (%s); retrying", why, exc)
-            return 0.5
-        except LeadershipLost:
-            raise
-        except Exception:
-            # Not the database's (a bug, a broker that would not take a dead letter):
-            # the inbox is kept, so nothing is lost; the loop goes on rather than stop
-            # the yard (messages are isolated in _apply_inbox).
-            log.exception("%s failed; retrying", what)
-            return 0.5
-        held_back.reset()
-        return 0.0
 
     async def _take_over(self) -> None:
         """Workers and allocations as the database has them."""
@@ -243,40 +198,24 @@ class Scheduler:
 
     async def _on_delivery(self, delivery: Delivery) -> None:
         self.inbox.append(delivery)
-        self.delivered.set()
+        self.wake.set()
 
     # ------------------------------------------------------------ the cycle
 
     async def cycle(self) -> None:
-        """The inbox applied, then a turn: what the two leading loops do, here one after
-        the other."""
-        await self.take_in()
-        await self.turn()
-
-    async def take_in(self) -> None:
-        """Steps 1 and 2: the inbox applied, then the losses declared against what it
-        said. Only here, after the reports before it are applied, may a worker's
-        heartbeat (its last one, say, sent once it drained) make its attempts lost."""
-        events: list[JobStateChanged] = []
+        events = await self._apply_inbox()
         try:
-            if self.inbox:
-                events.extend(await self._apply_inbox())
             events.extend(await self.fleet.handle_losses())
-        finally:
-            # What is committed keeps its events even when a later step fails.
-            self.dispatch.announce(events)
-
-    async def turn(self) -> None:
-        """Steps 3-6 of the module's list (``take_in`` runs beside it)."""
-        events: list[JobStateChanged] = []
-        try:
             if self.timed.take_turn():
                 # Also the safety net for jobs whose wake-up hint was never published.
-                self.dispatch.mark_maybe_ready()
+                self.dispatch.maybe_ready = True
                 events.extend(await self.timed.run())
-        finally:
-            # Published before this turn's dispatches (as one batch per kind).
+        except BaseException:
+            # What is committed keeps its events even when a later step fails.
             self.dispatch.announce(events)
+            raise
+        # Published together, before this cycle's dispatches (as one batch per kind).
+        self.dispatch.announce(events)
         # A cycle that put refused dispatches back does not place: they are placed again
         # from the next cycle on (a message or the tick), not in a loop at broker speed.
         if not await self.dispatch.undo_unconfirmed():
@@ -297,7 +236,7 @@ class Scheduler:
         messages = [m for delivery in batch for m in delivery.messages]
         received = Received.sort(messages)
         if received.submitted:
-            self.dispatch.mark_maybe_ready()
+            self.dispatch.maybe_ready = True
         for hb in received.beats.values():
             self.fleet.register_heartbeat(hb)
         events: list[JobStateChanged] = []
@@ -333,9 +272,9 @@ class Scheduler:
             # it, often in the same inbox) commits, so whoever sees the job completed
             # sees its final progress. (Fenced by attempt only: it lands on a job that
             # has ended too.)
-            await save_progress(self.db.reports, received.progress)
+            await save_progress(self.db.cycle, received.progress)
         if successes:
-            outcome = await transitions.apply_successes(self.db.reports, successes)
+            outcome = await transitions.apply_successes(self.db.cycle, successes)
             self.fleet.free(outcome.freed)
             events.extend(outcome.events)
         if others or received.beats:

@@ -4,10 +4,9 @@ Two of them: ORM sessions for the multi-statement transactions (reports with pro
 and heartbeats, losses, timed work, undo, monitoring), and a raw asyncpg pool for the
 statements of the placement path (claim, dispatch, reports, waiting reasons,
 retention), where a transaction's round trips would cost more than the statement. The
-turn's statements, one after another, run on a connection of the pool kept for them
-(``cycle``), and the inbox's, applied beside the turns, on another (``reports``); both
-are given back when the scheduler stands by. Retention and the maintenance reads take
-theirs from the pool.
+cycle's statements, one after another, run on a connection of the pool kept for them
+(``cycle``), given back when the scheduler stands by; retention and the maintenance
+reads take theirs from the pool.
 The advisory lock has a connection of its own (``leadership``), as has a vacuum.
 """
 
@@ -29,7 +28,6 @@ class Database:
         self._sessionmaker: async_sessionmaker[AsyncSession] | None = None
         self._pool: asyncpg.Pool | None = None
         self._cycle: KeptConnection | None = None
-        self._reports: KeptConnection | None = None
 
     @contextlib.asynccontextmanager
     async def open(self) -> AsyncIterator[None]:
@@ -39,15 +37,13 @@ class Database:
         # Its statements have one good plan whatever the parameters: plan them once per
         # connection. The cycle keeps one connection, the retention sweep and the
         # maintenance reads use one beside it.
-        self._pool = await create_pool(self._settings, min_size=0, max_size=4, generic_plans=True)
+        self._pool = await create_pool(self._settings, min_size=0, max_size=3, generic_plans=True)
         self._cycle = KeptConnection(self._pool)
-        self._reports = KeptConnection(self._pool)
         try:
             yield
         finally:
-            await self._reports.close()
             await self._cycle.close()
-            self._cycle = self._reports = None
+            self._cycle = None
             await self._pool.close()
             self._pool = None
             await engine.dispose()
@@ -66,9 +62,3 @@ class Database:
         """Where the cycle's statements run (one at a time)."""
         assert self._cycle is not None, "the scheduler's database is not open"
         return self._cycle
-
-    @property
-    def reports(self) -> KeptConnection:
-        """Where the inbox's statements run (one at a time), beside the cycle's."""
-        assert self._reports is not None, "the scheduler's database is not open"
-        return self._reports

@@ -120,9 +120,6 @@ class Dispatcher:
         # False once a placement pass found no ready job left: until a hint, a job
         # turning ready or the next tick, cycles skip the ready-queue query.
         self.maybe_ready = True
-        # Counts mark_maybe_ready: a pass that read no ready job clears maybe_ready
-        # only if nothing marked it while the read ran (the inbox is applied meanwhile).
-        self._marks = 0
         self._reasons = WaitingReasons(db)
         # Dispatch publishes whose confirms are awaited beside the cycle loop (a
         # confirm is a broker round trip the next cycle need not wait for), and the
@@ -137,19 +134,9 @@ class Dispatcher:
 
     # ------------------------------------------------------------ leadership
 
-    def mark_maybe_ready(self) -> None:
-        """Jobs may have turned ready (a hint, a transition, the tick): look again."""
-        self.maybe_ready = True
-        self._marks += 1
-
-    def _found_none_ready(self, marks: int) -> None:
-        """A pass that began at ``marks`` found no ready job left."""
-        if self._marks == marks:
-            self.maybe_ready = False
-
     async def take_over(self) -> None:
         self._unconfirmed.clear()  # from an earlier leadership (a confirm that came late)
-        self.mark_maybe_ready()
+        self.maybe_ready = True
         self._capacities_seen = None
         await self._reasons.load()
 
@@ -176,7 +163,7 @@ class Dispatcher:
     def announce(self, events: list[JobStateChanged]) -> None:
         """Publish committed transitions; jobs they made ready are placed next."""
         if any(e.new_status == "ready" for e in events):
-            self.mark_maybe_ready()
+            self.maybe_ready = True
         self._outbox.put(list(events))
 
     # ------------------------------------------------------------ placement
@@ -187,7 +174,6 @@ class Dispatcher:
             return  # the last look found the ready queue empty and nothing came since
         past_the_room = False  # read the heads of what fits the room now as well
         for _ in range(_PASSES):
-            marks = self._marks
             views = self._fleet.views()
             free = sum(max(0, v.slots - v.used_slots) for v in views if v.accepting)
             if free == 0:
@@ -197,7 +183,7 @@ class Dispatcher:
             batch = min(self._settings.scheduler_batch_size, max(32, 2 * free))
             candidates = await self._ready_heads(batch, room(views) if past_the_room else None)
             if not candidates:
-                self._found_none_ready(marks)
+                self.maybe_ready = False
                 return
             now = datetime.now(UTC)
             plan = plan_placements(
@@ -219,7 +205,7 @@ class Dispatcher:
             # Why the others wait, after the dispatches (only a changed reason is written).
             await self._reasons.write(plan.waiting)
             if len(plan.placements) == len(candidates) < batch:
-                self._found_none_ready(marks)  # every ready job is placed now
+                self.maybe_ready = False  # every ready job is placed now
                 return
             if past_the_room and not plan.placements:
                 # Nothing behind the heads fits the room left either. That read skips
@@ -296,7 +282,7 @@ class Dispatcher:
         if unparked := await parking.unpark_fitting(self._db.cycle, fleet, chunk=UNPARK_CHUNK):
             log.info("un-parked %d ready job(s) that a live worker can run now", unparked)
             await self._reasons.load()  # theirs were cleared with them
-            self.mark_maybe_ready()
+            self.maybe_ready = True
 
     def _publish(self, placed: list[Placed], now: datetime) -> list[tuple[Placed, str]]:
         """Announce the committed dispatches and publish them, confirms awaited aside.
@@ -383,7 +369,7 @@ class Dispatcher:
             self._unconfirmed[:0] = failed  # not undone: the next cycle tries again
             raise
         self._fleet.release(failed)
-        self.mark_maybe_ready()
+        self.maybe_ready = True
         self.announce(undone)
         return True
 
