@@ -6,8 +6,7 @@ child is ours to SIGTERM / SIGKILL, to measure and to replace:
 * children come from a ``forkserver`` that imported the task modules once, so a new
   child is warm in milliseconds and shares no file descriptor or lock of the worker;
 * one reader thread per child blocks on its pipe and hands each message to the event
-  loop with ``call_soon_threadsafe`` (as task threads do): the loop never waits on a
-  child;
+  loop through a ``ToLoop`` (as task threads do): the loop never waits on a child;
 * a watch on the loop samples each busy child's memory every ``WATCH_INTERVAL``: an
   attempt whose resident memory grows more than its ``memory_mb`` above the idle child's
   is killed (SIGKILL) and fails with ``exceeded memory_mb=N: peak M MB``;
@@ -44,7 +43,7 @@ from uuid import UUID
 import psutil
 
 from services.worker import child as child_code
-from services.worker.runner import Outcome, call_from_thread
+from services.worker.runner import Outcome, ToLoop
 from switchyard import _child as child_entry
 
 log = logging.getLogger("switchyard.worker.pool")
@@ -162,6 +161,7 @@ class ProcessPool:
         # user's directory (first on the path) has packages named like ours.
         self._context.set_forkserver_preload([child_entry.__name__, *modules])
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._from_readers: ToLoop | None = None  # the reader threads' messages, once started
         self._changed = asyncio.Event()
         self._watch: asyncio.Task[None] | None = None
         self._starting = 0
@@ -173,6 +173,7 @@ class ProcessPool:
     async def start(self) -> None:
         """Start ``size`` children and wait until each has imported the task modules."""
         self._loop = asyncio.get_running_loop()
+        self._from_readers = ToLoop(self._loop)
         for _ in range(self.size):
             self._spawn()
         self._watch = asyncio.create_task(self._watch_memory(), name="pool-watch")
@@ -314,7 +315,8 @@ class ProcessPool:
         self._to_loop(self._on_exit, c, c.process.exitcode)
 
     def _to_loop(self, callback: Callable[..., None], *args: Any) -> None:
-        call_from_thread(self._loop, callback, *args)
+        if self._from_readers is not None:
+            self._from_readers.post(callback, *args)
 
     # ------------------------------------------------------------ attempts
 

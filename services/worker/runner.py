@@ -8,7 +8,10 @@ to the event loop, which alone publishes (conventions §5).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import logging
+import threading
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +27,7 @@ from switchyard import tasks as switchyard_tasks
 MAX_TRACEBACK_LINES = 30
 # Frames of the code that calls a task: a traceback starts at the task's own code.
 _CALLER_FILES = frozenset({__file__, switchyard_tasks.__file__})
+log = logging.getLogger("switchyard.worker")
 
 
 def worker_registry(modules: list[str], *, demo: bool) -> TaskRegistry:
@@ -36,15 +40,44 @@ def worker_registry(modules: list[str], *, demo: bool) -> TaskRegistry:
     return registry
 
 
-def call_from_thread(
-    loop: asyncio.AbstractEventLoop | None, callback: Callable[..., object], *args: object
-) -> None:
-    """Hand a thread's news to the event loop (dropped once the loop has closed: the
-    worker has exited and nobody can report it)."""
-    if loop is None or loop.is_closed():
-        return
-    with contextlib.suppress(RuntimeError):  # the loop closed between check and call
-        loop.call_soon_threadsafe(callback, *args)
+class ToLoop:
+    """Threads' news for the event loop, run there in the order it was posted.
+
+    The first post of a burst wakes the loop (``call_soon_threadsafe``: a write to its
+    self-pipe and a turn of the loop); what threads post until the loop runs the queue
+    joins it without waking the loop again. Twenty jobs that end together cost one
+    wake-up, not twenty. A post once the loop has closed is dropped: the worker has
+    exited and nobody can report it."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._queue: collections.deque[tuple[Callable[..., object], tuple[object, ...]]] = (
+            collections.deque()
+        )
+        self._lock = threading.Lock()
+        self._woken = False  # a run of the queue is due on the loop
+
+    def post(self, callback: Callable[..., object], *args: object) -> None:
+        self._queue.append((callback, args))
+        with self._lock:
+            if self._woken:
+                return  # the run that is due takes it (it empties the queue after this)
+            self._woken = True
+        if self._loop.is_closed():
+            return
+        with contextlib.suppress(RuntimeError):  # the loop closed between check and call
+            self._loop.call_soon_threadsafe(self._run)
+
+    def _run(self) -> None:
+        with self._lock:
+            self._woken = False  # from here on a post wakes the loop again
+        queue = self._queue
+        while queue:
+            callback, args = queue.popleft()
+            try:
+                callback(*args)
+            except Exception:  # as the loop does for a callback of its own: the rest run
+                log.exception("callback %r from a thread failed", callback)
 
 
 @dataclass(frozen=True)

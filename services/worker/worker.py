@@ -1,7 +1,7 @@
 """The worker: consumes its dispatch queue, runs jobs on a thread pool, reports back.
 
 * The event loop alone talks to RabbitMQ; task threads hand log lines, progress and
-  outcomes back with ``loop.call_soon_threadsafe``.
+  outcomes back through a ``ToLoop`` (one wake-up of the loop per burst).
 * Dispatches are acked on receipt (a job may outlive RabbitMQ's consumer_timeout); the
   database, not the queue, is the truth: if this process dies, the scheduler sees the
   heartbeats stop and retries its jobs elsewhere.
@@ -45,8 +45,9 @@ from services.worker.attempt import (
     progress_update,
     status_report,
 )
+from services.worker.holdings import Holdings
 from services.worker.process_pool import ProcessPool
-from services.worker.runner import Outcome, call_from_thread, run_task
+from services.worker.runner import Outcome, ToLoop, run_task
 from shared.bodies import compact_worker_chunk
 from shared.broker import Broker, Consumer, Delivery, Topology
 from shared.catalog import announce_task_types
@@ -110,8 +111,7 @@ class Worker:
             publish_timeout=settings.publish_timeout_seconds,
         )
         self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="task")
-        self.running: dict[tuple[UUID, int], Running] = {}
-        self.stuck: dict[tuple[UUID, int], Running] = {}
+        self.held = Holdings(self.capacity)
         self.seen: OrderedDict[tuple[UUID, int], None] = OrderedDict()
         # Cancels that arrived before their dispatch (they come from another publisher).
         self.early_cancels: OrderedDict[UUID, int] = OrderedDict()
@@ -124,6 +124,7 @@ class Worker:
         self.started_at = datetime.now(UTC)
         self._consumer: Consumer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._to_loop: ToLoop | None = None  # from task threads, once the loop runs
         self._idle = asyncio.Event()
         self._stop_serving: asyncio.Event | None = None  # while serving: set, it stops the worker
         self._process = psutil.Process()
@@ -148,6 +149,7 @@ class Worker:
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until ``stop`` is set, then drain and return."""
         self._loop = asyncio.get_running_loop()
+        self._to_loop = ToLoop(self._loop)
         await self.announce()
         try:
             if self.pool is not None:
@@ -240,20 +242,20 @@ class Worker:
         self.state = "draining"
         log.info(
             "draining: %d job(s) running, grace %.0f s",
-            len(self.running),
+            len(self.held.running),
             self.settings.worker_grace_seconds,
         )
         if self._consumer is not None:
             await self._consumer.cancel()
         self._send_heartbeat()
         deadline = time.monotonic() + self.settings.worker_grace_seconds
-        while self.running and time.monotonic() < deadline:
+        while self.held.running and time.monotonic() < deadline:
             self._idle.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(
                     self._idle.wait(), timeout=max(0.0, deadline - time.monotonic())
                 )
-        for run in list(self.running.values()):
+        for run in list(self.held.running.values()):
             # Hand the job back: it goes to another worker without using up an attempt
             # of its retry budget (the attempt number still moves on: fencing holds).
             if run.isolation == "thread":
@@ -269,12 +271,12 @@ class Worker:
                 assert self.pool is not None
                 self.pool.terminate(run.child)
             elif run.isolation == "thread":
-                self.stuck[run.key] = run  # its thread may still run until the process exits
+                self.held.stick(run)  # its thread may still run until the process exits
 
     def threads_still_running(self) -> int:
         return sum(
             1
-            for r in [*self.running.values(), *self.stuck.values()]
+            for r in [*self.held.running.values(), *self.held.stuck.values()]
             if r.future and not r.future.done()
         )
 
@@ -291,7 +293,7 @@ class Worker:
             except Exception as exc:
                 log.exception("could not take %s", getattr(message, "kind", "a message"))
                 if isinstance(message, JobDispatch) and message.job_id not in {
-                    k[0] for k in self.running
+                    k[0] for k in self.held.running
                 }:
                     reason = f"worker {self.worker_id} could not take it: {type(exc).__name__}"
                     self._emit(
@@ -335,7 +337,7 @@ class Worker:
             reason = "dispatch taken after its lease expired (stale attempt)"
         elif definition is None:
             reason = f"worker {self.worker_id} does not run task type {dispatch.type!r}"
-        elif not self._fits(dispatch):
+        elif not self.held.fits(dispatch.type, dispatch.resources):
             reason = f"worker {self.worker_id} has no room (threads still stopping)"
         if reason is not None or definition is None:
             log.info("handing back job %s attempt %d: %s", *key, reason)
@@ -347,7 +349,7 @@ class Worker:
             started=time.monotonic(),
             isolation=self.isolation_of(definition),
         )
-        self.running[key] = run
+        self.held.start(run)
         self._emit(status_report(self.worker_id, dispatch, "started"))
         loop = self._loop
         assert loop is not None
@@ -367,7 +369,7 @@ class Worker:
 
     def _cancel(self, message: JobCancel) -> None:
         found = False
-        for key, run in list(self.running.items()):
+        for key, run in list(self.held.running.items()):
             if key[0] == message.job_id and key[1] <= message.attempt:
                 found = True
                 log.info("cancelling job %s attempt %d", *key)
@@ -407,10 +409,11 @@ class Worker:
 
     def _from_thread(self, callback: Any, *args: Any) -> None:
         """Hand a task thread's news to the event loop (dropped once the worker has exited)."""
-        call_from_thread(self._loop, callback, *args)
+        if self._to_loop is not None:
+            self._to_loop.post(callback, *args)
 
     def _progress(self, key: tuple[UUID, int], update: JobProgress) -> None:
-        run = self.running.get(key)
+        run = self.held.running.get(key)
         if run is None or run.reported:
             return
         now = time.monotonic()
@@ -458,7 +461,7 @@ class Worker:
             self.settings.cancel_grace_seconds,
         )
         self._report_end(run, end_report(self.worker_id, run, None))
-        self.stuck[run.key] = run
+        self.held.stick(run)
 
     def _attempt_ended(self, run: Running, outcome: Outcome | None) -> None:
         """An attempt's thread returned, or its child ended it (its outcome, or its exit
@@ -469,7 +472,7 @@ class Worker:
         if run.reported:
             # A stuck thread finally returned, or the child of an attempt handed back by
             # the drain has exited: its cpu, memory and slot are free now.
-            self.stuck.pop(run.key, None)
+            self.held.release(run.key)
             log.info("job %s attempt %d: its %s ended after its end was reported",
                      *run.key, run.isolation)  # fmt: skip
             if self.state != "stopped":
@@ -510,32 +513,14 @@ class Worker:
 
     def _report_end(self, run: Running, report: JobStatusReport) -> None:
         run.reported = True
-        self.running.pop(run.key, None)
+        self.held.end(run)
         if run.child is not None:
             # Handed back while its child still runs: its resources stay taken (as a
             # stuck thread's) until the child has exited.
-            self.stuck[run.key] = run
+            self.held.stick(run)
         self._emit(report)
-        if not self.running:
+        if not self.held.running:
             self._idle.set()
-
-    # ------------------------------------------------------------ resources
-
-    def _allocated(self) -> WorkerCapacity:
-        runs = [*self.running.values(), *self.stuck.values()]
-        return WorkerCapacity(
-            cpu_units=round(sum(r.dispatch.resources.cpu_units for r in runs), 6),
-            memory_mb=sum(r.dispatch.resources.memory_mb for r in runs),
-            slots=len(runs),
-        )
-
-    def _fits(self, dispatch: JobDispatch) -> bool:
-        used = self._allocated()
-        return (
-            used.slots + 1 <= self.capacity.slots
-            and used.cpu_units + dispatch.resources.cpu_units <= self.capacity.cpu_units + 1e-9
-            and used.memory_mb + dispatch.resources.memory_mb <= self.capacity.memory_mb
-        )
 
     # ------------------------------------------------------------ messages out
 
@@ -543,19 +528,14 @@ class Worker:
         self.outbox.put([message])
 
     def _send_heartbeat(self) -> None:
-        stuck = list(self.stuck.values())
         self._emit(
             WorkerHeartbeat(
                 worker_id=self.worker_id,
                 state=self.state,  # type: ignore[arg-type]
                 capacity=self.capacity,
-                allocated=self._allocated(),
-                stuck=WorkerCapacity(
-                    cpu_units=sum(r.dispatch.resources.cpu_units for r in stuck),
-                    memory_mb=sum(r.dispatch.resources.memory_mb for r in stuck),
-                    slots=len(stuck),
-                ),
-                running=[k[0] for k in self.running],
+                allocated=self.held.allocated(),
+                stuck=self.held.stuck_total(),
+                running=[k[0] for k in self.held.running],
                 task_types=self.registry.names(),
                 cpu_percent=psutil.cpu_percent(interval=None),
                 memory_percent=round(self._process.memory_percent(), 3),
