@@ -68,7 +68,9 @@ class Holdings:
         """What the stuck attempts alone hold (for the heartbeat; they are few)."""
         stuck = self.stuck.values()
         return WorkerCapacity(
-            cpu_units=round(sum(r.dispatch.resources.cpu_units for r in stuck), 6),
+            # Not rounded: the scheduler takes it from the worker's capacity, and must
+            # not see room the worker does not have.
+            cpu_units=sum(r.dispatch.resources.cpu_units for r in stuck),
             memory_mb=sum(r.dispatch.resources.memory_mb for r in stuck),
             slots=len(stuck),
         )

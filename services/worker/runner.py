@@ -61,18 +61,20 @@ class ToLoop:
         self._queue.append((callback, args))
         with self._lock:
             if self._woken:
-                return  # the run that is due takes it (it empties the queue after this)
+                return  # the run that is due takes it (it starts after this append)
             self._woken = True
-        if self._loop.is_closed():
-            return
-        with contextlib.suppress(RuntimeError):  # the loop closed between check and call
+        with contextlib.suppress(RuntimeError):  # the loop has closed
             self._loop.call_soon_threadsafe(self._run)
 
     def _run(self) -> None:
         with self._lock:
             self._woken = False  # from here on a post wakes the loop again
         queue = self._queue
-        while queue:
+        # Only what is queued now, as the loop runs only the callbacks ready when its
+        # turn starts: tasks that log faster than the loop sends must not keep it from
+        # its timers and sockets (the heartbeat, the outbox). What comes meanwhile has
+        # woken the loop for the next run.
+        for _ in range(len(queue)):
             callback, args = queue.popleft()
             try:
                 callback(*args)

@@ -1,6 +1,7 @@
 """``ToLoop`` (services/worker/runner.py): what task threads and a child's reader hand
 to the worker's event loop runs there, in order, at one wake-up of the loop per burst;
-a callback that raises does not cost the others their turn."""
+a run takes only what was queued when it began; a callback that raises does not cost
+the others their turn."""
 
 from __future__ import annotations
 
@@ -12,20 +13,34 @@ import pytest
 
 from services.worker.runner import ToLoop
 
+Items = list[tuple[Any, tuple[Any, ...]]]
 
-def post_from_a_thread(to_loop: ToLoop, items: list[tuple[Any, tuple[Any, ...]]]) -> None:
+
+def post_from_a_thread(to_loop: ToLoop, items: Items) -> None:
     """Post ``items`` from another thread, and wait for it here (the loop does not run
-    meanwhile: every post of the burst is in before the loop wakes)."""
-    thread = threading.Thread(target=lambda: [to_loop.post(cb, *args) for cb, args in items])
+    meanwhile: every post of the burst is in before the loop wakes). A post that raises
+    fails the test."""
+    raised: list[BaseException] = []
+
+    def post_all() -> None:
+        try:
+            for callback, args in items:
+                to_loop.post(callback, *args)
+        except BaseException as exc:
+            raised.append(exc)
+
+    thread = threading.Thread(target=post_all)
     thread.start()
     thread.join(timeout=10)
     assert not thread.is_alive()
+    assert raised == []
 
 
-async def until(condition: Any, timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0.001)
+async def burst(to_loop: ToLoop, items: Items) -> None:
+    """Post ``items`` and a last one that says they have all run; wait for it."""
+    done = asyncio.Event()
+    post_from_a_thread(to_loop, [*items, (done.set, ())])
+    await asyncio.wait_for(done.wait(), timeout=5)
 
 
 async def test_a_burst_wakes_the_loop_once_and_runs_in_order() -> None:
@@ -37,17 +52,15 @@ async def test_a_burst_wakes_the_loop_once_and_runs_in_order() -> None:
         wakes.append(callback)
         return real(callback, *args)
 
-    loop.call_soon_threadsafe = counting  # type: ignore[method-assign]
+    loop.call_soon_threadsafe = counting  # type: ignore[method-assign,assignment]
     try:
         to_loop = ToLoop(loop)
         seen: list[int] = []
-        post_from_a_thread(to_loop, [(seen.append, (i,)) for i in range(100)])
-        await until(lambda: len(seen) == 100)
+        await burst(to_loop, [(seen.append, (i,)) for i in range(100)])
         assert seen == list(range(100))
         assert len(wakes) == 1
         # The next burst wakes the loop again (the first run has ended).
-        post_from_a_thread(to_loop, [(seen.append, (i,)) for i in range(100, 110)])
-        await until(lambda: len(seen) == 110)
+        await burst(to_loop, [(seen.append, (i,)) for i in range(100, 110)])
         assert seen == list(range(110)) and len(wakes) == 2
     finally:
         del loop.call_soon_threadsafe
@@ -60,18 +73,37 @@ async def test_a_failing_callback_does_not_stop_the_rest(caplog: pytest.LogCaptu
     def boom() -> None:
         raise ValueError("bad news")
 
-    post_from_a_thread(to_loop, [(seen.append, ("a",)), (boom, ()), (seen.append, ("b",))])
-    await until(lambda: len(seen) == 2)
+    await burst(to_loop, [(seen.append, ("a",)), (boom, ()), (seen.append, ("b",))])
     assert seen == ["a", "b"]
     assert "from a thread failed" in caplog.text and "bad news" in caplog.text
-    post_from_a_thread(to_loop, [(seen.append, ("c",))])  # and the next burst still wakes it
-    await until(lambda: len(seen) == 3)
+    await burst(to_loop, [(seen.append, ("c",))])  # and the next burst still wakes it
+    assert seen == ["a", "b", "c"]
 
 
-def test_posts_after_the_loop_closed_are_dropped() -> None:
+async def test_what_comes_during_a_run_waits_for_the_next_turn() -> None:
+    """A run takes only what was queued when it began: news that keeps coming (a task
+    logging in a tight loop) cannot keep the loop from its own callbacks, timers and
+    sockets (the heartbeat, the outbox)."""
+    loop = asyncio.get_running_loop()
+    to_loop = ToLoop(loop)
+    order: list[str] = []
+    done = asyncio.Event()
+
+    def first() -> None:
+        order.append("first")
+        loop.call_soon(order.append, "the loop's own turn")
+        to_loop.post(order.append, "posted during the run")  # as a busy thread would
+        to_loop.post(done.set)
+
+    post_from_a_thread(to_loop, [(first, ())])
+    await asyncio.wait_for(done.wait(), timeout=5)
+    assert order == ["first", "the loop's own turn", "posted during the run"]
+
+
+def test_posts_after_the_loop_closed_are_dropped_without_an_error() -> None:
+    """The worker has exited: its threads' last news has nobody to go to, and posting
+    it must not raise in a task's thread."""
     loop = asyncio.new_event_loop()
     to_loop = ToLoop(loop)
     loop.close()
-    seen: list[int] = []
-    post_from_a_thread(to_loop, [(seen.append, (1,))])  # no error in the thread
-    assert seen == []
+    post_from_a_thread(to_loop, [(print, ("never",)), (print, ("never",))])

@@ -4,6 +4,7 @@ released, however many come and go."""
 
 from __future__ import annotations
 
+import math
 import random
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -67,6 +68,17 @@ def test_a_stuck_attempt_holds_until_released() -> None:
     assert held.allocated() == WorkerCapacity(cpu_units=0, memory_mb=0, slots=0)
 
 
+def test_the_stuck_total_is_not_rounded() -> None:
+    """The scheduler takes the stuck total from the worker's capacity: rounded down, it
+    would see room the worker does not have, and place a job the worker hands back."""
+    held = Holdings(WorkerCapacity(cpu_units=1.0, memory_mb=100, slots=2))
+    run = attempt(1 / 3, 1)
+    held.start(run)
+    held.end(run)
+    held.stick(run)
+    assert held.stuck_total().cpu_units == 1 / 3
+
+
 def test_repeated_or_unknown_changes_count_once() -> None:
     held = Holdings(WorkerCapacity(cpu_units=1.0, memory_mb=100, slots=4))
     run = attempt(0.25, 10)
@@ -107,10 +119,13 @@ def test_totals_match_the_attempts_after_many_come_and_go() -> None:
         every = live + stuck
         assert held.allocated().slots == len(every)
         assert held.allocated().memory_mb == sum(r.dispatch.resources.memory_mb for r in every)
-        assert (
-            abs(held.allocated().cpu_units - sum(r.dispatch.resources.cpu_units for r in every))
-            < 1e-6
-        )
+        # The kept cpu total is the exact sum to well within the fit rule's slack
+        # (CPU_EPSILON, 1e-9): a job needing exactly what is left fits, one needing a
+        # millionth more does not.
+        left = cap.cpu_units - math.fsum(r.dispatch.resources.cpu_units for r in every)
+        if len(every) < cap.slots and left > 1e-6:
+            assert held.fits("demo.echo", need(left))
+            assert not held.fits("demo.echo", need(left + 1e-6))
     for run in live:
         held.end(run)
     for run in stuck:
