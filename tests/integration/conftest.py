@@ -1,12 +1,21 @@
 from __future__ import annotations
 
+import asyncio
+import random
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import asyncpg
 import httpx
 import pytest
 
 from services.api.app import create_app
+from services.scheduler.database import Database
+from services.scheduler.dispatch import Dispatcher
+from services.scheduler.fleet import Fleet
+from shared.broker import Broker
+from shared.messages import WorkerCapacity, WorkerHeartbeat
+from shared.outbox import Outbox
 from shared.settings import Settings
 from tests.conftest import ADMIN_KEY, auth
 
@@ -34,3 +43,42 @@ async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
     conn = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://"))
     yield conn
     await conn.close()
+
+
+@dataclass
+class Placement:
+    """The scheduler's real placement (``Dispatcher``, one ``place`` call being one
+    cycle's) on the test's database and broker, with workers the test registers."""
+
+    fleet: Fleet
+    dispatcher: Dispatcher
+
+    def worker(
+        self, worker_id: str, *, cpu: float, memory_mb: int, types: list[str], slots: int = 4
+    ) -> None:
+        """A heartbeat from a live worker with nothing running (as the cycle applies it)."""
+        self.fleet.register_heartbeat(
+            WorkerHeartbeat(
+                worker_id=worker_id,
+                capacity=WorkerCapacity(cpu_units=cpu, memory_mb=memory_mb, slots=slots),
+                allocated=WorkerCapacity(cpu_units=0, memory_mb=0, slots=0),
+                task_types=types,
+            )
+        )
+
+
+@pytest.fixture
+async def placement(settings: Settings) -> AsyncIterator[Placement]:
+    db = Database(settings)
+    broker = Broker(settings.amqp_url, settings.namespace, name="test-placement")
+    async with db.open(), broker:
+        outbox = Outbox(broker, linger=0.0)
+        outbox.start()
+        fleet = Fleet(settings, db, outbox, rng=random.Random(0))
+        dispatcher = Dispatcher(settings, db, broker, outbox, fleet)
+        await dispatcher.take_over()
+        yield Placement(fleet, dispatcher)
+        stop = asyncio.Event()
+        stop.set()  # a clean stop: refused dispatches are put back
+        await dispatcher.settle(stop=stop)
+        await outbox.close()

@@ -4,62 +4,12 @@ and broker, one call being one cycle's placement."""
 
 from __future__ import annotations
 
-import random
 import uuid
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 import asyncpg
 import httpx
-import pytest
 
-from services.scheduler.database import Database
-from services.scheduler.dispatch import Dispatcher
-from services.scheduler.fleet import Fleet
-from shared.broker import Broker
-from shared.messages import WorkerCapacity, WorkerHeartbeat
-from shared.outbox import Outbox
-from shared.settings import Settings
-
-
-@dataclass
-class Placement:
-    fleet: Fleet
-    dispatcher: Dispatcher
-
-    def worker(self, worker_id: str, *, cpu: float, memory_mb: int, types: list[str]) -> None:
-        """A heartbeat from a live worker with nothing running (as the cycle applies it)."""
-        self.fleet.register_heartbeat(
-            WorkerHeartbeat(
-                worker_id=worker_id,
-                capacity=WorkerCapacity(cpu_units=cpu, memory_mb=memory_mb, slots=4),
-                allocated=WorkerCapacity(cpu_units=0, memory_mb=0, slots=0),
-                task_types=types,
-            )
-        )
-
-
-@pytest.fixture
-async def placement(settings: Settings) -> AsyncIterator[Placement]:
-    db = Database(settings)
-    broker = Broker(settings.amqp_url, settings.namespace, name="test-placement")
-    async with db.open(), broker:
-        outbox = Outbox(broker, linger=0.0)
-        outbox.start()
-        fleet = Fleet(settings, db, outbox, rng=random.Random(0))
-        dispatcher = Dispatcher(settings, db, broker, outbox, fleet)
-        await dispatcher.take_over()
-        yield Placement(fleet, dispatcher)
-        await dispatcher.settle(stop=_set_event())
-        await outbox.close()
-
-
-def _set_event():  # type: ignore[no-untyped-def]
-    import asyncio
-
-    stop = asyncio.Event()
-    stop.set()
-    return stop
+from tests.integration.conftest import Placement
 
 
 async def submit(client: httpx.AsyncClient, jobs: list[dict]) -> list[uuid.UUID]:

@@ -4,47 +4,13 @@ scheduler's real placement (``Dispatcher.place``) against the real database and 
 
 from __future__ import annotations
 
-import asyncio
-import random
 import uuid
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 import asyncpg
 import httpx
-import pytest
 
-from services.scheduler.database import Database
-from services.scheduler.dispatch import Dispatcher
-from services.scheduler.fleet import Fleet
-from shared.broker import Broker
 from shared.jsonvalues import MAX_JSON_DEPTH
-from shared.messages import WorkerCapacity, WorkerHeartbeat
-from shared.outbox import Outbox
-from shared.settings import Settings
-
-
-@dataclass
-class Placement:
-    fleet: Fleet
-    dispatcher: Dispatcher
-
-
-@pytest.fixture
-async def placement(settings: Settings) -> AsyncIterator[Placement]:
-    db = Database(settings)
-    broker = Broker(settings.amqp_url, settings.namespace, name="test-undispatchable")
-    async with db.open(), broker:
-        outbox = Outbox(broker, linger=0.0)
-        outbox.start()
-        fleet = Fleet(settings, db, outbox, rng=random.Random(0))
-        dispatcher = Dispatcher(settings, db, broker, outbox, fleet)
-        await dispatcher.take_over()
-        yield Placement(fleet, dispatcher)
-        stop = asyncio.Event()
-        stop.set()
-        await dispatcher.settle(stop=stop)
-        await outbox.close()
+from tests.integration.conftest import Placement
 
 
 async def test_an_undispatchable_job_fails_alone_and_the_rest_of_its_cycle_goes_out(
@@ -59,14 +25,7 @@ async def test_an_undispatchable_job_fails_alone_and_the_rest_of_its_cycle_goes_
     # could hold (jsonb takes any nesting; the message schema takes MAX_JSON_DEPTH).
     deep = '{"a": ' + "[" * MAX_JSON_DEPTH + "]" * MAX_JSON_DEPTH + "}"
     await db.execute("UPDATE jobs SET payload = $2::jsonb WHERE id = $1", ids[2], deep)
-    placement.fleet.register_heartbeat(
-        WorkerHeartbeat(
-            worker_id="w1",
-            capacity=WorkerCapacity(cpu_units=16, memory_mb=65536, slots=16),
-            allocated=WorkerCapacity(cpu_units=0, memory_mb=0, slots=0),
-            task_types=["demo.echo"],
-        )
-    )
+    placement.worker("w1", cpu=16, memory_mb=65536, types=["demo.echo"], slots=16)
 
     await placement.dispatcher.place()
 
