@@ -33,8 +33,10 @@ def test_sigkill_worker_holding_20_running_jobs(stack: Stack) -> None:
         str(r["id"])
         for r in stack.sql("SELECT id FROM jobs WHERE status = 'running' AND worker_id = 'victim'")
     }
-    stack.worker("rescuer", "--threads", "24", "--cpu-units", "24")
+    # Killed before the rescuer starts: starting a worker can outlast the jobs' 3 s on a
+    # slow machine, and then the victim would finish them itself before the kill.
     victim.signal(signal.SIGKILL)
+    stack.worker("rescuer", "--threads", "24", "--cpu-units", "24")
     for job_id in ids:
         done = stack.wait_status(job_id, "completed", timeout=40)
         assert done["worker_id"] == "rescuer" or job_id not in running_on_victim
