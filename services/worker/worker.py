@@ -384,7 +384,7 @@ class Worker:
     # ------------------------------------------------------------ attempt lifecycle
 
     def _context(self, dispatch: JobDispatch) -> TaskContext:
-        emit_log, report_progress = self._reporters(dispatch)
+        emit_log, report_progress = self._reporters(dispatch, self._from_thread)
         return TaskContext(
             job_id=dispatch.job_id,
             attempt=dispatch.attempt,
@@ -393,17 +393,20 @@ class Worker:
             _report_progress=report_progress,
         )
 
-    def _reporters(self, dispatch: JobDispatch) -> tuple[LogSink, ProgressSink]:
-        """How an attempt's log lines and progress reach the event loop, from a task
-        thread or (relayed by the pool) from a child process alike."""
+    def _reporters(
+        self, dispatch: JobDispatch, deliver: Callable[..., None]
+    ) -> tuple[LogSink, ProgressSink]:
+        """An attempt's log lines and progress, handed on by ``deliver(callback, *args)``:
+        from a task thread through ``_from_thread``; from a child's listener (on the loop
+        already) at once, so they go out before the end its child sent after them."""
 
         def emit_log(seq: int, level: str, message: str) -> None:
-            self._from_thread(self._emit, log_line(dispatch, seq, level, message))
+            deliver(self._emit, log_line(dispatch, seq, level, message))
 
         def report_progress(done: float, total: float | None, message: str | None) -> None:
             update = progress_update(dispatch, done, total, message)
             if update is not None:
-                self._from_thread(self._progress, (dispatch.job_id, dispatch.attempt), update)
+                deliver(self._progress, (dispatch.job_id, dispatch.attempt), update)
 
         return emit_log, report_progress
 
@@ -562,7 +565,7 @@ class _ChildListener:
     def __init__(self, worker: Worker, run: Running) -> None:
         self.worker = worker
         self.run = run
-        self._log, self._progress = worker._reporters(run.dispatch)
+        self._log, self._progress = worker._reporters(run.dispatch, _call_now)
 
     def on_log(self, seq: int, level: str, message: str) -> None:
         self._log(seq, level, message)
@@ -572,3 +575,7 @@ class _ChildListener:
 
     def on_end(self, outcome: Outcome) -> None:
         self.worker._attempt_ended(self.run, outcome)
+
+
+def _call_now(callback: Callable[..., None], *args: Any) -> None:
+    callback(*args)

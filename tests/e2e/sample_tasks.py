@@ -84,6 +84,14 @@ def hog(ctx: TaskContext, params: Hog) -> dict[str, int]:
     return {"held_mb": len(held) * params.step_mb}
 
 
+@registry.task("sample.steps_in_child", isolation="process", max_attempts=1)
+def steps_in_child(ctx: TaskContext, params: Greeting) -> None:
+    """Logs and reports each of ``times`` steps, the last just before it returns."""
+    for i in range(params.times):
+        ctx.log.info("step %d of %d", i + 1, params.times)
+        ctx.progress(i + 1, params.times)
+
+
 class Crash(BaseModel):
     how: str  # "segfault" or "exit"
 

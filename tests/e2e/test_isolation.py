@@ -75,6 +75,30 @@ def test_a_memory_hog_fails_with_a_clear_error_and_the_worker_serves_on(stack: S
     assert worker.proc.poll() is None
 
 
+def test_a_child_s_last_progress_and_lines_go_out_before_its_end(stack: Stack) -> None:
+    """What a child reports just before it returns reaches the scheduler before the
+    end: each job is completed with its final progress and keeps all its lines."""
+    stack.worker("w1", *SAMPLES, "--threads", "2")
+    steps = 30
+    bodies = [{"type": "sample.steps_in_child", "payload": {"name": "x", "times": steps}}] * 8
+    r = stack.http.post("/jobs/batch", json={"jobs": bodies})
+    assert r.status_code == 201, r.text
+    ids = [j["id"] for j in r.json()["jobs"]]
+    for job_id in ids:
+        done = stack.wait_status(job_id, "completed")
+        assert done["progress"] is not None, done
+        assert done["progress"]["done"] == steps and done["progress"]["total"] == steps, done
+    query = "SELECT job_id::text, seq, message FROM job_logs WHERE job_id = ANY($1::uuid[])"
+    stack.wait_for(
+        lambda: len(stack.sql(query, ids)) >= steps * len(ids), what="every job's lines stored"
+    )
+    stored: dict[str, list[str]] = {}
+    for job_id, _, message in sorted(stack.sql(query, ids)):
+        stored.setdefault(job_id, []).append(message)
+    for job_id in ids:
+        assert stored[job_id] == [f"step {k} of {steps}" for k in range(1, steps + 1)], job_id
+
+
 def test_a_crashing_task_fails_its_attempt_only(stack: Stack) -> None:
     worker = stack.worker("w1", *SAMPLES, "--threads", "2")
     long = stack.submit({"type": "demo.sleep", "payload": {"seconds": 2}})
