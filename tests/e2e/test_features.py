@@ -192,6 +192,9 @@ def test_cli_against_the_stack(stack: Stack) -> None:
     stack.wait_status(slow["id"], "cancelled")
     assert cli("retry", slow["id"]).returncode == 0
     stack.wait_status(slow["id"], "running")
+    # Its second run is cancelled too (else the worker's drain waits it out at teardown).
+    assert cli("cancel", slow["id"]).returncode == 0
+    assert stack.wait_status(slow["id"], "cancelled")["attempts"] == 2
     made = cli(
         "--json",
         "schedules",
