@@ -38,8 +38,10 @@ EXIT = "exit"  # (EXIT,): leave once idle
 # A cancel or a timeout is no message: it is SIGTERM (see the module's docstring).
 # What the child sends.
 READY = "ready"  # (READY, pid)
-LOG = "log"  # (LOG, seq, level, message)
-PROGRESS = "progress"  # (PROGRESS, done, total, message)
+# A log line and a progress update name their attempt: a thread the task left running
+# may still log while the child runs the next attempt.
+LOG = "log"  # (LOG, job_id, attempt, seq, level, message)
+PROGRESS = "progress"  # (PROGRESS, job_id, attempt, done, total, message)
 OUTCOME = "outcome"  # (OUTCOME, Outcome fields as a dict)
 
 
@@ -150,11 +152,13 @@ def _run_one(
     # Only plain values cross the pipe (str, float, None): as on a thread, the text of
     # whatever the task passes, so the worker never unpickles a type of the task's.
     def emit_log(seq: int, level: str, message: str) -> None:
-        send((LOG, int(seq), str(level), str(message)))
+        send((LOG, job_id, attempt, int(seq), str(level), str(message)))
 
     def report_progress(done: float, total: float | None, message: str | None) -> None:
         send((
             PROGRESS,
+            job_id,
+            attempt,
             _plain_number(done),
             None if total is None else _plain_number(total),
             None if message is None else str(message),

@@ -33,6 +33,7 @@ import multiprocessing
 import os
 import signal
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
@@ -59,6 +60,9 @@ ACQUIRE_TIMEOUT = START_TIMEOUT
 MAX_START_FAILURES = 3
 RESTART_DELAY = 0.1  # seconds before the next start after a failed one, doubled each time
 MB = 2**20
+# Ended attempts whose late log lines are still taken (a thread the task left running
+# logs on while its child serves the next attempt): the most recent, pool-wide.
+ENDED_REMEMBERED = 1024
 
 
 class AttemptListener(Protocol):
@@ -167,6 +171,8 @@ class ProcessPool:
         self._starting = 0
         self._start_failures = 0
         self.broken: str | None = None  # why no child can be started
+        self._ended: OrderedDict[tuple[UUID, int], AttemptListener] = OrderedDict()
+        self._unheard: OrderedDict[tuple[UUID, int], None] = OrderedDict()  # said once
 
     # ------------------------------------------------------------ lifecycle
 
@@ -411,24 +417,44 @@ class ProcessPool:
             self._start_failures = 0
             self._changed.set()
             return
+        if kind in (child_code.LOG, child_code.PROGRESS):
+            self._news(c, kind, (item[1], item[2]), item[3:])
+            return
         listener = c.listener
         if listener is None:
             return
-        if kind == child_code.LOG:
-            listener.on_log(item[1], item[2], item[3])
-        elif kind == child_code.PROGRESS:
-            listener.on_progress(item[1], item[2], item[3])
-        elif kind == child_code.OUTCOME and c.job is not None:
+        if kind == child_code.OUTCOME and c.job is not None:
             outcome = Outcome(**item[1])
             if c.terminating and not outcome.ok:
                 return  # the interrupted attempt ends with its child's exit
             # A success stands even when a timeout or cancel came at the same moment:
             # the child sends "ok" only for an attempt that ended before SIGTERM.
+            self._ended[c.job] = listener
+            while len(self._ended) > ENDED_REMEMBERED:
+                self._ended.popitem(last=False)
             c.listener = None
             c.job = None
             c.ps = None
             self._changed.set()
             listener.on_end(outcome)
+
+    def _news(self, c: Child, kind: str, key: tuple[UUID, int], fields: tuple[Any, ...]) -> None:
+        """A log line or progress update, to the attempt it names: the one the child
+        runs, or one that ended (a thread its task left running) while it is
+        remembered; never the attempt that happens to run now."""
+        listener = c.listener if c.job == key else self._ended.get(key)
+        if listener is None:
+            if key not in self._unheard:
+                self._unheard[key] = None
+                while len(self._unheard) > ENDED_REMEMBERED:
+                    self._unheard.popitem(last=False)
+                log.warning("child %d: job %s attempt %s ended long ago; its late log lines "
+                            "and progress are dropped", c.pid, *key)  # fmt: skip
+            return
+        if kind == child_code.LOG:
+            listener.on_log(*fields)
+        else:
+            listener.on_progress(*fields)
 
     def _on_exit(self, c: Child, exitcode: int | None) -> None:
         c.gone = True

@@ -560,12 +560,15 @@ def default_worker_id() -> str:
 
 class _ChildListener:
     """One process attempt's news from its child, on the event loop: the same log
-    lines, progress and end as a thread's (``Worker._context``'s callbacks)."""
+    lines, progress and end as a thread's (``Worker._context``'s callbacks). The pool
+    keeps it a while after the end, for lines a thread the task left running logs
+    late: so it holds neither the attempt nor its payload once ended."""
 
     def __init__(self, worker: Worker, run: Running) -> None:
         self.worker = worker
-        self.run = run
-        self._log, self._progress = worker._reporters(run.dispatch, _call_now)
+        self.run: Running | None = run
+        about = run.dispatch.model_copy(update={"payload": {}})  # what the reports name
+        self._log, self._progress = worker._reporters(about, _call_now)
 
     def on_log(self, seq: int, level: str, message: str) -> None:
         self._log(seq, level, message)
@@ -574,7 +577,9 @@ class _ChildListener:
         self._progress(done, total, message)
 
     def on_end(self, outcome: Outcome) -> None:
-        self.worker._attempt_ended(self.run, outcome)
+        run, self.run = self.run, None
+        if run is not None:
+            self.worker._attempt_ended(run, outcome)
 
 
 def _call_now(callback: Callable[..., None], *args: Any) -> None:

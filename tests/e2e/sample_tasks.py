@@ -92,6 +92,38 @@ def steps_in_child(ctx: TaskContext, params: Greeting) -> None:
         ctx.progress(i + 1, params.times)
 
 
+class Steps(BaseModel):
+    steps: int
+    seconds: float = 0.0
+
+
+@registry.task("sample.leaves_a_thread", isolation="process", max_attempts=1)
+def leaves_a_thread(ctx: TaskContext, params: Steps) -> None:
+    """Returns at once, leaving a thread that logs and reports ``steps`` more times."""
+    import threading
+    import time
+
+    def go_on() -> None:
+        for i in range(params.steps):
+            time.sleep(params.seconds)
+            ctx.log.info("late line %d of job %s", i + 1, ctx.job_id)
+            ctx.progress(i + 1, params.steps * 10)
+
+    threading.Thread(target=go_on, daemon=True).start()
+    ctx.log.info("returning")
+
+
+@registry.task("sample.slow_steps_in_child", isolation="process", max_attempts=1)
+def slow_steps_in_child(ctx: TaskContext, params: Steps) -> None:
+    """Logs and reports each of ``steps`` steps, ``seconds`` apart."""
+    import time
+
+    for i in range(params.steps):
+        time.sleep(params.seconds)
+        ctx.log.info("own step %d", i + 1)
+        ctx.progress(i + 1, params.steps)
+
+
 class Crash(BaseModel):
     how: str  # "segfault" or "exit"
 

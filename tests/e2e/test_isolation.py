@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import signal
 import time
+import uuid
 from datetime import datetime
 from pathlib import Path
 
@@ -97,6 +98,37 @@ def test_a_child_s_last_progress_and_lines_go_out_before_its_end(stack: Stack) -
         stored.setdefault(job_id, []).append(message)
     for job_id in ids:
         assert stored[job_id] == [f"step {k} of {steps}" for k in range(1, steps + 1)], job_id
+
+
+def test_what_a_left_thread_logs_stays_with_its_own_job(stack: Stack) -> None:
+    """A task that returns leaving a thread that still logs: its child runs the next job
+    meanwhile, and neither the late lines nor the late progress reach that job (nor
+    push its own lines out); the late lines are stored with the job that logged them."""
+    stack.worker("w1", *SAMPLES, "--threads", "1")  # one child: the next job is in it
+    late = 40
+    leaver = stack.submit(
+        {"type": "sample.leaves_a_thread", "payload": {"steps": late, "seconds": 0.05}}
+    )
+    stack.wait_status(leaver["id"], "completed")
+    own = 10
+    job = stack.submit(
+        {"type": "sample.slow_steps_in_child", "payload": {"steps": own, "seconds": 0.05}}
+    )
+    done = stack.wait_status(job["id"], "completed")
+    assert done["progress"]["done"] == own and done["progress"]["total"] == own, done
+    query = "SELECT seq, message FROM job_logs WHERE job_id = $1 ORDER BY seq"
+    assert [r["message"] for r in stack.sql(query, uuid.UUID(job["id"]))] == [
+        f"own step {k}" for k in range(1, own + 1)
+    ]
+    stack.wait_for(
+        lambda: len(stack.sql(query, uuid.UUID(leaver["id"]))) == 1 + late,
+        what="the late lines stored with the job that logged them",
+    )
+    lines = stack.sql(query, uuid.UUID(leaver["id"]))
+    assert [r["seq"] for r in lines] == list(range(1, late + 2))
+    assert [r["message"] for r in lines[1:]] == [
+        f"late line {k} of job {leaver['id']}" for k in range(1, late + 1)
+    ]
 
 
 def test_a_crashing_task_fails_its_attempt_only(stack: Stack) -> None:
