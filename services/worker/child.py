@@ -149,8 +149,9 @@ def _run_one(
     if definition is None:  # the worker checked; a module that registers lazily, say
         return Outcome(ok=False, error=f"task type {task_type!r} is not registered in the child")
 
-    # Only plain values cross the pipe (str, float, None): as on a thread, the text of
-    # whatever the task passes, so the worker never unpickles a type of the task's.
+    # Only plain values cross the pipe (str, float, None, and the attempt's id as the
+    # worker sent it): as on a thread, the text of whatever the task passes, so the
+    # worker never unpickles a type of the task's.
     def emit_log(seq: int, level: str, message: str) -> None:
         send((LOG, job_id, attempt, int(seq), str(level), str(message)))
 
