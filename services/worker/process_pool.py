@@ -128,6 +128,13 @@ def _reset_peak(pid: int) -> bool:
     return True
 
 
+def _remember(recent: OrderedDict[Any, Any], key: Any, value: Any) -> None:
+    """Keep ``key`` in ``recent``, forgetting the oldest beyond ``ENDED_REMEMBERED``."""
+    recent[key] = value
+    while len(recent) > ENDED_REMEMBERED:
+        recent.popitem(last=False)
+
+
 def describe_exit(exitcode: int | None) -> str:
     if exitcode is None:
         return "the attempt's process vanished"
@@ -429,9 +436,7 @@ class ProcessPool:
                 return  # the interrupted attempt ends with its child's exit
             # A success stands even when a timeout or cancel came at the same moment:
             # the child sends "ok" only for an attempt that ended before SIGTERM.
-            self._ended[c.job] = listener
-            while len(self._ended) > ENDED_REMEMBERED:
-                self._ended.popitem(last=False)
+            _remember(self._ended, c.job, listener)
             c.listener = None
             c.job = None
             c.ps = None
@@ -445,9 +450,7 @@ class ProcessPool:
         listener = c.listener if c.job == key else self._ended.get(key)
         if listener is None:
             if key not in self._unheard:
-                self._unheard[key] = None
-                while len(self._unheard) > ENDED_REMEMBERED:
-                    self._unheard.popitem(last=False)
+                _remember(self._unheard, key, None)
                 log.warning("child %d: job %s attempt %s ended long ago; its late log lines "
                             "and progress are dropped", c.pid, *key)  # fmt: skip
             return

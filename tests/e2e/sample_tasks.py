@@ -84,14 +84,6 @@ def hog(ctx: TaskContext, params: Hog) -> dict[str, int]:
     return {"held_mb": len(held) * params.step_mb}
 
 
-@registry.task("sample.steps_in_child", isolation="process", max_attempts=1)
-def steps_in_child(ctx: TaskContext, params: Greeting) -> None:
-    """Logs and reports each of ``times`` steps, the last just before it returns."""
-    for i in range(params.times):
-        ctx.log.info("step %d of %d", i + 1, params.times)
-        ctx.progress(i + 1, params.times)
-
-
 class Steps(BaseModel):
     steps: int
     seconds: float = 0.0
@@ -113,14 +105,15 @@ def leaves_a_thread(ctx: TaskContext, params: Steps) -> None:
     ctx.log.info("returning")
 
 
-@registry.task("sample.slow_steps_in_child", isolation="process", max_attempts=1)
-def slow_steps_in_child(ctx: TaskContext, params: Steps) -> None:
-    """Logs and reports each of ``steps`` steps, ``seconds`` apart."""
+@registry.task("sample.steps_in_child", isolation="process", max_attempts=1)
+def steps_in_child(ctx: TaskContext, params: Steps) -> None:
+    """Logs and reports each of ``steps`` steps, ``seconds`` apart, the last just
+    before it returns."""
     import time
 
     for i in range(params.steps):
         time.sleep(params.seconds)
-        ctx.log.info("own step %d", i + 1)
+        ctx.log.info("step %d of %d", i + 1, params.steps)
         ctx.progress(i + 1, params.steps)
 
 

@@ -81,7 +81,7 @@ def test_a_child_s_last_progress_and_lines_go_out_before_its_end(stack: Stack) -
     end: each job is completed with its final progress and keeps all its lines."""
     stack.worker("w1", *SAMPLES, "--threads", "2")
     steps = 30
-    bodies = [{"type": "sample.steps_in_child", "payload": {"name": "x", "times": steps}}] * 8
+    bodies = [{"type": "sample.steps_in_child", "payload": {"steps": steps}}] * 8
     r = stack.http.post("/jobs/batch", json={"jobs": bodies})
     assert r.status_code == 201, r.text
     ids = [j["id"] for j in r.json()["jobs"]]
@@ -112,13 +112,13 @@ def test_what_a_left_thread_logs_stays_with_its_own_job(stack: Stack) -> None:
     stack.wait_status(leaver["id"], "completed")
     own = 10
     job = stack.submit(
-        {"type": "sample.slow_steps_in_child", "payload": {"steps": own, "seconds": 0.05}}
+        {"type": "sample.steps_in_child", "payload": {"steps": own, "seconds": 0.05}}
     )
     done = stack.wait_status(job["id"], "completed")
     assert done["progress"]["done"] == own and done["progress"]["total"] == own, done
     query = "SELECT seq, message FROM job_logs WHERE job_id = $1 ORDER BY seq"
     assert [r["message"] for r in stack.sql(query, uuid.UUID(job["id"]))] == [
-        f"own step {k}" for k in range(1, own + 1)
+        f"step {k} of {own}" for k in range(1, own + 1)
     ]
     stack.wait_for(
         lambda: len(stack.sql(query, uuid.UUID(leaver["id"]))) == 1 + late,
