@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 from collections.abc import Callable, Sequence
 
 from shared.broker import Broker
@@ -33,6 +34,11 @@ class Outbox:
       ``put`` never refuses. A chunk that was partly confirmed goes again whole (every
       consumer is idempotent).
 
+    With ``weigh``, ``wait_for_room`` holds back a producer thread while the messages
+    waiting weigh more than ``max_weight``: a task that logs faster than the broker
+    takes its lines waits for them, rather than let them pile up in memory and
+    delay what is put after them (a worker's heartbeat) without bound.
+
     Either way one message never stops the outbox, nor is it dropped unseen: a message
     no retry can publish (too large, not encodable) is logged and dead-lettered by
     ``Broker.publish_many`` and the rest go on; an error that is not the broker's (a
@@ -54,6 +60,8 @@ class Outbox:
         retry: bool = False,
         chunk: int = 5_000,
         compact: Callable[[list[_Message]], list[_Message]] | None = None,
+        weigh: Callable[[_Message], int] | None = None,
+        max_weight: int = 0,
     ) -> None:
         self._broker = broker
         # Messages per publish; with ``retry`` a partly confirmed chunk goes again whole,
@@ -67,6 +75,13 @@ class Outbox:
         self._retry = retry
         # Rewrites a chunk before its first publish (fewer messages that say the same).
         self._compact = compact
+        self._weigh = weigh
+        self._max_weight = max_weight
+        # What the messages put and not yet published weigh: changed on the loop only,
+        # read by the threads ``wait_for_room`` holds back.
+        self.weight = 0
+        self._room = threading.Condition()
+        self._loop_thread: int | None = None
         self._pending: list[_Message] = []
         self._sending: list[_Message] = []
         self._wake = asyncio.Event()
@@ -75,8 +90,27 @@ class Outbox:
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> asyncio.Task[None]:
+        self._loop_thread = threading.get_ident()
         self._task = asyncio.create_task(self._run(), name="outbox")
         return self._task
+
+    def wait_for_room(self) -> None:
+        """Block the calling thread while what waits to be published weighs more than
+        ``max_weight``; at once while the outbox does not run (not started, closed, or
+        died: nothing would make room) and on the event loop's own thread (it is the
+        one that makes room)."""
+        if self._weigh is None or self.weight <= self._max_weight:
+            return
+        if threading.get_ident() == self._loop_thread:
+            return
+        with self._room:
+            while self.weight > self._max_weight and self._running():
+                # The timeout only bounds a wait the loop cannot end (it stopped).
+                self._room.wait(timeout=0.5)
+
+    def _running(self) -> bool:
+        task = self._task
+        return task is not None and not task.done()
 
     def put(self, messages: Sequence[_Message]) -> None:
         if not messages:
@@ -89,6 +123,8 @@ class Outbox:
             )
             return
         self._pending.extend(messages)
+        if self._weigh is not None:
+            self.weight += sum(map(self._weigh, messages))
         self._idle.clear()
         self._wake.set()
 
@@ -101,10 +137,19 @@ class Outbox:
             while self._pending:
                 self._sending = self._pending[: self._chunk]
                 del self._pending[: len(self._sending)]
+                published = self._sending
                 self._sending = self._compacted(self._sending)
                 await self._publish(self._sending)
                 self._sending = []
+                if self._weigh is not None:
+                    self._lighter(sum(map(self._weigh, published)))
             self._idle.set()
+
+    def _lighter(self, weight: int) -> None:
+        self.weight -= weight
+        if self.weight <= self._max_weight:
+            with self._room:
+                self._room.notify_all()
 
     def _compacted(self, chunk: list[_Message]) -> list[_Message]:
         if self._compact is None:
@@ -177,6 +222,8 @@ class Outbox:
         if unsent:
             log.warning("outbox closed before %d message(s) were confirmed", unsent)
         task, self._task = self._task, None
+        with self._room:
+            self._room.notify_all()  # held-back threads: nothing will make room now
         if task is not None:
             task.cancel()
             # Not awaited directly: a task that died of an error would raise it again

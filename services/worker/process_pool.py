@@ -156,11 +156,16 @@ class ProcessPool:
         kill_grace: float,
         demo_tasks: bool = False,
         on_broken: Callable[[str], None] | None = None,
+        hold_back: Callable[[], None] | None = None,
     ) -> None:
         """``on_broken(reason)`` is called once, on the event loop, when the pool gives up
-        starting children."""
+        starting children. ``hold_back()`` is called by a child's reader thread before
+        it hands on each message, and may block it: the child's sends then wait on the
+        full pipe, so a task that logs faster than the worker sends is held back as a
+        thread's is."""
         self.modules = modules
         self.on_broken = on_broken
+        self.hold_back = hold_back
         self.demo_tasks = demo_tasks
         self.size = size
         self.kill_grace = kill_grace
@@ -316,6 +321,8 @@ class ProcessPool:
                 log.error("child %d: %s; killing it", c.pid, c.kill_reason)
                 self._signal(c, signal.SIGKILL)
                 break
+            if self.hold_back is not None:
+                self.hold_back()
             self._to_loop(self._on_message, c, item)
         conn.close()
         c.process.join()

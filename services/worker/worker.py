@@ -55,6 +55,7 @@ from shared.db import create_engine, create_sessionmaker
 from shared.messages import (
     JobCancel,
     JobDispatch,
+    JobLog,
     JobProgress,
     JobStatusReport,
     WorkerCapacity,
@@ -75,6 +76,11 @@ SEEN_MEMORY = 10_000  # (job, attempt) pairs remembered for duplicate detection
 # jobs that ran meanwhile go as a body of each kind (kinds_together): a few messages,
 # one scheduler cycle, one logger write.
 OUTBOX_LINGER = 0.002
+# What the messages in the outbox may weigh (about their bytes) before a task that logs
+# waits for the broker to take them: its lines then cost no more memory than this, and
+# a heartbeat put behind them goes out within a few chunks' publishing.
+MAX_UNSENT_BYTES = 2**20
+ENVELOPE_BYTES = 256  # a message's ids, kind and times, about
 LogSink = Callable[[int, str, str], None]  # (seq, level, message)
 ProgressSink = Callable[[float, float | None, str | None], None]  # (done, total, message)
 # --isolation / SWITCHYARD_WORKER_ISOLATION: "task" lets each @task choose.
@@ -118,7 +124,13 @@ class Worker:
         # Reports and log lines exist nowhere else until the scheduler and the logger
         # have stored them: a failed publish is retried, never dropped.
         self.outbox = Outbox(
-            self.broker, linger=OUTBOX_LINGER, retry=True, chunk=500, compact=compact_worker_chunk
+            self.broker,
+            linger=OUTBOX_LINGER,
+            retry=True,
+            chunk=500,
+            compact=compact_worker_chunk,
+            weigh=unsent_bytes,
+            max_weight=MAX_UNSENT_BYTES,
         )
         self.state = "alive"
         self.started_at = datetime.now(UTC)
@@ -138,6 +150,7 @@ class Worker:
                 size=threads,
                 kill_grace=settings.cancel_grace_seconds,
                 on_broken=self._pool_broken,
+                hold_back=self.outbox.wait_for_room,
             )
 
     def isolation_of(self, definition: TaskDefinition) -> str:
@@ -385,10 +398,15 @@ class Worker:
 
     def _context(self, dispatch: JobDispatch) -> TaskContext:
         emit_log, report_progress = self._reporters(dispatch, self._from_thread)
+
+        def emit_log_when_there_is_room(seq: int, level: str, message: str) -> None:
+            self.outbox.wait_for_room()  # the task's thread waits, not the loop
+            emit_log(seq, level, message)
+
         return TaskContext(
             job_id=dispatch.job_id,
             attempt=dispatch.attempt,
-            log=TaskLogger(emit_log),
+            log=TaskLogger(emit_log_when_there_is_room),
             cancelled=threading.Event(),
             _report_progress=report_progress,
         )
@@ -551,6 +569,14 @@ class Worker:
         while True:
             await asyncio.sleep(self.settings.heartbeat_seconds)
             self._send_heartbeat()
+
+
+def unsent_bytes(message: _Message) -> int:
+    """About what ``message`` takes in the outbox and on the wire: a log line's text
+    and its envelope (the lines are what a task can make many and large of)."""
+    if type(message) is JobLog:
+        return ENVELOPE_BYTES + len(message.message)
+    return ENVELOPE_BYTES
 
 
 def default_worker_id() -> str:

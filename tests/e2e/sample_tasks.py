@@ -144,3 +144,23 @@ def count(ctx: TaskContext, params: Work) -> dict[str, int]:
     for i in range(params.loops):
         total += i & 7
     return {"total": total}
+
+
+class Loud(BaseModel):
+    lines: int
+    chars: int
+    go_file: str
+
+
+@registry.task("sample.loud", max_attempts=1)
+def loud(ctx: TaskContext, params: Loud) -> None:
+    """Once ``go_file`` exists, logs ``lines`` lines of ``chars`` characters each as
+    fast as it can."""
+    import os
+    import time
+
+    while not os.path.exists(params.go_file):
+        time.sleep(0.01)
+    text = "x" * params.chars
+    for i in range(params.lines):
+        ctx.log.info("%d %s", i + 1, text)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -165,6 +166,79 @@ async def test_a_publish_that_fails_is_retried_in_order_or_dropped(
 
     # In order, so what is missing once the last one is in was dropped.
     assert received == (jobs if retry else [jobs[0], jobs[3]])
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+async def test_a_producer_thread_waits_while_what_is_unsent_weighs_too_much(
+    namespace: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``wait_for_room`` holds a thread while the broker cannot take what waits (here
+    three messages of weight 1 against a budget of 2), lets it go once they are
+    published, never holds the event loop itself, and lets go at close."""
+    jobs = [uuid.uuid4() for _ in range(6)]
+    broker_url = urlsplit(AMQP_URL)
+    with TcpProxy(broker_url.hostname or "127.0.0.1", broker_url.port or 5672) as proxy:
+        netloc = f"{broker_url.username}:{broker_url.password}@127.0.0.1:{proxy.port}"
+        via_proxy = broker_url._replace(netloc=netloc, query="reconnect_interval=0.2").geturl()
+        async with (
+            Broker(via_proxy, namespace, name="sender", publish_timeout=0.5) as sender,
+            Broker(AMQP_URL, namespace, name="receiver") as receiver,
+        ):
+            received: list[uuid.UUID] = []
+
+            async def on(delivery: Delivery) -> None:
+                received.extend(m.job_id for m in delivery.messages)
+
+            consumer = await receiver.consume(
+                f"{namespace}.outbox-test", ["job.status.#"], on, no_ack=True, auto_delete=True
+            )
+            outbox = Outbox(sender, retry=True, weigh=lambda m: 1, max_weight=2)
+            outbox.start()
+
+            def held_producer() -> threading.Event:
+                let_go = threading.Event()
+
+                def produce() -> None:
+                    outbox.wait_for_room()
+                    let_go.set()
+
+                threading.Thread(target=produce, daemon=True).start()
+                return let_go
+
+            proxy.cut()
+            outbox.put([report(job) for job in jobs[:3]])
+            assert outbox.weight == 3
+            first = held_producer()
+
+            async def publish_failed() -> bool:
+                return any(r.name == "shared.outbox" for r in caplog.records)
+
+            await wait_for(publish_failed, what="the outbox's log line of a failed publish")
+            assert not first.is_set(), "the producer went on while the broker took nothing"
+            outbox.wait_for_room()  # on the loop: returns, or the test would hang here
+            proxy.restore()
+
+            async def first_let_go() -> bool:
+                return first.is_set()
+
+            await wait_for(first_let_go, what="the producer let go once the broker took them")
+
+            async def arrived() -> bool:
+                return received == jobs[:3]
+
+            await wait_for(arrived, what="the three reports, in order")
+            assert outbox.weight == 0
+
+            proxy.cut()
+            outbox.put([report(job) for job in jobs[3:]])
+            second = held_producer()
+            await outbox.close(timeout=0.5)
+
+            async def second_let_go() -> bool:
+                return second.is_set()
+
+            await wait_for(second_let_go, what="the producer let go at close")
+            await consumer.close()
 
 
 async def test_a_message_that_cannot_be_published_does_not_stop_the_outbox(
