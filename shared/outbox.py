@@ -9,12 +9,20 @@ import contextlib
 import logging
 import threading
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from shared.broker import Broker
 from shared.errors import BrokerUnavailable
 from shared.messages import _Message
 
 log = logging.getLogger(__name__)
+
+
+class Weighed(Protocol):
+    """A queue whose messages are on their way to the outbox."""
+
+    @property
+    def weight(self) -> int: ...
 
 
 class Outbox:
@@ -35,9 +43,10 @@ class Outbox:
       consumer is idempotent).
 
     With ``weigh``, ``wait_for_room`` holds back a producer thread while the messages
-    waiting weigh more than ``max_weight``: a task that logs faster than the broker
-    takes its lines waits for them, rather than let them pile up in memory and
-    delay what is put after them (a worker's heartbeat) without bound.
+    waiting, here and on their way here (``count_upstream``), weigh more than
+    ``max_weight``: a task that logs faster than the broker takes its lines waits for
+    them, rather than let them pile up in memory and delay what is put after them (a
+    worker's heartbeat) without bound.
 
     Either way one message never stops the outbox, nor is it dropped unseen: a message
     no retry can publish (too large, not encodable) is logged and dead-lettered by
@@ -80,6 +89,7 @@ class Outbox:
         # What the messages put and not yet published weigh: changed on the loop only,
         # read by the threads ``wait_for_room`` holds back.
         self.weight = 0
+        self._upstream: list[Weighed] = []
         self._room = threading.Condition()
         self._loop_thread: int | None = None
         self._pending: list[_Message] = []
@@ -94,18 +104,28 @@ class Outbox:
         self._task = asyncio.create_task(self._run(), name="outbox")
         return self._task
 
+    def count_upstream(self, queue: Weighed) -> None:
+        """Count what waits in ``queue`` (messages on their way to ``put``) as unsent:
+        the producers that fill it from other threads would otherwise outrun the loop."""
+        self._upstream.append(queue)
+
+    def unsent(self) -> int:
+        """What the messages not yet published weigh, here and upstream."""
+        return self.weight + sum(queue.weight for queue in self._upstream)
+
     def wait_for_room(self) -> None:
-        """Block the calling thread while what waits to be published weighs more than
-        ``max_weight``; at once while the outbox does not run (not started, closed, or
-        died: nothing would make room) and on the event loop's own thread (it is the
-        one that makes room)."""
-        if self._weigh is None or self.weight <= self._max_weight:
+        """Block the calling thread while what waits to be published (``unsent``)
+        weighs more than ``max_weight``; at once while the outbox does not run (not
+        started, closed, or died: nothing would make room) and on the event loop's own
+        thread (it is the one that makes room)."""
+        if self._weigh is None or self.unsent() <= self._max_weight:
             return
         if threading.get_ident() == self._loop_thread:
             return
         with self._room:
-            while self.weight > self._max_weight and self._running():
-                # The timeout only bounds a wait the loop cannot end (it stopped).
+            while self.unsent() > self._max_weight and self._running():
+                # Publishing notifies; the timeout bounds a wait that nothing would end
+                # (the loop stopped, or upstream news dropped rather than put).
                 self._room.wait(timeout=0.5)
 
     def _running(self) -> bool:
@@ -147,7 +167,7 @@ class Outbox:
 
     def _lighter(self, weight: int) -> None:
         self.weight -= weight
-        if self.weight <= self._max_weight:
+        if self.unsent() <= self._max_weight:
             with self._room:
                 self._room.notify_all()
 

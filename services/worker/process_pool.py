@@ -44,7 +44,7 @@ from uuid import UUID
 import psutil
 
 from services.worker import child as child_code
-from services.worker.runner import Outcome, ToLoop
+from services.worker.runner import Outcome, ToLoop, line_weight
 from switchyard import _child as child_entry
 
 log = logging.getLogger("switchyard.worker.pool")
@@ -177,7 +177,8 @@ class ProcessPool:
         # user's directory (first on the path) has packages named like ours.
         self._context.set_forkserver_preload([child_entry.__name__, *modules])
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._from_readers: ToLoop | None = None  # the reader threads' messages, once started
+        # The reader threads' messages, once started (their log lines weighed as unsent).
+        self.from_readers: ToLoop | None = None
         self._changed = asyncio.Event()
         self._watch: asyncio.Task[None] | None = None
         self._starting = 0
@@ -191,7 +192,7 @@ class ProcessPool:
     async def start(self) -> None:
         """Start ``size`` children and wait until each has imported the task modules."""
         self._loop = asyncio.get_running_loop()
-        self._from_readers = ToLoop(self._loop)
+        self.from_readers = ToLoop(self._loop)
         for _ in range(self.size):
             self._spawn()
         self._watch = asyncio.create_task(self._watch_memory(), name="pool-watch")
@@ -323,7 +324,7 @@ class ProcessPool:
                 break
             if self.hold_back is not None:
                 self.hold_back()
-            self._to_loop(self._on_message, c, item)
+            self._to_loop(self._on_message, c, item, weight=_weight(item))
         conn.close()
         c.process.join()
         # What the task forked and left behind dies with it. Safe after the exit: a
@@ -334,9 +335,9 @@ class ProcessPool:
             os.killpg(c.pid, signal.SIGKILL)
         self._to_loop(self._on_exit, c, c.process.exitcode)
 
-    def _to_loop(self, callback: Callable[..., None], *args: Any) -> None:
-        if self._from_readers is not None:
-            self._from_readers.post(callback, *args)
+    def _to_loop(self, callback: Callable[..., None], *args: Any, weight: int = 0) -> None:
+        if self.from_readers is not None:
+            self.from_readers.post(callback, *args, weight=weight)
 
     # ------------------------------------------------------------ attempts
 
@@ -537,3 +538,10 @@ class ProcessPool:
             while not done():
                 self._changed.clear()
                 await self._changed.wait()
+
+
+def _weight(item: tuple[Any, ...]) -> int:
+    """What a child's message adds to the worker's unsent ones: a log line's weight."""
+    if item[0] == child_code.LOG and isinstance(item[-1], str):
+        return line_weight(item[-1])
+    return 0

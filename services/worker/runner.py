@@ -25,6 +25,9 @@ from shared.tasks import Cancelled, TaskContext, TaskDefinition, TaskRegistry, l
 from switchyard import tasks as switchyard_tasks
 
 MAX_TRACEBACK_LINES = 30
+# About what a message's ids, kind and times take: a log line weighs this and its text
+# (``line_weight``), wherever it waits to be sent.
+ENVELOPE_BYTES = 256
 # Frames of the code that calls a task: a traceback starts at the task's own code.
 _CALLER_FILES = frozenset({__file__, switchyard_tasks.__file__})
 log = logging.getLogger("switchyard.worker")
@@ -47,19 +50,32 @@ class ToLoop:
     self-pipe and a turn of the loop); what threads post until the loop runs the queue
     joins it without waking the loop again. Twenty jobs that end together cost one
     wake-up, not twenty. A post once the loop has closed is dropped: the worker has
-    exited and nobody can report it."""
+    exited and nobody can report it.
+
+    ``weight`` is what the queued news weighs (the ``weight`` each post gave): a
+    log line on its way to the outbox is still unsent, and the threads the outbox holds
+    back must count it (``Outbox.count_upstream``)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._queue: collections.deque[tuple[Callable[..., object], tuple[object, ...]]] = (
+        self._queue: collections.deque[tuple[Callable[..., object], tuple[object, ...], int]] = (
             collections.deque()
         )
         self._lock = threading.Lock()
         self._woken = False  # a run of the queue is due on the loop
+        # Two counters, so that each has one writer: the posting threads (under the lock)
+        # and the loop. Their difference may be read from any thread.
+        self._posted_weight = 0
+        self._taken_weight = 0
 
-    def post(self, callback: Callable[..., object], *args: object) -> None:
-        self._queue.append((callback, args))
+    @property
+    def weight(self) -> int:
+        return self._posted_weight - self._taken_weight
+
+    def post(self, callback: Callable[..., object], *args: object, weight: int = 0) -> None:
         with self._lock:
+            self._posted_weight += weight
+            self._queue.append((callback, args, weight))
             if self._woken:
                 return  # the run that is due takes it (it starts after this append)
             self._woken = True
@@ -75,11 +91,18 @@ class ToLoop:
         # its timers and sockets (the heartbeat, the outbox). What comes meanwhile has
         # woken the loop for the next run.
         for _ in range(len(queue)):
-            callback, args = queue.popleft()
+            callback, args, weight = queue.popleft()
+            self._taken_weight += weight
             try:
                 callback(*args)
             except Exception:  # as the loop does for a callback of its own: the rest run
                 log.exception("callback %r from a thread failed", callback)
+
+
+def line_weight(text: str) -> int:
+    """About what a log line of ``text`` takes in memory and on the wire (its
+    characters: a line of wide characters weighs up to four times more)."""
+    return ENVELOPE_BYTES + len(text)
 
 
 @dataclass(frozen=True)

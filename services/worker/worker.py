@@ -47,7 +47,7 @@ from services.worker.attempt import (
 )
 from services.worker.holdings import Holdings
 from services.worker.process_pool import ProcessPool
-from services.worker.runner import Outcome, ToLoop, run_task
+from services.worker.runner import ENVELOPE_BYTES, Outcome, ToLoop, line_weight, run_task
 from shared.bodies import compact_worker_chunk
 from shared.broker import Broker, Consumer, Delivery, Topology
 from shared.catalog import announce_task_types
@@ -80,7 +80,6 @@ OUTBOX_LINGER = 0.002
 # waits for the broker to take them: its lines then cost no more memory than this, and
 # a heartbeat put behind them goes out within a few chunks' publishing.
 MAX_UNSENT_BYTES = 2**20
-ENVELOPE_BYTES = 256  # a message's ids, kind and times, about
 LogSink = Callable[[int, str, str], None]  # (seq, level, message)
 ProgressSink = Callable[[float, float | None, str | None], None]  # (done, total, message)
 # --isolation / SWITCHYARD_WORKER_ISOLATION: "task" lets each @task choose.
@@ -163,6 +162,7 @@ class Worker:
         """Serve until ``stop`` is set, then drain and return."""
         self._loop = asyncio.get_running_loop()
         self._to_loop = ToLoop(self._loop)
+        self.outbox.count_upstream(self._to_loop)  # a thread's lines not yet put
         await self.announce()
         try:
             if self.pool is not None:
@@ -170,6 +170,8 @@ class Worker:
                     await self.pool.start()
                 except (RuntimeError, TimeoutError, OSError) as exc:
                     raise StartupError(f"cannot start the process pool: {exc}") from exc
+                assert self.pool.from_readers is not None
+                self.outbox.count_upstream(self.pool.from_readers)  # a child's lines not yet put
             await self._serve(stop)
         finally:
             if self.pool is not None:
@@ -419,7 +421,8 @@ class Worker:
         already) at once, so they go out before the end its child sent after them."""
 
         def emit_log(seq: int, level: str, message: str) -> None:
-            deliver(self._emit, log_line(dispatch, seq, level, message))
+            line = log_line(dispatch, seq, level, message)
+            deliver(self._emit, line, weight=unsent_bytes(line))
 
         def report_progress(done: float, total: float | None, message: str | None) -> None:
             update = progress_update(dispatch, done, total, message)
@@ -428,10 +431,11 @@ class Worker:
 
         return emit_log, report_progress
 
-    def _from_thread(self, callback: Any, *args: Any) -> None:
-        """Hand a task thread's news to the event loop (dropped once the worker has exited)."""
+    def _from_thread(self, callback: Any, *args: Any, weight: int = 0) -> None:
+        """Hand a task thread's news to the event loop (dropped once the worker has
+        exited); ``weight``: what it adds to the unsent messages (a log line's)."""
         if self._to_loop is not None:
-            self._to_loop.post(callback, *args)
+            self._to_loop.post(callback, *args, weight=weight)
 
     def _progress(self, key: tuple[UUID, int], update: JobProgress) -> None:
         run = self.held.running.get(key)
@@ -575,7 +579,7 @@ def unsent_bytes(message: _Message) -> int:
     """About what ``message`` takes in the outbox and on the wire: a log line's text
     and its envelope (the lines are what a task can make many and large of)."""
     if type(message) is JobLog:
-        return ENVELOPE_BYTES + len(message.message)
+        return line_weight(message.message)
     return ENVELOPE_BYTES
 
 
@@ -608,5 +612,6 @@ class _ChildListener:
             self.worker._attempt_ended(run, outcome)
 
 
-def _call_now(callback: Callable[..., None], *args: Any) -> None:
+def _call_now(callback: Callable[..., None], *args: Any, weight: int = 0) -> None:
+    """Deliver on the loop at once (a child's news: its reader counted its weight)."""
     callback(*args)

@@ -149,18 +149,28 @@ def count(ctx: TaskContext, params: Work) -> dict[str, int]:
 class Loud(BaseModel):
     lines: int
     chars: int
-    go_file: str
+    threads: int = 1
+    go_file: str | None = None
 
 
 @registry.task("sample.loud", max_attempts=1)
 def loud(ctx: TaskContext, params: Loud) -> None:
-    """Once ``go_file`` exists, logs ``lines`` lines of ``chars`` characters each as
-    fast as it can."""
+    """Once ``go_file`` exists (at once without one), logs ``lines`` lines of ``chars``
+    characters each as fast as it can, from each of ``threads`` threads."""
     import os
+    import threading
     import time
 
-    while not os.path.exists(params.go_file):
+    while params.go_file and not os.path.exists(params.go_file):
         time.sleep(0.01)
     text = "x" * params.chars
-    for i in range(params.lines):
-        ctx.log.info("%d %s", i + 1, text)
+
+    def log_lines(thread: int) -> None:
+        for i in range(params.lines):
+            ctx.log.info("%d %d %s", thread, i + 1, text)
+
+    threads = [threading.Thread(target=log_lines, args=(t,)) for t in range(params.threads)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()

@@ -107,3 +107,31 @@ def test_posts_after_the_loop_closed_are_dropped_without_an_error() -> None:
     to_loop = ToLoop(loop)
     loop.close()
     post_from_a_thread(to_loop, [(print, ("never",)), (print, ("never",))])
+
+
+async def test_the_weight_of_queued_news_is_counted_until_the_loop_takes_it() -> None:
+    """A log line on its way to the outbox is still unsent: the outbox counts what the
+    queue holds (``Outbox.count_upstream``), from the post until the loop runs it,
+    whatever the callback does with it."""
+    loop = asyncio.get_running_loop()
+    to_loop = ToLoop(loop)
+    weights: list[int] = []
+
+    def boom() -> None:
+        raise ValueError("dropped news still leaves the queue")
+
+    def post_all() -> None:
+        to_loop.post(weights.append, 0, weight=100)
+        to_loop.post(boom, weight=50)
+        to_loop.post(lambda: weights.append(to_loop.weight))  # weighs nothing itself
+        weights.append(to_loop.weight)
+
+    thread = threading.Thread(target=post_all)
+    thread.start()
+    thread.join(timeout=10)
+    assert weights == [150]  # all three queued, the loop has not run yet
+    done = asyncio.Event()
+    to_loop.post(done.set)
+    await asyncio.wait_for(done.wait(), timeout=5)
+    assert weights == [150, 0, 0]
+    assert to_loop.weight == 0
