@@ -32,6 +32,7 @@ import aio_pika.exceptions
 
 from shared.bodies import batched
 from shared.broker.deliveries import (
+    CLOSE_TIMEOUT,
     Consumer,
     DeadLetter,
     Delivery,
@@ -138,9 +139,15 @@ class Broker:
         )
 
     async def close(self) -> None:
-        if self._connection is not None:
-            await self._connection.close()
-            self._connection = None
+        """Close the connection; given up after ``CLOSE_TIMEOUT`` (in an outage)."""
+        connection, self._connection = self._connection, None
+        if connection is None:
+            return
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                await connection.close()
+        except _BROKER_ERRORS as exc:
+            log.warning("closing the connection to RabbitMQ failed: %r", exc)
 
     @property
     def is_connected(self) -> bool:

@@ -3,6 +3,7 @@ back, and how a message is published (persistence, body, queue TTL)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -30,6 +31,10 @@ from shared.messages import (
 )
 
 log = logging.getLogger(__name__)
+# Seconds a consumer's cancel or close, or the connection's close, may wait for the
+# broker: a robust channel waits for its reconnection, which in an outage may never
+# come, and a service that stops must not hang on it.
+CLOSE_TIMEOUT = 5.0
 
 
 class Delivery:
@@ -172,18 +177,22 @@ class Consumer:
         self._tag = tag
 
     async def cancel(self) -> None:
+        """Stop deliveries; given up after ``CLOSE_TIMEOUT`` (the broker is away: it
+        stops them itself when the connection goes)."""
         try:
-            await self._queue.cancel(self._tag)
-        except _BROKER_ERRORS as exc:
-            log.warning("cancelling consumer %s failed: %s", self._tag, exc)
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                await self._queue.cancel(self._tag)
+        except _BROKER_ERRORS as exc:  # TimeoutError among them
+            log.warning("cancelling consumer %s failed: %r", self._tag, exc)
 
     async def close(self) -> None:
         """Stop and close the consumer's channel: what it had not acked is redelivered."""
         await self.cancel()
         try:
-            await self._queue.channel.close()
-        except _BROKER_ERRORS as exc:
-            log.warning("closing consumer channel %s failed: %s", self._tag, exc)
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                await self._queue.channel.close()
+        except _BROKER_ERRORS as exc:  # TimeoutError among them
+            log.warning("closing consumer channel %s failed: %r", self._tag, exc)
 
 
 def _dead_letter(raw: aio_pika.abc.AbstractIncomingMessage) -> DeadLetter:
