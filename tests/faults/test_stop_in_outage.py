@@ -44,9 +44,7 @@ def test_a_worker_stops_within_its_bounds_while_the_broker_is_away(
         job = stack.submit({"type": "demo.sleep", "payload": {"seconds": 120}})
         stack.wait_status(job["id"], "running")
         proxy.cut()
-        stack.wait_for(
-            lambda: "Reconnecting" in worker.output(), what="the worker lost its link"
-        )
+        stack.wait_for(lambda: "Reconnecting" in worker.output(), what="the worker lost its link")
         asked = time.monotonic()
         worker.signal(signal.SIGTERM)
         code = worker.wait(timeout=STOP_WITHIN + 20)
