@@ -59,6 +59,9 @@ class Outbox:
 
     RETRY_FIRST_PAUSE = 0.2
     RETRY_MAX_PAUSE = 5.0
+    # How often a thread held back looks again without being told: a publish and the
+    # outbox's end tell it; upstream news dropped rather than put does not.
+    ROOM_POLL_SECONDS = 0.5
 
     def __init__(
         self,
@@ -102,6 +105,7 @@ class Outbox:
     def start(self) -> asyncio.Task[None]:
         self._loop_thread = threading.get_ident()
         self._task = asyncio.create_task(self._run(), name="outbox")
+        self._task.add_done_callback(lambda _: self._let_go())  # closed, or died of a bug
         return self._task
 
     def count_upstream(self, queue: Weighed) -> None:
@@ -113,20 +117,24 @@ class Outbox:
         """What the messages not yet published weigh, here and upstream."""
         return self.weight + sum(queue.weight for queue in self._upstream)
 
-    def wait_for_room(self) -> None:
+    def wait_for_room(self, give_up: Callable[[], bool] | None = None) -> None:
         """Block the calling thread while what waits to be published (``unsent``)
-        weighs more than ``max_weight``; at once while the outbox does not run (not
-        started, closed, or died: nothing would make room) and on the event loop's own
-        thread (it is the one that makes room)."""
+        weighs more than ``max_weight``, or until ``give_up()``, looked at every
+        ``ROOM_POLL_SECONDS``, says to stop waiting. At once while the outbox does not
+        run (not started, closed, or died: nothing would make room) and on the event
+        loop's own thread (it is the one that makes room).
+
+        The budget is soft: each thread let go puts its next message before it looks
+        again, and one message heavier than the budget still goes."""
         if self._weigh is None or self.unsent() <= self._max_weight:
             return
         if threading.get_ident() == self._loop_thread:
             return
         with self._room:
             while self.unsent() > self._max_weight and self._running():
-                # Publishing notifies; the timeout bounds a wait that nothing would end
-                # (the loop stopped, or upstream news dropped rather than put).
-                self._room.wait(timeout=0.5)
+                if give_up is not None and give_up():
+                    return
+                self._room.wait(timeout=self.ROOM_POLL_SECONDS)
 
     def _running(self) -> bool:
         task = self._task
@@ -168,8 +176,12 @@ class Outbox:
     def _lighter(self, weight: int) -> None:
         self.weight -= weight
         if self.unsent() <= self._max_weight:
-            with self._room:
-                self._room.notify_all()
+            self._let_go()
+
+    def _let_go(self) -> None:
+        """Wake the threads held back, to look again."""
+        with self._room:
+            self._room.notify_all()
 
     def _compacted(self, chunk: list[_Message]) -> list[_Message]:
         if self._compact is None:
@@ -242,8 +254,7 @@ class Outbox:
         if unsent:
             log.warning("outbox closed before %d message(s) were confirmed", unsent)
         task, self._task = self._task, None
-        with self._room:
-            self._room.notify_all()  # held-back threads: nothing will make room now
+        self._let_go()  # nothing will make room now
         if task is not None:
             task.cancel()
             # Not awaited directly: a task that died of an error would raise it again

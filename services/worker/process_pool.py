@@ -156,13 +156,14 @@ class ProcessPool:
         kill_grace: float,
         demo_tasks: bool = False,
         on_broken: Callable[[str], None] | None = None,
-        hold_back: Callable[[], None] | None = None,
+        hold_back: Callable[[Callable[[], bool]], None] | None = None,
     ) -> None:
         """``on_broken(reason)`` is called once, on the event loop, when the pool gives up
-        starting children. ``hold_back()`` is called by a child's reader thread before
-        it hands on each message, and may block it: the child's sends then wait on the
-        full pipe, so a task that logs faster than the worker sends is held back as a
-        thread's is."""
+        starting children. ``hold_back(give_up)`` is called by a child's reader thread
+        before it hands on a log line, and may block it until ``give_up()``: the child's
+        sends then wait on the full pipe, so a task that logs faster than the worker
+        sends is held back as a thread's is. It gives up once the child is being
+        stopped (its exit must be seen: the pool's close and a cancel wait for it)."""
         self.modules = modules
         self.on_broken = on_broken
         self.hold_back = hold_back
@@ -322,9 +323,10 @@ class ProcessPool:
                 log.error("child %d: %s; killing it", c.pid, c.kill_reason)
                 self._signal(c, signal.SIGKILL)
                 break
-            if self.hold_back is not None:
-                self.hold_back()
-            self._to_loop(self._on_message, c, item, weight=_weight(item))
+            weight = _weight(item)
+            if weight and self.hold_back is not None:
+                self.hold_back(lambda: self._stopping(c))
+            self._to_loop(self._on_message, c, item, weight=weight)
         conn.close()
         c.process.join()
         # What the task forked and left behind dies with it. Safe after the exit: a
@@ -334,6 +336,9 @@ class ProcessPool:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(c.pid, signal.SIGKILL)
         self._to_loop(self._on_exit, c, c.process.exitcode)
+
+    def _stopping(self, c: Child) -> bool:
+        return self.closing or c.terminating or c.kill_reason is not None
 
     def _to_loop(self, callback: Callable[..., None], *args: Any, weight: int = 0) -> None:
         if self.from_readers is not None:

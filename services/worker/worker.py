@@ -76,9 +76,10 @@ SEEN_MEMORY = 10_000  # (job, attempt) pairs remembered for duplicate detection
 # jobs that ran meanwhile go as a body of each kind (kinds_together): a few messages,
 # one scheduler cycle, one logger write.
 OUTBOX_LINGER = 0.002
-# What the messages in the outbox may weigh (about their bytes) before a task that logs
-# waits for the broker to take them: its lines then cost no more memory than this, and
-# a heartbeat put behind them goes out within a few chunks' publishing.
+# What the worker's unsent messages may weigh (about their bytes) before a task that
+# logs waits for the broker to take them: its lines then cost about this much memory
+# (a soft bound: see Outbox.wait_for_room), and a heartbeat put behind them goes out
+# within a few chunks' publishing.
 MAX_UNSENT_BYTES = 2**20
 LogSink = Callable[[int, str, str], None]  # (seq, level, message)
 ProgressSink = Callable[[float, float | None, str | None], None]  # (done, total, message)

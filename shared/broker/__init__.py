@@ -32,7 +32,6 @@ import aio_pika.exceptions
 
 from shared.bodies import batched
 from shared.broker.deliveries import (
-    CLOSE_TIMEOUT,
     Consumer,
     DeadLetter,
     Delivery,
@@ -43,6 +42,7 @@ from shared.broker.deliveries import (
     ack_all,
     body_of,
     delivery_mode,
+    give_up_after_close_timeout,
     queue_ttl,
 )
 from shared.broker.topology import (
@@ -143,11 +143,7 @@ class Broker:
         connection, self._connection = self._connection, None
         if connection is None:
             return
-        try:
-            async with asyncio.timeout(CLOSE_TIMEOUT):
-                await connection.close()
-        except _BROKER_ERRORS as exc:
-            log.warning("closing the connection to RabbitMQ failed: %r", exc)
+        await give_up_after_close_timeout(connection.close(), "closing the connection to RabbitMQ")
 
     @property
     def is_connected(self) -> bool:

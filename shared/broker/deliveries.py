@@ -177,22 +177,29 @@ class Consumer:
         self._tag = tag
 
     async def cancel(self) -> None:
-        """Stop deliveries; given up after ``CLOSE_TIMEOUT`` (the broker is away: it
+        """Stop deliveries (given up after ``CLOSE_TIMEOUT``: the broker is away, and
         stops them itself when the connection goes)."""
-        try:
-            async with asyncio.timeout(CLOSE_TIMEOUT):
-                await self._queue.cancel(self._tag)
-        except _BROKER_ERRORS as exc:  # TimeoutError among them
-            log.warning("cancelling consumer %s failed: %r", self._tag, exc)
+        await give_up_after_close_timeout(
+            self._queue.cancel(self._tag), f"cancelling consumer {self._tag}"
+        )
 
     async def close(self) -> None:
-        """Stop and close the consumer's channel: what it had not acked is redelivered."""
+        """Stop and close the consumer's channel: what it had not acked is redelivered
+        (each step given up after ``CLOSE_TIMEOUT``)."""
         await self.cancel()
-        try:
-            async with asyncio.timeout(CLOSE_TIMEOUT):
-                await self._queue.channel.close()
-        except _BROKER_ERRORS as exc:  # TimeoutError among them
-            log.warning("closing consumer channel %s failed: %r", self._tag, exc)
+        await give_up_after_close_timeout(
+            self._queue.channel.close(), f"closing consumer channel {self._tag}"
+        )
+
+
+async def give_up_after_close_timeout(step: Awaitable[object], what: str) -> None:
+    """Await a step of closing down; a broker error, or no answer within
+    ``CLOSE_TIMEOUT``, is logged and the caller goes on."""
+    try:
+        async with asyncio.timeout(CLOSE_TIMEOUT):
+            await step
+    except _BROKER_ERRORS as exc:  # TimeoutError among them
+        log.warning("%s failed: %r", what, exc)
 
 
 def _dead_letter(raw: aio_pika.abc.AbstractIncomingMessage) -> DeadLetter:

@@ -23,6 +23,7 @@ class Watch:
         self.stack, self.worker_id, self.pid = stack, worker_id, pid
         self.staleness: list[float] = []
         self.rss_mb: list[float] = []
+        self.error: BaseException | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -33,8 +34,17 @@ class Watch:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=10)
+        # A watch that stopped early would leave the bounds checked on a few samples.
+        assert self.error is None, f"the watch failed: {self.error!r}"
+        assert len(self.rss_mb) >= 10, f"only {len(self.rss_mb)} samples"
 
     def _run(self) -> None:
+        try:
+            self._sample()
+        except BaseException as exc:
+            self.error = exc
+
+    def _sample(self) -> None:
         process = psutil.Process(self.pid)
         query = (
             "SELECT extract(epoch FROM clock_timestamp() - last_heartbeat_at)::float AS s "
@@ -78,8 +88,11 @@ def test_large_lines_from_many_threads_of_a_task_stay_within_the_budget(stack: S
     outbox counts too: eight threads of 64 KiB lines (150 MB in all) otherwise
     outrun the loop between two of its turns (the worker grew by 164 MB). What the
     worker grows by with a budget of 1 MiB (about 30 MB here, 12 MB with 256 KiB) is
-    mostly the allocator's: freed lines of eight threads."""
-    worker = stack.worker("flood", *SAMPLES)
+    mostly the allocator's: freed lines of eight threads, each in its own arena
+    unless ``MALLOC_ARENA_MAX`` says otherwise, as it does here."""
+    worker = stack.start("worker", "--worker-id", "flood", *SAMPLES,
+                         env={"MALLOC_ARENA_MAX": "2"})  # fmt: skip
+    stack.wait_for(lambda: stack.worker_alive("flood"), what="worker up", proc=worker)
     rss_before = psutil.Process(worker.proc.pid).memory_info().rss / 2**20
     lines, threads = 300, 8
     payload = {"lines": lines, "chars": 65_536, "threads": threads}

@@ -10,7 +10,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.e2e.conftest import Stack, free_port, wait_http_ok
+from tests.e2e.conftest import ServiceProcess, Stack, free_port, wait_http_ok
 from tests.faults.proxy import TcpProxy
 
 pytestmark = [
@@ -23,12 +23,12 @@ LINES, CHARS = 6_000, 10_000  # 60 MB of text, sixty times the worker's budget
 GROWTH_MB = 30  # what the worker may grow by while the broker is away
 
 
-@pytest.mark.parametrize("isolation", ["thread", "process"])
-def test_a_task_that_logs_through_a_broker_outage_waits_for_it(
-    start_service, settings, request, tmp_path: Path, isolation: str
-) -> None:  # type: ignore[no-untyped-def]
+def worker_behind_a_proxy(
+    start_service, settings, request, proxy: TcpProxy, *worker_args: str
+) -> tuple[Stack, ServiceProcess]:  # type: ignore[no-untyped-def]
+    """api, scheduler and logger, and worker "loud" whose link to the broker goes
+    through ``proxy``; the lease outlasts the outage (the worker is away, not lost)."""
     port = free_port()
-    # The lease outlasts the outage: the worker is away, not lost.
     env = {"SWITCHYARD_API_PORT": str(port), "SWITCHYARD_WORKER_LEASE_SECONDS": "60"}
     api = start_service("api", env=env)
     url = f"http://127.0.0.1:{port}"
@@ -37,15 +37,24 @@ def test_a_task_that_logs_through_a_broker_outage_waits_for_it(
     request.addfinalizer(stack.http.close)
     stack.start("scheduler", env=env)
     stack.start("logger", env=env)
+    worker = stack.start(
+        "worker", "--worker-id", "loud", "--tasks", "tests.e2e.sample_tasks", *worker_args,
+        # Reconnect soon after the restore (the default waits 5 s).
+        env={"AMQP_URL": f"amqp://guest:guest@127.0.0.1:{proxy.port}/?reconnect_interval=0.2"},
+    )  # fmt: skip
+    stack.wait_for(lambda: stack.worker_alive("loud"), what="worker up", proc=worker)
+    return stack, worker
+
+
+@pytest.mark.parametrize("isolation", ["thread", "process"])
+def test_a_task_that_logs_through_a_broker_outage_waits_for_it(
+    start_service, settings, request, tmp_path: Path, isolation: str
+) -> None:  # type: ignore[no-untyped-def]
     go_file = tmp_path / "go"
     with TcpProxy("127.0.0.1", 5672) as proxy:
-        worker = stack.start(
-            "worker", "--worker-id", "loud", "--threads", "1", "--isolation", isolation,
-            "--tasks", "tests.e2e.sample_tasks",
-            # Reconnect soon after the restore (the default waits 5 s).
-            env={"AMQP_URL": f"amqp://guest:guest@127.0.0.1:{proxy.port}/?reconnect_interval=0.2"},
-        )  # fmt: skip
-        stack.wait_for(lambda: stack.worker_alive("loud"), what="worker up", proc=worker)
+        stack, worker = worker_behind_a_proxy(
+            start_service, settings, request, proxy, "--threads", "1", "--isolation", isolation
+        )
         payload = {"lines": LINES, "chars": CHARS, "go_file": str(go_file)}
         job = stack.submit({"type": "sample.loud", "payload": payload})
         stack.wait_status(job["id"], "running")
@@ -71,3 +80,33 @@ def test_a_task_that_logs_through_a_broker_outage_waits_for_it(
             timeout=120, what="every line stored",
         )  # fmt: skip
         worker.stop()  # while the proxy still carries its last heartbeat
+
+
+def test_a_held_child_that_times_out_in_an_outage_is_replaced_at_once(
+    start_service, settings, request, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """The reader of a child held back stops waiting once the child is stopped: its
+    exit is seen, and the pool starts a child in its place, without waiting for the
+    broker to come back (nor does the pool's close, when the worker stops)."""
+    go_file = tmp_path / "go"
+    with TcpProxy("127.0.0.1", 5672) as proxy:
+        stack, worker = worker_behind_a_proxy(
+            start_service, settings, request, proxy, "--threads", "1", "--isolation", "process"
+        )
+        payload = {"lines": 1_000_000, "chars": 1_000, "go_file": str(go_file)}
+        job = stack.submit({"type": "sample.loud", "payload": payload, "timeout_seconds": 2})
+        stack.wait_status(job["id"], "running")
+        tree = psutil.Process(worker.proc.pid)
+        before = {p.pid for p in tree.children(recursive=True)}
+        proxy.cut()
+        go_file.touch()
+
+        def replaced() -> bool:
+            return bool({p.pid for p in tree.children(recursive=True)} - before)
+
+        # The timeout (2 s), the kill grace (1 s), a new child's start (its imports).
+        stack.wait_for(replaced, timeout=15, what="a child started in the held one's place")
+        proxy.restore()
+        done = stack.wait_status(job["id"], "completed", "failed", timeout=60)
+        assert done["status"] == "failed" and "timed out" in done["error"], done["error"]
+        worker.stop()

@@ -193,6 +193,7 @@ async def test_a_producer_thread_waits_while_what_is_unsent_weighs_too_much(
                 f"{namespace}.outbox-test", ["job.status.#"], on, no_ack=True, auto_delete=True
             )
             outbox = Outbox(sender, retry=True, weigh=lambda m: 1, max_weight=2)
+            outbox.ROOM_POLL_SECONDS = 60.0  # let go by being told, not by looking again
             outbox.start()
 
             def held_producer() -> threading.Event:
