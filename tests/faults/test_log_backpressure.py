@@ -10,8 +10,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.e2e.conftest import ServiceProcess, Stack, free_port, wait_http_ok
+from tests.e2e.conftest import ServiceProcess, Stack
 from tests.faults.proxy import TcpProxy
+from tests.faults.services import api_and
 
 pytestmark = [
     pytest.mark.e2e,
@@ -28,15 +29,8 @@ def worker_behind_a_proxy(
 ) -> tuple[Stack, ServiceProcess]:  # type: ignore[no-untyped-def]
     """api, scheduler and logger, and worker "loud" whose link to the broker goes
     through ``proxy``; the lease outlasts the outage (the worker is away, not lost)."""
-    port = free_port()
-    env = {"SWITCHYARD_API_PORT": str(port), "SWITCHYARD_WORKER_LEASE_SECONDS": "60"}
-    api = start_service("api", env=env)
-    url = f"http://127.0.0.1:{port}"
-    wait_http_ok(f"{url}/healthz", api)
-    stack = Stack(start_service, url, settings.database_url)
-    request.addfinalizer(stack.http.close)
-    stack.start("scheduler", env=env)
-    stack.start("logger", env=env)
+    env = {"SWITCHYARD_WORKER_LEASE_SECONDS": "60"}
+    stack = api_and(start_service, settings, request, env, "scheduler", "logger")
     worker = stack.start(
         "worker", "--worker-id", "loud", "--tasks", "tests.e2e.sample_tasks", *worker_args,
         # Reconnect soon after the restore (the default waits 5 s).

@@ -8,8 +8,9 @@ import httpx
 import pytest
 
 from tests.conftest import ADMIN_KEY
-from tests.e2e.conftest import Stack, free_port, wait_http_ok
+from tests.e2e.conftest import Stack
 from tests.faults.proxy import TcpProxy
+from tests.faults.services import api_and
 
 pytestmark = [
     pytest.mark.e2e,
@@ -25,18 +26,10 @@ def stack_with(
     start_service, settings, request, env: dict[str, str], threads: int
 ) -> tuple[Stack, str]:  # type: ignore[no-untyped-def]
     """api, scheduler, logger and worker w1, all started with ``env`` (the proxied URL)."""
-    port = free_port()
-    env = {**env, "SWITCHYARD_API_PORT": str(port)}
-    api = start_service("api", env=env)
-    url = f"http://127.0.0.1:{port}"
-    wait_http_ok(f"{url}/healthz", api)
-    stack = Stack(start_service, url, settings.database_url)
-    request.addfinalizer(stack.http.close)
-    stack.start("scheduler", env=env)
-    stack.start("logger", env=env)
+    stack = api_and(start_service, settings, request, env, "scheduler", "logger")
     stack.start("worker", "--worker-id", "w1", "--threads", str(threads), env=env)
     stack.wait_for(lambda: stack.worker_alive("w1"), what="worker up")
-    return stack, url
+    return stack, stack.url
 
 
 def test_database_outage_10_s(start_service, settings, request) -> None:  # type: ignore[no-untyped-def]

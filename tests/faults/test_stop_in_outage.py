@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from tests.e2e.conftest import Stack, free_port, wait_http_ok
 from tests.faults.proxy import TcpProxy
+from tests.faults.services import api_and
 
 pytestmark = [
     pytest.mark.e2e,
@@ -27,14 +27,8 @@ STOP_WITHIN = 40.0
 def test_a_worker_stops_within_its_bounds_while_the_broker_is_away(
     start_service, settings, request
 ) -> None:  # type: ignore[no-untyped-def]
-    port = free_port()
-    env = {"SWITCHYARD_API_PORT": str(port), "SWITCHYARD_WORKER_LEASE_SECONDS": "60"}
-    api = start_service("api", env=env)
-    url = f"http://127.0.0.1:{port}"
-    wait_http_ok(f"{url}/healthz", api)
-    stack = Stack(start_service, url, settings.database_url)
-    request.addfinalizer(stack.http.close)
-    stack.start("scheduler", env=env)
+    env = {"SWITCHYARD_WORKER_LEASE_SECONDS": "60"}
+    stack = api_and(start_service, settings, request, env, "scheduler")
     with TcpProxy("127.0.0.1", 5672) as proxy:
         worker = stack.start(
             "worker", "--worker-id", "away", "--threads", "2",

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from shared.bodies import fold_starts
-from shared.broker import Broker, Delivery
+from shared.broker import Broker, Consumer, Delivery
 from shared.errors import BrokerUnavailable
 from shared.messages import (
     JobLog,
@@ -107,14 +107,12 @@ async def sent_and_received(
             await sender.delete_namespace()
 
 
-# The proxy aborts the sender's socket mid-stream; the garbage collector reports it at
-# odd moments (the test harness's socket, not the outbox's).
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-@pytest.mark.parametrize("retry", [True, False])
-async def test_a_publish_that_fails_is_retried_in_order_or_dropped(
-    namespace: str, caplog: pytest.LogCaptureFixture, retry: bool
-) -> None:
-    jobs = [uuid.uuid4() for _ in range(4)]
+@contextlib.asynccontextmanager
+async def sender_behind_a_proxy(
+    namespace: str,
+) -> AsyncIterator[tuple[TcpProxy, Broker, list[uuid.UUID], Consumer]]:
+    """A sender whose link to the broker goes through a proxy the test cuts and
+    restores, and the job ids of the ``job.status`` messages a direct receiver got."""
     broker_url = urlsplit(AMQP_URL)
     with TcpProxy(broker_url.hostname or "127.0.0.1", broker_url.port or 5672) as proxy:
         netloc = f"{broker_url.username}:{broker_url.password}@127.0.0.1:{proxy.port}"
@@ -132,37 +130,49 @@ async def test_a_publish_that_fails_is_retried_in_order_or_dropped(
             consumer = await receiver.consume(
                 f"{namespace}.outbox-test", ["job.status.#"], on, no_ack=True, auto_delete=True
             )
-            outbox = Outbox(sender, retry=retry)
-            outbox.start()
+            yield proxy, sender, received, consumer
 
-            async def arrived(job: uuid.UUID) -> bool:
-                return job in received
 
-            outbox.put([report(jobs[0])])
-            await wait_for(lambda: arrived(jobs[0]), what="the first report")
+# The proxy aborts the sender's socket mid-stream; the garbage collector reports it at
+# odd moments (the test harness's socket, not the outbox's).
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.parametrize("retry", [True, False])
+async def test_a_publish_that_fails_is_retried_in_order_or_dropped(
+    namespace: str, caplog: pytest.LogCaptureFixture, retry: bool
+) -> None:
+    jobs = [uuid.uuid4() for _ in range(4)]
+    async with sender_behind_a_proxy(namespace) as (proxy, sender, received, consumer):
+        outbox = Outbox(sender, retry=retry)
+        outbox.start()
 
-            proxy.cut()
-            outbox.put([report(jobs[1])])
-            outbox.put([report(jobs[2])])
+        async def arrived(job: uuid.UUID) -> bool:
+            return job in received
 
-            async def publish_failed() -> bool:  # the outbox says so, whatever its rule
-                return any(r.name == "shared.outbox" for r in caplog.records)
+        outbox.put([report(jobs[0])])
+        await wait_for(lambda: arrived(jobs[0]), what="the first report")
 
-            await wait_for(publish_failed, what="the outbox's log line of a failed publish")
-            proxy.restore()
+        proxy.cut()
+        outbox.put([report(jobs[1])])
+        outbox.put([report(jobs[2])])
 
-            async def reconnected() -> bool:
-                try:  # a heartbeat: the test's queue is not bound to it
-                    await sender.publish(heartbeat())
-                except BrokerUnavailable:
-                    return False
-                return True
+        async def publish_failed() -> bool:  # the outbox says so, whatever its rule
+            return any(r.name == "shared.outbox" for r in caplog.records)
 
-            await wait_for(reconnected, what="the sender reconnected")
-            outbox.put([report(jobs[3])])
-            await wait_for(lambda: arrived(jobs[3]), what="the report put after the outage")
-            await outbox.close()
-            await consumer.close()
+        await wait_for(publish_failed, what="the outbox's log line of a failed publish")
+        proxy.restore()
+
+        async def reconnected() -> bool:
+            try:  # a heartbeat: the test's queue is not bound to it
+                await sender.publish(heartbeat())
+            except BrokerUnavailable:
+                return False
+            return True
+
+        await wait_for(reconnected, what="the sender reconnected")
+        outbox.put([report(jobs[3])])
+        await wait_for(lambda: arrived(jobs[3]), what="the report put after the outage")
+        await outbox.close()
+        await consumer.close()
 
     # In order, so what is missing once the last one is in was dropped.
     assert received == (jobs if retry else [jobs[0], jobs[3]])
@@ -176,70 +186,55 @@ async def test_a_producer_thread_waits_while_what_is_unsent_weighs_too_much(
     three messages of weight 1 against a budget of 2), lets it go once they are
     published, never holds the event loop itself, and lets go at close."""
     jobs = [uuid.uuid4() for _ in range(6)]
-    broker_url = urlsplit(AMQP_URL)
-    with TcpProxy(broker_url.hostname or "127.0.0.1", broker_url.port or 5672) as proxy:
-        netloc = f"{broker_url.username}:{broker_url.password}@127.0.0.1:{proxy.port}"
-        via_proxy = broker_url._replace(netloc=netloc, query="reconnect_interval=0.2").geturl()
-        async with (
-            Broker(via_proxy, namespace, name="sender", publish_timeout=0.5) as sender,
-            Broker(AMQP_URL, namespace, name="receiver") as receiver,
-        ):
-            received: list[uuid.UUID] = []
+    async with sender_behind_a_proxy(namespace) as (proxy, sender, received, consumer):
+        outbox = Outbox(sender, retry=True, weigh=lambda m: 1, max_weight=2)
+        outbox.ROOM_POLL_SECONDS = 60.0  # let go by being told, not by looking again
+        outbox.start()
 
-            async def on(delivery: Delivery) -> None:
-                received.extend(m.job_id for m in delivery.messages)
+        def held_producer() -> threading.Event:
+            let_go = threading.Event()
 
-            consumer = await receiver.consume(
-                f"{namespace}.outbox-test", ["job.status.#"], on, no_ack=True, auto_delete=True
-            )
-            outbox = Outbox(sender, retry=True, weigh=lambda m: 1, max_weight=2)
-            outbox.ROOM_POLL_SECONDS = 60.0  # let go by being told, not by looking again
-            outbox.start()
+            def produce() -> None:
+                outbox.wait_for_room()
+                let_go.set()
 
-            def held_producer() -> threading.Event:
-                let_go = threading.Event()
+            threading.Thread(target=produce, daemon=True).start()
+            return let_go
 
-                def produce() -> None:
-                    outbox.wait_for_room()
-                    let_go.set()
+        proxy.cut()
+        outbox.put([report(job) for job in jobs[:3]])
+        assert outbox.weight == 3
+        first = held_producer()
 
-                threading.Thread(target=produce, daemon=True).start()
-                return let_go
+        async def publish_failed() -> bool:
+            return any(r.name == "shared.outbox" for r in caplog.records)
 
-            proxy.cut()
-            outbox.put([report(job) for job in jobs[:3]])
-            assert outbox.weight == 3
-            first = held_producer()
+        await wait_for(publish_failed, what="the outbox's log line of a failed publish")
+        assert not first.is_set(), "the producer went on while the broker took nothing"
+        outbox.wait_for_room()  # on the loop: returns, or the test would hang here
+        proxy.restore()
 
-            async def publish_failed() -> bool:
-                return any(r.name == "shared.outbox" for r in caplog.records)
+        async def first_let_go() -> bool:
+            return first.is_set()
 
-            await wait_for(publish_failed, what="the outbox's log line of a failed publish")
-            assert not first.is_set(), "the producer went on while the broker took nothing"
-            outbox.wait_for_room()  # on the loop: returns, or the test would hang here
-            proxy.restore()
+        await wait_for(first_let_go, what="the producer let go once the broker took them")
 
-            async def first_let_go() -> bool:
-                return first.is_set()
+        async def arrived() -> bool:
+            return received == jobs[:3]
 
-            await wait_for(first_let_go, what="the producer let go once the broker took them")
+        await wait_for(arrived, what="the three reports, in order")
+        assert outbox.weight == 0
 
-            async def arrived() -> bool:
-                return received == jobs[:3]
+        proxy.cut()
+        outbox.put([report(job) for job in jobs[3:]])
+        second = held_producer()
+        await outbox.close(timeout=0.5)
 
-            await wait_for(arrived, what="the three reports, in order")
-            assert outbox.weight == 0
+        async def second_let_go() -> bool:
+            return second.is_set()
 
-            proxy.cut()
-            outbox.put([report(job) for job in jobs[3:]])
-            second = held_producer()
-            await outbox.close(timeout=0.5)
-
-            async def second_let_go() -> bool:
-                return second.is_set()
-
-            await wait_for(second_let_go, what="the producer let go at close")
-            await consumer.close()
+        await wait_for(second_let_go, what="the producer let go at close")
+        await consumer.close()
 
 
 async def test_a_message_that_cannot_be_published_does_not_stop_the_outbox(
