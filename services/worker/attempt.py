@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,18 +15,21 @@ from uuid import UUID
 from pydantic import ValidationError
 
 from services.worker.process_pool import Child, ProcessPool
-from services.worker.runner import Outcome
+from services.worker.runner import ENVELOPE_BYTES, Outcome, line_weight
 from shared.messages import (
     AttemptUsage,
     JobDispatch,
     JobLog,
     JobProgress,
     JobStatusReport,
+    _Message,
     message_text,
 )
 from shared.tasks import TaskContext
 
 log = logging.getLogger("switchyard.worker")
+LogSink = Callable[[int, str, str], None]  # (seq, level, message)
+ProgressSink = Callable[[float, float | None, str | None], None]  # (done, total, message)
 
 
 @dataclass
@@ -145,3 +149,36 @@ def attempt_usage(pool: ProcessPool | None) -> list[AttemptUsage]:
             )
         )
     return out
+
+
+def unsent_bytes(message: _Message) -> int:
+    """About what ``message`` takes in the outbox and on the wire: a log line's text
+    and its envelope (the lines are what a task can make many and large of)."""
+    if type(message) is JobLog:
+        return line_weight(message.message)
+    return ENVELOPE_BYTES
+
+
+class ChildListener:
+    """One process attempt's news from its child, on the event loop: the same log
+    lines, progress and end as a thread's (``Worker._context``'s callbacks). The pool
+    keeps it a while after the end, for lines a thread the task left running logs
+    late: so it holds neither the attempt nor its payload once ended."""
+
+    def __init__(
+        self,
+        run: Running,
+        on_log: LogSink,
+        on_progress: ProgressSink,
+        *,
+        ended: Callable[[Running, Outcome], None],
+    ) -> None:
+        self.run: Running | None = run
+        self.on_log = on_log
+        self.on_progress = on_progress
+        self._ended = ended
+
+    def on_end(self, outcome: Outcome) -> None:
+        run, self.run = self.run, None
+        if run is not None:
+            self._ended(run, outcome)

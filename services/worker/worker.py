@@ -38,16 +38,20 @@ from uuid import UUID
 import psutil
 
 from services.worker.attempt import (
+    ChildListener,
+    LogSink,
+    ProgressSink,
     Running,
     attempt_usage,
     end_report,
     log_line,
     progress_update,
     status_report,
+    unsent_bytes,
 )
 from services.worker.holdings import Holdings
 from services.worker.process_pool import ProcessPool
-from services.worker.runner import ENVELOPE_BYTES, Outcome, ToLoop, line_weight, run_task
+from services.worker.runner import Outcome, ToLoop, run_task
 from shared.bodies import compact_worker_chunk
 from shared.broker import Broker, Consumer, Delivery, Topology
 from shared.catalog import announce_task_types
@@ -55,7 +59,6 @@ from shared.db import create_engine, create_sessionmaker
 from shared.messages import (
     JobCancel,
     JobDispatch,
-    JobLog,
     JobProgress,
     JobStatusReport,
     WorkerCapacity,
@@ -81,8 +84,6 @@ OUTBOX_LINGER = 0.002
 # (a soft bound: see Outbox.wait_for_room), and a heartbeat put behind them goes out
 # within a few chunks' publishing.
 MAX_UNSENT_BYTES = 2**20
-LogSink = Callable[[int, str, str], None]  # (seq, level, message)
-ProgressSink = Callable[[float, float | None, str | None], None]  # (done, total, message)
 # --isolation / SWITCHYARD_WORKER_ISOLATION: "task" lets each @task choose.
 WORKER_ISOLATIONS = ("task", "thread", "process")
 
@@ -524,7 +525,12 @@ class Worker:
             task_type=run.dispatch.type,
             payload=run.dispatch.payload,
             memory_mb=run.dispatch.resources.memory_mb,
-            listener=_ChildListener(self, run),
+            listener=ChildListener(
+                run,
+                # What its reports name: the payload is not kept once it has ended.
+                *self._reporters(run.dispatch.model_copy(update={"payload": {}}), _call_now),
+                ended=self._attempt_ended,
+            ),
         )
 
     def _child_start_failed(self, run: Running, task: asyncio.Task[None]) -> None:
@@ -576,41 +582,9 @@ class Worker:
             self._send_heartbeat()
 
 
-def unsent_bytes(message: _Message) -> int:
-    """About what ``message`` takes in the outbox and on the wire: a log line's text
-    and its envelope (the lines are what a task can make many and large of)."""
-    if type(message) is JobLog:
-        return line_weight(message.message)
-    return ENVELOPE_BYTES
-
-
 def default_worker_id() -> str:
     host = "".join(c if c.isalnum() or c in "-_" else "-" for c in os.uname().nodename)
     return f"{host[:60]}-{os.getpid()}"
-
-
-class _ChildListener:
-    """One process attempt's news from its child, on the event loop: the same log
-    lines, progress and end as a thread's (``Worker._context``'s callbacks). The pool
-    keeps it a while after the end, for lines a thread the task left running logs
-    late: so it holds neither the attempt nor its payload once ended."""
-
-    def __init__(self, worker: Worker, run: Running) -> None:
-        self.worker = worker
-        self.run: Running | None = run
-        about = run.dispatch.model_copy(update={"payload": {}})  # what the reports name
-        self._log, self._progress = worker._reporters(about, _call_now)
-
-    def on_log(self, seq: int, level: str, message: str) -> None:
-        self._log(seq, level, message)
-
-    def on_progress(self, done: float, total: float | None, message: str | None) -> None:
-        self._progress(done, total, message)
-
-    def on_end(self, outcome: Outcome) -> None:
-        run, self.run = self.run, None
-        if run is not None:
-            self.worker._attempt_ended(run, outcome)
 
 
 def _call_now(callback: Callable[..., None], *args: Any, weight: int = 0) -> None:
