@@ -124,10 +124,8 @@ class Job(Base):
         ),
         Index("jobs_due_idx", "run_at", postgresql_where=text("status IN ('pending', 'retrying')")),
         Index("jobs_running_idx", "worker_id", postgresql_where=text("status = 'running'")),
-        Index("jobs_created_idx", "created_at", "id"),
+        # The list by status (the other keys it orders and filters by: JobListKey).
         Index("jobs_status_created_idx", "status", "created_at", "id"),
-        Index("jobs_type_created_idx", "type", "created_at", "id"),
-        Index("jobs_priority_created_idx", "priority", "created_at", "id"),
         # The name prefix search of the list (byte order; only named jobs).
         Index(
             "jobs_name_prefix_idx",
@@ -143,6 +141,27 @@ class Job(Base):
             unique=True,
             postgresql_where=text("idempotency_key IS NOT NULL"),
         ),
+    )
+
+
+class JobListKey(Base):
+    """What the job list orders and filters by, one row per job, never updated.
+
+    Kept apart from ``jobs`` because every status change there is a non-HOT update,
+    which adds an entry to each of its indexes, unchanged keys included (migration
+    0010). Triggers on ``jobs`` write it (insert, delete, truncate, a changed key), so
+    whatever writes a job keeps it whole; nothing writes it directly."""
+
+    __tablename__ = "job_list_keys"
+
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
+    id: Mapped[UUID] = mapped_column(PG_UUID(as_uuid=True), primary_key=True)
+    type: Mapped[str] = mapped_column(Text)
+    priority: Mapped[int] = mapped_column(SmallInteger)
+
+    __table_args__ = (
+        Index("job_list_keys_type_idx", "type", "created_at", "id"),
+        Index("job_list_keys_priority_idx", "priority", "created_at", "id"),
     )
 
 

@@ -1,0 +1,170 @@
+"""The list's keys apart from ``jobs`` (migration 0010): every selection pages in the
+order of ``jobs`` itself, whichever table a query reads, and the keys stay whole
+whatever writes ``jobs``."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+import httpx
+
+from shared.jobs.listing import JobSelection, select_ids
+from shared.states import JobStatus
+
+STATUSES = [
+    "pending",
+    "blocked",
+    "ready",
+    "running",
+    "retrying",
+    "completed",
+    "failed",
+    "cancelled",
+]
+TYPES = ["etl.load", "ml.train", "report.pdf"]
+PRIORITIES = ["critical", "high", "normal", "low"]  # rank 0 .. 3
+T0 = datetime(2026, 12, 1, tzinfo=UTC)
+
+# 160 jobs over 9 distinct creation times (ties broken by id), every status, type,
+# priority and name mixed, written by plain SQL as a hand or another version would.
+INSERT_MIXED = f"""
+INSERT INTO jobs (id, type, name, status, priority, payload, cpu_units, memory_mb, max_attempts,
+                  retry_initial_delay, retry_backoff, retry_max_delay, run_at, created_at)
+SELECT gen_random_uuid(), (ARRAY{TYPES})[1 + g % 3], (ARRAY[NULL, 'etl-a', 'etl-b', 'nightly'])[1 + g % 4],
+       (ARRAY{STATUSES})[1 + g % 8], (g % 7) % 4, '{{}}', 1, 64, 3, 1, 2, 60,
+       $1::timestamptz, $1::timestamptz + (g % 9) * interval '1 minute'
+FROM generate_series(1, 160) g
+"""
+
+
+def matches(job: asyncpg.Record, params: dict[str, Any]) -> bool:
+    statuses = params.get("status")
+    return (
+        (statuses is None or job["status"] in ([statuses] if isinstance(statuses, str) else statuses))
+        and job["type"] == params.get("type", job["type"])
+        and (params.get("priority") is None or job["priority"] == PRIORITIES.index(params["priority"]))
+        and (job["name"] or "").startswith(params.get("name", ""))
+        and ("name" not in params or job["name"] is not None)
+        and ("created_after" not in params or job["created_at"] >= params["created_after"])
+        and ("created_before" not in params or job["created_at"] < params["created_before"])
+    )  # fmt: skip
+
+
+def newest_first(jobs: list[asyncpg.Record]) -> list[str]:
+    return [
+        str(j["id"]) for j in sorted(jobs, key=lambda j: (j["created_at"], j["id"]), reverse=True)
+    ]
+
+
+async def paged(client: httpx.AsyncClient, params: dict[str, Any], limit: int = 7) -> list[str]:
+    query = {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in params.items()}
+    ids: list[str] = []
+    cursor = None
+    for _ in range(100):
+        r = await client.get(
+            "/jobs", params={**query, "limit": limit, **({"cursor": cursor} if cursor else {})}
+        )
+        assert r.status_code == 200, r.text
+        ids += [j["id"] for j in r.json()["items"]]
+        cursor = r.json()["next_cursor"]
+        if cursor is None:
+            return ids
+    raise AssertionError("the pages never ended")
+
+
+SELECTIONS: list[dict[str, Any]] = [
+    {},
+    {"status": "failed"},
+    {"status": ["failed", "cancelled", "failed"]},  # several, one repeated
+    {"status": ["ready", "running"], "type": "ml.train"},
+    {"type": "etl.load"},
+    {"priority": "high"},
+    {"type": "report.pdf", "priority": "low"},
+    {"type": "etl.load", "status": "completed"},
+    {"name": "etl"},
+    {"name": "etl-b", "status": ["pending", "failed"]},
+    {"created_after": T0 + timedelta(minutes=2), "created_before": T0 + timedelta(minutes=6)},
+    {"status": "running", "created_before": T0 + timedelta(minutes=5)},
+    {"priority": "critical", "created_after": T0 + timedelta(minutes=4)},
+]
+
+
+async def test_every_selection_pages_in_the_order_of_the_jobs_table(
+    client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    await db.execute(INSERT_MIXED, T0)
+    jobs = await db.fetch("SELECT id, created_at, status, type, priority, name FROM jobs")
+    assert len(jobs) == 160
+    for params in SELECTIONS:
+        expected = newest_first([j for j in jobs if matches(j, params)])
+        assert expected, params  # each selection selects something
+        assert await paged(client, params) == expected, params
+        # A page as large as the whole selection, and one row per page.
+        assert await paged(client, params, limit=1000) == expected, params
+    assert await paged(client, {"type": "etl.load"}, limit=1) == newest_first(
+        [j for j in jobs if j["type"] == "etl.load"]
+    )
+
+
+async def test_the_bulk_selection_is_oldest_first(db: asyncpg.Connection) -> None:
+    await db.execute(INSERT_MIXED, T0)
+    jobs = await db.fetch("SELECT id, created_at, status, type, priority, name FROM jobs")
+    for selection, params in [
+        (JobSelection(type="ml.train"), {"type": "ml.train"}),
+        (JobSelection(status=[JobStatus.FAILED, JobStatus.CANCELLED]), {"status": ["failed", "cancelled"]}),
+        (JobSelection(status=[JobStatus.READY]), {"status": "ready"}),
+    ]:  # fmt: skip
+        oldest = list(reversed(newest_first([j for j in jobs if matches(j, params)])))
+        got = await select_ids(db, selection=selection, limit=1000)  # type: ignore[arg-type]
+        assert [str(i) for i in got] == oldest
+        assert [str(i) for i in await select_ids(db, selection=selection, limit=3)] == oldest[:3]  # type: ignore[arg-type]
+
+
+async def keys(db: asyncpg.Connection) -> set[tuple[datetime, UUID, str, int]]:
+    rows = await db.fetch("SELECT created_at, id, type, priority FROM job_list_keys")
+    return {tuple(r) for r in rows}  # type: ignore[misc]
+
+
+async def of_jobs(db: asyncpg.Connection) -> set[tuple[datetime, UUID, str, int]]:
+    rows = await db.fetch("SELECT created_at, id, type, priority FROM jobs")
+    return {tuple(r) for r in rows}  # type: ignore[misc]
+
+
+async def test_the_keys_stay_whole_whatever_writes_jobs(
+    client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    await db.execute(INSERT_MIXED, T0)  # one statement of many rows
+    r = await client.post("/jobs", json={"type": "demo.echo", "name": "api"})  # the API's insert
+    assert r.status_code == 201, r.text
+    r = await client.post("/jobs/batch", json={"jobs": [{"type": "demo.echo"}] * 3})
+    assert r.status_code == 201, r.text
+    assert len(await keys(db)) == 164
+    assert await keys(db) == await of_jobs(db)
+
+    # Status changes (every service's updates) leave them alone.
+    await db.execute(
+        "UPDATE jobs SET status = 'cancelled', finished_at = now() WHERE status = 'ready'"
+    )
+    assert await keys(db) == await of_jobs(db)
+
+    # A hand's update of a key moves it (no service writes one).
+    await db.execute("UPDATE jobs SET type = 'renamed', priority = 3 WHERE name = 'nightly'")
+    await db.execute(
+        "UPDATE jobs SET created_at = created_at - interval '1 day' WHERE name = 'etl-a'"
+    )
+    assert await keys(db) == await of_jobs(db)
+    renamed = (await client.get("/jobs", params={"type": "renamed", "limit": 1000})).json()["items"]
+    assert {j["name"] for j in renamed} == {"nightly"} and len(renamed) == 40
+    oldest = (await client.get("/jobs", params={"limit": 1000})).json()["items"][-40:]
+    assert {j["name"] for j in oldest} == {"etl-a"}
+
+    # Deletes (retention, by hand, cascades) and TRUNCATE take theirs with them.
+    await db.execute("DELETE FROM jobs WHERE status = 'completed'")
+    assert await keys(db) == await of_jobs(db)
+    assert (await client.get("/jobs", params={"limit": 1000})).json()["items"]
+    await db.execute("TRUNCATE jobs CASCADE")
+    assert await keys(db) == set()
+    assert (await client.get("/jobs")).json()["items"] == []
