@@ -130,7 +130,8 @@ def _in_list_order(
         beyond = "<" if newest_first else ">"
         shared.append(f"({k}.created_at, {k}.id) {beyond} (${n - 1}::timestamptz, ${n}::uuid)")
     arms = []
-    for status in dict.fromkeys(selection.status or [None]):  # each once, in order
+    arm_statuses: list[JobStatus | None] = [*dict.fromkeys(selection.status or [])] or [None]
+    for status in arm_statuses:  # each status once, in order
         where = list(shared)
         if status is not None:
             args.append(status.value)
