@@ -143,6 +143,10 @@ async def test_the_keys_stay_whole_whatever_writes_jobs(
     assert r.status_code == 201, r.text
     assert len(await keys(db)) == 164
     assert await keys(db) == await of_jobs(db)
+    # GET /stats counts priorities from the keys.
+    by_priority = (await client.get("/stats")).json()["by_priority"]
+    counted = await db.fetch("SELECT priority, count(*) FROM jobs GROUP BY priority")
+    assert by_priority == {PRIORITIES[r["priority"]]: r["count"] for r in counted}
 
     # Status changes (every service's updates) leave them alone.
     await db.execute(
