@@ -44,6 +44,9 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from shared.states import JobStatus
 
 STATUSES_SQL = ", ".join(f"'{s.value}'" for s in JobStatus)
+# The two halves of the list's type and priority indexes (migration 0010).
+WAITING = text("status IN ('pending', 'blocked', 'ready', 'retrying')")
+FINISHED = text("status IN ('completed', 'failed', 'cancelled')")
 TZ = DateTime(timezone=True)
 
 
@@ -124,8 +127,19 @@ class Job(Base):
         ),
         Index("jobs_due_idx", "run_at", postgresql_where=text("status IN ('pending', 'retrying')")),
         Index("jobs_running_idx", "worker_id", postgresql_where=text("status = 'running'")),
-        # The list by status (the other keys it orders and filters by: JobListKey).
+        # The list: one range per status, in list order (shared/jobs/listing.py).
         Index("jobs_status_created_idx", "status", "created_at", "id"),
+        # Its type and priority filters, in two halves that no status change of the hot
+        # path writes: a job enters the waiting half when submitted (or retried) and the
+        # finished half when it ends, and neither while it runs (migration 0010).
+        Index("jobs_type_waiting_idx", "type", "created_at", "id", postgresql_where=WAITING),
+        Index("jobs_type_finished_idx", "type", "created_at", "id", postgresql_where=FINISHED),
+        Index(
+            "jobs_priority_waiting_idx", "priority", "created_at", "id", postgresql_where=WAITING
+        ),
+        Index(
+            "jobs_priority_finished_idx", "priority", "created_at", "id", postgresql_where=FINISHED
+        ),
         # The name prefix search of the list (byte order; only named jobs).
         Index(
             "jobs_name_prefix_idx",
@@ -141,27 +155,6 @@ class Job(Base):
             unique=True,
             postgresql_where=text("idempotency_key IS NOT NULL"),
         ),
-    )
-
-
-class JobListKey(Base):
-    """What the job list orders and filters by, one row per job, never updated.
-
-    Kept apart from ``jobs`` because every status change there is a non-HOT update,
-    which adds an entry to each of its indexes, unchanged keys included (migration
-    0010). Triggers on ``jobs`` write it (insert, delete, truncate, a changed key), so
-    whatever writes a job keeps it whole; nothing writes it directly."""
-
-    __tablename__ = "job_list_keys"
-
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
-    id: Mapped[UUID] = mapped_column(PG_UUID(as_uuid=True), primary_key=True)
-    type: Mapped[str] = mapped_column(Text)
-    priority: Mapped[int] = mapped_column(SmallInteger)
-
-    __table_args__ = (
-        Index("job_list_keys_type_idx", "type", "created_at", "id"),
-        Index("job_list_keys_priority_idx", "priority", "created_at", "id"),
     )
 
 

@@ -483,8 +483,7 @@ SELECT status, priority, count(*) AS n FROM jobs
 WHERE status IN {status_list(set(S) - TERMINAL)} GROUP BY status, priority
 """
 COUNT_BY_STATUS = "SELECT status, count(*) AS n FROM jobs GROUP BY status"
-# From the list's keys (one row per job, narrow, and its priority index).
-COUNT_BY_PRIORITY = "SELECT priority, count(*) AS n FROM job_list_keys GROUP BY priority"
+COUNT_BY_PRIORITY = "SELECT priority, count(*) AS n FROM jobs GROUP BY priority"
 # Jobs that finished since $1, per terminal status, and how many in the last minute.
 FINISHED_SINCE = f"""
 SELECT status, count(*) FILTER (WHERE finished_at > now() - interval '1 minute') AS last_minute,

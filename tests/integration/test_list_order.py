@@ -1,18 +1,17 @@
-"""The list's keys apart from ``jobs`` (migration 0010): every selection pages in the
-order of ``jobs`` itself, whichever table a query reads, and the keys stay whole
-whatever writes ``jobs``."""
+"""The list read one status at a time (``shared.jobs.listing``, migration 0010): every
+selection pages in the order of ``jobs`` itself, and the halves of the type and
+priority indexes hold every status but ``running`` between them."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from uuid import UUID
 
 import asyncpg
 import httpx
 
 from shared.jobs.listing import JobSelection, select_ids
-from shared.states import JobStatus
+from shared.states import TERMINAL, JobStatus
 
 STATUSES = [
     "pending",
@@ -123,52 +122,19 @@ async def test_the_bulk_selection_is_oldest_first(db: asyncpg.Connection) -> Non
         assert [str(i) for i in await select_ids(db, selection=selection, limit=3)] == oldest[:3]  # type: ignore[arg-type]
 
 
-async def keys(db: asyncpg.Connection) -> set[tuple[datetime, UUID, str, int]]:
-    rows = await db.fetch("SELECT created_at, id, type, priority FROM job_list_keys")
-    return {tuple(r) for r in rows}  # type: ignore[misc]
-
-
-async def of_jobs(db: asyncpg.Connection) -> set[tuple[datetime, UUID, str, int]]:
-    rows = await db.fetch("SELECT created_at, id, type, priority FROM jobs")
-    return {tuple(r) for r in rows}  # type: ignore[misc]
-
-
-async def test_the_keys_stay_whole_whatever_writes_jobs(
-    client: httpx.AsyncClient, db: asyncpg.Connection
-) -> None:
-    await db.execute(INSERT_MIXED, T0)  # one statement of many rows
-    r = await client.post("/jobs", json={"type": "demo.echo", "name": "api"})  # the API's insert
-    assert r.status_code == 201, r.text
-    r = await client.post("/jobs/batch", json={"jobs": [{"type": "demo.echo"}] * 3})
-    assert r.status_code == 201, r.text
-    assert len(await keys(db)) == 164
-    assert await keys(db) == await of_jobs(db)
-    # GET /stats counts priorities from the keys.
-    by_priority = (await client.get("/stats")).json()["by_priority"]
-    counted = await db.fetch("SELECT priority, count(*) FROM jobs GROUP BY priority")
-    assert by_priority == {PRIORITIES[r["priority"]]: r["count"] for r in counted}
-
-    # Status changes (every service's updates) leave them alone.
-    await db.execute(
-        "UPDATE jobs SET status = 'cancelled', finished_at = now() WHERE status = 'ready'"
+async def test_the_halves_hold_every_status_but_running(db: asyncpg.Connection) -> None:
+    """The partial indexes' predicates, as PostgreSQL stores them, against the states."""
+    rows = await db.fetch(
+        "SELECT indexrelid::regclass::text AS name, pg_get_expr(indpred, indrelid) AS pred "
+        "FROM pg_index WHERE indrelid = 'jobs'::regclass AND indpred IS NOT NULL"
     )
-    assert await keys(db) == await of_jobs(db)
+    predicates = {r["name"]: r["pred"] for r in rows}
 
-    # A hand's update of a key moves it (no service writes one).
-    await db.execute("UPDATE jobs SET type = 'renamed', priority = 3 WHERE name = 'nightly'")
-    await db.execute(
-        "UPDATE jobs SET created_at = created_at - interval '1 day' WHERE name = 'etl-a'"
-    )
-    assert await keys(db) == await of_jobs(db)
-    renamed = (await client.get("/jobs", params={"type": "renamed", "limit": 1000})).json()["items"]
-    assert {j["name"] for j in renamed} == {"nightly"} and len(renamed) == 40
-    oldest = (await client.get("/jobs", params={"limit": 1000})).json()["items"][-40:]
-    assert {j["name"] for j in oldest} == {"etl-a"}
+    def statuses(index: str) -> set[str]:
+        return {s.value for s in JobStatus if f"'{s.value}'" in predicates[index]}
 
-    # Deletes (retention, by hand, cascades) and TRUNCATE take theirs with them.
-    await db.execute("DELETE FROM jobs WHERE status = 'completed'")
-    assert await keys(db) == await of_jobs(db)
-    assert (await client.get("/jobs", params={"limit": 1000})).json()["items"]
-    await db.execute("TRUNCATE jobs CASCADE")
-    assert await keys(db) == set()
-    assert (await client.get("/jobs")).json()["items"] == []
+    finished = {s.value for s in TERMINAL}
+    waiting = {s.value for s in JobStatus} - finished - {"running"}
+    for key in ("type", "priority"):
+        assert statuses(f"jobs_{key}_waiting_idx") == waiting
+        assert statuses(f"jobs_{key}_finished_idx") == finished
