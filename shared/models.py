@@ -44,7 +44,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from shared.states import JobStatus
 
 STATUSES_SQL = ", ".join(f"'{s.value}'" for s in JobStatus)
-# The two halves of the list's type and priority indexes (migration 0010).
+# The two halves of the list's created_at, type and priority indexes (migration 0010).
 WAITING = text("status IN ('pending', 'blocked', 'ready', 'retrying')")
 FINISHED = text("status IN ('completed', 'failed', 'cancelled')")
 TZ = DateTime(timezone=True)
@@ -129,9 +129,11 @@ class Job(Base):
         Index("jobs_running_idx", "worker_id", postgresql_where=text("status = 'running'")),
         # The list: one range per status, in list order (shared/jobs/listing.py).
         Index("jobs_status_created_idx", "status", "created_at", "id"),
-        # Its type and priority filters, in two halves that no status change of the hot
-        # path writes: a job enters the waiting half when submitted (or retried) and the
-        # finished half when it ends, and neither while it runs (migration 0010).
+        # Its order, type and priority filters, in two halves that no status change of
+        # the hot path writes: a job enters the waiting half when submitted (or retried)
+        # and the finished half when it ends, and neither while it runs (migration 0010).
+        Index("jobs_created_waiting_idx", "created_at", "id", postgresql_where=WAITING),
+        Index("jobs_created_finished_idx", "created_at", "id", postgresql_where=FINISHED),
         Index("jobs_type_waiting_idx", "type", "created_at", "id", postgresql_where=WAITING),
         Index("jobs_type_finished_idx", "type", "created_at", "id", postgresql_where=FINISHED),
         Index(

@@ -15,6 +15,7 @@ __all__ = [
     "CANCELLABLE_AT_ONCE",
     "TERMINAL",
     "TRANSITIONS",
+    "WAITING",
     "JobStatus",
     "can_transition",
     "check_transition",
@@ -39,8 +40,10 @@ TRANSITIONS: dict[JobStatus | None, frozenset[JobStatus]] = {
     S.CANCELLED: frozenset({S.READY, S.BLOCKED, S.PENDING}),
 }
 
+# A job that waits to run: neither running nor finished (TERMINAL).
+WAITING: frozenset[JobStatus] = frozenset({S.PENDING, S.BLOCKED, S.READY, S.RETRYING})
 # Statuses from which a user's cancel takes effect at once (no worker involved).
-CANCELLABLE_AT_ONCE: frozenset[JobStatus] = frozenset({S.PENDING, S.BLOCKED, S.READY, S.RETRYING})
+CANCELLABLE_AT_ONCE: frozenset[JobStatus] = WAITING
 
 
 def can_transition(old: JobStatus | str | None, new: JobStatus | str) -> bool:

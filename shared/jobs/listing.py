@@ -1,18 +1,18 @@
 """Selecting jobs by the list's filters: the page of ``GET /jobs`` and the jobs a
 ``POST /jobs/bulk`` acts on read the same conditions, in the same order.
 
-A selection is read one status at a time, each a query of its own, merged when there
-are several (every status when the selection names none): within one status,
-``jobs_status_created_idx`` is in list order, and the type and priority indexes hold
-``(…, created_at, id)`` for the waiting and the finished statuses (migration 0010), so
-the planner can walk whichever bounds the page best, as with the name prefix index
-(``jobs_name_prefix_idx``, ``text_pattern_ops``: the prefix as a range in byte order,
-which a prepared statement's generic plan can use too; ``LIKE $1`` could not). The
-status is written into each query as a literal (it is one of ``JobStatus``): a
-parameter would hide from a generic plan which partial index it may use. Every other
-value is a parameter, and only the conditions given appear, so each combination plans
-on its own. Each query reads at most ``limit`` rows of its range; the merge keeps
-``limit``.
+A selection is read in parts, each a query of its own, merged: one per status it
+names, or else three, the waiting jobs, the running ones and the finished ones, as
+the list's partial indexes split them (migration 0010). Within a part the planner can
+walk whichever index bounds the page best: the status range
+(``jobs_status_created_idx``, in list order), the part's half of the ``created_at``,
+type or priority index, or the name prefix index (``jobs_name_prefix_idx``,
+``text_pattern_ops``: the prefix as a range in byte order, which a prepared
+statement's generic plan can use too; ``LIKE $1`` could not). The statuses are
+written into each query as literals (each is one of ``JobStatus``): a parameter would
+hide from a generic plan which partial index may serve it. Every other value is a
+parameter, and only the conditions given appear, so each combination plans on its
+own. Each part reads at most ``limit`` rows; the merge keeps ``limit``.
 """
 
 from __future__ import annotations
@@ -27,8 +27,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.db import fetch
 from shared.jobs.reads import decode_cursor, encode_cursor
+from shared.jobs.sql import status_list
 from shared.schemas import Priority
-from shared.states import JobStatus
+from shared.states import TERMINAL, WAITING, JobStatus
 
 # The largest code point: every string that starts with a prefix sorts (byte-wise, as
 # UTF-8) before the prefix followed by it, and after the prefix alone.
@@ -84,6 +85,19 @@ def _conditions(selection: JobSelection, args: list[object]) -> list[str]:
     return where
 
 
+def _status_conditions(selection: JobSelection) -> list[str]:
+    """One condition per query: each status named (once), or else the waiting half, the
+    running jobs and the finished half, which the list's partial indexes split the
+    same way. Literals, not parameters: each value is one of ``JobStatus``."""
+    if selection.status:
+        return [f"status = '{JobStatus(s).value}'" for s in dict.fromkeys(selection.status)]
+    return [
+        f"status IN {status_list(WAITING)}",
+        f"status = '{JobStatus.RUNNING.value}'",
+        f"status IN {status_list(TERMINAL)}",
+    ]
+
+
 def _in_list_order(
     selection: JobSelection,
     *,
@@ -103,12 +117,10 @@ def _in_list_order(
         n = len(args)
         beyond = "<" if newest_first else ">"
         shared.append(f"(created_at, id) {beyond} (${n - 1}::timestamptz, ${n}::uuid)")
-    statuses = dict.fromkeys(selection.status or JobStatus)  # each once, in order
     arms = [
-        f"SELECT {columns} FROM jobs WHERE "
-        + " AND ".join([f"status = '{JobStatus(status).value}'", *shared])
-        + f" ORDER BY created_at{direction}, id{direction} LIMIT $1"
-        for status in statuses
+        f"SELECT {columns} FROM jobs WHERE {' AND '.join([status, *shared])}"
+        f" ORDER BY created_at{direction}, id{direction} LIMIT $1"
+        for status in _status_conditions(selection)
     ]
     if len(arms) == 1:
         return arms[0], args

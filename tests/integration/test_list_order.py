@@ -1,6 +1,6 @@
 """The list read one status at a time (``shared.jobs.listing``, migration 0010): every
 selection pages in the order of ``jobs`` itself, and the halves of the type and
-priority indexes hold every status but ``running`` between them."""
+created_at, type and priority indexes hold every status but ``running`` between them."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import asyncpg
 import httpx
 
 from shared.jobs.listing import JobSelection, select_ids
-from shared.states import TERMINAL, JobStatus
+from shared.states import TERMINAL, WAITING, JobStatus
 
 STATUSES = [
     "pending",
@@ -134,7 +134,8 @@ async def test_the_halves_hold_every_status_but_running(db: asyncpg.Connection) 
         return {s.value for s in JobStatus if f"'{s.value}'" in predicates[index]}
 
     finished = {s.value for s in TERMINAL}
-    waiting = {s.value for s in JobStatus} - finished - {"running"}
-    for key in ("type", "priority"):
+    waiting = {s.value for s in WAITING}
+    assert waiting | finished | {"running"} == {s.value for s in JobStatus}
+    for key in ("created", "type", "priority"):
         assert statuses(f"jobs_{key}_waiting_idx") == waiting
         assert statuses(f"jobs_{key}_finished_idx") == finished

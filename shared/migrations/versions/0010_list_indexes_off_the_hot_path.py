@@ -1,5 +1,4 @@
-"""list indexes off the hot path: the type and priority indexes in two halves, and no
-``created_at`` index of its own
+"""list indexes off the hot path: the created_at, type and priority indexes in two halves
 
 Every status change of a job is a non-HOT update of ``jobs`` (``status`` is indexed),
 and PostgreSQL adds an entry for the new row version to every index whose predicate the
@@ -9,12 +8,12 @@ took an entry at the insert and at each status change: about a third of PostgreS
 CPU per job in ``python -m bench.scheduler_alone`` (docs/performance.md, "Issue 22,
 twenty-first session").
 
-The type and priority indexes are now partial, each in two halves: the waiting jobs
-(pending, blocked, ready, retrying) and the finished ones (completed, failed,
-cancelled). A job enters the first when it is submitted and the second when it ends;
-its dispatch and its start write neither. Running jobs are few (the fleet's slots) and
-are read through the status index. The list reads one range of the status index per
-status, merged (``shared.jobs.listing``), so ``(created_at, id)`` alone is not needed.
+The three are now partial, each in two halves: the waiting jobs (pending, blocked,
+ready, retrying) and the finished ones (completed, failed, cancelled). A job enters the
+first when it is submitted and the second when it ends; its dispatch and its start
+write neither. Running jobs are few (the fleet's slots) and are read through the status
+index. The list reads the two halves and the running jobs apart, merged, or one status
+at a time when it names statuses (``shared.jobs.listing``).
 
 Built and dropped CONCURRENTLY (nothing blocks writes to ``jobs``), the new indexes
 first, so the list keeps an index at every moment. A build that failed half way leaves
@@ -39,8 +38,8 @@ depends_on: str | Sequence[str] | None = None
 WAITING = sa.text("status IN ('pending', 'blocked', 'ready', 'retrying')")
 FINISHED = sa.text("status IN ('completed', 'failed', 'cancelled')")
 HALVES = {
-    f"jobs_{key}_{half}_idx": ([key, "created_at", "id"], where)
-    for key in ("type", "priority")
+    f"jobs_{key}_{half}_idx": ([*leading, "created_at", "id"], where)
+    for key, leading in (("created", []), ("type", ["type"]), ("priority", ["priority"]))
     for half, where in (("waiting", WAITING), ("finished", FINISHED))
 }
 WHOLE = {
