@@ -110,7 +110,11 @@ def _in_list_order(
     them) in list order, those past the keys ``past`` only; the statement and its
     arguments."""
     direction = " DESC" if newest_first else ""
-    args: list[object] = [limit]
+    # The limit is a literal too: with ``LIMIT $1`` a generic plan is costed as if a
+    # tenth of each range were read, so at millions of jobs PostgreSQL plans every
+    # execution anew (0.45 ms for three parts) instead of reusing its plan.
+    rows = int(limit)
+    args: list[object] = []
     shared = _conditions(selection, args)
     if past is not None:
         args.extend(past)
@@ -119,14 +123,14 @@ def _in_list_order(
         shared.append(f"(created_at, id) {beyond} (${n - 1}::timestamptz, ${n}::uuid)")
     arms = [
         f"SELECT {columns} FROM jobs WHERE {' AND '.join([status, *shared])}"
-        f" ORDER BY created_at{direction}, id{direction} LIMIT $1"
+        f" ORDER BY created_at{direction}, id{direction} LIMIT {rows}"
         for status in _status_conditions(selection)
     ]
     if len(arms) == 1:
         return arms[0], args
     merged = " UNION ALL ".join(f"({arm})" for arm in arms)
     return (
-        f"SELECT * FROM ({merged}) arms ORDER BY created_at{direction}, id{direction} LIMIT $1",
+        f"SELECT * FROM ({merged}) arms ORDER BY created_at{direction}, id{direction} LIMIT {rows}",
         args,
     )
 
