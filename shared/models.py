@@ -34,6 +34,7 @@ from sqlalchemy import (
     Integer,
     SmallInteger,
     Text,
+    TextClause,
     UniqueConstraint,
     text,
 )
@@ -41,12 +42,20 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.dialects.postgresql import UUID as PG_UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from shared.states import JobStatus
+from shared.states import TERMINAL, WAITING, JobStatus
 
 STATUSES_SQL = ", ".join(f"'{s.value}'" for s in JobStatus)
+
+
+def _status_in(statuses: frozenset[JobStatus]) -> TextClause:
+    """``status IN (…)`` of ``statuses``, in the enum's order."""
+    listed = ", ".join(f"'{s.value}'" for s in JobStatus if s in statuses)
+    return text(f"status IN ({listed})")
+
+
 # The two halves of the list's created_at, type and priority indexes (migration 0010).
-WAITING = text("status IN ('pending', 'blocked', 'ready', 'retrying')")
-FINISHED = text("status IN ('completed', 'failed', 'cancelled')")
+WAITING_ROWS = _status_in(WAITING)
+FINISHED_ROWS = _status_in(TERMINAL)
 TZ = DateTime(timezone=True)
 
 
@@ -132,15 +141,23 @@ class Job(Base):
         # Its order, type and priority filters, in two halves that no status change of
         # the hot path writes: a job enters the waiting half when submitted (or retried)
         # and the finished half when it ends, and neither while it runs (migration 0010).
-        Index("jobs_created_waiting_idx", "created_at", "id", postgresql_where=WAITING),
-        Index("jobs_created_finished_idx", "created_at", "id", postgresql_where=FINISHED),
-        Index("jobs_type_waiting_idx", "type", "created_at", "id", postgresql_where=WAITING),
-        Index("jobs_type_finished_idx", "type", "created_at", "id", postgresql_where=FINISHED),
+        Index("jobs_created_waiting_idx", "created_at", "id", postgresql_where=WAITING_ROWS),
+        Index("jobs_created_finished_idx", "created_at", "id", postgresql_where=FINISHED_ROWS),
+        Index("jobs_type_waiting_idx", "type", "created_at", "id", postgresql_where=WAITING_ROWS),
+        Index("jobs_type_finished_idx", "type", "created_at", "id", postgresql_where=FINISHED_ROWS),
         Index(
-            "jobs_priority_waiting_idx", "priority", "created_at", "id", postgresql_where=WAITING
+            "jobs_priority_waiting_idx",
+            "priority",
+            "created_at",
+            "id",
+            postgresql_where=WAITING_ROWS,
         ),
         Index(
-            "jobs_priority_finished_idx", "priority", "created_at", "id", postgresql_where=FINISHED
+            "jobs_priority_finished_idx",
+            "priority",
+            "created_at",
+            "id",
+            postgresql_where=FINISHED_ROWS,
         ),
         # The name prefix search of the list (byte order; only named jobs).
         Index(

@@ -1,6 +1,6 @@
-"""The list read one status at a time (``shared.jobs.listing``, migration 0010): every
-selection pages in the order of ``jobs`` itself, and the halves of the type and
-created_at, type and priority indexes hold every status but ``running`` between them."""
+"""The list read in parts (``shared.jobs.listing``, migration 0010): every selection
+pages in the order of ``jobs`` itself, and the halves of the created_at, type and
+priority indexes hold every status but ``running`` between them."""
 
 from __future__ import annotations
 
@@ -13,16 +13,7 @@ import httpx
 from shared.jobs.listing import JobSelection, select_ids
 from shared.states import TERMINAL, WAITING, JobStatus
 
-STATUSES = [
-    "pending",
-    "blocked",
-    "ready",
-    "running",
-    "retrying",
-    "completed",
-    "failed",
-    "cancelled",
-]
+STATUSES = [s.value for s in JobStatus]
 TYPES = ["etl.load", "ml.train", "report.pdf"]
 PRIORITIES = ["critical", "high", "normal", "low"]  # rank 0 .. 3
 T0 = datetime(2026, 12, 1, tzinfo=UTC)
@@ -50,6 +41,11 @@ def matches(job: asyncpg.Record, params: dict[str, Any]) -> bool:
         and ("created_after" not in params or job["created_at"] >= params["created_after"])
         and ("created_before" not in params or job["created_at"] < params["created_before"])
     )  # fmt: skip
+
+
+async def mixed_jobs(db: asyncpg.Connection) -> list[asyncpg.Record]:
+    await db.execute(INSERT_MIXED, T0)
+    return await db.fetch("SELECT id, created_at, status, type, priority, name FROM jobs")
 
 
 def newest_first(jobs: list[asyncpg.Record]) -> list[str]:
@@ -94,8 +90,7 @@ SELECTIONS: list[dict[str, Any]] = [
 async def test_every_selection_pages_in_the_order_of_the_jobs_table(
     client: httpx.AsyncClient, db: asyncpg.Connection
 ) -> None:
-    await db.execute(INSERT_MIXED, T0)
-    jobs = await db.fetch("SELECT id, created_at, status, type, priority, name FROM jobs")
+    jobs = await mixed_jobs(db)
     assert len(jobs) == 160
     for params in SELECTIONS:
         expected = newest_first([j for j in jobs if matches(j, params)])
@@ -109,8 +104,7 @@ async def test_every_selection_pages_in_the_order_of_the_jobs_table(
 
 
 async def test_the_bulk_selection_is_oldest_first(db: asyncpg.Connection) -> None:
-    await db.execute(INSERT_MIXED, T0)
-    jobs = await db.fetch("SELECT id, created_at, status, type, priority, name FROM jobs")
+    jobs = await mixed_jobs(db)
     for selection, params in [
         (JobSelection(type="ml.train"), {"type": "ml.train"}),
         (JobSelection(status=[JobStatus.FAILED, JobStatus.CANCELLED]), {"status": ["failed", "cancelled"]}),
