@@ -482,8 +482,12 @@ UNFINISHED_BY_STATUS_AND_PRIORITY = f"""
 SELECT status, priority, count(*) AS n FROM jobs
 WHERE status IN {status_list(set(S) - TERMINAL)} GROUP BY status, priority
 """
-COUNT_BY_STATUS = "SELECT status, count(*) AS n FROM jobs GROUP BY status"
-COUNT_BY_PRIORITY = "SELECT priority, count(*) AS n FROM jobs GROUP BY priority"
+# Most of the table once it has a history: a scan of every finished job
+# (shared.stats.FinishedCounts decides how often).
+FINISHED_BY_STATUS_AND_PRIORITY = f"""
+SELECT status, priority, count(*) AS n FROM jobs
+WHERE status IN {FINISHED} GROUP BY status, priority
+"""
 # Jobs that finished since $1, per terminal status, and how many in the last minute.
 FINISHED_SINCE = f"""
 SELECT status, count(*) FILTER (WHERE finished_at > now() - interval '1 minute') AS last_minute,

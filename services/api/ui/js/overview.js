@@ -34,7 +34,16 @@ export function overviewPage(main) {
           `(${Object.entries(stats.queue_depth).map(([k, v]) => `${k} ${v}`).join(", ")})`)),
       h("div", { class: "grid2 tight" },
         h("div", {}, h("h3", {}, "By status"), barList(byStatus, { classPrefix: "status-" })),
-        h("div", {}, h("h3", {}, "By priority"), barList(byPriority, { classPrefix: "prio-" }))));
+        h("div", {}, h("h3", {}, "By priority"), barList(byPriority, { classPrefix: "prio-" }))),
+      countedNote());
+  }
+
+  // A large history's finished jobs are counted every so often, not for every answer.
+  function countedNote() {
+    const age = (Date.now() - Date.parse(stats.finished_counted_at)) / 1000;
+    if (!(age >= 5)) return null;
+    return h("p", { class: "muted", id: "finished-counted" },
+      `Finished jobs as counted ${Math.round(age)} s ago (a large history is recounted in the background).`);
   }
 
   function renderCharts() {
