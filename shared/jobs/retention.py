@@ -39,16 +39,23 @@ async def prune_finished(
 
 # The audit log's guard (migration 0006) lets only a transaction that sets this delete.
 # Old rows have the low ids: the boundary is the first row young enough to keep, found
-# walking the primary key from the start (over the rows about to go, no further).
-PRUNE_AUDIT = """
-WITH boundary AS (
-    SELECT coalesce(
-        (SELECT id FROM audit_log WHERE at >= $1 ORDER BY id LIMIT 1),
-        (SELECT max(id) + 1 FROM audit_log)
-    ) AS id
+# once per sweep walking the primary key from the start (over the rows about to go, no
+# further); each batch then starts after the last id the one before it deleted, so a
+# sweep reads each old row once (a boundary per batch walked them all again each time).
+AUDIT_BOUNDARY = """
+SELECT coalesce(
+    (SELECT id FROM audit_log WHERE at >= $1 ORDER BY id LIMIT 1),
+    (SELECT max(id) + 1 FROM audit_log),
+    0
 )
-DELETE FROM audit_log
-WHERE id IN (SELECT id FROM audit_log WHERE id < (SELECT id FROM boundary) ORDER BY id LIMIT $2)
+"""
+PRUNE_AUDIT = """
+WITH gone AS (
+    DELETE FROM audit_log
+    WHERE id IN (SELECT id FROM audit_log WHERE id > $1 AND id < $2 ORDER BY id LIMIT $3)
+    RETURNING id
+)
+SELECT count(*) AS n, max(id) AS last FROM gone
 """
 
 
@@ -57,13 +64,14 @@ async def prune_audit(
 ) -> int:
     """Delete audit rows written before ``older_than``, ``batch`` at a time (each its
     own transaction), at most ``limit`` per call. Returns how many."""
-    deleted = 0
+    boundary = await pool.fetchval(AUDIT_BOUNDARY, older_than)
+    deleted, after = 0, -(2**63)  # below every bigint id
     while deleted < limit:
         async with pool_transaction(pool) as conn:
             await conn.execute("SET LOCAL switchyard.audit_retention = 'on'")
-            status = await conn.execute(PRUNE_AUDIT, older_than, batch, timeout=60)
-        n = int(status.split()[-1])  # "DELETE n"
-        deleted += n
-        if n < batch:
+            gone = await conn.fetchrow(PRUNE_AUDIT, after, boundary, batch, timeout=60)
+        deleted += gone["n"]
+        if gone["n"] < batch:
             break
+        after = gone["last"]
     return deleted

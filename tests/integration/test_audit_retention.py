@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import asyncpg
 import pytest
 
 from services.scheduler.database import Database
 from services.scheduler.maintenance import Maintenance
+from shared.jobs.retention import prune_audit
 from shared.settings import Settings
+from tests.conftest import wait_for
 
 
 async def _seed(db: asyncpg.Connection) -> None:
@@ -57,3 +61,61 @@ async def test_any_other_delete_or_update_is_still_refused(db: asyncpg.Connectio
         with pytest.raises(asyncpg.InsufficientPrivilegeError):
             await db.execute("UPDATE audit_log SET outcome = 'x'")
     assert await db.fetchval("SELECT count(*) FROM audit_log") == 4
+
+
+async def _pkey_entries_read(db: asyncpg.Connection) -> int:
+    await db.execute("SELECT pg_stat_clear_snapshot()")
+    n = await db.fetchval(
+        "SELECT idx_tup_read FROM pg_stat_user_indexes WHERE indexrelname = 'audit_log_pkey'"
+    )
+    return int(n)
+
+
+async def test_a_sweep_reads_each_old_row_about_once(
+    database_url: str, db: asyncpg.Connection
+) -> None:
+    """Batch after batch, the sweep goes on from where the last one stopped: walking
+    from the start to the boundary again for every batch read the old rows once per
+    batch (hours of reading when a large log first gets a retention)."""
+    old, young, batch = 3000, 50, 100
+    await db.execute(
+        "INSERT INTO audit_log (at, action, outcome) "
+        "SELECT now() - interval '400 days', 'old', 'ok' FROM generate_series(1, $1)",
+        old,
+    )
+    await db.execute(
+        "INSERT INTO audit_log (at, action, outcome) VALUES (now(), 'young', 'ok'),"
+        " (now() - interval '400 days', 'old, after a young row', 'ok')"
+    )
+    await db.execute(
+        "INSERT INTO audit_log (at, action, outcome) "
+        "SELECT now(), 'young', 'ok' FROM generate_series(1, $1)",
+        young,
+    )
+    await db.execute("ANALYZE audit_log")  # as a log large enough to matter is
+    dsn = database_url.replace("postgresql+asyncpg://", "postgresql://")
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=1)
+    try:
+        before = await _pkey_entries_read(db)
+        deleted = await prune_audit(
+            pool, older_than=datetime.now(UTC) - timedelta(days=30), batch=batch
+        )
+        await pool.execute("SELECT pg_stat_force_next_flush()")  # once it is idle
+        read = await wait_for(
+            lambda: _read_since(db, before), timeout=20, what="the sweep's reads reported"
+        )
+    finally:
+        await pool.close()
+    assert deleted == old
+    left = [r["action"] for r in await db.fetch("SELECT action FROM audit_log ORDER BY id")]
+    # Only rows before the first young one go: a later row is kept, whatever its time.
+    assert left == ["young", "old, after a young row"] + ["young"] * young
+    # The boundary walk, each batch's selection and its delete: about 3 reads per row
+    # (a walk per batch made it about old * old / batch / 2 = 45,000).
+    assert read < 5 * old, f"{read} primary-key entries read to delete {old} rows"
+
+
+async def _read_since(db: asyncpg.Connection, before: int) -> int:
+    """The entries read since ``before``, once the counter has moved (0 until then)."""
+    now = await _pkey_entries_read(db)
+    return now - before if now > before else 0
