@@ -309,7 +309,7 @@ class AuditEntry(Base):
     # Newest first is ``ORDER BY id DESC``; each filter has its own (filter, id) index.
     __table_args__ = (
         Index("audit_log_job_idx", "job_id", "id", postgresql_where=text("job_id IS NOT NULL")),
-        Index("audit_log_actor_idx", "actor", "id"),
+        Index("audit_log_actor_action_idx", "actor", "action", "id"),
         Index("audit_log_action_idx", "action", "id"),
         # One row per execution event, however often the logger sees the report.
         Index(

@@ -6,11 +6,10 @@ from typing import Annotated, Any
 from uuid import UUID
 
 from fastapi import APIRouter, Query
-from sqlalchemy import select
 
 from services.api.deps import AdminDep, SessionDep, error_responses
+from shared.audit_pages import audit_page
 from shared.jsonvalues import BIGINT_MAX
-from shared.models import AuditEntry
 from shared.schemas import AuditPage, AuditRead
 
 router = APIRouter(tags=["audit"])
@@ -39,16 +38,9 @@ async def audit_log(
 ) -> dict[str, Any]:
     """Filter by ``actor`` (an API key id, ``dev`` or a worker id), ``action`` (e.g.
     ``job.submit``, ``job.cancel``, ``execution.end``) and ``job_id``; keyset pages."""
-    stmt = select(AuditEntry)
-    if actor_id:
-        stmt = stmt.where(AuditEntry.actor == actor_id)
-    if action:
-        stmt = stmt.where(AuditEntry.action == action)
-    if job_id:
-        stmt = stmt.where(AuditEntry.job_id == job_id)
-    if cursor:
-        stmt = stmt.where(AuditEntry.id < cursor)
-    rows = list(await session.scalars(stmt.order_by(AuditEntry.id.desc()).limit(limit + 1)))
+    rows = await audit_page(
+        session, actor=actor_id, action=action, job_id=job_id, before=cursor, limit=limit + 1
+    )
     page = rows[:limit]
     return {
         "items": [AuditRead.model_validate(r, from_attributes=True) for r in page],
