@@ -81,12 +81,11 @@ class Maintenance:
 
     def _start_retention(self) -> None:
         """Every ``SWITCHYARD_RETENTION_SWEEP_SECONDS``, in the background: delete what
-        finished more than ``SWITCHYARD_RETENTION_DAYS`` ago, and audit rows older than
-        ``SWITCHYARD_AUDIT_RETENTION_DAYS`` (0: never, each)."""
+        finished more than ``SWITCHYARD_RETENTION_DAYS`` ago, audit rows older than
+        ``SWITCHYARD_AUDIT_RETENTION_DAYS`` (0: never, each), and the rows of workers
+        gone for ``retention.WORKERS_KEPT``."""
         settings = self._settings
         now = time.monotonic()
-        if settings.retention_days <= 0 and settings.audit_retention_days <= 0:
-            return
         if now - self._last_prune < settings.retention_sweep_seconds:
             return
         if self._prune_task is not None and not self._prune_task.done():
@@ -100,7 +99,9 @@ class Maintenance:
         sweeps = (
             ("", "job(s) finished", settings.retention_days, retention.prune_finished),
             ("audit ", "row(s) written", settings.audit_retention_days, retention.prune_audit),
-        )
+            ("worker ", "worker row(s) last heard of", retention.WORKERS_KEPT.days,
+             retention.prune_workers),
+        )  # fmt: skip
         for what, rows, days, prune in sweeps:
             if days <= 0:
                 continue

@@ -1,10 +1,10 @@
 """Retention: finished jobs deleted after ``SWITCHYARD_RETENTION_DAYS``, with what
 cascades from them (log lines, executions, dependency edges); audit rows after
-``SWITCHYARD_AUDIT_RETENTION_DAYS``."""
+``SWITCHYARD_AUDIT_RETENTION_DAYS``; the rows of workers gone for a week, always."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import asyncpg
 
@@ -75,3 +75,22 @@ async def prune_audit(
             break
         after = gone["last"]
     return deleted
+
+
+# Every worker process is a row (its id is host and pid by default), and every read of
+# the fleet (GET /workers, /metrics, a job's "why", each poll of the dashboard) scans
+# the table: a fleet that scales up and down leaves thousands of rows a month. Nothing
+# shows a worker dead for more than an hour; its jobs keep its id. A worker still
+# marked as running a job keeps its row until that job is dealt with.
+WORKERS_KEPT = timedelta(days=7)
+PRUNE_WORKERS = """
+DELETE FROM workers w
+WHERE w.last_heartbeat_at < $1
+  AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.status = 'running' AND j.worker_id = w.id)
+"""
+
+
+async def prune_workers(pool: asyncpg.Pool, *, older_than: datetime) -> int:
+    """Delete the rows of workers last heard of before ``older_than`` that run nothing."""
+    status = await pool.execute(PRUNE_WORKERS, older_than, timeout=60)
+    return int(status.split()[-1])  # "DELETE n"

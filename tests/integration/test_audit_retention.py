@@ -119,3 +119,24 @@ async def _read_since(db: asyncpg.Connection, before: int) -> int:
     """The entries read since ``before``, once the counter has moved (0 until then)."""
     now = await _pkey_entries_read(db)
     return now - before if now > before else 0
+
+
+async def test_rows_of_workers_gone_for_a_week_are_deleted_whatever_the_settings(
+    settings: Settings, db: asyncpg.Connection
+) -> None:
+    await db.executemany(
+        "INSERT INTO workers (id, state, cpu_units, memory_mb, slots, last_heartbeat_at)"
+        " VALUES ($1, $2, 1, 64, 1, now() - make_interval(days => $3))",
+        [("gone", "dead", 8), ("gone-running", "dead", 8), ("recent", "dead", 2),
+         ("alive", "alive", 0)],
+    )  # fmt: skip
+    await db.execute(
+        "INSERT INTO jobs (id, type, status, priority, payload, cpu_units, memory_mb,"
+        " max_attempts, retry_initial_delay, retry_backoff, retry_max_delay, run_at,"
+        " worker_id, attempts) VALUES (gen_random_uuid(), 'demo.echo', 'running', 1, '{}',"
+        " 0.1, 64, 3, 1, 2, 60, now(), 'gone-running', 1)"
+    )
+    assert settings.retention_days == 0 and settings.audit_retention_days == 0
+    await _sweep(settings)
+    left = [r["id"] for r in await db.fetch("SELECT id FROM workers ORDER BY id")]
+    assert left == ["alive", "gone-running", "recent"]
