@@ -97,8 +97,9 @@ class Settings(BaseSettings):
     # Retention: when > 0, finished jobs (completed, failed, cancelled) are deleted with
     # their log lines, executions and dependency edges this many days after they
     # finished; the active scheduler sweeps every retention_sweep_seconds. 0 (the
-    # default) keeps everything: nothing is deleted unless the operator asks for it.
-    # The audit log has its own setting (audit_retention_days, below).
+    # default) keeps every job: none is deleted unless the operator asks for it.
+    # The audit log has its own setting (audit_retention_days, below); the rows of
+    # workers gone for a week go in the same sweep whatever the settings.
     retention_days: float = Field(default=0.0, ge=0)
     retention_sweep_seconds: float = Field(default=60.0, gt=0)
 
