@@ -191,10 +191,10 @@ class StatsRead(BaseModel):
     throughput: dict[str, Throughput]
     durations: dict[str, Durations]
     window_seconds: float
-    finished_counted_at: datetime = Field(
+    history_read_at: datetime = Field(
         description="when the finished jobs (completed, failed, cancelled) in by_status "
-        "and by_priority were counted: for this answer, or, where the history is so large "
-        "that counting it takes 50 ms or more, up to a minute before (docs/api.md)"
+        "and by_priority, the throughput and the durations were read: for this answer, "
+        "or, where reading them takes 50 ms or more, up to a minute before (docs/api.md)"
     )
 
 

@@ -1,16 +1,13 @@
 """Read-only views for dashboards: queue depth, workers, throughput and durations.
 
 Every query here is an index scan or touches a small table, so they stay cheap with
-millions of historical rows (see docs/database.md), except the count of the finished
-jobs, which is a scan of them all: ``FinishedCounts`` decides how often it runs.
+millions of historical rows (see docs/database.md), except the counts of the finished
+jobs and the window's throughput and run times, which read every finished job or every
+job of the window: ``HistoryReads`` decides how often they run.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import time
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -18,97 +15,61 @@ import asyncpg
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from shared.costly_reads import CostlyRead
 from shared.db import Db, fetch
 from shared.jobs import sql
 from shared.schemas import Priority
 
-log = logging.getLogger(__name__)
-
 WAITING = ("pending", "blocked", "ready", "running", "retrying")
 PRIORITY_NAMES = {p.rank: p.value for p in Priority}
 
-# Counting the finished jobs reads every one of them (about 150 ms per million here,
-# on two cores). A count that took less than COUNT_EVERY_CALL_BELOW seconds is made
-# again for every answer, so it is exact as of the answer; a slower one is reused for
-# REUSE_FACTOR times as long as it took (at most MAX_REUSE_SECONDS) and made again in
-# the background meanwhile: each API replica's counting then takes a fiftieth of the
-# database's time however many dashboards ask (less past counts of 1.2 s), where a
-# count for every answer of one dashboard (one every 2 s) took half of it at 5M jobs.
-COUNT_EVERY_CALL_BELOW = 0.05
-REUSE_FACTOR = 50
-MAX_REUSE_SECONDS = 60.0
 
-
-@dataclass(frozen=True)
-class FinishedCount:
-    rows: list[tuple[str, str, int]]  # (status, priority, jobs)
-    at: datetime  # when the count began
-    took: float  # seconds
-    began: float  # time.monotonic() when it began
-
-
-async def count_finished(db: Db) -> FinishedCount:
-    at, began = datetime.now(UTC), time.monotonic()
+async def count_finished(db: Db) -> list[tuple[str, str, int]]:
+    """(status, priority, count) of the finished jobs: a scan of them all (about 150 ms
+    per million here, on two cores)."""
     rows = await fetch(db, sql.FINISHED_BY_STATUS_AND_PRIORITY)
-    took = time.monotonic() - began
-    counts = [(r["status"], PRIORITY_NAMES[r["priority"]], r["n"]) for r in rows]
-    return FinishedCount(counts, at, took, began)
+    return [(r["status"], PRIORITY_NAMES[r["priority"]], r["n"]) for r in rows]
 
 
-class FinishedCounts:
-    """The finished jobs by status and priority, counted as often as that is cheap
-    (see COUNT_EVERY_CALL_BELOW); one per API replica."""
+STATS_WINDOW = timedelta(minutes=15)
 
-    def __init__(
-        self,
-        *,
-        every_call_below: float = COUNT_EVERY_CALL_BELOW,
-        reuse_factor: float = REUSE_FACTOR,
-        max_reuse_seconds: float = MAX_REUSE_SECONDS,
-    ) -> None:
-        self._every_call_below = every_call_below
-        self._reuse_factor = reuse_factor
-        self._max_reuse_seconds = max_reuse_seconds
-        self._last: FinishedCount | None = None
-        self._counting: asyncio.Task[FinishedCount] | None = None
 
-    async def read(self, db: Db, pool: asyncpg.Pool | None) -> FinishedCount:
-        """The counts: made now on ``db`` when they are cheap, else the last ones while
-        they are fresh enough, a new count being made on ``pool`` meanwhile once they
-        are not (without ``pool``, always made now)."""
-        last = self._last
-        if pool is None or (last is not None and last.took < self._every_call_below):
-            return self._keep(await count_finished(db))
-        if last is None:  # the first: every caller waits for the same count
-            return await asyncio.shield(self._count_apart(pool))
-        age = time.monotonic() - last.began
-        if age > min(self._max_reuse_seconds, self._reuse_factor * last.took):
-            self._count_apart(pool)
-        return last
+async def read_window(db: Db) -> dict[str, Any]:
+    """Throughput per terminal status and run times per type over ``STATS_WINDOW``: a
+    read of every job that finished in it (about 1.4 s for a million here)."""
+    since = datetime.now(UTC) - STATS_WINDOW
+    throughput = {
+        s: {"last_minute": 0, "per_minute": 0.0} for s in ("completed", "failed", "cancelled")
+    }
+    minutes = STATS_WINDOW.total_seconds() / 60
+    for r in await fetch(db, sql.FINISHED_SINCE, since):
+        throughput[r["status"]] = {
+            "last_minute": r["last_minute"],
+            "per_minute": round(r["in_window"] / minutes, 3),
+        }
+    durations = {
+        r["type"]: {
+            "count": r["n"],
+            "mean_seconds": float(r["mean"]),
+            "p95_seconds": float(r["p95"]),
+        }
+        for r in await fetch(db, sql.DURATIONS_SINCE, since)
+    }
+    return {"throughput": throughput, "durations": durations}
 
-    def _keep(self, counted: FinishedCount) -> FinishedCount:
-        if self._last is None or counted.began >= self._last.began:
-            self._last = counted
-        return counted
 
-    def _count_apart(self, pool: asyncpg.Pool) -> asyncio.Task[FinishedCount]:
-        """The count under way, or a new one (one at a time)."""
-        if self._counting is None or self._counting.done():
-            self._counting = asyncio.create_task(self._count(pool), name="finished-counts")
-        return self._counting
+class HistoryReads:
+    """What ``GET /stats`` reads of the history (the finished jobs' counts, the
+    window's throughput and run times), each made for every answer only while that is
+    cheap (``CostlyRead``); one per API replica."""
 
-    async def _count(self, pool: asyncpg.Pool) -> FinishedCount:
-        try:
-            return self._keep(await count_finished(pool))
-        except Exception as exc:
-            # The last counts stay in use; the next answer that finds them old tries again.
-            log.warning("counting the finished jobs failed: %r", exc)
-            raise
+    def __init__(self, **policy: float) -> None:
+        self.finished = CostlyRead("the finished jobs' counts", count_finished, **policy)
+        self.window = CostlyRead("the throughput and run times", read_window, **policy)
 
     async def close(self) -> None:
-        if self._counting is not None and not self._counting.done():
-            self._counting.cancel()
-            await asyncio.gather(self._counting, return_exceptions=True)
+        await self.finished.close()
+        await self.window.close()
 
 
 async def depth_by_status_and_priority(session: AsyncSession) -> list[tuple[str, str, int]]:
@@ -172,47 +133,24 @@ async def list_workers(
 
 
 async def job_stats(
-    session: AsyncSession,
-    finished_counts: FinishedCounts,
-    pool: asyncpg.Pool | None,
-    *,
-    window: timedelta = timedelta(minutes=15),
+    session: AsyncSession, history: HistoryReads, pool: asyncpg.Pool | None
 ) -> dict[str, Any]:
-    """Counts by status and priority (the finished jobs' as ``finished_counts`` has them),
-    queue depth, throughput and durations per type."""
-    counted = await finished_counts.read(session, pool)
+    """Counts by status and priority, queue depth, throughput and durations per type:
+    the unfinished jobs read for this answer, the history as ``history`` has it."""
+    finished = await history.finished.get(session, pool)
+    window = await history.window.get(session, pool)
     by_status: dict[str, int] = {}
     by_priority = {p.value: 0 for p in Priority}
-    for status, priority, n in await depth_by_status_and_priority(session) + counted.rows:
+    for status, priority, n in await depth_by_status_and_priority(session) + finished.value:
         by_status[status] = by_status.get(status, 0) + n
         by_priority[priority] += n
-    since = datetime.now(UTC) - window
-    finished = await fetch(session, sql.FINISHED_SINCE, since)
-    throughput = {
-        s: {"last_minute": 0, "per_minute": 0.0} for s in ("completed", "failed", "cancelled")
-    }
-    minutes = window.total_seconds() / 60
-    for r in finished:
-        throughput[r["status"]] = {
-            "last_minute": r["last_minute"],
-            "per_minute": round(r["in_window"] / minutes, 3),
-        }
-    durations = await fetch(session, sql.DURATIONS_SINCE, since)
     return {
         "by_status": by_status,
         "by_priority": by_priority,
         "queue_depth": {
             s: by_status.get(s, 0) for s in ("ready", "blocked", "retrying", "pending")
         },
-        "throughput": throughput,
-        "durations": {
-            r["type"]: {
-                "count": r["n"],
-                "mean_seconds": float(r["mean"]),
-                "p95_seconds": float(r["p95"]),
-            }
-            for r in durations
-        },
-        "window_seconds": window.total_seconds(),
-        "finished_counted_at": counted.at,
+        **window.value,
+        "window_seconds": STATS_WINDOW.total_seconds(),
+        "history_read_at": min(finished.at, window.at),
     }

@@ -253,10 +253,10 @@ def stats() -> None:
         return
     by_status = ", ".join(f"{k} {v}" for k, v in sorted(data["by_status"].items()))
     say(f"jobs by status: {by_status or 'none'}")
-    counted_at = data.get("finished_counted_at")  # an older API does not say
-    if counted_at:
-        age = display.ago(display.parse_time(counted_at))
-        say(f"                (finished jobs as counted {age})")
+    read_at = data.get("history_read_at")  # an older API does not say
+    if read_at:
+        age = display.ago(display.parse_time(read_at))
+        say(f"                (finished jobs, throughput and durations as read {age})")
     say("queue depth:    " + ", ".join(f"{k} {v}" for k, v in data["queue_depth"].items()))
     for name, t in data["throughput"].items():
         say(f"{name:15} {t['last_minute']} in the last minute, {t['per_minute']}/min")

@@ -29,7 +29,7 @@ from shared.jobs.grouped import GroupedInserts
 from shared.jobs.prepare import Limits
 from shared.outbox import Outbox
 from shared.settings import Settings, get_settings
-from shared.stats import FinishedCounts
+from shared.stats import HistoryReads
 
 log = logging.getLogger("switchyard.api")
 
@@ -99,7 +99,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.key_cache.start()
         app.state.catalog = TaskCatalog()
         app.state.metrics = Metrics()
-        app.state.finished_counts = FinishedCounts()
+        app.state.history = HistoryReads()
         app.state.hub = EventHub(broker, buffer_size=settings.ws_buffer_events)
         app.state.hub.listeners.append(app.state.metrics.observe)
         await app.state.hub.start()
@@ -115,7 +115,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             await app.state.key_cache.close()
-            await app.state.finished_counts.close()
+            await app.state.history.close()
             await app.state.inserts.close()  # before the outbox: its last events go there
             await app.state.outbox.close()
             await app.state.pool.close()

@@ -483,7 +483,7 @@ SELECT status, priority, count(*) AS n FROM jobs
 WHERE status IN {status_list(set(S) - TERMINAL)} GROUP BY status, priority
 """
 # Most of the table once it has a history: a scan of every finished job
-# (shared.stats.FinishedCounts decides how often).
+# (shared.stats.HistoryReads decides how often).
 FINISHED_BY_STATUS_AND_PRIORITY = f"""
 SELECT status, priority, count(*) AS n FROM jobs
 WHERE status IN {FINISHED} GROUP BY status, priority

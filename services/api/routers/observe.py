@@ -30,11 +30,11 @@ async def workers(request: Request, session: SessionDep, actor: ViewerDep) -> li
 )
 async def stats(request: Request, session: SessionDep, actor: ViewerDep) -> dict[str, Any]:
     """Counts by status and priority, queue depth, throughput (last minute and the mean per
-    minute over the window) and mean / p95 run time per type over the window. A large
-    history's finished jobs are counted again every so often, not for every answer:
-    ``finished_counted_at`` says when."""
+    minute over the window) and mean / p95 run time per type over the window. What
+    grows with the history or the throughput is read again every so often, not for
+    every answer, once it is costly: ``history_read_at`` says when."""
     state = request.app.state
-    return await job_stats(session, state.finished_counts, state.pool)
+    return await job_stats(session, state.history, state.pool)
 
 
 @router.get(

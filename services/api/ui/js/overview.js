@@ -38,12 +38,12 @@ export function overviewPage(main) {
       countedNote());
   }
 
-  // A large history's finished jobs are counted every so often, not for every answer.
+  // A large history is read again every so often, not for every answer.
   function countedNote() {
-    const age = (Date.now() - Date.parse(stats.finished_counted_at)) / 1000;
+    const age = (Date.now() - Date.parse(stats.history_read_at)) / 1000;
     if (!(age >= 5)) return null;
-    return h("p", { class: "muted", id: "finished-counted" },
-      `Finished jobs as counted ${Math.round(age)} s ago (a large history is recounted in the background).`);
+    return h("p", { class: "muted", id: "history-read" },
+      `Finished jobs, throughput and durations as read ${Math.round(age)} s ago (a large history is read again in the background).`);
   }
 
   function renderCharts() {
