@@ -194,7 +194,7 @@ class StatsRead(BaseModel):
     history_read_at: datetime = Field(
         description="when the finished jobs (completed, failed, cancelled) in by_status "
         "and by_priority, the throughput and the durations were read: for this answer, "
-        "or, where reading them takes 50 ms or more, up to a minute before (docs/api.md)"
+        "or, where reading them takes 50 ms or more, a minute or two before (docs/api.md)"
     )
 
 

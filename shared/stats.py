@@ -137,11 +137,14 @@ async def job_stats(
 ) -> dict[str, Any]:
     """Counts by status and priority, queue depth, throughput and durations per type:
     the unfinished jobs read for this answer, the history as ``history`` has it."""
+    # The backlog first: the session's connection is then open, and a history read is
+    # timed without its checkout.
+    unfinished = await depth_by_status_and_priority(session)
     finished = await history.finished.get(session, pool)
     window = await history.window.get(session, pool)
     by_status: dict[str, int] = {}
     by_priority = {p.value: 0 for p in Priority}
-    for status, priority, n in await depth_by_status_and_priority(session) + finished.value:
+    for status, priority, n in unfinished + finished.value:
         by_status[status] = by_status.get(status, 0) + n
         by_priority[priority] += n
     return {

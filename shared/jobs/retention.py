@@ -30,7 +30,7 @@ async def prune_finished(
                 raise
             batch = max(1, batch // 10)
             continue
-        n = int(status.split()[-1])  # "DELETE n"
+        n = _deleted(status)
         deleted += n
         if n < batch:
             break
@@ -92,5 +92,8 @@ WHERE w.last_heartbeat_at < $1
 
 async def prune_workers(pool: asyncpg.Pool, *, older_than: datetime) -> int:
     """Delete the rows of workers last heard of before ``older_than`` that run nothing."""
-    status = await pool.execute(PRUNE_WORKERS, older_than, timeout=60)
+    return _deleted(await pool.execute(PRUNE_WORKERS, older_than, timeout=60))
+
+
+def _deleted(status: str) -> int:
     return int(status.split()[-1])  # "DELETE n"

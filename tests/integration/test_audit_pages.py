@@ -12,7 +12,7 @@ import httpx
 import pytest
 from sqlalchemy.dialects import postgresql
 
-from shared.audit_pages import ACTIONS_OF, audit_statement
+from shared.audit_pages import ACTIONS_OF, MAX_ACTIONS, audit_statement
 
 JOB = uuid.UUID("00000000-0000-4000-8000-000000000001")
 
@@ -136,3 +136,15 @@ async def test_a_rare_pair_or_an_actor_alone_reads_a_few_pages_of_a_long_log(
         used = await _buffers(db, selection)
         # A walk of the primary key through the log would touch every page.
         assert used < 150 < whole, f"{selection}: {used} buffers of a {whole}-page log"
+
+
+async def test_an_actor_with_more_actions_than_parts_is_paged_all_the_same(
+    client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    await db.execute(
+        "INSERT INTO audit_log (at, actor, role, action, outcome) "
+        "SELECT now(), 'many', 'admin', 'action.' || (g % $1), 'ok' FROM generate_series(1, 300) g",
+        MAX_ACTIONS + 6,
+    )
+    await db.execute(SEED, 100, JOB)
+    assert await _paged(client, {"actor": "many"}, 7) == await _expected(db, {"actor": "many"})

@@ -30,6 +30,7 @@ async def _sweep(settings: Settings) -> None:
         task = maintenance._prune_task
         if task is not None:
             await task
+        await maintenance.stop()  # what else it started (an analyze)
 
 
 async def test_off_by_default_nothing_is_deleted(

@@ -42,6 +42,7 @@ async def test_jobs_is_analyzed_within_seconds_of_filling_up(
                 break
             assert time.monotonic() < deadline, f"jobs still analyzed as {rows} rows"
             await asyncio.sleep(0.2)
+        await maintenance.stop()  # the retention sweep it started too
     plan = "\n".join(
         r[0]
         for r in await db.fetch(
@@ -109,3 +110,4 @@ async def test_a_busy_table_is_analyzed_again_after_inserts_not_on_every_change(
         await _stats_show(db, counted("n_tup_ins", 6000), "the new rows")
         await _check_once(maintenance)
         assert await known_rows() == 3000
+        await maintenance.stop()

@@ -14,7 +14,7 @@ import asyncpg
 import httpx
 import pytest
 
-from shared.costly_reads import CostlyRead
+from shared.costly_reads import COSTLY_IN_A_ROW, CostlyRead
 from shared.schemas import Priority
 from shared.stats import HistoryReads, count_finished
 from tests.conftest import wait_for
@@ -45,10 +45,13 @@ def read_at(body: dict[str, Any]) -> datetime:
     return datetime.fromisoformat(body["history_read_at"].replace("Z", "+00:00"))
 
 
-def as_if_costly(app: Any, **policy: float) -> None:
+async def as_if_costly(app: Any, client: httpx.AsyncClient, **policy: float) -> None:
     """The history reads of the app as a history of millions would make them: every
-    reading costly (``every_call_below=0``), reused as ``policy`` says."""
+    reading costly (``every_call_below=0``), reused as ``policy`` says; two readings
+    made, so the reads know they are costly."""
     app.state.history = HistoryReads(every_call_below=0, **policy)
+    for _ in range(COSTLY_IN_A_ROW):
+        await stats(client)
 
 
 async def test_a_small_history_is_read_for_every_answer(
@@ -79,9 +82,9 @@ async def test_a_small_history_is_read_for_every_answer(
 async def test_a_costly_history_is_reused_and_the_backlog_stays_fresh(
     app: Any, client: httpx.AsyncClient, db: asyncpg.Connection
 ) -> None:
-    as_if_costly(app, reuse_factor=10**9, max_reuse_seconds=3600)
     await add(db, "completed", "low", 4)
     await add(db, "ready", "normal", 1)
+    await as_if_costly(app, client, reuse_factor=10**9, max_reuse_seconds=3600)
     first = await stats(client)
     assert first["by_status"] == {"completed": 4, "ready": 1}
     await add(db, "completed", "low", 10)  # not read again yet
@@ -98,8 +101,9 @@ async def test_a_costly_history_is_reused_and_the_backlog_stays_fresh(
 async def test_an_old_reading_is_made_again_in_the_background(
     app: Any, client: httpx.AsyncClient, db: asyncpg.Connection
 ) -> None:
-    as_if_costly(app, reuse_factor=0, max_reuse_seconds=0)
     await add(db, "cancelled", "high", 2)
+    # Reused for 2 s, served until 4 s old: an answer within them need not wait.
+    await as_if_costly(app, client, reuse_factor=10**9, max_reuse_seconds=2)
     first = await stats(client)
     assert first["by_status"] == {"cancelled": 2}
     await add(db, "cancelled", "high", 3)
@@ -114,42 +118,84 @@ async def test_an_old_reading_is_made_again_in_the_background(
     assert later["by_priority"]["high"] == 5
 
 
-async def test_callers_share_the_first_reading(database_url: str) -> None:
+class Counted:
+    """``count_finished``, counting its calls."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def __call__(self, db: Any) -> Any:
+        self.calls += 1
+        return await count_finished(db)
+
+
+async def test_one_slow_reading_does_not_change_the_mode(db: asyncpg.Connection) -> None:
+    counted = Counted()
+    read = CostlyRead("counts", counted, every_call_below=0)  # every reading "slow"
+    await read.get(db, None)
+    assert not read.costly  # one slow reading: a busy moment, perhaps
+    await read.get(db, None)
+    assert read.costly and counted.calls == 2
+
+
+async def test_stale_readings_are_made_again_once_at_a_time(database_url: str) -> None:
     dsn = database_url.replace("postgresql+asyncpg://", "postgresql://")
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=4)
-    read = CostlyRead("counts", count_finished, every_call_below=0, reuse_factor=10**9)
+    counted = Counted()
+    read = CostlyRead("counts", counted, every_call_below=0, reuse_factor=10**9,
+                      max_reuse_seconds=0.2)  # fmt: skip
     try:
         async with pool.acquire() as conn:
+            for _ in range(COSTLY_IN_A_ROW):
+                await read.get(conn, pool)
+            assert read.costly and counted.calls == COSTLY_IN_A_ROW
+            last = await read.get(conn, pool)
+            await asyncio.sleep(0.25)  # past the window, within twice it
             got = await asyncio.gather(*(read.get(conn, pool) for _ in range(5)))
-        assert all(c is got[0] for c in got)
+            assert all(g is last for g in got)  # served, not waited for
+            await wait_for(
+                lambda: _newer_than(read, conn, pool, last), timeout=10, what="a new reading"
+            )
+        assert counted.calls == COSTLY_IN_A_ROW + 1
     finally:
         await read.close()
         await pool.close()
 
 
-async def test_a_failed_reading_keeps_the_last_one(
+async def _newer_than(read: CostlyRead[Any], db: Any, pool: Any, last: Any) -> bool:
+    await asyncio.sleep(0.01)
+    return read._last is not last
+
+
+async def test_a_failed_reading_keeps_the_last_one_until_too_old(
     database_url: str, db: asyncpg.Connection, caplog: pytest.LogCaptureFixture
 ) -> None:
     dsn = database_url.replace("postgresql+asyncpg://", "postgresql://")
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
-    read = CostlyRead(
-        "counts", count_finished, every_call_below=0, reuse_factor=0, max_reuse_seconds=0
-    )
+    counted = Counted()
+    read = CostlyRead("counts", counted, every_call_below=0, reuse_factor=10**9,
+                      max_reuse_seconds=0.5)  # fmt: skip
     await add(db, "failed", "normal", 3)
     try:
-        first = await read.get(db, pool)
+        for _ in range(COSTLY_IN_A_ROW):
+            first = await read.get(db, pool)
         assert first.value == [("failed", "normal", 3)]
         await pool.close()  # the next reading cannot be made
         caplog.set_level(logging.WARNING, logger="shared.costly_reads")
+        await asyncio.sleep(0.6)  # past the window
         for _ in range(3):
             assert await read.get(db, pool) is first
 
         async def logged() -> bool:
-            await asyncio.sleep(0)
+            await asyncio.sleep(0.01)
             return "reading counts failed" in caplog.text
 
         await wait_for(logged, timeout=10, what="the failed reading logged")
-        assert await read.get(db, pool) is first
+        assert caplog.text.count("reading counts failed") == 1  # not tried again at once
+        assert "never retrieved" not in caplog.text
+        await asyncio.sleep(0.5)  # more than twice the window old: not served
+        with pytest.raises(asyncpg.InterfaceError):
+            await read.get(db, pool)
     finally:
         await read.close()
         await pool.close()

@@ -35,11 +35,11 @@ export function overviewPage(main) {
       h("div", { class: "grid2 tight" },
         h("div", {}, h("h3", {}, "By status"), barList(byStatus, { classPrefix: "status-" })),
         h("div", {}, h("h3", {}, "By priority"), barList(byPriority, { classPrefix: "prio-" }))),
-      countedNote());
+      historyNote());
   }
 
   // A large history is read again every so often, not for every answer.
-  function countedNote() {
+  function historyNote() {
     const age = (Date.now() - Date.parse(stats.history_read_at)) / 1000;
     if (!(age >= 5)) return null;
     return h("p", { class: "muted", id: "history-read" },
