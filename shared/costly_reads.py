@@ -6,12 +6,12 @@ times). A read is made for every answer, so it is exact as of the answer, until 
 readings in a row took ``every_call_below`` seconds or more. From then on the last
 reading is reused for ``reuse_factor`` times as long as it took (at most
 ``max_reuse_seconds``: the *window*) and made again in the background once it is older,
-one at a time, so each API replica spends on it about 1/``reuse_factor`` of the
-database's time while a reading takes less than ``max_reuse_seconds / reuse_factor``
-(one reading every ``max_reuse_seconds`` past that), however many dashboards ask. A reading older
-than twice its window (nobody asked meanwhile, or the readings since failed) is not
-served: the answer waits for a new one. A cheap reading goes back to reading for every
-answer.
+one at a time. Each API replica then spends on it about 1/``reuse_factor`` of the
+database's time while a reading takes less than ``max_reuse_seconds / reuse_factor``,
+and one reading every ``max_reuse_seconds`` past that, however many dashboards ask. A
+reading older than twice its window (nobody asked meanwhile, or the readings since
+failed) is not served: the answer waits for a new one. A cheap reading goes back to
+reading for every answer.
 """
 
 from __future__ import annotations
