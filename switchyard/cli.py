@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import typer
@@ -21,6 +22,8 @@ from switchyard.client import JobRead
 from switchyard.console import call, client, echo_lines, options, parse_payload, print_json, say
 from switchyard.states import TERMINAL, JobStatus
 from switchyard.watch import exit_for, final_line, follow_job, wait_for
+
+HISTORY_AGE_SHOWN = timedelta(seconds=5)  # `stats` says how old a reading this old is
 
 app = typer.Typer(
     help="Switchyard job orchestrator: submit, watch and steer jobs.",
@@ -253,8 +256,10 @@ def stats() -> None:
         return
     by_status = ", ".join(f"{k} {v}" for k, v in sorted(data["by_status"].items()))
     say(f"jobs by status: {by_status or 'none'}")
-    read_at = data.get("history_read_at")  # an older API does not say
-    if read_at:
+    # A large history is read again every so often, not for every answer (an older API
+    # does not say when).
+    read_at = data.get("history_read_at")
+    if read_at and datetime.now(UTC) - display.parse_time(read_at) >= HISTORY_AGE_SHOWN:
         age = display.ago(display.parse_time(read_at))
         say(f"                (finished jobs, throughput and durations as read {age})")
     say("queue depth:    " + ", ".join(f"{k} {v}" for k, v in data["queue_depth"].items()))

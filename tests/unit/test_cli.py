@@ -7,6 +7,7 @@ import inspect
 import os
 import subprocess
 import sys
+from typing import Any
 
 import httpx
 
@@ -125,3 +126,25 @@ def test_human_output_never_carries_control_characters() -> None:
     shown = safe(hostile)
     assert not any(ord(c) < 32 or 127 <= ord(c) < 160 for c in shown)
     assert shown.startswith("nap\\x1b]52")
+
+
+def test_stats_says_how_old_a_reused_history_reading_is(monkeypatch: Any) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from typer.testing import CliRunner
+
+    from switchyard import cli as cli_module
+
+    def answer_read(ago: timedelta) -> dict[str, Any]:
+        return {
+            "by_status": {"completed": 3}, "queue_depth": {"ready": 0}, "throughput": {},
+            "durations": {}, "history_read_at": (datetime.now(UTC) - ago).isoformat(),
+        }  # fmt: skip
+
+    runner = CliRunner()
+    for ago, shown in ((timedelta(seconds=40), True), (timedelta(0), False)):
+        monkeypatch.setattr(cli_module, "call", lambda *a, ago=ago, **k: answer_read(ago))
+        out = runner.invoke(cli_module.app, ["stats"])
+        assert out.exit_code == 0, out.output
+        assert ("as read" in out.output) is shown, out.output
+        assert not shown or "as read 40" in out.output, out.output
