@@ -259,8 +259,9 @@ def stats() -> None:
     # A large history is read again every so often, not for every answer (an older API
     # does not say when).
     read_at = data.get("history_read_at")
-    if read_at and datetime.now(UTC) - display.parse_time(read_at) >= HISTORY_AGE_SHOWN:
-        age = display.ago(display.parse_time(read_at))
+    read_when = display.parse_time(read_at) if read_at else None
+    if read_when is not None and datetime.now(UTC) - read_when >= HISTORY_AGE_SHOWN:
+        age = display.ago(read_when)
         say(f"                (finished jobs, throughput and durations as read {age})")
     say("queue depth:    " + ", ".join(f"{k} {v}" for k, v in data["queue_depth"].items()))
     for name, t in data["throughput"].items():

@@ -143,14 +143,14 @@ async def test_stale_readings_are_made_again_once_at_a_time(database_url: str) -
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=4)
     counted = Counted()
     read = CostlyRead("counts", counted, every_call_below=0, reuse_factor=10**9,
-                      max_reuse_seconds=0.2)  # fmt: skip
+                      max_reuse_seconds=1.0)  # fmt: skip
     try:
         async with pool.acquire() as conn:
             for _ in range(COSTLY_IN_A_ROW):
                 await read.get(conn, pool)
             assert read.costly and counted.calls == COSTLY_IN_A_ROW
             last = await read.get(conn, pool)
-            await asyncio.sleep(0.25)  # past the window, within twice it
+            await asyncio.sleep(1.1)  # past the window, well within twice it
             got = await asyncio.gather(*(read.get(conn, pool) for _ in range(5)))
             assert all(g is last for g in got)  # served, not waited for
             await wait_for(
@@ -174,7 +174,7 @@ async def test_a_failed_reading_keeps_the_last_one_until_too_old(
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
     counted = Counted()
     read = CostlyRead("counts", counted, every_call_below=0, reuse_factor=10**9,
-                      max_reuse_seconds=0.5)  # fmt: skip
+                      max_reuse_seconds=1.0)  # fmt: skip
     await add(db, "failed", "normal", 3)
     try:
         for _ in range(COSTLY_IN_A_ROW):
@@ -182,7 +182,7 @@ async def test_a_failed_reading_keeps_the_last_one_until_too_old(
         assert first.value == [("failed", "normal", 3)]
         await pool.close()  # the next reading cannot be made
         caplog.set_level(logging.WARNING, logger="shared.costly_reads")
-        await asyncio.sleep(0.6)  # past the window
+        await asyncio.sleep(1.1)  # past the window
         for _ in range(3):
             assert await read.get(db, pool) is first
 
@@ -193,7 +193,7 @@ async def test_a_failed_reading_keeps_the_last_one_until_too_old(
         await wait_for(logged, timeout=10, what="the failed reading logged")
         assert caplog.text.count("reading counts failed") == 1  # not tried again at once
         assert "never retrieved" not in caplog.text
-        await asyncio.sleep(0.5)  # more than twice the window old: not served
+        await asyncio.sleep(1.0)  # more than twice the window old: not served
         with pytest.raises(asyncpg.InterfaceError):
             await read.get(db, pool)
     finally:
