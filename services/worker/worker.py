@@ -367,9 +367,26 @@ class Worker:
             isolation=self.isolation_of(definition),
         )
         self.held.start(run)
+        try:
+            self._start(run, definition)
+        except Exception as exc:
+            # It holds this worker's resources but runs nowhere: free them and give the
+            # attempt back, or the job would stay running here for as long as the worker
+            # lives (its heartbeats name it).
+            log.exception("job %s attempt %d: could not start it", *key)
+            reason = f"worker {self.worker_id} could not start it: {type(exc).__name__}: {exc}"
+            self._report_end(
+                run, status_report(self.worker_id, dispatch, "handed_back", error=reason)
+            )
+            return
         self._emit(status_report(self.worker_id, dispatch, "started"))
+
+    def _start(self, run: Running, definition: TaskDefinition) -> None:
+        """Hand a taken attempt to a task thread or (process isolation) a child, and arm
+        its timeout."""
         loop = self._loop
         assert loop is not None
+        dispatch = run.dispatch
         if run.isolation == "process":
             start = loop.create_task(self._start_in_child(run), name=f"start-{dispatch.job_id}")
             start.add_done_callback(lambda t: self._child_start_failed(run, t))

@@ -496,9 +496,10 @@ FROM jobs WHERE finished_at > $1 AND status IN {FINISHED} GROUP BY status
 """
 # Run time of the jobs completed since $1, per type.
 DURATIONS_SINCE = """
-SELECT type, count(*) AS n, avg(EXTRACT(EPOCH FROM finished_at - started_at)) AS mean,
-       percentile_cont(0.95) WITHIN GROUP
-           (ORDER BY EXTRACT(EPOCH FROM finished_at - started_at)) AS p95
-FROM jobs WHERE finished_at > $1 AND status = 'completed' AND started_at IS NOT NULL
+SELECT type, count(*) AS n, avg(run_seconds) AS mean,
+       percentile_cont(0.95) WITHIN GROUP (ORDER BY run_seconds) AS p95
+FROM jobs, LATERAL (SELECT greatest(0, EXTRACT(EPOCH FROM finished_at - started_at))
+                    AS run_seconds) r
+WHERE finished_at > $1 AND status = 'completed' AND started_at IS NOT NULL
 GROUP BY type ORDER BY type
 """

@@ -277,13 +277,23 @@ async def apply_successes(db: Db, reports: list[JobStatusReport]) -> ReportOutco
     trip)."""
     starts: dict[_Attempt, datetime] = {}
     ends: dict[_Attempt, Any] = {}
+    now = utcnow()
     for r in reports:
         key = (r.job_id, r.attempt, r.worker_id)
-        if (start := r.start_time) is not None:  # a start report, or one folded into its end
+        if (start := start_seen(r, now)) is not None:  # a start, or one folded into its end
             starts.setdefault(key, start)
         if r.status != "started":
             ends.setdefault(key, r.result)
-    return await _apply_successes(db, starts, ends, utcnow())
+    return await _apply_successes(db, starts, ends, now)
+
+
+def start_seen(report: JobStatusReport, now: datetime) -> datetime | None:
+    """When the report says its attempt started (the worker's clock), never after ``now``
+    (the scheduler's): a start cannot be learnt of before it happened, so a later time is
+    a worker clock running ahead, and written as it is the attempt would end (at the
+    scheduler's ``now``) before it began."""
+    start = report.start_time
+    return None if start is None else min(start, now)
 
 
 async def _apply_successes(
@@ -370,7 +380,7 @@ def _decide(
             out.ignored += report.status != "lost"
             continue
         key = (job.id, job.attempts, report.worker_id)
-        if (start := report.start_time) is not None and job.started_at is None:
+        if (start := start_seen(report, now)) is not None and job.started_at is None:
             # A start report, or one folded into its end: applied first.
             out.starts[key] = job.started_at = start
         if report.status == "completed":

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
 import httpx
 
 from shared.auth import Actor
-from shared.jobs import annotations, retention, transitions
+from shared.jobs import retention, transitions
+from shared.jobs.annotations import set_waiting_reasons
 from shared.jobs.submit import submit_jobs
 from shared.messages import JobStatusReport
 from shared.schemas import JobCreate
@@ -317,9 +318,12 @@ async def test_waiting_reasons_answer_the_jobs_still_ready(
     running = await running_job(client, db, cancel=False)
     pool = await raw_pool(database_url)
     try:
-        why = {ready: "waiting for free capacity", running: "waiting for free capacity"}
-        assert await annotations.set_waiting_reasons(pool, why) == {ready}
-        assert await annotations.set_waiting_reasons(pool, why) == {ready}  # unchanged: still ready
+        why: dict[uuid.UUID, str | None] = {
+            ready: "waiting for free capacity",
+            running: "waiting for free capacity",
+        }
+        assert await set_waiting_reasons(pool, why) == {ready}
+        assert await set_waiting_reasons(pool, why) == {ready}  # unchanged: still ready
     finally:
         await pool.close()
     rows = await db.fetch(
@@ -375,3 +379,44 @@ async def test_a_cancel_event_names_no_worker_even_after_an_attempt_ran(
     assert [(e.old_status, e.new_status, e.worker_id) for e in events] == [
         ("retrying", "cancelled", None)
     ]
+
+
+async def test_a_worker_clock_ahead_never_starts_an_attempt_after_it_ended(
+    app: object, client: httpx.AsyncClient, db: asyncpg.Connection, database_url: str
+) -> None:
+    """A worker whose clock runs an hour ahead reports starts in the future: the
+    scheduler writes them as no later than it learnt of them, on the fast path (a start
+    alone, then its completion) and on the general one (a failure carrying its start),
+    so no job ends before it began and /stats' run times are not negative."""
+    from shared.stats import read_window
+
+    ahead = datetime.now(UTC) + timedelta(hours=1)
+    completed = await running_job(client, db, cancel=False)
+    failed = await running_job(client, db, cancel=False)
+    pool = await raw_pool(database_url)
+    try:
+        start = JobStatusReport(job_id=completed, attempt=2, worker_id="w1", status="started",
+                                ts=ahead)  # fmt: skip
+        await transitions.apply_successes(pool, [start])
+        await transitions.apply_successes(pool, [report(completed, "completed")])
+        async with app.state.sessionmaker() as session:  # type: ignore[attr-defined]
+            failure = JobStatusReport(job_id=failed, attempt=2, worker_id="w1",
+                                      status="failed", error="boom", started_at=ahead)  # fmt: skip
+            await transitions.apply_reports(session, [failure])
+            await session.commit()
+        rows = await db.fetch(
+            "SELECT id, started_at, finished_at FROM jobs WHERE id = ANY($1)", [completed, failed]
+        )
+        assert len(rows) == 2
+        for row in rows:
+            assert row["started_at"] is not None and row["started_at"] < ahead, row
+        done = next(r for r in rows if r["id"] == completed)
+        assert done["started_at"] <= done["finished_at"], done
+        # A row written before this rule (its start after its end) reads as 0 s.
+        await db.execute(
+            "UPDATE jobs SET started_at = finished_at + interval '1 hour' WHERE id = $1", completed
+        )
+        window = await read_window(pool)
+    finally:
+        await pool.close()
+    assert window["durations"]["demo.echo"]["mean_seconds"] >= 0, window
