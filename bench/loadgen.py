@@ -4,7 +4,7 @@ The load generator shares the machine's two cores with the stack it measures, so
 it costs per request is taken from the yard: aiohttp costs ~0.4 ms of CPU per request
 here, httpx 1.3-3 ms. This client is asyncio protocols over keep-alive connections,
 each request written as prepared bytes, each response parsed by httptools (the C
-parser uvicorn uses): a fraction of aiohttp's cost (docs/performance.md). It does what
+parser uvicorn uses): a fraction of aiohttp's cost (docs/performance-history.md). It does what
 the latency runs need and nothing more: POST a JSON body, read the status and body.
 """
 

@@ -26,7 +26,7 @@ def create_engine(settings: Settings, *, pool_size: int = 10) -> AsyncEngine:
     return create_async_engine(
         settings.database_url,
         # jsonb in and out through orjson: the stdlib json module is the slow part of
-        # large batches (docs/performance.md).
+        # large batches.
         json_serializer=lambda v: orjson.dumps(v).decode(),
         json_deserializer=orjson.loads,
         pool_size=pool_size,
@@ -39,7 +39,7 @@ def create_engine(settings: Settings, *, pool_size: int = 10) -> AsyncEngine:
 # Planned once per connection, not on every execution. PostgreSQL's default ("auto")
 # re-plans a prepared statement each time while it guesses a custom plan is cheaper,
 # and for the scheduler's claim on a large table planning costs more than running
-# (docs/performance.md). Only for statements whose best plan does not depend on their
+# (docs/performance-history.md). Only for statements whose best plan does not depend on their
 # parameters.
 GENERIC_PLANS = {"plan_cache_mode": "force_generic_plan"}
 
@@ -131,7 +131,7 @@ class KeptConnection:
     """One connection of ``pool`` kept from one statement to the next, for a caller that
     runs its statements one after another (the scheduler's cycle). Taking a connection
     from an asyncpg pool and giving it back costs about as much CPU as a small
-    statement's own client side: 60-80 µs here (docs/performance.md).
+    statement's own client side: 60-80 µs here (docs/performance-history.md).
 
     Each statement runs as ``pool_fetch`` runs it: bounded in time, in its own
     transaction. A connection the server closed meanwhile is replaced before the next

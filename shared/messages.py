@@ -328,7 +328,7 @@ Item = Annotated[
 ]
 
 # Kinds that travel in batches when a sender has several at once (a message per job
-# per hop is what caps a Python queue: see docs/performance.md).
+# per hop is what caps a Python queue: see docs/performance-history.md).
 BatchableKind = Literal["job.dispatch", "job.status", "job.state", "job.logs", "job.progress"]
 BATCHABLE = frozenset(get_args(BatchableKind))
 MAX_BATCH_ITEMS = 500

@@ -27,7 +27,7 @@ T = TypeVar("T")
 
 def run_async(main: Coroutine[Any, Any, T]) -> T:
     """``asyncio.run`` on uvloop where it is installed (every service's loop is busy with
-    small socket writes: uvloop makes each one cheaper; see docs/performance.md)."""
+    small socket writes: uvloop makes each one cheaper; see docs/performance-history.md)."""
     try:
         import uvloop
     except ImportError:  # pragma: no cover - Windows

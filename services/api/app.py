@@ -132,7 +132,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
         # FastAPI's OpenTelemetry hooks look for a configured provider on every request
         # (environment reads included); the yard exports Prometheus metrics instead
-        # (/metrics), and configures no OpenTelemetry (docs/performance.md).
+        # (/metrics), and configures no OpenTelemetry (docs/performance-history.md).
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.broker = None

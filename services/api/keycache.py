@@ -1,5 +1,5 @@
 """API keys checked once, then remembered: a request does not pay a database round trip
-to authenticate (a large share of a ``POST /jobs``: docs/performance.md), and a key the
+to authenticate (a large share of a ``POST /jobs``: docs/performance-history.md), and a key the
 database refused is refused again for a short while without asking it (random tokens
 must not cost a lookup each).
 

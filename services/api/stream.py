@@ -217,7 +217,7 @@ class EventHub:
         So with no client connected, a state event whose other fields (id, attempt,
         worker, reason, time) are malformed is counted rather than refused with a log
         line, and a malformed body on a progress key is dropped unlogged: both are
-        fan-out copies only API replicas read (docs/performance.md)."""
+        fan-out copies only API replicas read (docs/performance-history.md)."""
         if self.subscribers:
             return False
         if routing_key.startswith("job.progress."):

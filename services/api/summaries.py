@@ -1,6 +1,6 @@
 """What an API replica's counters read of a ``job.state`` body when no WebSocket client
 is connected (``services.api.stream.EventHub``): a few fields of each event, without
-decoding it whole (docs/performance.md, "Issue 22, eighth session")."""
+decoding it whole (docs/performance-history.md, "Issue 22, eighth session")."""
 
 from __future__ import annotations
 

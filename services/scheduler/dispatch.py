@@ -10,7 +10,7 @@ Backfill, however many jobs wait ahead: heads that no live worker could run even
 empty are parked (with those behind them in claim order) and the heads read again;
 heads that fit a worker but not its room now are read past (the heads of what fits the
 room now come beside them). When the fleet's capacities grow, what now fits is
-un-parked. docs/architecture.md (placement) and docs/performance.md (what each costs).
+un-parked. docs/architecture.md (placement) and docs/performance-history.md (what each costs).
 """
 
 from __future__ import annotations

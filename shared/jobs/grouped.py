@@ -4,7 +4,7 @@ the database together.
 A lone ``POST /jobs`` is one statement (its job and audit row, ``insert_one``). While
 that statement is in flight, the submits that arrive wait for it and then go in as one
 statement (``insert_several``): one round trip, one commit and one WAL flush for the
-group, about a third of PostgreSQL's CPU per job in groups of four (docs/performance.md).
+group, about a third of PostgreSQL's CPU per job in groups of four (docs/performance-history.md).
 A submit that finds no statement in flight waits for nothing, so at a low rate this
 changes nothing; the busier the API, the larger the groups and the cheaper each job.
 

@@ -86,7 +86,7 @@ CLAIM_READY_HEADS = "SELECT * FROM (\n    " + "\n    UNION ALL\n    ".join(_head
 # The same heads, and beside them the heads of what fits the fleet's room now (``$2..$4``:
 # one row per worker with a free slot and type it runs, with its free CPU and memory):
 # jobs that fit a worker but not its room now do not hide smaller ones behind them. Each
-# of those four scans walks past the jobs that do not fit the room (docs/performance.md).
+# of those four scans walks past the jobs that do not fit the room (docs/performance-history.md).
 # The largest room first (computed once per statement, tested on the index tuple alone):
 # the jobs too big for every worker's room are passed over without the per-row EXISTS.
 _WITHIN_THE_LARGEST_ROOM = (

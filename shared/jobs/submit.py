@@ -95,7 +95,7 @@ async def submit_jobs(
             # and our insert; the caller retries once and then sees the stored job.
             raise IdempotencyRace()
         # The stored rows are what we inserted plus the columns' defaults: nothing is
-        # read back (see docs/performance.md).
+        # read back (see docs/performance-history.md).
         stored.update((row["id"], SimpleNamespace(**sql.INSERT_DEFAULTS, **row)) for row in rows)
     if edges:
         await session.execute(insert(JobDependency), edges)

@@ -2,7 +2,7 @@
 
 Every answer that carries jobs (``JobRead``, ``BatchRead``, ``JobPage`` in
 ``shared/schemas.py``) is written here with orjson, straight from the stored rows: no
-pydantic model is built per job (the cost is in docs/performance.md). The schemas still
+pydantic model is built per job (the cost is in docs/performance-history.md). The schemas still
 describe the answers in the OpenAPI
 document and in the client; ``tests/unit/test_job_json.py`` checks that what is written
 here validates as them and is exactly what pydantic writes for the validated model

@@ -2,7 +2,7 @@
 
 An entry that expires under load (the task catalog's every 2 s, a remembered key's every
 10 s, every key after a revocation) is missed by every request in flight; each used to
-read it on a connection of its own, past the pool's size (docs/performance.md). The
+read it on a connection of its own, past the pool's size (docs/performance-history.md). The
 table is locked meanwhile, so every request arrives while the first read waits.
 """
 

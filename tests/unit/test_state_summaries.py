@@ -105,7 +105,7 @@ def test_the_summary_checks_its_fields_as_the_event_does() -> None:
 
 
 def test_the_fields_it_does_not_read_are_not_checked() -> None:
-    """What the counters do not read is not checked either (docs/performance.md): a
+    """What the counters do not read is not checked either (docs/performance-history.md): a
     state event with a malformed id is counted from its summary, while a whole decode
     (a WebSocket client connected) refuses it."""
     raw = _edited(event(), job_id="not-a-uuid", attempt=-1)

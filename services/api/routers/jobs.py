@@ -115,7 +115,7 @@ async def submit_job(body: JobCreate, request: Request, actor: SubmitterDep) -> 
     state = request.app.state
     # No session is opened for the common submit: it needs one only when the task
     # catalog has to read a type, and a session costs its setup and close even unused
-    # (a generator dependency would cost an exit stack more; docs/performance.md).
+    # (a generator dependency would cost an exit stack more; docs/performance-history.md).
     if can_submit_fast(body) and state.inserts is not None:
         job, event = await submit_one_fast(
             state.inserts, state.sessionmaker, catalog=state.catalog, spec=body, actor=actor,

@@ -3,7 +3,7 @@
 The scheduler's claim (``shared.jobs.sql.CLAIM_READY_HEADS``) reads eight columns of the
 oldest ready jobs per priority. With them in the partial index the claim is an index-only
 scan wherever the visibility map allows, so its cost no longer depends on how far apart
-those rows lie in a table of millions (docs/performance.md, scale).
+those rows lie in a table of millions (docs/performance.md, "The tables at millions of rows").
 
 Revision ID: 0003
 Revises: 0002

@@ -5,7 +5,7 @@ and PostgreSQL adds an entry for the new row version to every index whose predic
 new version meets, unchanged keys included. The list's ``(created_at, id)``,
 ``(type, created_at, id)`` and ``(priority, created_at, id)`` never change key, yet
 took an entry at the insert and at each status change: about a third of PostgreSQL's
-CPU per job in ``python -m bench.scheduler_alone`` (docs/performance.md, "Issue 22,
+CPU per job in ``python -m bench.scheduler_alone`` (docs/performance-history.md, "Issue 22,
 twenty-first session").
 
 The three are now partial, each in two halves: the waiting jobs (pending, blocked,
