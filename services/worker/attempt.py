@@ -37,7 +37,7 @@ class Running:
     dispatch: JobDispatch
     ctx: TaskContext
     started: float
-    future: Future[Outcome] | None = None
+    future: Future[Outcome | None] | None = None  # None: ended before a thread took it
     reported: bool = False  # the attempt's end was reported (thread may still run)
     cancel_requested: bool = False
     timed_out: bool = False

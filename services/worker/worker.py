@@ -150,7 +150,9 @@ class Worker:
                 demo_tasks=demo_tasks,
                 size=threads,
                 kill_grace=settings.cancel_grace_seconds,
-                on_broken=self._pool_broken,
+                on_broken=lambda reason: self._cannot_start(
+                    f"process-isolated tasks cannot run on this worker: {reason}"
+                ),
                 hold_back=self.outbox.wait_for_room,
             )
 
@@ -225,19 +227,16 @@ class Worker:
         self.crashed = True
         stop.set()
 
-    def _pool_broken(self, reason: str) -> None:
-        """The process pool can start no more children. Handing its attempts back would
-        bounce them here every cycle (each dispatch handed back unrun), and offering only
-        the thread tasks would leave process tasks waiting in silence: stop instead (exit
-        code 1), as for a dead background task; a restarted worker gets a new pool, or
-        says at start why it cannot (exit code 2)."""
+    def _cannot_start(self, reason: str) -> None:
+        """Attempts can no longer be started here: the process pool can start no more
+        children, or the thread pool refused an attempt. Handing them back would bounce
+        them here every cycle (each dispatch handed back unrun, its room free again), and
+        offering only the other kind of task would leave these waiting in silence: stop
+        instead (exit code 1), as for a dead background task; a restarted worker gets new
+        pools, or says at start why it cannot (exit code 2)."""
         if self._stop_serving is None:  # still starting: ``run`` reports it as a startup error
             return
-        log.critical(
-            "process-isolated tasks cannot run on this worker: %s; stopping the worker "
-            "(its supervisor restarts it)",
-            reason,
-        )
+        log.critical("%s; stopping the worker (its supervisor restarts it)", reason)
         self.crashed = True
         self._stop_serving.set()
 
@@ -371,13 +370,14 @@ class Worker:
             self._start(run, definition)
         except Exception as exc:
             # It holds this worker's resources but runs nowhere: free them and give the
-            # attempt back, or the job would stay running here for as long as the worker
-            # lives (its heartbeats name it).
+            # attempt back (left so, the job would stay running here for as long as the
+            # worker lived, its heartbeats naming it), then stop taking work.
             log.exception("job %s attempt %d: could not start it", *key)
             reason = f"worker {self.worker_id} could not start it: {type(exc).__name__}: {exc}"
             self._report_end(
                 run, status_report(self.worker_id, dispatch, "handed_back", error=reason)
             )
+            self._cannot_start(f"this worker's thread pool refused an attempt: {exc!r}")
             return
         self._emit(status_report(self.worker_id, dispatch, "started"))
 
@@ -391,7 +391,7 @@ class Worker:
             start = loop.create_task(self._start_in_child(run), name=f"start-{dispatch.job_id}")
             start.add_done_callback(lambda t: self._child_start_failed(run, t))
         else:
-            future = self.executor.submit(run_task, definition, run.ctx, dispatch.payload)
+            future = self.executor.submit(run_unless_ended, run, definition)
             run.future = future
             future.add_done_callback(
                 lambda f: self._from_thread(
@@ -597,6 +597,15 @@ class Worker:
         while True:
             await asyncio.sleep(self.settings.heartbeat_seconds)
             self._send_heartbeat()
+
+
+def run_unless_ended(run: Running, definition: TaskDefinition) -> Outcome | None:
+    """A task thread's work: the attempt's task, unless its end was reported before a
+    thread took it (a pool whose ``submit`` raised may still have queued the work, and
+    that attempt has been handed back)."""
+    if run.reported:
+        return None
+    return run_task(definition, run.ctx, run.dispatch.payload)
 
 
 def default_worker_id() -> str:

@@ -72,3 +72,30 @@ async def test_a_folded_start_is_written_as_its_own_start(
         ("execution.start", "started", started, "w"),
         ("execution.end", "completed", ended, "w"),
     ]
+
+
+async def test_a_start_after_its_end_is_written_as_the_end(
+    app: object, client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    """A worker whose clock runs ahead reports its start; the scheduler then declares the
+    attempt lost, stamped by its own clock: the execution row does not start after it
+    ended, nor run for a negative time (in one batch or in two)."""
+    ahead = datetime.now(UTC) + timedelta(hours=1)
+    for together in (True, False):
+        job_id = uuid.UUID((await client.post("/jobs", json={"type": "demo.echo"})).json()["id"])
+        start = JobStatusReport(job_id=job_id, attempt=1, worker_id="w", status="started",
+                                ts=ahead)  # fmt: skip
+        lost = JobStatusReport(job_id=job_id, attempt=1, worker_id="w", status="lost",
+                               error="worker w lost")  # fmt: skip
+        batches = [[start, lost]] if together else [[start], [lost]]
+        for reports in batches:
+            async with db.transaction():
+                await write_batch(db, [], reports)
+        row = await db.fetchrow(
+            "SELECT status, started_at, finished_at, duration_seconds FROM job_executions"
+            " WHERE job_id = $1",
+            job_id,
+        )
+        assert row["status"] == "lost", row
+        assert row["started_at"] == row["finished_at"] < ahead, row
+        assert row["duration_seconds"] == 0, row
