@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 from services.worker.capacity import ContainerCapacity, container_capacity
 from services.worker.runner import worker_registry
-from services.worker.worker import WORKER_ISOLATIONS, Worker, default_worker_id
+from services.worker.worker import WORKER_ISOLATIONS, Worker
 from shared.service import StartupError, run_service, service_parser
 from shared.settings import (
     WORKER_MAX_CPU_UNITS,
@@ -28,6 +28,12 @@ from shared.settings import (
     Settings,
 )
 from shared.tasks import TaskRegistry
+
+
+def default_worker_id() -> str:
+    """``<host>-<pid>``: distinct for every worker process (a fixed id must be unique)."""
+    host = "".join(c if c.isalnum() or c in "-_" else "-" for c in os.uname().nodename)
+    return f"{host[:60]}-{os.getpid()}"
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

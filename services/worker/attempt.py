@@ -15,7 +15,7 @@ from uuid import UUID
 from pydantic import ValidationError
 
 from services.worker.process_pool import Child, ProcessPool
-from services.worker.runner import ENVELOPE_BYTES, Outcome, line_weight
+from services.worker.runner import ENVELOPE_BYTES, Outcome, line_weight, run_task
 from shared.messages import (
     AttemptUsage,
     JobDispatch,
@@ -25,7 +25,7 @@ from shared.messages import (
     _Message,
     message_text,
 )
-from shared.tasks import TaskContext
+from shared.tasks import TaskContext, TaskDefinition
 
 log = logging.getLogger("switchyard.worker")
 LogSink = Callable[[int, str, str], None]  # (seq, level, message)
@@ -50,6 +50,15 @@ class Running:
     @property
     def key(self) -> tuple[UUID, int]:
         return (self.dispatch.job_id, self.dispatch.attempt)
+
+
+def run_unless_ended(run: Running, definition: TaskDefinition) -> Outcome | None:
+    """A task thread's work: the attempt's task, unless its end was reported before a
+    thread took it (a pool whose ``submit`` raised may still have queued the work, and
+    that attempt has been handed back)."""
+    if run.reported:
+        return None
+    return run_task(definition, run.ctx, run.dispatch.payload)
 
 
 def status_report(

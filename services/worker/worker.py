@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import threading
 import time
 from collections import OrderedDict
@@ -46,12 +45,13 @@ from services.worker.attempt import (
     end_report,
     log_line,
     progress_update,
+    run_unless_ended,
     status_report,
     unsent_bytes,
 )
 from services.worker.holdings import Holdings
 from services.worker.process_pool import ProcessPool
-from services.worker.runner import Outcome, ToLoop, run_task
+from services.worker.runner import Outcome, ToLoop
 from shared.bodies import compact_worker_chunk
 from shared.broker import Broker, Consumer, Delivery, Topology
 from shared.catalog import announce_task_types
@@ -150,7 +150,7 @@ class Worker:
                 demo_tasks=demo_tasks,
                 size=threads,
                 kill_grace=settings.cancel_grace_seconds,
-                on_broken=lambda reason: self._cannot_start(
+                on_broken=lambda reason: self._stop_crashed(
                     f"process-isolated tasks cannot run on this worker: {reason}"
                 ),
                 hold_back=self.outbox.wait_for_room,
@@ -188,7 +188,7 @@ class Worker:
             publisher = self.outbox.start()
             heartbeat = asyncio.create_task(self._heartbeats(), name="heartbeat")
             for task in (publisher, heartbeat):
-                task.add_done_callback(lambda t: self._background_died(t, stop))
+                task.add_done_callback(self._background_died)
             topo = self.broker.topology
             self._consumer = await self.broker.consume(
                 topo.worker_queue(self.worker_id),
@@ -218,22 +218,18 @@ class Worker:
             self._send_heartbeat()
             await self.outbox.close(timeout=10.0)
 
-    def _background_died(self, task: asyncio.Task[None], stop: asyncio.Event) -> None:
-        """A worker that can no longer report must not keep taking work: stop it
-        (exit code 1; its supervisor restarts it) rather than run as a zombie."""
-        if task.cancelled() or task.exception() is None:
-            return
-        log.critical("the %s task died: %r; stopping the worker", task.get_name(), task.exception())
-        self.crashed = True
-        stop.set()
+    def _background_died(self, task: asyncio.Task[None]) -> None:
+        """A worker that can no longer report must not keep taking work."""
+        if not task.cancelled() and task.exception() is not None:
+            self._stop_crashed(f"the {task.get_name()} task died: {task.exception()!r}")
 
-    def _cannot_start(self, reason: str) -> None:
-        """Attempts can no longer be started here: the process pool can start no more
-        children, or the thread pool refused an attempt. Handing them back would bounce
-        them here every cycle (each dispatch handed back unrun, its room free again), and
-        offering only the other kind of task would leave these waiting in silence: stop
-        instead (exit code 1), as for a dead background task; a restarted worker gets new
-        pools, or says at start why it cannot (exit code 2)."""
+    def _stop_crashed(self, reason: str) -> None:
+        """Stop (exit code 1; its supervisor restarts it) rather than run as a zombie: a
+        background task died, or attempts can no longer be started here (the process
+        pool starts no more children, the thread pool refused one: handing them back
+        would bounce them here every cycle, and offering only the other kind of task
+        would leave these waiting in silence). A restarted worker gets new pools, or
+        says at start why it cannot (exit code 2)."""
         if self._stop_serving is None:  # still starting: ``run`` reports it as a startup error
             return
         log.critical("%s; stopping the worker (its supervisor restarts it)", reason)
@@ -369,15 +365,14 @@ class Worker:
         try:
             self._start(run, definition)
         except Exception as exc:
-            # It holds this worker's resources but runs nowhere: free them and give the
-            # attempt back (left so, the job would stay running here for as long as the
-            # worker lived, its heartbeats naming it), then stop taking work.
+            # It holds resources but runs nowhere: give them and the attempt back (else
+            # the job stays running here, in every heartbeat), then stop taking work.
             log.exception("job %s attempt %d: could not start it", *key)
             reason = f"worker {self.worker_id} could not start it: {type(exc).__name__}: {exc}"
             self._report_end(
                 run, status_report(self.worker_id, dispatch, "handed_back", error=reason)
             )
-            self._cannot_start(f"this worker's thread pool refused an attempt: {exc!r}")
+            self._stop_crashed(f"this worker's thread pool refused an attempt: {exc!r}")
             return
         self._emit(status_report(self.worker_id, dispatch, "started"))
 
@@ -597,20 +592,6 @@ class Worker:
         while True:
             await asyncio.sleep(self.settings.heartbeat_seconds)
             self._send_heartbeat()
-
-
-def run_unless_ended(run: Running, definition: TaskDefinition) -> Outcome | None:
-    """A task thread's work: the attempt's task, unless its end was reported before a
-    thread took it (a pool whose ``submit`` raised may still have queued the work, and
-    that attempt has been handed back)."""
-    if run.reported:
-        return None
-    return run_task(definition, run.ctx, run.dispatch.payload)
-
-
-def default_worker_id() -> str:
-    host = "".join(c if c.isalnum() or c in "-_" else "-" for c in os.uname().nodename)
-    return f"{host[:60]}-{os.getpid()}"
 
 
 def _call_now(callback: Callable[..., None], *args: Any, weight: int = 0) -> None:
