@@ -41,13 +41,20 @@ INSERT_LINES = """
     """
 
 # An attempt's start is the worker's clock and its end may be the scheduler's (a lost
-# attempt's): a start after the end is written as the end, a run time is never negative.
-UPSERT_EXECUTIONS = """
+# attempt's): a start after the end is written as the end, so a run time is never
+# negative. Not least()/greatest(): they skip NULLs, and an attempt with no start known
+# must keep none (and no run time).
+_START = "CASE WHEN {s} > {f} THEN {f} ELSE {s} END"
+_START_NEW = _START.format(s="u.started_at", f="u.finished_at")
+_START_KEPT = _START.format(
+    s="COALESCE(job_executions.started_at, excluded.started_at)",
+    f="COALESCE(job_executions.finished_at, excluded.finished_at)",
+)
+UPSERT_EXECUTIONS = f"""
     INSERT INTO job_executions (job_id, attempt, worker_id, status, started_at, finished_at,
                                 duration_seconds, error, result, resources)
-    SELECT u.job_id, u.attempt, u.worker_id, u.status, least(u.started_at, u.finished_at),
-           u.finished_at, greatest(0, EXTRACT(EPOCH FROM (u.finished_at - u.started_at))),
-           u.error,
+    SELECT u.job_id, u.attempt, u.worker_id, u.status, {_START_NEW}, u.finished_at,
+           EXTRACT(EPOCH FROM (u.finished_at - {_START_NEW})), u.error,
            CAST(u.result AS jsonb),
            jsonb_build_object('cpu_units', j.cpu_units, 'memory_mb', j.memory_mb)
     FROM unnest($1::uuid[], $2::int[], $3::text[], $4::text[], $5::timestamptz[],
@@ -56,8 +63,7 @@ UPSERT_EXECUTIONS = """
     JOIN jobs j ON j.id = u.job_id
     ON CONFLICT (job_id, attempt) DO UPDATE SET
         worker_id = COALESCE(job_executions.worker_id, excluded.worker_id),
-        started_at = least(COALESCE(job_executions.started_at, excluded.started_at),
-                           COALESCE(job_executions.finished_at, excluded.finished_at)),
+        started_at = {_START_KEPT},
         -- The first end recorded stands (a late report from a worker the scheduler had
         -- already declared lost does not rewrite history).
         status = CASE WHEN job_executions.finished_at IS NULL AND excluded.finished_at IS NOT NULL
@@ -69,9 +75,8 @@ UPSERT_EXECUTIONS = """
         result = CASE WHEN job_executions.finished_at IS NULL
                       THEN COALESCE(excluded.result, job_executions.result)
                       ELSE job_executions.result END,
-        duration_seconds = greatest(0, EXTRACT(EPOCH FROM (
-            COALESCE(job_executions.finished_at, excluded.finished_at)
-            - COALESCE(job_executions.started_at, excluded.started_at))))
+        duration_seconds = EXTRACT(EPOCH FROM (
+            COALESCE(job_executions.finished_at, excluded.finished_at) - {_START_KEPT}))
     """
 
 

@@ -99,3 +99,26 @@ async def test_a_start_after_its_end_is_written_as_the_end(
         assert row["status"] == "lost", row
         assert row["started_at"] == row["finished_at"] < ahead, row
         assert row["duration_seconds"] == 0, row
+
+
+async def test_an_attempt_that_never_started_has_no_start_and_no_run_time(
+    app: object, client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    """An attempt declared lost before any start report (or handed back unstarted): its
+    execution row says it has no start and no run time, not a zero-second run; a late
+    start then fills it in."""
+    job_id = uuid.UUID((await client.post("/jobs", json={"type": "demo.echo"})).json()["id"])
+    lost = JobStatusReport(job_id=job_id, attempt=1, worker_id="w", status="lost",
+                           error="worker w lost")  # fmt: skip
+    async with db.transaction():
+        await write_batch(db, [], [lost])
+    query = "SELECT started_at, duration_seconds FROM job_executions WHERE job_id = $1"
+    row = await db.fetchrow(query, job_id)
+    assert (row["started_at"], row["duration_seconds"]) == (None, None), row
+    started = datetime.now(UTC) - timedelta(seconds=3)
+    start = JobStatusReport(job_id=job_id, attempt=1, worker_id="w", status="started",
+                            ts=started)  # fmt: skip
+    async with db.transaction():
+        await write_batch(db, [], [start])
+    row = await db.fetchrow(query, job_id)
+    assert row["started_at"] == started and 2 < row["duration_seconds"] < 60, row
