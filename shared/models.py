@@ -53,7 +53,8 @@ def _status_in(statuses: frozenset[JobStatus]) -> TextClause:
     return text(f"status IN ({listed})")
 
 
-# The two halves of the list's created_at, type and priority indexes (migration 0010).
+# The two halves of the list's created_at, type, priority and owner indexes
+# (migrations 0010, 0012).
 WAITING_ROWS = _status_in(WAITING)
 FINISHED_ROWS = _status_in(TERMINAL)
 TZ = DateTime(timezone=True)
@@ -155,6 +156,22 @@ class Job(Base):
         Index(
             "jobs_priority_finished_idx",
             "priority",
+            "created_at",
+            "id",
+            postgresql_where=FINISHED_ROWS,
+        ),
+        # A key's own jobs, for a submitter's POST /jobs/bulk, in the same two halves
+        # (migration 0012).
+        Index(
+            "jobs_owner_waiting_idx",
+            "created_by",
+            "created_at",
+            "id",
+            postgresql_where=WAITING_ROWS,
+        ),
+        Index(
+            "jobs_owner_finished_idx",
+            "created_by",
             "created_at",
             "id",
             postgresql_where=FINISHED_ROWS,

@@ -6,7 +6,8 @@ names, or else three, the waiting jobs, the running ones and the finished ones, 
 the list's partial indexes split them (migration 0010). Within a part the planner can
 walk whichever index bounds the page best: the status range
 (``jobs_status_created_idx``, in list order), the part's half of the ``created_at``,
-type or priority index, or the name prefix index (``jobs_name_prefix_idx``,
+type, priority or owner index (a submitter's bulk action reads its own jobs only,
+migration 0012), or the name prefix index (``jobs_name_prefix_idx``,
 ``text_pattern_ops``: the prefix as a range in byte order, which a prepared
 statement's generic plan can use too; ``LIKE $1`` could not). The statuses are
 written into each query as literals (each is one of ``JobStatus``): a parameter would
@@ -153,9 +154,12 @@ async def list_page(
     return jobs[:limit], next_cursor
 
 
+def ids_query(selection: JobSelection, *, limit: int) -> tuple[str, list[object]]:
+    """The first ``limit`` selected jobs' ids oldest first, and its arguments."""
+    return _in_list_order(selection, columns="id, created_at", limit=limit, newest_first=False)
+
+
 async def select_ids(session: AsyncSession, *, selection: JobSelection, limit: int) -> list[UUID]:
     """Up to ``limit`` ids of the selected jobs, oldest first."""
-    statement, args = _in_list_order(
-        selection, columns="id, created_at", limit=limit, newest_first=False
-    )
+    statement, args = ids_query(selection, limit=limit)
     return [r["id"] for r in await fetch(session, statement, *args)]

@@ -11,8 +11,11 @@ import asyncpg
 import httpx
 import pytest
 
-from shared.jobs.bulk import CHUNK
+from shared.auth import Actor
+from shared.jobs.bulk import APPLIES_TO, CHUNK, selection_for
+from shared.jobs.listing import JobSelection, ids_query
 from shared.schemas import BULK_MAX_JOBS
+from shared.states import JobStatus
 from tests.conftest import OTHER_SUBMITTER_KEY, SUBMITTER_KEY, VIEWER_KEY, auth, wait_for
 
 # Jobs that wait for their time: nothing runs them while a test looks.
@@ -274,3 +277,62 @@ async def test_a_chunk_that_deadlocks_stops_the_call_and_says_what_stays_done(
     again = await bulk(client, {"action": "cancel", "filter": {"type": "demo.echo"}})
     assert (again["matched"], again["changed"], again["skipped"]) == (50, 50, 0)
     assert set((await statuses(db)).values()) == {"cancelled"}
+
+
+# ``$1`` jobs of other keys, in every status but running, oldest first; then ``key-few``
+# owns one job of each such status, the newest of all.
+CROWD = """
+INSERT INTO jobs (id, type, status, priority, payload, cpu_units, memory_mb, max_attempts,
+                  retry_initial_delay, retry_backoff, retry_max_delay, run_at, created_at,
+                  updated_at, created_by)
+SELECT gen_random_uuid(), 'demo.echo', ($2::text[])[1 + g % cardinality($2::text[])], g % 4,
+       '{}'::jsonb, 0.1, 16, 3, 1, 2, 300, now(), now() - make_interval(secs => $1 - g), now(),
+       'key-' || g % 7
+FROM generate_series(1, $1) AS g
+"""
+FEW = """
+INSERT INTO jobs (id, type, status, priority, payload, cpu_units, memory_mb, max_attempts,
+                  retry_initial_delay, retry_backoff, retry_max_delay, run_at, created_by)
+SELECT gen_random_uuid(), 'demo.echo', s, 1, '{}'::jsonb, 0.1, 16, 3, 1, 2, 300, now(), 'key-few'
+FROM unnest($1::text[]) AS s
+"""
+
+
+@pytest.mark.parametrize(
+    ("action", "statuses"),
+    [
+        ("cancel", None),  # the waiting statuses and running
+        ("retry", None),  # failed and cancelled
+        ("cancel", [JobStatus.COMPLETED]),  # a status it does not apply to: all skipped
+    ],
+)
+async def test_a_submitters_selection_reads_its_own_jobs_not_everyones(
+    db: asyncpg.Connection, action: str, statuses: list[JobStatus] | None
+) -> None:
+    """What a submitter's bulk action selects is read from its own jobs, however many
+    other keys have: each request of a key with few jobs (a dry run too) is a few pages,
+    not a walk over every job of the statuses it names."""
+    not_running = [s.value for s in JobStatus if s != JobStatus.RUNNING]
+    await db.execute(CROWD, 60_000, not_running)
+    await db.execute(FEW, not_running)
+    await db.execute("ANALYZE jobs")
+    chosen = selection_for(
+        action,  # type: ignore[arg-type]
+        JobSelection(status=statuses),
+        actor=Actor(key_id="key-few", role="submitter"),
+    )
+    statement, args = ids_query(chosen, limit=1001)
+    expected = await db.fetch(
+        "SELECT id FROM jobs WHERE created_by = 'key-few' AND status = ANY($1::text[])",
+        [s.value for s in statuses or APPLIES_TO[action]],
+    )
+    assert {r["id"] for r in await db.fetch(statement, *args)} == {r["id"] for r in expected}
+    assert expected  # the key has jobs of these statuses
+    plan = json.loads(
+        await db.fetchval(f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {statement}", *args)
+    )
+    top = plan[0]["Plan"]
+    used = int(top["Shared Hit Blocks"] + top["Shared Read Blocks"])
+    pages = await db.fetchval("SELECT relpages FROM pg_class WHERE relname = 'jobs'")
+    # Walking the statuses' ranges would touch a page per job of theirs (thousands).
+    assert used < 100 < pages, f"{action} {statuses}: {used} buffers, the table {pages} pages"
