@@ -57,6 +57,7 @@ def _status_in(statuses: frozenset[JobStatus]) -> TextClause:
 # (migrations 0010, 0012).
 WAITING_ROWS = _status_in(WAITING)
 FINISHED_ROWS = _status_in(TERMINAL)
+OWNER_COLUMNS = ("created_by", "status", "created_at", "id")
 TZ = DateTime(timezone=True)
 
 
@@ -160,22 +161,10 @@ class Job(Base):
             "id",
             postgresql_where=FINISHED_ROWS,
         ),
-        # A key's own jobs, for a submitter's POST /jobs/bulk, in the same two halves
-        # (migration 0012).
-        Index(
-            "jobs_owner_waiting_idx",
-            "created_by",
-            "created_at",
-            "id",
-            postgresql_where=WAITING_ROWS,
-        ),
-        Index(
-            "jobs_owner_finished_idx",
-            "created_by",
-            "created_at",
-            "id",
-            postgresql_where=FINISHED_ROWS,
-        ),
+        # A key's own jobs by status, for a submitter's POST /jobs/bulk, in the same two
+        # halves (migration 0012).
+        Index("jobs_owner_waiting_idx", *OWNER_COLUMNS, postgresql_where=WAITING_ROWS),
+        Index("jobs_owner_finished_idx", *OWNER_COLUMNS, postgresql_where=FINISHED_ROWS),
         # The name prefix search of the list (byte order; only named jobs).
         Index(
             "jobs_name_prefix_idx",

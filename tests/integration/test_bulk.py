@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from shared.auth import Actor
-from shared.jobs.bulk import APPLIES_TO, CHUNK, selection_for
+from shared.jobs.bulk import APPLIES_TO, CHUNK, BulkActionName, selection_for
 from shared.jobs.listing import JobSelection, ids_query
 from shared.schemas import BULK_MAX_JOBS
 from shared.states import JobStatus
@@ -279,8 +279,7 @@ async def test_a_chunk_that_deadlocks_stops_the_call_and_says_what_stays_done(
     assert set((await statuses(db)).values()) == {"cancelled"}
 
 
-# ``$1`` jobs of other keys, in every status but running, oldest first; then ``key-few``
-# owns one job of each such status, the newest of all.
+# ``$1`` jobs of other keys in the statuses ``$2``, oldest first.
 CROWD = """
 INSERT INTO jobs (id, type, status, priority, payload, cpu_units, memory_mb, max_attempts,
                   retry_initial_delay, retry_backoff, retry_max_delay, run_at, created_at,
@@ -290,42 +289,45 @@ SELECT gen_random_uuid(), 'demo.echo', ($2::text[])[1 + g % cardinality($2::text
        'key-' || g % 7
 FROM generate_series(1, $1) AS g
 """
-FEW = """
+# One job of ``$1`` in each status of ``$2``, then ``$3`` completed ones, newer than the crowd.
+OWN = """
 INSERT INTO jobs (id, type, status, priority, payload, cpu_units, memory_mb, max_attempts,
                   retry_initial_delay, retry_backoff, retry_max_delay, run_at, created_by)
-SELECT gen_random_uuid(), 'demo.echo', s, 1, '{}'::jsonb, 0.1, 16, 3, 1, 2, 300, now(), 'key-few'
-FROM unnest($1::text[]) AS s
+SELECT gen_random_uuid(), 'demo.echo', s, 1, '{}'::jsonb, 0.1, 16, 3, 1, 2, 300, now(), $1
+FROM unnest($2::text[] || array_fill('completed'::text, ARRAY[$3::int])) AS s
 """
 
 
 @pytest.mark.parametrize(
-    ("action", "statuses"),
+    ("key", "action", "statuses"),
     [
-        ("cancel", None),  # the waiting statuses and running
-        ("retry", None),  # failed and cancelled
-        ("cancel", [JobStatus.COMPLETED]),  # a status it does not apply to: all skipped
+        ("key-few", "cancel", None),  # the waiting statuses and running
+        ("key-few", "retry", None),  # failed and cancelled
+        ("key-few", "cancel", [JobStatus.COMPLETED]),  # a status it does not apply to
+        ("key-busy", "retry", None),  # one failed job behind 20,000 completed ones
     ],
 )
 async def test_a_submitters_selection_reads_its_own_jobs_not_everyones(
-    db: asyncpg.Connection, action: str, statuses: list[JobStatus] | None
+    db: asyncpg.Connection, key: str, action: BulkActionName, statuses: list[JobStatus] | None
 ) -> None:
-    """What a submitter's bulk action selects is read from its own jobs, however many
-    other keys have: each request of a key with few jobs (a dry run too) is a few pages,
-    not a walk over every job of the statuses it names."""
-    not_running = [s.value for s in JobStatus if s != JobStatus.RUNNING]
+    """What a submitter's bulk action selects is read from its own jobs of the statuses
+    it names, however many other keys or other statuses have: each request of a key with
+    few such jobs (a dry run too) is a few pages, not a walk over every job of them."""
+    every = [s.value for s in JobStatus]
+    not_running = [s for s in every if s != JobStatus.RUNNING]
     await db.execute(CROWD, 60_000, not_running)
-    await db.execute(FEW, not_running)
+    await db.execute(CROWD, 200, [JobStatus.RUNNING.value])  # as many as a fleet's slots
+    await db.execute(OWN, "key-few", every, 0)
+    await db.execute(OWN, "key-busy", [JobStatus.FAILED.value], 20_000)
     await db.execute("ANALYZE jobs")
     chosen = selection_for(
-        action,  # type: ignore[arg-type]
-        JobSelection(status=statuses),
-        actor=Actor(key_id="key-few", role="submitter"),
+        action, JobSelection(status=statuses), actor=Actor(key_id=key, role="submitter")
     )
     statement, args = ids_query(chosen, limit=1001)
     expected = await db.fetch(
-        "SELECT id FROM jobs WHERE created_by = 'key-few' AND status = ANY($1::text[])",
-        [s.value for s in statuses or APPLIES_TO[action]],
-    )
+        "SELECT id FROM jobs WHERE created_by = $1 AND status = ANY($2::text[])",
+        key, [s.value for s in statuses or APPLIES_TO[action]],
+    )  # fmt: skip
     assert {r["id"] for r in await db.fetch(statement, *args)} == {r["id"] for r in expected}
     assert expected  # the key has jobs of these statuses
     plan = json.loads(
@@ -335,4 +337,4 @@ async def test_a_submitters_selection_reads_its_own_jobs_not_everyones(
     used = int(top["Shared Hit Blocks"] + top["Shared Read Blocks"])
     pages = await db.fetchval("SELECT relpages FROM pg_class WHERE relname = 'jobs'")
     # Walking the statuses' ranges would touch a page per job of theirs (thousands).
-    assert used < 100 < pages, f"{action} {statuses}: {used} buffers, the table {pages} pages"
+    assert used < 100 < pages, f"{key} {action} {statuses}: {used} buffers of {pages} pages"

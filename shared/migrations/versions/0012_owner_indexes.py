@@ -1,4 +1,4 @@
-"""a key's own jobs: ``(created_by, created_at, id)`` in the list's two halves
+"""a key's own jobs: ``(created_by, status, created_at, id)`` in the list's two halves
 
 ``POST /jobs/bulk`` from a submitter acts on that key's own jobs only, so its selection
 adds ``created_by = <key>`` to each status range it reads, and no index had that
@@ -9,9 +9,13 @@ cancelled history), against 1.2 and 0.5 ms at 10k (docs/performance-history.md, 
 22, twenty-fourth session").
 
 The index comes in the list's two halves (migration 0010): the waiting jobs and the
-finished ones. A job enters the first when it is submitted and the second when it ends;
-its dispatch and its start write neither. Running jobs are few (the fleet's slots) and
-are read through the status index, as the list reads them.
+finished ones. A job enters the first when it is submitted (or retried) and the second
+when it ends; its dispatch and its start write neither. Running jobs are few (the
+fleet's slots) and are read through the status index, as the list reads them. The
+status is in the key, after the owner, so that each status a selection names is one
+range of that key's jobs: without it a retry (failed, cancelled) by a key with a long
+history of completed jobs would read them all. It costs no more entries: every status
+change writes a new entry in each index whose predicate the new row meets anyway.
 
 Built and dropped CONCURRENTLY; an INVALID leftover of a failed build is dropped first,
 so running the upgrade again repairs it (as 0010).
@@ -44,7 +48,7 @@ def upgrade() -> None:
             op.create_index(
                 name,
                 "jobs",
-                ["created_by", "created_at", "id"],
+                ["created_by", "status", "created_at", "id"],
                 postgresql_where=where,
                 postgresql_concurrently=True,
             )
