@@ -314,7 +314,7 @@ async def test_a_submitters_selection_reads_its_own_jobs_not_everyones(
     it names, however many other keys or other statuses have: each request of a key with
     few such jobs (a dry run too) is a few pages, not a walk over every job of them."""
     every = [s.value for s in JobStatus]
-    not_running = [s for s in every if s != JobStatus.RUNNING]
+    not_running = [s for s in every if s != JobStatus.RUNNING.value]
     await db.execute(CROWD, 60_000, not_running)
     await db.execute(CROWD, 200, [JobStatus.RUNNING.value])  # as many as a fleet's slots
     await db.execute(OWN, "key-few", every, 0)
