@@ -12,8 +12,9 @@ Index choices (see docs/database.md for the plans on 1M rows):
   — the ready jobs that fit no live worker, read in id chunks when the fleet grows.
 * due: ``(run_at) WHERE status IN ('pending', 'retrying')`` — delayed jobs and backoffs.
 * running: ``(worker_id) WHERE status = 'running'`` — lease checks per worker.
-* list: ``(created_at, id)``, ``(status, created_at, id)``, ``(type, created_at, id)``
-  — keyset pagination newest first, filtered or not.
+* list: ``(created_at, id)``, ``(status, priority, created_at, id)``, and
+  ``(status, priority, type | created_by, created_at, id)`` — keyset pagination newest
+  first, one range per status and priority, filtered or not.
 * idempotency: unique ``(idempotency_key) WHERE idempotency_key IS NOT NULL``.
 """
 
@@ -53,11 +54,11 @@ def _status_in(statuses: frozenset[JobStatus]) -> TextClause:
     return text(f"status IN ({listed})")
 
 
-# The two halves of the list's created_at, type, priority and owner indexes
-# (migrations 0010, 0012).
+# The two halves of the list's created_at, type and owner indexes (migrations 0010,
+# 0013), and the columns each of the list's ranges is equal in.
 WAITING_ROWS = _status_in(WAITING)
 FINISHED_ROWS = _status_in(TERMINAL)
-OWNER_COLUMNS = ("created_by", "status", "created_at", "id")
+STATUS_PRIORITY = ("status", "priority")
 TZ = DateTime(timezone=True)
 
 
@@ -138,33 +139,27 @@ class Job(Base):
         ),
         Index("jobs_due_idx", "run_at", postgresql_where=text("status IN ('pending', 'retrying')")),
         Index("jobs_running_idx", "worker_id", postgresql_where=text("status = 'running'")),
-        # The list: one range per status, in list order (shared/jobs/listing.py).
-        Index("jobs_status_created_idx", "status", "created_at", "id"),
-        # Its order, type and priority filters, in two halves that no status change of
-        # the hot path writes: a job enters the waiting half when submitted (or retried)
-        # and the finished half when it ends, and neither while it runs (migration 0010).
+        # The list reads one range per status and priority, in list order
+        # (shared/jobs/listing.py, migration 0013).
+        Index("jobs_status_priority_idx", *STATUS_PRIORITY, "created_at", "id"),
+        # Its order alone, and the same ranges of one type or one key's own jobs (a
+        # submitter's POST /jobs/bulk), in two halves that no status change of the hot
+        # path writes: a job enters the waiting half when submitted (or retried) and the
+        # finished half when it ends, and neither while it runs (migration 0010).
         Index("jobs_created_waiting_idx", "created_at", "id", postgresql_where=WAITING_ROWS),
         Index("jobs_created_finished_idx", "created_at", "id", postgresql_where=FINISHED_ROWS),
-        Index("jobs_type_waiting_idx", "type", "created_at", "id", postgresql_where=WAITING_ROWS),
-        Index("jobs_type_finished_idx", "type", "created_at", "id", postgresql_where=FINISHED_ROWS),
-        Index(
-            "jobs_priority_waiting_idx",
-            "priority",
-            "created_at",
-            "id",
-            postgresql_where=WAITING_ROWS,
+        *(
+            Index(
+                f"jobs_status_{name}_{half}_idx",
+                *STATUS_PRIORITY,
+                column,
+                "created_at",
+                "id",
+                postgresql_where=rows,
+            )
+            for name, column in (("type", "type"), ("owner", "created_by"))
+            for half, rows in (("waiting", WAITING_ROWS), ("finished", FINISHED_ROWS))
         ),
-        Index(
-            "jobs_priority_finished_idx",
-            "priority",
-            "created_at",
-            "id",
-            postgresql_where=FINISHED_ROWS,
-        ),
-        # A key's own jobs by status, for a submitter's POST /jobs/bulk, in the same two
-        # halves (migration 0012).
-        Index("jobs_owner_waiting_idx", *OWNER_COLUMNS, postgresql_where=WAITING_ROWS),
-        Index("jobs_owner_finished_idx", *OWNER_COLUMNS, postgresql_where=FINISHED_ROWS),
         # The name prefix search of the list (byte order; only named jobs).
         Index(
             "jobs_name_prefix_idx",
