@@ -1,7 +1,9 @@
 """The scale part of ``make bench``: the scheduler's claim, a status read and write and
 a list page, timed with 10k, 1M and 5M historical rows in ``jobs``; and the claim behind
 100k ready jobs that fit no live worker against the claim behind none
-(``run_unfittable``; alone: ``python -m bench.scale unfittable``).
+(``run_unfittable``; alone: ``python -m bench.scale unfittable``). Apart from
+``make bench``: a list page per combination of filters, some made to match nothing
+(``python -m bench.scale filters 10000 5000000``).
 
 Rows are loaded with ``generate_series`` (no client round trips), shaped like a busy
 system's history (see ``bench.explain``): most jobs finished, 1% ready, and a few
@@ -170,6 +172,78 @@ async def _load_in_turn(prefix: str, sizes: list[int]) -> dict[int, asyncpg.Conn
     return {size: await _load(f"{prefix}_{size}", size) for size in sizes}
 
 
+# ------------------------------------------------------------------- the list's filters together
+
+# Combinations that match nothing though each filter alone matches many: the loaded
+# history made so that one type runs only at normal priority, one never fails and the
+# lowest priority never fails.
+NOWHERE = [
+    "UPDATE jobs SET priority = 2 WHERE type = 'etl.load' AND priority <> 2",
+    "UPDATE jobs SET status = 'completed' WHERE type = 'report.pdf' AND status = 'failed'",
+    "UPDATE jobs SET status = 'completed' WHERE priority = 3 AND status = 'failed'",
+]
+
+
+def _filter_pages() -> dict[str, JobSelection]:
+    from shared.schemas import Priority
+
+    failed, completed, ready = JobStatus.FAILED, JobStatus.COMPLETED, JobStatus.READY
+    return {
+        "all": JobSelection(),
+        "failed": JobSelection(status=[failed]),
+        "priority": JobSelection(priority=Priority.HIGH),
+        "type": JobSelection(type="etl.load"),
+        "type+priority": JobSelection(type="etl.load", priority=Priority.NORMAL),
+        "type+priority, none": JobSelection(type="etl.load", priority=Priority.CRITICAL),
+        "failed+type, none": JobSelection(status=[failed], type="report.pdf"),
+        "failed+priority, none": JobSelection(status=[failed], priority=Priority.LOW),
+        "completed+type+priority, none": JobSelection(
+            status=[completed], type="etl.load", priority=Priority.CRITICAL
+        ),
+        "ready+type": JobSelection(status=[ready], type="demo.echo"),
+    }
+
+
+async def run_filters(sizes: list[int], repeat: int = 21) -> dict[str, Any]:
+    """A list page (the first, 51 rows) per combination of filters, on one database per
+    size loaded as ``run_scale`` loads them and then made so that some combinations
+    match nothing (``NOWHERE``); executions interleaved across sizes."""
+    prefix = f"swy_filters_{os.getpid()}"
+    conns: dict[int, asyncpg.Connection] = {}
+    try:
+        conns = await _load_in_turn(prefix, sizes)
+        for conn in conns.values():
+            for statement in NOWHERE:
+                await conn.execute(statement)
+            await conn.execute("VACUUM ANALYZE jobs")
+        newest = await next(iter(conns.values())).fetchval("SELECT now() + interval '1 s'")
+        cursor = encode_cursor(SimpleNamespace(created_at=newest, id=uuid.UUID(int=2**128 - 1)))
+        ms: dict[str, dict[int, float]] = {}
+        for name, selection in _filter_pages().items():
+            statement, args = page_query(selection, limit=51, cursor=cursor)
+            ms[name] = await _interleaved(
+                conns, statement, {s: [tuple(args)] * repeat for s in conns}
+            )
+            print(f"  {name}: " + ", ".join(f"{s:,}: {v:.2f} ms" for s, v in ms[name].items()))
+    finally:
+        for conn in conns.values():
+            await conn.close()
+        await drop(*(f"{prefix}_{size}" for size in sizes))
+    smallest = min(sizes)
+    return {
+        "ms": {
+            name: {str(s): round(v, 3) for s, v in by_size.items()} for name, by_size in ms.items()
+        },
+        "ratio_to_smallest": {
+            name: {str(s): round(v / by_size[smallest], 2) for s, v in by_size.items()}
+            for name, by_size in ms.items()
+        },
+        "repeat": repeat,
+        "method": "one database per size, some combinations made empty; the page after a "
+        "cursor past the newest job, as GET /jobs runs it; executions interleaved, medians",
+    }
+
+
 # ------------------------------------------------------------------- behind jobs that fit nowhere
 
 # ``$3`` ready jobs needing ``$4`` cpu units, spread over the four priorities, older than
@@ -268,6 +342,9 @@ if __name__ == "__main__":
 
     if sys.argv[1:] == ["unfittable"]:  # only the claim behind jobs that fit nowhere
         print(json.dumps(asyncio.run(run_unfittable()), indent=2))
+    elif sys.argv[1:2] == ["filters"]:  # list pages by combinations of filters
+        sizes = [int(s) for s in (sys.argv[2:] or ["10000", "1000000"])]
+        print(json.dumps(asyncio.run(run_filters(sizes)), indent=2))
     else:
         sizes = [int(s) for s in (sys.argv[1:] or ["10000", "1000000"])]
         print(json.dumps(asyncio.run(run_scale(sizes)), indent=2))

@@ -54,11 +54,14 @@ def _status_in(statuses: frozenset[JobStatus]) -> TextClause:
     return text(f"status IN ({listed})")
 
 
-# The two halves of the list's created_at, type and owner indexes (migrations 0010,
-# 0013), and the columns each of the list's ranges is equal in.
+# The halves of the list's created_at, owner and type indexes (migrations 0010, 0013),
+# and their keys: each range of the list is equal in status and priority.
 WAITING_ROWS = _status_in(WAITING)
+UNFINISHED_ROWS = _status_in(WAITING | {JobStatus.RUNNING})
 FINISHED_ROWS = _status_in(TERMINAL)
 STATUS_PRIORITY = ("status", "priority")
+OWNER_RANGE = (*STATUS_PRIORITY, "created_by", "created_at", "id")
+TYPE_RANGE = (*STATUS_PRIORITY, "type", "created_at", "id")
 TZ = DateTime(timezone=True)
 
 
@@ -142,24 +145,18 @@ class Job(Base):
         # The list reads one range per status and priority, in list order
         # (shared/jobs/listing.py, migration 0013).
         Index("jobs_status_priority_idx", *STATUS_PRIORITY, "created_at", "id"),
-        # Its order alone, and the same ranges of one type or one key's own jobs (a
-        # submitter's POST /jobs/bulk), in two halves that no status change of the hot
-        # path writes: a job enters the waiting half when submitted (or retried) and the
-        # finished half when it ends, and neither while it runs (migration 0010).
+        # Its order alone, and the same ranges of one key's own jobs (a submitter's
+        # POST /jobs/bulk), in two halves that no status change of the hot path writes: a
+        # job enters the waiting half when submitted (or retried) and the finished half
+        # when it ends, and neither while it runs (migration 0010).
         Index("jobs_created_waiting_idx", "created_at", "id", postgresql_where=WAITING_ROWS),
         Index("jobs_created_finished_idx", "created_at", "id", postgresql_where=FINISHED_ROWS),
-        *(
-            Index(
-                f"jobs_status_{name}_{half}_idx",
-                *STATUS_PRIORITY,
-                column,
-                "created_at",
-                "id",
-                postgresql_where=rows,
-            )
-            for name, column in (("type", "type"), ("owner", "created_by"))
-            for half, rows in (("waiting", WAITING_ROWS), ("finished", FINISHED_ROWS))
-        ),
+        Index("jobs_status_owner_waiting_idx", *OWNER_RANGE, postgresql_where=WAITING_ROWS),
+        Index("jobs_status_owner_finished_idx", *OWNER_RANGE, postgresql_where=FINISHED_ROWS),
+        # The same ranges of one type, the running jobs among them: a typed page's
+        # running part is one range too, for one more entry a job, at its dispatch.
+        Index("jobs_status_type_unfinished_idx", *TYPE_RANGE, postgresql_where=UNFINISHED_ROWS),
+        Index("jobs_status_type_finished_idx", *TYPE_RANGE, postgresql_where=FINISHED_ROWS),
         # The name prefix search of the list (byte order; only named jobs).
         Index(
             "jobs_name_prefix_idx",

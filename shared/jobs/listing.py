@@ -4,15 +4,16 @@
 A selection is read in parts, each a query of its own, merged in list order (see
 ``_parts``): with a status, type, priority or owner to match, one per status and
 priority it admits, each one range of an index equal in both (migration 0013):
-``(status, priority, created_at, id)`` for all jobs; for one type, or one key's own
-jobs (a submitter's bulk action), ``(status, priority, type | created_by, created_at,
-id)`` in the list's two halves, waiting and finished (migration 0010), the running
-jobs being read through the first. So however many jobs each filter matches alone, a
-page reads about the rows it returns. With none of those, the halves of
-``(created_at, id)`` and the running jobs per priority. A name prefix is matched
-through its own index where the planner finds that cheaper (``jobs_name_prefix_idx``,
-``text_pattern_ops``: the prefix as a range in byte order, which a prepared
-statement's generic plan can use too; ``LIKE $1`` could not).
+``(status, priority, created_at, id)`` for all jobs; for one type
+``(status, priority, type, created_at, id)``, in two halves, the unfinished jobs and
+the finished ones; for one key's own jobs (a submitter's bulk action)
+``(status, priority, created_by, created_at, id)`` in the list's two halves, waiting
+and finished (migration 0010), its running jobs read through the first. So however
+many jobs each filter matches alone, a page reads about the rows it returns. With
+none of those, the halves of ``(created_at, id)`` and the running jobs per priority.
+A name prefix is matched through its own index where the planner finds that cheaper
+(``jobs_name_prefix_idx``, ``text_pattern_ops``: the prefix as a range in byte order,
+which a prepared statement's generic plan can use too; ``LIKE $1`` could not).
 
 Statuses and priorities are written into each query as literals (each is one of
 ``JobStatus`` or a priority rank): a parameter would hide from a generic plan which
@@ -164,9 +165,10 @@ def _in_list_order(
     def arm(part: str) -> str:
         if leading is None:
             where, order = [part], ordered()
-        elif part.startswith(_RUNNING):
-            # No half of the leading index holds running jobs: the status index does,
-            # bounded by the fleet's slots, in (created_at, id) order.
+        elif leading == "created_by" and part.startswith(_RUNNING):
+            # No half of the owner index holds running jobs: the status index does, in
+            # (created_at, id) order, the owner checked row by row (at most the
+            # running jobs of one priority: the fleet's slots).
             where, order = [part, f"{leading} = {value}"], ordered()
         else:
             # The leading value is matched as a range of one value, not with =, so that

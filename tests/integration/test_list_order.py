@@ -1,6 +1,7 @@
 """The list read in parts (``shared.jobs.listing``, migrations 0010 and 0013): every
-selection pages in the order of ``jobs`` itself, and the halves of the created_at, type
-and owner indexes hold every status but ``running`` between them."""
+selection pages in the order of ``jobs`` itself, the halves of the created_at and owner
+indexes hold every status but ``running`` between them, and the type index's every
+status."""
 
 from __future__ import annotations
 
@@ -130,6 +131,8 @@ async def test_the_halves_hold_every_status_but_running(db: asyncpg.Connection) 
     finished = {s.value for s in TERMINAL}
     waiting = {s.value for s in WAITING}
     assert waiting | finished | {"running"} == {s.value for s in JobStatus}
-    for key in ("created", "status_type", "status_owner"):
+    for key in ("created", "status_owner"):
         assert statuses(f"jobs_{key}_waiting_idx") == waiting
         assert statuses(f"jobs_{key}_finished_idx") == finished
+    assert statuses("jobs_status_type_unfinished_idx") == waiting | {"running"}
+    assert statuses("jobs_status_type_finished_idx") == finished
