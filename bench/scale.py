@@ -29,7 +29,7 @@ import asyncpg
 from bench.databases import create_migrated, drop
 from shared.db import GENERIC_PLANS
 from shared.jobs import sql
-from shared.jobs.listing import JobSelection, page_query
+from shared.jobs.listing import JobSelection, page_query, plans_once
 from shared.jobs.reads import encode_cursor
 from shared.states import JobStatus
 
@@ -107,13 +107,16 @@ async def _measure(
     # 16 heads per priority: the smallest table has 25 ready per level, so every size
     # returns the same 64 rows (the same work).
     claim = await _interleaved(conns, sql.CLAIM_READY_HEADS, each(16))
+    # So are these list pages (shared.jobs.listing.plans_once).
+    list_page = await _interleaved(conns, list_all[0], each(*list_all[1]))
+    list_page_failed = await _interleaved(conns, list_failed[0], each(*list_failed[1]))
     for conn in conns.values():
         await conn.execute("RESET plan_cache_mode")
     out = {
         "claim": claim,
         "status_read": await _interleaved(conns, STATUS_READ, sample),
-        "list_page": await _interleaved(conns, list_all[0], each(*list_all[1])),
-        "list_page_failed": await _interleaved(conns, list_failed[0], each(*list_failed[1])),
+        "list_page": list_page,
+        "list_page_failed": list_page_failed,
     }
     transactions = [conn.transaction() for conn in conns.values()]
     for tr in transactions:
@@ -221,6 +224,10 @@ async def run_filters(sizes: list[int], repeat: int = 21) -> dict[str, Any]:
         ms: dict[str, dict[int, float]] = {}
         for name, selection in _filter_pages().items():
             statement, args = page_query(selection, limit=51, cursor=cursor)
+            # Planned as GET /jobs plans it (shared.jobs.listing.plans_once).
+            mode = GENERIC_PLANS["plan_cache_mode"] if plans_once(selection) else "auto"
+            for conn in conns.values():
+                await conn.execute(f"SET plan_cache_mode = {mode}")
             ms[name] = await _interleaved(
                 conns, statement, {s: [tuple(args)] * repeat for s in conns}
             )

@@ -30,9 +30,10 @@ from types import SimpleNamespace
 from typing import Any
 from uuid import UUID
 
+import asyncpg
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from shared.db import fetch
+from shared.db import GENERIC_PLANS, session_connection
 from shared.jobs.reads import decode_cursor, encode_cursor
 from shared.jobs.sql import status_list
 from shared.schemas import Priority
@@ -206,7 +207,8 @@ async def list_page(
 ) -> tuple[list[Any], str | None]:
     """Newest first, keyset-paginated on (created_at, id): each page is an index scan."""
     statement, args = page_query(selection, limit=limit + 1, cursor=cursor)
-    jobs = [SimpleNamespace(**dict(r)) for r in await fetch(session, statement, *args)]
+    rows = await _fetch(session, selection, statement, args)
+    jobs = [SimpleNamespace(**dict(r)) for r in rows]
     next_cursor = encode_cursor(jobs[limit - 1]) if len(jobs) > limit else None
     return jobs[:limit], next_cursor
 
@@ -216,7 +218,34 @@ def ids_query(selection: JobSelection, *, limit: int) -> tuple[str, list[object]
     return _in_list_order(selection, columns="id, created_at", limit=limit, newest_first=False)
 
 
-async def select_ids(session: AsyncSession, *, selection: JobSelection, limit: int) -> list[UUID]:
+async def select_ids(
+    session: AsyncSession | asyncpg.Connection, *, selection: JobSelection, limit: int
+) -> list[UUID]:
     """Up to ``limit`` ids of the selected jobs, oldest first."""
     statement, args = ids_query(selection, limit=limit)
-    return [r["id"] for r in await fetch(session, statement, *args)]
+    return [r["id"] for r in await _fetch(session, selection, statement, args)]
+
+
+def plans_once(selection: JobSelection) -> bool:
+    """Whether ``selection``'s statement is best planned once, for every value: its
+    parts are bounded ranges whatever the type, owner, times and cursor, and only a
+    name prefix (how many names it matches) makes another plan better. PostgreSQL's
+    default re-plans a prepared statement while it estimates a custom plan cheaper: for
+    a typed page of 32 parts that is about 5 ms of planning at every request, against
+    0.6 ms to run it."""
+    return not selection.name_prefix
+
+
+async def _fetch(
+    db: AsyncSession | asyncpg.Connection,
+    selection: JobSelection,
+    statement: str,
+    args: list[object],
+) -> list[Any]:
+    """Run the statement in ``db``'s transaction (a session's, or one a connection has
+    open), planned as ``plans_once`` says."""
+    conn = await session_connection(db) if isinstance(db, AsyncSession) else db
+    if plans_once(selection):
+        # For this transaction only; the statement is prepared once per connection.
+        await conn.execute(f"SET LOCAL plan_cache_mode = {GENERIC_PLANS['plan_cache_mode']}")
+    return await conn.fetch(statement, *args)  # type: ignore[no-any-return]

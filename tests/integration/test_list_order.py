@@ -12,6 +12,7 @@ import asyncpg
 import httpx
 
 from shared.jobs.listing import JobSelection, select_ids
+from shared.schemas import Priority
 from shared.states import TERMINAL, WAITING, JobStatus
 
 STATUSES = [s.value for s in JobStatus]
@@ -85,6 +86,8 @@ SELECTIONS: list[dict[str, Any]] = [
     {"created_after": T0 + timedelta(minutes=2), "created_before": T0 + timedelta(minutes=6)},
     {"status": "running", "created_before": T0 + timedelta(minutes=5)},
     {"priority": "critical", "created_after": T0 + timedelta(minutes=4)},
+    {"type": "ml.train", "priority": "normal", "status": ["running", "completed", "pending"]},
+    {"type": "etl.load", "name": "etl", "created_before": T0 + timedelta(minutes=7)},
 ]
 
 
@@ -106,15 +109,22 @@ async def test_every_selection_pages_in_the_order_of_the_jobs_table(
 
 async def test_the_bulk_selection_is_oldest_first(db: asyncpg.Connection) -> None:
     jobs = await mixed_jobs(db)
-    for selection, params in [
+    cases: list[tuple[JobSelection, dict[str, Any]]] = [
         (JobSelection(type="ml.train"), {"type": "ml.train"}),
         (JobSelection(status=[JobStatus.FAILED, JobStatus.CANCELLED]), {"status": ["failed", "cancelled"]}),
         (JobSelection(status=[JobStatus.READY]), {"status": "ready"}),
-    ]:  # fmt: skip
+        (JobSelection(type="report.pdf", priority=Priority.CRITICAL,
+                      status=[JobStatus.RUNNING, JobStatus.PENDING, JobStatus.FAILED]),
+         {"type": "report.pdf", "priority": "critical", "status": ["running", "pending", "failed"]}),
+    ]  # fmt: skip
+    for selection, params in cases:
         oldest = list(reversed(newest_first([j for j in jobs if matches(j, params)])))
-        got = await select_ids(db, selection=selection, limit=1000)  # type: ignore[arg-type]
+        assert len(oldest) > 3, params  # each case selects several
+        async with db.transaction():  # as the bulk route's session holds one
+            got = await select_ids(db, selection=selection, limit=1000)
+            first = await select_ids(db, selection=selection, limit=3)
         assert [str(i) for i in got] == oldest
-        assert [str(i) for i in await select_ids(db, selection=selection, limit=3)] == oldest[:3]  # type: ignore[arg-type]
+        assert [str(i) for i in first] == oldest[:3]
 
 
 async def test_the_halves_hold_every_status_but_running(db: asyncpg.Connection) -> None:
