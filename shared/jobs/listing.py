@@ -115,8 +115,8 @@ def _parts(selection: JobSelection) -> list[str]:
     finished half in ``created_at`` order, and the running jobs once per priority.
     Otherwise one per pair of a status and a priority the selection admits (all of
     either when it names none): each pair is one range of the status index, and of
-    the type and owner indexes, so no combination of these filters walks jobs it does
-    not select. With ids, one: those rows are the whole work."""
+    the type and owner indexes, so no combination of status, type and priority walks
+    jobs it does not select. With ids, one: those rows are the whole work."""
     if selection.ids:
         where = f"status IN {status_list(selection.status or JobStatus)}"
         if selection.priority:
