@@ -77,9 +77,10 @@ def _leading(selection: JobSelection) -> str | None:
 
 
 def _conditions(selection: JobSelection, args: list[object]) -> tuple[list[str], str | None]:
-    """The conditions of ``selection`` but its statuses, priority and leading column,
-    and the parameter holding the leading column's value (``None`` without one); its
-    values appended to ``args`` (``$n`` numbered after what ``args`` already holds)."""
+    """The conditions of ``selection`` but its statuses, priority, times and leading
+    column, and the parameter holding the leading column's value (``None`` without
+    one); its values appended to ``args`` (``$n`` numbered after what ``args`` already
+    holds)."""
 
     def param(value: object) -> str:
         args.append(value)
@@ -93,10 +94,6 @@ def _conditions(selection: JobSelection, args: list[object]) -> tuple[list[str],
             value = param(given)
         elif given:
             where.append(f"{column} = {param(given)}")
-    if selection.created_after:
-        where.append(f"created_at >= {param(selection.created_after)}")
-    if selection.created_before:
-        where.append(f"created_at < {param(selection.created_before)}")
     if selection.name_prefix:
         low = param(selection.name_prefix)
         high = param(selection.name_prefix + _LAST_CHAR)
@@ -133,13 +130,36 @@ def _parts(selection: JobSelection) -> list[str]:
     return [f"status = '{JobStatus(s).value}' AND priority = {r}" for s in statuses for r in ranks]
 
 
+_Key = tuple[datetime, UUID]
+_FIRST_ID = UUID(int=0)
+
+
+def _bounds(
+    selection: JobSelection, past: _Key | None, newest_first: bool
+) -> tuple[tuple[_Key, str] | None, tuple[_Key, str] | None]:
+    """The tightest lower and upper bound on ``(created_at, id)`` that the selection's
+    times and the keys ``past`` put, each with its operator; ``None`` where there is
+    none."""
+    lower: list[tuple[_Key, str]] = []
+    upper: list[tuple[_Key, str]] = []
+    if selection.created_after:
+        lower.append(((selection.created_after, _FIRST_ID), ">="))
+    if selection.created_before:
+        upper.append(((selection.created_before, _FIRST_ID), "<"))
+    if past is not None:
+        (upper if newest_first else lower).append((past, "<" if newest_first else ">"))
+    # On equal keys the strict bound is the tighter.
+    tightest_lower = max(lower, key=lambda b: (b[0], b[1] == ">"), default=None)
+    return tightest_lower, min(upper, default=None)
+
+
 def _in_list_order(
     selection: JobSelection,
     *,
     columns: str,
     limit: int,
     newest_first: bool,
-    past: tuple[datetime, UUID] | None = None,
+    past: _Key | None = None,
 ) -> tuple[str, list[object]]:
     """The first ``limit`` selected jobs' ``columns`` (``created_at`` and ``id`` among
     them) in list order, those past the keys ``past`` only; the statement and its
@@ -151,35 +171,48 @@ def _in_list_order(
     rows = int(limit)
     args: list[object] = []
     shared, value = _conditions(selection, args)
-    if past is not None:
-        args.extend(past)
-        n = len(args)
-        beyond = "<" if newest_first else ">"
-        shared.append(f"(created_at, id) {beyond} (${n - 1}::timestamptz, ${n}::uuid)")
+    # Each bound as its operator and the (created_at, id) it compares with.
+    bounds: list[tuple[str, str] | None] = []
+    for bound in _bounds(selection, past, newest_first):
+        if bound is not None:
+            args.extend(bound[0])
+            bounds.append((bound[1], f"${len(args) - 1}::timestamptz, ${len(args)}::uuid"))
+        else:
+            bounds.append(None)
+    lower, upper = bounds
     leading = _leading(selection)
-    if leading and columns != "*":
+    # The leading value as a range (see ``arm``) unless the selection ends in time on
+    # the far side of its order: after a range on the leading column, a condition on
+    # created_at would not end the scan.
+    as_range = leading is not None and (lower if newest_first else upper) is None
+    if as_range and columns != "*":
         columns = f"{columns}, {leading}"  # the merge orders by it
 
     def ordered(*keys: str) -> str:
         return ", ".join(f"{key}{direction}" for key in (*keys, "created_at", "id"))
 
+    in_time = [f"(created_at, id) {op} ({at})" for op, at in filter(None, (lower, upper))]
+
     def arm(part: str) -> str:
+        owner_running = leading == "created_by" and part.startswith(_RUNNING)
         if leading is None:
-            where, order = [part], ordered()
-        elif leading == "created_by" and part.startswith(_RUNNING):
-            # No half of the owner index holds running jobs: the status index does, in
-            # (created_at, id) order, the owner checked row by row (at most the
-            # running jobs of one priority: the fleet's slots).
-            where, order = [part, f"{leading} = {value}"], ordered()
-        else:
-            # The leading value is matched as a range of one value, not with =, so that
-            # the planner does not take it for a constant: the part must then come in
-            # (column, created_at, id) order, which only the index holding that column
-            # after status and priority gives. With =, the status index (created_at
-            # order within a status and priority) competes on estimated cost, and where
-            # few of its rows have this value it walks them all.
-            where = [part, f"{leading} >= {value} AND {leading} <= {value}"]
+            where, order = [part, *in_time], ordered()
+        elif as_range and not owner_running:
+            # The leading value is matched as a range, not with =, so that the planner
+            # does not take it for a constant: the part must then come in (column,
+            # created_at, id) order, which only the index holding that column after
+            # status and priority gives. With =, the status index (created_at order
+            # within a status and priority) competes on estimated cost, and where few
+            # of its rows have this value it walks them all (a generic plan takes
+            # every value for as common as the average one).
+            where = [part, f"{leading} >= {value} AND {leading} <= {value}", *in_time]
             order = ordered(leading)
+        else:
+            # With =, the far time ends the scan of whichever index the planner takes:
+            # at worst the jobs of this status and priority in the selection's time.
+            # No half of the owner index holds running jobs: the status index does, the
+            # owner checked row by row (at most the running jobs of this priority).
+            where, order = [part, f"{leading} = {value}", *in_time], ordered()
         return (
             f"SELECT {columns} FROM jobs WHERE {' AND '.join([*where, *shared])}"
             f" ORDER BY {order} LIMIT {rows}"
@@ -190,7 +223,7 @@ def _in_list_order(
         return arms[0], args
     # One value of the leading column: in its order too, the parts merge in list order.
     merged = " UNION ALL ".join(f"({a})" for a in arms)
-    outer = ordered(leading) if leading else ordered()
+    outer = ordered(leading) if as_range and leading else ordered()
     return f"SELECT * FROM ({merged}) arms ORDER BY {outer} LIMIT {rows}", args
 
 
@@ -242,8 +275,11 @@ async def _fetch(
     statement: str,
     args: list[object],
 ) -> list[Any]:
-    """Run the statement in ``db``'s transaction (a session's, or one a connection has
-    open), planned as ``plans_once`` says."""
+    """Run the statement in ``db``'s transaction (a session's, a connection's, or one
+    of its own), planned as ``plans_once`` says."""
+    if isinstance(db, asyncpg.Connection) and not db.is_in_transaction():
+        async with db.transaction():  # SET LOCAL needs one
+            return await _fetch(db, selection, statement, args)
     conn = await session_connection(db) if isinstance(db, AsyncSession) else db
     if plans_once(selection):
         # For this transaction only; the statement is prepared once per connection.

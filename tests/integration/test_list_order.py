@@ -24,10 +24,10 @@ T0 = datetime(2026, 12, 1, tzinfo=UTC)
 # priority and name mixed, written by plain SQL as a hand or another version would.
 INSERT_MIXED = f"""
 INSERT INTO jobs (id, type, name, status, priority, payload, cpu_units, memory_mb, max_attempts,
-                  retry_initial_delay, retry_backoff, retry_max_delay, run_at, created_at)
+                  retry_initial_delay, retry_backoff, retry_max_delay, run_at, created_at, created_by)
 SELECT gen_random_uuid(), (ARRAY{TYPES})[1 + g % 3], (ARRAY[NULL, 'etl-a', 'etl-b', 'nightly'])[1 + g % 4],
        (ARRAY{STATUSES})[1 + g % 8], (g % 7) % 4, '{{}}', 1, 64, 3, 1, 2, 60,
-       $1::timestamptz, $1::timestamptz + (g % 9) * interval '1 minute'
+       $1::timestamptz, $1::timestamptz + (g % 9) * interval '1 minute', 'key-' || g % 2
 FROM generate_series(1, 160) g
 """
 
@@ -37,6 +37,7 @@ def matches(job: asyncpg.Record, params: dict[str, Any]) -> bool:
     return (
         (statuses is None or job["status"] in ([statuses] if isinstance(statuses, str) else statuses))
         and job["type"] == params.get("type", job["type"])
+        and job["created_by"] == params.get("created_by", job["created_by"])
         and (params.get("priority") is None or job["priority"] == PRIORITIES.index(params["priority"]))
         and (job["name"] or "").startswith(params.get("name", ""))
         and ("name" not in params or job["name"] is not None)
@@ -47,7 +48,9 @@ def matches(job: asyncpg.Record, params: dict[str, Any]) -> bool:
 
 async def mixed_jobs(db: asyncpg.Connection) -> list[asyncpg.Record]:
     await db.execute(INSERT_MIXED, T0)
-    return await db.fetch("SELECT id, created_at, status, type, priority, name FROM jobs")
+    return await db.fetch(
+        "SELECT id, created_at, status, type, priority, name, created_by FROM jobs"
+    )
 
 
 def newest_first(jobs: list[asyncpg.Record]) -> list[str]:
@@ -116,6 +119,11 @@ async def test_the_bulk_selection_is_oldest_first(db: asyncpg.Connection) -> Non
         (JobSelection(type="report.pdf", priority=Priority.CRITICAL,
                       status=[JobStatus.RUNNING, JobStatus.PENDING, JobStatus.FAILED]),
          {"type": "report.pdf", "priority": "critical", "status": ["running", "pending", "failed"]}),
+        # A submitter's own jobs (its running ones are read apart), with a type, after a time.
+        (JobSelection(created_by="key-1", status=[JobStatus.RUNNING, JobStatus.FAILED, JobStatus.PENDING]),
+         {"created_by": "key-1", "status": ["running", "failed", "pending"]}),
+        (JobSelection(created_by="key-0", type="etl.load", created_after=T0 + timedelta(minutes=3)),
+         {"created_by": "key-0", "type": "etl.load", "created_after": T0 + timedelta(minutes=3)}),
     ]  # fmt: skip
     for selection, params in cases:
         oldest = list(reversed(newest_first([j for j in jobs if matches(j, params)])))

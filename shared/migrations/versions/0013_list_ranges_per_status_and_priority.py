@@ -5,8 +5,9 @@ was one status (or one half) read through an index holding one of the filters, t
 others checked row by row: where each filter matches many jobs and few match them all
 (``type=etl.load&priority=critical`` when that type always runs at normal;
 ``status=failed&type=report.pdf`` when that type never fails), PostgreSQL walked one
-filter's jobs to the end. At 5M jobs: 1.15 s and 29 ms against 3.9 and 0.8 ms at 10k
-(docs/performance-history.md, "Issue 22, twenty-fifth session").
+filter's jobs to the end. At 5M jobs: 1,290 ms and 31 ms against 4.0 and 0.5 ms at 10k
+(``python -m bench.scale filters``; docs/performance-history.md, "Issue 22,
+twenty-fifth session").
 
 Now every part is one status and one priority (``shared.jobs.listing``) and each is one
 range of an index equal in both: ``(status, priority, created_at, id)`` for all jobs;
@@ -40,7 +41,7 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 WAITING = sa.text("status IN ('pending', 'blocked', 'ready', 'retrying')")
-UNFINISHED = sa.text("status IN ('pending', 'blocked', 'ready', 'retrying', 'running')")
+UNFINISHED = sa.text("status IN ('pending', 'blocked', 'ready', 'running', 'retrying')")
 FINISHED = sa.text("status IN ('completed', 'failed', 'cancelled')")
 HALVES = (("waiting", WAITING), ("finished", FINISHED))
 Indexes = Mapping[str, tuple[list[str], sa.TextClause | None]]
