@@ -21,6 +21,7 @@ import statistics
 import sys
 import time
 import uuid
+from datetime import datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
 
@@ -187,8 +188,10 @@ NOWHERE = [
 ]
 
 
-def _filter_pages() -> dict[str, JobSelection]:
+def _filter_pages(newest: datetime) -> dict[str, JobSelection]:
     from shared.schemas import Priority
+
+    hour_ago = newest - timedelta(hours=1)
 
     failed, completed, ready = JobStatus.FAILED, JobStatus.COMPLETED, JobStatus.READY
     return {
@@ -204,6 +207,10 @@ def _filter_pages() -> dict[str, JobSelection]:
             status=[completed], type="etl.load", priority=Priority.CRITICAL
         ),
         "ready+type": JobSelection(status=[ready], type="demo.echo"),
+        "type, last hour": JobSelection(type="etl.load", created_after=hour_ago),
+        "type+priority, last hour, none": JobSelection(
+            type="etl.load", priority=Priority.CRITICAL, created_after=hour_ago
+        ),
     }
 
 
@@ -222,7 +229,7 @@ async def run_filters(sizes: list[int], repeat: int = 21) -> dict[str, Any]:
         newest = await next(iter(conns.values())).fetchval("SELECT now() + interval '1 s'")
         cursor = encode_cursor(SimpleNamespace(created_at=newest, id=uuid.UUID(int=2**128 - 1)))
         ms: dict[str, dict[int, float]] = {}
-        for name, selection in _filter_pages().items():
+        for name, selection in _filter_pages(newest).items():
             statement, args = page_query(selection, limit=51, cursor=cursor)
             # Planned as GET /jobs plans it (shared.jobs.listing.plans_once).
             mode = GENERIC_PLANS["plan_cache_mode"] if plans_once(selection) else "auto"
