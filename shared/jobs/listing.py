@@ -171,15 +171,11 @@ def _in_list_order(
     rows = int(limit)
     args: list[object] = []
     shared, value = _conditions(selection, args)
-    # Each bound as its operator and the (created_at, id) it compares with.
-    bounds: list[tuple[str, str] | None] = []
-    for bound in _bounds(selection, past, newest_first):
-        if bound is not None:
-            args.extend(bound[0])
-            bounds.append((bound[1], f"${len(args) - 1}::timestamptz, ${len(args)}::uuid"))
-        else:
-            bounds.append(None)
-    lower, upper = bounds
+    lower, upper = _bounds(selection, past, newest_first)
+    in_time: list[str] = []
+    for (at, job_id), op in filter(None, (lower, upper)):
+        args.extend((at, job_id))
+        in_time.append(f"(created_at, id) {op} (${len(args) - 1}::timestamptz, ${len(args)}::uuid)")
     leading = _leading(selection)
     # The leading value as a range (see ``arm``) unless the selection ends in time on
     # the far side of its order: after a range on the leading column, a condition on
@@ -190,8 +186,6 @@ def _in_list_order(
 
     def ordered(*keys: str) -> str:
         return ", ".join(f"{key}{direction}" for key in (*keys, "created_at", "id"))
-
-    in_time = [f"(created_at, id) {op} ({at})" for op, at in filter(None, (lower, upper))]
 
     def arm(part: str) -> str:
         owner_running = leading == "created_by" and part.startswith(_RUNNING)
