@@ -54,7 +54,7 @@ def queries() -> dict[str, tuple[str, list[object]]]:
 async def main(rows: int, keep: bool) -> None:
     conn = await asyncpg.connect(await create_migrated(DB))
     start = time.monotonic()
-    await conn.execute(LOAD, 6_000_000 - rows + 1, 6_000_000)  # the newest `rows` rows
+    await conn.execute(LOAD, 6_000_000 - rows + 1, 6_000_000, False)  # the newest `rows` rows
     await conn.execute("VACUUM ANALYZE jobs")
     print(f"-- loaded {rows:,} jobs in {time.monotonic() - start:.1f} s")
     counts = await conn.fetch("SELECT status, count(*) FROM jobs GROUP BY 1 ORDER BY 1")

@@ -34,13 +34,17 @@ from shared.jobs.listing import JobSelection, page_query, plans_once
 from shared.jobs.reads import encode_cursor
 from shared.states import JobStatus
 
-# Rows g in [$1, $2]; the newest row (g = 6M) was created now.
+# Rows g in [$1, $2]; the newest row (g = 6M) was created now. With ``$3``, each job is
+# named after its type and a number below 65,536 (``report-12345``, ``nightly-etl-7``).
 LOAD = """
-INSERT INTO jobs (id, type, status, priority, payload, cpu_units, memory_mb, max_attempts,
-                  retry_initial_delay, retry_backoff, retry_max_delay, attempts, run_at,
-                  created_at, updated_at, ready_at, idempotency_key, worker_id)
+INSERT INTO jobs (id, type, name, status, priority, payload, cpu_units, memory_mb,
+                  max_attempts, retry_initial_delay, retry_backoff, retry_max_delay,
+                  attempts, run_at, created_at, updated_at, ready_at, idempotency_key,
+                  worker_id)
 SELECT gen_random_uuid(),
        (ARRAY['demo.echo', 'demo.sleep', 'etl.load', 'ml.train', 'report.pdf'])[1 + g % 5],
+       CASE WHEN $3 THEN (ARRAY['echo-', 'sleep-', 'nightly-etl-', 'train-', 'report-'])[1 + g % 5]
+                         || (g / 5) % 65536 END,
        CASE WHEN g % 1000 < 940 THEN 'completed'
             WHEN g % 1000 < 970 THEN 'failed'
             WHEN g % 1000 < 975 THEN 'cancelled'
@@ -130,12 +134,13 @@ async def _measure(
     return {size: {op: round(by_size[size], 4) for op, by_size in out.items()} for size in conns}
 
 
-async def _load(db: str, size: int) -> asyncpg.Connection:
-    """A fresh database ``db`` holding ``size`` jobs; an open connection to it."""
+async def _load(db: str, size: int, *, named: bool = False) -> asyncpg.Connection:
+    """A fresh database ``db`` holding ``size`` jobs (``named``: with names, see
+    ``LOAD``); an open connection to it."""
     conn = await asyncpg.connect(await create_migrated(db), command_timeout=3600)
     t = time.monotonic()
     # The newest rows are the last ones: g counts up to 6M.
-    await conn.execute(LOAD, 6_000_000 - size + 1, 6_000_000)
+    await conn.execute(LOAD, 6_000_000 - size + 1, 6_000_000, named)
     await conn.execute("VACUUM ANALYZE jobs")
     print(f"  scale: {size:,} rows loaded in {time.monotonic() - t:.0f} s", flush=True)
     return conn
@@ -172,8 +177,10 @@ async def run_scale(sizes: list[int], repeat: int = 200) -> dict[str, Any]:
     }
 
 
-async def _load_in_turn(prefix: str, sizes: list[int]) -> dict[int, asyncpg.Connection]:
-    return {size: await _load(f"{prefix}_{size}", size) for size in sizes}
+async def _load_in_turn(
+    prefix: str, sizes: list[int], *, named: bool = False
+) -> dict[int, asyncpg.Connection]:
+    return {size: await _load(f"{prefix}_{size}", size, named=named) for size in sizes}
 
 
 # ------------------------------------------------------------------- the list's filters together
@@ -211,6 +218,14 @@ def _filter_pages(newest: datetime) -> dict[str, JobSelection]:
         "type+priority, last hour, none": JobSelection(
             type="etl.load", priority=Priority.CRITICAL, created_after=hour_ago
         ),
+        # A name prefix (read for at most SWITCHYARD_MAX_NAME_SEARCH_SECONDS by the API):
+        # a few jobs, a type's worth, a sixth of a type's, and with other filters none.
+        "name, few": JobSelection(name_prefix="report-12345"),
+        "name": JobSelection(name_prefix="nightly"),
+        "name, a sixth": JobSelection(name_prefix="report-1"),
+        "name+type, none": JobSelection(name_prefix="report-", type="etl.load"),
+        "name+priority, none": JobSelection(name_prefix="nightly", priority=Priority.CRITICAL),
+        "failed+name, none": JobSelection(status=[failed], name_prefix="report-"),
     }
 
 
@@ -221,7 +236,7 @@ async def run_filters(sizes: list[int], repeat: int = 21) -> dict[str, Any]:
     prefix = f"swy_filters_{os.getpid()}"
     conns: dict[int, asyncpg.Connection] = {}
     try:
-        conns = await _load_in_turn(prefix, sizes)
+        conns = await _load_in_turn(prefix, sizes, named=True)
         for conn in conns.values():
             for statement in NOWHERE:
                 await conn.execute(statement)

@@ -57,6 +57,11 @@ class InvalidJobRequest(JobRequestError):
     code = "invalid"
 
 
+class SearchTooBroad(InvalidJobRequest):
+    """A selection with a name prefix that could not be read within
+    ``SWITCHYARD_MAX_NAME_SEARCH_SECONDS``: narrower filters are needed."""
+
+
 class UnknownDependency(JobRequestError):
     code = "unknown_dependency"
 

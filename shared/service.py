@@ -58,7 +58,7 @@ SERVICE_FIELDS: dict[str, frozenset[str]] = {
         | {"worker_lease_seconds", "demo_tasks", "metrics_require_key"}
         | {"key_refused_cache_seconds", "audit_unauthenticated_rows_per_minute"}
         | {"audit_detail_max_chars", "max_payload_bytes", "max_json_depth"}
-        | {"max_dependencies", "max_batch_jobs"}
+        | {"max_dependencies", "max_batch_jobs", "max_name_search_seconds"}
     ),
     "scheduler": frozenset(
         {"scheduler_tick_seconds", "scheduler_batch_size", "monitoring_seconds"}

@@ -144,13 +144,17 @@ async def run_bulk(
     dry_run: bool,
     on_changed: OnChanged,
     request: dict[str, Any],
+    name_search_seconds: float | None = None,
 ) -> BulkOutcome:
     """Act on up to ``limit`` selected jobs, oldest first; commits (or, dry, rolls back)
     chunk by chunk, calling ``on_changed(action, result)`` for each job changed once its
     chunk is committed (never on a dry run). ``request`` (the body, as JSON) goes into
-    the ``job.bulk`` audit row."""
+    the ``job.bulk`` audit row. A selection with a name prefix is read for at most
+    ``name_search_seconds`` (``SearchTooBroad`` past it, nothing done)."""
     chosen = selection_for(action, selection, actor=actor)
-    ids = await select_ids(session, selection=chosen, limit=limit + 1)
+    ids = await select_ids(
+        session, selection=chosen, limit=limit + 1, name_search_seconds=name_search_seconds
+    )
     await session.rollback()  # the selection's snapshot is not held while acting
     outcome = BulkOutcome(matched=min(len(ids), limit), truncated=len(ids) > limit)
     ids = ids[:limit]

@@ -154,6 +154,7 @@ async def submit_batch(
     responses=error_responses(401, 403, 422, 503),
 )
 async def list_jobs_route(
+    request: Request,
     session: SessionDep,
     actor: ViewerDep,
     status: Annotated[list[JobStatus] | None, Query(description="repeat to OR")] = None,
@@ -182,7 +183,10 @@ async def list_jobs_route(
         created_before=created_before,
         name_prefix=name,
     )
-    jobs, next_cursor = await list_page(session, selection=selection, limit=limit, cursor=cursor)
+    jobs, next_cursor = await list_page(
+        session, selection=selection, limit=limit, cursor=cursor,
+        name_search_seconds=request.app.state.settings.max_name_search_seconds,
+    )  # fmt: skip
     return _json(page_json(jobs, next_cursor))
 
 
@@ -237,6 +241,7 @@ async def bulk_route(
         dry_run=body.dry_run,
         on_changed=on_changed,
         request=_bulk_request_detail(body),
+        name_search_seconds=state.settings.max_name_search_seconds,
     )
     return BulkResult(
         action=body.action,

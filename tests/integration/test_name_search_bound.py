@@ -1,0 +1,106 @@
+"""A list page or bulk selection with a name prefix reads for at most
+``SWITCHYARD_MAX_NAME_SEARCH_SECONDS``: a prefix and other filters that each match many
+jobs and together few make PostgreSQL read every job one of them matches, and past the
+limit the request is refused with a 422 that says what to narrow, having changed
+nothing."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import asyncpg
+import httpx
+import pytest
+
+from services.api.app import create_app
+from shared.errors import SearchTooBroad
+from shared.jobs.listing import JobSelection, select_ids
+from shared.settings import Settings
+from shared.states import JobStatus
+from tests.conftest import ADMIN_KEY, auth
+
+# ``$1`` finished jobs of type ``$2`` named ``$3`` followed by a number.
+CROWD = """
+INSERT INTO jobs (id, type, name, status, priority, payload, cpu_units, memory_mb,
+                  max_attempts, retry_initial_delay, retry_backoff, retry_max_delay, run_at,
+                  created_at, updated_at, finished_at)
+SELECT gen_random_uuid(), $2, $3 || g, 'failed', g % 4, '{}'::jsonb, 0.1, 16, 3, 1, 2,
+       300, now(), now() - make_interval(secs => g), now(), now()
+FROM generate_series(1, $1) AS g
+"""
+EACH = 100_000  # enough that no machine reads them in a millisecond
+
+# Each filter matches 100,000 jobs, together none.
+NO_SUCH_PAIR = {"name": "report-", "type": "etl.load"}
+BULK_CANCEL = {"action": "retry", "filter": NO_SUCH_PAIR}
+
+
+@pytest.fixture
+async def crowded(db: asyncpg.Connection) -> asyncpg.Connection:
+    await db.execute(CROWD, EACH, "etl.load", "nightly-etl-")
+    await db.execute(CROWD, EACH, "report.pdf", "report-")
+    await db.execute("ANALYZE jobs")
+    return db
+
+
+async def client_with(settings: Settings, seconds: float) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(settings.model_copy(update={"max_name_search_seconds": seconds}))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://switchyard.test", headers=auth(ADMIN_KEY)
+        ) as client:
+            yield client
+
+
+@pytest.fixture
+async def hurried(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """The API with a name search limit of a millisecond."""
+    async for client in client_with(settings, 0.001):
+        yield client
+
+
+async def statuses(db: asyncpg.Connection) -> list[tuple[str, int]]:
+    rows = await db.fetch("SELECT status, count(*) FROM jobs GROUP BY status ORDER BY status")
+    return [(r["status"], r["count"]) for r in rows]
+
+
+async def test_a_name_search_past_its_limit_is_refused_and_changes_nothing(
+    crowded: asyncpg.Connection, hurried: httpx.AsyncClient
+) -> None:
+    before = await statuses(crowded)
+    page = await hurried.get("/jobs", params=NO_SUCH_PAIR)
+    assert page.status_code == 422, page.text
+    detail = page.json()["detail"]
+    assert "'report-'" in detail and "0.001 s" in detail and "created_after" in detail
+    bulk = await hurried.post("/jobs/bulk", json=BULK_CANCEL)
+    assert bulk.status_code == 422, bulk.text
+    assert "could not be read" in bulk.json()["detail"]
+    assert await statuses(crowded) == before
+    # The limit ended with its transaction: the pooled connections read as before.
+    typed = await hurried.get("/jobs", params={"type": "etl.load", "limit": 3})
+    assert typed.status_code == 200, typed.text
+    assert len(typed.json()["items"]) == 3
+
+
+async def test_the_same_search_is_answered_within_the_default_limit(
+    crowded: asyncpg.Connection, settings: Settings
+) -> None:
+    async for client in client_with(settings, Settings().max_name_search_seconds):
+        page = await client.get("/jobs", params=NO_SUCH_PAIR)
+        assert page.status_code == 200, page.text
+        assert page.json() == {"items": [], "next_cursor": None}
+        named = await client.get("/jobs", params={"name": "report-12345"})
+        assert [j["name"] for j in named.json()["items"]] == ["report-12345"]
+        dry = await client.post("/jobs/bulk", json={**BULK_CANCEL, "dry_run": True})
+        assert dry.status_code == 200, dry.text
+        assert dry.json()["matched"] == 0
+
+
+async def test_a_raw_connection_is_left_usable(crowded: asyncpg.Connection) -> None:
+    selection = JobSelection(name_prefix="report-", type="etl.load", status=[JobStatus.FAILED])
+    with pytest.raises(SearchTooBroad):
+        await select_ids(crowded, selection=selection, limit=10, name_search_seconds=0.001)
+    assert not crowded.is_in_transaction()
+    assert await crowded.fetchval("SHOW statement_timeout") == "0"
+    assert await select_ids(crowded, selection=selection, limit=10, name_search_seconds=30) == []
