@@ -35,7 +35,9 @@ from shared.jobs.reads import encode_cursor
 from shared.states import JobStatus
 
 # Rows g in [$1, $2]; the newest row (g = 6M) was created now. With ``$3``, each job is
-# named after its type and a number below 65,536 (``report-12345``, ``nightly-etl-7``).
+# named after its type and a number below 1,000 (``report-123``, ``nightly-etl-7``): the
+# smallest size (2,000 jobs a type) has every number too, so a prefix selects the same
+# share of jobs at every size.
 LOAD = """
 INSERT INTO jobs (id, type, name, status, priority, payload, cpu_units, memory_mb,
                   max_attempts, retry_initial_delay, retry_backoff, retry_max_delay,
@@ -44,7 +46,7 @@ INSERT INTO jobs (id, type, name, status, priority, payload, cpu_units, memory_m
 SELECT gen_random_uuid(),
        (ARRAY['demo.echo', 'demo.sleep', 'etl.load', 'ml.train', 'report.pdf'])[1 + g % 5],
        CASE WHEN $3 THEN (ARRAY['echo-', 'sleep-', 'nightly-etl-', 'train-', 'report-'])[1 + g % 5]
-                         || (g / 5) % 65536 END,
+                         || (g / 5) % 1000 END,
        CASE WHEN g % 1000 < 940 THEN 'completed'
             WHEN g % 1000 < 970 THEN 'failed'
             WHEN g % 1000 < 975 THEN 'cancelled'
@@ -219,10 +221,11 @@ def _filter_pages(newest: datetime) -> dict[str, JobSelection]:
             type="etl.load", priority=Priority.CRITICAL, created_after=hour_ago
         ),
         # A name prefix (read for at most SWITCHYARD_MAX_NAME_SEARCH_SECONDS by the API):
-        # a few jobs, a type's worth, a sixth of a type's, and with other filters none.
-        "name, few": JobSelection(name_prefix="report-12345"),
+        # a thousandth of a type's jobs, a type's, a ninth of a type's, and with other
+        # filters none.
+        "name, few": JobSelection(name_prefix="report-123"),
         "name": JobSelection(name_prefix="nightly"),
-        "name, a sixth": JobSelection(name_prefix="report-1"),
+        "name, a ninth": JobSelection(name_prefix="report-1"),
         "name+type, none": JobSelection(name_prefix="report-", type="etl.load"),
         "name+priority, none": JobSelection(name_prefix="nightly", priority=Priority.CRITICAL),
         "failed+name, none": JobSelection(status=[failed], name_prefix="report-"),

@@ -16,6 +16,7 @@ __all__ = [
     "JobNotFound",
     "JobRequestError",
     "PermissionDenied",
+    "SearchTooBroad",
     "SwitchyardError",
     "TaskDefinitionError",
     "UnknownDependency",

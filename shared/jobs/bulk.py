@@ -144,7 +144,7 @@ async def run_bulk(
     dry_run: bool,
     on_changed: OnChanged,
     request: dict[str, Any],
-    name_search_seconds: float | None = None,
+    name_search_seconds: float | None,
 ) -> BulkOutcome:
     """Act on up to ``limit`` selected jobs, oldest first; commits (or, dry, rolls back)
     chunk by chunk, calling ``on_changed(action, result)`` for each job changed once its

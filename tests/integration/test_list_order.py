@@ -129,8 +129,8 @@ async def test_the_bulk_selection_is_oldest_first(db: asyncpg.Connection) -> Non
         oldest = list(reversed(newest_first([j for j in jobs if matches(j, params)])))
         assert len(oldest) > 3, params  # each case selects several
         async with db.transaction():  # as the bulk route's session holds one
-            got = await select_ids(db, selection=selection, limit=1000)
-            first = await select_ids(db, selection=selection, limit=3)
+            got = await select_ids(db, selection=selection, limit=1000, name_search_seconds=None)
+            first = await select_ids(db, selection=selection, limit=3, name_search_seconds=None)
         assert [str(i) for i in got] == oldest
         assert [str(i) for i in first] == oldest[:3]
 
