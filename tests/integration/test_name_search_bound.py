@@ -6,19 +6,14 @@ nothing."""
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator
-
 import asyncpg
 import httpx
 import pytest
 
-from services.api.app import create_app
 from shared.errors import SearchTooBroad
 from shared.jobs.listing import JobSelection, select_ids
 from shared.settings import Settings
 from shared.states import JobStatus
-from tests.conftest import ADMIN_KEY, auth
 
 # ``$1`` finished jobs of type ``$2`` named ``$3`` followed by a number.
 CROWD = """
@@ -51,22 +46,16 @@ async def crowded(db: asyncpg.Connection) -> asyncpg.Connection:
     return db
 
 
-@contextlib.asynccontextmanager
-async def client_with(settings: Settings, seconds: float) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings.model_copy(update={"max_name_search_seconds": seconds}))
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(
-            transport=transport, base_url="http://switchyard.test", headers=auth(ADMIN_KEY)
-        ) as client:
-            yield client
+@pytest.fixture
+def name_limit() -> float:
+    return DEFAULT_LIMIT
 
 
 @pytest.fixture
-async def hurried(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    """The API with a name search limit of a millisecond."""
-    async with client_with(settings, 0.001) as client:
-        yield client
+def settings(settings: Settings, name_limit: float) -> Settings:
+    """The test's settings with ``name_limit`` as SWITCHYARD_MAX_NAME_SEARCH_SECONDS (the
+    ``app`` and ``client`` fixtures read these)."""
+    return settings.model_copy(update={"max_name_search_seconds": name_limit})
 
 
 async def statuses(db: asyncpg.Connection) -> list[tuple[str, int]]:
@@ -74,37 +63,37 @@ async def statuses(db: asyncpg.Connection) -> list[tuple[str, int]]:
     return [(r["status"], r["count"]) for r in rows]
 
 
+@pytest.mark.parametrize("name_limit", [0.001])
 async def test_a_name_search_past_its_limit_is_refused_and_changes_nothing(
-    crowded: asyncpg.Connection, hurried: httpx.AsyncClient
+    crowded: asyncpg.Connection, client: httpx.AsyncClient
 ) -> None:
     before = await statuses(crowded)
-    page = await hurried.get("/jobs", params=NARROW_PAIR)
+    page = await client.get("/jobs", params=NARROW_PAIR)
     assert page.status_code == 422, page.text
     detail = page.json()["detail"]
     assert "'report-'" in detail and "0.001 s" in detail and "created_after" in detail
-    bulk = await hurried.post("/jobs/bulk", json=BULK_RETRY)
+    bulk = await client.post("/jobs/bulk", json=BULK_RETRY)
     assert bulk.status_code == 422, bulk.text
     assert "could not be read" in bulk.json()["detail"]
     assert await statuses(crowded) == before  # the few it selects were not retried
     # The pooled connections whose reads were cancelled serve the next requests.
     for _ in range(12):
-        typed = await hurried.get("/jobs", params={"type": "etl.load", "limit": 3})
+        typed = await client.get("/jobs", params={"type": "etl.load", "limit": 3})
         assert typed.status_code == 200, typed.text
         assert len(typed.json()["items"]) == 3
 
 
 async def test_the_same_search_is_answered_within_the_default_limit(
-    crowded: asyncpg.Connection, settings: Settings
+    crowded: asyncpg.Connection, client: httpx.AsyncClient
 ) -> None:
-    async with client_with(settings, DEFAULT_LIMIT) as client:
-        page = await client.get("/jobs", params=NARROW_PAIR)
-        assert page.status_code == 200, page.text
-        assert len(page.json()["items"]) == FEW
-        dry = await client.post("/jobs/bulk", json={**BULK_RETRY, "dry_run": True})
-        assert dry.status_code == 200, dry.text
-        assert dry.json()["matched"] == FEW
-        named = await client.get("/jobs", params={"name": "report-12345"})
-        assert [j["name"] for j in named.json()["items"]] == ["report-12345"]
+    page = await client.get("/jobs", params=NARROW_PAIR)
+    assert page.status_code == 200, page.text
+    assert len(page.json()["items"]) == FEW
+    dry = await client.post("/jobs/bulk", json={**BULK_RETRY, "dry_run": True})
+    assert dry.status_code == 200, dry.text
+    assert dry.json()["matched"] == FEW
+    named = await client.get("/jobs", params={"name": "report-12345"})
+    assert [j["name"] for j in named.json()["items"]] == ["report-12345"]
 
 
 async def test_a_raw_connection_is_left_usable(crowded: asyncpg.Connection) -> None:
