@@ -153,9 +153,8 @@ class Settings(BaseSettings):
     max_json_depth: int = 32
     max_dependencies: int = 1_000
     max_batch_jobs: int = 10_000
-    # A list page or bulk selection with a name prefix may read at most this long: a
-    # prefix and the other filters are not one range of any index, so such a read is
-    # bounded in time instead (shared.jobs.listing), and refused with a 422 past it.
+    # A list page or bulk selection with a name prefix may read at most this long, then
+    # it is refused with a 422 (shared.jobs.listing._fetch says why).
     max_name_search_seconds: float = Field(default=1.0, ge=0.001, le=30)
 
     @field_validator("max_payload_bytes", "max_json_depth")

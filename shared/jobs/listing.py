@@ -24,6 +24,7 @@ rows; the merge keeps ``limit``.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import datetime
 from types import SimpleNamespace
@@ -39,6 +40,8 @@ from shared.jobs.reads import decode_cursor, encode_cursor
 from shared.jobs.sql import status_list
 from shared.schemas import Priority
 from shared.states import TERMINAL, WAITING, JobStatus
+
+log = logging.getLogger(__name__)
 
 # The largest code point: every string that starts with a prefix sorts (byte-wise, as
 # UTF-8) before the prefix followed by it, and after the prefix alone.
@@ -293,8 +296,9 @@ async def _fetch(
     ranges, checking each row's name. Where the prefix matches many jobs and few of
     them are selected, either reads every job one side matches (0.5–0.7 s at 5M jobs).
     So such a read is given ``name_search_seconds`` (``None``: the connection's command
-    timeout): past it, asyncpg cancels the statement (and with it the transaction it
-    ran in) and ``SearchTooBroad`` is raised."""
+    timeout): past it asyncpg cancels the statement (a caller's transaction is then to
+    be rolled back) and ``SearchTooBroad`` is raised, unless the connection was lost
+    (an outage: the ``TimeoutError`` goes on)."""
     if isinstance(db, asyncpg.Connection) and not db.is_in_transaction():
         async with db.transaction():  # SET LOCAL needs one
             return await _fetch(db, selection, statement, args, name_search_seconds)
@@ -307,10 +311,18 @@ async def _fetch(
     try:
         return await conn.fetch(statement, *args, timeout=name_search_seconds)  # type: ignore[no-any-return]
     except TimeoutError:
-        raise SearchTooBroad(
-            f"name: the jobs whose name starts with {selection.name_prefix!r} could not be "
-            f"read within {name_search_seconds:g} s (no one index holds a name prefix in "
-            "the list's order or beside the other filters); give more of the name, or "
-            "fewer jobs to look through: a created_after / created_before window, a "
-            "status, a type"
-        ) from None
+        if conn.is_closed():
+            raise
+    # Raised here, not in the handler: the timeout is not this error's cause (an
+    # outage check that walks the chain must not find it).
+    log.warning(
+        "a name search (prefix %r) took more than %g s; refused",
+        selection.name_prefix,
+        name_search_seconds,
+    )
+    raise SearchTooBroad(
+        f"name: the jobs whose name starts with {selection.name_prefix!r} could not be "
+        f"read within {name_search_seconds:g} s. A name search is slow where the prefix "
+        "matches many jobs that the other filters leave out: give more of the name, or a "
+        "created_after / created_before window (or try again if the database is busy)"
+    )
