@@ -287,9 +287,9 @@ async def _fetch(
     args: list[object],
     name_search_seconds: float | None,
 ) -> list[Any]:
-    """Run the statement in ``db``'s transaction (a session's, a connection's, or one
-    of its own), planned as ``plans_once`` says (the setting holds for the rest of that
-    transaction).
+    """Run the statement in ``db``'s transaction (a session's, a connection's, or, to
+    plan it once, one of its own), planned as ``plans_once`` says (the setting holds for
+    the rest of that transaction).
 
     A name prefix is not read in list order by one range of any index: the planner
     takes the prefix's range of the name index (sorted after) or the other parts'
@@ -299,19 +299,19 @@ async def _fetch(
     timeout): past it asyncpg cancels the statement (a caller's transaction is then to
     be rolled back) and ``SearchTooBroad`` is raised, unless the connection was lost
     (an outage: the ``TimeoutError`` goes on)."""
-    if isinstance(db, asyncpg.Connection) and not db.is_in_transaction():
+    generic = plans_once(selection)
+    if generic and isinstance(db, asyncpg.Connection) and not db.is_in_transaction():
         async with db.transaction():  # SET LOCAL needs one
             return await _fetch(db, selection, statement, args, name_search_seconds)
     conn = await session_connection(db) if isinstance(db, AsyncSession) else db
-    if plans_once(selection):
+    if generic:
         # For this transaction only; the statement is prepared once per connection.
         await conn.execute(f"SET LOCAL plan_cache_mode = {GENERIC_PLANS['plan_cache_mode']}")
-    if not (selection.name_prefix and name_search_seconds):
-        return await conn.fetch(statement, *args)  # type: ignore[no-any-return]
+    timeout = name_search_seconds if selection.name_prefix else None
     try:
-        return await conn.fetch(statement, *args, timeout=name_search_seconds)  # type: ignore[no-any-return]
+        return await conn.fetch(statement, *args, timeout=timeout)  # type: ignore[no-any-return]
     except TimeoutError:
-        if conn.is_closed():
+        if timeout is None or conn.is_closed():
             raise
     # Raised here, not in the handler: the timeout is not this error's cause (an
     # outage check that walks the chain must not find it).
