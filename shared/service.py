@@ -36,17 +36,27 @@ def run_async(main: Coroutine[Any, Any, T]) -> T:
         return runner.run(main)
 
 
-def tune_gc() -> None:
+# The collector's thresholds as this interpreter started, before any task module ran.
+_STARTING_THRESHOLDS = gc.get_threshold()
+
+
+def tune_gc(*, keep_user_thresholds: bool = False) -> None:
     """Cheaper cyclic garbage collection for a long-running service (call once started).
 
     What exists now (modules, settings, compiled validators and queries) is frozen out
     of every later collection, and the youngest generation is collected every 20,000
     allocations instead of 700. Requests and cycles allocate many short-lived objects
     that reference counting frees anyway; with the defaults a 2,000-job batch set off
-    several full collections that walked every object of the process."""
+    several full collections that walked every object of the process.
+
+    ``keep_user_thresholds``: a worker's heap is its tasks' too, so where its task
+    modules set the collector's thresholds or disabled it, theirs stay (the startup
+    objects are frozen either way)."""
     gc.collect()
     gc.freeze()
-    gc.set_threshold(20_000, 10, 10)
+    user_set = not gc.isenabled() or gc.get_threshold() != _STARTING_THRESHOLDS
+    if not (keep_user_thresholds and user_set):
+        gc.set_threshold(20_000, 10, 10)
 
 
 # Which Settings fields a service's --help lists beside the common ones. A field named

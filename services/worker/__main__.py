@@ -20,7 +20,7 @@ from collections.abc import Callable
 from services.worker.capacity import ContainerCapacity, container_capacity
 from services.worker.runner import worker_registry
 from services.worker.worker import WORKER_ISOLATIONS, Worker
-from shared.service import StartupError, run_service, service_parser
+from shared.service import StartupError, run_service, service_parser, tune_gc
 from shared.settings import (
     WORKER_MAX_CPU_UNITS,
     WORKER_MAX_MEMORY_MB,
@@ -171,6 +171,9 @@ def main(argv: list[str]) -> int:
 
     async def serve(settings: Settings, stop: asyncio.Event) -> int:
         assert worker is not None
+        # After the task modules were imported (by ``prepare``): their objects are
+        # frozen with ours, and thresholds they set are theirs to keep.
+        tune_gc(keep_user_thresholds=True)
         try:
             await worker.run(stop)  # the first signal drains it
         except StartupError as exc:  # the process pool could not start its children
@@ -178,9 +181,7 @@ def main(argv: list[str]) -> int:
             return 2
         return 1 if worker.crashed else 0
 
-    # Tasks allocate on this heap, and the collector tuning was measured on our own
-    # services only: user code keeps Python's defaults.
-    code = run_service("worker", serve, prepare=prepare, gc_tuning=False)
+    code = run_service("worker", serve, prepare=prepare, gc_tuning=False)  # tuned in serve
     stuck = worker.threads_still_running() if worker is not None else 0
     if stuck:
         # Threads that ignore cancellation cannot be killed; do not hang on exit for them.

@@ -37,7 +37,8 @@ class Running:
     dispatch: JobDispatch
     ctx: TaskContext
     started: float
-    future: Future[Outcome | None] | None = None  # None: ended before a thread took it
+    # Its task thread's, until that thread returned (None before a thread took it too).
+    future: Future[Outcome | None] | None = None
     reported: bool = False  # the attempt's end was reported (thread may still run)
     cancel_requested: bool = False
     timed_out: bool = False

@@ -507,6 +507,12 @@ class Worker:
         as a failed one): report its end, or free the resources of one reported already."""
         for timer in run.timers:
             timer.cancel()
+        # The thread's future holds the callback that holds this run, and each timer its
+        # callback's arguments: cycles that would keep the attempt's whole graph (its
+        # context, dispatch, payload and outcome) for the cyclic collector, dozens of
+        # objects per job, rather than free it once the worker lets go of the run.
+        run.timers.clear()
+        run.future = None
         run.child = None
         if run.reported:
             # A stuck thread finally returned, or the child of an attempt handed back by
