@@ -15,6 +15,7 @@ from uuid import UUID
 from pydantic import ValidationError
 
 from services.worker.process_pool import Child, ProcessPool
+from services.worker.progress import ProgressThrottle
 from services.worker.runner import ENVELOPE_BYTES, Outcome, line_weight, run_task
 from shared.messages import (
     AttemptUsage,
@@ -43,8 +44,7 @@ class Running:
     cancel_requested: bool = False
     timed_out: bool = False
     timers: list[asyncio.TimerHandle] = field(default_factory=list)
-    last_progress: float = 0.0
-    pending_progress: JobProgress | None = None
+    progress: ProgressThrottle = field(default_factory=ProgressThrottle)
     isolation: str = "thread"
     child: Child | None = None  # process isolation: the child running it, once it has one
 

@@ -29,6 +29,7 @@ from types import FrameType
 from typing import Any
 from uuid import UUID
 
+from services.worker.progress import ProgressThrottle
 from services.worker.runner import Outcome, run_task, worker_registry
 from shared.tasks import TaskContext, TaskLogger, TaskRegistry
 
@@ -155,7 +156,7 @@ def _run_one(
     def emit_log(seq: int, level: str, message: str) -> None:
         send((LOG, job_id, attempt, int(seq), str(level), str(message)))
 
-    def report_progress(done: float, total: float | None, message: str | None) -> None:
+    def send_progress(done: float, total: float | None, message: str | None) -> None:
         send((
             PROGRESS,
             job_id,
@@ -165,6 +166,13 @@ def _run_one(
             None if message is None else str(message),
         ))  # fmt: skip
 
+    # Thinned here, before the pipe (the worker thins what it hears again, by its clock).
+    progress = ProgressThrottle()
+
+    def report_progress(done: float, total: float | None, message: str | None) -> None:
+        if (due := progress.offer(done, total, message)) is not None:
+            send_progress(*due)
+
     ctx = TaskContext(
         job_id=job_id,
         attempt=attempt,
@@ -172,4 +180,7 @@ def _run_one(
         cancelled=cancelled,
         _report_progress=report_progress,
     )
-    return run_task(definition, ctx, payload)
+    outcome = run_task(definition, ctx, payload)
+    if (held := progress.take_held()) is not None:  # before the outcome, as on a thread
+        send_progress(*held)
+    return outcome

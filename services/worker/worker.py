@@ -51,6 +51,7 @@ from services.worker.attempt import (
 )
 from services.worker.holdings import Holdings
 from services.worker.process_pool import ProcessPool
+from services.worker.progress import ProgressThrottle
 from services.worker.runner import Outcome, ToLoop
 from shared.bodies import compact_worker_chunk
 from shared.broker import Broker, Consumer, Delivery, Topology
@@ -72,7 +73,6 @@ from shared.tasks import TaskContext, TaskDefinition, TaskLogger, TaskRegistry
 
 log = logging.getLogger("switchyard.worker")
 
-PROGRESS_INTERVAL = 0.2  # seconds between progress messages of one job
 SEEN_MEMORY = 10_000  # (job, attempt) pairs remembered for duplicate detection
 # Seconds the outbox waits after a quiet moment: a short job's "started" and its end
 # then go together, as one report (fold_starts), and the log lines and reports of the
@@ -355,11 +355,13 @@ class Worker:
             log.info("handing back job %s attempt %d: %s", *key, reason)
             self._emit(status_report(self.worker_id, dispatch, "handed_back", error=reason))
             return
+        progress = ProgressThrottle()
         run = Running(
             dispatch=dispatch,
-            ctx=self._context(dispatch),
+            ctx=self._context(dispatch, progress),
             started=time.monotonic(),
             isolation=self.isolation_of(definition),
+            progress=progress,
         )
         self.held.start(run)
         try:
@@ -412,8 +414,8 @@ class Worker:
 
     # ------------------------------------------------------------ attempt lifecycle
 
-    def _context(self, dispatch: JobDispatch) -> TaskContext:
-        emit_log, report_progress = self._reporters(dispatch, self._from_thread)
+    def _context(self, dispatch: JobDispatch, progress: ProgressThrottle) -> TaskContext:
+        emit_log, report_progress = self._reporters(dispatch, self._from_thread, progress)
 
         def emit_log_when_there_is_room(seq: int, level: str, message: str) -> None:
             self.outbox.wait_for_room()  # the task's thread waits, not the loop
@@ -428,19 +430,20 @@ class Worker:
         )
 
     def _reporters(
-        self, dispatch: JobDispatch, deliver: Callable[..., None]
+        self, dispatch: JobDispatch, deliver: Callable[..., None], progress: ProgressThrottle
     ) -> tuple[LogSink, ProgressSink]:
         """An attempt's log lines and progress, handed on by ``deliver(callback, *args)``:
         from a task thread through ``_from_thread``; from a child's listener (on the loop
-        already) at once, so they go out before the end its child sent after them."""
+        already) at once, so they go out before the end its child sent after them.
+        Progress is thinned by ``progress`` first, where the task reports it."""
 
         def emit_log(seq: int, level: str, message: str) -> None:
             line = log_line(dispatch, seq, level, message)
             deliver(self._emit, line, weight=unsent_bytes(line))
 
         def report_progress(done: float, total: float | None, message: str | None) -> None:
-            update = progress_update(dispatch, done, total, message)
-            if update is not None:
+            due = progress.offer(done, total, message)
+            if due is not None and (update := progress_update(dispatch, *due)) is not None:
                 deliver(self._progress, (dispatch.job_id, dispatch.attempt), update)
 
         return emit_log, report_progress
@@ -453,16 +456,8 @@ class Worker:
 
     def _progress(self, key: tuple[UUID, int], update: JobProgress) -> None:
         run = self.held.running.get(key)
-        if run is None or run.reported:
-            return
-        now = time.monotonic()
-        final = update.total is not None and update.done >= update.total
-        if final or now - run.last_progress >= PROGRESS_INTERVAL:
-            run.last_progress = now
-            run.pending_progress = None
+        if run is not None and not run.reported:
             self._emit(update)
-        else:  # throttled: keep the latest, sent at the next window or at the end
-            run.pending_progress = update
 
     def _time_out(self, run: Running) -> None:
         if run.reported or (run.future is not None and run.future.done()):
@@ -523,9 +518,9 @@ class Worker:
             if self.state != "stopped":
                 self._send_heartbeat()
             return
-        if run.pending_progress is not None:
-            self._emit(run.pending_progress)
-            run.pending_progress = None
+        held = run.progress.take_held()
+        if held is not None and (update := progress_update(run.dispatch, *held)) is not None:
+            self._emit(update)
         self._report_end(run, end_report(self.worker_id, run, outcome))
 
     # ------------------------------------------------------------ process attempts
@@ -546,7 +541,9 @@ class Worker:
             listener=ChildListener(
                 run,
                 # What its reports name: the payload is not kept once it has ended.
-                *self._reporters(run.dispatch.model_copy(update={"payload": {}}), _call_now),
+                *self._reporters(
+                    run.dispatch.model_copy(update={"payload": {}}), _call_now, run.progress
+                ),
                 ended=self._attempt_ended,
             ),
         )

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from services.worker.__main__ import build_worker, parse_args
 from services.worker.process_pool import ProcessPool, _reset_peak, attempt_peak
+from services.worker.progress import PROGRESS_INTERVAL
 from services.worker.runner import Outcome
 from shared.settings import Settings
 from switchyard.errors import TaskDefinitionError
@@ -222,6 +223,14 @@ def odd_progress(ctx: TaskContext, payload: dict[str, Any]) -> dict[str, bool]:
     return {"ok": True}
 
 
+@registry.task("probe.progress_loop")
+def progress_loop(ctx: TaskContext, payload: dict[str, Any]) -> dict[str, int]:
+    n = payload["n"]
+    for i in range(n):
+        ctx.progress(i + 1, n)
+    return {"n": n}
+
+
 @registry.task("probe.corrupt_pipe")
 def corrupt_pipe(ctx: TaskContext, payload: dict[str, Any]) -> None:
     for obj in gc.get_objects():  # the child's end of its pipe to the worker
@@ -283,6 +292,17 @@ async def test_progress_of_odd_types_crosses_as_plain_numbers(probe_pool: Proces
     rec, _ = await run_in(probe_pool, "probe.odd_progress", {})
     assert rec.outcome == Outcome(ok=True, result={"ok": True})
     assert rec.progress == [(1.0, 2.0)]
+
+
+async def test_progress_in_a_loop_is_thinned_in_the_child(probe_pool: ProcessPool) -> None:
+    """Not a message over the pipe per call: the first, the final, and at most one per
+    interval between (services/worker/progress.py)."""
+    started = time.monotonic()
+    rec, _ = await run_in(probe_pool, "probe.progress_loop", {"n": 100_000})
+    took = time.monotonic() - started
+    assert rec.outcome == Outcome(ok=True, result={"n": 100_000})
+    assert rec.progress[0] == (1.0, 100_000.0) and rec.progress[-1] == (100_000.0, 100_000.0)
+    assert len(rec.progress) <= 2 + took / PROGRESS_INTERVAL, (len(rec.progress), took)
 
 
 async def test_a_message_that_cannot_be_read_ends_the_child(probe_pool: ProcessPool) -> None:
