@@ -38,7 +38,7 @@ class Running:
     dispatch: JobDispatch
     ctx: TaskContext
     started: float
-    # Its task thread's, until that thread returned (None before a thread took it too).
+    # Its task thread's, until that thread returned (None for a child's attempt).
     future: Future[Outcome | None] | None = None
     reported: bool = False  # the attempt's end was reported (thread may still run)
     cancel_requested: bool = False
@@ -124,7 +124,8 @@ def log_line(dispatch: JobDispatch, seq: int, level: str, message: str) -> JobLo
 def progress_update(
     dispatch: JobDispatch, done: float, total: float | None, message: str | None
 ) -> JobProgress | None:
-    """The task's progress as a message, or None (logged) for one the schema refuses."""
+    """The task's progress as a message, or None (logged) for one the schema refuses.
+    Never raises: it may run on the loop, for figures the task gave earlier."""
     try:
         return JobProgress(
             job_id=dispatch.job_id,
@@ -134,7 +135,7 @@ def progress_update(
             total=total,
             message=None if message is None else message_text(str(message)),
         )
-    except ValidationError as exc:  # NaN, say: progress is advisory, the job goes on
+    except Exception as exc:  # NaN, say: progress is advisory, the job goes on
         log.warning("job %s: progress (%r, %r) not sent: %s", dispatch.job_id, done, total, exc)
         return None
 

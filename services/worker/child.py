@@ -100,15 +100,21 @@ def child_main(modules: list[str], demo: bool, inbox: Connection, outbox: Connec
         while not terminated.is_set() and (item := runs.get()) is not None:
             _, job_id, attempt, task_type, payload = item
             cancelled.clear()
+            # Thinned here, before the pipe; the worker passes on what it hears.
+            progress = ProgressThrottle()
             in_task.set()
             try:
                 if terminated.is_set():  # SIGTERM just before: do not start the task
                     raise Terminated("the worker terminated the attempt")
-                outcome = _run_one(registry, send, cancelled, job_id, attempt, task_type, payload)
+                outcome = _run_one(
+                    registry, send, cancelled, progress, job_id, attempt, task_type, payload
+                )
                 in_task.clear()
             except Terminated:  # outside the task's own code (run_task's handlers)
                 in_task.clear()
                 interrupted.set()
+            if (held := progress.take_held()) is not None:  # the last figures, before the end
+                send((PROGRESS, job_id, attempt, *held))
             if interrupted.is_set():
                 # Whatever the task returned after SIGTERM reached it (it may catch
                 # BaseException) is no success, as a thread's result after its timeout
@@ -141,6 +147,7 @@ def _run_one(
     registry: TaskRegistry,
     send: Any,
     cancelled: threading.Event,
+    progress: ProgressThrottle,
     job_id: UUID,
     attempt: int,
     task_type: str,
@@ -156,22 +163,16 @@ def _run_one(
     def emit_log(seq: int, level: str, message: str) -> None:
         send((LOG, job_id, attempt, int(seq), str(level), str(message)))
 
-    def send_progress(done: float, total: float | None, message: str | None) -> None:
-        send((
-            PROGRESS,
-            job_id,
-            attempt,
+    def report_progress(done: float, total: float | None, message: str | None) -> None:
+        # Made plain at the call (a message that is no text raises into the task, as on
+        # a thread), so what is held back is sent as it is.
+        figures = (
             _plain_number(done),
             None if total is None else _plain_number(total),
             None if message is None else str(message),
-        ))  # fmt: skip
-
-    # Thinned here, before the pipe (the worker thins what it hears again, by its clock).
-    progress = ProgressThrottle()
-
-    def report_progress(done: float, total: float | None, message: str | None) -> None:
-        if (due := progress.offer(done, total, message)) is not None:
-            send_progress(*due)
+        )
+        if (due := progress.offer(*figures)) is not None:  # type: ignore[arg-type]
+            send((PROGRESS, job_id, attempt, *due))
 
     ctx = TaskContext(
         job_id=job_id,
@@ -180,7 +181,4 @@ def _run_one(
         cancelled=cancelled,
         _report_progress=report_progress,
     )
-    outcome = run_task(definition, ctx, payload)
-    if (held := progress.take_held()) is not None:  # before the outcome, as on a thread
-        send_progress(*held)
-    return outcome
+    return run_task(definition, ctx, payload)

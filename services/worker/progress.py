@@ -45,8 +45,8 @@ class ProgressThrottle:
 
     def offer(self, done: float, total: float | None, message: str | None) -> Figures | None:
         """The figures to send now, or None: held (they replace any held before)."""
-        now = self._clock()
         with self._lock:
+            now = self._clock()
             due = (
                 self._last_sent is None
                 or now - self._last_sent >= self._interval

@@ -430,19 +430,25 @@ class Worker:
         )
 
     def _reporters(
-        self, dispatch: JobDispatch, deliver: Callable[..., None], progress: ProgressThrottle
+        self,
+        dispatch: JobDispatch,
+        deliver: Callable[..., None],
+        progress: ProgressThrottle | None,
     ) -> tuple[LogSink, ProgressSink]:
         """An attempt's log lines and progress, handed on by ``deliver(callback, *args)``:
-        from a task thread through ``_from_thread``; from a child's listener (on the loop
-        already) at once, so they go out before the end its child sent after them.
-        Progress is thinned by ``progress`` first, where the task reports it."""
+        from a task thread through ``_from_thread``, its progress thinned by ``progress``
+        there, where the task reports it; from a child's listener (on the loop already)
+        at once, so they go out before the end its child sent after them (a child thins
+        its progress itself: ``progress`` None)."""
 
         def emit_log(seq: int, level: str, message: str) -> None:
             line = log_line(dispatch, seq, level, message)
             deliver(self._emit, line, weight=unsent_bytes(line))
 
         def report_progress(done: float, total: float | None, message: str | None) -> None:
-            due = progress.offer(done, total, message)
+            # A message that is no text raises into the task at its call.
+            figures = (done, total, None if message is None else str(message))
+            due = figures if progress is None else progress.offer(*figures)
             if due is not None and (update := progress_update(dispatch, *due)) is not None:
                 deliver(self._progress, (dispatch.job_id, dispatch.attempt), update)
 
@@ -502,9 +508,9 @@ class Worker:
         as a failed one): report its end, or free the resources of one reported already."""
         for timer in run.timers:
             timer.cancel()
-        # The thread's future holds the callback that holds this run, and each timer its
-        # callback's arguments: cycles that would keep the attempt's whole graph (its
-        # context, dispatch, payload and outcome) for the cyclic collector, dozens of
+        # The thread's future holds the callback that holds this run, and a timer that
+        # fired its callback's arguments: cycles that would keep the attempt's whole graph
+        # (its context, dispatch, payload and outcome) for the cyclic collector, dozens of
         # objects per job, rather than free it once the worker lets go of the run.
         run.timers.clear()
         run.future = None
@@ -541,9 +547,7 @@ class Worker:
             listener=ChildListener(
                 run,
                 # What its reports name: the payload is not kept once it has ended.
-                *self._reporters(
-                    run.dispatch.model_copy(update={"payload": {}}), _call_now, run.progress
-                ),
+                *self._reporters(run.dispatch.model_copy(update={"payload": {}}), _call_now, None),
                 ended=self._attempt_ended,
             ),
         )

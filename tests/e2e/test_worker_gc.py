@@ -1,6 +1,6 @@
 """The worker tunes its garbage collector as the other services do once its task
 modules are imported (their objects frozen with ours), and keeps thresholds a task
-module set for itself (docs/operations.md)."""
+module set for itself (docs/tasks.md#thread-or-process)."""
 
 from __future__ import annotations
 

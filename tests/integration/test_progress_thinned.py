@@ -45,3 +45,34 @@ async def test_progress_in_a_loop_reaches_the_loop_a_few_times(settings: Setting
     assert posts <= bound, f"{posts} progress updates reached the loop in {seconds:.2f} s"
     assert len(w.progress) <= bound
     assert (w.progress[0].done, w.progress[-1].done) == (1, CALLS), w.progress
+
+
+async def test_figures_no_message_can_carry_never_cost_an_attempt_its_end(
+    settings: Settings,
+) -> None:
+    """A figure held back is made a message only when it goes, at the attempt's end at
+    the latest: one the schema refuses is logged and left out there, and a message that
+    is no text raises into the task at its call, as it always did."""
+    registry = TaskRegistry()
+
+    class NoText:
+        def __str__(self) -> str:
+            raise RuntimeError("this message has no text")
+
+    @registry.task("t.odd_progress", cpu_units=0.1, memory_mb=16)
+    def odd_progress(ctx: TaskContext, payload: dict[str, Any]) -> dict[str, bool]:
+        ctx.progress(1, 10, "one")
+        ctx.progress(float("nan"), 10)  # held: refused when it would go
+        if payload.get("no_text"):
+            ctx.progress(3, 10, NoText())  # type: ignore[arg-type]
+        return {"ok": True}
+
+    async with worker_in_process(settings, registry, slots=2) as w:
+        plain = w.take("t.odd_progress", {})
+        no_text = w.take("t.odd_progress", {"no_text": True})
+        await w.all_ended(2)
+    ends = {r.job_id: r for r in w.ended}
+    assert ends[plain.job_id].status == "completed", ends[plain.job_id]
+    assert ends[no_text.job_id].status == "failed", ends[no_text.job_id]
+    assert "this message has no text" in (ends[no_text.job_id].error or "")
+    assert {(p.done, p.message) for p in w.progress} == {(1, "one")}, w.progress

@@ -74,3 +74,4 @@ async def worker_in_process(
             await worker.outbox.close()
             await consumer.close()
             await worker.broker.delete_namespace()
+            worker.executor.shutdown(wait=False)

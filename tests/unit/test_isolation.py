@@ -231,6 +231,19 @@ def progress_loop(ctx: TaskContext, payload: dict[str, Any]) -> dict[str, int]:
     return {"n": n}
 
 
+class NoText:
+    def __str__(self) -> str:
+        raise RuntimeError("this message has no text")
+
+
+@registry.task("probe.no_text_progress")
+def no_text_progress(ctx: TaskContext, payload: dict[str, Any]) -> dict[str, bool]:
+    ctx.progress(1, 10, "one")
+    ctx.progress(2, 10)  # held back: goes before the end
+    ctx.progress(3, 10, NoText())
+    return {"ok": True}
+
+
 @registry.task("probe.corrupt_pipe")
 def corrupt_pipe(ctx: TaskContext, payload: dict[str, Any]) -> None:
     for obj in gc.get_objects():  # the child's end of its pipe to the worker
@@ -303,6 +316,16 @@ async def test_progress_in_a_loop_is_thinned_in_the_child(probe_pool: ProcessPoo
     assert rec.outcome == Outcome(ok=True, result={"n": 100_000})
     assert rec.progress[0] == (1.0, 100_000.0) and rec.progress[-1] == (100_000.0, 100_000.0)
     assert len(rec.progress) <= 2 + took / PROGRESS_INTERVAL, (len(rec.progress), took)
+
+
+async def test_a_progress_message_that_is_no_text_fails_its_attempt_not_the_child(
+    probe_pool: ProcessPool,
+) -> None:
+    rec, pid = await run_in(probe_pool, "probe.no_text_progress", {})
+    assert rec.outcome is not None and not rec.outcome.ok
+    assert "this message has no text" in (rec.outcome.error or "")
+    assert rec.progress == [(1.0, 10.0), (2.0, 10.0)]  # the held one, before the end
+    assert psutil.pid_exists(pid)
 
 
 async def test_a_message_that_cannot_be_read_ends_the_child(probe_pool: ProcessPool) -> None:
