@@ -182,14 +182,17 @@ async def test_the_scheduler_holds_its_inbox_through_a_systemic_error(
     workers = [f"sys-{i}" for i in range(4)]
     async with Broker(settings.amqp_url, settings.namespace, name="test-sender") as broker:
 
-        async def consuming() -> bool:  # the active scheduler has declared its queue
+        async def consuming() -> bool:
+            """The active scheduler consumes its queue: it was declared and bound first
+            (a queue merely declared may not be bound yet, and a heartbeat published
+            then is routed nowhere)."""
             try:
                 channel = await broker._connection.channel()  # type: ignore[union-attr]
-                await channel.get_queue(broker.topology.scheduler_queue, ensure=True)
+                queue = await channel.declare_queue(broker.topology.scheduler_queue, passive=True)
                 await channel.close()
             except Exception:
                 return False
-            return True
+            return bool(queue.declaration_result.consumer_count)
 
         await wait_for(consuming, timeout=20, what="the scheduler leading")
         await broker.publish_many([(heartbeat(w), None) for w in workers])
