@@ -121,6 +121,40 @@ def log_line(dispatch: JobDispatch, seq: int, level: str, message: str) -> JobLo
     )  # fmt: skip
 
 
+def reporters(
+    dispatch: JobDispatch,
+    deliver: Callable[..., None],
+    progress: ProgressThrottle | None,
+    *,
+    on_line: Callable[[JobLog], None],
+    on_progress: Callable[[tuple[UUID, int], JobProgress], None],
+) -> tuple[LogSink, ProgressSink]:
+    """An attempt's log lines and progress as its task gives them, made messages and
+    handed on by ``deliver(callback, *args)`` to ``on_line`` / ``on_progress``: from a
+    task thread to the worker's loop, its progress thinned by ``progress`` there, where
+    the task reports it; from a child's listener (on the loop already) at once with
+    ``call_now``, so they go out before the end its child sent after them (a child thins
+    its progress itself: ``progress`` None)."""
+
+    def emit_log(seq: int, level: str, message: str) -> None:
+        line = log_line(dispatch, seq, level, message)
+        deliver(on_line, line, weight=unsent_bytes(line))
+
+    def report_progress(done: float, total: float | None, message: str | None) -> None:
+        # A message that is no text raises into the task at its call.
+        figures = (done, total, None if message is None else str(message))
+        due = figures if progress is None else progress.offer(*figures)
+        if due is not None and (update := progress_update(dispatch, *due)) is not None:
+            deliver(on_progress, (dispatch.job_id, dispatch.attempt), update)
+
+    return emit_log, report_progress
+
+
+def call_now(callback: Callable[..., None], *args: Any, weight: int = 0) -> None:
+    """Deliver on the loop at once (a child's news: its reader counted its weight)."""
+    callback(*args)
+
+
 def progress_update(
     dispatch: JobDispatch, done: float, total: float | None, message: str | None
 ) -> JobProgress | None:

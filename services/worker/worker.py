@@ -28,7 +28,6 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
@@ -38,13 +37,12 @@ import psutil
 
 from services.worker.attempt import (
     ChildListener,
-    LogSink,
-    ProgressSink,
     Running,
     attempt_usage,
+    call_now,
     end_report,
-    log_line,
     progress_update,
+    reporters,
     run_unless_ended,
     status_report,
     unsent_bytes,
@@ -415,7 +413,9 @@ class Worker:
     # ------------------------------------------------------------ attempt lifecycle
 
     def _context(self, dispatch: JobDispatch, progress: ProgressThrottle) -> TaskContext:
-        emit_log, report_progress = self._reporters(dispatch, self._from_thread, progress)
+        emit_log, report_progress = reporters(
+            dispatch, self._from_thread, progress, on_line=self._emit, on_progress=self._progress
+        )
 
         def emit_log_when_there_is_room(seq: int, level: str, message: str) -> None:
             self.outbox.wait_for_room()  # the task's thread waits, not the loop
@@ -428,31 +428,6 @@ class Worker:
             cancelled=threading.Event(),
             _report_progress=report_progress,
         )
-
-    def _reporters(
-        self,
-        dispatch: JobDispatch,
-        deliver: Callable[..., None],
-        progress: ProgressThrottle | None,
-    ) -> tuple[LogSink, ProgressSink]:
-        """An attempt's log lines and progress, handed on by ``deliver(callback, *args)``:
-        from a task thread through ``_from_thread``, its progress thinned by ``progress``
-        there, where the task reports it; from a child's listener (on the loop already)
-        at once, so they go out before the end its child sent after them (a child thins
-        its progress itself: ``progress`` None)."""
-
-        def emit_log(seq: int, level: str, message: str) -> None:
-            line = log_line(dispatch, seq, level, message)
-            deliver(self._emit, line, weight=unsent_bytes(line))
-
-        def report_progress(done: float, total: float | None, message: str | None) -> None:
-            # A message that is no text raises into the task at its call.
-            figures = (done, total, None if message is None else str(message))
-            due = figures if progress is None else progress.offer(*figures)
-            if due is not None and (update := progress_update(dispatch, *due)) is not None:
-                deliver(self._progress, (dispatch.job_id, dispatch.attempt), update)
-
-        return emit_log, report_progress
 
     def _from_thread(self, callback: Any, *args: Any, weight: int = 0) -> None:
         """Hand a task thread's news to the event loop (dropped once the worker has
@@ -547,7 +522,13 @@ class Worker:
             listener=ChildListener(
                 run,
                 # What its reports name: the payload is not kept once it has ended.
-                *self._reporters(run.dispatch.model_copy(update={"payload": {}}), _call_now, None),
+                *reporters(
+                    run.dispatch.model_copy(update={"payload": {}}),
+                    call_now,
+                    None,
+                    on_line=self._emit,
+                    on_progress=self._progress,
+                ),
                 ended=self._attempt_ended,
             ),
         )
@@ -599,8 +580,3 @@ class Worker:
         while True:
             await asyncio.sleep(self.settings.heartbeat_seconds)
             self._send_heartbeat()
-
-
-def _call_now(callback: Callable[..., None], *args: Any, weight: int = 0) -> None:
-    """Deliver on the loop at once (a child's news: its reader counted its weight)."""
-    callback(*args)
