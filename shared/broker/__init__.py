@@ -36,6 +36,7 @@ from shared.broker.deliveries import (
     DeadLetter,
     Delivery,
     Handler,
+    HandlersRunning,
     Skim,
     _dead_letter,
     _settle,
@@ -368,11 +369,12 @@ class Broker:
             queue_name, bindings, prefetch=prefetch, durable=durable, exclusive=exclusive,
             auto_delete=auto_delete, arguments=arguments,
         )  # fmt: skip
+        handlers = HandlersRunning()
         on_message = self._receiver(
             queue_name, handler, no_ack=no_ack, skip_own=skip_own, skim=skim
         )
-        tag = await queue.consume(on_message, no_ack=no_ack)
-        return Consumer(queue, tag)
+        tag = await queue.consume(handlers.track(on_message), no_ack=no_ack)
+        return Consumer(queue, tag, handlers)
 
     async def _declare(
         self,

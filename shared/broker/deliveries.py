@@ -169,12 +169,45 @@ async def _settle(raw: aio_pika.abc.AbstractIncomingMessage, *, requeue: bool | 
         log.info("settling %s on a closed channel skipped (%s)", raw.routing_key, exc)
 
 
+class HandlersRunning:
+    """The deliveries of one consumer its handler is still on. A channel closed under
+    a handler whose ack is on its way makes the broker close the whole connection
+    (the ack reaches a channel it has already closed: CHANNEL_ERROR), so a consumer
+    is closed only once these are done."""
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def track(
+        self, handle: Callable[[aio_pika.abc.AbstractIncomingMessage], Awaitable[None]]
+    ) -> Callable[[aio_pika.abc.AbstractIncomingMessage], Awaitable[None]]:
+        async def tracked(raw: aio_pika.abc.AbstractIncomingMessage) -> None:
+            self._count += 1
+            self._idle.clear()
+            try:
+                await handle(raw)
+            finally:
+                self._count -= 1
+                if self._count == 0:
+                    self._idle.set()
+
+        return tracked
+
+    async def done(self) -> None:
+        await self._idle.wait()
+
+
 class Consumer:
     """A running consumer; ``cancel()`` stops deliveries (unacked ones are requeued on close)."""
 
-    def __init__(self, queue: aio_pika.abc.AbstractQueue, tag: str) -> None:
+    def __init__(
+        self, queue: aio_pika.abc.AbstractQueue, tag: str, handlers: HandlersRunning
+    ) -> None:
         self._queue = queue
         self._tag = tag
+        self._handlers = handlers
 
     async def cancel(self) -> None:
         """Stop deliveries (given up after ``CLOSE_TIMEOUT``: the broker is away, and
@@ -184,9 +217,13 @@ class Consumer:
         )
 
     async def close(self) -> None:
-        """Stop and close the consumer's channel: what it had not acked is redelivered
-        (each step given up after ``CLOSE_TIMEOUT``)."""
+        """Stop, let the handlers finish what they were given, and close the consumer's
+        channel: what it had not acked is redelivered (each step given up after
+        ``CLOSE_TIMEOUT``)."""
         await self.cancel()
+        await give_up_after_close_timeout(
+            self._handlers.done(), f"waiting for consumer {self._tag}'s handlers"
+        )
         await give_up_after_close_timeout(
             self._queue.channel.close(), f"closing consumer channel {self._tag}"
         )
