@@ -33,11 +33,12 @@ import httpx
 import orjson
 import psutil
 
-from bench.databases import create_migrated, drop, dsn_of, sqlalchemy_url
+from bench.databases import create_migrated, delete_namespace, drop, dsn_of, sqlalchemy_url
 from bench.loadgen import LightClient
 from bench.peers import DEFAULT_THREADS, Peers
 from bench.peers import report as report_peers
 from bench.scale import run_scale
+from shared.broker.topology import Topology
 from shared.states import TERMINAL, JobStatus
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -100,6 +101,7 @@ class Stack:
             "BARE_DSN": self.dsn,
         }
         self.workers = workers
+        self.worker_ids: list[str] = []  # every one started: each has a queue of its own
         self.procs: list[subprocess.Popen[bytes]] = []
         self.services: dict[str, subprocess.Popen[bytes]] = {}
         self.url = f"http://127.0.0.1:{self.port}"
@@ -173,9 +175,10 @@ class Stack:
     def _start_workers(self, shape: WorkerShape) -> None:
         self.shape = shape
         for i in range(self.workers):
-            self._start(f"worker{i}", "-m", "services.worker", "--worker-id",
-                        f"bench-{shape.name}-w{i}", "--threads", str(shape.threads),
-                        "--cpu-units", str(shape.cpu_units))  # fmt: skip
+            worker_id = f"bench-{shape.name}-w{i}"
+            self.worker_ids.append(worker_id)
+            self._start(f"worker{i}", "-m", "services.worker", "--worker-id", worker_id,
+                        "--threads", str(shape.threads), "--cpu-units", str(shape.cpu_units))  # fmt: skip
 
     async def reshape_workers(self, shape: WorkerShape) -> None:
         """Replace the workers by ones of ``shape`` (the old ones drain and exit first,
@@ -224,6 +227,10 @@ class Stack:
                 p.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 p.kill()
+        topology = Topology(self.env["SWITCHYARD_NAMESPACE"])
+        await delete_namespace(
+            topology.namespace, [topology.worker_queue(w) for w in self.worker_ids]
+        )
         if os.environ.get("BENCH_KEEP_DATABASE"):
             print(f"kept: {self.dsn}")
             return

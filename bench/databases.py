@@ -1,5 +1,6 @@
-"""The bench's own databases: each measure makes a fresh one, migrated as
-``make migrate`` does, and drops it when done."""
+"""The bench's own databases and broker namespaces: each measure makes a fresh
+database, migrated as ``make migrate`` does, and a namespace of its own, and removes
+both when done."""
 
 from __future__ import annotations
 
@@ -7,12 +8,14 @@ import asyncio
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import asyncpg
 
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN = os.environ.get("TEST_DATABASE_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+AMQP = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 
 
 def dsn_of(db: str) -> str:
@@ -52,3 +55,17 @@ async def drop(*dbs: str) -> None:
             await admin.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
     finally:
         await admin.close()
+
+
+async def delete_namespace(namespace: str, extra_queues: Sequence[str] = ()) -> None:
+    """Remove ``namespace``'s exchanges and queues (its scheduler's, logger's and dead
+    letters', which never expire, and ``extra_queues``) from RabbitMQ once its services
+    have stopped. A broker that refuses is reported, not raised: the run's figures are
+    taken by then."""
+    from shared.broker import Broker
+
+    try:
+        async with Broker(AMQP, namespace, name="bench-cleanup") as broker:
+            await broker.delete_namespace(extra_queues)
+    except Exception as exc:
+        print(f"  could not remove RabbitMQ namespace {namespace}: {exc!r}", flush=True)

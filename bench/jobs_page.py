@@ -30,7 +30,7 @@ from typing import Any
 import asyncpg
 import httpx
 
-from bench.databases import create_migrated, drop, dsn_of, sqlalchemy_url
+from bench.databases import create_migrated, delete_namespace, drop, dsn_of, sqlalchemy_url
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "bench-jobs-page-key"
@@ -181,6 +181,7 @@ async def run(rows: int, repeat: int, keep: bool) -> list[dict[str, Any]]:
         if proc is not None:
             proc.terminate()
             proc.wait(timeout=30)
+        await delete_namespace(env["SWITCHYARD_NAMESPACE"])
         if not keep:
             await drop(db)
 

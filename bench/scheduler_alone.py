@@ -45,11 +45,18 @@ from typing import Any, Literal
 import asyncpg
 import psutil
 
-from bench.databases import ADMIN, create_migrated, drop, dsn_of, sqlalchemy_url
+from bench.databases import (
+    ADMIN,
+    AMQP,
+    create_migrated,
+    delete_namespace,
+    drop,
+    dsn_of,
+    sqlalchemy_url,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
-AMQP = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 TASK_TYPE = "bench.noop"
 # The bench's own connections (insert, poll, sampler) are named so that their backends'
 # CPU is not counted as the yard's.
@@ -242,15 +249,7 @@ class Yard:
             except subprocess.TimeoutExpired:
                 p.kill()
         await drop(self.db)
-        await _delete_namespace(self.namespace)
-
-
-async def _delete_namespace(namespace: str) -> None:
-    from shared.broker import Broker
-
-    with contextlib.suppress(Exception):  # best effort: queues expire on their own too
-        async with Broker(AMQP, namespace, name="bench-cleanup") as broker:
-            await broker.delete_namespace()
+        await delete_namespace(self.namespace)
 
 
 # ---------------------------------------------------------------- CPU accounting
