@@ -39,8 +39,13 @@ run: migrate
 	@echo "==> API on http://$${SWITCHYARD_API_HOST:-127.0.0.1}:$${SWITCHYARD_API_PORT:-8000}  (docs: /docs)"
 	SWITCHYARD_DEV=$${SWITCHYARD_DEV:-1} $(BIN)/honcho start -f Procfile
 
+# Test processes for `make test` (pytest-xdist; each module's tests stay in one, with
+# its fixtures): the suite waits on the services it starts more than it computes, so
+# two take about 11 minutes on 2 cores where one took 16-18. TEST_WORKERS=0: one process.
+TEST_WORKERS ?= 2
+
 test: install
-	$(BIN)/pytest -m "not slow_fault" $(PYTEST_ARGS)
+	$(BIN)/pytest -m "not slow_fault" -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-faults: install
 	$(BIN)/pytest tests/faults $(PYTEST_ARGS)
