@@ -42,10 +42,17 @@ run: migrate
 # Test processes for `make test` (pytest-xdist; each module's tests stay in one, with
 # its fixtures): the suite waits on the services it starts more than it computes, so
 # two take about 11 minutes on 2 cores where one took 16-18. TEST_WORKERS=0: one process.
+# Tests marked `serial` (wall-clock bounds) run after, alone. Exit 5 (nothing selected)
+# of one part is no failure (PYTEST_ARGS may name a file of the other); of both, it is.
 TEST_WORKERS ?= 2
 
 test: install
-	$(BIN)/pytest -m "not slow_fault" -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	@a=0; b=0; \
+	$(BIN)/pytest -m "not slow_fault and not serial" -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS) || a=$$?; \
+	$(BIN)/pytest -m "serial and not slow_fault" $(PYTEST_ARGS) || b=$$?; \
+	if [ $$a -eq 5 ] && [ $$b -eq 5 ]; then exit 5; fi; \
+	[ $$a -eq 5 ] && a=0; [ $$b -eq 5 ] && b=0; \
+	[ $$a -ne 0 ] && exit $$a; exit $$b
 
 test-faults: install
 	$(BIN)/pytest tests/faults $(PYTEST_ARGS)

@@ -180,7 +180,10 @@ async def run(rows: int, repeat: int, keep: bool) -> list[dict[str, Any]]:
     finally:
         if proc is not None:
             proc.terminate()
-            proc.wait(timeout=30)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
         await delete_namespace(env["SWITCHYARD_NAMESPACE"])
         if not keep:
             await drop(db)

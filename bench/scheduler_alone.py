@@ -248,8 +248,8 @@ class Yard:
                 p.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 p.kill()
+        await delete_namespace(self.namespace)  # reports rather than raises
         await drop(self.db)
-        await delete_namespace(self.namespace)
 
 
 # ---------------------------------------------------------------- CPU accounting

@@ -15,7 +15,9 @@ from shared.client import ApiError, AsyncClient, Client
 from tests.conftest import ADMIN_KEY
 from tests.e2e.conftest import Stack
 
-pytestmark = pytest.mark.e2e
+# Wall-clock bounds (CPU-bound pairs, start and takeover times, a rate limit's pace)
+# that another test's services on the same two cores would stretch.
+pytestmark = [pytest.mark.e2e, pytest.mark.serial]
 
 
 def ts(value: str) -> datetime:

@@ -15,7 +15,9 @@ import pytest
 
 from tests.e2e.conftest import ServiceProcess, Stack
 
-pytestmark = pytest.mark.e2e
+# Wall-clock bounds (CPU-bound pairs, start and takeover times, a rate limit's pace)
+# that another test's services on the same two cores would stretch.
+pytestmark = [pytest.mark.e2e, pytest.mark.serial]
 
 SAMPLES = ("--tasks", "tests.e2e.sample_tasks")
 

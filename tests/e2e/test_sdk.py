@@ -15,7 +15,9 @@ from switchyard.models import Event
 from tests.conftest import ADMIN_KEY
 from tests.e2e.conftest import Stack, free_port, wait_http_ok
 
-pytestmark = pytest.mark.e2e
+# Wall-clock bounds (CPU-bound pairs, start and takeover times, a rate limit's pace)
+# that another test's services on the same two cores would stretch.
+pytestmark = [pytest.mark.e2e, pytest.mark.serial]
 
 
 def test_the_sdk_takes_its_own_types_and_reports_progress(stack: Stack) -> None:

@@ -14,7 +14,9 @@ from shared.broker import Broker
 from shared.messages import JobDispatch, JobStatusReport, ResourceSpec, dispatch_key
 from tests.e2e.conftest import Stack
 
-pytestmark = pytest.mark.e2e
+# Wall-clock bounds (CPU-bound pairs, start and takeover times, a rate limit's pace)
+# that another test's services on the same two cores would stretch.
+pytestmark = [pytest.mark.e2e, pytest.mark.serial]
 
 
 def executions(stack: Stack, job_ids: list[str]) -> list[dict]:

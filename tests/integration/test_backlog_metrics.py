@@ -9,9 +9,14 @@ from pathlib import Path
 
 import asyncpg
 import httpx
+import pytest
 import yaml
 
 from services.api.metrics import READY_JOBS_BY_TYPE
+
+# The count's time on a large table is bounded (under a second): alone, not beside
+# another test's services.
+pytestmark = pytest.mark.serial
 
 KEDA_POSTGRESQL = (
     Path(__file__).resolve().parents[2]

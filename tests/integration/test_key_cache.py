@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 
 from services.api.app import create_app
 from shared.settings import Settings
 from tests.conftest import auth, listening_key_cache, statements_on, wait_for
+
+# A revocation reaches the other replica within 2 s (its notification, not a cache's
+# expiry): alone, not beside another test's services.
+pytestmark = pytest.mark.serial
 
 
 async def test_revoke_on_one_replica_is_refused_by_another(

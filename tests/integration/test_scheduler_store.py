@@ -293,7 +293,7 @@ async def test_completion_sees_a_child_whose_submit_it_waited_for(
                 return bool(
                     await db.fetchval(
                         "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-                        " AND query LIKE '%WITH done AS%'"
+                        " AND query LIKE '%WITH done AS%' AND datname = current_database()"
                     )
                 )
 
