@@ -41,7 +41,8 @@ run: migrate
 
 # Test processes for `make test` (pytest-xdist; each module's tests stay in one, with
 # its fixtures): the suite waits on the services it starts more than it computes, so
-# two take about 11 minutes on 2 cores where one took 16-18. TEST_WORKERS=0: one process.
+# it takes about 12 minutes on 2 cores where one process took 16-18 (the serial
+# part below included). TEST_WORKERS=0: one process.
 # Tests marked `serial` (wall-clock bounds) run after, alone. Exit 5 (nothing selected)
 # of one part is no failure (PYTEST_ARGS may name a file of the other); of both, it is.
 TEST_WORKERS ?= 2
