@@ -34,6 +34,17 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def in_lock_order(ids: Iterable[UUID]) -> list[UUID]:
+    """``ids`` in the order every writer locks job rows: PostgreSQL's uuid order, which
+    is the order of the ids' 128-bit integers (``UUID.__lt__`` compares the same
+    integers, but in Python per comparison: ~7x slower for a cycle's 500 ids)."""
+    return sorted(ids, key=_as_int)
+
+
+def _as_int(job_id: UUID) -> int:
+    return job_id.int
+
+
 def state_event(
     job_id: UUID,
     type: str,
@@ -228,7 +239,7 @@ async def fail_undispatchable(db: Db, failures: list[tuple[Placed, str]]) -> lis
     if not failures:
         return []
     why = {p.id: (p.attempts, error) for p, error in failures}
-    rows = await fetch(db, sql.LOCK_FOR_REPORTS, sorted(why))
+    rows = await fetch(db, sql.LOCK_FOR_REPORTS, in_lock_order(why))
     now = utcnow()
     ends = [
         AttemptEnd(job, S.FAILED, why[job.id][1], None, f"not dispatchable: {why[job.id][1]}")
@@ -296,11 +307,16 @@ def start_seen(report: JobStatusReport, now: datetime) -> datetime | None:
     return None if start is None else min(start, now)
 
 
+def _attempt_lock_order(attempt: _Attempt) -> tuple[int, int, str]:
+    """Attempts ordered by their rows' lock order (``in_lock_order``)."""
+    return (attempt[0].int, attempt[1], attempt[2])
+
+
 async def _apply_successes(
     db: Db, starts: dict[_Attempt, datetime], ends: dict[_Attempt, Any], now: datetime
 ) -> ReportOutcome:
     out = ReportOutcome()
-    keys = sorted(starts.keys() | ends.keys())  # rows locked in id order, as everyone does
+    keys = sorted(starts.keys() | ends.keys(), key=_attempt_lock_order)
     if not keys:
         return out
     result = await fetch(
@@ -331,7 +347,7 @@ async def apply_reports(
     Starts and completions are written as ``apply_successes`` writes them, the other
     ends in one statement; failed and cancelled jobs fail their unfinished dependents."""
     out = ReportOutcome()
-    ids = sorted({r.job_id for r in reports})
+    ids = in_lock_order({r.job_id for r in reports})
     if not ids:
         return out
     rows = await fetch(db, sql.LOCK_FOR_REPORTS, ids)

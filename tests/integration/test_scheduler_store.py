@@ -421,3 +421,16 @@ async def test_a_worker_clock_ahead_never_starts_an_attempt_after_it_ended(
     finally:
         await pool.close()
     assert window["durations"]["demo.echo"]["mean_seconds"] == 0, window
+
+
+async def test_lock_order_is_postgresqls_uuid_order(db: asyncpg.Connection) -> None:
+    """Writers lock job rows in one order or deadlock each other: the ids' order in
+    Python must be PostgreSQL's, for Python's UUIDs and for those asyncpg returns."""
+    ours = [uuid.uuid4() for _ in range(500)] + [uuid.UUID(int=0), uuid.UUID(int=2**128 - 1)]
+    fetched = [
+        r["id"]
+        for r in await db.fetch("SELECT gen_random_uuid() AS id FROM generate_series(1, 500)")
+    ]
+    ids = ours + fetched
+    in_pg = await db.fetch("SELECT u FROM unnest($1::uuid[]) AS u ORDER BY u", ids)
+    assert transitions.in_lock_order(ids) == [r["u"] for r in in_pg]
