@@ -38,6 +38,7 @@ from shared.broker.deliveries import (
     Handler,
     HandlersRunning,
     Skim,
+    Unsettled,
     _dead_letter,
     _settle,
     ack_all,
@@ -370,8 +371,9 @@ class Broker:
             auto_delete=auto_delete, arguments=arguments,
         )  # fmt: skip
         handlers = HandlersRunning()
+        unsettled = None if no_ack else Unsettled()
         on_message = self._receiver(
-            queue_name, handler, no_ack=no_ack, skip_own=skip_own, skim=skim
+            queue_name, handler, unsettled, no_ack=no_ack, skip_own=skip_own, skim=skim
         )
         tag = await queue.consume(handlers.track(on_message), no_ack=no_ack)
         return Consumer(queue, tag, handlers)
@@ -413,7 +415,14 @@ class Broker:
         return queue
 
     def _receiver(
-        self, queue: str, handler: Handler, *, no_ack: bool, skip_own: bool, skim: Skim | None
+        self,
+        queue: str,
+        handler: Handler,
+        unsettled: Unsettled | None,
+        *,
+        no_ack: bool,
+        skip_own: bool,
+        skim: Skim | None,
     ) -> Callable[[aio_pika.abc.AbstractIncomingMessage], Awaitable[None]]:
         """What each raw delivery goes through (the one place that decides what happens
         to a message that cannot be decoded or handled): decoded, the undecodable (a
@@ -425,6 +434,8 @@ class Broker:
 
         async def on_message(raw: aio_pika.abc.AbstractIncomingMessage) -> None:
             received_at = time.monotonic()
+            if unsettled is not None:
+                unsettled.add(raw)
             if skim is not None:
                 try:
                     if skim(raw.body, raw.routing_key or ""):
@@ -441,7 +452,9 @@ class Broker:
                 return
             if message is None:
                 return
-            await self._handle(queue, handler, Delivery(raw, message, received_at), no_ack=no_ack)
+            await self._handle(
+                queue, handler, Delivery(raw, message, received_at, unsettled), no_ack=no_ack
+            )
 
         if not skip_own:
             return on_message

@@ -13,6 +13,7 @@ from typing import Any
 import aio_pika
 import aio_pika.abc
 import aio_pika.exceptions
+import aiormq.abc
 
 from shared.broker.topology import (
     _BROKER_ERRORS,
@@ -31,6 +32,7 @@ from shared.messages import (
 )
 
 log = logging.getLogger(__name__)
+Channel = aiormq.abc.AbstractChannel
 # Seconds a consumer's cancel or close, or the connection's close, may wait for the
 # broker: a robust channel waits for its reconnection, which in an outage may never
 # come, and a service that stops must not hang on it.
@@ -40,15 +42,17 @@ CLOSE_TIMEOUT = 5.0
 class Delivery:
     """One received message, decoded, with explicit ack / reject."""
 
-    __slots__ = ("_raw", "message", "received_at", "redelivered", "routing_key")
+    __slots__ = ("_raw", "_unsettled", "message", "received_at", "redelivered", "routing_key")
 
     def __init__(
         self,
         raw: aio_pika.abc.AbstractIncomingMessage,
         message: Message,
         received_at: float | None = None,
+        unsettled: Unsettled | None = None,
     ) -> None:
         self._raw = raw
+        self._unsettled = unsettled  # its consumer's (ack_all looks at the others there)
         self.message = message
         self.routing_key = raw.routing_key or ""
         self.redelivered = bool(raw.redelivered)
@@ -76,25 +80,74 @@ class Delivery:
             log.info("reject of %s on a closed channel skipped (%s)", self.routing_key, exc)
 
 
-async def ack_all(deliveries: Sequence[Delivery]) -> None:
-    """Ack a batch with one ``multiple`` ack per channel (the highest delivery tag).
+class Unsettled:
+    """The deliveries one consumer has received and not yet acked or rejected, by the
+    broker channel they came on (a reconnection brings a new one, and the broker gives
+    the old one's again on it). A batch is acked with one ``multiple`` ack only up to
+    the first of these outside the batch: a delivery still on its way to the consumer's
+    buffer (its bad item's dead letter awaiting the broker's confirm, its handler tried
+    again) or left in the buffer for a later batch is never settled by another's ack."""
 
-    Only for batches that hold every earlier unsettled delivery of their channels (a
-    consumer that buffers its deliveries in arrival order and settles them in order)."""
-    last: dict[int, Delivery] = {}
+    __slots__ = ("_by_channel",)
+
+    def __init__(self) -> None:
+        self._by_channel: dict[Channel, dict[int, aio_pika.abc.AbstractIncomingMessage]] = {}
+
+    def add(self, raw: aio_pika.abc.AbstractIncomingMessage) -> None:
+        if raw.delivery_tag is None:
+            return
+        channel = raw.channel
+        tags = self._by_channel.get(channel)
+        if tags is None:  # the first channel, or a reconnection's: forget the closed ones
+            for old in [c for c in self._by_channel if c.is_closed]:
+                del self._by_channel[old]
+            tags = self._by_channel[channel] = {}
+        tags[raw.delivery_tag] = raw
+
+    def first_outside(self, channel: Channel, batch: set[int]) -> int | None:
+        """The lowest tag on ``channel`` still unsettled and not in ``batch``."""
+        tags = self._by_channel.get(channel, {})
+        for tag in [t for t, raw in tags.items() if raw.processed]:  # settled one by one
+            del tags[tag]
+        return min((t for t in tags if t not in batch), default=None)
+
+    def settled(self, channel: Channel, batch: set[int]) -> None:
+        tags = self._by_channel.get(channel, {})
+        for tag in batch:
+            tags.pop(tag, None)
+
+
+async def ack_all(deliveries: Sequence[Delivery]) -> None:
+    """Ack a batch: per channel one ``multiple`` ack (its highest delivery tag) for the
+    deliveries below the first unsettled delivery outside the batch (``Unsettled``), and
+    one ack each for the rest. A delivery whose channel is gone is skipped: the broker
+    redelivers it (handlers are idempotent)."""
+    by_channel: dict[Channel, list[Delivery]] = {}
     for d in deliveries:
         try:
-            key = id(d._raw.channel)
+            channel = d._raw.channel
         except _BROKER_ERRORS:
-            continue  # its channel is gone: the broker redelivers it (handlers are idempotent)
-        prev = last.get(key)
-        if prev is None or (d._raw.delivery_tag or 0) > (prev._raw.delivery_tag or 0):
-            last[key] = d
-    for d in last.values():
+            continue
+        by_channel.setdefault(channel, []).append(d)
+    for channel, group in by_channel.items():
+        tags = {d._raw.delivery_tag or 0 for d in group}
+        unsettled = group[0]._unsettled
+        if unsettled is None:  # not from a consumer: nothing known of the others
+            limit: int | None = min(tags)
+        else:
+            limit = unsettled.first_outside(channel, tags)
+        below = [d for d in group if limit is None or (d._raw.delivery_tag or 0) < limit]
+        alone = [d for d in group if limit is not None and (d._raw.delivery_tag or 0) >= limit]
         try:
-            await d._raw.ack(multiple=True)
+            if below:
+                await max(below, key=lambda d: d._raw.delivery_tag or 0)._raw.ack(multiple=True)
+            for d in alone:
+                await d._raw.ack()
         except _BROKER_ERRORS as exc:
-            log.info("ack of %d message(s) on a closed channel skipped (%s)", len(deliveries), exc)
+            log.info("ack of %d message(s) on a closed channel skipped (%s)", len(group), exc)
+        finally:
+            if unsettled is not None:
+                unsettled.settled(channel, tags)
 
 
 Handler = Callable[[Delivery], Awaitable[None]]

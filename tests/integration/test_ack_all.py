@@ -68,3 +68,76 @@ async def test_a_batch_on_a_closed_channel_is_skipped(settings: Settings) -> Non
         assert all(d.redelivered for d in redelivered)
         await second.close()
         await broker.delete_namespace([queue])
+
+
+async def held_first(broker: Broker, queue: str) -> tuple[list[Delivery], asyncio.Event, object]:
+    """A consumer whose first delivery stays on its way to the buffer until released (as
+    one does while its bad item's dead letter waits for the broker's confirm, or while
+    its handler is tried again) and whose second one arrives in the buffer at once."""
+    buffer: list[Delivery] = []
+    release = asyncio.Event()
+    first = True
+
+    async def on(delivery: Delivery) -> None:
+        nonlocal first
+        if first:
+            first = False
+            await release.wait()
+        buffer.append(delivery)
+
+    consumer = await broker.consume(queue, ["job.cancel.#"], on, prefetch=100)
+    for attempt in (1, 2):
+        await broker.publish(JobCancel(job_id=uuid.uuid4(), attempt=attempt))
+
+    async def second_buffered() -> bool:
+        return len(buffer) == 1
+
+    await wait_for(second_buffered, timeout=10, what="the second delivery buffered")
+    return buffer, release, consumer
+
+
+async def ready_in(broker: Broker, queue: str) -> int:
+    channel = await broker._connection.channel()  # type: ignore[union-attr]
+    try:
+        declared = await channel.declare_queue(queue, passive=True)
+        return int(declared.declaration_result.message_count or 0)
+    finally:
+        await channel.close()
+
+
+async def test_a_batch_ack_never_settles_a_delivery_still_on_its_way(settings: Settings) -> None:
+    """Seen failing with one multiple-ack at the batch's highest tag: the held delivery
+    was acked with it, and closing the consumer gave nothing back (its content lost)."""
+    queue = f"{settings.namespace}.ack-held"
+    async with Broker(settings.amqp_url, settings.namespace, name="ack-held") as broker:
+        buffer, release, consumer = await held_first(broker, queue)
+        await ack_all(list(buffer))  # the second; the first is not in the batch
+        closing = asyncio.create_task(consumer.close())  # type: ignore[attr-defined]
+        release.set()  # the first reaches the buffer; the consumer stops before its batch
+        await asyncio.wait_for(closing, 15)
+        assert len(buffer) == 2
+        assert await ready_in(broker, queue) == 1, "the held delivery was acked unhandled"
+        await broker.delete_namespace([queue])
+
+
+async def test_a_delivery_acked_after_a_later_one_keeps_its_channel(settings: Settings) -> None:
+    """Seen failing with one multiple-ack at the batch's highest tag: the held delivery's
+    own ack was its second, and RabbitMQ closed the channel (406 unknown delivery tag)."""
+    queue = f"{settings.namespace}.ack-late"
+    async with Broker(settings.amqp_url, settings.namespace, name="ack-late") as broker:
+        buffer, release, consumer = await held_first(broker, queue)
+        channel = buffer[0]._raw.channel
+        await ack_all(list(buffer))
+        release.set()
+
+        async def both_buffered() -> bool:
+            return len(buffer) == 2
+
+        await wait_for(both_buffered, timeout=10, what="the held delivery buffered")
+        await ack_all(buffer[1:])
+        # A round trip on the same channel: a refused ack would have closed it first.
+        await channel.basic_qos(prefetch_count=100)
+        assert not channel.is_closed
+        await consumer.close()  # type: ignore[attr-defined]
+        assert await ready_in(broker, queue) == 0, "a delivery was left unacked"
+        await broker.delete_namespace([queue])
