@@ -14,6 +14,7 @@ import inspect
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
+from uuid import UUID
 
 import typer
 
@@ -366,31 +367,31 @@ def schedules_create(
     print_json(data) if options.as_json else say(schedule_line(data))
 
 
-def _set_paused(schedule_id: str, paused: bool) -> None:
+def _set_paused(schedule_id: UUID, paused: bool) -> None:
     data = call("PATCH", f"/schedules/{schedule_id}", json={"paused": paused})
     print_json(data) if options.as_json else say(schedule_line(data))
 
 
 @schedules_app.command("pause")
 @global_options
-def schedules_pause(schedule_id: str) -> None:
+def schedules_pause(schedule_id: UUID) -> None:
     """Stop a schedule's runs until resumed."""
     _set_paused(schedule_id, True)
 
 
 @schedules_app.command("resume")
 @global_options
-def schedules_resume(schedule_id: str) -> None:
+def schedules_resume(schedule_id: UUID) -> None:
     """Resume a paused schedule."""
     _set_paused(schedule_id, False)
 
 
 @schedules_app.command("delete")
 @global_options
-def schedules_delete(schedule_id: str) -> None:
+def schedules_delete(schedule_id: UUID) -> None:
     """Delete a schedule (its jobs stay)."""
     call("DELETE", f"/schedules/{schedule_id}")
-    print_json({"deleted": schedule_id}) if options.as_json else say("deleted")
+    print_json({"deleted": str(schedule_id)}) if options.as_json else say("deleted")
 
 
 # Server commands: they run Switchyard's own code (the `server` extra), not the API.

@@ -96,6 +96,17 @@ def test_a_job_id_must_be_an_id_before_it_goes_into_a_path() -> None:
                 raise AssertionError(f"{bad!r} accepted")
 
 
+def test_a_schedule_id_must_be_an_id_before_it_goes_into_a_path() -> None:
+    """``schedules delete ../api-keys/<id>`` once sent DELETE /api-keys/<id> (httpx
+    drops the dot segments): with an admin key, a key revoked."""
+    for command in ("delete", "pause", "resume"):
+        out = cli("schedules", command, "../api-keys/me", SWITCHYARD_URL=NOWHERE)
+        assert out.returncode == 2, (command, out.stderr)
+        assert "invalid value for 'schedule_id'" in out.stderr.lower()
+        assert "valid uuid" in out.stderr.lower()
+        assert "cannot reach" not in out.stderr  # refused before anything was sent
+
+
 def test_retry_after_is_read_safely() -> None:
     def wait(header: str | None, attempt: int = 0) -> float:
         headers = {"Retry-After": header} if header is not None else {}
