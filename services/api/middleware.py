@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from typing import Any
+from urllib.parse import parse_qsl
 
 import orjson
 from starlette.exceptions import HTTPException
@@ -36,6 +37,10 @@ from services.api.keys import hash_key
 from shared.settings import Settings
 
 INVALID_KEY = "invalid or revoked API key"
+# Set in a WebSocket's scope by its route when the handshake's key was refused: the
+# handshake then counts against the address as a 401 would.
+KEY_REFUSED = "switchyard.key_refused"
+TRY_AGAIN_LATER = 1013
 ACCEPTED_KEYS_KEPT = 50_000
 
 
@@ -69,33 +74,31 @@ class RateLimit:
         self._accepted: OrderedDict[str, None] = OrderedDict()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
         state = scope["app"].state
         client = scope.get("client")
         address = client[0] if client else "unknown"
-        if wait := self.by_address.take(address):
-            await self._throttle(scope, send, state, "address", address, wait, address)
-            return
-        token = bearer_token(scope)
+        token = bearer_token(scope) if scope["type"] == "http" else websocket_token(scope)
         digest = hash_key(token) if token else None
         cache = getattr(state, "key_cache", None)
-        if digest is not None and cache is not None and cache.is_refused(digest):
-            if wait := self.unauthenticated.take(address):
-                await self._throttle(scope, send, state, "unauthenticated", address, wait, address)
+        refusal = self._refusal(state, address, digest)
+        if refusal is not None and not (scope["type"] == "websocket" and refusal[0] == "known"):
+            bucket, name, wait, actor = refusal
+            if bucket == "known":  # a key refused a moment ago (the route closes a socket's)
+                await self._refuse_known_invalid(scope, send)
                 return
-            await self._refuse_known_invalid(scope, send)
-            return
-        known = cache.get(digest) if digest is not None and cache is not None else None
-        key = digest or ("dev" if getattr(state, "open_dev_mode", False) else None)
-        if key is not None and (wait := self.by_key.take(key)):
-            actor = known.key_id if known is not None else None
-            await self._throttle(scope, send, state, "key", key, wait, address, actor=actor)
-            return
-        accepted = known is not None or (digest is not None and digest in self._accepted)
-        if not accepted and (wait := self.unauthenticated.wait_time(address)):
-            await self._throttle(scope, send, state, "unauthenticated", address, wait, address)
+            if scope["type"] == "websocket":
+                await _close_handshake(receive, send, _too_many(bucket, wait))
+            else:
+                await _answer(
+                    send, 429, _too_many(bucket, wait), {"retry-after": retry_after_header(wait)}
+                )
+            await audit_throttled(
+                state, bucket=bucket, name=name, actor=actor, client=address,
+                action=f"{scope.get('method', 'WEBSOCKET')} {scope['path']}",
+            )  # fmt: skip
             return
         generation = cache.generation if cache is not None else 0
         status: list[int] = []
@@ -105,7 +108,9 @@ class RateLimit:
                 status.append(message["status"])
             await send(message)
 
-        await self.app(scope, receive, observed_send)
+        await self.app(scope, receive, observed_send if scope["type"] == "http" else send)
+        if scope["type"] == "websocket":
+            status.append(401 if scope.get(KEY_REFUSED) else 101)
         if status and status[0] == 401:
             self.unauthenticated.charge(address)
             if digest is not None:
@@ -119,34 +124,59 @@ class RateLimit:
             if len(self._accepted) > ACCEPTED_KEYS_KEPT:
                 self._accepted.popitem(last=False)
 
-    async def _throttle(
-        self,
-        scope: Scope,
-        send: Send,
-        state: Any,
-        bucket: str,
-        name: str,
-        wait: float,
-        address: str,
-        *,
-        actor: str | None = None,
-    ) -> None:
-        what = {
-            "address": "requests from your address",
-            "key": "requests with this API key",
-            "unauthenticated": "requests without a valid API key from your address",
-        }[bucket]
-        seconds = retry_after_header(wait)
-        detail = f"too many {what}: retry after {seconds} s (the API's rate limit)"
-        await _answer(send, 429, detail, {"retry-after": seconds})
-        await audit_throttled(
-            state, bucket=bucket, name=name, actor=actor, client=address,
-            action=f"{scope['method']} {scope['path']}",
-        )  # fmt: skip
+    def _refusal(
+        self, state: Any, address: str, digest: str | None
+    ) -> tuple[str, str, float, str | None] | None:
+        """(bucket, its name, seconds to wait, the key's id if known) of the limit this
+        request or handshake is over; ``known`` for a key refused a moment ago."""
+        if wait := self.by_address.take(address):
+            return "address", address, wait, None
+        cache = getattr(state, "key_cache", None)
+        if digest is not None and cache is not None and cache.is_refused(digest):
+            if wait := self.unauthenticated.take(address):
+                return "unauthenticated", address, wait, None
+            return "known", address, 0.0, None
+        known = cache.get(digest) if digest is not None and cache is not None else None
+        key = digest or ("dev" if getattr(state, "open_dev_mode", False) else None)
+        if key is not None and (wait := self.by_key.take(key)):
+            return "key", key, wait, known.key_id if known is not None else None
+        accepted = known is not None or (digest is not None and digest in self._accepted)
+        if not accepted and (wait := self.unauthenticated.wait_time(address)):
+            return "unauthenticated", address, wait, None
+        return None
 
     async def _refuse_known_invalid(self, scope: Scope, send: Send) -> None:
         await _answer(send, 401, INVALID_KEY, {"www-authenticate": "Bearer"})
         await audit_refusal(Request(scope), 401, INVALID_KEY)
+
+
+def _too_many(bucket: str, wait: float) -> str:
+    what = {
+        "address": "requests from your address",
+        "key": "requests with this API key",
+        "unauthenticated": "requests without a valid API key from your address",
+    }[bucket]
+    return f"too many {what}: retry after {retry_after_header(wait)} s (the API's rate limit)"
+
+
+def websocket_token(scope: Scope) -> str | None:
+    """The key a WebSocket handshake carries: its ``Authorization`` header (any scheme
+    but Bearer is no key), else ``?token=``."""
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            return token.strip() if scheme.lower() == "bearer" else ""
+    query = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+    return dict(query).get("token")  # the last, as Starlette's query_params reads it
+
+
+async def _close_handshake(receive: Receive, send: Send, reason: str) -> None:
+    """Refuse a WebSocket over a limit: accepted, then closed at once with 1013 (try
+    again later) and why, as a refused key is closed with 1008 (design.md)."""
+    if (await receive())["type"] != "websocket.connect":
+        return
+    await send({"type": "websocket.accept"})
+    await send({"type": "websocket.close", "code": TRY_AGAIN_LATER, "reason": reason[:120]})
 
 
 async def _answer(send: Send, status: int, detail: str, headers: dict[str, str]) -> None:

@@ -3,15 +3,20 @@ multiply, refusal messages stored cut to size."""
 
 from __future__ import annotations
 
+import asyncio
+import uuid
 from collections.abc import AsyncIterator
 
 import asyncpg
 import httpx
 import pytest
+import uvicorn
+import websockets
 
 from services.api.app import create_app
 from shared.settings import Settings
-from tests.conftest import ADMIN_KEY, SUBMITTER_KEY, VIEWER_KEY, auth
+from tests.conftest import ADMIN_KEY, SUBMITTER_KEY, VIEWER_KEY, auth, wait_for
+from tests.e2e.conftest import free_port
 
 
 async def _client_for(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
@@ -22,10 +27,9 @@ async def _client_for(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
             yield c
 
 
-@pytest.fixture
-async def tight(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    """An API whose limits are small: 3 requests per key, 5 per address, 2 refusals."""
-    small = settings.model_copy(
+def tight_settings(settings: Settings) -> Settings:
+    """Small limits: 3 requests per key, 8 per address, 2 refusals."""
+    return settings.model_copy(
         update={
             "rate_limit_key_per_second": 0.01,
             "rate_limit_key_burst": 3,
@@ -35,8 +39,53 @@ async def tight(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
             "rate_limit_unauthenticated_burst": 2,
         }
     )
-    async for c in _client_for(small):
+
+
+@pytest.fixture
+async def tight(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    async for c in _client_for(tight_settings(settings)):
         yield c
+
+
+@pytest.fixture
+async def tight_url(settings: Settings) -> AsyncIterator[str]:
+    """The tight API behind a real HTTP server (WebSocket handshakes need one)."""
+    app = create_app(tight_settings(settings))
+    async with app.router.lifespan_context(app):
+        config = uvicorn.Config(app, host="127.0.0.1", port=free_port(), lifespan="off",
+                                log_level="warning", ws="websockets-sansio")  # fmt: skip
+        server = uvicorn.Server(config)
+        serving = asyncio.create_task(server.serve())
+
+        async def started() -> bool:
+            if serving.done():
+                serving.result()  # it failed to start: say why
+            return bool(server.started)
+
+        await wait_for(started, timeout=10, what="the test's HTTP server to listen")
+        yield f"127.0.0.1:{config.port}"
+        server.should_exit = True
+        await serving
+
+
+async def handshake(address: str, headers: dict[str, str], job_id: str) -> tuple[int, str] | None:
+    """The close code and reason of a socket asking the replay of ``job_id``, or None: it
+    was served (its first frame came)."""
+    url = f"ws://{address}/jobs/stream?job_id={job_id}&replay=true"
+    async with websockets.connect(url, additional_headers=headers) as ws:
+        try:
+            await asyncio.wait_for(ws.recv(), timeout=10)
+            return None
+        except websockets.ConnectionClosed as closed:
+            assert closed.rcvd is not None
+            return closed.rcvd.code, closed.rcvd.reason
+
+
+async def some_job(address: str) -> str:
+    async with httpx.AsyncClient(base_url=f"http://{address}", headers=auth(ADMIN_KEY)) as http:
+        r = await http.post("/jobs", json={"type": "demo.echo"})
+        assert r.status_code == 201, r.text
+        return str(r.json()["id"])
 
 
 async def test_past_the_key_limit_429_with_retry_after_and_a_message(
@@ -123,3 +172,31 @@ async def test_a_huge_refusal_message_is_stored_cut_with_a_marker(
     stored = await db.fetchval("SELECT detail->>'detail' FROM audit_log WHERE outcome = 'invalid'")
     assert len(stored) < 2100
     assert stored.endswith("more characters]") and "[cut: " in stored
+
+
+async def test_websocket_handshakes_without_a_valid_key_share_the_refusal_limit(
+    tight_url: str,
+) -> None:
+    """Seen failing before handshakes went through the limits: every wrong key got its
+    own database lookup, without end."""
+    job = await some_job(tight_url)
+    assert await handshake(tight_url, auth(VIEWER_KEY), job) is None
+    got = [await handshake(tight_url, auth(f"wrong-{uuid.uuid4()}"), job) for _ in range(3)]
+    assert [g[0] if g else None for g in got] == [1008, 1008, 1013]
+    assert got[2] is not None and "without a valid API key" in got[2][1]
+    assert "retry after" in got[2][1]
+    async with httpx.AsyncClient(base_url=f"http://{tight_url}") as http:
+        assert (await http.get("/jobs")).status_code == 429  # the same bucket as HTTP's
+        # A key accepted a moment ago still gets in from the same address.
+        assert (await http.get("/jobs", headers=auth(VIEWER_KEY))).status_code == 200
+    assert await handshake(tight_url, auth(VIEWER_KEY), job) is None
+
+
+async def test_websocket_handshakes_count_against_the_key_limit(tight_url: str) -> None:
+    job = await some_job(tight_url)
+    for _ in range(3):
+        assert await handshake(tight_url, auth(VIEWER_KEY), job) is None
+    refused = await handshake(tight_url, auth(VIEWER_KEY), job)
+    assert refused is not None and refused[0] == 1013
+    assert "too many requests with this API key" in refused[1]
+    assert await handshake(tight_url, auth(ADMIN_KEY), job) is None  # its own bucket

@@ -31,7 +31,7 @@ from starlette.websockets import WebSocketState
 from services.api.deps import resolve_token
 from services.api.keycache import KeyWatch
 from services.api.keys import hash_key
-from services.api.middleware import INVALID_KEY
+from services.api.middleware import INVALID_KEY, KEY_REFUSED, websocket_token
 from services.api.stream import StreamFilter, Subscriber, TooManySockets, envelope, iso
 from shared.models import Job, JobLogLine
 from shared.schemas import check_time_range
@@ -77,19 +77,11 @@ def parse_filter(params: Any) -> tuple[StreamFilter, bool, datetime | None]:
     return StreamFilter(job_ids=job_ids, types=types, statuses=statuses), replay, since
 
 
-def token_of(websocket: WebSocket) -> str | None:
-    header = websocket.headers.get("authorization")
-    if header:
-        scheme, _, token = header.partition(" ")
-        return token.strip() if scheme.lower() == "bearer" else ""
-    return websocket.query_params.get("token")
-
-
 @router.websocket("/jobs/stream")
 async def job_stream(websocket: WebSocket) -> None:
     await websocket.accept()
     state = websocket.app.state
-    token = token_of(websocket)
+    token = websocket_token(websocket.scope)
     digest = hash_key(token) if token else None
     cache = getattr(state, "key_cache", None)
     try:
@@ -107,6 +99,7 @@ async def job_stream(websocket: WebSocket) -> None:
             stream_filter, key=actor.key_id, max_per_key=state.settings.ws_max_sockets_per_key
         )  # before replay: nothing falls in between
     except HTTPException as exc:
+        websocket.scope[KEY_REFUSED] = exc.status_code == 401  # counted as a 401 (RateLimit)
         await websocket.close(POLICY_VIOLATION, reason=str(exc.detail)[:120])
         return
     except (BadRequest, TooManySockets) as exc:
