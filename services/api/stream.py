@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 import uuid
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
@@ -42,6 +43,13 @@ STREAM_BINDINGS = ("job.state.#", "job.logs.#", "job.progress.#")
 RECENT_JOBS = 10_000  # jobs whose recent log lines are kept for replay
 RECENT_LINES = 2_000  # lines kept per job
 RECENT_TOTAL = 100_000  # lines kept in all (memory bound per API replica)
+# What the kept lines' text may weigh (Python's own size of each message: a line may be
+# 64 Ki characters, four bytes each past U+FFFF), per job and in all. A replay sends at
+# most 8 MiB of all its jobs' lines together (routers/stream.py REPLAY_BYTES).
+RECENT_BYTES_PER_JOB = 8 * 1024 * 1024
+RECENT_BYTES = 64 * 1024 * 1024
+# What one client's buffer of events waiting to be sent may weigh (beside its count).
+SUBSCRIBER_BYTES = 8 * 1024 * 1024
 RECENT_IDLE_SECONDS = 600  # a job silent this long is forgotten (the logger has it)
 QUEUE_MAX_LENGTH = 100_000  # the replica's queue drops its oldest beyond this
 
@@ -121,14 +129,16 @@ class Subscriber:
         self.key = key
         self.buffer: deque[tuple[dict[str, Any], bytes]] = deque()
         self.maxsize = maxsize
+        self.weight = 0  # bytes of the buffered bodies
         self.dropped = 0
         self.wakeup = asyncio.Event()
 
     def offer(self, event: dict[str, Any], body: bytes) -> None:
-        if len(self.buffer) >= self.maxsize:
+        if len(self.buffer) >= self.maxsize or self.weight + len(body) > SUBSCRIBER_BYTES:
             self.dropped += 1
         else:
             self.buffer.append((event, body))
+            self.weight += len(body)
         self.wakeup.set()
 
     def take_dropped(self) -> int:
@@ -140,7 +150,11 @@ class Subscriber:
         while not self.buffer and not self.dropped:
             self.wakeup.clear()
             await self.wakeup.wait()
-        return self.take_dropped(), (self.buffer.popleft() if self.buffer else None)
+        if not self.buffer:
+            return self.take_dropped(), None
+        event, body = self.buffer.popleft()
+        self.weight -= len(body)
+        return self.take_dropped(), (event, body)
 
 
 class EventHub:
@@ -152,8 +166,9 @@ class EventHub:
         self.listeners: list[Callable[[Message | StateSummary], None]] = []
         # Lines as they came: made envelopes only when a client asks for a replay (every
         # replica keeps every job's lines, and few are ever replayed).
-        self._recent: OrderedDict[UUID, tuple[float, deque[JobLog]]] = OrderedDict()
-        self._recent_total = 0
+        self._recent: OrderedDict[UUID, _Kept] = OrderedDict()
+        self._recent_total = 0  # lines
+        self._recent_bytes = 0
 
     async def start(self) -> None:
         name = f"{self.broker.topology.namespace}.api.{uuid.uuid4().hex[:12]}"
@@ -203,8 +218,8 @@ class EventHub:
             self._per_key.pop(sub.key, None)
 
     def recent_lines(self, job_id: UUID) -> list[dict[str, Any]]:
-        entry = self._recent.get(job_id)
-        return [log_envelope(line) for line in entry[1]] if entry else []
+        kept = self._recent.get(job_id)
+        return [log_envelope(line) for line in kept.lines] if kept else []
 
     def _skim(self, body: bytes, routing_key: str) -> bool:
         """With no client connected, nothing but the counters reads a state event and
@@ -269,17 +284,38 @@ class EventHub:
 
     def _remember(self, line: JobLog) -> None:
         now = time.monotonic()
-        entry = self._recent.pop(line.job_id, None)
-        lines = entry[1] if entry else deque(maxlen=RECENT_LINES)
-        self._recent_total -= len(lines)
-        lines.append(line)
-        self._recent_total += len(lines)
-        self._recent[line.job_id] = (now, lines)
+        kept = self._recent.pop(line.job_id, None) or _Kept()
+        kept.touched = now
+        kept.lines.append(line)
+        weight = sys.getsizeof(line.message)
+        kept.bytes += weight
+        self._recent_total += 1
+        self._recent_bytes += weight
+        while len(kept.lines) > RECENT_LINES or kept.bytes > RECENT_BYTES_PER_JOB:
+            self._drop_oldest(kept)
+        self._recent[line.job_id] = kept
         # Oldest-touched first: evict while over any bound.
         while self._recent and (
             len(self._recent) > RECENT_JOBS
             or self._recent_total > RECENT_TOTAL
-            or now - next(iter(self._recent.values()))[0] > RECENT_IDLE_SECONDS
+            or self._recent_bytes > RECENT_BYTES
+            or now - next(iter(self._recent.values())).touched > RECENT_IDLE_SECONDS
         ):
-            _, (_, dropped) = self._recent.popitem(last=False)
-            self._recent_total -= len(dropped)
+            _, dropped = self._recent.popitem(last=False)
+            self._recent_total -= len(dropped.lines)
+            self._recent_bytes -= dropped.bytes
+
+    def _drop_oldest(self, kept: _Kept) -> None:
+        weight = sys.getsizeof(kept.lines.popleft().message)
+        kept.bytes -= weight
+        self._recent_total -= 1
+        self._recent_bytes -= weight
+
+
+@dataclass
+class _Kept:
+    """One job's recent lines, kept for replay."""
+
+    touched: float = 0.0  # time.monotonic() of its last line
+    lines: deque[JobLog] = field(default_factory=deque)
+    bytes: int = 0  # what their text weighs (sys.getsizeof)
