@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 from uuid import UUID
 
-from sqlalchemy import select, tuple_
+from sqlalchemy import func, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.jobs.reads import get_job
@@ -19,6 +19,9 @@ from shared.schemas import ExecutionRead, JobLogs, LogLine
 
 LOG_PAGE_DEFAULT = 1000
 LOG_PAGE_MAX = 10_000
+# A page's lines, in bytes of their text: 10,000 lines of 64 Ki characters would be
+# gigabytes in one answer. The lines past it come on the next page.
+LOG_PAGE_BYTES = 8 * 1024 * 1024
 _INT4_MAX = 2**31 - 1
 
 
@@ -47,20 +50,35 @@ def decode_log_cursor(cursor: str) -> tuple[int, int]:
 async def job_log_page(
     session: AsyncSession, job_id: UUID, *, limit: int = LOG_PAGE_DEFAULT, cursor: str | None
 ) -> JobLogs:
-    """Every execution, and up to ``limit`` lines after ``cursor`` (from the first without)."""
+    """Every execution, and up to ``limit`` lines after ``cursor`` (from the first without),
+    as many as fit ``LOG_PAGE_BYTES``."""
     after = decode_log_cursor(cursor) if cursor else None
     await get_job(session, job_id)
     executions = await session.scalars(
         select(JobExecution).where(JobExecution.job_id == job_id).order_by(JobExecution.attempt)
     )
-    stmt = select(JobLogLine).where(JobLogLine.job_id == job_id)
+    where = [JobLogLine.job_id == job_id]
     if after is not None:
-        stmt = stmt.where(tuple_(JobLogLine.attempt, JobLogLine.seq) > after)
+        where.append(tuple_(JobLogLine.attempt, JobLogLine.seq) > after)
+    order = (JobLogLine.attempt, JobLogLine.seq)
+    size = func.octet_length(JobLogLine.message)  # read from the TOAST header: no detoasting
+    # Each line with the bytes of the page up to it (the index order, so the sum streams
+    # beside the range scan); only lines that start within the budget leave the database
+    # (the first past it says there is a next page).
+    sized = (
+        select(JobLogLine.ts, *order, JobLogLine.level, JobLogLine.message,
+               func.sum(size).over(order_by=order).label("through"), size.label("size"))
+        .where(*where).order_by(*order).limit(limit + 1).subquery()
+    )  # fmt: skip
     rows = list(
-        await session.scalars(stmt.order_by(JobLogLine.attempt, JobLogLine.seq).limit(limit + 1))
+        await session.execute(
+            select(sized)
+            .where(sized.c.through - sized.c.size <= LOG_PAGE_BYTES)
+            .order_by(sized.c.attempt, sized.c.seq)
+        )
     )
-    page = rows[:limit]
-    more = len(rows) > limit
+    page = [r for r in rows[:limit] if r.through <= LOG_PAGE_BYTES] or rows[:1]
+    more = len(rows) > len(page)
     return JobLogs(
         executions=[
             ExecutionRead(

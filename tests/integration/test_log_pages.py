@@ -74,3 +74,30 @@ async def test_the_sdk_follows_next_cursor(
         logs = await sdk.logs(job_id, page_size=10)
     assert len(logs.lines) == 51 and logs.next_cursor is None
     assert logs.lines[-1].message == "a3 line 17"
+
+
+async def test_a_page_of_long_lines_is_bounded_in_bytes_and_the_rest_follows(
+    client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    """Seen failing with the line count alone bounding a page: 300 lines of 64 Ki
+    characters came in one answer of ~19 MiB (10,000 such lines: 655 MiB)."""
+    job = (await client.post("/jobs", json={"type": "demo.echo"})).json()
+    long = [f"{seq:05d}" + "x" * 65_531 for seq in range(300)]
+    await db.executemany(
+        "INSERT INTO job_logs (job_id, attempt, seq, ts, level, message) "
+        "VALUES ($1, 1, $2, now(), 'info', $3)",
+        [(uuid.UUID(job["id"]), seq, text) for seq, text in enumerate(long)],
+    )
+    seen: list[str] = []
+    params: dict[str, object] = {"limit": 10_000}
+    while True:
+        r = await client.get(f"/jobs/{job['id']}/logs", params=params)
+        assert r.status_code == 200, r.text
+        assert len(r.content) < 9 * 1024 * 1024
+        page = r.json()
+        assert page["lines"], "a page without a line would never end"
+        seen += [ln["message"] for ln in page["lines"]]
+        if page["next_cursor"] is None:
+            break
+        params["cursor"] = page["next_cursor"]
+    assert seen == long  # every line once, in order, over three pages
