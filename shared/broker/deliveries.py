@@ -88,10 +88,14 @@ class Unsettled:
     buffer (its bad item's dead letter awaiting the broker's confirm, its handler tried
     again) or left in the buffer for a later batch is never settled by another's ack."""
 
-    __slots__ = ("_by_channel",)
+    __slots__ = ("_by_channel", "_prune_at")
+    PRUNE_AT_LEAST = 256
 
     def __init__(self) -> None:
         self._by_channel: dict[Channel, dict[int, aio_pika.abc.AbstractIncomingMessage]] = {}
+        # Deliveries settled one by one (Delivery.ack, a dead letter's settle) stay here
+        # until pruned: when a channel's entries reach this, at amortized O(1) a delivery.
+        self._prune_at = self.PRUNE_AT_LEAST
 
     def add(self, raw: aio_pika.abc.AbstractIncomingMessage) -> None:
         if raw.delivery_tag is None:
@@ -103,18 +107,26 @@ class Unsettled:
                 del self._by_channel[old]
             tags = self._by_channel[channel] = {}
         tags[raw.delivery_tag] = raw
+        if len(tags) >= self._prune_at:
+            _prune(tags)
+            self._prune_at = max(self.PRUNE_AT_LEAST, 2 * len(tags))
 
     def first_outside(self, channel: Channel, batch: set[int]) -> int | None:
         """The lowest tag on ``channel`` still unsettled and not in ``batch``."""
         tags = self._by_channel.get(channel, {})
-        for tag in [t for t, raw in tags.items() if raw.processed]:  # settled one by one
-            del tags[tag]
+        _prune(tags)
         return min((t for t in tags if t not in batch), default=None)
 
     def settled(self, channel: Channel, batch: set[int]) -> None:
         tags = self._by_channel.get(channel, {})
         for tag in batch:
             tags.pop(tag, None)
+
+
+def _prune(tags: dict[int, aio_pika.abc.AbstractIncomingMessage]) -> None:
+    """Forget the deliveries settled one by one."""
+    for tag in [t for t, raw in tags.items() if raw.processed]:
+        del tags[tag]
 
 
 async def ack_all(deliveries: Sequence[Delivery]) -> None:

@@ -7,6 +7,7 @@ import asyncio
 import uuid
 
 from shared.broker import Broker, Delivery, ack_all
+from shared.broker.deliveries import Unsettled
 from shared.messages import JobCancel
 from shared.settings import Settings
 from tests.conftest import wait_for
@@ -140,4 +141,32 @@ async def test_a_delivery_acked_after_a_later_one_keeps_its_channel(settings: Se
         assert not channel.is_closed
         await consumer.close()  # type: ignore[attr-defined]
         assert await ready_in(broker, queue) == 0, "a delivery was left unacked"
+        await broker.delete_namespace([queue])
+
+
+async def test_deliveries_acked_one_by_one_are_not_kept(settings: Settings) -> None:
+    """A consumer that acks each delivery itself (a worker's dispatches) must not keep
+    them all (seen failing without the pruning: 2,000 kept, with their bodies)."""
+    queue = f"{settings.namespace}.ack-each"
+    async with Broker(settings.amqp_url, settings.namespace, name="ack-each") as broker:
+        seen: list[Delivery] = []
+
+        async def on(delivery: Delivery) -> None:
+            await delivery.ack()
+            seen.append(delivery)
+
+        consumer = await broker.consume(queue, ["job.cancel.#"], on, prefetch=100)
+        await broker.publish_many(
+            [(JobCancel(job_id=uuid.uuid4(), attempt=1), None) for _ in range(2_000)]
+        )
+
+        async def all_seen() -> bool:
+            return len(seen) == 2_000
+
+        await wait_for(all_seen, timeout=30, what="2,000 deliveries")
+        unsettled = seen[0]._unsettled
+        assert unsettled is not None
+        kept = sum(len(tags) for tags in unsettled._by_channel.values())
+        assert kept < Unsettled.PRUNE_AT_LEAST, kept
+        await consumer.close()
         await broker.delete_namespace([queue])
