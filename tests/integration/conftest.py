@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -8,6 +9,7 @@ from dataclasses import dataclass
 import asyncpg
 import httpx
 import pytest
+import uvicorn
 
 from services.api.app import create_app
 from services.scheduler.database import Database
@@ -17,7 +19,8 @@ from shared.broker import Broker
 from shared.messages import WorkerCapacity, WorkerHeartbeat
 from shared.outbox import Outbox
 from shared.settings import Settings
-from tests.conftest import ADMIN_KEY, auth
+from tests.conftest import ADMIN_KEY, auth, wait_for
+from tests.e2e.conftest import free_port
 
 
 @pytest.fixture
@@ -25,6 +28,28 @@ async def app(settings: Settings) -> AsyncIterator[object]:
     application = create_app(settings)
     async with application.router.lifespan_context(application):
         yield application
+
+
+@contextlib.asynccontextmanager
+async def served(app: object) -> AsyncIterator[str]:
+    """``app`` (its lifespan already running) behind a real HTTP server, as
+    ``127.0.0.1:<port>`` (WebSocket handshakes need one)."""
+    config = uvicorn.Config(app, host="127.0.0.1", port=free_port(), lifespan="off",  # type: ignore[arg-type]
+                            log_level="warning", ws="websockets-sansio")  # fmt: skip
+    server = uvicorn.Server(config)
+    serving = asyncio.create_task(server.serve())
+
+    async def started() -> bool:
+        if serving.done():
+            serving.result()  # it failed to start: say why
+        return bool(server.started)
+
+    await wait_for(started, timeout=10, what="the test's HTTP server to listen")
+    try:
+        yield f"127.0.0.1:{config.port}"
+    finally:
+        server.should_exit = True
+        await serving
 
 
 @pytest.fixture

@@ -10,13 +10,12 @@ from collections.abc import AsyncIterator
 import asyncpg
 import httpx
 import pytest
-import uvicorn
 import websockets
 
 from services.api.app import create_app
 from shared.settings import Settings
-from tests.conftest import ADMIN_KEY, SUBMITTER_KEY, VIEWER_KEY, auth, wait_for
-from tests.e2e.conftest import free_port
+from tests.conftest import ADMIN_KEY, SUBMITTER_KEY, VIEWER_KEY, auth
+from tests.integration.conftest import served
 
 
 async def _client_for(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
@@ -51,21 +50,8 @@ async def tight(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
 async def tight_url(settings: Settings) -> AsyncIterator[str]:
     """The tight API behind a real HTTP server (WebSocket handshakes need one)."""
     app = create_app(tight_settings(settings))
-    async with app.router.lifespan_context(app):
-        config = uvicorn.Config(app, host="127.0.0.1", port=free_port(), lifespan="off",
-                                log_level="warning", ws="websockets-sansio")  # fmt: skip
-        server = uvicorn.Server(config)
-        serving = asyncio.create_task(server.serve())
-
-        async def started() -> bool:
-            if serving.done():
-                serving.result()  # it failed to start: say why
-            return bool(server.started)
-
-        await wait_for(started, timeout=10, what="the test's HTTP server to listen")
-        yield f"127.0.0.1:{config.port}"
-        server.should_exit = True
-        await serving
+    async with app.router.lifespan_context(app), served(app) as address:
+        yield address
 
 
 async def handshake(address: str, headers: dict[str, str], job_id: str) -> tuple[int, str] | None:

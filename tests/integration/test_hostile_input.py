@@ -17,12 +17,11 @@ import asyncpg
 import httpx
 import orjson
 import pytest
-import uvicorn
 import websockets
 from fastapi import WebSocket
 
-from tests.conftest import ADMIN_KEY, auth, wait_for
-from tests.e2e.conftest import free_port
+from tests.conftest import ADMIN_KEY, auth
+from tests.integration.conftest import served
 
 JSON = {"content-type": "application/json"}
 
@@ -30,27 +29,8 @@ JSON = {"content-type": "application/json"}
 @pytest.fixture
 async def base_url(app: object) -> AsyncIterator[str]:
     """The test's app (lifespan already running) behind a real HTTP server."""
-    port = free_port()
-    config = uvicorn.Config(
-        app,  # type: ignore[arg-type]
-        host="127.0.0.1",
-        port=port,
-        lifespan="off",
-        log_level="warning",
-        ws="websockets-sansio",
-    )
-    server = uvicorn.Server(config)
-    serving = asyncio.create_task(server.serve())
-
-    async def started() -> bool:
-        if serving.done():
-            serving.result()  # it failed to start: say why
-        return bool(server.started)
-
-    await wait_for(started, timeout=10, what="the test's HTTP server to listen")
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    await serving
+    async with served(app) as address:
+        yield f"http://{address}"
 
 
 @pytest.fixture
