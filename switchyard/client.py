@@ -217,9 +217,12 @@ def _stream_url(
 
 
 def _closed(exc: ConnectionClosed) -> None:
-    """A 1008 close is the API refusing the key; any other close ends the stream."""
+    """A 1008 close is the API refusing the key, 1013 its rate limit (the reason says
+    when to retry); any other close ends the stream."""
     if exc.rcvd is not None and exc.rcvd.code == 1008:
         raise ApiError(401, exc.rcvd.reason or "stream refused") from None
+    if exc.rcvd is not None and exc.rcvd.code == 1013:
+        raise ApiError(429, exc.rcvd.reason or "too many requests: retry later") from None
 
 
 class _Settings:

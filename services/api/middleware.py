@@ -40,6 +40,7 @@ INVALID_KEY = "invalid or revoked API key"
 # Set in a WebSocket's scope by its route when the handshake's key was refused: the
 # handshake then counts against the address as a 401 would.
 KEY_REFUSED = "switchyard.key_refused"
+POLICY_VIOLATION = 1008
 TRY_AGAIN_LATER = 1013
 ACCEPTED_KEYS_KEPT = 50_000
 
@@ -84,13 +85,16 @@ class RateLimit:
         digest = hash_key(token) if token else None
         cache = getattr(state, "key_cache", None)
         refusal = self._refusal(state, address, digest)
-        if refusal is not None and not (scope["type"] == "websocket" and refusal[0] == "known"):
+        if refusal is not None:
             bucket, name, wait, actor = refusal
-            if bucket == "known":  # a key refused a moment ago (the route closes a socket's)
-                await self._refuse_known_invalid(scope, send)
+            if bucket == "known":  # a key refused a moment ago: refused from memory
+                if scope["type"] == "websocket":
+                    await _close_handshake(receive, send, POLICY_VIOLATION, INVALID_KEY)
+                else:
+                    await self._refuse_known_invalid(scope, send)
                 return
             if scope["type"] == "websocket":
-                await _close_handshake(receive, send, _too_many(bucket, wait))
+                await _close_handshake(receive, send, TRY_AGAIN_LATER, _too_many(bucket, wait))
             else:
                 await _answer(
                     send, 429, _too_many(bucket, wait), {"retry-after": retry_after_header(wait)}
@@ -108,9 +112,18 @@ class RateLimit:
                 status.append(message["status"])
             await send(message)
 
-        await self.app(scope, receive, observed_send if scope["type"] == "http" else send)
-        if scope["type"] == "websocket":
-            status.append(401 if scope.get(KEY_REFUSED) else 101)
+        try:
+            await self.app(scope, receive, observed_send if scope["type"] == "http" else send)
+        finally:  # a client that left mid-handshake has had its key looked up all the same
+            if scope["type"] == "websocket":
+                status.append(401 if scope.get(KEY_REFUSED) else 101)
+            self._account(status, address, digest, cache, generation)
+
+    def _account(
+        self, status: list[int], address: str, digest: str | None, cache: Any, generation: int
+    ) -> None:
+        """After the answer: a 401 charges the address's refusal bucket and is
+        remembered; any other answer marks its key as accepted lately."""
         if status and status[0] == 401:
             self.unauthenticated.charge(address)
             if digest is not None:
@@ -163,20 +176,21 @@ def websocket_token(scope: Scope) -> str | None:
     """The key a WebSocket handshake carries: its ``Authorization`` header (any scheme
     but Bearer is no key), else ``?token=``."""
     for name, value in scope["headers"]:
-        if name == b"authorization":
+        if name == b"authorization" and value:
             scheme, _, token = value.decode("latin-1").partition(" ")
             return token.strip() if scheme.lower() == "bearer" else ""
     query = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
     return dict(query).get("token")  # the last, as Starlette's query_params reads it
 
 
-async def _close_handshake(receive: Receive, send: Send, reason: str) -> None:
-    """Refuse a WebSocket over a limit: accepted, then closed at once with 1013 (try
-    again later) and why, as a refused key is closed with 1008 (design.md)."""
+async def _close_handshake(receive: Receive, send: Send, code: int, reason: str) -> None:
+    """Refuse a WebSocket: accepted, then closed at once with ``code`` and why, as the
+    route closes a refused key's with 1008 (design.md); over a rate limit, 1013 (try
+    again later)."""
     if (await receive())["type"] != "websocket.connect":
         return
     await send({"type": "websocket.accept"})
-    await send({"type": "websocket.close", "code": TRY_AGAIN_LATER, "reason": reason[:120]})
+    await send({"type": "websocket.close", "code": code, "reason": reason[:120]})
 
 
 async def _answer(send: Send, status: int, detail: str, headers: dict[str, str]) -> None:

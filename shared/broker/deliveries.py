@@ -100,7 +100,10 @@ class Unsettled:
     def add(self, raw: aio_pika.abc.AbstractIncomingMessage) -> None:
         if raw.delivery_tag is None:
             return
-        channel = raw.channel
+        try:
+            channel = raw.channel
+        except _BROKER_ERRORS:  # closed already: the broker gives it again on the next one
+            return
         tags = self._by_channel.get(channel)
         if tags is None:  # the first channel, or a reconnection's: forget the closed ones
             for old in [c for c in self._by_channel if c.is_closed]:

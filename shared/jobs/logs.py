@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 from uuid import UUID
 
-from sqlalchemy import func, select, tuple_
+from sqlalchemy import func, or_, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.jobs.reads import get_job
@@ -63,17 +63,19 @@ async def job_log_page(
     order = (JobLogLine.attempt, JobLogLine.seq)
     size = func.octet_length(JobLogLine.message)  # read from the TOAST header: no detoasting
     # Each line with the bytes of the page up to it (the index order, so the sum streams
-    # beside the range scan); only lines that start within the budget leave the database
-    # (the first past it says there is a next page).
+    # beside the range scan); only lines that start within the budget leave the database,
+    # and the second line whatever the first weighs: a line past the page says there is
+    # a next one.
     sized = (
         select(JobLogLine.ts, *order, JobLogLine.level, JobLogLine.message,
-               func.sum(size).over(order_by=order).label("through"), size.label("size"))
+               func.sum(size).over(order_by=order).label("through"), size.label("size"),
+               func.row_number().over(order_by=order).label("n"))
         .where(*where).order_by(*order).limit(limit + 1).subquery()
     )  # fmt: skip
     rows = list(
         await session.execute(
             select(sized)
-            .where(sized.c.through - sized.c.size <= LOG_PAGE_BYTES)
+            .where(or_(sized.c.through - sized.c.size <= LOG_PAGE_BYTES, sized.c.n <= 2))
             .order_by(sized.c.attempt, sized.c.seq)
         )
     )

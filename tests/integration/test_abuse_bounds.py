@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import asyncpg
 import httpx
@@ -13,8 +14,11 @@ import pytest
 import websockets
 
 from services.api.app import create_app
+from services.api.middleware import RateLimit
 from shared.settings import Settings
-from tests.conftest import ADMIN_KEY, SUBMITTER_KEY, VIEWER_KEY, auth
+from switchyard import AsyncClient
+from switchyard.errors import ApiError
+from tests.conftest import ADMIN_KEY, SUBMITTER_KEY, VIEWER_KEY, auth, wait_for
 from tests.integration.conftest import served
 
 
@@ -47,11 +51,25 @@ async def tight(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
 
 
 @pytest.fixture
-async def tight_url(settings: Settings) -> AsyncIterator[str]:
+async def tight_app(settings: Settings) -> AsyncIterator[Any]:
+    """The tight API (room for more than a test's requests from one address)."""
+    app = create_app(tight_settings(settings).model_copy(update={"rate_limit_address_burst": 50}))
+    async with app.router.lifespan_context(app):
+        yield app
+
+
+@pytest.fixture
+async def tight_url(tight_app: Any) -> AsyncIterator[str]:
     """The tight API behind a real HTTP server (WebSocket handshakes need one)."""
-    app = create_app(tight_settings(settings))
-    async with app.router.lifespan_context(app), served(app) as address:
+    async with served(tight_app) as address:
         yield address
+
+
+def rate_limit_of(app: Any) -> RateLimit:
+    layer = app.middleware_stack
+    while not isinstance(layer, RateLimit):
+        layer = layer.app
+    return layer
 
 
 async def handshake(address: str, headers: dict[str, str], job_id: str) -> tuple[int, str] | None:
@@ -185,4 +203,48 @@ async def test_websocket_handshakes_count_against_the_key_limit(tight_url: str) 
     refused = await handshake(tight_url, auth(VIEWER_KEY), job)
     assert refused is not None and refused[0] == 1013
     assert "too many requests with this API key" in refused[1]
+    # The SDK says so rather than end the stream as if the API had closed it.
+    async with AsyncClient(f"http://{tight_url}", api_key=VIEWER_KEY) as sdk:
+        with pytest.raises(ApiError) as limited:
+            async for _ in sdk.stream(job_ids=[job]):
+                pass
+    assert limited.value.status == 429 and "retry after" in str(limited.value.detail)
     assert await handshake(tight_url, auth(ADMIN_KEY), job) is None  # its own bucket
+
+
+async def test_a_websocket_with_a_key_refused_a_moment_ago_costs_one_refusal(
+    tight_url: str,
+) -> None:
+    """Seen failing when such a handshake went on to the route: it was charged twice
+    (the address then waited two tokens' time, ~200 s, not ~100)."""
+    job = await some_job(tight_url)
+    bad = auth(f"wrong-{uuid.uuid4()}")
+    assert await handshake(tight_url, bad, job) == (1008, "invalid or revoked API key")
+    assert await handshake(tight_url, bad, job) == (1008, "invalid or revoked API key")
+    async with httpx.AsyncClient(base_url=f"http://{tight_url}") as http:
+        held = await http.get("/jobs")
+    assert held.status_code == 429
+    assert int(held.headers["retry-after"]) <= 101  # one token at 0.01/s
+
+
+async def test_a_refused_key_counts_when_its_client_leaves_during_the_lookup(
+    tight_app: Any, tight_url: str, db: asyncpg.Connection
+) -> None:
+    """Seen failing when the refusal was counted only after the route returned: the
+    route's close raised (the client was gone) and nothing was charged, so a loop of
+    random tokens that hang up at once cost a lookup each."""
+    job = await some_job(tight_url)
+    limits = rate_limit_of(tight_app)
+    async with db.transaction():
+        await db.execute("LOCK TABLE api_keys IN ACCESS EXCLUSIVE MODE")  # lookups wait
+        for _ in range(2):
+            url = f"ws://{tight_url}/jobs/stream?job_id={job}&token=wrong-{uuid.uuid4()}"
+            async with websockets.connect(url):
+                pass  # gone before its key is looked up
+
+    async def both_charged() -> bool:
+        return limits.unauthenticated.wait_time("127.0.0.1") > 0
+
+    await wait_for(both_charged, timeout=10, what="the two refusals counted")
+    got = await handshake(tight_url, auth(f"wrong-{uuid.uuid4()}"), job)
+    assert got is not None and got[0] == 1013

@@ -6,8 +6,10 @@ import uuid
 
 import asyncpg
 import httpx
+import pytest
 
 from shared.client import AsyncClient
+from shared.jobs import logs
 
 
 async def _job_with_lines(client: httpx.AsyncClient, db: asyncpg.Connection) -> str:
@@ -101,3 +103,27 @@ async def test_a_page_of_long_lines_is_bounded_in_bytes_and_the_rest_follows(
             break
         params["cursor"] = page["next_cursor"]
     assert seen == long  # every line once, in order, over three pages
+
+
+async def test_a_line_heavier_than_a_page_comes_alone_and_paging_goes_on(
+    client: httpx.AsyncClient, db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Seen failing with only the lines that start within the budget read: a first line
+    past it came alone with no next_cursor, and the rest of the job was unreachable."""
+    monkeypatch.setattr(logs, "LOG_PAGE_BYTES", 100)
+    job_id = await _job_with_lines(client, db)
+    await db.execute("UPDATE job_logs SET message = message || repeat('x', 150) WHERE seq % 2 = 1")
+    expected = [r["message"] for r in await db.fetch(
+        "SELECT message FROM job_logs WHERE job_id = $1 ORDER BY attempt, seq", uuid.UUID(job_id)
+    )]  # fmt: skip
+    seen: list[str] = []
+    params: dict[str, object] = {}
+    while True:
+        page = (await client.get(f"/jobs/{job_id}/logs", params=params)).json()
+        assert page["lines"]
+        assert len(page["lines"]) == 1 or sum(len(ln["message"]) for ln in page["lines"]) <= 100
+        seen += [ln["message"] for ln in page["lines"]]
+        if page["next_cursor"] is None:
+            break
+        params["cursor"] = page["next_cursor"]
+    assert seen == expected

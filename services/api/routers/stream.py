@@ -31,7 +31,12 @@ from starlette.websockets import WebSocketState
 from services.api.deps import resolve_token
 from services.api.keycache import KeyWatch
 from services.api.keys import hash_key
-from services.api.middleware import INVALID_KEY, KEY_REFUSED, websocket_token
+from services.api.middleware import (
+    INVALID_KEY,
+    KEY_REFUSED,
+    POLICY_VIOLATION,
+    websocket_token,
+)
 from services.api.stream import StreamFilter, Subscriber, TooManySockets, envelope, iso
 from shared.models import Job, JobLogLine
 from shared.schemas import check_time_range
@@ -39,7 +44,6 @@ from shared.states import JobStatus
 
 router = APIRouter(tags=["stream"])
 
-POLICY_VIOLATION = 1008
 MAX_REPLAY_JOBS = 100  # jobs one socket may ask a replay of
 # The replay's lines, all jobs together, in characters of JSON: a replay of 100 jobs of
 # 1,000 long lines each must not be held in memory (the rest: GET /jobs/{id}/logs).
@@ -100,10 +104,12 @@ async def job_stream(websocket: WebSocket) -> None:
         )  # before replay: nothing falls in between
     except HTTPException as exc:
         websocket.scope[KEY_REFUSED] = exc.status_code == 401  # counted as a 401 (RateLimit)
-        await websocket.close(POLICY_VIOLATION, reason=str(exc.detail)[:120])
+        with contextlib.suppress(WebSocketDisconnect):  # the client left meanwhile
+            await websocket.close(POLICY_VIOLATION, reason=str(exc.detail)[:120])
         return
     except (BadRequest, TooManySockets) as exc:
-        await websocket.close(POLICY_VIOLATION, reason=str(exc)[:120])
+        with contextlib.suppress(WebSocketDisconnect):
+            await websocket.close(POLICY_VIOLATION, reason=str(exc)[:120])
         return
     watch = cache.watch(digest) if digest is not None and cache is not None else None
     try:
