@@ -225,12 +225,36 @@ def _in_list_order(
     return f"SELECT * FROM ({merged}) arms ORDER BY {outer} LIMIT {rows}", args
 
 
+# What a page's payloads and results may weigh together: 1,000 jobs of a 256 KiB payload
+# and a 2 MiB result would be gigabytes in one answer. The jobs past it come on the next
+# page (a page holds at least one job).
+PAGE_BYTES = 16 * 1024 * 1024
+# A JSON value's size as stored, read without detoasting it unless it is compressed
+# (then its text: the stored size would understate it by its compression ratio).
+_STORED_SIZE = (
+    "CASE WHEN pg_column_compression({c}) IS NULL THEN coalesce(pg_column_size({c}), 0)"
+    " ELSE octet_length({c}::text) END"
+)
+_ROW_BYTES = f"{_STORED_SIZE.format(c='payload')} + {_STORED_SIZE.format(c='result')}"
+
+
 def page_query(
     selection: JobSelection, *, limit: int, cursor: str | None
 ) -> tuple[str, list[object]]:
-    """A keyset page newest first (``limit`` rows), and its arguments."""
+    """A keyset page newest first (``limit`` rows, as many as fit ``PAGE_BYTES``), and
+    its arguments. Each row comes with ``page_bytes``, what the page weighs up to it."""
     past = decode_cursor(cursor) if cursor else None
-    return _in_list_order(selection, columns="*", limit=limit, newest_first=True, past=past)
+    page, args = _in_list_order(selection, columns="*", limit=limit, newest_first=True, past=past)
+    order = "created_at DESC, id DESC"
+    # Only rows that start within the budget leave the database, and the second whatever
+    # the first weighs: a row past the budget says there is a next page.
+    return (
+        "SELECT * FROM (SELECT s.*, sum(row_bytes) OVER w AS page_bytes,"
+        " row_number() OVER w AS page_row"
+        f" FROM (SELECT p.*, {_ROW_BYTES} AS row_bytes FROM ({page}) p) s"
+        f" WINDOW w AS (ORDER BY {order})) sized"
+        f" WHERE page_bytes - row_bytes <= {PAGE_BYTES} OR page_row <= 2 ORDER BY {order}"
+    ), args
 
 
 async def list_page(
@@ -241,14 +265,16 @@ async def list_page(
     cursor: str | None,
     name_search_seconds: float | None,
 ) -> tuple[list[Any], str | None]:
-    """Newest first, keyset-paginated on (created_at, id): each page is an index scan.
+    """Newest first, keyset-paginated on (created_at, id): each page is an index scan,
+    of at most ``limit`` jobs and ``PAGE_BYTES`` of their payloads and results.
     With a name prefix, read for at most ``name_search_seconds`` (see ``_fetch``; the
     API's ``SWITCHYARD_MAX_NAME_SEARCH_SECONDS``)."""
     statement, args = page_query(selection, limit=limit + 1, cursor=cursor)
     rows = await _fetch(session, selection, statement, args, name_search_seconds)
     jobs = [SimpleNamespace(**dict(r)) for r in rows]
-    next_cursor = encode_cursor(jobs[limit - 1]) if len(jobs) > limit else None
-    return jobs[:limit], next_cursor
+    page = [j for j in jobs[:limit] if j.page_bytes <= PAGE_BYTES] or jobs[:1]
+    next_cursor = encode_cursor(page[-1]) if len(jobs) > len(page) else None
+    return page, next_cursor
 
 
 def ids_query(selection: JobSelection, *, limit: int) -> tuple[str, list[object]]:

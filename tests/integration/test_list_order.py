@@ -154,3 +154,42 @@ async def test_the_halves_hold_every_status_but_running(db: asyncpg.Connection) 
         assert statuses(f"jobs_{key}_finished_idx") == finished
     assert statuses("jobs_status_type_unfinished_idx") == waiting | {"running"}
     assert statuses("jobs_status_type_finished_idx") == finished
+
+
+async def test_a_page_of_heavy_jobs_is_bounded_in_bytes_and_the_rest_follows(
+    client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    """Seen failing with the row count alone bounding a page: 100 jobs of ~200 KiB of
+    payload and result came in one answer of ~20 MiB (1,000 jobs of the largest
+    payload and result: gigabytes). Half compress (stored smaller than they are), half
+    do not (stored out of line uncompressed)."""
+    await db.execute(INSERT_MIXED, T0)
+    await db.execute(
+        "UPDATE jobs SET"
+        " payload = jsonb_build_object('x', CASE WHEN g.n % 2 = 0 THEN repeat('y', 100000)"
+        "   ELSE (SELECT string_agg(md5(g.n::text || i), '') FROM generate_series(1, 3200) i) END),"
+        " result = jsonb_build_object('r', repeat('z', 100000))"
+        " FROM (SELECT id, row_number() OVER (ORDER BY id) AS n FROM jobs LIMIT 100) g"
+        " WHERE jobs.id = g.id"
+    )
+    heavy = await db.fetchval("SELECT count(*) FROM jobs WHERE result IS NOT NULL")
+    assert heavy == 100
+    expected = [
+        str(r["id"])
+        for r in await db.fetch("SELECT id FROM jobs ORDER BY created_at DESC, id DESC")
+    ]
+    seen: list[str] = []
+    params: dict[str, object] = {"limit": 1000}
+    pages = 0
+    while True:
+        r = await client.get("/jobs", params=params)
+        assert r.status_code == 200, r.text
+        assert len(r.content) < 18 * 1024 * 1024, len(r.content)
+        page = r.json()
+        assert page["items"], "a page without a job would never end"
+        seen += [j["id"] for j in page["items"]]
+        pages += 1
+        if page["next_cursor"] is None:
+            break
+        params["cursor"] = page["next_cursor"]
+    assert seen == expected and pages >= 2

@@ -128,7 +128,8 @@ async def work(
 
     def read(node: dict[str, Any]) -> int:
         own = 0
-        if "Scan" in node["Node Type"]:
+        # A subquery scan reads its child's rows again, nothing of a table or index.
+        if "Scan" in node["Node Type"] and node["Node Type"] != "Subquery Scan":
             own = node["Actual Rows"] + node.get("Rows Removed by Filter", 0)
             own += node.get("Rows Removed by Index Recheck", 0)
         return own + sum(read(child) for child in node.get("Plans", []))
