@@ -29,16 +29,21 @@ class InvalidLogCursor(ValueError):
     """A cursor this API did not issue."""
 
 
-def encode_log_cursor(attempt: int, seq: int) -> str:
-    return base64.urlsafe_b64encode(f"L{attempt}.{seq}".encode()).decode().rstrip("=")
+def encode_log_cursor(job_id: UUID, attempt: int, seq: int) -> str:
+    raw = f"L{attempt}.{seq}.{job_id.hex}"
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
-def decode_log_cursor(cursor: str) -> tuple[int, int]:
-    """(attempt, seq) of the last line of the previous page; InvalidLogCursor otherwise."""
+def decode_log_cursor(cursor: str, job_id: UUID) -> tuple[int, int]:
+    """(attempt, seq) of the last line of ``job_id``'s previous page; InvalidLogCursor
+    for anything else (a cursor of another job's logs would skip lines unseen)."""
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
-        attempt, seq = (int(part) for part in raw.removeprefix("L").split("."))
+        attempt_text, seq_text, job = raw.removeprefix("L").split(".")
+        attempt, seq = int(attempt_text), int(seq_text)
         if not raw.startswith("L") or not (0 <= attempt <= _INT4_MAX and 0 <= seq <= _INT4_MAX):
+            raise ValueError(raw)
+        if job != job_id.hex:
             raise ValueError(raw)
     except ValueError:  # binascii.Error and UnicodeDecodeError are ValueErrors
         raise InvalidLogCursor(
@@ -52,7 +57,7 @@ async def job_log_page(
 ) -> JobLogs:
     """Every execution, and up to ``limit`` lines after ``cursor`` (from the first without),
     as many as fit ``LOG_PAGE_BYTES``."""
-    after = decode_log_cursor(cursor) if cursor else None
+    after = decode_log_cursor(cursor, job_id) if cursor else None
     await get_job(session, job_id)
     executions = await session.scalars(
         select(JobExecution).where(JobExecution.job_id == job_id).order_by(JobExecution.attempt)
@@ -99,5 +104,5 @@ async def job_log_page(
         lines=[
             LogLine(ts=ln.ts, attempt=ln.attempt, level=ln.level, message=ln.message) for ln in page
         ],
-        next_cursor=encode_log_cursor(page[-1].attempt, page[-1].seq) if more else None,
+        next_cursor=encode_log_cursor(job_id, page[-1].attempt, page[-1].seq) if more else None,
     )

@@ -127,3 +127,17 @@ async def test_a_line_heavier_than_a_page_comes_alone_and_paging_goes_on(
             break
         params["cursor"] = page["next_cursor"]
     assert seen == expected
+
+
+async def test_a_cursor_of_another_jobs_logs_is_refused(
+    client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    """Seen failing when a cursor held (attempt, seq) alone: another job's cursor was
+    taken, and the lines before its position were skipped unseen."""
+    first, second = await _job_with_lines(client, db), await _job_with_lines(client, db)
+    page = (await client.get(f"/jobs/{first}/logs", params={"limit": 20})).json()
+    assert page["next_cursor"]
+    r = await client.get(f"/jobs/{second}/logs", params={"cursor": page["next_cursor"]})
+    assert r.status_code == 422 and "not a cursor of this job's logs" in r.json()["detail"]
+    ok = await client.get(f"/jobs/{first}/logs", params={"cursor": page["next_cursor"]})
+    assert ok.status_code == 200 and ok.json()["lines"][0]["message"] == "a2 line 4"
