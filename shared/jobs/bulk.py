@@ -30,6 +30,7 @@ from typing import Any, Literal, NoReturn
 from uuid import UUID
 
 import asyncpg
+from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -38,7 +39,7 @@ from shared.db import exception_chain, is_db_outage, is_transient_conflict
 from shared.errors import JobConflict, JobNotFound, PermissionDenied, SwitchyardError
 from shared.jobs.commands import cancel_job, retry_job
 from shared.jobs.listing import JobSelection, select_ids
-from shared.models import AuditEntry
+from shared.models import AuditEntry, Job
 from shared.states import TERMINAL, JobStatus
 
 log = logging.getLogger(__name__)
@@ -146,7 +147,8 @@ async def run_bulk(
     request: dict[str, Any],
     name_search_seconds: float | None,
 ) -> BulkOutcome:
-    """Act on up to ``limit`` selected jobs, oldest first; commits (or, dry, rolls back)
+    """Act on up to ``limit`` selected jobs, oldest first (a retry: each after the ones
+    it depends on); commits (or, dry, rolls back)
     chunk by chunk, calling ``on_changed(action, result)`` for each job changed once its
     chunk is committed (never on a dry run). ``request`` (the body, as JSON) goes into
     the ``job.bulk`` audit row. A selection with a name prefix is read for at most
@@ -155,9 +157,11 @@ async def run_bulk(
     ids = await select_ids(
         session, selection=chosen, limit=limit + 1, name_search_seconds=name_search_seconds
     )
-    await session.rollback()  # the selection's snapshot is not held while acting
     outcome = BulkOutcome(matched=min(len(ids), limit), truncated=len(ids) > limit)
     ids = ids[:limit]
+    if action == "retry":
+        ids = await _parents_first(session, ids)
+    await session.rollback()  # the selection's snapshot is not held while acting
     for start in range(0, len(ids), CHUNK):
         chunk = ids[start : start + CHUNK]
         try:
@@ -184,6 +188,30 @@ async def run_bulk(
     await _audit(session, outcome, "dry_run" if dry_run else "ok", actor=actor, request=request)
     await session.commit()
     return outcome
+
+
+async def _parents_first(session: AsyncSession, ids: list[UUID]) -> list[UUID]:
+    """``ids`` (oldest first) with each job after those of them it depends on: a retry
+    refuses a job whose parent is still failed, and a batch's child listed before its
+    parent has the older id. Otherwise in their order."""
+    chosen = set(ids)
+    rows = await session.execute(select(Job.id, Job.depends_on).where(Job.id.in_(ids)))
+    waits = {r.id: [p for p in r.depends_on or () if p in chosen] for r in rows}
+    placed: set[UUID] = set()
+    ordered: list[UUID] = []
+    pending = ids
+    while pending:
+        later = []
+        for job_id in pending:
+            if all(p in placed for p in waits.get(job_id, ())):
+                ordered.append(job_id)
+                placed.add(job_id)
+            else:
+                later.append(job_id)
+        if len(later) == len(pending):  # a cycle, which submits refuse: as they came
+            return ordered + later
+        pending = later
+    return ordered
 
 
 async def _act_on_chunk(

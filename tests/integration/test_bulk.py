@@ -338,3 +338,25 @@ async def test_a_submitters_selection_reads_its_own_jobs_not_everyones(
     pages = await db.fetchval("SELECT relpages FROM pg_class WHERE relname = 'jobs'")
     # Walking the statuses' ranges would touch a page per job of theirs (thousands).
     assert used < 100 < pages, f"{key} {action} {statuses}: {used} buffers of {pages} pages"
+
+
+async def test_a_retry_reaches_a_parent_before_its_child_listed_first_in_its_batch(
+    client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    """Seen failing oldest first by (created_at, id) alone: the child, listed first in
+    its batch, had the older id, was reached while its parent was still failed and was
+    skipped (retried only by sending the request again)."""
+    r = await client.post("/jobs/batch", json={"jobs": [
+        {"ref": "b", "type": "demo.echo", "depends_on": ["@a"]},
+        {"ref": "a", "type": "demo.echo"},
+    ]})  # fmt: skip
+    assert r.status_code == 201, r.text
+    child, parent = (j["id"] for j in r.json()["jobs"])
+    await db.execute(
+        "UPDATE jobs SET status = 'failed' WHERE id = ANY($1::uuid[])",
+        [uuid.UUID(child), uuid.UUID(parent)],
+    )
+    answer = await bulk(client, {"action": "retry", "filter": {"status": ["failed"]}})
+    assert (answer["matched"], answer["changed"], answer["skipped"]) == (2, 2, 0), answer
+    now = await statuses(db)
+    assert now[parent] == "ready" and now[child] == "blocked"  # waits for its parent again
