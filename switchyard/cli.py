@@ -185,7 +185,8 @@ def list_jobs(
     ]  # fmt: skip
     echo_lines(display.table(columns, rows, display.terminal_width()))
     if data.get("next_cursor"):
-        say(f"(more: showing the newest {len(jobs)}; use --limit or filters)", err=True)
+        more = "filters" if len(jobs) < limit else "--limit or filters"  # a page of heavy jobs
+        say(f"(more: showing the newest {len(jobs)}; use {more})", err=True)
 
 
 @app.command()

@@ -9,7 +9,8 @@ halfway (a retry whose parent did not complete) undoes that job alone.
 The work is bounded: at most ``BULK_MAX_JOBS`` jobs per call, committed ``CHUNK`` at a
 time, so no transaction holds thousands of row locks while the scheduler waits for them.
 A dry run does exactly the same, then rolls each chunk back: its counts are what a real
-run would do now (but for jobs a later chunk's cascade would have changed first).
+run would do now (but for jobs a later chunk's cascade would have changed first, and a
+retry whose parent an earlier chunk would have retried: it counts as skipped).
 
 Whether it runs or not, one ``job.bulk`` audit row says who asked for what, and how it
 went. A chunk that fails for another reason (a deadlock with the scheduler's claim, a
@@ -23,6 +24,7 @@ again, a retried one is ``ready``), so a repeat acts on the rest.
 
 from __future__ import annotations
 
+import heapq
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -148,9 +150,9 @@ async def run_bulk(
     name_search_seconds: float | None,
 ) -> BulkOutcome:
     """Act on up to ``limit`` selected jobs, oldest first (a retry: each after the ones
-    it depends on); commits (or, dry, rolls back)
-    chunk by chunk, calling ``on_changed(action, result)`` for each job changed once its
-    chunk is committed (never on a dry run). ``request`` (the body, as JSON) goes into
+    it depends on); commits (or, dry, rolls back) chunk by chunk, calling
+    ``on_changed(action, result)`` for each job changed once its chunk is committed
+    (never on a dry run). ``request`` (the body, as JSON) goes into
     the ``job.bulk`` audit row. A selection with a name prefix is read for at most
     ``name_search_seconds`` (``SearchTooBroad`` past it, nothing done)."""
     chosen = selection_for(action, selection, actor=actor)
@@ -193,24 +195,29 @@ async def run_bulk(
 async def _parents_first(session: AsyncSession, ids: list[UUID]) -> list[UUID]:
     """``ids`` (oldest first) with each job after those of them it depends on: a retry
     refuses a job whose parent is still failed, and a batch's child listed before its
-    parent has the older id. Otherwise in their order."""
-    chosen = set(ids)
+    parent has the older id. Otherwise in their order: each step takes the earliest
+    job whose selected parents are placed (a heap of positions; linear in the edges)."""
+    position = {job_id: i for i, job_id in enumerate(ids)}
     rows = await session.execute(select(Job.id, Job.depends_on).where(Job.id.in_(ids)))
-    waits = {r.id: [p for p in r.depends_on or () if p in chosen] for r in rows}
-    placed: set[UUID] = set()
+    children: dict[UUID, list[UUID]] = {}
+    waiting = dict.fromkeys(ids, 0)  # selected parents not yet placed
+    for r in rows:
+        for parent in set(r.depends_on or ()) & position.keys():
+            children.setdefault(parent, []).append(r.id)
+            waiting[r.id] += 1
+    ready = [position[j] for j, n in waiting.items() if n == 0]
+    heapq.heapify(ready)
     ordered: list[UUID] = []
-    pending = ids
-    while pending:
-        later = []
-        for job_id in pending:
-            if all(p in placed for p in waits.get(job_id, ())):
-                ordered.append(job_id)
-                placed.add(job_id)
-            else:
-                later.append(job_id)
-        if len(later) == len(pending):  # a cycle, which submits refuse: as they came
-            return ordered + later
-        pending = later
+    while ready:
+        job_id = ids[heapq.heappop(ready)]
+        ordered.append(job_id)
+        for child in children.get(job_id, ()):
+            waiting[child] -= 1
+            if waiting[child] == 0:
+                heapq.heappush(ready, position[child])
+    if len(ordered) < len(ids):  # a cycle, which submits refuse: the rest as they came
+        placed = set(ordered)
+        ordered += [j for j in ids if j not in placed]
     return ordered
 
 

@@ -164,10 +164,11 @@ def _in_list_order(
     limit: int,
     newest_first: bool,
     past: _Key | None = None,
-) -> tuple[str, list[object]]:
+) -> tuple[str, list[object], str]:
     """The first ``limit`` selected jobs' ``columns`` (``created_at`` and ``id`` among
-    them) in list order, those past the keys ``past`` only; the statement and its
-    arguments."""
+    them) in list order, those past the keys ``past`` only; the statement, its
+    arguments, and the ORDER BY its rows come in (the leading column first where it is
+    read as a range: one value, so the same order)."""
     direction = " DESC" if newest_first else ""
     # The limit is a literal too: with ``LIMIT $1`` a generic plan is costed as if a
     # tenth of each range were read, so at millions of jobs PostgreSQL plans every
@@ -217,25 +218,32 @@ def _in_list_order(
         )
 
     arms = [arm(part) for part in _parts(selection)]
+    outer = ordered(leading) if as_range and leading else ordered()
     if len(arms) == 1:
-        return arms[0], args
+        return arms[0], args, outer
     # One value of the leading column: in its order too, the parts merge in list order.
     merged = " UNION ALL ".join(f"({a})" for a in arms)
-    outer = ordered(leading) if as_range and leading else ordered()
-    return f"SELECT * FROM ({merged}) arms ORDER BY {outer} LIMIT {rows}", args
+    return f"SELECT * FROM ({merged}) arms ORDER BY {outer} LIMIT {rows}", args, outer
 
 
-# What a page's payloads and results may weigh together: 1,000 jobs of a 256 KiB payload
-# and a 2 MiB result would be gigabytes in one answer. The jobs past it come on the next
-# page (a page holds at least one job).
+# What a page's jobs may weigh (their payloads, results, progress, errors and
+# dependencies): 1,000 jobs of a 256 KiB payload and a 2 MiB result would be gigabytes
+# in one answer. The jobs past it come on the next page (a page holds at least one job).
 PAGE_BYTES = 16 * 1024 * 1024
 # A JSON value's size as stored, read without detoasting it unless it is compressed
-# (then its text: the stored size would understate it by its compression ratio).
-_STORED_SIZE = (
+# (then its text: the stored size would understate it by its compression ratio). Text
+# has its length in its header, compressed or not.
+_JSON_SIZE = (
     "CASE WHEN pg_column_compression({c}) IS NULL THEN coalesce(pg_column_size({c}), 0)"
     " ELSE octet_length({c}::text) END"
 )
-_ROW_BYTES = f"{_STORED_SIZE.format(c='payload')} + {_STORED_SIZE.format(c='result')}"
+_ROW_BYTES = " + ".join(
+    [
+        *(_JSON_SIZE.format(c=c) for c in ("payload", "result", "progress")),
+        "coalesce(octet_length(error), 0)",
+        "coalesce(pg_column_size(depends_on), 0)",
+    ]
+)
 
 
 def page_query(
@@ -244,8 +252,9 @@ def page_query(
     """A keyset page newest first (``limit`` rows, as many as fit ``PAGE_BYTES``), and
     its arguments. Each row comes with ``page_bytes``, what the page weighs up to it."""
     past = decode_cursor(cursor) if cursor else None
-    page, args = _in_list_order(selection, columns="*", limit=limit, newest_first=True, past=past)
-    order = "created_at DESC, id DESC"
+    page, args, order = _in_list_order(
+        selection, columns="*", limit=limit, newest_first=True, past=past
+    )
     # Only rows that start within the budget leave the database, and the second whatever
     # the first weighs: a row past the budget says there is a next page.
     return (
@@ -279,7 +288,10 @@ async def list_page(
 
 def ids_query(selection: JobSelection, *, limit: int) -> tuple[str, list[object]]:
     """The first ``limit`` selected jobs' ids oldest first, and its arguments."""
-    return _in_list_order(selection, columns="id, created_at", limit=limit, newest_first=False)
+    statement, args, _ = _in_list_order(
+        selection, columns="id, created_at", limit=limit, newest_first=False
+    )
+    return statement, args
 
 
 async def select_ids(

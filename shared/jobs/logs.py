@@ -36,14 +36,15 @@ def encode_log_cursor(job_id: UUID, attempt: int, seq: int) -> str:
 
 def decode_log_cursor(cursor: str, job_id: UUID) -> tuple[int, int]:
     """(attempt, seq) of the last line of ``job_id``'s previous page; InvalidLogCursor
-    for anything else (a cursor of another job's logs would skip lines unseen)."""
+    for anything else (a cursor of another job's logs would skip lines unseen). A cursor
+    without its job (an older API's, during a rolling upgrade) is taken as it was."""
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
-        attempt_text, seq_text, job = raw.removeprefix("L").split(".")
+        attempt_text, seq_text, *job = raw.removeprefix("L").split(".")
         attempt, seq = int(attempt_text), int(seq_text)
         if not raw.startswith("L") or not (0 <= attempt <= _INT4_MAX and 0 <= seq <= _INT4_MAX):
             raise ValueError(raw)
-        if job != job_id.hex:
+        if job not in ([], [job_id.hex]):
             raise ValueError(raw)
     except ValueError:  # binascii.Error and UnicodeDecodeError are ValueErrors
         raise InvalidLogCursor(

@@ -6,6 +6,7 @@ import random
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+import aio_pika.exceptions
 import asyncpg
 import httpx
 import pytest
@@ -28,6 +29,18 @@ async def app(settings: Settings) -> AsyncIterator[object]:
     application = create_app(settings)
     async with application.router.lifespan_context(application):
         yield application
+
+
+async def queue_counts(broker: Broker, queue: str) -> tuple[int, int] | None:
+    """(ready messages, consumers) of ``queue``; None while it does not exist."""
+    channel = await broker._connection.channel()  # type: ignore[union-attr]
+    try:
+        declared = await channel.declare_queue(queue, passive=True)
+    except aio_pika.exceptions.ChannelNotFoundEntity:  # closes the channel
+        return None
+    await channel.close()
+    result = declared.declaration_result
+    return int(result.message_count or 0), int(result.consumer_count or 0)
 
 
 @contextlib.asynccontextmanager

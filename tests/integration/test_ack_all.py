@@ -11,6 +11,7 @@ from shared.broker.deliveries import Unsettled
 from shared.messages import JobCancel
 from shared.settings import Settings
 from tests.conftest import wait_for
+from tests.integration.conftest import queue_counts
 
 
 async def collect(broker: Broker, queue: str, n: int) -> tuple[list[Delivery], object]:
@@ -98,12 +99,9 @@ async def held_first(broker: Broker, queue: str) -> tuple[list[Delivery], asynci
 
 
 async def ready_in(broker: Broker, queue: str) -> int:
-    channel = await broker._connection.channel()  # type: ignore[union-attr]
-    try:
-        declared = await channel.declare_queue(queue, passive=True)
-        return int(declared.declaration_result.message_count or 0)
-    finally:
-        await channel.close()
+    counts = await queue_counts(broker, queue)
+    assert counts is not None, f"{queue} is gone"
+    return counts[0]
 
 
 async def test_a_batch_ack_never_settles_a_delivery_still_on_its_way(settings: Settings) -> None:

@@ -193,3 +193,23 @@ async def test_a_page_of_heavy_jobs_is_bounded_in_bytes_and_the_rest_follows(
             break
         params["cursor"] = page["next_cursor"]
     assert seen == expected and pages >= 2
+
+
+async def test_long_errors_count_toward_a_pages_bytes(
+    client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    """Seen failing with only payloads and results weighed: 160 failed jobs' errors of
+    150,000 characters came in one answer of ~24 MiB."""
+    await db.execute(INSERT_MIXED, T0)
+    await db.execute("UPDATE jobs SET error = repeat('e', 150000)")
+    pages, seen = 0, 0
+    params: dict[str, object] = {"limit": 1000}
+    while True:
+        r = await client.get("/jobs", params=params)
+        assert r.status_code == 200 and len(r.content) < 18 * 1024 * 1024, len(r.content)
+        seen += len(r.json()["items"])
+        pages += 1
+        if r.json()["next_cursor"] is None:
+            break
+        params["cursor"] = r.json()["next_cursor"]
+    assert seen == 160 and pages >= 2

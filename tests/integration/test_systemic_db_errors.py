@@ -18,10 +18,11 @@ import pytest
 
 from services.logger.logger import HistoryLogger
 from services.scheduler.cycle import Scheduler
-from shared.broker import Broker
+from shared.broker import Broker, Topology
 from shared.messages import JobLog, WorkerCapacity, WorkerHeartbeat
 from shared.settings import Settings
 from tests.conftest import wait_for
+from tests.integration.conftest import queue_counts
 
 # SQLSTATE raised by the fault, and what it stands for.
 FAULTS = {
@@ -62,11 +63,22 @@ async def fault_hits(db: asyncpg.Connection) -> int:
 
 
 async def run_in_background(
-    run: Callable[[asyncio.Event], Awaitable[None]],
+    run: Callable[[asyncio.Event], Awaitable[None]], settings: Settings, queue: str
 ) -> AsyncIterator[asyncio.Event]:
+    """``run`` in the background, once it consumes ``queue``: a message published
+    before its queue is declared and bound is routed nowhere."""
     stop = asyncio.Event()
     task = asyncio.create_task(run(stop))
     try:
+        async with Broker(settings.amqp_url, settings.namespace, name="test-probe") as probe:
+
+            async def consuming() -> bool:
+                if task.done():
+                    task.result()  # it failed to start: say why
+                counts = await queue_counts(probe, queue)
+                return counts is not None and counts[1] > 0
+
+            await wait_for(consuming, timeout=20, what=f"a consumer on {queue}")
         yield stop
     finally:
         stop.set()
@@ -75,13 +87,15 @@ async def run_in_background(
 
 @pytest.fixture
 async def logger_running(settings: Settings) -> AsyncIterator[None]:
-    async for _ in run_in_background(HistoryLogger(settings).run):
+    queue = Topology(settings.namespace).logger_queue
+    async for _ in run_in_background(HistoryLogger(settings).run, settings, queue):
         yield
 
 
 @pytest.fixture
 async def scheduler_running(settings: Settings) -> AsyncIterator[None]:
-    async for _ in run_in_background(Scheduler(settings).run):
+    queue = Topology(settings.namespace).scheduler_queue
+    async for _ in run_in_background(Scheduler(settings).run, settings, queue):
         yield
 
 
@@ -181,20 +195,7 @@ async def test_the_scheduler_holds_its_inbox_through_a_systemic_error(
     await install_fault(db, "workers", sqlstate)
     workers = [f"sys-{i}" for i in range(4)]
     async with Broker(settings.amqp_url, settings.namespace, name="test-sender") as broker:
-
-        async def consuming() -> bool:
-            """The active scheduler consumes its queue: it was declared and bound first
-            (a queue merely declared may not be bound yet, and a heartbeat published
-            then is routed nowhere)."""
-            try:
-                channel = await broker._connection.channel()  # type: ignore[union-attr]
-                queue = await channel.declare_queue(broker.topology.scheduler_queue, passive=True)
-                await channel.close()
-            except Exception:
-                return False
-            return bool(queue.declaration_result.consumer_count)
-
-        await wait_for(consuming, timeout=20, what="the scheduler leading")
+        # (scheduler_running waited for the active scheduler to consume its queue)
         await broker.publish_many([(heartbeat(w), None) for w in workers])
 
         await wait_for(
