@@ -10,6 +10,7 @@ import uvicorn
 from sqlalchemy.exc import SQLAlchemyError
 
 from services.api.app import create_app, preflight
+from services.api.redact import redact_uvicorn_logs
 from shared.errors import ConfigError
 from shared.service import service_parser, tune_gc
 from shared.settings import get_settings
@@ -42,6 +43,7 @@ def main(argv: list[str]) -> int:
         access_log=False,
         lifespan="on",
     )
+    redact_uvicorn_logs()  # after uvicorn.Config: it configures its loggers
     server = uvicorn.Server(config)
     tune_gc()
     server.run()

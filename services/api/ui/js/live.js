@@ -60,7 +60,7 @@ export class LiveStream {
       for (const one of Array.isArray(value) ? value : [value]) params.append(name, one);
     }
     // A browser's WebSocket cannot send an Authorization header: the stream takes the
-    // key as ?token= (the API writes no access log, so it is not logged).
+    // key as ?token= (the API's log lines show it as token=[redacted]).
     const key = getKey();
     if (key) params.set("token", key);
     return `${scheme}//${window.location.host}/jobs/stream?${params}`;
