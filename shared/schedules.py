@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from croniter import croniter
 from pydantic import ValidationError
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from uuid_utils.compat import uuid7
 
@@ -116,9 +117,15 @@ async def create_schedule(
         next_run_at=next_fire(body.cron, tz, datetime.now(UTC)),
         created_by=actor.key_id,
     )
-    session.add(row)
-    session.add(_audit(actor, "schedule.create", row.id))
-    await session.flush()
+    try:
+        async with session.begin_nested():  # a name taken meanwhile undoes this alone
+            session.add(row)
+            session.add(_audit(actor, "schedule.create", row.id))
+            await session.flush()
+    except IntegrityError as exc:
+        if "schedules_name_key" not in str(exc.orig):
+            raise
+        raise JobConflict(f"name: a schedule named {body.name!r} exists already") from None
     await session.refresh(row)
     return row
 

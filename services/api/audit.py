@@ -78,7 +78,7 @@ def action_of(request: Request) -> str:
 
 async def audit_refusal(request: Request, status_code: int, detail: Any) -> None:
     """Append one row for a refused mutating request, in its own transaction."""
-    if request.method not in MUTATING:
+    if getattr(request, "method", "WEBSOCKET") not in MUTATING:
         return
     state = request.app.state
     sessionmaker = getattr(state, "sessionmaker", None)

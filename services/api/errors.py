@@ -218,18 +218,14 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(asyncio.TimeoutError)
     async def unexpected(request: Request, exc: Exception) -> Response:
         if is_db_outage(exc):
-            log.warning(
-                "database unavailable during %s %s: %s", request.method, request.url.path, exc
-            )
+            log.warning("database unavailable during %s: %s", _what(request), exc)
             return JSONResponse(
                 {"detail": "the database is unavailable; nothing was changed, retry shortly"},
                 status_code=503,
                 headers={"Retry-After": "2"},
             )
         if is_transient_conflict(exc):
-            log.warning(
-                "conflict in %s %s (rolled back): %s", request.method, request.url.path, exc
-            )
+            log.warning("conflict in %s (rolled back): %s", _what(request), exc)
             return JSONResponse(
                 {"detail": "the request collided with a concurrent change and was rolled "
                            "back; nothing was changed, retry it"},
@@ -237,6 +233,11 @@ def install_error_handlers(app: FastAPI) -> None:
                 headers={"Retry-After": "1"},
             )  # fmt: skip
         error_id = new_error_id()
-        log.exception("database error %s in %s %s", error_id, request.method, request.url.path)
+        log.exception("database error %s in %s", error_id, _what(request))
         await audit_refusal(request, 500, f"internal error {error_id}")
         return Response(_internal_error_body(error_id), 500, media_type="application/json")
+
+
+def _what(request: Request) -> str:
+    """The request a log line is about; a WebSocket's handshake has no method."""
+    return f"{getattr(request, 'method', 'WEBSOCKET')} {request.url.path}"

@@ -322,3 +322,27 @@ async def test_an_unknown_query_parameter_is_422_naming_it(
     row = await last_audit(db)
     assert (row["action"], row["status_code"]) == ("job.submit", 422)
     assert (await http.get("/jobs", params={"status": "failed"})).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("failure", "status"), [(ConnectionRefusedError(), 503), (ValueError("a bug"), 500)]
+)
+async def test_a_database_failure_in_a_websocket_is_reported_not_a_second_error(
+    app: object, failure: Exception, status: int
+) -> None:
+    """Seen failing when the handlers logged request.method: a WebSocket has none, and
+    the report of an outage (or of a bug) itself raised AttributeError (a helper saw it
+    with the API's pool exhausted by replay sockets)."""
+
+    async def nothing() -> dict[str, object]:
+        return {"type": "websocket.disconnect"}
+
+    async def ignore(_: object) -> None:
+        return None
+
+    scope = {"type": "websocket", "path": "/jobs/stream", "headers": [], "query_string": b"",
+             "app": app, "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 8000),
+             "scheme": "ws", "root_path": ""}  # fmt: skip
+    handler = app.exception_handlers[OSError]  # type: ignore[attr-defined]
+    answer = await handler(WebSocket(scope, nothing, ignore), failure)
+    assert answer.status_code == status

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import UTC, datetime
 
@@ -84,3 +85,16 @@ async def test_schedule_lifecycle(client: httpx.AsyncClient, db: asyncpg.Connect
         )
     ]
     assert actions == ["schedule.create", "schedule.update", "schedule.delete"]
+
+
+async def test_one_name_created_at_once_by_many_is_one_schedule_and_409s(
+    client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    """Seen failing with the name checked, then inserted: requests that all found it free
+    hit the unique constraint, answered 500."""
+    body = {"name": "raced", "cron": "0 0 * * *", "job": {"type": "demo.echo"}}
+    answers = await asyncio.gather(*(client.post("/schedules", json=body) for _ in range(20)))
+    codes = sorted(r.status_code for r in answers)
+    assert codes == [201] + [409] * 19, codes
+    assert all("exists already" in r.json()["detail"] for r in answers if r.status_code == 409)
+    assert await db.fetchval("SELECT count(*) FROM schedules WHERE name = 'raced'") == 1
