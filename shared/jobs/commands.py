@@ -12,13 +12,15 @@ from uuid import UUID
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.auth import Actor
-from shared.errors import JobConflict, PermissionDenied
+from shared.errors import InvalidJobRequest, JobConflict, PermissionDenied
 from shared.jobs import reads, transitions
 from shared.messages import JobStateChanged
 from shared.models import AuditEntry, Job
 from shared.states import CANCELLABLE_AT_ONCE, TERMINAL, JobStatus
 
 S = JobStatus
+# The jobs one retry with dependents may requeue (as many as a bulk call acts on).
+RETRY_DEPENDENTS_MAX = 1000
 
 
 def _check_owner(job: Job, actor: Actor, *, verb: str, hint: str = "") -> None:
@@ -81,6 +83,14 @@ async def retry_job(
     frontier = [job.id] if dependents else []
     while frontier:
         children = await reads.failed_by_dependency(session, frontier)
+        if len(events) + len(children) > RETRY_DEPENDENTS_MAX:
+            # One transaction holds every row it requeues, and the parents it locks
+            # (another key's job among them), from the first to the commit.
+            raise InvalidJobRequest(
+                f"dependents: retrying job {job_id} with its dependents would requeue more "
+                f"than {RETRY_DEPENDENTS_MAX} jobs; nothing was changed. Retry them with "
+                "POST /jobs/bulk (action retry: parents before children, 1,000 a call)"
+            )
         for child in children:
             # Every job it touches is the actor's to retry (nothing is kept on refusal).
             _check_owner(child, actor, verb="retry")

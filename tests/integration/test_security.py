@@ -335,3 +335,23 @@ async def test_metrics_need_a_valid_key_when_the_setting_asks_for_one(settings: 
             ok = await c.get("/metrics", headers=auth(VIEWER_KEY))
             assert ok.status_code == 200
             assert "switchyard_" in ok.text
+
+
+async def test_a_retry_with_more_dependents_than_a_call_may_requeue_changes_nothing(
+    client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    """Seen failing without the bound: the whole chain was requeued in one transaction
+    (a helper's 10,000-deep chain held it, and a parent's row lock, for 75 s)."""
+    chain = [{"ref": "0", "type": "demo.echo", "run_at": "2999-01-01T00:00:00Z"}] + [
+        {"ref": str(i), "type": "demo.echo", "depends_on": [f"@{i - 1}"]} for i in range(1, 1002)
+    ]
+    r = await client.post("/jobs/batch", json={"jobs": chain})
+    assert r.status_code == 201, r.text
+    root = r.json()["jobs"][0]["id"]
+    assert (await client.patch(f"/jobs/{root}/cancel")).status_code == 200
+    before = await db.fetch("SELECT id, status FROM jobs ORDER BY id")
+    assert sum(row["status"] == "failed" for row in before) == 1001
+    r = await client.post(f"/jobs/{root}/retry?dependents=true")
+    assert r.status_code == 422, r.text
+    assert "more than 1000 jobs" in r.json()["detail"] and "POST /jobs/bulk" in r.json()["detail"]
+    assert await db.fetch("SELECT id, status FROM jobs ORDER BY id") == before
