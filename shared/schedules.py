@@ -105,8 +105,6 @@ async def create_schedule(
 ) -> Schedule:
     tz = parse_cron(body.cron, body.timezone)
     await _check_job(session, catalog, body.job, actor, limits)
-    if await session.scalar(select(Schedule.id).where(Schedule.name == body.name)):
-        raise JobConflict(f"name: a schedule named {body.name!r} exists already")
     row = Schedule(
         id=uuid7(),
         name=body.name,
@@ -118,7 +116,7 @@ async def create_schedule(
         created_by=actor.key_id,
     )
     try:
-        async with session.begin_nested():  # a name taken meanwhile undoes this alone
+        async with session.begin_nested():  # a name taken (even meanwhile) undoes this alone
             session.add(row)
             session.add(_audit(actor, "schedule.create", row.id))
             await session.flush()

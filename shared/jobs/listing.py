@@ -36,7 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.db import GENERIC_PLANS, session_connection
 from shared.errors import SearchTooBroad
-from shared.jobs.reads import decode_cursor, encode_cursor
+from shared.jobs.reads import decode_cursor, encode_cursor, within_budget
 from shared.jobs.sql import status_list
 from shared.schemas import Priority
 from shared.states import TERMINAL, WAITING, JobStatus
@@ -275,15 +275,14 @@ async def list_page(
     name_search_seconds: float | None,
 ) -> tuple[list[Any], str | None]:
     """Newest first, keyset-paginated on (created_at, id): each page is an index scan,
-    of at most ``limit`` jobs and ``PAGE_BYTES`` of their payloads and results.
+    of at most ``limit`` jobs and ``PAGE_BYTES`` (``page_query``).
     With a name prefix, read for at most ``name_search_seconds`` (see ``_fetch``; the
     API's ``SWITCHYARD_MAX_NAME_SEARCH_SECONDS``)."""
     statement, args = page_query(selection, limit=limit + 1, cursor=cursor)
     rows = await _fetch(session, selection, statement, args, name_search_seconds)
     jobs = [SimpleNamespace(**dict(r)) for r in rows]
-    page = [j for j in jobs[:limit] if j.page_bytes <= PAGE_BYTES] or jobs[:1]
-    next_cursor = encode_cursor(page[-1]) if len(jobs) > len(page) else None
-    return page, next_cursor
+    page, more = within_budget(jobs, limit, PAGE_BYTES, lambda job: job.page_bytes)
+    return page, encode_cursor(page[-1]) if more else None
 
 
 def ids_query(selection: JobSelection, *, limit: int) -> tuple[str, list[object]]:

@@ -13,7 +13,7 @@ from uuid import UUID
 from sqlalchemy import func, or_, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from shared.jobs.reads import get_job
+from shared.jobs.reads import get_job, within_budget
 from shared.models import JobExecution, JobLogLine
 from shared.schemas import ExecutionRead, JobLogs, LogLine
 
@@ -85,8 +85,7 @@ async def job_log_page(
             .order_by(sized.c.attempt, sized.c.seq)
         )
     )
-    page = [r for r in rows[:limit] if r.through <= LOG_PAGE_BYTES] or rows[:1]
-    more = len(rows) > len(page)
+    page, more = within_budget(rows, limit, LOG_PAGE_BYTES, lambda row: row.through)
     return JobLogs(
         executions=[
             ExecutionRead(

@@ -8,9 +8,9 @@ scheduler's reads are statements of ``shared.jobs.sql`` (the list page is the st
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 import asyncpg
@@ -36,6 +36,19 @@ async def get_job(session: AsyncSession, job_id: UUID, *, for_update: bool = Fal
     if job is None:
         raise JobNotFound(f"no job with id {job_id}")
     return job
+
+
+Row = TypeVar("Row")
+
+
+def within_budget(
+    rows: Sequence[Row], limit: int, budget: int, weighed: Callable[[Row], int]
+) -> tuple[list[Row], bool]:
+    """A page read with one row past its ``limit`` and with the first row past its byte
+    ``budget`` (``weighed``: what the page weighs up to and with a row): the rows within
+    both (the first one always), and whether more follow."""
+    page = [r for r in rows[:limit] if weighed(r) <= budget] or list(rows[:1])
+    return page, len(rows) > len(page)
 
 
 def encode_cursor(job: Any) -> str:
