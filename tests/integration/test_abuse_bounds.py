@@ -248,3 +248,13 @@ async def test_a_refused_key_counts_when_its_client_leaves_during_the_lookup(
     await wait_for(both_charged, timeout=10, what="the two refusals counted")
     got = await handshake(tight_url, auth(f"wrong-{uuid.uuid4()}"), job)
     assert got is not None and got[0] == 1013
+
+
+async def test_an_empty_authorization_header_leaves_the_token_in_the_url(tight_url: str) -> None:
+    """Seen failing with a blank Authorization header read as 'no key': it hid ?token=
+    (1008 missing API key), as it did not before the middleware read the key."""
+    job = await some_job(tight_url)
+    url = f"ws://{tight_url}/jobs/stream?job_id={job}&replay=true&token={VIEWER_KEY}"
+    async with websockets.connect(url, additional_headers={"Authorization": ""}) as ws:
+        first = await asyncio.wait_for(ws.recv(), timeout=10)
+    assert job in str(first)
