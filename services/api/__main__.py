@@ -10,6 +10,7 @@ import uvicorn
 from sqlalchemy.exc import SQLAlchemyError
 
 from services.api.app import create_app, preflight
+from services.api.connections import HttpProtocol, WebSocketProtocol
 from services.api.redact import redact_uvicorn_logs
 from shared.errors import ConfigError
 from shared.service import service_parser, tune_gc
@@ -42,6 +43,8 @@ def main(argv: list[str]) -> int:
         log_level="info",
         access_log=False,
         lifespan="on",
+        http=HttpProtocol,
+        ws=WebSocketProtocol,
     )
     redact_uvicorn_logs()  # after uvicorn.Config: it configures its loggers
     server = uvicorn.Server(config)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
+import time
 
 import httpx
 import pytest
 
+from services.api.connections import HEADERS_SECONDS
 from tests.conftest import ADMIN_KEY, auth
 from tests.e2e.conftest import free_port
 
@@ -76,3 +79,50 @@ def test_dev_mode_without_keys_acts_as_admin(
     assert r.status_code == 201
     assert r.json()["created_by"] == "dev"
     assert "dev" in proc.output().lower()
+
+
+@pytest.mark.parametrize(
+    ("extra_query", "extra_headers", "status"),
+    [
+        ("&job_id=" + "0" * 9000, "", b"414"),  # the request line past 8 KiB
+        ("", "X-Padding: " + "p" * 9000 + "\r\n", b"431"),  # one header line past 8 KiB
+        ("", "".join(f"X-Padding-{i}: 1\r\n" for i in range(200)), b"431"),  # too many
+    ],
+)
+def test_a_handshake_too_large_to_read_is_answered_and_closed(
+    api_url: str, extra_query: str, extra_headers: str, status: bytes
+) -> None:
+    """Seen failing before services/api/connections.py: no answer in 10 s, the connection
+    left open (uvicorn never wrote the refusal the websockets library prepared)."""
+    port = int(api_url.rsplit(":", 1)[1])
+    request = (
+        f"GET /jobs/stream?token={ADMIN_KEY}{extra_query} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"{extra_headers}Upgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        conn.sendall(request.encode())
+        answer = b""
+        while chunk := conn.recv(65536):  # until the server closes (a timeout fails)
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 " + status), answer[:200]
+    assert b"Failed to open a WebSocket connection" in answer
+    # The API still serves.
+    assert httpx.get(f"{api_url}/jobs?limit=1", headers=auth(ADMIN_KEY)).status_code == 200
+
+
+def test_a_connection_that_never_completes_its_request_is_closed(api_url: str) -> None:
+    """Seen failing before services/api/connections.py: both connections still open
+    after 20 s (uvicorn waits for a request's headers for ever)."""
+    port = int(api_url.rsplit(":", 1)[1])
+    idle = socket.create_connection(("127.0.0.1", port), timeout=HEADERS_SECONDS + 10)
+    partial = socket.create_connection(("127.0.0.1", port), timeout=HEADERS_SECONDS + 10)
+    slow = socket.create_connection(("127.0.0.1", port), timeout=HEADERS_SECONDS + 10)
+    with idle, partial, slow:
+        opened = time.monotonic()
+        partial.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # never finished
+        slow.sendall(b"GET /healthz HTTP/1.1\r\n")  # finished in time: served
+        slow.sendall(b"Host: 127.0.0.1\r\n\r\n")
+        assert slow.recv(65536).startswith(b"HTTP/1.1 200"), "a request in time is served"
+        assert partial.recv(65536) == b"" and idle.recv(65536) == b""  # closed, no answer
+        assert time.monotonic() - opened >= HEADERS_SECONDS - 1

@@ -13,6 +13,7 @@ import pytest
 import uvicorn
 
 from services.api.app import create_app
+from services.api.connections import HttpProtocol, WebSocketProtocol
 from services.scheduler.database import Database
 from services.scheduler.dispatch import Dispatcher
 from services.scheduler.fleet import Fleet
@@ -48,7 +49,7 @@ async def served(app: object) -> AsyncIterator[str]:
     """``app`` (its lifespan already running) behind a real HTTP server, as
     ``127.0.0.1:<port>`` (WebSocket handshakes need one)."""
     config = uvicorn.Config(app, host="127.0.0.1", port=free_port(), lifespan="off",  # type: ignore[arg-type]
-                            log_level="warning", ws="websockets-sansio")  # fmt: skip
+                            log_level="warning", http=HttpProtocol, ws=WebSocketProtocol)  # fmt: skip
     server = uvicorn.Server(config)
     serving = asyncio.create_task(server.serve())
 
