@@ -29,6 +29,8 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 from starlette.requests import Request
 from starlette.responses import HTMLResponse
 
+from services.api.errors import INTERNAL_ERROR
+from services.api.middleware import TRY_AGAIN_LATER
 from services.api.routers.stream import MAX_REPLAY_JOBS, POLICY_VIOLATION, REPLAY_BYTES
 from services.api.static import StaticFilesWithHeaders
 from shared.states import JobStatus
@@ -203,8 +205,10 @@ CLOSE_CODES = {
     "socket within about `SWITCHYARD_WS_KEY_RECHECK_SECONDS`), a bad parameter, or more than "
     "`SWITCHYARD_WS_MAX_SOCKETS_PER_KEY` sockets for the key on this replica; the close "
     "reason says which. The socket is accepted first, then closed before any event.",
-    "1011": "an unexpected error: the reason is `internal error <id>`, the id of the "
-    "traceback in the API's log",
+    str(TRY_AGAIN_LATER): "over a rate limit (the reason says how long to wait), or the "
+    "database unavailable: connect again after a while",
+    str(INTERNAL_ERROR): "an unexpected error: the reason is `internal error <id>`, the id "
+    "of the traceback in the API's log",
 }
 _EVENT_DATA = {
     "state": "`old_status`, `new_status`, `type`, `worker_id`, `reason` (and `replay`)",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -104,6 +105,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.hub.listeners.append(app.state.metrics.observe)
         await app.state.hub.start()
         app.state.limits = Limits.from_settings(settings)
+        app.state.replay_reads = asyncio.Semaphore(stream.REPLAY_READS)
         # Dev mode without keys: requests without a key act as admin.
         app.state.open_dev_mode = settings.dev and not settings.api_keys
         if app.state.open_dev_mode:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from typing import Any
@@ -15,8 +16,10 @@ from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.websockets import WebSocket, WebSocketState
 
 from services.api.audit import audit_refusal
+from services.api.middleware import TRY_AGAIN_LATER
 from shared.db import is_db_outage, is_transient_conflict
 from shared.errors import (
     InvalidJobRequest,
@@ -30,6 +33,8 @@ from shared.jobs.bulk import BulkInterrupted
 from shared.jsonvalues import printable
 
 log = logging.getLogger(__name__)
+
+INTERNAL_ERROR = 1011  # a WebSocket's close code for an unexpected error
 
 STATUS_OF: dict[type[JobRequestError], int] = {
     InvalidJobRequest: 422,
@@ -131,7 +136,7 @@ class CatchUnexpected:
         try:
             if scope["type"] == "websocket":
                 if not closed:  # before accept this refuses the handshake, after it closes
-                    await send({"type": "websocket.close", "code": 1011,
+                    await send({"type": "websocket.close", "code": INTERNAL_ERROR,
                                 "reason": f"internal error {error_id}"})  # fmt: skip
                 return
             if started:
@@ -216,28 +221,44 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(asyncpg.InternalClientError)
     @app.exception_handler(OSError)
     @app.exception_handler(asyncio.TimeoutError)
-    async def unexpected(request: Request, exc: Exception) -> Response:
+    async def unexpected(request: Request, exc: Exception) -> Response | None:
         if is_db_outage(exc):
             log.warning("database unavailable during %s: %s", _what(request), exc)
-            return JSONResponse(
-                {"detail": "the database is unavailable; nothing was changed, retry shortly"},
-                status_code=503,
-                headers={"Retry-After": "2"},
-            )
+            detail = "the database is unavailable; nothing was changed, retry shortly"
+            return await _unavailable(request, detail, retry_after=2)
         if is_transient_conflict(exc):
             log.warning("conflict in %s (rolled back): %s", _what(request), exc)
-            return JSONResponse(
-                {"detail": "the request collided with a concurrent change and was rolled "
-                           "back; nothing was changed, retry it"},
-                status_code=503,
-                headers={"Retry-After": "1"},
-            )  # fmt: skip
+            detail = ("the request collided with a concurrent change and was rolled back; "
+                      "nothing was changed, retry it")  # fmt: skip
+            return await _unavailable(request, detail, retry_after=1)
         error_id = new_error_id()
         log.exception("database error %s in %s", error_id, _what(request))
+        if isinstance(request, WebSocket):
+            await _close(request, INTERNAL_ERROR, f"internal error {error_id}")
+            return None
         await audit_refusal(request, 500, f"internal error {error_id}")
         return Response(_internal_error_body(error_id), 500, media_type="application/json")
 
 
-def _what(request: Request) -> str:
+async def _unavailable(
+    request: Request | WebSocket, detail: str, *, retry_after: int
+) -> Response | None:
+    """503 with Retry-After; a WebSocket is closed 1013 (try again later) with the detail."""
+    if isinstance(request, WebSocket):
+        await _close(request, TRY_AGAIN_LATER, detail)
+        return None
+    headers = {"Retry-After": str(retry_after)}
+    return JSONResponse({"detail": detail}, status_code=503, headers=headers)
+
+
+async def _close(websocket: WebSocket, code: int, reason: str) -> None:
+    """A WebSocket's answer to an error: a close with the reason (an HTTP answer cannot
+    follow its handshake; before the handshake, the close refuses it)."""
+    if websocket.application_state != WebSocketState.DISCONNECTED:
+        with contextlib.suppress(RuntimeError, OSError):  # the client is gone
+            await websocket.close(code, reason=reason)
+
+
+def _what(request: Request | WebSocket) -> str:
     """The request a log line is about; a WebSocket's handshake has no method."""
     return f"{getattr(request, 'method', 'WEBSOCKET')} {request.url.path}"

@@ -48,6 +48,10 @@ MAX_REPLAY_JOBS = 100  # jobs one socket may ask a replay of
 # The replay's lines, all jobs together, in characters of JSON: a replay of 100 jobs of
 # 1,000 long lines each must not be held in memory (the rest: GET /jobs/{id}/logs).
 REPLAY_BYTES = 8 * 1024 * 1024
+# Replay reads under way at once on a replica, all sockets together. Each holds a pooled
+# connection: 50 sockets replaying 100 jobs each took every one of them, and requests and
+# other replays waited for one until they failed (5 s). The rest of a replay waits here.
+REPLAY_READS = 4
 
 
 class BadRequest(Exception):
@@ -199,15 +203,16 @@ async def send_replay(
     lines together at most ``REPLAY_BYTES``), its progress, then its state. Lines left
     out are announced first, with how many.
 
-    Each job's frames are read in a session of their own and sent after it is closed:
-    a client that does not read its socket must not hold a pooled connection."""
+    Each job's frames are read in a session of their own (at most ``REPLAY_READS`` such
+    reads at once on the replica) and sent after it is closed: a client that does not
+    read its socket must not hold a pooled connection."""
     state = websocket.app.state
     assert stream_filter.job_ids is not None
-    async with state.sessionmaker() as session:
+    async with state.replay_reads, state.sessionmaker() as session:
         jobs = list(await session.scalars(select(Job).where(Job.id.in_(stream_filter.job_ids))))
     budget = REPLAY_BYTES
     for job in sorted(jobs, key=lambda j: j.created_at):
-        async with state.sessionmaker() as session:
+        async with state.replay_reads, state.sessionmaker() as session:
             frames, budget = await replay_frames(session, state, job, since, sent, budget)
         for frame in frames:
             await websocket.send_text(frame)
