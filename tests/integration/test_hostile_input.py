@@ -233,6 +233,28 @@ async def test_websocket_since_out_of_range_closes_1008_with_a_reason(
     assert "since" in closed.value.rcvd.reason
 
 
+@pytest.mark.parametrize(
+    ("params", "reason"),
+    [
+        ({"jobid": SOME_ID}, "unknown parameter 'jobid'"),  # would stream every job
+        ({"job_id": SOME_ID, "replay": "ture"}, "replay: true or false"),
+        ({"job_id": SOME_ID, "replay": "maybe"}, "replay: true or false"),
+    ],
+)
+async def test_websocket_misspelt_parameters_close_1008_with_a_reason(
+    base_url: str, params: dict[str, str], reason: str
+) -> None:
+    """Seen failing: the socket was served (jobid= ignored: every job's events; replay=
+    anything but true read as false)."""
+    url = base_url.replace("http://", "ws://") + "/jobs/stream"
+    query = httpx.QueryParams(params)
+    async with websockets.connect(f"{url}?{query}", additional_headers=auth(ADMIN_KEY)) as ws:
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await asyncio.wait_for(ws.recv(), timeout=5)
+    assert closed.value.rcvd is not None
+    assert (closed.value.rcvd.code, closed.value.rcvd.reason[: len(reason)]) == (1008, reason)
+
+
 async def test_hostile_text_never_reaches_an_error_answer_or_the_audit_log_raw(
     http: httpx.AsyncClient, db: asyncpg.Connection
 ) -> None:

@@ -38,6 +38,7 @@ from services.api.middleware import (
     websocket_token,
 )
 from services.api.stream import StreamFilter, Subscriber, TooManySockets, envelope, iso
+from shared.jsonvalues import printable
 from shared.models import Job, JobLogLine
 from shared.schemas import check_time_range
 from shared.states import JobStatus
@@ -58,7 +59,17 @@ class BadRequest(Exception):
     pass
 
 
+STREAM_PARAMETERS = ("job_id", "type", "status", "replay", "since", "token")
+YES_NO = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+
+
 def parse_filter(params: Any) -> tuple[StreamFilter, bool, datetime | None]:
+    # A misspelt parameter is refused, as on every HTTP route: ignored, ``jobid=`` would
+    # stream every job's events and ``replay=ture`` none of the past.
+    unknown = sorted({name for name in params if name not in STREAM_PARAMETERS})
+    if unknown:
+        raise BadRequest(f"unknown parameter {printable(unknown[0])[:40]!r}; this stream "
+                         f"takes {', '.join(STREAM_PARAMETERS)}")  # fmt: skip
     try:
         job_ids = frozenset(UUID(v) for v in params.getlist("job_id")) or None
     except ValueError:
@@ -67,7 +78,9 @@ def parse_filter(params: Any) -> tuple[StreamFilter, bool, datetime | None]:
     statuses = frozenset(params.getlist("status")) or None
     if statuses and not statuses <= {s.value for s in JobStatus}:
         raise BadRequest(f"status: one of {', '.join(s.value for s in JobStatus)}")
-    replay = params.get("replay", "false").lower() in ("1", "true", "yes")
+    replay = YES_NO.get(params.get("replay", "false").lower())
+    if replay is None:
+        raise BadRequest("replay: true or false")
     if replay and not job_ids:
         raise BadRequest("replay needs job_id")
     if replay and job_ids and len(job_ids) > MAX_REPLAY_JOBS:
