@@ -147,8 +147,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Around everything, the rate limit too: whatever escapes still gets a JSON 500.
     app.add_middleware(CatchUnexpected)
     app.include_router(health.router)
+    app.include_router(stream.router)  # first: its GET /jobs/stream before /jobs/{job_id}
     app.include_router(jobs.router)
-    app.include_router(stream.router)
     app.include_router(observe.router)
     app.include_router(keys.router)
     app.include_router(audit.router)

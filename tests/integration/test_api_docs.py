@@ -26,6 +26,7 @@ from services.api.routers.stream import replay_frames
 from services.api.stream import to_envelope
 from shared.messages import JobLog, JobProgress, JobStateChanged
 from shared.models import Job
+from tests.conftest import ADMIN_KEY, auth
 
 BASE = "http://switchyard.test"
 # What each kind of asset must be served as; anything else fails the test.
@@ -139,6 +140,17 @@ async def test_openapi_documents_the_stream(public_client: httpx.AsyncClient) ->
         assert words in tag["description"], words
     # The stream is no HTTP operation: nothing for an HTTP client or a fuzzer to call.
     assert "/jobs/stream" not in schema["paths"]
+
+
+async def test_the_stream_over_plain_http_says_it_is_a_websocket(
+    public_client: httpx.AsyncClient,
+) -> None:
+    """Seen failing: 401 without a key, and with one 422 'path.job_id: Input should be a
+    valid UUID' (the path read as GET /jobs/{job_id})."""
+    for params in ({}, {"job_id": str(uuid4()), "replay": "true"}):
+        r = await public_client.get("/jobs/stream", params=params, headers=auth(ADMIN_KEY))
+        assert r.status_code == 426 and r.headers["upgrade"] == "websocket"
+        assert "is a WebSocket" in r.json()["detail"]
 
 
 def event_validator(schema: dict[str, Any]) -> jsonschema.protocols.Validator:

@@ -23,7 +23,8 @@ from typing import Any
 from uuid import UUID
 
 import orjson
-from fastapi import APIRouter, HTTPException, WebSocket, WebSocketDisconnect
+from fastapi import APIRouter, HTTPException, Request, WebSocket, WebSocketDisconnect
+from fastapi.responses import JSONResponse
 from sqlalchemy import func, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.websockets import WebSocketState
@@ -96,6 +97,20 @@ def parse_filter(params: Any) -> tuple[StreamFilter, bool, datetime | None]:
         except ValueError as exc:
             raise BadRequest(f"since: {exc}") from None
     return StreamFilter(job_ids=job_ids, types=types, statuses=statuses), replay, since
+
+
+async def not_a_websocket(request: Request) -> JSONResponse:
+    """``GET /jobs/stream`` over plain HTTP (curl, a browser tab): say what it is, rather
+    than read ``stream`` as a job id (422, "not a valid UUID")."""
+    detail = (
+        "/jobs/stream is a WebSocket: connect with a WebSocket client "
+        "(ws://<host>/jobs/stream?token=<key>), not plain HTTP"
+    )
+    return JSONResponse({"detail": detail}, status_code=426, headers={"Upgrade": "websocket"})
+
+
+# A plain route (no FastAPI dependant): the query a stream takes is not refused here.
+router.add_route("/jobs/stream", not_a_websocket, methods=["GET"], include_in_schema=False)
 
 
 @router.websocket("/jobs/stream")
