@@ -217,12 +217,21 @@ def _stream_url(
 
 
 def _closed(exc: ConnectionClosed) -> None:
-    """A 1008 close is the API refusing the key, 1013 its rate limit (the reason says
-    when to retry); any other close ends the stream."""
-    if exc.rcvd is not None and exc.rcvd.code == 1008:
-        raise ApiError(401, exc.rcvd.reason or "stream refused") from None
-    if exc.rcvd is not None and exc.rcvd.code == 1013:
-        raise ApiError(429, exc.rcvd.reason or "too many requests: retry later") from None
+    """The API's refusals as the HTTP codes they stand for, with the reason: 1008 a key
+    (401), a key's socket limit (429) or a bad parameter (422); 1013 a rate limit (429)
+    or the database unavailable (503); 1011 an unexpected error (500, with its id). Any
+    other close ends the stream."""
+    close = exc.rcvd
+    if close is None or close.code not in (1008, 1011, 1013):
+        return
+    reason = close.reason
+    if close.code == 1008:
+        status = 429 if "too many sockets" in reason else 401 if "API key" in reason else 422
+    elif close.code == 1013:
+        status = 429 if reason.startswith("too many") else 503
+    else:
+        status = 500
+    raise ApiError(status, reason or "stream closed by the API") from None
 
 
 class _Settings:

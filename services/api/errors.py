@@ -16,10 +16,10 @@ from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-from starlette.websockets import WebSocket, WebSocketState
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from services.api.audit import audit_refusal
-from services.api.middleware import TRY_AGAIN_LATER
+from services.api.middleware import TRY_AGAIN_LATER, close_reason
 from shared.db import is_db_outage, is_transient_conflict
 from shared.errors import (
     InvalidJobRequest,
@@ -255,8 +255,8 @@ async def _close(websocket: WebSocket, code: int, reason: str) -> None:
     """A WebSocket's answer to an error: a close with the reason (an HTTP answer cannot
     follow its handshake; before the handshake, the close refuses it)."""
     if websocket.application_state != WebSocketState.DISCONNECTED:
-        with contextlib.suppress(RuntimeError, OSError):  # the client is gone
-            await websocket.close(code, reason=reason)
+        with contextlib.suppress(RuntimeError, OSError, WebSocketDisconnect):  # client gone
+            await websocket.close(code, reason=close_reason(reason))
 
 
 def _what(request: Request | WebSocket) -> str:

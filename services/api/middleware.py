@@ -190,7 +190,13 @@ async def _close_handshake(receive: Receive, send: Send, code: int, reason: str)
     if (await receive())["type"] != "websocket.connect":
         return
     await send({"type": "websocket.accept"})
-    await send({"type": "websocket.close", "code": code, "reason": reason[:120]})
+    await send({"type": "websocket.close", "code": code, "reason": close_reason(reason)})
+
+
+def close_reason(text: str) -> str:
+    """``text`` as a WebSocket close reason: a close frame carries at most 123 bytes of
+    UTF-8 (a longer one made the server's close fail: the client saw 1006, no reason)."""
+    return text.encode()[:123].decode(errors="ignore")  # never half a character
 
 
 async def _answer(send: Send, status: int, detail: str, headers: dict[str, str]) -> None:

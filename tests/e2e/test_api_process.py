@@ -10,7 +10,12 @@ import time
 import httpx
 import pytest
 
-from services.api.connections import HEADERS_SECONDS
+from services.api.connections import (
+    HEADERS_SECONDS,
+    MAX_HEADER_BYTES,
+    MAX_HEADERS,
+    MAX_URL_BYTES,
+)
 from tests.conftest import ADMIN_KEY, auth
 from tests.e2e.conftest import free_port
 
@@ -81,48 +86,85 @@ def test_dev_mode_without_keys_acts_as_admin(
     assert "dev" in proc.output().lower()
 
 
-@pytest.mark.parametrize(
-    ("extra_query", "extra_headers", "status"),
-    [
-        ("&job_id=" + "0" * 9000, "", b"414"),  # the request line past 8 KiB
-        ("", "X-Padding: " + "p" * 9000 + "\r\n", b"431"),  # one header line past 8 KiB
-        ("", "".join(f"X-Padding-{i}: 1\r\n" for i in range(200)), b"431"),  # too many
-    ],
+WS_HEADERS = (
+    "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
 )
-def test_a_handshake_too_large_to_read_is_answered_and_closed(
-    api_url: str, extra_query: str, extra_headers: str, status: bytes
-) -> None:
-    """Seen failing before services/api/connections.py: no answer in 10 s, the connection
-    left open (uvicorn never wrote the refusal the websockets library prepared)."""
+
+
+def answer_to(api_url: str, request: str) -> bytes:
+    """What the API answers ``request`` with, once it has closed the connection (a
+    connection left open fails: the read times out)."""
     port = int(api_url.rsplit(":", 1)[1])
-    request = (
-        f"GET /jobs/stream?token={ADMIN_KEY}{extra_query} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-        f"{extra_headers}Upgrade: websocket\r\nConnection: Upgrade\r\n"
-        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    )
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+    with socket.create_connection(("127.0.0.1", port), timeout=HEADERS_SECONDS + 10) as conn:
         conn.sendall(request.encode())
         answer = b""
-        while chunk := conn.recv(65536):  # until the server closes (a timeout fails)
+        while chunk := conn.recv(65536):
             answer += chunk
-    assert answer.startswith(b"HTTP/1.1 " + status), answer[:200]
-    assert b"Failed to open a WebSocket connection" in answer
-    # The API still serves.
+    return answer
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/jobs/stream"])
+@pytest.mark.parametrize(
+    ("query", "headers", "status", "why"),
+    [
+        ("?x=" + "u" * MAX_URL_BYTES, "", b"414", b"the URL is over"),
+        ("", f"X-Padding: {'p' * MAX_HEADER_BYTES}\r\n", b"431", b"a header is over"),
+        ("", "".join(f"X-Padding-{i}: 1\r\n" for i in range(MAX_HEADERS)), b"431",
+         b"more than"),
+        ("", "".join(f"X-Padding-{i}: {'p' * 1000}\r\n" for i in range(70)), b"431",
+         b"the headers are over"),
+    ],
+)  # fmt: skip
+def test_a_request_too_large_to_read_is_answered_and_closed(
+    api_url: str, path: str, query: str, headers: str, status: bytes, why: bytes
+) -> None:
+    """Seen failing before services/api/connections.py: a plain request with 70 headers
+    of 1,000 bytes (or 128 of them) was served, and a WebSocket handshake with a URL or
+    header over 8 KiB got no answer in 10 s, its connection left open."""
+    upgrade = WS_HEADERS if path == "/jobs/stream" else ""
+    request = (f"GET {path}{query} HTTP/1.1\r\nHost: 127.0.0.1\r\n{upgrade}{headers}"
+               f"Authorization: Bearer {ADMIN_KEY}\r\n\r\n")  # fmt: skip
+    answer = answer_to(api_url, request)
+    assert answer.startswith(b"HTTP/1.1 " + status) and why in answer, answer[:300]
     assert httpx.get(f"{api_url}/jobs?limit=1", headers=auth(ADMIN_KEY)).status_code == 200
 
 
+def test_a_handshake_the_websocket_library_cannot_read_is_answered_and_closed(
+    api_url: str,
+) -> None:
+    """A header line within the HTTP bounds but over the websockets library's 8,192
+    bytes a line (its name, ': ', value and CRLF): seen failing before the WebSocket
+    protocol of services/api/connections.py (no answer in 10 s, the connection open)."""
+    value = "p" * (MAX_HEADER_BYTES - len("X-Padding"))
+    request = (f"GET /jobs/stream?token={ADMIN_KEY} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+               f"{WS_HEADERS}X-Padding: {value}\r\n\r\n")  # fmt: skip
+    answer = answer_to(api_url, request)
+    assert answer.startswith(b"HTTP/1.1 431"), answer[:300]
+    assert b"Failed to open a WebSocket connection" in answer
+
+
 def test_a_connection_that_never_completes_its_request_is_closed(api_url: str) -> None:
-    """Seen failing before services/api/connections.py: both connections still open
-    after 20 s (uvicorn waits for a request's headers for ever)."""
+    """Seen failing before services/api/connections.py: the idle, the partial and the
+    blank-line connections still open after 20 s (uvicorn waits for a request's
+    headers for ever, and a blank line after a request stops its keep-alive timer)."""
     port = int(api_url.rsplit(":", 1)[1])
-    idle = socket.create_connection(("127.0.0.1", port), timeout=HEADERS_SECONDS + 10)
-    partial = socket.create_connection(("127.0.0.1", port), timeout=HEADERS_SECONDS + 10)
-    slow = socket.create_connection(("127.0.0.1", port), timeout=HEADERS_SECONDS + 10)
-    with idle, partial, slow:
+
+    def connect() -> socket.socket:
+        return socket.create_connection(("127.0.0.1", port), timeout=HEADERS_SECONDS + 10)
+
+    idle, partial, blank, slow = connect(), connect(), connect(), connect()
+    with idle, partial, blank, slow:
         opened = time.monotonic()
         partial.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # never finished
-        slow.sendall(b"GET /healthz HTTP/1.1\r\n")  # finished in time: served
+        blank.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert blank.recv(65536).startswith(b"HTTP/1.1 200")
+        blank.sendall(b"\r\n")  # then only a blank line: no request, the connection kept
+        # A request spread over a few seconds, within the deadline: served.
+        slow.sendall(b"GET /healthz HTTP/1.1\r\n")
+        time.sleep(3)  # what is tested: a client this slow is still served
         slow.sendall(b"Host: 127.0.0.1\r\n\r\n")
         assert slow.recv(65536).startswith(b"HTTP/1.1 200"), "a request in time is served"
-        assert partial.recv(65536) == b"" and idle.recv(65536) == b""  # closed, no answer
+        for conn in (partial, idle, blank):
+            assert conn.recv(65536) == b""  # closed, without an answer
         assert time.monotonic() - opened >= HEADERS_SECONDS - 1

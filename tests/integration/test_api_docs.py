@@ -22,7 +22,7 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy import select
 
-from services.api.routers.stream import replay_frames
+from services.api.routers.stream import ACCEPTED_PARAMETERS, replay_frames
 from services.api.stream import to_envelope
 from shared.messages import JobLog, JobProgress, JobStateChanged
 from shared.models import Job
@@ -128,6 +128,8 @@ async def test_openapi_documents_the_stream(public_client: httpx.AsyncClient) ->
     doc = stream_doc(schema)
     params = {p["name"]: p for p in doc["parameters"]}
     assert {"job_id", "type", "status", "replay", "since", "token", "Authorization"} <= set(params)
+    # What is documented is what the stream takes (it closes 1008 on any other).
+    assert {name for name, p in params.items() if p["in"] == "query"} == set(ACCEPTED_PARAMETERS)
     assert params["job_id"]["schema"]["items"]["format"] == "uuid"
     assert "running" in params["status"]["schema"]["items"]["enum"]
     assert "1008" in doc["x-close-codes"] and "1011" in doc["x-close-codes"]

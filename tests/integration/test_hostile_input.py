@@ -237,6 +237,8 @@ async def test_websocket_since_out_of_range_closes_1008_with_a_reason(
     ("params", "reason"),
     [
         ({"jobid": SOME_ID}, "unknown parameter 'jobid'"),  # would stream every job
+        # A close reason is at most 123 bytes: cut by bytes, never half a character.
+        ({"名" * 40: "1"}, "unknown parameter '" + "名" * 34),
         ({"job_id": SOME_ID, "replay": "ture"}, "replay: true or false"),
         ({"job_id": SOME_ID, "replay": "maybe"}, "replay: true or false"),
     ],
@@ -245,7 +247,8 @@ async def test_websocket_misspelt_parameters_close_1008_with_a_reason(
     base_url: str, params: dict[str, str], reason: str
 ) -> None:
     """Seen failing: the socket was served (jobid= ignored: every job's events; replay=
-    anything but true read as false)."""
+    anything but true read as false); a reason cut to 120 characters, not bytes, failed
+    the close (1006, no reason)."""
     url = base_url.replace("http://", "ws://") + "/jobs/stream"
     query = httpx.QueryParams(params)
     async with websockets.connect(f"{url}?{query}", additional_headers=auth(ADMIN_KEY)) as ws:
@@ -253,6 +256,7 @@ async def test_websocket_misspelt_parameters_close_1008_with_a_reason(
             await asyncio.wait_for(ws.recv(), timeout=5)
     assert closed.value.rcvd is not None
     assert (closed.value.rcvd.code, closed.value.rcvd.reason[: len(reason)]) == (1008, reason)
+    assert len(closed.value.rcvd.reason.encode()) <= 123
 
 
 async def test_hostile_text_never_reaches_an_error_answer_or_the_audit_log_raw(

@@ -8,7 +8,13 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.frames import Close
+
 import switchyard
+from switchyard.client import _closed
+from switchyard.errors import ApiError
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -119,3 +125,31 @@ def test_old_import_paths_give_the_same_objects() -> None:
     assert shared.settings.ROLES is switchyard.models.ROLES
     for name in ("Resources", "RetryPolicy", "JobRead", "JobLogs", "Priority"):
         assert getattr(shared.schemas, name) is getattr(switchyard.models, name)
+
+
+@pytest.mark.parametrize(
+    ("code", "reason", "status"),
+    [
+        (1008, "invalid or revoked API key", 401),
+        (1008, "missing API key: send 'Authorization: Bearer <key>'", 401),
+        (1008, "too many sockets for this key", 429),
+        (1008, "unknown parameter 'jobid'; this stream takes job_id, type", 422),
+        (1013, "too many requests with this API key: retry after 2 s", 429),
+        (1013, "the database is unavailable; nothing was changed, retry shortly", 503),
+        (1011, "internal error 0123456789abcdef", 500),
+    ],
+)
+def test_a_streams_close_is_the_http_code_it_stands_for(
+    code: int, reason: str, status: int
+) -> None:
+    """Seen failing: a bad parameter was a 401, the database unavailable a 429 ('too many
+    requests'), an unexpected error (its id lost) a quiet end of the stream."""
+    closed = ConnectionClosed(Close(code, reason), None)
+    with pytest.raises(ApiError) as refused:
+        _closed(closed)
+    assert (refused.value.status, refused.value.detail) == (status, reason)
+
+
+def test_a_normal_close_ends_the_stream_quietly() -> None:
+    _closed(ConnectionClosed(Close(1000, ""), None))
+    _closed(ConnectionClosed(None, None))  # the connection lost: no close frame

@@ -27,6 +27,7 @@ from fastapi import APIRouter, HTTPException, Request, WebSocket, WebSocketDisco
 from fastapi.responses import JSONResponse
 from sqlalchemy import func, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import load_only
 from starlette.websockets import WebSocketState
 
 from services.api.deps import resolve_token
@@ -36,6 +37,7 @@ from services.api.middleware import (
     INVALID_KEY,
     KEY_REFUSED,
     POLICY_VIOLATION,
+    close_reason,
     websocket_token,
 )
 from services.api.stream import StreamFilter, Subscriber, TooManySockets, envelope, iso
@@ -54,23 +56,28 @@ REPLAY_BYTES = 8 * 1024 * 1024
 # connection: 50 sockets replaying 100 jobs each took every one of them, and requests and
 # other replays waited for one until they failed (5 s). The rest of a replay waits here.
 REPLAY_READS = 4
+# What a replay tells of a job: never its payload or result (up to megabytes each).
+REPLAYED_COLUMNS = load_only(
+    Job.id, Job.created_at, Job.updated_at, Job.type, Job.status, Job.attempts,
+    Job.worker_id, Job.progress,
+)  # fmt: skip
 
 
 class BadRequest(Exception):
     pass
 
 
-STREAM_PARAMETERS = ("job_id", "type", "status", "replay", "since", "token")
+ACCEPTED_PARAMETERS = ("job_id", "type", "status", "replay", "since", "token")
 YES_NO = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 
 def parse_filter(params: Any) -> tuple[StreamFilter, bool, datetime | None]:
     # A misspelt parameter is refused, as on every HTTP route: ignored, ``jobid=`` would
     # stream every job's events and ``replay=ture`` none of the past.
-    unknown = sorted({name for name in params if name not in STREAM_PARAMETERS})
+    unknown = sorted({name for name in params if name not in ACCEPTED_PARAMETERS})
     if unknown:
         raise BadRequest(f"unknown parameter {printable(unknown[0])[:40]!r}; this stream "
-                         f"takes {', '.join(STREAM_PARAMETERS)}")  # fmt: skip
+                         f"takes {', '.join(ACCEPTED_PARAMETERS)}")  # fmt: skip
     try:
         job_ids = frozenset(UUID(v) for v in params.getlist("job_id")) or None
     except ValueError:
@@ -137,11 +144,11 @@ async def job_stream(websocket: WebSocket) -> None:
     except HTTPException as exc:
         websocket.scope[KEY_REFUSED] = exc.status_code == 401  # counted as a 401 (RateLimit)
         with contextlib.suppress(WebSocketDisconnect):  # the client left meanwhile
-            await websocket.close(POLICY_VIOLATION, reason=str(exc.detail)[:120])
+            await websocket.close(POLICY_VIOLATION, reason=close_reason(str(exc.detail)))
         return
     except (BadRequest, TooManySockets) as exc:
         with contextlib.suppress(WebSocketDisconnect):
-            await websocket.close(POLICY_VIOLATION, reason=str(exc)[:120])
+            await websocket.close(POLICY_VIOLATION, reason=close_reason(str(exc)))
         return
     watch = cache.watch(digest) if digest is not None and cache is not None else None
     try:
@@ -150,9 +157,11 @@ async def job_stream(websocket: WebSocket) -> None:
         state.hub.unsubscribe(sub)
         if watch is not None:
             cache.unwatch(watch)  # type: ignore[union-attr]
-        if websocket.client_state == WebSocketState.CONNECTED:
-            with contextlib.suppress(RuntimeError):
-                await websocket.close()
+    # Served to its end: a normal close. An error went on to the handlers, which close
+    # with its code (1013: the database; 1011: anything else), not with this 1000.
+    if websocket.client_state == WebSocketState.CONNECTED:
+        with contextlib.suppress(RuntimeError):
+            await websocket.close()
 
 
 async def serve(
@@ -237,7 +246,9 @@ async def send_replay(
     state = websocket.app.state
     assert stream_filter.job_ids is not None
     async with state.replay_reads, state.sessionmaker() as session:
-        jobs = list(await session.scalars(select(Job).where(Job.id.in_(stream_filter.job_ids))))
+        jobs = list(await session.scalars(
+            select(Job).where(Job.id.in_(stream_filter.job_ids)).options(REPLAYED_COLUMNS)
+        ))  # fmt: skip
     budget = REPLAY_BYTES
     for job in sorted(jobs, key=lambda j: j.created_at):
         async with state.replay_reads, state.sessionmaker() as session:
