@@ -52,7 +52,11 @@ MAX_RESULT_BYTES = 2 * 2**20  # a task's result, encoded
 # A dispatch's payload, encoded; SWITCHYARD_MAX_PAYLOAD_BYTES (the API's) may not exceed it.
 MAX_PAYLOAD_BYTES = 4 * 2**20
 MAX_TEXT_CHARS = 64 * 1024  # a log line, an error, a traceback, a reason, a progress message
-MAX_NAME_CHARS = 1000  # a task type, a worker id, a status or level word
+MAX_NAME_CHARS = 1000  # a task type, a status or level word
+# A worker's id, as a worker takes it (--worker-id, SWITCHYARD_WORKER_ID): it is part of
+# routing keys (job.dispatch.<worker_id>.<job_id>), which hold at most 255 bytes. A
+# heartbeat with a longer id once joined a worker that no dispatch could reach.
+WORKER_ID_PATTERN = r"^[A-Za-z0-9_-]{1,100}$"
 MAX_LIST_ITEMS = 100_000  # a heartbeat's running jobs or task types
 # Integer ranges, nesting and times: shared.jsonvalues (shared with the API).
 
@@ -94,6 +98,7 @@ def _wire_time(value: datetime) -> datetime:
 # The types every field below is built from.
 Text = Annotated[str, BeforeValidator(_text), Field(max_length=MAX_TEXT_CHARS)]
 Name = Annotated[str, BeforeValidator(_text), Field(max_length=MAX_NAME_CHARS)]
+WorkerId = Annotated[str, Field(pattern=WORKER_ID_PATTERN)]
 Int4 = Annotated[int, Field(ge=0, le=INT4_MAX)]
 Count = Annotated[int, Field(ge=0, le=BIGINT_MAX)]
 Real = Annotated[float, Field(allow_inf_nan=False, ge=-1e300, le=1e300)]
@@ -183,7 +188,7 @@ class JobStatusReport(_Message):
     kind: Literal["job.status"] = "job.status"
     job_id: UUID
     attempt: Int4
-    worker_id: Name
+    worker_id: WorkerId
     # lost: written by the scheduler on behalf of a worker that died mid-attempt.
     status: Literal["started", "completed", "failed", "cancelled", "handed_back", "lost"]
     result: Annotated[Any, _json_field(MAX_RESULT_BYTES, "result")] = None
@@ -273,7 +278,7 @@ class AttemptUsage(BaseModel):
 
 class WorkerHeartbeat(_Message):
     kind: Literal["worker.heartbeat"] = "worker.heartbeat"
-    worker_id: Name
+    worker_id: WorkerId
     state: Literal["alive", "draining", "stopped"] = "alive"
     capacity: WorkerCapacity
     allocated: WorkerCapacity

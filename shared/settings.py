@@ -13,7 +13,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.errors import ConfigError
 from shared.jsonvalues import MAX_JSON_DEPTH
-from shared.messages import MAX_PAYLOAD_BYTES
+from shared.messages import MAX_PAYLOAD_BYTES, WORKER_ID_PATTERN
 from switchyard.models import ROLES as ROLES  # defined with the public package (tasks use it)
 
 # What a worker may offer (SWITCHYARD_WORKER_* and the worker's flags alike): more than
@@ -66,7 +66,7 @@ class Settings(BaseSettings):
 
     # Worker (flags override these; defaults from psutil when unset).
     # No dots: the id is one word of the dispatch routing key.
-    worker_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{1,100}$")
+    worker_id: str | None = Field(default=None, pattern=WORKER_ID_PATTERN)
     worker_threads: int | None = Field(default=None, ge=1, le=WORKER_MAX_THREADS)
     worker_cpu_units: float | None = Field(
         default=None, gt=0, le=WORKER_MAX_CPU_UNITS, allow_inf_nan=False

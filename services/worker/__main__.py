@@ -20,6 +20,7 @@ from collections.abc import Callable
 from services.worker.capacity import ContainerCapacity, container_capacity
 from services.worker.runner import worker_registry
 from services.worker.worker import WORKER_ISOLATIONS, Worker
+from shared.messages import WORKER_ID_PATTERN
 from shared.service import StartupError, run_service, service_parser, tune_gc
 from shared.settings import (
     WORKER_MAX_CPU_UNITS,
@@ -142,7 +143,7 @@ def default_capacity(args: argparse.Namespace, settings: Settings) -> ContainerC
 def build_worker(args: argparse.Namespace, settings: Settings) -> Worker:
     """The worker the flags and settings describe (StartupError when it cannot run)."""
     registry = load_registry(args, settings)
-    if args.worker_id is not None and not re.fullmatch(r"[A-Za-z0-9_-]{1,100}", args.worker_id):
+    if args.worker_id is not None and not re.fullmatch(WORKER_ID_PATTERN, args.worker_id):
         raise StartupError(
             f"--worker-id {args.worker_id!r}: use 1-100 letters, digits, '-' or '_' (no dots)"
         )

@@ -82,6 +82,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+MAX_ROUTING_KEY_BYTES = 255  # AMQP 0-9-1's shortstr
+
 
 class Broker:
     """A robust connection, one confirming publish channel, and consumers."""
@@ -171,6 +173,10 @@ class Broker:
             raise BrokerUnavailable("broker is not connected")
         if key is None:
             key = routing_key(message)
+        if len(key.encode()) > MAX_ROUTING_KEY_BYTES:
+            raise UnpublishableMessage(
+                f"routing key over {MAX_ROUTING_KEY_BYTES} bytes (AMQP's bound): {key[:100]}…"
+            )
         amqp_message = aio_pika.Message(
             body_of(message),
             content_type="application/json",
@@ -326,15 +332,21 @@ class Broker:
     ) -> list[BrokerUnavailable | UnpublishableMessage | None]:
         """Like publish_many, but report each message's fate (None = confirmed); a
         message no retry can publish is an UnpublishableMessage in its place."""
+        items = list(items)
         results = await asyncio.gather(
             *(self.publish(msg, key, timeout=timeout) for msg, key in items),
             return_exceptions=True,
         )
         out: list[BrokerUnavailable | UnpublishableMessage | None] = []
-        for r in results:
+        for (_, key), r in zip(items, results, strict=True):
             if isinstance(r, BrokerUnavailable | UnpublishableMessage) or r is None:
                 out.append(r)
-            elif isinstance(r, BaseException):
+            elif isinstance(r, Exception):
+                # One message's own fault (a bug, a value the client library refuses) is
+                # its fate alone, not that of every message published beside it.
+                log.error("publish of %s failed: %r", key, r, exc_info=r)
+                out.append(UnpublishableMessage(f"publish of {key} failed: {r!r}"))
+            else:
                 raise r
         return out
 

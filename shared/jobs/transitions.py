@@ -23,7 +23,7 @@ import asyncpg
 from shared.db import Db, fetch, json_text, pool_fetch
 from shared.jobs import sql
 from shared.jobs.outcomes import AttemptEnd, RunningJob, decide_end, run_seconds
-from shared.messages import JobStateChanged, JobStatusReport
+from shared.messages import MAX_TEXT_CHARS, JobStateChanged, JobStatusReport, message_text
 from shared.prechecked import prechecked
 from shared.states import JobStatus, check_transition
 
@@ -45,6 +45,16 @@ def _as_int(job_id: UUID) -> int:
     return job_id.int
 
 
+def fitting(reason: str | None) -> str | None:
+    """A reason as an event carries it. Reasons quote a task's error (itself up to
+    MAX_TEXT_CHARS) after words of our own: one over the bound made the event, and so the
+    report it applied, fail (dead-lettered: the attempt's end was lost and the job ran
+    again and again)."""
+    if reason is None or len(reason) <= MAX_TEXT_CHARS:
+        return reason
+    return message_text(reason)
+
+
 def state_event(
     job_id: UUID,
     type: str,
@@ -63,7 +73,7 @@ def state_event(
     return JobStateChanged(
         ts=ts or utcnow(), job_id=job_id, type=type,
         old_status=None if old is None else str(old), new_status=str(new),
-        attempt=attempt, worker_id=worker_id, reason=reason,
+        attempt=attempt, worker_id=worker_id, reason=fitting(reason),
         duration_seconds=duration_seconds, wait_seconds=wait_seconds,
     )  # fmt: skip
 
@@ -90,7 +100,7 @@ def stored_event(
     return prechecked(
         JobStateChanged, ts=ts or utcnow(), job_id=job_id, type=type,
         old_status=None if old is None else str(old), new_status=str(new), attempt=attempt,
-        worker_id=worker_id, reason=reason,
+        worker_id=worker_id, reason=fitting(reason),
         duration_seconds=duration_seconds, wait_seconds=wait_seconds,
     )  # fmt: skip
 

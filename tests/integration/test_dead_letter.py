@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import uuid
 
-from shared.broker import HANDLER_TRIES, Broker, DeadLetter, Delivery
+from shared.broker import HANDLER_TRIES, Broker, DeadLetter, Delivery, UnpublishableMessage
 from shared.messages import Batch, JobCancel, JobStatusReport, encode
 from shared.settings import Settings
 from tests.conftest import wait_for
@@ -202,5 +202,37 @@ async def test_a_failing_handlers_message_waits_out_a_dead_letter_the_broker_doe
         assert [json.loads(d.body)["job_id"] for d in letters] == [str(poison.job_id)]
         # Dead-lettered by us with its reason, not by the broker (reason None).
         assert "ValueError: cannot apply this one" in (letters[0].reason or ""), letters
+        await consumer.close()
+        await broker.delete_namespace([queue])
+
+
+async def test_one_unpublishable_message_is_its_own_fate_not_its_neighbours(
+    settings: Settings,
+) -> None:
+    """Seen failing: a routing key over AMQP's 255 bytes (a worker id of 300 characters
+    from a forged heartbeat) made publish_each raise, and the scheduler counted every
+    dispatch of the cycle unconfirmed: real workers' jobs were cancelled and placed
+    again, over and over."""
+    queue = f"{settings.namespace}.each-test"
+    async with Broker(settings.amqp_url, settings.namespace, name="each-test") as broker:
+        got: list[object] = []
+
+        async def on(delivery: Delivery) -> None:
+            got.extend(delivery.messages)
+            await delivery.ack()
+
+        consumer = await broker.consume(queue, ["job.cancel.#"], on)
+        first, second = (JobCancel(job_id=uuid.uuid4(), attempt=n) for n in (1, 2))
+        results = await broker.publish_each(
+            [(first, None), (first, "job.cancel." + "x" * 300), (second, None)]
+        )
+        assert results[0] is None and results[2] is None
+        assert isinstance(results[1], UnpublishableMessage), results
+        assert "255 bytes" in str(results[1])
+
+        async def both() -> bool:
+            return got == [first, second]
+
+        await wait_for(both, what="the two publishable messages")
         await consumer.close()
         await broker.delete_namespace([queue])

@@ -166,6 +166,12 @@ LOG = SAMPLES[6]
         (SAMPLES[5], {"done": float("nan")}),
         (SAMPLES[1], {"resources__memory_mb": INT4_OVERFLOW}),
         (LOG, {"ts": "9999-12-31T23:59:59-05:00"}),
+        # A worker id no routing key can hold (seen failing: a heartbeat of 300 x's
+        # joined a worker whose dispatches could not be published).
+        (BEAT, {"worker_id": "x" * 300}),
+        (BEAT, {"worker_id": "a.b"}),
+        (BEAT, {"worker_id": ""}),
+        (REPORT, {"worker_id": "x" * 101}),
     ],
     ids=lambda v: getattr(v, "kind", None) or str(v)[:40],
 )  # fmt: skip

@@ -11,7 +11,8 @@ import pytest
 
 from shared.errors import InvalidTransition
 from shared.jobs.outcomes import RunningJob, decide_end
-from shared.messages import JobStatusReport
+from shared.jobs.transitions import state_event, stored_event
+from shared.messages import MAX_TEXT_CHARS, JobStateChanged, JobStatusReport
 from shared.states import (
     CANCELLABLE_AT_ONCE,
     TERMINAL,
@@ -139,3 +140,26 @@ def test_attempt_numbers_past_max_attempts_are_worded_truthfully(attempts: int, 
         f"attempt {attempts} failed, {runs} of 4 allowed attempts used (attempt numbers go "
         "on across manual retries and handed-back attempts): boom"
     )
+
+
+@pytest.mark.parametrize(
+    ("status", "runs", "cancel"),
+    [("failed", 1, False), ("failed", 4, False), ("failed", 1, True), ("handed_back", 1, False)],
+)
+def test_an_attempts_end_of_the_longest_error_makes_an_event(
+    status: str, runs: int, cancel: bool
+) -> None:
+    """Seen failing: an error of MAX_TEXT_CHARS (the worker's bound) with the words
+    before it ('attempts exhausted: ...') was over the event's bound; the report that
+    applied it was dead-lettered, and the job ran again and again."""
+    job = _running(attempts=runs, runs=runs)
+    job.cancel_requested = cancel
+    report = JobStatusReport(job_id=job.id, attempt=job.attempts, worker_id="w1",
+                             status=status, error="E" * MAX_TEXT_CHARS)  # fmt: skip
+    end = decide_end(job, report, datetime.now(UTC), random.Random(1))
+    for build in (state_event, stored_event):
+        event = build(job.id, job.type, job.attempts, S.RUNNING, end.status, end.reason,
+                      worker_id="w1")  # fmt: skip
+        validated = JobStateChanged.model_validate(event.model_dump())
+        assert validated.reason is not None and len(validated.reason) <= MAX_TEXT_CHARS
+        assert validated.reason.startswith(end.reason[:20])  # our words kept, the error cut
