@@ -15,6 +15,7 @@ import math
 import os
 import re
 import sys
+import threading
 from collections.abc import Callable
 
 from services.worker.capacity import ContainerCapacity, container_capacity
@@ -184,12 +185,19 @@ def main(argv: list[str]) -> int:
 
     code = run_service("worker", serve, prepare=prepare, gc_tuning=False)  # tuned in serve
     stuck = worker.threads_still_running() if worker is not None else 0
-    if stuck:
+    # Threads a task started and left running (not daemons): Python would wait for them
+    # at exit, and the worker would never exit after its drain.
+    left = [t.name for t in threading.enumerate()
+            if t is not threading.main_thread() and t.is_alive() and not t.daemon]  # fmt: skip
+    if stuck or left:
         # Threads that ignore cancellation cannot be killed; do not hang on exit for them.
         logging.getLogger("switchyard.worker").warning(
-            "exiting with %d task thread(s) still running", stuck
-        )
+            "exiting with %d task thread(s) still running, and %d thread(s) a task "
+            "started: %s", stuck, len(left), ", ".join(left[:10]) or "none",
+        )  # fmt: skip
+        logging.shutdown()
         sys.stdout.flush()
+        sys.stderr.flush()
         os._exit(code)
     return code
 

@@ -62,6 +62,18 @@ def run_unless_ended(run: Running, definition: TaskDefinition) -> Outcome | None
     return run_task(definition, run.ctx, run.dispatch.payload)
 
 
+def thread_outcome(future: Future[Outcome | None]) -> Outcome | None:
+    """What a task thread's future holds; its error, should the thread have raised
+    (``run_task`` never does), as a failed attempt: never an attempt left unreported."""
+    if future.cancelled():
+        return None
+    exc = future.exception()
+    if exc is None:
+        return future.result()
+    log.error("an attempt's thread raised %s", type(exc).__name__)
+    return Outcome(ok=False, error=f"the worker could not run the task: {type(exc).__name__}")
+
+
 def status_report(
     worker_id: str, dispatch: JobDispatch, status: str, **fields: Any
 ) -> JobStatusReport:

@@ -118,6 +118,22 @@ def run_task(definition: TaskDefinition, ctx: TaskContext, payload: dict[str, An
     """Call the task; never raises (every failure becomes an Outcome). What it returns
     or raises is made into what every hop can carry (see ``storable_result``)."""
     try:
+        return _outcome_of_task(definition, ctx, payload)
+    except BaseException as exc:
+        # Reading what the task gave back ran the task's own code again (a result's
+        # comparisons or items(), an exception's __str__ or __repr__ raising even
+        # SystemExit): without an outcome the attempt would never be reported, its job
+        # running for ever and its slot held.
+        return Outcome(ok=False, error=_text(
+            "the task's result or error could not be read: its own code raised "
+            f"{_type_name(exc)} while it was read"
+        ))  # fmt: skip
+
+
+def _outcome_of_task(
+    definition: TaskDefinition, ctx: TaskContext, payload: dict[str, Any]
+) -> Outcome:
+    try:
         result = definition.call(ctx, payload)
     except Cancelled:
         return Outcome(ok=False, error="cancelled", cancelled=True)
@@ -166,8 +182,15 @@ def storable_result(result: Any) -> Outcome:
 def _describe(exc: BaseException) -> str:
     try:
         return str(exc)
-    except Exception as inner:  # an exception whose __str__ raises
-        return f"<unprintable: {type(inner).__name__}>"
+    except BaseException as inner:  # an exception whose __str__ raises (SystemExit too)
+        return f"<unprintable: {_type_name(inner)}>"
+
+
+def _type_name(exc: BaseException) -> str:
+    try:
+        return str(type(exc).__name__)
+    except BaseException:  # a metaclass of the task's own
+        return "an exception"
 
 
 def _text(value: str, *, keep: Literal["head", "tail"] = "head") -> str:

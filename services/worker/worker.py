@@ -45,6 +45,7 @@ from services.worker.attempt import (
     reporters,
     run_unless_ended,
     status_report,
+    thread_outcome,
     unsent_bytes,
 )
 from services.worker.holdings import Holdings
@@ -389,9 +390,7 @@ class Worker:
             future = self.executor.submit(run_unless_ended, run, definition)
             run.future = future
             future.add_done_callback(
-                lambda f: self._from_thread(
-                    self._attempt_ended, run, None if f.cancelled() else f.result()
-                )
+                lambda f: self._from_thread(self._attempt_ended, run, thread_outcome(f))
             )
         if dispatch.timeout_seconds:
             run.timers.append(loop.call_later(dispatch.timeout_seconds, self._time_out, run))

@@ -174,3 +174,14 @@ def loud(ctx: TaskContext, params: Loud) -> None:
         t.start()
     for t in threads:
         t.join()
+
+
+@registry.task("sample.leaves_a_foreground_thread", max_attempts=1)
+def leaves_a_foreground_thread(ctx: TaskContext, payload: dict[str, object]) -> str:
+    """Returns at once, in the worker's own process, leaving a thread that is no daemon
+    and never ends (Python waits for such a thread at exit)."""
+    import threading
+
+    forever = threading.Event()
+    threading.Thread(target=forever.wait, name="left-by-a-task", daemon=False).start()
+    return "left one"

@@ -219,6 +219,17 @@ def test_sigterm_drains(stack: Stack) -> None:
     assert "draining" in w.output()
 
 
+def test_sigterm_exits_though_a_task_left_a_foreground_thread(stack: Stack) -> None:
+    """Seen failing: the worker drained, then waited for the task's thread at exit (the
+    helper's still ran 50 s later; here the wait timed out)."""
+    w = stack.worker("leaver", "--tasks", "tests.e2e.sample_tasks")
+    job = stack.submit({"type": "sample.leaves_a_foreground_thread"})
+    assert stack.wait_status(job["id"], "completed")["result"] == "left one"
+    w.signal(signal.SIGTERM)
+    assert w.wait(timeout=20) == 0
+    assert "left-by-a-task" in w.output()  # said why it did not wait
+
+
 def test_scheduler_failover(stack: Stack) -> None:
     second = stack.start("scheduler")
     pair = [stack.scheduler, second]  # type: ignore[attr-defined]
