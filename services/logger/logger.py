@@ -77,6 +77,9 @@ UPSERT_EXECUTIONS = f"""
                       ELSE job_executions.result END,
         duration_seconds = EXTRACT(EPOCH FROM (
             COALESCE(job_executions.finished_at, excluded.finished_at) - {_START_KEPT}))
+    -- An attempt's row is its worker's: another's report (an earlier attempt's cannot be
+    -- checked against the job) changes nothing.
+    WHERE job_executions.worker_id IS NULL OR job_executions.worker_id = excluded.worker_id
     """
 
 
@@ -112,7 +115,9 @@ def merge_reports(reports: list[JobStatusReport]) -> list[_Execution]:
     rows: dict[tuple[UUID, int], _Execution] = {}
     for r in reports:
         row = rows.setdefault((r.job_id, r.attempt), _Execution(r.job_id, r.attempt))
-        row.worker_id = row.worker_id or r.worker_id
+        if row.worker_id is not None and r.worker_id != row.worker_id:
+            continue  # another worker's report of the same attempt: the row is the first's
+        row.worker_id = r.worker_id
         row.started_at = row.started_at or r.start_time
         if r.status == "started":
             continue
@@ -137,10 +142,47 @@ def execution_audit(reports: list[JobStatusReport]) -> list[list[Any]]:
     return [list(column) for column in zip(*rows, strict=True)]
 
 
+# What each reported job's row vouches for: the attempts it was dispatched, and to
+# which worker the latest one went (NULL once it was handed back, undone or retried).
+JOBS_OF_REPORTS = "SELECT id, attempts, worker_id FROM jobs WHERE id = ANY($1::uuid[])"
+
+
+def vouched(report: JobStatusReport, attempts: int, worker_id: str | None) -> bool:
+    """A report the job's row can have come from: an attempt it was dispatched, and for
+    its latest attempt, from the worker it went to. The scheduler ignores the others (a
+    forged or confused report); written, they made up executions (an attempt 0, one
+    never dispatched, another worker's 'completed' standing as the attempt's end) and
+    their audit rows."""
+    if not 1 <= report.attempt <= attempts:
+        return False
+    return report.attempt < attempts or worker_id is None or report.worker_id == worker_id
+
+
+async def credible(
+    conn: asyncpg.Connection, reports: list[JobStatusReport]
+) -> list[JobStatusReport]:
+    """``reports`` but those their jobs do not vouch for (``vouched``; a job gone: none)."""
+    rows = await conn.fetch(JOBS_OF_REPORTS, list({r.job_id for r in reports}), timeout=30)
+    jobs = {r["id"]: r for r in rows}
+    kept = [
+        r for r in reports
+        if (job := jobs.get(r.job_id)) is not None
+        and vouched(r, job["attempts"], job["worker_id"])
+    ]  # fmt: skip
+    if len(kept) < len(reports):
+        odd = [f"{r.job_id} attempt {r.attempt} from {r.worker_id}" for r in reports
+               if r not in kept and r.job_id in jobs][:5]  # fmt: skip
+        log.warning("%d report(s) of no dispatched attempt not written (of jobs gone, or "
+                    "e.g. %s)", len(reports) - len(kept), "; ".join(odd) or "none")  # fmt: skip
+    return kept
+
+
 async def write_batch(
     conn: asyncpg.Connection, lines: list[JobLog], reports: list[JobStatusReport]
 ) -> None:
     """Write one batch on ``conn`` (the caller holds the transaction)."""
+    if reports:
+        reports = await credible(conn, reports)
     if lines:
         await conn.execute(
             INSERT_LINES,
