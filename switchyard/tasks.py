@@ -230,7 +230,7 @@ class TaskLogger:
         level = level.lower()
         if level not in self.LEVELS:
             raise ValueError(f"unknown log level {level!r}; use one of {', '.join(self.LEVELS)}")
-        text = str(msg) % args if args else str(msg)
+        text = _line(msg, args)
         if exc_info:
             text = f"{text}\n{traceback.format_exc().rstrip()}"
         self._emit(next(self._seq), level, text)
@@ -254,6 +254,20 @@ class TaskLogger:
 
     def critical(self, msg: object, *args: object) -> None:
         self.log("critical", msg, *args)
+
+
+def _line(msg: object, args: tuple[object, ...]) -> str:
+    """``msg % args``, as the logging module writes it; a line that cannot be formatted
+    is still written, saying why, and the task goes on (as logging does: a bad format
+    once failed the attempt)."""
+    try:
+        return str(msg) % args if args else str(msg)
+    except Exception as exc:
+        try:
+            text = str(msg)
+        except Exception:
+            text = f"<{type(msg).__name__} that cannot be printed>"
+        return f"{text} [not formatted with its {len(args)} argument(s): {type(exc).__name__}]"
 
 
 def _discard(seq: int, level: str, message: str) -> None:

@@ -134,3 +134,24 @@ def test_task_logger_numbers_and_formats_lines() -> None:
     assert lines[2][:2] == (3, "error") and "ValueError: boom" in lines[2][2]
     with pytest.raises(ValueError, match="unknown log level"):
         log.log("loud", "x")
+
+
+def test_a_line_that_cannot_be_formatted_is_written_and_the_task_goes_on() -> None:
+    """Seen failing: ``ctx.log.info("%s %s %d", "one")`` raised TypeError and failed the
+    attempt; the logging module writes such a line and goes on."""
+    from shared.tasks import TaskLogger
+
+    class Unprintable:
+        def __str__(self) -> str:
+            raise RuntimeError("no")
+
+    lines: list[str] = []
+    log = TaskLogger(lambda seq, level, msg: lines.append(msg))
+    log.info("%s %s %d", "one")
+    log.info("%d", "not a number")
+    log.info(Unprintable(), 1)
+    assert lines == [
+        "%s %s %d [not formatted with its 1 argument(s): TypeError]",
+        "%d [not formatted with its 1 argument(s): TypeError]",
+        "<Unprintable that cannot be printed> [not formatted with its 1 argument(s): RuntimeError]",
+    ]
