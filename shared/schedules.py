@@ -10,6 +10,7 @@ time is submitted, the older ones are skipped, and the schedule continues from n
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
@@ -31,6 +32,12 @@ from shared.messages import JobStateChanged
 from shared.models import AuditEntry, Schedule
 from shared.schemas import JobCreate, ScheduleCreate, ScheduleUpdate
 
+# croniter's own extensions: a random ('R') or hashed ('H') minute, hour, ...: a
+# schedule whose fire times nobody chose (not a letter of a name such as THU).
+CHOSEN_BY_CRONITER = re.compile(r"(?<![A-Za-z])[RrHh](?![A-Za-z])")
+# A file of the zone database that is the host's own zone, whatever it is.
+HOST_ZONES = frozenset({"localtime"})
+
 
 def parse_cron(expr: str, tz_name: str) -> ZoneInfo:
     """Validate a cron expression and a time zone; raise InvalidJobRequest naming the fault."""
@@ -40,7 +47,14 @@ def parse_cron(expr: str, tz_name: str) -> ZoneInfo:
             f"cron: {expr!r} is not a cron expression: give 5 fields (minute hour day month "
             "weekday), e.g. '*/5 * * * *', or 6 with seconds last"
         )
+    if any(CHOSEN_BY_CRONITER.search(field) for field in fields):
+        raise InvalidJobRequest(
+            f"cron: {expr!r} leaves a time to chance ('R' picks a random one, 'H' a hashed "
+            "one): give the minute and hour the job should fire at"
+        )
     try:
+        if tz_name in HOST_ZONES:
+            raise ValueError(tz_name)
         tz = ZoneInfo(tz_name)
     except (ZoneInfoNotFoundError, ValueError):
         raise InvalidJobRequest(

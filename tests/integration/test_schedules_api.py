@@ -24,6 +24,14 @@ import pytest
             {"cron": "* * * * *", "timezone": "Mars/Olympus", "job": {"type": "demo.echo"}},
             "timezone: 'Mars/Olympus'",
         ),
+        # The host's zone, whatever it is, and times croniter would pick by chance
+        # (seen failing: both were stored).
+        (
+            {"cron": "* * * * *", "timezone": "localtime", "job": {"type": "demo.echo"}},
+            "timezone: 'localtime' is not an IANA time zone",
+        ),
+        ({"cron": "R * * * *", "job": {"type": "demo.echo"}}, "leaves a time to chance"),
+        ({"cron": "R(0-29) 3 * * *", "job": {"type": "demo.echo"}}, "leaves a time to chance"),
         ({"cron": "* * * * *", "job": {"type": "nope"}}, "job.type: unknown task type"),
         ({"cron": "* * * * *", "job": {"type": "demo.sleep", "payload": {}}}, "job.payload"),
         (
@@ -40,6 +48,13 @@ async def test_bad_schedules_are_422_and_store_nothing(
     assert r.status_code == 422, r.text
     assert message in r.json()["detail"]
     assert await db.fetchval("SELECT count(*) FROM schedules") == 0
+
+
+async def test_day_and_month_names_are_not_taken_for_chance(client: httpx.AsyncClient) -> None:
+    for name, cron in (("thursdays", "0 0 * * THU"), ("march", "30 6 * mar thu")):
+        r = await client.post("/schedules", json={"name": name, "cron": cron,
+                                                   "job": {"type": "demo.echo"}})  # fmt: skip
+        assert r.status_code == 201, r.text
 
 
 async def test_schedule_lifecycle(client: httpx.AsyncClient, db: asyncpg.Connection) -> None:
