@@ -159,7 +159,10 @@ async def update_schedule(
     row = await get_schedule(session, schedule_id, for_update=True)
     cron = body.cron if body.cron is not None else row.cron
     tz_name = body.timezone if body.timezone is not None else row.timezone
-    tz = parse_cron(cron, tz_name)
+    if (cron, tz_name) != (row.cron, row.timezone):
+        tz = parse_cron(cron, tz_name)
+    else:  # as stored: a rule added since does not keep a schedule from being paused
+        tz = ZoneInfo(tz_name)
     if body.job is not None:
         await _check_job(session, catalog, body.job, actor, limits)
         row.job = body.job.model_dump(mode="json", exclude_defaults=True)

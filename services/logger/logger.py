@@ -36,7 +36,10 @@ INSERT_LINES = """
     SELECT u.job_id, u.attempt, u.seq, u.ts, u.level, u.message
     FROM unnest($1::uuid[], $2::int[], $3::int[], $4::timestamptz[], $5::text[], $6::text[])
          AS u(job_id, attempt, seq, ts, level, message)
-    WHERE EXISTS (SELECT 1 FROM jobs j WHERE j.id = u.job_id)
+    -- Lines of an attempt the job was dispatched (none of a job gone, of an attempt 0
+    -- or of one to come).
+    WHERE EXISTS (SELECT 1 FROM jobs j
+                  WHERE j.id = u.job_id AND u.attempt BETWEEN 1 AND j.attempts)
     ON CONFLICT (job_id, attempt, seq) DO NOTHING
     """
 
@@ -164,14 +167,15 @@ async def credible(
     """``reports`` but those their jobs do not vouch for (``vouched``; a job gone: none)."""
     rows = await conn.fetch(JOBS_OF_REPORTS, list({r.job_id for r in reports}), timeout=30)
     jobs = {r["id"]: r for r in rows}
-    kept = [
-        r for r in reports
-        if (job := jobs.get(r.job_id)) is not None
-        and vouched(r, job["attempts"], job["worker_id"])
-    ]  # fmt: skip
+    kept: list[JobStatusReport] = []
+    odd: list[str] = []
+    for r in reports:
+        job = jobs.get(r.job_id)
+        if job is not None and vouched(r, job["attempts"], job["worker_id"]):
+            kept.append(r)
+        elif job is not None and len(odd) < 5:
+            odd.append(f"{r.job_id} attempt {r.attempt} from {r.worker_id}")
     if len(kept) < len(reports):
-        odd = [f"{r.job_id} attempt {r.attempt} from {r.worker_id}" for r in reports
-               if r not in kept and r.job_id in jobs][:5]  # fmt: skip
         log.warning("%d report(s) of no dispatched attempt not written (of jobs gone, or "
                     "e.g. %s)", len(reports) - len(kept), "; ".join(odd) or "none")  # fmt: skip
     return kept
@@ -217,7 +221,7 @@ class HistoryLogger:
         self.held_back = Backoff()
 
     async def run(self, stop: asyncio.Event) -> None:
-        # Plain asyncpg: the batch is three statements in one transaction, and the ORM's
+        # Plain asyncpg: the batch is four statements in one transaction, and the ORM's
         # per-statement work would be most of the logger's CPU for short batches.
         pool = await create_pool(self.settings, min_size=0, max_size=2)
         try:

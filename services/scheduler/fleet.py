@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 from uuid import UUID
 
+from pydantic import ValidationError
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -308,9 +309,18 @@ class Fleet:
 
 
 def _lost(a: Assignment, status: Literal["failed", "handed_back"], reason: str) -> JobStatusReport:
-    return JobStatusReport(
-        job_id=a.job_id, attempt=a.attempt, worker_id=a.worker_id, status=status, error=reason
-    )
+    fields: dict[str, Any] = {
+        "job_id": a.job_id, "attempt": a.attempt, "worker_id": a.worker_id,
+        "status": status, "error": reason,
+    }  # fmt: skip
+    try:
+        return JobStatusReport(**fields)
+    except ValidationError:
+        # A worker stored before its id had to fit a routing key (WORKER_ID_PATTERN):
+        # its attempts are lost all the same; a loss that raised held every cycle.
+        log.warning("worker id %.120r is not one a worker takes now; reporting its "
+                    "attempt of job %s lost all the same", a.worker_id, a.job_id)  # fmt: skip
+        return JobStatusReport.model_construct(**fields)
 
 
 # ------------------------------------------------------------ the workers table

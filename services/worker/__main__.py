@@ -16,6 +16,7 @@ import os
 import re
 import sys
 import threading
+import time
 from collections.abc import Callable
 
 from services.worker.capacity import ContainerCapacity, container_capacity
@@ -34,7 +35,9 @@ from shared.tasks import TaskRegistry
 
 def default_worker_id() -> str:
     """``<host>-<pid>``: distinct for every worker process (a fixed id must be unique)."""
-    host = "".join(c if c.isalnum() or c in "-_" else "-" for c in os.uname().nodename)
+    host = "".join(
+        c if (c.isascii() and c.isalnum()) or c in "-_" else "-" for c in os.uname().nodename
+    )  # WORKER_ID_PATTERN: ASCII only (isalnum() alone takes é and ½)
     return f"{host[:60]}-{os.getpid()}"
 
 
@@ -162,6 +165,18 @@ def build_worker(args: argparse.Namespace, settings: Settings) -> Worker:
     )
 
 
+def threads_left_by_tasks(pool: set[threading.Thread], *, grace: float = 2.0) -> list[str]:
+    """Threads a task started and left running (not daemons), given ``grace`` seconds to
+    end: Python would wait for them at exit, and the worker would never exit after its
+    drain. The worker's own task threads (``pool``) are counted apart."""
+    left = [t for t in threading.enumerate() if t is not threading.main_thread()
+            and t.is_alive() and not t.daemon and t not in pool]  # fmt: skip
+    deadline = time.monotonic() + grace
+    for thread in left:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    return [t.name for t in left if t.is_alive()]
+
+
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     worker: Worker | None = None
@@ -185,10 +200,7 @@ def main(argv: list[str]) -> int:
 
     code = run_service("worker", serve, prepare=prepare, gc_tuning=False)  # tuned in serve
     stuck = worker.threads_still_running() if worker is not None else 0
-    # Threads a task started and left running (not daemons): Python would wait for them
-    # at exit, and the worker would never exit after its drain.
-    left = [t.name for t in threading.enumerate()
-            if t is not threading.main_thread() and t.is_alive() and not t.daemon]  # fmt: skip
+    left = threads_left_by_tasks(worker.pool_threads() if worker is not None else set())
     if stuck or left:
         # Threads that ignore cancellation cannot be killed; do not hang on exit for them.
         logging.getLogger("switchyard.worker").warning(

@@ -284,6 +284,10 @@ class Worker:
             elif run.isolation == "thread":
                 self.held.stick(run)  # its thread may still run until the process exits
 
+    def pool_threads(self) -> set[threading.Thread]:
+        """The task threads of this worker's pool (idle ones end on their own)."""
+        return set(self.executor._threads)
+
     def threads_still_running(self) -> int:
         return sum(
             1

@@ -332,22 +332,16 @@ class Broker:
     ) -> list[BrokerUnavailable | UnpublishableMessage | None]:
         """Like publish_many, but report each message's fate (None = confirmed); a
         message no retry can publish is an UnpublishableMessage in its place."""
-        items = list(items)
         results = await asyncio.gather(
             *(self.publish(msg, key, timeout=timeout) for msg, key in items),
             return_exceptions=True,
         )
         out: list[BrokerUnavailable | UnpublishableMessage | None] = []
-        for (_, key), r in zip(items, results, strict=True):
+        for r in results:
             if isinstance(r, BrokerUnavailable | UnpublishableMessage) or r is None:
                 out.append(r)
-            elif isinstance(r, Exception):
-                # One message's own fault (a bug, a value the client library refuses) is
-                # its fate alone, not that of every message published beside it.
-                log.error("publish of %s failed: %r", key, r, exc_info=r)
-                out.append(UnpublishableMessage(f"publish of {key} failed: {r!r}"))
-            else:
-                raise r
+            elif isinstance(r, BaseException):
+                raise r  # a bug: the outbox then tries each message alone
         return out
 
     async def consume(

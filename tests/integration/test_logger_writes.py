@@ -141,7 +141,7 @@ async def test_reports_no_dispatched_attempt_vouches_for_are_not_history(
 ) -> None:
     """Seen failing (a helper published them while the job ran): another worker's
     'completed' stood as the attempt's end with its forged result, and attempts 0 and 2,
-    never dispatched, had executions and audit rows."""
+    never dispatched, had executions, audit rows and log lines."""
     job_id = await dispatched_job(client, db, worker_id="real")
 
     def report(attempt: int, worker: str, status: str, **fields: object) -> JobStatusReport:
@@ -159,6 +159,11 @@ async def test_reports_no_dispatched_attempt_vouches_for_are_not_history(
         await write_batch(db, [], [report(1, "real", "completed", result={"real": True})])
     async with db.transaction():  # and on their own, after it
         await write_batch(db, [], forged)
+    lines = [JobLog(job_id=job_id, attempt=a, seq=1, level="info", message=f"attempt {a}")
+             for a in (0, 1, 2)]  # fmt: skip
+    async with db.transaction():
+        await write_batch(db, lines, [])
+    assert await db.fetchval("SELECT array_agg(attempt) FROM job_logs") == [1]
     rows = await db.fetch("SELECT attempt, worker_id, status, result FROM job_executions")
     assert [tuple(r) for r in rows] == [(1, "real", "completed", '{"real": true}')]
     audited = await db.fetch(

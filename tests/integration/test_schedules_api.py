@@ -57,6 +57,21 @@ async def test_day_and_month_names_are_not_taken_for_chance(client: httpx.AsyncC
         assert r.status_code == 201, r.text
 
 
+async def test_a_schedule_stored_before_a_rule_can_still_be_paused(
+    client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    """A rule added since ('localtime' refused) does not lock a stored schedule: only a
+    changed cron or zone is checked again (seen failing: 422 on pausing it)."""
+    r = await client.post("/schedules", json={"name": "old", "cron": "0 0 * * *",
+                                              "job": {"type": "demo.echo"}})  # fmt: skip
+    await db.execute("UPDATE schedules SET timezone = 'localtime' WHERE id = $1",
+                     uuid.UUID(r.json()["id"]))  # fmt: skip
+    paused = await client.patch(f"/schedules/{r.json()['id']}", json={"paused": True})
+    assert paused.status_code == 200 and paused.json()["paused"] is True, paused.text
+    moved = await client.patch(f"/schedules/{r.json()['id']}", json={"cron": "0 1 * * *"})
+    assert moved.status_code == 422 and "localtime" in moved.json()["detail"]
+
+
 async def test_schedule_lifecycle(client: httpx.AsyncClient, db: asyncpg.Connection) -> None:
     r = await client.post(
         "/schedules",

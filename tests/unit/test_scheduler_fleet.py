@@ -70,6 +70,19 @@ def test_a_silent_worker_is_lost_with_what_it_held() -> None:
     assert again.newly_dead == [] and len(again.reports) == 1
 
 
+def test_a_worker_stored_with_an_id_no_worker_takes_now_is_lost_all_the_same() -> None:
+    """Seen failing: a worker id stored before ids had to fit a routing key (a forged
+    heartbeat's 'a.b') made its loss raise ValidationError, and the cycle with it, on
+    every cycle."""
+    f = fleet()
+    f.register_heartbeat(beat("w1"))
+    f.workers["a.b"] = f.workers.pop("w1")
+    job = uuid.uuid4()
+    f.assignments[job] = Assignment(job, "a.b", 2, 1, 100)
+    lost = f.find_losses(f.workers["a.b"].last_seen + LEASE + 1)
+    assert [(r.job_id, r.worker_id, r.status) for r in lost.reports] == [(job, "a.b", "failed")]
+
+
 def test_an_attempt_never_started_is_handed_back_and_cancelled() -> None:
     f = fleet()
     job = uuid.uuid4()

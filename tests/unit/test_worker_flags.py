@@ -3,10 +3,14 @@ clear error at start, never a capacity the scheduler cannot store."""
 
 from __future__ import annotations
 
+import os
+import re
+
 import pytest
 from pydantic import ValidationError
 
-from services.worker.__main__ import parse_args
+from services.worker.__main__ import default_worker_id, parse_args
+from shared.messages import WORKER_ID_PATTERN
 from shared.settings import WORKER_MAX_MEMORY_MB, Settings
 
 
@@ -54,3 +58,15 @@ def test_flags_in_range_are_taken() -> None:
 def test_the_same_bounds_hold_for_the_variables(env: dict[str, object]) -> None:
     with pytest.raises(ValidationError):
         Settings(**env)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("hostname", ["wörker.example.com", "host½", "a" * 300, "日本"])
+def test_the_default_worker_id_is_one_a_worker_takes(
+    monkeypatch: pytest.MonkeyPatch, hostname: str
+) -> None:
+    """Seen failing for non-ASCII host names: str.isalnum() kept é and ½, and the
+    worker's first heartbeat then failed its schema."""
+    real = os.uname()
+    fake = os.uname_result((real.sysname, hostname, real.release, real.version, real.machine))
+    monkeypatch.setattr(os, "uname", lambda: fake)
+    assert re.fullmatch(WORKER_ID_PATTERN, default_worker_id())
