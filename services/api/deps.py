@@ -26,7 +26,11 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
         yield session
 
 
-SessionDep = Annotated[AsyncSession, Depends(get_session)]
+# Closed when the route returns, before its answer is sent: a client that does not read
+# its answer (a large page, TCP full) must not hold a pooled connection while uvicorn
+# waits to write (a few such clients took the whole pool). Routes return plain values,
+# never ORM objects to load later.
+SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
 
 
 async def resolve_token(state: Any, token: str | None) -> Actor:
