@@ -7,7 +7,14 @@ from __future__ import annotations
 import json
 import uuid
 
-from shared.broker import HANDLER_TRIES, Broker, DeadLetter, Delivery, UnpublishableMessage
+from shared.broker import (
+    HANDLER_TRIES,
+    Broker,
+    Consumer,
+    DeadLetter,
+    Delivery,
+    UnpublishableMessage,
+)
 from shared.messages import Batch, JobCancel, JobStatusReport, encode
 from shared.settings import Settings
 from tests.conftest import wait_for
@@ -24,18 +31,23 @@ async def dead(broker: Broker, n: int) -> list[DeadLetter]:
     return found
 
 
+async def cancels_into_a_list(broker: Broker, queue: str) -> tuple[Consumer, list[object]]:
+    """A consumer of ``job.cancel.#`` on ``queue``, and the list it acks each message into."""
+    got: list[object] = []
+
+    async def on(delivery: Delivery) -> None:
+        got.extend(delivery.messages)
+        await delivery.ack()
+
+    return await broker.consume(queue, ["job.cancel.#"], on), got
+
+
 async def test_an_undecodable_body_is_dead_lettered_with_its_reason_and_the_rest_go_on(
     settings: Settings,
 ) -> None:
     queue = f"{settings.namespace}.dl-test"
     async with Broker(settings.amqp_url, settings.namespace, name="dl-test") as broker:
-        got: list[object] = []
-
-        async def on(delivery: Delivery) -> None:
-            got.extend(delivery.messages)
-            await delivery.ack()
-
-        consumer = await broker.consume(queue, ["job.cancel.#"], on)
+        consumer, got = await cancels_into_a_list(broker, queue)
         after = JobCancel(job_id=uuid.uuid4(), attempt=1)
         await broker.publish_body(b"not json at all", "job.cancel.x")
         big = json.loads(encode(after))
@@ -215,13 +227,7 @@ async def test_one_unpublishable_message_is_its_own_fate_not_its_neighbours(
     again, over and over."""
     queue = f"{settings.namespace}.each-test"
     async with Broker(settings.amqp_url, settings.namespace, name="each-test") as broker:
-        got: list[object] = []
-
-        async def on(delivery: Delivery) -> None:
-            got.extend(delivery.messages)
-            await delivery.ack()
-
-        consumer = await broker.consume(queue, ["job.cancel.#"], on)
+        consumer, got = await cancels_into_a_list(broker, queue)
         first, second = (JobCancel(job_id=uuid.uuid4(), attempt=n) for n in (1, 2))
         results = await broker.publish_each(
             [(first, None), (first, "job.cancel." + "x" * 300), (second, None)]
