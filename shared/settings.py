@@ -6,6 +6,8 @@ import time, so tests can give each process its own environment.
 
 from __future__ import annotations
 
+import logging
+import os
 from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, ValidationError, ValidationInfo, field_validator
@@ -15,6 +17,8 @@ from shared.errors import ConfigError
 from shared.jsonvalues import MAX_JSON_DEPTH
 from shared.messages import MAX_PAYLOAD_BYTES, WORKER_ID_PATTERN
 from switchyard.models import ROLES as ROLES  # defined with the public package (tasks use it)
+
+log = logging.getLogger(__name__)
 
 # What a worker may offer (SWITCHYARD_WORKER_* and the worker's flags alike): more than
 # a machine has is a typo, and the columns that store it are 32-bit.
@@ -168,6 +172,21 @@ class Settings(BaseSettings):
             )
         return value
 
+    @field_validator("database_url")
+    @classmethod
+    def _with_the_asyncpg_driver(cls, value: str) -> str:
+        # postgres:// and postgresql:// are how most tools and hosts write the URL; every
+        # process here talks to PostgreSQL through asyncpg.
+        for plain in ("postgresql://", "postgres://"):
+            if value.startswith(plain):
+                return "postgresql+asyncpg://" + value[len(plain) :]
+        if not value.startswith("postgresql+asyncpg://"):
+            raise ValueError(
+                "must be a PostgreSQL URL, postgresql+asyncpg://user@host:port/database "
+                "(postgresql:// and postgres:// are taken as that)"
+            )
+        return value
+
     @field_validator("api_keys", mode="before")
     @classmethod
     def _parse_api_keys(cls, value: object) -> object:
@@ -197,6 +216,13 @@ class Settings(BaseSettings):
 def get_settings(**overrides: object) -> Settings:
     """Read the environment now (not at import time). A bad variable is a ConfigError
     that names it and says what is wrong, never its value (it may be a key)."""
+    for plain in ("DATABASE_URL", "AMQP_URL"):
+        prefixed = os.environ.get(f"SWITCHYARD_{plain}")
+        if prefixed is not None and os.environ.get(plain) not in (None, prefixed):
+            # A DATABASE_URL left in a shell for another program would otherwise be used
+            # without a word.
+            log.warning("%s and SWITCHYARD_%s are both set, to different values: %s is "
+                        "used", plain, plain, plain)  # fmt: skip
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
