@@ -60,6 +60,11 @@ def advice(exc: ApiError) -> str:
         )
     if exc.status == 403:
         return f"{detail} (HTTP 403): use a key whose role allows this."
+    if exc.status == 404 and detail == "Not Found":  # no such route: not an id's fault
+        return (
+            f"the API has no such route (HTTP 404): is {options.url or 'the URL'} the API's "
+            "base URL (http://host:port, nothing after it)? Set it with --url or SWITCHYARD_URL."
+        )
     if exc.status == 404:
         return f"{detail} (HTTP 404): check the id; `switchyard list` shows recent jobs."
     if exc.status == 409:

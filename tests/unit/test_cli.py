@@ -67,6 +67,13 @@ def test_every_refusal_says_what_to_do_next() -> None:
     options.api_key = None
     assert "no key" in advice(ApiError(401, "missing API key"))
     assert "switchyard list" in advice(ApiError(404, "job not found"))
+    # A route the API does not have: the URL is wrong, not an id (seen failing: "check
+    # the id" for `switchyard stats` at http://host:8000/api).
+    options.url = "http://127.0.0.1:8000/api"
+    wrong_url = advice(ApiError(404, "Not Found"))
+    assert "no such route" in wrong_url and "http://127.0.0.1:8000/api" in wrong_url
+    assert "check the id" not in wrong_url
+    options.url = None
     field_errors = [{"loc": ["body", "payload", "seconds"], "msg": "must be a number"}]
     assert "payload.seconds: must be a number" in advice(ApiError(422, field_errors))
     assert "{'" not in advice(ApiError(500, {"detail": "x", "error_id": "e1"}))
