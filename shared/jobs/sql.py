@@ -113,14 +113,17 @@ _PARK_WINDOWS = "\n    UNION ALL\n    ".join(
     f" AND priority = {p} ORDER BY run_at, id LIMIT $4)"
     for p in range(4)
 )
+# The heads are computed once and drive the statement (each looked up by its key): with
+# ``jobs`` statistics older than a batch of 10,000 unfittable jobs, the planner once took
+# the whole ready set as one row and ran the heads again for each of its rows, and the
+# statement outlasted every timeout, holding the scheduler's cycle for minutes.
 PARK_UNFITTABLE = f"""
-WITH heads AS (
+WITH heads AS MATERIALIZED (
     {_PARK_WINDOWS}
 ), unfit AS (
-    SELECT id FROM jobs
-    WHERE id IN (SELECT h.id FROM heads h WHERE NOT {fits_one_of("h", 1)})
-      AND status = 'ready' AND NOT parked
-    ORDER BY id FOR NO KEY UPDATE SKIP LOCKED
+    SELECT j.id FROM heads h JOIN jobs j ON j.id = h.id
+    WHERE NOT {fits_one_of("h", 1)} AND j.status = 'ready' AND NOT j.parked
+    ORDER BY j.id FOR NO KEY UPDATE OF j SKIP LOCKED
 )
 UPDATE jobs j SET parked = true, waiting_reason = format(
     COALESCE((SELECT t.template FROM unnest($5::text[], $6::text[]) AS t(type, template)

@@ -4,6 +4,7 @@ and broker, one call being one cycle's placement."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import asyncpg
@@ -191,3 +192,24 @@ async def test_a_parked_job_cancelled_and_retried_does_not_keep_its_old_reason(
     read = (await client.get(f"/jobs/{orphan}")).json()
     assert read["status"] == "ready"
     assert read["waiting_reason"].startswith("waiting for free capacity"), read
+
+
+async def test_parking_behind_stale_statistics_is_one_pass_of_the_heads(
+    client: httpx.AsyncClient, db: asyncpg.Connection, placement: Placement
+) -> None:
+    """Statistics taken when no job was ready, then 10,000 unfittable ready jobs (an
+    attacking helper's one batch, after the scheduler's own ANALYZE): seen failing, the
+    parking statement ran the heads again for every ready row and did not end in 30 s
+    (the scheduler's cycle stood still for minutes)."""
+    for _ in range(2):  # a history of finished jobs, and statistics with no ready one
+        await submit(client, [{"type": "demo.echo"}] * 1000)
+    await db.execute("UPDATE jobs SET status = 'completed'")
+    await db.execute("ANALYZE jobs")
+    for _ in range(10):
+        await submit(client, [CRITICAL_HUGE] * 1000)
+    (small,) = await submit(client, [CRITICAL_SMALL])
+    placement.worker("w4", cpu=4, memory_mb=4096, types=["demo.echo"])
+    await asyncio.wait_for(placement.dispatcher.place(), 60)
+    row = await db.fetchrow("SELECT status, worker_id FROM jobs WHERE id = $1", small)
+    assert (row["status"], row["worker_id"]) == ("running", "w4")
+    assert await db.fetchval("SELECT count(*) FROM jobs WHERE parked") > 0
