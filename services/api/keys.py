@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from uuid_utils.compat import uuid7
 
 from shared.auth import Actor
-from shared.errors import JobNotFound
+from shared.errors import JobConflict, JobNotFound
 from shared.models import ApiKey, AuditEntry
 from shared.settings import ROLES
 
@@ -62,8 +62,22 @@ class KeyNotFound(JobNotFound):
     """No such (unrevoked) key."""
 
 
+class LastAdminKey(JobConflict):
+    """Revoking it would leave no active admin key."""
+
+
 async def revoke_api_key(session: AsyncSession, key_id: UUID, *, actor: Actor) -> datetime:
-    """Revoke at once: the next request with that key gets 401."""
+    """Revoke at once: the next request with that key gets 401. Never the last active
+    admin key: nobody could then manage keys but by hand in the database."""
+    admins = list(await session.scalars(  # locked: two admins revoking each other at once
+        select(ApiKey.id).where(ApiKey.role == "admin", ApiKey.revoked_at.is_(None))
+        .order_by(ApiKey.id).with_for_update()
+    ))  # fmt: skip
+    if admins == [key_id]:
+        raise LastAdminKey(
+            "this is the last active admin key: create another admin key first "
+            "(POST /api-keys), then revoke this one"
+        )
     revoked = await session.scalar(
         update(ApiKey)
         .where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))

@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from services.api.app import create_app
+from services.api.keys import hash_key
 from shared.catalog import announce_task_types
 from shared.settings import Settings
 from shared.tasks import TaskContext, TaskRegistry
@@ -355,3 +356,19 @@ async def test_a_retry_with_more_dependents_than_a_call_may_requeue_changes_noth
     assert r.status_code == 422, r.text
     assert "more than 1000 jobs" in r.json()["detail"] and "POST /jobs/bulk" in r.json()["detail"]
     assert await db.fetch("SELECT id, status FROM jobs ORDER BY id") == before
+
+
+async def test_the_last_active_admin_key_cannot_be_revoked(
+    client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    """Seen failing (an attacking helper): an admin revoked the only admin key, 204, and
+    nobody could manage keys again but by hand in the database."""
+    await db.execute("UPDATE api_keys SET revoked_at = now() WHERE role = 'admin' "
+                     "AND key_hash <> $1", hash_key(ADMIN_KEY))  # fmt: skip
+    first = (await client.get("/api-keys/me")).json()["id"]
+    second = (await client.post("/api-keys", json={"role": "admin", "label": "b"})).json()
+    as_second = {"Authorization": f"Bearer {second['key']}"}
+    assert (await client.delete(f"/api-keys/{first}", headers=as_second)).status_code == 204
+    refused = await client.delete(f"/api-keys/{second['id']}", headers=as_second)
+    assert refused.status_code == 409 and "last active admin key" in refused.json()["detail"]
+    assert (await client.get("/api-keys", headers=as_second)).status_code == 200  # still admin

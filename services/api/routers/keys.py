@@ -54,7 +54,7 @@ async def list_keys(
 
 @router.delete(
     "/{key_id}", name="apikey.revoke", status_code=204, response_class=Response,
-    responses=error_responses(401, 403, 404, 422, 503),
+    responses=error_responses(401, 403, 404, 409, 422, 503),
 )  # fmt: skip
 async def revoke_key(
     key_id: UUID, request: Request, session: SessionDep, actor: AdminDep
