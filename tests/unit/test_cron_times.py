@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -85,3 +85,36 @@ def test_a_cron_that_never_fires_is_refused(expr: str) -> None:
 
 def test_a_cron_that_fires_rarely_is_accepted() -> None:
     parse_cron("0 0 29 2 *", "Europe/Paris")  # leap days only
+
+
+@pytest.mark.parametrize(
+    ("expr", "missed", "latest"),
+    [
+        ("* * * * * *", timedelta(days=3), datetime(2026, 3, 10, 12, 0, 0, tzinfo=UTC)),
+        ("*/5 * * * *", timedelta(days=3), datetime(2026, 3, 10, 12, 0, tzinfo=UTC)),
+        ("0 3 * * *", timedelta(days=30), datetime(2026, 3, 10, 3, 0, tzinfo=UTC)),
+        ("0 0 1 1 *", timedelta(days=400), datetime(2026, 1, 1, tzinfo=UTC)),
+        ("* * * * *", timedelta(seconds=30), datetime(2026, 3, 10, 12, 0, tzinfo=UTC)),
+    ],
+)
+def test_the_latest_missed_fire_is_found_in_a_few_steps(
+    expr: str, missed: timedelta, latest: datetime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Seen failing for the every-second schedule missed three days: 259,200 calls of
+    next_fire (the scheduler stood still 44 s for it)."""
+    import shared.schedules as schedules
+
+    calls = 0
+    real = schedules.next_fire
+
+    def counted(*args: object) -> datetime:
+        nonlocal calls
+        calls += 1
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(schedules, "next_fire", counted)
+    now = datetime(2026, 3, 10, 12, 0, 0, 500000, tzinfo=UTC)
+    due = latest - missed if latest - missed < now else latest
+    due = real(expr, ZoneInfo("UTC"), due - timedelta(seconds=1))  # a fire time itself
+    assert schedules.latest_missed_fire(expr, ZoneInfo("UTC"), due, now) == latest
+    assert calls < 200, calls
