@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
 from pydantic import ValidationError
-from sqlalchemy import select
+from sqlalchemy import Text, cast, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from uuid_utils.compat import uuid7
@@ -29,7 +29,7 @@ from shared.errors import InvalidJobRequest, JobConflict, JobNotFound
 from shared.jobs.prepare import Limits, prepare_submission
 from shared.jobs.submit import schedule_fire_key, submit_jobs
 from shared.messages import JobStateChanged
-from shared.models import AuditEntry, Schedule
+from shared.models import ApiKey, AuditEntry, Schedule
 from shared.schemas import JobCreate, ScheduleCreate, ScheduleUpdate
 
 # croniter's own extensions: a random ('R') or hashed ('H') minute, hour, ...: a
@@ -74,6 +74,16 @@ def check_cron_fires(expr: str, tz: ZoneInfo) -> None:
             f"cron: {expr!r} never fires: its day and month never meet (e.g. 30 2 is the "
             "30th of February); check the day-of-month and month fields"
         ) from None
+
+
+async def _revoked_creators(session: AsyncSession, creators: set[str]) -> set[str]:
+    """Which of these key ids (a schedule's ``created_by``) are revoked keys."""
+    if not creators:
+        return set()
+    rows = await session.scalars(
+        select(ApiKey.id).where(cast(ApiKey.id, Text).in_(creators), ApiKey.revoked_at.is_not(None))
+    )
+    return {str(key_id) for key_id in rows}
 
 
 def latest_missed_fire(expr: str, tz: ZoneInfo, due: datetime, now: datetime) -> datetime:
@@ -233,7 +243,21 @@ async def fire_due_schedules(
     )
     events: list[JobStateChanged] = []
     jobs: list[Any] = []
+    revoked = await _revoked_creators(session, {s.created_by for s in due if s.created_by})
     for sched in due:
+        if sched.created_by in revoked:
+            # Its jobs would run as an admin whose key no longer acts (a revocation takes
+            # effect at once): paused, and said, until an admin resumes it.
+            sched.paused = True
+            session.add(
+                AuditEntry(
+                    actor=f"schedule:{sched.id}", role="admin", action="schedule.pause",
+                    outcome="owner_revoked", client=f"schedule:{sched.id}",
+                    detail={"schedule_id": str(sched.id), "error": "its creator's API key "
+                            "was revoked; an admin may resume it (it then runs as theirs)"},
+                )
+            )  # fmt: skip
+            continue
         tz = ZoneInfo(sched.timezone)
         assert sched.next_run_at is not None
         fire = latest_missed_fire(sched.cron, tz, sched.next_run_at, now)  # run once

@@ -122,3 +122,24 @@ async def test_a_submitter_can_neither_pause_resume_nor_delete_a_schedule(
     assert (
         await db.fetchrow("SELECT * FROM schedules WHERE id = $1", uuid.UUID(schedule_id)) == before
     )
+
+
+async def test_a_schedule_whose_creators_key_was_revoked_is_paused_not_fired(
+    app: object, client: httpx.AsyncClient, db: asyncpg.Connection, settings: Settings
+) -> None:
+    """Seen failing (an attacking helper): a revoked admin key's schedule kept firing
+    jobs as that key, with an admin's rights."""
+    temp = (await client.post("/api-keys", json={"role": "admin", "label": "temp"})).json()
+    as_temp = {"Authorization": f"Bearer {temp['key']}"}
+    made = await client.post("/schedules", headers=as_temp, json={
+        "name": "orphan", "cron": YEARLY, "job": {"type": "demo.echo"}})  # fmt: skip
+    assert made.status_code == 201, made.text
+    await db.execute("UPDATE schedules SET next_run_at = now() - interval '1 minute'")
+    assert (await client.delete(f"/api-keys/{temp['id']}")).status_code == 204
+    await _fire(app, settings)
+    assert await db.fetchval("SELECT count(*) FROM jobs") == 0
+    assert await db.fetchval("SELECT paused FROM schedules") is True
+    assert (
+        await db.fetchval("SELECT outcome FROM audit_log WHERE action = 'schedule.pause'")
+        == "owner_revoked"
+    )
