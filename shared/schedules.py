@@ -76,6 +76,22 @@ def check_cron_fires(expr: str, tz: ZoneInfo) -> None:
         ) from None
 
 
+def _pause(session: AsyncSession, sched: Schedule, outcome: str, error: str) -> None:
+    """Pause a due schedule instead of firing it, with the audit row that says why."""
+    sched.paused = True
+    by = f"schedule:{sched.id}"
+    session.add(
+        AuditEntry(
+            actor=by,
+            role="admin",
+            action="schedule.pause",
+            outcome=outcome,
+            client=by,
+            detail={"schedule_id": str(sched.id), "error": error},
+        )
+    )
+
+
 async def _revoked_creators(session: AsyncSession, creators: set[str]) -> set[str]:
     """Which of these key ids (a schedule's ``created_by``) are revoked keys."""
     if not creators:
@@ -247,16 +263,9 @@ async def fire_due_schedules(
     for sched in due:
         if sched.created_by in revoked:
             # Its jobs would run as an admin whose key no longer acts (a revocation takes
-            # effect at once): paused, and said, until an admin resumes it.
-            sched.paused = True
-            session.add(
-                AuditEntry(
-                    actor=f"schedule:{sched.id}", role="admin", action="schedule.pause",
-                    outcome="owner_revoked", client=f"schedule:{sched.id}",
-                    detail={"schedule_id": str(sched.id), "error": "its creator's API key "
-                            "was revoked; an admin may resume it (it then runs as theirs)"},
-                )
-            )  # fmt: skip
+            # effect at once). Resumed, it would pause again: it is still that key's.
+            _pause(session, sched, "owner_revoked", "its creator's API key was revoked: "
+                   "create it again with an active admin key")  # fmt: skip
             continue
         tz = ZoneInfo(sched.timezone)
         assert sched.next_run_at is not None
@@ -285,13 +294,7 @@ async def fire_due_schedules(
         except (InvalidJobRequest, ValidationError) as exc:
             # The task type or its parameters changed since: pause rather than fail forever.
             error = exc.message if isinstance(exc, InvalidJobRequest) else str(exc)[:1000]
-            sched.paused = True
-            session.add(
-                AuditEntry(
-                    actor=actor.client, role="admin", action="schedule.pause", outcome="invalid",
-                    client=actor.client, detail={"schedule_id": str(sched.id), "error": error},
-                )
-            )  # fmt: skip
+            _pause(session, sched, "invalid", error)
         sched.last_run_at = fire
         sched.next_run_at = next_fire(sched.cron, tz, now)
     await session.flush()
