@@ -65,8 +65,8 @@ def test_every_hostile_output_fails_the_attempt_with_an_error(kind: str) -> None
 
 
 def test_a_thread_that_raised_is_a_failed_attempt_not_a_silent_one() -> None:
-    """Seen failing: the done-callback's f.result() raised, and the attempt was never
-    reported."""
+    """The worker's done-callback called f.result(), which re-raises: the attempt was
+    never reported. (A helper function new with the fix: this test has no 'before'.)"""
     future: Future[Outcome | None] = Future()
     future.set_exception(RuntimeError("a bug in the worker"))
     outcome = thread_outcome(future)
