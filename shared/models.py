@@ -190,6 +190,16 @@ class JobDependency(Base):
     __table_args__ = (Index("job_dependencies_parent_idx", "depends_on_id", "job_id"),)
 
 
+class DependentsToFail(Base):
+    """A failed or cancelled job whose waiting dependents are not all failed yet: the
+    scheduler fails them a slice per cycle (``shared.jobs.transitions``)."""
+
+    __tablename__ = "dependents_to_fail"
+
+    parent_id: Mapped[UUID] = mapped_column(PG_UUID(as_uuid=True), primary_key=True)
+    queued_at: Mapped[datetime] = mapped_column(TZ, server_default=text("now()"))
+
+
 class JobExecution(Base):
     """One row per attempt."""
 

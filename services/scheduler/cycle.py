@@ -7,7 +7,8 @@ progress) into an inbox and runs a cycle whenever a message arrives or the tick 
    heartbeats; commit; ack those messages;
 2. declare lost what a dead worker held or what a live worker never received, and
    retry or fail it like a failed attempt (``fleet``);
-3. promote delayed / backoff jobs whose time has come, fire due schedules (``timed``);
+3. promote delayed / backoff jobs whose time has come, fire due schedules (``timed``),
+   and fail a slice of the dependents a failed job left waiting (a long cascade);
 4. publish the ``job.state`` events of all of it, in commit order;
 5. put back the dispatches the broker refused, or else place ready jobs (``dispatch``,
    ``placement``): mark them running with a new attempt number, commit, publish;
@@ -50,8 +51,10 @@ from shared.messages import (
 )
 from shared.outbox import Outbox
 from shared.settings import Settings
+from shared.states import JobStatus
 
 log = logging.getLogger("switchyard.scheduler")
+DEAD = (JobStatus.FAILED, JobStatus.CANCELLED)
 
 
 @dataclass
@@ -104,6 +107,10 @@ class Scheduler:
         self.wake = asyncio.Event()
         # Between tries of an inbox the database refuses for a reason no message explains.
         self.held_back = Backoff()
+        # Dependents of failed jobs queued to fail (a long cascade, in slices): looked
+        # for once a tick (an API request may have queued some), after a cycle that
+        # failed or cancelled a job, and every cycle while some are left.
+        self.dependents_left = True
 
     # ------------------------------------------------------------ standing by, leading
 
@@ -132,6 +139,7 @@ class Scheduler:
 
     def _stand_down(self) -> None:
         self.leadership.abandon()
+        self.dependents_left = True
         self.fleet.forget()
         self.inbox.clear()
         self.dispatch.forget()
@@ -210,6 +218,10 @@ class Scheduler:
                 # Also the safety net for jobs whose wake-up hint was never published.
                 self.dispatch.maybe_ready = True
                 events.extend(await self.timed.run())
+                self.dependents_left = True
+            if self.dependents_left or any(e.new_status in DEAD for e in events):
+                # (A job that ended failed or cancelled may have queued dependents.)
+                events.extend(await self._fail_dependents_left())
         except BaseException:
             # What is committed keeps its events even when a later step fails.
             self.dispatch.announce(events)
@@ -223,6 +235,16 @@ class Scheduler:
         await self.fleet.send_cancels()
         await self.maintenance.monitor()
         self.maintenance.start_due_tasks()
+        if self.dependents_left:
+            self.wake.set()  # the next slice in the next cycle, after its inbox
+
+    async def _fail_dependents_left(self) -> list[JobStateChanged]:
+        """One slice of the queued dependents of failed and cancelled jobs (committed)."""
+        async with self.db.session() as session:
+            events, left = await transitions.fail_queued_dependents(session)
+            await session.commit()
+        self.dependents_left = left
+        return events
 
     async def _apply_inbox(self) -> list[JobStateChanged]:
         """Apply what the inbox holds, commit, ack; returns the committed events.

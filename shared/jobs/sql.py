@@ -381,19 +381,50 @@ WHERE j.id = u.id
 RETURNING j.id
 """
 
-# One level of the descendants of failed or cancelled parents (``$1``); each error names
-# its parent and how it ended (``$2``). Only jobs still waiting can fail this way: the
-# descendants of an unfinished parent are blocked (or pending) by construction.
+# Up to ``$3`` of the waiting children of the jobs ``$1``, which ended ``$2`` (failed,
+# cancelled), locked in id order; each error names its parent and how that ended. Only
+# jobs still waiting can fail this way: the descendants of an unfinished parent are
+# blocked (or pending) by construction.
 FAIL_DEPENDENTS = f"""
+WITH due AS (
+    SELECT j.id, d.parent, d.how FROM jobs j
+    JOIN (SELECT DISTINCT ON (e.job_id) e.job_id, f.id AS parent, f.how
+          FROM unnest($1::uuid[], $2::text[]) AS f(id, how)
+          JOIN job_dependencies e ON e.depends_on_id = f.id
+          ORDER BY e.job_id, f.id) d ON j.id = d.job_id
+    WHERE j.status IN {allowed_from(S.FAILED, among={S.BLOCKED, S.PENDING})}
+    ORDER BY j.id LIMIT $3
+    FOR NO KEY UPDATE OF j
+)
 UPDATE jobs j
-SET status = 'failed', error = 'dependency ' || d.parent::text || ' ' || $2,
+SET status = 'failed', error = 'dependency ' || due.parent::text || ' ' || due.how,
     finished_at = now(), updated_at = now(), unmet_dependencies = 0
-FROM (SELECT DISTINCT ON (job_id) job_id, depends_on_id AS parent
-      FROM job_dependencies WHERE depends_on_id = ANY($1::uuid[])
-      ORDER BY job_id, depends_on_id) d
-WHERE j.id = d.job_id AND j.status IN {allowed_from(S.FAILED, among={S.BLOCKED, S.PENDING})}
+FROM due WHERE j.id = due.id
 RETURNING j.id, j.type, j.attempts, j.worker_id, j.error
 """
+
+# Of ``$1`` (jobs just failed or cancelled), those with dependents, queued for a later
+# slice (``transitions.fail_dependents``).
+QUEUE_DEPENDENTS_TO_FAIL = """
+INSERT INTO dependents_to_fail (parent_id)
+SELECT DISTINCT depends_on_id FROM job_dependencies WHERE depends_on_id = ANY($1::uuid[])
+ON CONFLICT DO NOTHING
+"""
+# Up to ``$1`` queued parents, the longest queued first, taken off the queue (what is
+# left of them is queued again, behind the others), with how each ended: one retried
+# meanwhile (or deleted) is dropped and fails nobody.
+TAKE_DEPENDENTS_TO_FAIL = """
+WITH taken AS (
+    DELETE FROM dependents_to_fail WHERE parent_id = ANY(ARRAY(
+        SELECT parent_id FROM dependents_to_fail ORDER BY queued_at, parent_id LIMIT $1
+        FOR UPDATE SKIP LOCKED
+    ))
+    RETURNING parent_id
+)
+SELECT p.id, p.status FROM taken JOIN jobs p ON p.id = taken.parent_id
+WHERE p.status IN ('failed', 'cancelled')
+"""
+ANY_DEPENDENTS_TO_FAIL = "SELECT EXISTS (SELECT 1 FROM dependents_to_fail)"
 
 # Delayed and backoff jobs whose time has come become ready.
 PROMOTE_DUE = f"""

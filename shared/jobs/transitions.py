@@ -12,7 +12,7 @@ is its own transaction.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -258,7 +258,7 @@ async def fail_undispatchable(db: Db, failures: list[tuple[Placed, str]]) -> lis
     ]
     await _write_ends(db, ends, now)
     events = [_end_event(end, now) for end in ends]
-    return events + await fail_dependents(db, [end.job.id for end in ends], S.FAILED)
+    return events + await fail_dependents(db, dict.fromkeys((end.job.id for end in ends), S.FAILED))
 
 
 # ------------------------------------------------------------------- reports
@@ -372,9 +372,9 @@ async def apply_reports(
     out.events += [e for e in succeeded.events if e.new_status != S.COMPLETED]  # children
     ends = decided.ends.values()
     out.freed = succeeded.freed + [(e.job.id, e.job.worker_id or "") for e in ends]
-    for end in ends:
-        if end.status in (S.FAILED, S.CANCELLED):
-            out.events += await fail_dependents(db, [end.job.id], end.status)
+    dead = {end.job.id: end.status for end in ends if end.status in (S.FAILED, S.CANCELLED)}
+    if dead:
+        out.events += await fail_dependents(db, dead)
     return out
 
 
@@ -460,25 +460,65 @@ def _unblocked_events(rows: Iterable[Any]) -> list[JobStateChanged]:
     ]
 
 
-async def fail_dependents(db: Db, parents: list[UUID], how: str) -> list[JobStateChanged]:
-    """Fail every unfinished descendant of ``parents`` (which ended ``how``); each error
-    names its parent.
+@dataclass(frozen=True)
+class Slice:
+    """How much of a cascade one transaction does: rows failed, levels walked."""
+
+    rows: int
+    levels: int
+
+
+# Where a job ends (a report in the scheduler's cycle, a user's cancel in an API
+# request): the dependents of a short chain or a small fan fail with it; a deep chain
+# or a wide fan continues in the scheduler a slice per cycle.
+AT_ONCE = Slice(rows=200, levels=20)
+PER_CYCLE = Slice(rows=1000, levels=50)
+
+
+async def fail_dependents(
+    db: Db, parents: Mapping[UUID, JobStatus], slice_: Slice = AT_ONCE
+) -> list[JobStateChanged]:
+    """Fail the waiting descendants of ``parents`` (each failed or cancelled, as the
+    mapping says), a slice of them: those left are the scheduler's
+    (``fail_queued_dependents``). Each error names the job's parent and how that ended.
 
     Level by level, each level a statement of its own: a job's children are read only
     after the job itself is locked (updated), so a child committed concurrently by the
     API (which reads its parents FOR SHARE) is either seen here or sees its parent
-    already failed. The caller has locked ``parents``.
+    already failed. The caller has locked ``parents``, or they ended in an earlier
+    transaction.
     """
     events: list[JobStateChanged] = []
-    frontier = parents
-    while frontier:
-        rows = await fetch(db, sql.FAIL_DEPENDENTS, frontier, str(how))
+    frontier, rows_left = dict(parents), slice_.rows
+    for _ in range(slice_.levels):
+        if not frontier or not rows_left:
+            break
+        rows = await fetch(
+            db, sql.FAIL_DEPENDENTS, list(frontier), [str(how) for how in frontier.values()],
+            rows_left,
+        )  # fmt: skip
+        rows_left -= len(rows)
         events.extend(
             state_event(r["id"], r["type"], r["attempts"], S.BLOCKED, S.FAILED, r["error"])
             for r in rows
         )
-        frontier, how = [r["id"] for r in rows], S.FAILED
+        failed = dict.fromkeys((r["id"] for r in rows), S.FAILED)
+        # Cut short (the slice's rows ran out in this level): this level is not done.
+        frontier = frontier | failed if not rows_left else failed
+    if frontier:
+        await fetch(db, sql.QUEUE_DEPENDENTS_TO_FAIL, list(frontier))
     return events
+
+
+async def fail_queued_dependents(
+    db: Db, slice_: Slice = PER_CYCLE
+) -> tuple[list[JobStateChanged], bool]:
+    """A slice of the dependents ``fail_dependents`` left; True if some are left still."""
+    taken = await fetch(db, sql.TAKE_DEPENDENTS_TO_FAIL, slice_.rows)
+    parents = {r["id"]: S(r["status"]) for r in taken}
+    events = await fail_dependents(db, parents, slice_) if parents else []
+    left = await fetch(db, sql.ANY_DEPENDENTS_TO_FAIL)
+    return events, bool(left[0]["exists"])
 
 
 # ------------------------------------------------------------------- time
@@ -502,7 +542,7 @@ async def cancel_waiting(db: Db, job_id: UUID, old: JobStatus, *, by: str) -> li
     row = rows[0]
     events = [state_event(row["id"], row["type"], row["attempts"], old, S.CANCELLED,
                           "cancelled by user")]  # fmt: skip
-    return events + await fail_dependents(db, [job_id], S.CANCELLED)
+    return events + await fail_dependents(db, {job_id: S.CANCELLED})
 
 
 async def request_cancel(db: Db, job_id: UUID) -> None:

@@ -220,6 +220,12 @@ def _reason(
         return "running", f"running {where}"
     if status is S.BLOCKED:
         unmet = [d for d in dependencies if d.status != S.COMPLETED.value]
+        dead = [d for d in unmet if d.status in (S.FAILED.value, S.CANCELLED.value)]
+        if dead:
+            return "dependencies", (
+                f"dependency {dead[0].id} {dead[0].status}: this job fails with it (the "
+                "scheduler fails a long chain of dependents a slice per cycle)"
+            )
         names = ", ".join(f"{d.id} ({d.status})" for d in unmet[:5])
         more = f" and {len(unmet) - 5} more" if len(unmet) > 5 else ""
         return "dependencies", f"waiting on {len(unmet)} unfinished dependencies: {names}{more}"
