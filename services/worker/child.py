@@ -11,7 +11,9 @@ attempt's cancel flag and raises :class:`Terminated` in the task, so its ``final
 blocks run and it returns; the child then exits (a child whose task was interrupted is
 never reused); an idle child just leaves. The parent signals the child's process group
 (the child leads one), so what a task forked goes with it, and sends SIGKILL to a group
-whose child is still alive after the grace.
+whose child is still alive after the grace. The child adopts what leaves the group (a
+subreaper: ``process_tree``) and kills whatever its task left running when the attempt
+ends, before it reports the end, and when it leaves.
 SIGINT is ignored (and the child's own group keeps a Ctrl-C in the worker's terminal
 from reaching it at all): the worker alone decides, by its drain, what happens to the
 attempts.
@@ -29,6 +31,7 @@ from types import FrameType
 from typing import Any
 from uuid import UUID
 
+from services.worker import process_tree
 from services.worker.progress import ProgressThrottle
 from services.worker.runner import Outcome, run_task, worker_registry
 from shared.tasks import TaskContext, TaskLogger, TaskRegistry
@@ -56,6 +59,8 @@ def child_main(modules: list[str], demo: bool, inbox: Connection, outbox: Connec
     # Its own process group: the parent signals the group, so processes a task starts
     # (a fork, multiprocessing) are terminated and killed with it, never left running.
     os.setpgrp()
+    # And what leaves the group (a new session, a double fork) stays under it.
+    process_tree.become_subreaper()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     registry = worker_registry(modules, demo=demo)
     send_lock = threading.Lock()
@@ -121,10 +126,13 @@ def child_main(modules: list[str], demo: bool, inbox: Connection, outbox: Connec
                 # is none: the worker reports the timeout or the cancel. An attempt that
                 # ended before SIGTERM keeps its outcome, which the worker reports.
                 outcome = INTERRUPTED
+            # Nothing the attempt started outlives it, before its slot is free.
+            process_tree.end_own_descendants()
             send((OUTCOME, asdict(outcome)))
     except Terminated:
         pass  # between two attempts: leave
     finally:
+        process_tree.end_own_descendants()
         outbox.close()
 
 

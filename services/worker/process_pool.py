@@ -7,9 +7,10 @@ child is ours to SIGTERM / SIGKILL, to measure and to replace:
   child is warm in milliseconds and shares no file descriptor or lock of the worker;
 * one reader thread per child blocks on its pipe and hands each message to the event
   loop through a ``ToLoop`` (as task threads do): the loop never waits on a child;
-* a watch on the loop samples each busy child's memory every ``WATCH_INTERVAL``: an
-  attempt whose resident memory grows more than its ``memory_mb`` above the idle child's
-  is killed (SIGKILL) and fails with ``exceeded memory_mb=N: peak M MB``;
+* a watch on the loop samples each busy child's memory every ``WATCH_INTERVAL``, and
+  what the processes its task started hold every ``TREE_INTERVAL``: an attempt whose
+  memory grows more than its ``memory_mb`` above the idle child's is killed (SIGKILL,
+  with every process under the child) and fails with ``exceeded memory_mb=N: peak M MB``;
 * a child that exits while it runs an attempt (a segfault, ``os._exit``, the memory
   kill, a termination) fails only that attempt; the pool starts a replacement;
 * each child leads its own process group, and every signal goes to the group (only
@@ -44,12 +45,16 @@ from uuid import UUID
 import psutil
 
 from services.worker import child as child_code
+from services.worker import process_tree
 from services.worker.runner import Outcome, ToLoop, line_weight
 from switchyard import _child as child_entry
 
 log = logging.getLogger("switchyard.worker.pool")
 
 WATCH_INTERVAL = 0.1  # seconds between memory samples of the busy children
+# Seconds between walks of /proc for the processes busy children's tasks started (a
+# walk reads every process's parent: ~4 ms here, in a thread, only while one is busy).
+TREE_INTERVAL = 1.0
 START_TIMEOUT = 60.0  # seconds a new child may take to import the task modules
 # Longest an attempt waits for a free child (a replacement starting, a terminated child
 # exiting): past it the attempt is handed back rather than wait on a pool gone wrong.
@@ -87,6 +92,8 @@ class Child:
     memory_limit_mb: int = 0
     baseline_rss: int = 0
     peak_rss: int = 0  # above the baseline, this attempt
+    tree_bytes: int = 0  # what the processes its task started hold (their Pss), last walk
+    runs: int = 0  # attempts started on it (a walk's figures count for the attempt it saw)
     ps: psutil.Process | None = None
     terminating: bool = False  # SIGTERM sent: only an outcome that is a success still counts
     peak_reset: bool = False  # VmHWM was reset at this attempt's start: it is this attempt's
@@ -380,6 +387,8 @@ class ProcessPool:
         c.memory_limit_mb = memory_mb
         c.kill_reason = None
         c.peak_rss = 0
+        c.tree_bytes = 0
+        c.runs += 1
         c.peak_reset = False
         try:
             c.baseline_rss, _ = _memory(c.pid)
@@ -418,6 +427,12 @@ class ProcessPool:
         child has not exited: its pid may be another process's once it is reaped."""
         if not c.pid or self._exited(c):
             return
+        if sig == signal.SIGKILL:
+            # What left the group (the child adopted it) is under the child only while
+            # the child lives: first. (SIGTERM lets the child end them itself.)
+            process_tree.signal_each(
+                process_tree.descendants(c.pid, process_tree.children_by_parent()), sig
+            )
         try:
             os.killpg(c.pid, sig)
         except ProcessLookupError:  # still starting: not yet the leader of its group
@@ -496,18 +511,33 @@ class ProcessPool:
     # ------------------------------------------------------------ measuring
 
     async def _watch_memory(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_walk = 0.0
         while True:
             await asyncio.sleep(WATCH_INTERVAL)
-            for c in self.children:
+            busy = [c for c in self.children if c.job is not None and not c.gone]
+            if busy and loop.time() >= next_walk:
+                next_walk = loop.time() + TREE_INTERVAL
+                await self._measure_trees(busy)
+            for c in busy:
                 if c.job is not None and not c.gone and c.kill_reason is None:
                     self._check_memory(c)
+
+    async def _measure_trees(self, busy: list[Child]) -> None:
+        """What the processes each busy child's task started hold, for its limit."""
+        runs = {c: c.runs for c in busy}
+        loop = asyncio.get_running_loop()
+        held = await loop.run_in_executor(None, _tree_bytes, [c.pid for c in busy])
+        for c, seen in runs.items():
+            if c.runs == seen:  # still the attempt the walk saw
+                c.tree_bytes = held.get(c.pid, 0)
 
     def _check_memory(self, c: Child) -> None:
         try:
             rss, hwm = _memory(c.pid)
         except (OSError, ValueError):
             return  # exiting: its reader thread reports it
-        peak = attempt_peak(rss, hwm, peak_reset=c.peak_reset)
+        peak = attempt_peak(rss, hwm, peak_reset=c.peak_reset) + c.tree_bytes
         c.peak_rss = max(c.peak_rss, peak - c.baseline_rss)
         limit = c.memory_limit_mb * MB
         if c.peak_rss > limit:
@@ -527,7 +557,7 @@ class ProcessPool:
                 rss, _ = _memory(c.pid)
             except (OSError, ValueError, psutil.Error):
                 continue
-            out.append((c, cpu, max(0, rss - c.baseline_rss) / MB))
+            out.append((c, cpu, max(0, rss + c.tree_bytes - c.baseline_rss) / MB))
         return out
 
     # ------------------------------------------------------------ helpers
@@ -543,6 +573,15 @@ class ProcessPool:
             while not done():
                 self._changed.clear()
                 await self._changed.wait()
+
+
+def _tree_bytes(roots: list[int]) -> dict[int, int]:
+    """For each of ``roots``, what the processes under it hold (one walk of /proc)."""
+    links = process_tree.children_by_parent()
+    return {
+        root: sum(process_tree.proportional_bytes(p) for p in process_tree.descendants(root, links))
+        for root in roots
+    }
 
 
 def _weight(item: tuple[Any, ...]) -> int:

@@ -5,6 +5,7 @@ where they enter; the process pool's children really are killed, measured and re
 from __future__ import annotations
 
 import asyncio
+import os
 import resource
 import time
 import uuid
@@ -197,6 +198,7 @@ async def test_a_payload_of_megabytes_crosses_without_blocking(pool: ProcessPool
 PROBE_TASKS = '''
 import gc
 import os
+import subprocess
 import time
 from multiprocessing.connection import Connection
 from typing import Any
@@ -263,6 +265,39 @@ def fork(ctx: TaskContext, payload: dict[str, Any]) -> None:
     ctx.log.info("%d", pid)
     if payload.get("exit"):
         os._exit(3)
+    while True:
+        time.sleep(0.05)
+
+
+@registry.task("probe.escape")
+def escape(ctx: TaskContext, payload: dict[str, Any]) -> dict[str, bool]:
+    """Starts a process that leaves the child's process group (a session of its own;
+    by a double fork its parent is gone too), logs its pid, then returns or runs on."""
+    if payload["how"] == "popen":
+        pid = subprocess.Popen(["sleep", "120"], start_new_session=True).pid
+    else:
+        r, w = os.pipe()
+        if os.fork() == 0:
+            os.setsid()
+            if os.fork() == 0:
+                os.write(w, b"%d\\n" % os.getpid())
+                time.sleep(120)
+            os._exit(0)
+        pid = int(os.read(r, 64))
+    ctx.log.info("%d", pid)
+    while payload.get("run_on"):
+        time.sleep(0.05)
+    return {"ok": True}
+
+
+@registry.task("probe.fork_hog")
+def fork_hog(ctx: TaskContext, payload: dict[str, Any]) -> None:
+    """Its memory is a forked process's: the child itself holds nothing more."""
+    if os.fork() == 0:
+        held = bytearray(payload["mb"] * 2**20)
+        held[::4096] = b"x" * len(held[::4096])
+        time.sleep(120)
+        os._exit(0)
     while True:
         time.sleep(0.05)
 '''
@@ -352,6 +387,37 @@ async def test_a_forked_grandchild_neither_hides_the_exit_nor_outlives_it(
     if how == "exit":
         assert rec.outcome.error == "the attempt's process exited with code 3"
     await wait_until(lambda: gone(grandchild), 5, "the grandchild killed with its group")
+
+
+@pytest.mark.parametrize("end", ["returns", "terminated"])
+@pytest.mark.parametrize("how", ["popen", "double_fork"])
+async def test_a_process_in_a_session_of_its_own_ends_with_its_attempt(
+    probe_pool: ProcessPool, how: str, end: str
+) -> None:
+    """It is no longer in the child's process group, which is what was signalled."""
+    payload = {"how": how, "run_on": end == "terminated"}
+    rec, pid = await run_in(probe_pool, "probe.escape", payload, wait=False)
+    await asyncio.wait_for(rec.logged.wait(), timeout=10)
+    escaped = int(rec.logs[0].split()[-1])
+    assert os.getpgid(escaped) != pid
+    if end == "terminated":
+        (child,) = [c for c in probe_pool.children if c.pid == pid]
+        probe_pool.terminate(child)
+    await asyncio.wait_for(rec.ended.wait(), timeout=10)
+    if end == "returns":
+        assert rec.outcome == Outcome(ok=True, result={"ok": True})
+        assert gone(escaped)  # before the end was reported
+    else:
+        await wait_until(lambda: gone(escaped), 5, "the escaped process killed")
+
+
+async def test_memory_of_processes_a_task_started_counts_against_its_limit(
+    probe_pool: ProcessPool,
+) -> None:
+    rec, pid = await run_in(probe_pool, "probe.fork_hog", {"mb": 300}, memory_mb=64)
+    assert rec.outcome is not None and rec.outcome.error is not None
+    assert rec.outcome.error.startswith("exceeded memory_mb=64: peak "), rec.outcome.error
+    assert gone(pid)
 
 
 def bytes_written(pid: int) -> int:

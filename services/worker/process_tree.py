@@ -1,0 +1,129 @@
+"""The processes a task started, wherever they went: found by their parent links in
+``/proc``, measured, and ended with their attempt.
+
+Each child of the process pool is a *subreaper* (``PR_SET_CHILD_SUBREAPER``): a process
+its task started that loses its parent (a double fork, ``os.setsid()`` and the parent
+gone) is adopted by the child, not by init, so it stays among the child's descendants,
+whatever process group or session it moved to. Linux only; elsewhere nothing is found
+and the process group alone is signalled, as before.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+from collections.abc import Iterable
+
+log = logging.getLogger("switchyard.worker")
+
+PR_SET_CHILD_SUBREAPER = 36  # <linux/prctl.h>
+
+
+def become_subreaper() -> bool:
+    """Make this process adopt its orphaned descendants; whether the kernel agreed."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return bool(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
+    except (OSError, AttributeError):
+        return False
+
+
+def children_by_parent() -> dict[int, list[int]]:
+    """Every process's children, from one pass over ``/proc`` (empty where there is none)."""
+    found: dict[int, list[int]] = {}
+    try:
+        entries = os.scandir("/proc")
+    except OSError:
+        return found
+    with entries:
+        for entry in entries:
+            if not entry.name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry.name}/stat", "rb") as f:
+                    stat = f.read()
+            except OSError:
+                continue  # exited meanwhile
+            # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+            fields = stat[stat.rfind(b")") + 2 :].split(b" ", 2)
+            with contextlib.suppress(IndexError, ValueError):
+                found.setdefault(int(fields[1]), []).append(int(entry.name))
+    return found
+
+
+def descendants(root: int, links: dict[int, list[int]]) -> list[int]:
+    """The processes under ``root``, at any depth (``root`` itself not included)."""
+    out: list[int] = []
+    todo = list(links.get(root, ()))
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(links.get(pid, ()))
+    return out
+
+
+def proportional_bytes(pid: int) -> int:
+    """What ``pid`` holds of memory, its share of pages shared with others (a forked
+    process shares its parent's until either writes them) counted once over all of
+    them: ``Pss`` of ``/proc/<pid>/smaps_rollup``; 0 once it has exited."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", "rb") as f:
+            for line in f:
+                if line.startswith(b"Pss:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def signal_each(pids: Iterable[int], sig: int) -> None:
+    """``sig`` to each of ``pids`` that still exists."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, sig)
+
+
+def end_descendants(root: int, *, rounds: int = 3) -> int:
+    """SIGKILL every process under ``root``, walking again (a process may fork while
+    its siblings die) up to ``rounds`` times; returns how many were signalled."""
+    killed = 0
+    for _ in range(rounds):
+        pids = descendants(root, children_by_parent())
+        if not pids:
+            break
+        signal_each(pids, signal.SIGKILL)
+        killed += len(pids)
+    return killed
+
+
+def has_children() -> bool:
+    """Whether this process has a child (its own or adopted), one system call: every
+    process under it has one of them as an ancestor."""
+    try:
+        os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return False
+    return True
+
+
+def end_own_descendants() -> None:
+    """Kill and collect whatever this process's task left running (nothing to walk
+    when it started nothing, the usual case)."""
+    if has_children():
+        end_descendants(os.getpid())
+        reap_adopted()
+
+
+def reap_adopted() -> None:
+    """Collect the exit of every child of this process that has exited (adopted
+    orphans become zombies of a subreaper until it waits for them)."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
