@@ -21,6 +21,12 @@ from sqlalchemy.ext.asyncio import (
 
 from shared.settings import Settings
 
+# Every statement's bound on the server, past every bound our clients set (at most 60 s,
+# an ANALYZE): a client that gives up on a statement (its timeout) may leave it running
+# on the server (the cancel request is best effort), and one retried each cycle would
+# pile up copies of itself there. The vacuum's own connection is not bounded.
+SERVER_SETTINGS = {"statement_timeout": "90s"}
+
 
 def create_engine(settings: Settings, *, pool_size: int = 10) -> AsyncEngine:
     return create_async_engine(
@@ -32,7 +38,7 @@ def create_engine(settings: Settings, *, pool_size: int = 10) -> AsyncEngine:
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_timeout=5,
-        connect_args={"timeout": 5, "command_timeout": 30},
+        connect_args={"timeout": 5, "command_timeout": 30, "server_settings": SERVER_SETTINGS},
     )
 
 
@@ -75,7 +81,7 @@ async def create_pool(
         command_timeout=30,
         init=init,
         reset=reset,
-        server_settings=GENERIC_PLANS if generic_plans else None,
+        server_settings=SERVER_SETTINGS | (GENERIC_PLANS if generic_plans else {}),
     )
     assert pool is not None
     return pool

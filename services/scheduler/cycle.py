@@ -177,7 +177,8 @@ class Scheduler:
                     # Outage, deadlock victim, serialization failure: nothing was
                     # committed for the failed step; the next cycle redoes it.
                     what = "database unavailable" if is_db_outage(exc) else "cycle failed"
-                    log.warning("%s (%s); retrying", what, exc)
+                    # (A timeout's text is empty: its name says what happened.)
+                    log.warning("%s (%s); retrying", what, str(exc) or repr(exc))
                     await asyncio.sleep(0.5)
                     self.wake.set()
                 except LeadershipLost:
