@@ -166,9 +166,17 @@ class ProgressBar:
         self._shown = ""
 
 
+def attempts_text(attempts: int, max_attempts: int) -> str:
+    """How many attempts a job made, against its budget: attempt numbers go on past
+    ``max_attempts`` after a retry or a hand-back (each gives a fresh budget)."""
+    if attempts <= max_attempts:
+        return f"{attempts} of {max_attempts} attempt(s)"
+    return f"{attempts} attempts in all; {max_attempts} allowed per retry or hand-back"
+
+
 def job_summary(job: JobRead) -> list[tuple[str, str]]:
     """A job as (label, text) pairs, the empty ones left out."""
-    attempts = f"{job.attempts} of {job.retry.max_attempts} attempt(s)"
+    attempts = attempts_text(job.attempts, job.retry.max_attempts)
     fields = [
         ("id", str(job.id)),
         ("name", job.name or ""),

@@ -17,6 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastapi import FastAPI
+from fastapi.responses import RedirectResponse
 
 from services.api.static import StaticFilesWithHeaders
 
@@ -40,7 +41,13 @@ DASHBOARD_HEADERS = {
 
 
 def install_dashboard(app: FastAPI) -> None:
-    """Serve ``/ui/`` (``index.html``) and its assets, no key needed (like ``/docs``)."""
+    """Serve ``/ui/`` (``index.html``) and its assets, no key needed (like ``/docs``);
+    ``/``, where a browser pointed at the API lands, leads there."""
+
+    @app.get("/", include_in_schema=False)
+    async def to_dashboard() -> RedirectResponse:
+        return RedirectResponse(f"{UI_PATH}/")
+
     app.mount(
         UI_PATH,
         StaticFilesWithHeaders(directory=UI_DIRECTORY, html=True, headers=DASHBOARD_HEADERS),

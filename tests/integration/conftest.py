@@ -18,6 +18,7 @@ from services.scheduler.database import Database
 from services.scheduler.dispatch import Dispatcher
 from services.scheduler.fleet import Fleet
 from shared.broker import Broker
+from shared.jobs import transitions
 from shared.messages import WorkerCapacity, WorkerHeartbeat
 from shared.outbox import Outbox
 from shared.settings import Settings
@@ -121,3 +122,16 @@ async def placement(settings: Settings) -> AsyncIterator[Placement]:
         stop.set()  # a clean stop: refused dispatches are put back
         await dispatcher.settle(stop=stop)
         await outbox.close()
+
+
+async def fail_queued_dependents(db: asyncpg.Connection) -> list[int]:
+    """What the scheduler does a slice per cycle (none runs in these tests): fail the
+    dependents a cascade left queued, until none are; the failures of each slice."""
+    sizes: list[int] = []
+    while True:
+        async with db.transaction():
+            events, left = await transitions.fail_queued_dependents(db)
+        sizes.append(len(events))
+        if not left:
+            return sizes
+        assert len(sizes) < 1000, "the queue never empties"

@@ -119,6 +119,15 @@ async def test_docs_assets_are_public_and_cacheable(public_client: httpx.AsyncCl
     assert again.status_code == 304
 
 
+async def test_the_root_leads_to_the_dashboard(public_client: httpx.AsyncClient) -> None:
+    """A browser pointed at the API's address got 404 "Not Found"."""
+    root = await public_client.get("/", follow_redirects=False)
+    assert root.status_code == 307 and root.headers["location"] == "/ui/"
+    page = await public_client.get("/", follow_redirects=True)
+    assert page.status_code == 200 and "<html" in page.text.lower()
+    assert "/" not in (await public_client.get("/openapi.json")).json()["paths"]
+
+
 def stream_doc(schema: dict[str, Any]) -> dict[str, Any]:
     return schema["x-websockets"]["/jobs/stream"]  # type: ignore[no-any-return]
 

@@ -19,6 +19,7 @@ from shared.jobs import transitions
 from shared.messages import JobStatusReport, WorkerCapacity, WorkerHeartbeat
 from shared.settings import Settings
 from tests.conftest import wait_for
+from tests.integration.conftest import fail_queued_dependents
 
 AT_ONCE, PER_CYCLE = transitions.AT_ONCE, transitions.PER_CYCLE
 
@@ -62,18 +63,6 @@ async def errors(db: asyncpg.Connection, ids: list[uuid.UUID]) -> dict[uuid.UUID
     return {r["id"]: r["error"] for r in rows}
 
 
-async def take_slices(db: asyncpg.Connection) -> list[int]:
-    """``fail_queued_dependents`` until nothing is left: the failures of each slice."""
-    sizes: list[int] = []
-    while True:
-        async with db.transaction():
-            events, left = await transitions.fail_queued_dependents(db)
-        sizes.append(len(events))
-        if not left:
-            return sizes
-        assert len(sizes) < 1000, "the queue never empties"
-
-
 async def test_a_cancelled_chain_fails_a_slice_at_once_and_the_rest_in_slices(
     client: httpx.AsyncClient, db: asyncpg.Connection
 ) -> None:
@@ -86,7 +75,7 @@ async def test_a_cancelled_chain_fails_a_slice_at_once_and_the_rest_in_slices(
     queued = await db.fetch("SELECT parent_id FROM dependents_to_fail")
     assert [q["parent_id"] for q in queued] == [chain[AT_ONCE.levels - 1]]
 
-    sizes = await take_slices(db)
+    sizes = await fail_queued_dependents(db)
     assert max(sizes) <= PER_CYCLE.levels and sum(sizes) == 1000 - AT_ONCE.levels
     assert await failed_count(db, chain) == 1000
     got = await errors(db, chain)
@@ -102,7 +91,7 @@ async def test_a_wide_fan_fails_in_slices_of_rows(
     fan = await dependents(client, db, root, 1500, chain=False)
     assert (await client.patch(f"/jobs/{root}/cancel")).status_code == 200
     assert await failed_count(db, fan) == AT_ONCE.rows
-    sizes = await take_slices(db)
+    sizes = await fail_queued_dependents(db)
     assert max(sizes) <= PER_CYCLE.rows and sum(sizes) == 1500 - AT_ONCE.rows
     assert set((await errors(db, fan)).values()) == {f"dependency {root} cancelled"}
 
@@ -114,7 +103,7 @@ async def test_a_queued_job_retried_meanwhile_fails_nobody(
     fan = await dependents(client, db, root, AT_ONCE.rows + 50, chain=False)
     assert (await client.patch(f"/jobs/{root}/cancel")).status_code == 200
     assert (await client.post(f"/jobs/{root}/retry")).status_code == 200
-    assert await take_slices(db) == [0]
+    assert await fail_queued_dependents(db) == [0]
     # The 50 the cancel left are waiting for the retried job, not failed.
     assert await failed_count(db, fan) == AT_ONCE.rows
     waiting = await db.fetchval(

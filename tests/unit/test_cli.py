@@ -14,7 +14,7 @@ import httpx
 from switchyard import AsyncClient, Client, __version__
 from switchyard.client import answer, retry_after
 from switchyard.console import advice, options
-from switchyard.display import safe
+from switchyard.display import attempts_text, safe
 from switchyard.errors import ApiError
 
 NOWHERE = "http://127.0.0.1:9"  # nothing listens on the discard port
@@ -166,3 +166,10 @@ def test_stats_says_how_old_a_reused_history_reading_is(monkeypatch: Any) -> Non
         assert out.exit_code == 0, out.output
         assert ("as read" in out.output) is shown, out.output
         assert not shown or "as read 40" in out.output, out.output
+
+
+def test_attempts_past_the_budget_read_as_a_count_not_a_fraction() -> None:
+    """After a retry, attempt numbers go on: "6 of 3" read as a contradiction."""
+    assert attempts_text(2, 3) == "2 of 3 attempt(s)"
+    assert attempts_text(3, 3) == "3 of 3 attempt(s)"
+    assert attempts_text(6, 3) == "6 attempts in all; 3 allowed per retry or hand-back"
