@@ -197,6 +197,8 @@ class DependentsToFail(Base):
     __tablename__ = "dependents_to_fail"
 
     parent_id: Mapped[UUID] = mapped_column(PG_UUID(as_uuid=True), primary_key=True)
+    # The last child a slice cut short failed: the next slice goes on after it.
+    after_child: Mapped[UUID | None] = mapped_column(PG_UUID(as_uuid=True))
     queued_at: Mapped[datetime] = mapped_column(TZ, server_default=text("now()"))
 
 

@@ -7,12 +7,12 @@ progress) into an inbox and runs a cycle whenever a message arrives or the tick 
    heartbeats; commit; ack those messages;
 2. declare lost what a dead worker held or what a live worker never received, and
    retry or fail it like a failed attempt (``fleet``);
-3. promote delayed / backoff jobs whose time has come, fire due schedules (``timed``),
-   and fail a slice of the dependents a failed job left waiting (a long cascade);
+3. promote delayed / backoff jobs whose time has come, fire due schedules (``timed``);
 4. publish the ``job.state`` events of all of it, in commit order;
 5. put back the dispatches the broker refused, or else place ready jobs (``dispatch``,
    ``placement``): mark them running with a new attempt number, commit, publish;
-6. re-send cancels, publish monitoring, start retention and vacuum (``maintenance``).
+6. re-send cancels, fail a slice of the dependents failed jobs left waiting (a long
+   cascade), publish monitoring, start retention and vacuum (``maintenance``).
 
 Everything it knows in memory (workers, allocations) is rebuilt from the database
 when it takes over, so a standby that takes over continues where the last one stopped.
@@ -38,7 +38,7 @@ from services.scheduler.leadership import Leadership, LeadershipLost
 from services.scheduler.maintenance import Maintenance
 from services.scheduler.timed import TimedWork
 from shared.broker import Broker, Consumer, Delivery, Topology, ack_all
-from shared.db import RAW_DB_ERRORS, is_db_outage
+from shared.db import RAW_DB_ERRORS, fetch, is_db_outage
 from shared.isolation import Backoff, BatchHeldBack, apply_isolating
 from shared.jobs import transitions
 from shared.jobs.annotations import save_progress
@@ -220,13 +220,12 @@ class Scheduler:
                 self.dispatch.maybe_ready = True
                 events.extend(await self.timed.run())
                 self.dependents_left = True
-            if self.dependents_left or any(e.new_status in DEAD for e in events):
-                # (A job that ended failed or cancelled may have queued dependents.)
-                events.extend(await self._fail_dependents_left())
         except BaseException:
             # What is committed keeps its events even when a later step fails.
             self.dispatch.announce(events)
             raise
+        # A job that ended failed or cancelled may have queued dependents.
+        self.dependents_left |= any(e.new_status in DEAD for e in events)
         # Published together, before this cycle's dispatches (as one batch per kind).
         self.dispatch.announce(events)
         # A cycle that put refused dispatches back does not place: they are placed again
@@ -234,18 +233,30 @@ class Scheduler:
         if not await self.dispatch.undo_unconfirmed():
             await self.dispatch.place()
         await self.fleet.send_cancels()
+        if self.dependents_left:
+            await self._fail_dependents_left()
         await self.maintenance.monitor()
         self.maintenance.start_due_tasks()
         if self.dependents_left:
             self.wake.set()  # the next slice in the next cycle, after its inbox
 
-    async def _fail_dependents_left(self) -> list[JobStateChanged]:
-        """One slice of the queued dependents of failed and cancelled jobs (committed)."""
-        async with self.db.session() as session:
-            events, left = await transitions.fail_queued_dependents(session)
-            await session.commit()
+    async def _fail_dependents_left(self) -> None:
+        """One slice of the queued dependents of failed and cancelled jobs (committed),
+        after the cycle's placement: a slice that fails (rows a bulk cancel holds past
+        the lock timeout, a deadlock with one) is logged and tried again at the next
+        tick, and holds back nothing else."""
+        try:
+            async with self.db.session() as session:
+                await fetch(session, "SET LOCAL lock_timeout = '2s'")
+                events, left = await transitions.fail_queued_dependents(session)
+                await session.commit()
+        except (SQLAlchemyError, *RAW_DB_ERRORS) as exc:
+            log.warning("failing the dependents of failed jobs: %s; again at the next tick",
+                        str(exc) or repr(exc))  # fmt: skip
+            self.dependents_left = False  # the tick sets it again
+            return
         self.dependents_left = left
-        return events
+        self.dispatch.announce(events)
 
     async def _apply_inbox(self) -> list[JobStateChanged]:
         """Apply what the inbox holds, commit, ack; returns the committed events.

@@ -92,6 +92,7 @@ def child_main(modules: list[str], demo: bool, inbox: Connection, outbox: Connec
             try:
                 item = inbox.recv()
             except (EOFError, OSError):
+                process_tree.end_own_descendants()  # the worker died: nothing outlives it
                 os._exit(0)
             if item[0] == RUN:
                 runs.put(item)

@@ -92,7 +92,7 @@ class Child:
     memory_limit_mb: int = 0
     baseline_rss: int = 0
     peak_rss: int = 0  # above the baseline, this attempt
-    tree_bytes: int = 0  # what the processes its task started hold (their Pss), last walk
+    tree_bytes: int = 0  # what the processes its task started hold alone, last walk
     runs: int = 0  # attempts started on it (a walk's figures count for the attempt it saw)
     ps: psutil.Process | None = None
     terminating: bool = False  # SIGTERM sent: only an outcome that is a success still counts
@@ -429,10 +429,24 @@ class ProcessPool:
             return
         if sig == signal.SIGKILL:
             # What left the group (the child adopted it) is under the child only while
-            # the child lives: first. (SIGTERM lets the child end them itself.)
-            process_tree.signal_each(
-                process_tree.descendants(c.pid, process_tree.children_by_parent()), sig
-            )
+            # the child lives: killed first, found by a walk of /proc, off the event
+            # loop (milliseconds, more on a host of thousands of processes). SIGTERM
+            # lets the child end them itself.
+            threading.Thread(
+                target=self._kill_tree, args=(c,), name=f"kill-{c.pid}", daemon=True
+            ).start()
+            return
+        self._signal_group(c, sig)
+
+    def _kill_tree(self, c: Child) -> None:
+        if not self._exited(c):
+            links = process_tree.children_by_parent()
+            process_tree.signal_each(process_tree.descendants(c.pid, links), signal.SIGKILL)
+        if not self._exited(c):
+            self._signal_group(c, signal.SIGKILL)
+
+    @staticmethod
+    def _signal_group(c: Child, sig: int) -> None:
         try:
             os.killpg(c.pid, sig)
         except ProcessLookupError:  # still starting: not yet the leader of its group
@@ -513,21 +527,31 @@ class ProcessPool:
     async def _watch_memory(self) -> None:
         loop = asyncio.get_running_loop()
         next_walk = 0.0
-        while True:
-            await asyncio.sleep(WATCH_INTERVAL)
-            busy = [c for c in self.children if c.job is not None and not c.gone]
-            if busy and loop.time() >= next_walk:
-                next_walk = loop.time() + TREE_INTERVAL
-                await self._measure_trees(busy)
-            for c in busy:
-                if c.job is not None and not c.gone and c.kill_reason is None:
-                    self._check_memory(c)
+        measuring: asyncio.Task[None] | None = None
+        try:
+            while True:
+                await asyncio.sleep(WATCH_INTERVAL)
+                busy = [c for c in self.children if c.job is not None and not c.gone]
+                if busy and loop.time() >= next_walk and (measuring is None or measuring.done()):
+                    # Beside the samples, not in their way: a walk may take a while.
+                    next_walk = loop.time() + TREE_INTERVAL
+                    measuring = asyncio.create_task(self._measure_trees(busy))
+                for c in busy:
+                    if c.job is not None and not c.gone and c.kill_reason is None:
+                        self._check_memory(c)
+        finally:
+            if measuring is not None:
+                measuring.cancel()
 
     async def _measure_trees(self, busy: list[Child]) -> None:
         """What the processes each busy child's task started hold, for its limit."""
         runs = {c: c.runs for c in busy}
         loop = asyncio.get_running_loop()
-        held = await loop.run_in_executor(None, _tree_bytes, [c.pid for c in busy])
+        try:
+            held = await loop.run_in_executor(None, _tree_bytes, [c.pid for c in busy])
+        except (OSError, RuntimeError) as exc:  # no /proc; the executor shut down
+            log.warning("cannot measure what process-isolated tasks started: %r", exc)
+            return
         for c, seen in runs.items():
             if c.runs == seen:  # still the attempt the walk saw
                 c.tree_bytes = held.get(c.pid, 0)
@@ -579,7 +603,7 @@ def _tree_bytes(roots: list[int]) -> dict[int, int]:
     """For each of ``roots``, what the processes under it hold (one walk of /proc)."""
     links = process_tree.children_by_parent()
     return {
-        root: sum(process_tree.proportional_bytes(p) for p in process_tree.descendants(root, links))
+        root: sum(process_tree.private_bytes(p) for p in process_tree.descendants(root, links))
         for root in roots
     }
 

@@ -15,6 +15,7 @@ import ctypes
 import logging
 import os
 import signal
+import time
 from collections.abc import Iterable
 
 log = logging.getLogger("switchyard.worker")
@@ -32,7 +33,9 @@ def become_subreaper() -> bool:
 
 
 def children_by_parent() -> dict[int, list[int]]:
-    """Every process's children, from one pass over ``/proc`` (empty where there is none)."""
+    """Every live process's children, from one pass over ``/proc`` (empty where there
+    is none). Zombies are left out: they hold nothing, cannot be signalled, and wait
+    only for their parent to collect them."""
     found: dict[int, list[int]] = {}
     try:
         entries = os.scandir("/proc")
@@ -49,34 +52,41 @@ def children_by_parent() -> dict[int, list[int]]:
                 continue  # exited meanwhile
             # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
             fields = stat[stat.rfind(b")") + 2 :].split(b" ", 2)
-            with contextlib.suppress(IndexError, ValueError):
-                found.setdefault(int(fields[1]), []).append(int(entry.name))
+            if len(fields) < 2 or fields[0] in (b"Z", b"X") or not fields[1].isdigit():
+                continue
+            found.setdefault(int(fields[1]), []).append(int(entry.name))
     return found
 
 
 def descendants(root: int, links: dict[int, list[int]]) -> list[int]:
     """The processes under ``root``, at any depth (``root`` itself not included)."""
     out: list[int] = []
+    seen = {root}
     todo = list(links.get(root, ()))
     while todo:
         pid = todo.pop()
+        if pid in seen:  # a snapshot of /proc is not atomic: never loop
+            continue
+        seen.add(pid)
         out.append(pid)
         todo.extend(links.get(pid, ()))
     return out
 
 
-def proportional_bytes(pid: int) -> int:
-    """What ``pid`` holds of memory, its share of pages shared with others (a forked
-    process shares its parent's until either writes them) counted once over all of
-    them: ``Pss`` of ``/proc/<pid>/smaps_rollup``; 0 once it has exited."""
+def private_bytes(pid: int) -> int:
+    """The memory ``pid`` holds that no other process shares (``Private_Clean`` and
+    ``Private_Dirty`` of ``/proc/<pid>/smaps_rollup``): what a forked process allocated
+    or wrote, not the pages it still shares with its parent, which are counted there
+    already; 0 once it has exited (or where the kernel has no rollup)."""
+    total = 0
     try:
         with open(f"/proc/{pid}/smaps_rollup", "rb") as f:
             for line in f:
-                if line.startswith(b"Pss:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError):
-        pass
-    return 0
+                if line.startswith((b"Private_Clean:", b"Private_Dirty:")):
+                    total += int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return 0
+    return total
 
 
 def signal_each(pids: Iterable[int], sig: int) -> None:
@@ -86,16 +96,21 @@ def signal_each(pids: Iterable[int], sig: int) -> None:
             os.kill(pid, sig)
 
 
-def end_descendants(root: int, *, rounds: int = 3) -> int:
-    """SIGKILL every process under ``root``, walking again (a process may fork while
-    its siblings die) up to ``rounds`` times; returns how many were signalled."""
+def end_descendants(root: int, *, patience: float = 1.0) -> int:
+    """SIGKILL every process under ``root`` (this process: it collects the exits)
+    until none is left, walking again while some still die (a process may fork while
+    its siblings die, and a large one takes a while to free its memory), for
+    ``patience`` seconds at most; returns how many were signalled."""
     killed = 0
-    for _ in range(rounds):
-        pids = descendants(root, children_by_parent())
-        if not pids:
-            break
+    deadline = time.monotonic() + patience
+    while pids := descendants(root, children_by_parent()):
         signal_each(pids, signal.SIGKILL)
         killed += len(pids)
+        reap_adopted()
+        if time.monotonic() > deadline:
+            log.warning("%d process(es) under %d still alive after SIGKILL", len(pids), root)
+            break
+        time.sleep(0.01)
     return killed
 
 

@@ -39,6 +39,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from shared.auth import Actor
 from shared.db import exception_chain, is_db_outage, is_transient_conflict
 from shared.errors import JobConflict, JobNotFound, PermissionDenied, SwitchyardError
+from shared.jobs import transitions
 from shared.jobs.commands import cancel_job, retry_job
 from shared.jobs.listing import JobSelection, select_ids
 from shared.models import AuditEntry, Job
@@ -312,5 +313,7 @@ async def _audit(
 
 async def _act(session: AsyncSession, action: BulkActionName, job_id: UUID, *, actor: Actor) -> Any:
     if action == "cancel":
-        return await cancel_job(session, job_id, actor=actor)
+        # A chunk holds up to CHUNK cancels in one transaction: their dependents are
+        # all failed by the scheduler, a slice per cycle, not in this request.
+        return await cancel_job(session, job_id, actor=actor, cascade=transitions.QUEUED_ONLY)
     return await retry_job(session, job_id, actor=actor, dependents=False)

@@ -32,9 +32,15 @@ def _check_owner(job: Job, actor: Actor, *, verb: str, hint: str = "") -> None:
 
 
 async def cancel_job(
-    session: AsyncSession, job_id: UUID, *, actor: Actor
+    session: AsyncSession,
+    job_id: UUID,
+    *,
+    actor: Actor,
+    cascade: transitions.Slice = transitions.AT_ONCE,
 ) -> tuple[Job, list[JobStateChanged], bool]:
     """Cancel at once if no worker holds it; if running, flag it (the worker is told).
+    Its waiting dependents fail, ``cascade`` of them in this transaction, the rest in
+    the scheduler.
 
     Returns (job, events, notify_worker: True when a running attempt must be told).
     """
@@ -49,7 +55,7 @@ async def cancel_job(
         await transitions.request_cancel(session, job_id)
     else:
         events = await transitions.cancel_waiting(
-            session, job_id, status, by=actor.label or actor.key_id
+            session, job_id, status, by=actor.label or actor.key_id, cascade=cascade
         )
         if not events:  # the row is locked by us: only a state machine change gets here
             raise JobConflict(f"job {job_id} is {status} and could not be cancelled")

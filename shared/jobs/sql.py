@@ -381,49 +381,59 @@ WHERE j.id = u.id
 RETURNING j.id
 """
 
-# Up to ``$3`` of the waiting children of the jobs ``$1``, which ended ``$2`` (failed,
-# cancelled), locked in id order; each error names its parent and how that ended. Only
+# Up to ``$4`` of the waiting children of the jobs ``$1``, which ended ``$2`` (failed,
+# cancelled), each child above its parent's cursor ``$3`` (null: from the first; a slice
+# cut short goes on after its last child, rather than read again every child it has
+# failed), locked in id order; each error names its parent and how that ended. Only
 # jobs still waiting can fail this way: the descendants of an unfinished parent are
 # blocked (or pending) by construction.
 FAIL_DEPENDENTS = f"""
 WITH due AS (
-    SELECT j.id, d.parent, d.how FROM jobs j
+    SELECT j.id, j.status AS old, d.parent, d.how FROM jobs j
     JOIN (SELECT DISTINCT ON (e.job_id) e.job_id, f.id AS parent, f.how
-          FROM unnest($1::uuid[], $2::text[]) AS f(id, how)
-          JOIN job_dependencies e ON e.depends_on_id = f.id
+          FROM unnest($1::uuid[], $2::text[], $3::uuid[]) AS f(id, how, after)
+          JOIN job_dependencies e
+            ON e.depends_on_id = f.id AND (f.after IS NULL OR e.job_id > f.after)
           ORDER BY e.job_id, f.id) d ON j.id = d.job_id
     WHERE j.status IN {allowed_from(S.FAILED, among={S.BLOCKED, S.PENDING})}
-    ORDER BY j.id LIMIT $3
+    ORDER BY j.id LIMIT $4
     FOR NO KEY UPDATE OF j
 )
 UPDATE jobs j
 SET status = 'failed', error = 'dependency ' || due.parent::text || ' ' || due.how,
     finished_at = now(), updated_at = now(), unmet_dependencies = 0
 FROM due WHERE j.id = due.id
-RETURNING j.id, j.type, j.attempts, j.worker_id, j.error
+RETURNING j.id, j.type, j.attempts, j.worker_id, j.error, due.old
 """
 
-# Of ``$1`` (jobs just failed or cancelled), those with dependents, queued for a later
-# slice (``transitions.fail_dependents``).
+# Of the jobs ``$1`` (failed or cancelled), those with children above their cursor
+# ``$2``, queued for a later slice (``transitions.fail_dependents``). One queued
+# meanwhile by another transaction is read again from its first child.
 QUEUE_DEPENDENTS_TO_FAIL = """
-INSERT INTO dependents_to_fail (parent_id)
-SELECT DISTINCT depends_on_id FROM job_dependencies WHERE depends_on_id = ANY($1::uuid[])
-ON CONFLICT DO NOTHING
+INSERT INTO dependents_to_fail (parent_id, after_child)
+SELECT f.id, f.after FROM unnest($1::uuid[], $2::uuid[]) AS f(id, after)
+WHERE EXISTS (SELECT 1 FROM job_dependencies e
+              WHERE e.depends_on_id = f.id AND (f.after IS NULL OR e.job_id > f.after))
+ON CONFLICT (parent_id) DO UPDATE SET after_child = NULL
 """
-# Up to ``$1`` queued parents, the longest queued first, taken off the queue (what is
-# left of them is queued again, behind the others), with how each ended: one retried
-# meanwhile (or deleted) is dropped and fails nobody.
-TAKE_DEPENDENTS_TO_FAIL = """
-WITH taken AS (
-    DELETE FROM dependents_to_fail WHERE parent_id = ANY(ARRAY(
-        SELECT parent_id FROM dependents_to_fail ORDER BY queued_at, parent_id LIMIT $1
-        FOR UPDATE SKIP LOCKED
-    ))
-    RETURNING parent_id
-)
-SELECT p.id, p.status FROM taken JOIN jobs p ON p.id = taken.parent_id
-WHERE p.status IN ('failed', 'cancelled')
+# Up to ``$1`` queued jobs, the longest queued first.
+QUEUED_DEPENDENTS_TO_FAIL = """
+SELECT parent_id, after_child FROM dependents_to_fail ORDER BY queued_at, parent_id
+LIMIT $1 FOR UPDATE SKIP LOCKED
 """
+# Of the queued jobs ``$1``, how each is now, locked against a change (a retry) until
+# the slice commits; one another transaction holds (a retry under way) is skipped and
+# stays queued.
+LOCK_QUEUED_PARENTS = """
+SELECT p.id, p.status FROM unnest($1::uuid[]) AS f(id) JOIN jobs p ON p.id = f.id
+FOR SHARE OF p SKIP LOCKED
+"""
+# Of the jobs ``$1``, those that no longer exist.
+MISSING_JOBS = """
+SELECT f.id FROM unnest($1::uuid[]) AS f(id)
+WHERE NOT EXISTS (SELECT 1 FROM jobs j WHERE j.id = f.id)
+"""
+UNQUEUE_DEPENDENTS_TO_FAIL = "DELETE FROM dependents_to_fail WHERE parent_id = ANY($1::uuid[])"
 ANY_DEPENDENTS_TO_FAIL = "SELECT EXISTS (SELECT 1 FROM dependents_to_fail)"
 
 # Delayed and backoff jobs whose time has come become ready.
@@ -505,6 +515,8 @@ PRUNE_FINISHED = f"""
 DELETE FROM jobs WHERE id = ANY(ARRAY(
     SELECT id FROM jobs
     WHERE finished_at < $1 AND status IN {FINISHED}
+      -- its dependents still to be failed: the edges that find them go with it
+      AND NOT EXISTS (SELECT 1 FROM dependents_to_fail q WHERE q.parent_id = jobs.id)
     ORDER BY finished_at LIMIT $2
     FOR UPDATE SKIP LOCKED
 ))

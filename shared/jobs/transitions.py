@@ -239,7 +239,9 @@ async def undo_dispatch(db: Db, placed: list[Placed]) -> list[JobStateChanged]:
     """The dispatch could not be published: the attempt goes back to ready (it never
     ran), or the job ends cancelled if a cancel came meanwhile."""
     rows = await fetch(db, sql.UNDO_DISPATCH, [p.id for p in placed], [p.attempts for p in placed])
-    return [_row_event(r, S.RUNNING, r["status"], "dispatch not delivered") for r in rows]
+    events = [_row_event(r, S.RUNNING, r["status"], "dispatch not delivered") for r in rows]
+    cancelled = {r["id"]: S.CANCELLED for r in rows if r["status"] == S.CANCELLED}
+    return events + (await fail_dependents(db, cancelled) if cancelled else [])
 
 
 async def fail_undispatchable(db: Db, failures: list[tuple[Placed, str]]) -> list[JobStateChanged]:
@@ -470,9 +472,15 @@ class Slice:
 
 # Where a job ends (a report in the scheduler's cycle, a user's cancel in an API
 # request): the dependents of a short chain or a small fan fail with it; a deep chain
-# or a wide fan continues in the scheduler a slice per cycle.
+# or a wide fan continues in the scheduler a slice per cycle. A bulk call (up to 200
+# cancels in a transaction) leaves all of theirs to the scheduler.
 AT_ONCE = Slice(rows=200, levels=20)
+QUEUED_ONLY = Slice(rows=0, levels=0)
 PER_CYCLE = Slice(rows=1000, levels=50)
+
+# A job whose dependents are to fail: how it ended, and the last of its children a
+# slice already failed (None: from the first).
+_Frontier = dict[UUID, tuple[str, UUID | None]]
 
 
 async def fail_dependents(
@@ -485,38 +493,71 @@ async def fail_dependents(
     Level by level, each level a statement of its own: a job's children are read only
     after the job itself is locked (updated), so a child committed concurrently by the
     API (which reads its parents FOR SHARE) is either seen here or sees its parent
-    already failed. The caller has locked ``parents``, or they ended in an earlier
-    transaction.
+    already failed. The caller has locked ``parents``.
     """
+    frontier: _Frontier = {job_id: (str(how), None) for job_id, how in parents.items()}
+    return await _fail_levels(db, frontier, slice_)
+
+
+async def _fail_levels(db: Db, frontier: _Frontier, slice_: Slice) -> list[JobStateChanged]:
     events: list[JobStateChanged] = []
-    frontier, rows_left = dict(parents), slice_.rows
+    rows_left = slice_.rows
     for _ in range(slice_.levels):
         if not frontier or not rows_left:
             break
         rows = await fetch(
-            db, sql.FAIL_DEPENDENTS, list(frontier), [str(how) for how in frontier.values()],
-            rows_left,
+            db, sql.FAIL_DEPENDENTS, list(frontier), [how for how, _ in frontier.values()],
+            [after for _, after in frontier.values()], rows_left,
         )  # fmt: skip
         rows_left -= len(rows)
         events.extend(
-            state_event(r["id"], r["type"], r["attempts"], S.BLOCKED, S.FAILED, r["error"])
+            state_event(r["id"], r["type"], r["attempts"], r["old"], S.FAILED, r["error"])
             for r in rows
         )
-        failed = dict.fromkeys((r["id"] for r in rows), S.FAILED)
-        # Cut short (the slice's rows ran out in this level): this level is not done.
-        frontier = frontier | failed if not rows_left else failed
+        failed: _Frontier = {r["id"]: (S.FAILED.value, None) for r in rows}
+        if rows_left:
+            frontier = failed
+            continue
+        # Cut short: this level's children above the last one failed (children are
+        # taken in id order) are still to fail, after the next level's.
+        last = max(r["id"] for r in rows)
+        frontier = {
+            job_id: (how, last if after is None else max(after, last))
+            for job_id, (how, after) in frontier.items()
+        } | failed
     if frontier:
-        await fetch(db, sql.QUEUE_DEPENDENTS_TO_FAIL, list(frontier))
+        await fetch(
+            db, sql.QUEUE_DEPENDENTS_TO_FAIL, list(frontier),
+            [after for _, after in frontier.values()],
+        )  # fmt: skip
     return events
 
 
 async def fail_queued_dependents(
     db: Db, slice_: Slice = PER_CYCLE
 ) -> tuple[list[JobStateChanged], bool]:
-    """A slice of the dependents ``fail_dependents`` left; True if some are left still."""
-    taken = await fetch(db, sql.TAKE_DEPENDENTS_TO_FAIL, slice_.rows)
-    parents = {r["id"]: S(r["status"]) for r in taken}
-    events = await fail_dependents(db, parents, slice_) if parents else []
+    """A slice of the dependents ``fail_dependents`` left; True if some are left still.
+
+    The queued jobs are locked FOR SHARE first (one a retry holds is skipped and stays
+    queued), so a retry waits for the slice, and a slice never fails the dependents of
+    a job retried meanwhile. A queued job gone (deleted by hand) or no longer failed
+    is taken off the queue."""
+    queued = {
+        r["parent_id"]: r["after_child"]
+        for r in await fetch(db, sql.QUEUED_DEPENDENTS_TO_FAIL, slice_.rows)
+    }
+    events: list[JobStateChanged] = []
+    if queued:
+        ids = list(queued)
+        locked = {r["id"]: r["status"] for r in await fetch(db, sql.LOCK_QUEUED_PARENTS, ids)}
+        missing = [r["id"] for r in await fetch(db, sql.MISSING_JOBS, ids)]
+        await fetch(db, sql.UNQUEUE_DEPENDENTS_TO_FAIL, [*locked, *missing])
+        frontier = {
+            job_id: (status, queued[job_id])
+            for job_id, status in locked.items()
+            if status in (S.FAILED, S.CANCELLED)
+        }
+        events = await _fail_levels(db, frontier, slice_)
     left = await fetch(db, sql.ANY_DEPENDENTS_TO_FAIL)
     return events, bool(left[0]["exists"])
 
@@ -533,16 +574,19 @@ async def promote_due(db: Db, *, limit: int) -> list[JobStateChanged]:
 # ------------------------------------------------------------------- users
 
 
-async def cancel_waiting(db: Db, job_id: UUID, old: JobStatus, *, by: str) -> list[JobStateChanged]:
+async def cancel_waiting(
+    db: Db, job_id: UUID, old: JobStatus, *, by: str, cascade: Slice = AT_ONCE
+) -> list[JobStateChanged]:
     """A job no worker holds (``old``, locked by the caller) is cancelled at once; its
-    unfinished dependents fail. No events if it had moved on meanwhile."""
+    unfinished dependents fail (``cascade`` of them now, the rest in the scheduler).
+    No events if it had moved on meanwhile."""
     rows = await fetch(db, sql.CANCEL_WAITING, job_id, utcnow(), f"cancelled by {by}")
     if not rows:
         return []
     row = rows[0]
     events = [state_event(row["id"], row["type"], row["attempts"], old, S.CANCELLED,
                           "cancelled by user")]  # fmt: skip
-    return events + await fail_dependents(db, {job_id: S.CANCELLED})
+    return events + await fail_dependents(db, {job_id: S.CANCELLED}, cascade)
 
 
 async def request_cancel(db: Db, job_id: UUID) -> None:

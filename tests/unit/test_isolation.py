@@ -290,6 +290,25 @@ def escape(ctx: TaskContext, payload: dict[str, Any]) -> dict[str, bool]:
     return {"ok": True}
 
 
+# Touched at import, in the forkserver: every child shares these pages from birth.
+BALLAST = bytearray(100 * 2**20)
+BALLAST[::4096] = b"x" * len(BALLAST[::4096])
+
+
+@registry.task("probe.idle_forks")
+def idle_forks(ctx: TaskContext, payload: dict[str, Any]) -> dict[str, int]:
+    """Forks that allocate nothing: they only share the child's pages."""
+    pids = []
+    for _ in range(payload["n"]):
+        pid = os.fork()
+        if pid == 0:
+            time.sleep(120)
+            os._exit(0)
+        pids.append(pid)
+    time.sleep(payload["seconds"])
+    return {"forks": len(pids)}
+
+
 @registry.task("probe.fork_hog")
 def fork_hog(ctx: TaskContext, payload: dict[str, Any]) -> None:
     """Its memory is a forked process's: the child itself holds nothing more."""
@@ -418,6 +437,32 @@ async def test_memory_of_processes_a_task_started_counts_against_its_limit(
     assert rec.outcome is not None and rec.outcome.error is not None
     assert rec.outcome.error.startswith("exceeded memory_mb=64: peak "), rec.outcome.error
     assert gone(pid)
+
+
+async def test_pages_a_fork_shares_with_its_child_are_not_counted_again(
+    probe_pool: ProcessPool,
+) -> None:
+    """Seen failing (a reviewer): four idle forks of a child holding 100 MB it shares
+    were counted at their share of it, and a 64 MB job was killed for memory it never
+    allocated."""
+    payload = {"n": 4, "seconds": 2.5}  # past two walks of the processes under it
+    rec, _ = await run_in(probe_pool, "probe.idle_forks", payload, memory_mb=64)
+    assert rec.outcome == Outcome(ok=True, result={"forks": 4}), rec.outcome
+
+
+async def test_a_child_whose_worker_is_gone_ends_what_its_task_started(
+    probe_pool: ProcessPool,
+) -> None:
+    """Seen failing (a reviewer): a worker killed with SIGKILL left a task's process in
+    a session of its own running, adopted by init."""
+    payload = {"how": "popen", "run_on": True}
+    rec, pid = await run_in(probe_pool, "probe.escape", payload, wait=False)
+    await asyncio.wait_for(rec.logged.wait(), timeout=10)
+    escaped = int(rec.logs[0].split()[-1])
+    (child,) = [c for c in probe_pool.children if c.pid == pid]
+    child.inbox.close()  # what the child sees of a worker that died: its pipe's end
+    await wait_until(lambda: gone(pid), 5, "the child left")
+    await wait_until(lambda: gone(escaped), 5, "what its task started killed")
 
 
 def bytes_written(pid: int) -> int:

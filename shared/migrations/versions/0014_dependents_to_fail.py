@@ -7,8 +7,8 @@ declared lost. The statement that ends a job now fails a bounded slice of its
 dependents at once and queues here the jobs whose dependents are left; the scheduler
 takes the rest a slice per cycle (``shared.jobs.transitions.fail_dependents``).
 
-No foreign key: a row whose job is gone (retention) or no longer failed (retried) is
-dropped when taken.
+No foreign key: a row whose job is gone or no longer failed (retried) is dropped when
+taken; retention keeps a job while it is queued here (its edges find the dependents).
 
 Revision ID: 0014
 Revises: 0013
@@ -31,6 +31,8 @@ def upgrade() -> None:
     op.create_table(
         "dependents_to_fail",
         sa.Column("parent_id", UUID(as_uuid=True), primary_key=True),
+        # The last child failed by a slice cut short: the next goes on after it.
+        sa.Column("after_child", UUID(as_uuid=True), nullable=True),
         sa.Column(
             "queued_at", sa.DateTime(timezone=True), server_default=sa.text("now()"),
             nullable=False,
