@@ -106,6 +106,7 @@ def child_main(modules: list[str], demo: bool, inbox: Connection, outbox: Connec
         while not terminated.is_set() and (item := runs.get()) is not None:
             _, job_id, attempt, task_type, payload = item
             cancelled.clear()
+            process_tree.become_subreaper()  # again: a task may have turned it off
             # Thinned here, before the pipe; the worker passes on what it hears.
             progress = ProgressThrottle()
             in_task.set()
@@ -127,8 +128,12 @@ def child_main(modules: list[str], demo: bool, inbox: Connection, outbox: Connec
                 # is none: the worker reports the timeout or the cancel. An attempt that
                 # ended before SIGTERM keeps its outcome, which the worker reports.
                 outcome = INTERRUPTED
-            # Nothing the attempt started outlives it, before its slot is free.
-            process_tree.end_own_descendants()
+            # Nothing the attempt started outlives it, before its slot is free. What
+            # outlasts a second of killing (a process that forks and exits in a loop
+            # in our group) goes with this child: it leaves, and the worker kills its
+            # group and starts another.
+            if not process_tree.end_own_descendants():
+                terminated.set()
             send((OUTCOME, asdict(outcome)))
     except Terminated:
         pass  # between two attempts: leave

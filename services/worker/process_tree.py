@@ -96,22 +96,26 @@ def signal_each(pids: Iterable[int], sig: int) -> None:
             os.kill(pid, sig)
 
 
-def end_descendants(root: int, *, patience: float = 1.0) -> int:
-    """SIGKILL every process under ``root`` (this process: it collects the exits)
-    until none is left, walking again while some still die (a process may fork while
-    its siblings die, and a large one takes a while to free its memory), for
-    ``patience`` seconds at most; returns how many were signalled."""
-    killed = 0
+def end_descendants(root: int, *, patience: float = 1.0) -> bool:
+    """SIGKILL every process under ``root`` (this process: it collects the exits), and
+    the process group of each that is in another group than ours (what it forked an
+    instant before goes with it), walking again while some still live (a process may
+    fork while its siblings die; a large one takes a while to free its memory), for
+    ``patience`` seconds at most. Whether none is left."""
     deadline = time.monotonic() + patience
+    spared = _our_groups()
     while pids := descendants(root, children_by_parent()):
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                if (group := os.getpgid(pid)) not in spared:
+                    os.killpg(group, signal.SIGKILL)
         signal_each(pids, signal.SIGKILL)
-        killed += len(pids)
         reap_adopted()
         if time.monotonic() > deadline:
             log.warning("%d process(es) under %d still alive after SIGKILL", len(pids), root)
-            break
-        time.sleep(0.01)
-    return killed
+            return False
+        time.sleep(0.001)
+    return True
 
 
 def has_children() -> bool:
@@ -124,12 +128,23 @@ def has_children() -> bool:
     return True
 
 
-def end_own_descendants() -> None:
+def _our_groups() -> set[int]:
+    """This process's group and its parent's (the worker's, through the forkserver): a
+    task's process may join one of them, and must not take them down with it."""
+    groups = {os.getpgrp()}
+    with contextlib.suppress(OSError):
+        groups.add(os.getpgid(os.getppid()))
+    return groups
+
+
+def end_own_descendants() -> bool:
     """Kill and collect whatever this process's task left running (nothing to walk
-    when it started nothing, the usual case)."""
-    if has_children():
-        end_descendants(os.getpid())
-        reap_adopted()
+    when it started nothing, the usual case); whether none is left."""
+    if not has_children():
+        return True
+    gone = end_descendants(os.getpid())
+    reap_adopted()
+    return gone
 
 
 def reap_adopted() -> None:

@@ -381,21 +381,34 @@ WHERE j.id = u.id
 RETURNING j.id
 """
 
+WAITING_TO_FAIL = allowed_from(S.FAILED, among={S.BLOCKED, S.PENDING})
 # Up to ``$4`` of the waiting children of the jobs ``$1``, which ended ``$2`` (failed,
 # cancelled), each child above its parent's cursor ``$3`` (null: from the first; a slice
 # cut short goes on after its last child, rather than read again every child it has
 # failed), locked in id order; each error names its parent and how that ended. Only
 # jobs still waiting can fail this way: the descendants of an unfinished parent are
 # blocked (or pending) by construction.
+#
+# Each parent's children are a LATERAL range of the edges' index, each child's status
+# a LATERAL look-up by key (LIMIT 1: not flattened into a join), so every plan walks
+# the range from the cursor and stops at ``$4`` waiting ones. Joins let a generic plan
+# (a prepared statement's, after five runs) on statistics that had not seen the rows
+# hash all of job_dependencies, or every waiting job, at every level (an attacking
+# helper: 21 ms a level at 60,000 edges, against 0.11 ms).
 FAIL_DEPENDENTS = f"""
 WITH due AS (
     SELECT j.id, j.status AS old, d.parent, d.how FROM jobs j
-    JOIN (SELECT DISTINCT ON (e.job_id) e.job_id, f.id AS parent, f.how
+    JOIN (SELECT DISTINCT ON (c.job_id) c.job_id, f.id AS parent, f.how
           FROM unnest($1::uuid[], $2::text[], $3::uuid[]) AS f(id, how, after)
-          JOIN job_dependencies e
-            ON e.depends_on_id = f.id AND (f.after IS NULL OR e.job_id > f.after)
-          ORDER BY e.job_id, f.id) d ON j.id = d.job_id
-    WHERE j.status IN {allowed_from(S.FAILED, among={S.BLOCKED, S.PENDING})}
+          CROSS JOIN LATERAL (
+              SELECT e.job_id FROM job_dependencies e
+              CROSS JOIN LATERAL (SELECT w.status FROM jobs w WHERE w.id = e.job_id LIMIT 1) w
+              WHERE e.depends_on_id = f.id AND (f.after IS NULL OR e.job_id > f.after)
+                AND w.status IN {WAITING_TO_FAIL}
+              ORDER BY e.job_id LIMIT $4
+          ) c
+          ORDER BY c.job_id, f.id) d ON j.id = d.job_id
+    WHERE j.status IN {WAITING_TO_FAIL}
     ORDER BY j.id LIMIT $4
     FOR NO KEY UPDATE OF j
 )

@@ -290,6 +290,35 @@ def escape(ctx: TaskContext, payload: dict[str, Any]) -> dict[str, bool]:
     return {"ok": True}
 
 
+@registry.task("probe.hopper")
+def hopper(ctx: TaskContext, payload: dict[str, Any]) -> None:
+    """Leaves a process that forks and exits in a loop (a new pid every hop, in the
+    child's own process group), writing each hop's time to a file."""
+    if os.fork() == 0:
+        while True:
+            if os.fork():
+                os._exit(0)
+            with open(payload["marker"], "w") as f:
+                f.write(repr(time.time()))
+    time.sleep(0.3)
+
+
+@registry.task("probe.no_subreaper")
+def no_subreaper(ctx: TaskContext, payload: dict[str, Any]) -> None:
+    """Turns the child's subreaper off (an attempt may: its own process)."""
+    import ctypes
+
+    ctypes.CDLL(None).prctl(36, 0, 0, 0, 0)
+
+
+@registry.task("probe.background")
+def background(ctx: TaskContext, payload: dict[str, Any]) -> None:
+    """A shell that starts a process in the background and exits: an orphan."""
+    script = "sleep 120 >/dev/null 2>&1 & echo $!"
+    out = subprocess.run(["sh", "-c", script], capture_output=True, text=True)
+    ctx.log.info("%s", out.stdout.strip())
+
+
 # Touched at import, in the forkserver: every child shares these pages from birth.
 BALLAST = bytearray(100 * 2**20)
 BALLAST[::4096] = b"x" * len(BALLAST[::4096])
@@ -463,6 +492,38 @@ async def test_a_child_whose_worker_is_gone_ends_what_its_task_started(
     child.inbox.close()  # what the child sees of a worker that died: its pipe's end
     await wait_until(lambda: gone(pid), 5, "the child left")
     await wait_until(lambda: gone(escaped), 5, "what its task started killed")
+
+
+async def test_a_process_that_hops_from_pid_to_pid_ends_with_its_attempt(
+    probe_pool: ProcessPool, tmp_path: Path
+) -> None:
+    """Seen failing (an attacking helper): it forked and exited faster than the walks
+    found it, and outlived its attempt (1,600 hops later it still ran)."""
+    marker = tmp_path / "hops"
+    rec, _ = await run_in(probe_pool, "probe.hopper", {"marker": str(marker)})
+    assert rec.outcome is not None and rec.outcome.ok, rec.outcome
+
+    async def settled() -> bool:
+        before = marker.read_text()
+        await asyncio.sleep(0.3)
+        return marker.read_text() == before
+
+    deadline = time.monotonic() + 10
+    while not await settled():
+        assert time.monotonic() < deadline, "the hopper still runs"
+
+
+async def test_an_attempt_that_turned_the_subreaper_off_does_not_turn_it_off_for_the_next(
+    probe_pool: ProcessPool,
+) -> None:
+    """Seen failing (an attacking helper): the child stayed no subreaper, and the next
+    attempt's orphan went to init."""
+    off, _ = await run_in(probe_pool, "probe.no_subreaper", {})
+    assert off.outcome is not None and off.outcome.ok
+    rec, _ = await run_in(probe_pool, "probe.background", {})
+    assert rec.outcome is not None and rec.outcome.ok
+    orphan = int(rec.logs[0].split()[-1])
+    assert gone(orphan)
 
 
 def bytes_written(pid: int) -> int:
