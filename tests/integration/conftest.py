@@ -14,10 +14,11 @@ import uvicorn
 
 from services.api.app import create_app
 from services.api.connections import HttpProtocol, WebSocketProtocol
+from services.scheduler.cycle import Scheduler
 from services.scheduler.database import Database
 from services.scheduler.dispatch import Dispatcher
 from services.scheduler.fleet import Fleet
-from shared.broker import Broker
+from shared.broker import Broker, Consumer
 from shared.jobs import transitions
 from shared.messages import WorkerCapacity, WorkerHeartbeat
 from shared.outbox import Outbox
@@ -135,3 +136,13 @@ async def fail_queued_dependents(db: asyncpg.Connection) -> list[int]:
         if not left:
             return sizes
         assert len(sizes) < 1000, "the queue never empties"
+
+
+async def stop_scheduler(scheduler: Scheduler, consumer: Consumer) -> None:
+    """What a test that drives the scheduler's cycle itself started: its consumer, the
+    dispatches it awaits confirmation of, its outbox."""
+    await consumer.close()
+    stop = asyncio.Event()
+    stop.set()
+    await scheduler.dispatch.settle(stop)
+    await scheduler.outbox.close()

@@ -5,7 +5,6 @@ consumer fed by the real broker, against the real database."""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 
 import asyncpg
@@ -16,6 +15,7 @@ from shared.broker import Broker, Topology
 from shared.messages import JobStatusReport, WorkerCapacity, WorkerHeartbeat
 from shared.settings import Settings
 from tests.conftest import wait_for
+from tests.integration.conftest import stop_scheduler
 
 
 async def submit(client: httpx.AsyncClient, **spec: object) -> uuid.UUID:
@@ -86,8 +86,4 @@ async def test_a_cycle_places_the_child_its_reports_unblocked(
                 child: "running",
             }
         finally:
-            await consumer.close()
-            stop = asyncio.Event()
-            stop.set()
-            await scheduler.dispatch.settle(stop)
-            await scheduler.outbox.close()
+            await stop_scheduler(scheduler, consumer)

@@ -6,7 +6,6 @@ submitted (10,000 requests would be the test's whole time)."""
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -21,7 +20,7 @@ from shared.jobs.retention import prune_finished
 from shared.messages import JobStatusReport, WorkerCapacity, WorkerHeartbeat
 from shared.settings import Settings
 from tests.conftest import wait_for
-from tests.integration.conftest import fail_queued_dependents
+from tests.integration.conftest import fail_queued_dependents, stop_scheduler
 
 AT_ONCE, PER_CYCLE = transitions.AT_ONCE, transitions.PER_CYCLE
 
@@ -190,11 +189,7 @@ async def test_the_scheduler_fails_a_long_chain_a_slice_per_cycle(
             assert await failed_count(db, chain) == 600
             assert not scheduler.wake.is_set()
         finally:
-            await consumer.close()
-            stop = asyncio.Event()
-            stop.set()
-            await scheduler.dispatch.settle(stop)
-            await scheduler.outbox.close()
+            await stop_scheduler(scheduler, consumer)
 
 
 def beat(worker_id: str, running: list[uuid.UUID] | None = None) -> WorkerHeartbeat:
