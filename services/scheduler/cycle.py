@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC
@@ -111,6 +112,7 @@ class Scheduler:
         # for once a tick (an API request may have queued some), after a cycle that
         # failed or cancelled a job, and every cycle while some are left.
         self.dependents_left = True
+        self.dependents_paused_until = 0.0  # after a slice that failed: a second's rest
 
     # ------------------------------------------------------------ standing by, leading
 
@@ -233,27 +235,27 @@ class Scheduler:
         if not await self.dispatch.undo_unconfirmed():
             await self.dispatch.place()
         await self.fleet.send_cancels()
-        if self.dependents_left:
+        if self.dependents_left and time.monotonic() >= self.dependents_paused_until:
             await self._fail_dependents_left()
         await self.maintenance.monitor()
         self.maintenance.start_due_tasks()
-        if self.dependents_left:
+        if self.dependents_left and time.monotonic() >= self.dependents_paused_until:
             self.wake.set()  # the next slice in the next cycle, after its inbox
 
     async def _fail_dependents_left(self) -> None:
         """One slice of the queued dependents of failed and cancelled jobs (committed),
         after the cycle's placement: a slice that fails (rows a bulk cancel holds past
-        the lock timeout, a deadlock with one) is logged and tried again at the next
-        tick, and holds back nothing else."""
+        the lock timeout, a deadlock with one) is logged and tried again a second
+        later, and holds back nothing else."""
         try:
             async with self.db.session() as session:
                 await fetch(session, "SET LOCAL lock_timeout = '2s'")
                 events, left = await transitions.fail_queued_dependents(session)
                 await session.commit()
         except (SQLAlchemyError, *RAW_DB_ERRORS) as exc:
-            log.warning("failing the dependents of failed jobs: %s; again at the next tick",
+            log.warning("failing the dependents of failed jobs: %s; again in a second",
                         str(exc) or repr(exc))  # fmt: skip
-            self.dependents_left = False  # the tick sets it again
+            self.dependents_paused_until = time.monotonic() + 1.0
             return
         self.dependents_left = left
         self.dispatch.announce(events)

@@ -47,6 +47,7 @@ READY = "ready"  # (READY, pid)
 LOG = "log"  # (LOG, job_id, attempt, seq, level, message)
 PROGRESS = "progress"  # (PROGRESS, job_id, attempt, done, total, message)
 OUTCOME = "outcome"  # (OUTCOME, Outcome fields as a dict)
+LEAVING = "leaving"  # (LEAVING,): it leaves after this attempt; give it no other
 
 
 class Terminated(BaseException):
@@ -92,7 +93,10 @@ def child_main(modules: list[str], demo: bool, inbox: Connection, outbox: Connec
             try:
                 item = inbox.recv()
             except (EOFError, OSError):
-                process_tree.end_own_descendants()  # the worker died: nothing outlives it
+                # The worker died: nothing the task started outlives it; what outlasts
+                # a second of killing is in our group, which goes with us.
+                if not process_tree.end_own_descendants():
+                    os.killpg(os.getpgrp(), signal.SIGKILL)
                 os._exit(0)
             if item[0] == RUN:
                 runs.put(item)
@@ -134,6 +138,7 @@ def child_main(modules: list[str], demo: bool, inbox: Connection, outbox: Connec
             # group and starts another.
             if not process_tree.end_own_descendants():
                 terminated.set()
+                send((LEAVING,))  # before the outcome frees it: no next attempt here
             send((OUTCOME, asdict(outcome)))
     except Terminated:
         pass  # between two attempts: leave

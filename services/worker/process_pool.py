@@ -96,6 +96,7 @@ class Child:
     runs: int = 0  # attempts started on it (a walk's figures count for the attempt it saw)
     ps: psutil.Process | None = None
     terminating: bool = False  # SIGTERM sent: only an outcome that is a success still counts
+    leaving: bool = False  # it said it leaves after its attempt: no other attempt for it
     peak_reset: bool = False  # VmHWM was reset at this attempt's start: it is this attempt's
     kill_reason: str | None = None  # why the pool killed it (memory, an unreadable message)
     timers: list[asyncio.TimerHandle] = field(default_factory=list)
@@ -360,7 +361,8 @@ class ProcessPool:
             async with asyncio.timeout(timeout):
                 while True:
                     for c in self.children:
-                        if c.ready and c.job is None and not c.terminating and not c.gone:
+                        if (c.ready and c.job is None and not c.terminating and not c.gone
+                                and not c.leaving):  # fmt: skip
                             return c
                     if self.closing:
                         raise RuntimeError("the process pool is closing")
@@ -468,6 +470,9 @@ class ProcessPool:
             return
         if kind in (child_code.LOG, child_code.PROGRESS):
             self._news(c, kind, (item[1], item[2]), item[3:])
+            return
+        if kind == child_code.LEAVING:
+            c.leaving = True
             return
         listener = c.listener
         if listener is None:

@@ -382,6 +382,7 @@ RETURNING j.id
 """
 
 WAITING_TO_FAIL = allowed_from(S.FAILED, among={S.BLOCKED, S.PENDING})
+NO_UUID = "'00000000-0000-0000-0000-000000000000'::uuid"  # below every id: a range's start
 # Up to ``$4`` of the waiting children of the jobs ``$1``, which ended ``$2`` (failed,
 # cancelled), each child above its parent's cursor ``$3`` (null: from the first; a slice
 # cut short goes on after its last child, rather than read again every child it has
@@ -389,28 +390,31 @@ WAITING_TO_FAIL = allowed_from(S.FAILED, among={S.BLOCKED, S.PENDING})
 # jobs still waiting can fail this way: the descendants of an unfinished parent are
 # blocked (or pending) by construction.
 #
-# Each parent's children are a LATERAL range of the edges' index, each child's status
-# a LATERAL look-up by key (LIMIT 1: not flattened into a join), so every plan walks
-# the range from the cursor and stops at ``$4`` waiting ones. Joins let a generic plan
-# (a prepared statement's, after five runs) on statistics that had not seen the rows
-# hash all of job_dependencies, or every waiting job, at every level (an attacking
-# helper: 21 ms a level at 60,000 edges, against 0.11 ms).
+# Each parent's edges are a LATERAL range of their index from the cursor (OFFSET 0: a
+# subquery the planner does not flatten into a join), and each child a LATERAL look-up
+# by key, locked there, in id order until ``$4`` are locked: so no plan reads more than
+# the frontier's edges and the children it fails. Joins let a generic plan (a prepared
+# statement's, after five runs) on statistics that had not seen the rows hash all of
+# job_dependencies, or every waiting job, at every level (an attacking helper: 21 ms a
+# level at 60,000 edges, against 0.11 ms). A child another transaction ends while the
+# lock waits is dropped and the next one taken, so every waiting child up to the last
+# one failed is failed (what the cursor relies on).
 FAIL_DEPENDENTS = f"""
 WITH due AS (
-    SELECT j.id, j.status AS old, d.parent, d.how FROM jobs j
-    JOIN (SELECT DISTINCT ON (c.job_id) c.job_id, f.id AS parent, f.how
+    SELECT d.job_id AS id, w.status AS old, d.parent, d.how
+    FROM (SELECT DISTINCT ON (c.job_id) c.job_id, f.id AS parent, f.how
           FROM unnest($1::uuid[], $2::text[], $3::uuid[]) AS f(id, how, after)
           CROSS JOIN LATERAL (
               SELECT e.job_id FROM job_dependencies e
-              CROSS JOIN LATERAL (SELECT w.status FROM jobs w WHERE w.id = e.job_id LIMIT 1) w
-              WHERE e.depends_on_id = f.id AND (f.after IS NULL OR e.job_id > f.after)
-                AND w.status IN {WAITING_TO_FAIL}
-              ORDER BY e.job_id LIMIT $4
+              WHERE e.depends_on_id = f.id AND e.job_id > COALESCE(f.after, {NO_UUID})
+              OFFSET 0
           ) c
-          ORDER BY c.job_id, f.id) d ON j.id = d.job_id
-    WHERE j.status IN {WAITING_TO_FAIL}
-    ORDER BY j.id LIMIT $4
-    FOR NO KEY UPDATE OF j
+          ORDER BY c.job_id, f.id) d
+    CROSS JOIN LATERAL (
+        SELECT j.status FROM jobs j WHERE j.id = d.job_id AND j.status IN {WAITING_TO_FAIL}
+        LIMIT 1 FOR NO KEY UPDATE
+    ) w
+    ORDER BY d.job_id LIMIT $4
 )
 UPDATE jobs j
 SET status = 'failed', error = 'dependency ' || due.parent::text || ' ' || due.how,
@@ -422,11 +426,11 @@ RETURNING j.id, j.type, j.attempts, j.worker_id, j.error, due.old
 # Of the jobs ``$1`` (failed or cancelled), those with children above their cursor
 # ``$2``, queued for a later slice (``transitions.fail_dependents``). One queued
 # meanwhile by another transaction is read again from its first child.
-QUEUE_DEPENDENTS_TO_FAIL = """
+QUEUE_DEPENDENTS_TO_FAIL = f"""
 INSERT INTO dependents_to_fail (parent_id, after_child)
 SELECT f.id, f.after FROM unnest($1::uuid[], $2::uuid[]) AS f(id, after)
 WHERE EXISTS (SELECT 1 FROM job_dependencies e
-              WHERE e.depends_on_id = f.id AND (f.after IS NULL OR e.job_id > f.after))
+              WHERE e.depends_on_id = f.id AND e.job_id > COALESCE(f.after, {NO_UUID}))
 ON CONFLICT (parent_id) DO UPDATE SET after_child = NULL
 """
 # Up to ``$1`` queued jobs, the longest queued first.

@@ -477,6 +477,9 @@ class Slice:
 AT_ONCE = Slice(rows=200, levels=20)
 QUEUED_ONLY = Slice(rows=0, levels=0)
 PER_CYCLE = Slice(rows=1000, levels=50)
+# Queued jobs a slice starts from: each of a wide fan's is a range of its edges read
+# whole (from its cursor) by every level that takes it.
+QUEUED_PER_SLICE = 50
 
 # A job whose dependents are to fail: how it ended, and the last of its children a
 # slice already failed (None: from the first).
@@ -536,7 +539,8 @@ async def _fail_levels(db: Db, frontier: _Frontier, slice_: Slice) -> list[JobSt
 async def fail_queued_dependents(
     db: Db, slice_: Slice = PER_CYCLE
 ) -> tuple[list[JobStateChanged], bool]:
-    """A slice of the dependents ``fail_dependents`` left; True if some are left still.
+    """A slice of the dependents ``fail_dependents`` left; True if some are left still
+    (False too when every queued job it found was held by another transaction).
 
     The queued jobs are locked FOR SHARE first (one a retry holds is skipped and stays
     queued), so a retry waits for the slice, and a slice never fails the dependents of
@@ -544,7 +548,7 @@ async def fail_queued_dependents(
     is taken off the queue."""
     queued = {
         r["parent_id"]: r["after_child"]
-        for r in await fetch(db, sql.QUEUED_DEPENDENTS_TO_FAIL, slice_.rows)
+        for r in await fetch(db, sql.QUEUED_DEPENDENTS_TO_FAIL, QUEUED_PER_SLICE)
     }
     events: list[JobStateChanged] = []
     if queued:
@@ -558,6 +562,8 @@ async def fail_queued_dependents(
             if status in (S.FAILED, S.CANCELLED)
         }
         events = await _fail_levels(db, frontier, slice_)
+        if not locked and not missing:
+            return [], False  # every one held by a retry under way: not before the tick
     left = await fetch(db, sql.ANY_DEPENDENTS_TO_FAIL)
     return events, bool(left[0]["exists"])
 
