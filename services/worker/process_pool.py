@@ -46,6 +46,7 @@ import psutil
 
 from services.worker import child as child_code
 from services.worker import process_tree
+from services.worker.memory_use import attempt_peak, reset_peak, resident, tree_private_bytes
 from services.worker.runner import Outcome, ToLoop, line_weight
 from switchyard import _child as child_entry
 
@@ -104,36 +105,6 @@ class Child:
     @property
     def pid(self) -> int:
         return self.process.pid or 0
-
-
-def _memory(pid: int) -> tuple[int, int]:
-    """(resident, peak resident since the last reset: VmHWM) bytes of ``pid``."""
-    rss = hwm = 0
-    with open(f"/proc/{pid}/status", "rb") as f:
-        for line in f:
-            if line.startswith(b"VmRSS:"):
-                rss = int(line.split()[1]) * 1024
-            elif line.startswith(b"VmHWM:"):
-                hwm = int(line.split()[1]) * 1024
-    return rss, hwm
-
-
-def attempt_peak(rss: int, hwm: int, *, peak_reset: bool) -> int:
-    """The peak resident bytes to hold against an attempt's limit: the kernel's VmHWM
-    catches a spike between two samples, but only once reset at the attempt's start;
-    otherwise it is the peak of an earlier attempt, and the sample alone counts."""
-    return max(rss, hwm) if peak_reset else rss
-
-
-def _reset_peak(pid: int) -> bool:
-    """Reset the child's VmHWM to its current RSS (Linux >= 4.0); whether it worked."""
-    try:
-        with open(f"/proc/{pid}/clear_refs", "w") as f:
-            f.write("5")
-    except OSError as exc:
-        log.debug("cannot reset the peak memory of child %d (%r): sampled RSS only", pid, exc)
-        return False
-    return True
 
 
 def _remember(recent: OrderedDict[Any, Any], key: Any, value: Any) -> None:
@@ -393,8 +364,8 @@ class ProcessPool:
         c.runs += 1
         c.peak_reset = False
         try:
-            c.baseline_rss, _ = _memory(c.pid)
-            c.peak_reset = _reset_peak(c.pid)
+            c.baseline_rss, _ = resident(c.pid)
+            c.peak_reset = reset_peak(c.pid)
             c.ps = psutil.Process(c.pid)
             c.ps.cpu_percent(interval=None)  # the first call starts the measurement
         except (OSError, psutil.Error):
@@ -553,7 +524,7 @@ class ProcessPool:
         runs = {c: c.runs for c in busy}
         loop = asyncio.get_running_loop()
         try:
-            held = await loop.run_in_executor(None, _tree_bytes, [c.pid for c in busy])
+            held = await loop.run_in_executor(None, tree_private_bytes, [c.pid for c in busy])
         except (OSError, RuntimeError) as exc:  # no /proc; the executor shut down
             log.warning("cannot measure what process-isolated tasks started: %r", exc)
             return
@@ -563,7 +534,7 @@ class ProcessPool:
 
     def _check_memory(self, c: Child) -> None:
         try:
-            rss, hwm = _memory(c.pid)
+            rss, hwm = resident(c.pid)
         except (OSError, ValueError):
             return  # exiting: its reader thread reports it
         peak = attempt_peak(rss, hwm, peak_reset=c.peak_reset) + c.tree_bytes
@@ -583,7 +554,7 @@ class ProcessPool:
                 continue
             try:
                 cpu = c.ps.cpu_percent(interval=None)
-                rss, _ = _memory(c.pid)
+                rss, _ = resident(c.pid)
             except (OSError, ValueError, psutil.Error):
                 continue
             out.append((c, cpu, max(0, rss + c.tree_bytes - c.baseline_rss) / MB))
@@ -602,15 +573,6 @@ class ProcessPool:
             while not done():
                 self._changed.clear()
                 await self._changed.wait()
-
-
-def _tree_bytes(roots: list[int]) -> dict[int, int]:
-    """For each of ``roots``, what the processes under it hold (one walk of /proc)."""
-    links = process_tree.children_by_parent()
-    return {
-        root: sum(process_tree.private_bytes(p) for p in process_tree.descendants(root, links))
-        for root in roots
-    }
 
 
 def _weight(item: tuple[Any, ...]) -> int:

@@ -18,7 +18,9 @@ import pytest
 from pydantic import ValidationError
 
 from services.worker.__main__ import build_worker, parse_args
-from services.worker.process_pool import ProcessPool, _reset_peak, attempt_peak
+from services.worker.memory_use import attempt_peak
+from services.worker.memory_use import reset_peak as _reset_peak
+from services.worker.process_pool import ProcessPool
 from services.worker.progress import PROGRESS_INTERVAL
 from services.worker.runner import Outcome
 from shared.settings import Settings
