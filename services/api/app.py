@@ -14,6 +14,7 @@ from services.api.apidocs import install_api_docs
 from services.api.dashboard import install_dashboard
 from services.api.deps import reject_unknown_query_params
 from services.api.errors import CatchUnexpected, install_error_handlers
+from services.api.fast_submit import FastSubmit
 from services.api.keycache import KeyCache
 from services.api.keys import bootstrap_api_keys, count_usable_keys
 from services.api.metrics import Metrics
@@ -142,6 +143,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.pool = None
     app.state.inserts = None
     install_error_handlers(app)
+    app.add_middleware(FastSubmit)  # inside the limits: they see every request
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RateLimit, settings=settings)  # outermost: before any work
     # Around everything, the rate limit too: whatever escapes still gets a JSON 500.

@@ -40,6 +40,8 @@ INVALID_KEY = "invalid or revoked API key"
 # Set in a WebSocket's scope by its route when the handshake's key was refused: the
 # handshake then counts against the address as a 401 would.
 KEY_REFUSED = "switchyard.key_refused"
+# The digest of the request's bearer key, once hashed here (services/api/fast_submit.py).
+KEY_DIGEST = "switchyard.key_digest"
 POLICY_VIOLATION = 1008
 TRY_AGAIN_LATER = 1013
 ACCEPTED_KEYS_KEPT = 50_000
@@ -83,6 +85,7 @@ class RateLimit:
         address = client[0] if client else "unknown"
         token = bearer_token(scope) if scope["type"] == "http" else websocket_token(scope)
         digest = hash_key(token) if token else None
+        scope[KEY_DIGEST] = digest
         cache = getattr(state, "key_cache", None)
         refusal = self._refusal(state, address, digest)
         if refusal is not None:
