@@ -1,18 +1,21 @@
 """``POST /jobs`` in its common form, answered below FastAPI's request machinery.
 
-A submit whose key the replica already knows as a submitter's, whose body is JSON that
-validates as a job without dependencies or an idempotency key, takes the route's own
-steps (``routers/jobs.py``: ``submit_fast``), but not the per-request layers in front
-of it: routing, dependency solving, the route's body and telemetry wrappers (about a
-third of the API's CPU for such a request: docs/performance-history.md).
+A submit whose key the replica already knows as a submitter's (before its body and
+again after it, when the route would check it), whose body is at most
+``MAX_BODY_BYTES`` of JSON that validates as a job without dependencies or an
+idempotency key, takes the route's own steps (``routers/jobs.py``: ``submit_fast``)
+but not the per-request layers in front of them: routing, dependency solving, the
+route's body and telemetry wrappers (0.2-0.4 ms of CPU a request here, a tenth to a
+quarter of the API's: docs/performance-history.md).
 
-Everything else goes to the route with the body already read, and the route answers as
-it always has: a key not in the cache (looked up there), no key or a refused one (401),
-a role below submitter (403), a query string (the route's 422 for unknown parameters),
-a content type other than JSON, a body that does not parse or validate (the route's
-422), dependencies or an idempotency key. So every refusal is the route's, word for
-word; this layer only ever answers 201 — or, when the submit itself raises, the app's
-handler for that exception (as the route's exception wrapper would).
+Everything else goes to the route, with the body if it was read, and the route answers
+as it always has: a key not in the cache (looked up there), no key or a refused one
+(401), a role below submitter (403), a query string (the route's 422 for unknown
+parameters), another content type, a body that does not parse or validate (the
+route's 422), dependencies or an idempotency key, a client that left mid-body. So
+every refusal is the route's, word for word; this layer answers 201, or, when reading
+the body or the submit raises, with the app's handler for that exception (as the
+route's exception wrapper would).
 
 It sits inside the rate limit and the body size limit (``app.py``), which see every
 request as before.
@@ -27,6 +30,7 @@ from dataclasses import replace
 from typing import Any
 
 from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -39,6 +43,11 @@ from shared.jobs.submit import can_submit_fast
 from shared.schemas import JobCreate
 
 JSON_HEADERS = [(b"content-type", b"application/json")]
+# Bodies up to this size (declared in Content-Length) are read here; a longer or chunked
+# one goes to the route unread: its FastAPI layers are a small share of its parse, and a
+# body read here and handed on would be parsed twice.
+MAX_BODY_BYTES = 65_536
+UNREADABLE_BODY = "There was an error parsing the body"  # FastAPI's words, for the handler
 
 
 class FastSubmit:
@@ -51,19 +60,24 @@ class FastSubmit:
             await self.app(scope, receive, send)
             return
         state = scope["app"].state
-        actor = _known_submitter(state, scope)
-        if actor is None or state.inserts is None:
-            await self.app(scope, receive, send)
+        if state.inserts is None or _known_submitter(state, scope) is None:
+            await self.app(scope, receive, send)  # the route looks the key up, or refuses it
             return
         scope["route"] = self.route
         try:
-            received = await _receive_body(receive)  # the size limit raises here (413)
-        except Exception as exc:
+            body, rest = await _receive_body(receive)
+        except HTTPException as exc:  # the size limit (413)
             await _handled(scope, receive, send, exc)
             return
-        spec = _valid_spec(received)
+        except Exception:  # what the route's body read makes of it (then a 422)
+            await _handled(scope, receive, send, HTTPException(400, UNREADABLE_BODY))
+            return
+        # The route checks the key once the body is in: so does this (a key revoked
+        # while a slow body arrived is refused, by the route).
+        actor = _known_submitter(state, scope)
+        spec = _valid_spec(body) if rest is None and actor is not None else None
         if spec is None or not can_submit_fast(spec):
-            await self.app(scope, _replay(received, receive), send)
+            await self.app(scope, _replay(body, rest, receive), send)
             return
         scope.setdefault("state", {})["actor"] = actor  # request.state.actor, for audit rows
         try:
@@ -79,7 +93,8 @@ class FastSubmit:
 
 
 def _plain_submit(scope: Scope) -> bool:
-    """``POST /jobs`` with no query string, no mount prefix, a JSON content type."""
+    """``POST /jobs`` with no query string, no mount prefix, a JSON content type and a
+    declared length up to ``MAX_BODY_BYTES``."""
     if (
         scope["type"] != "http"
         or scope["method"] != "POST"
@@ -88,7 +103,11 @@ def _plain_submit(scope: Scope) -> bool:
         or scope.get("root_path")
     ):
         return False
-    content_type = next((v for k, v in scope["headers"] if k == b"content-type"), None)
+    headers = scope["headers"]
+    length = next((v for k, v in headers if k == b"content-length"), None)
+    if length is None or not length.isdigit() or int(length) > MAX_BODY_BYTES:
+        return False
+    content_type = next((v for k, v in headers if k == b"content-type"), None)
     if content_type is None:
         return False
     if content_type == b"application/json":
@@ -116,25 +135,26 @@ def _known_submitter(state: Any, scope: Scope) -> Actor | None:
     return replace(actor, client=client[0] if client else None)
 
 
-async def _receive_body(receive: Receive) -> list[Message]:
-    """The request's messages up to its last body part, or up to the client leaving."""
-    received = []
+async def _receive_body(receive: Receive) -> tuple[bytes, Message | None]:
+    """The request's body, and the message that ended it early (the client left), if one
+    did."""
+    body = bytearray()
     while True:
         message = await receive()
-        received.append(message)
-        if message["type"] != "http.request" or not message.get("more_body", False):
-            return received
+        if message["type"] != "http.request":
+            return bytes(body), message
+        body += message.get("body", b"")
+        if not message.get("more_body", False):
+            return bytes(body), None
 
 
-def _valid_spec(received: list[Message]) -> JobCreate | None:
-    """The job the request's body describes, parsed and validated as the route does it
-    (Starlette's ``json.loads``, then the model in Python mode: a faster parser reads
-    some bodies differently, orjson an integer past 64 bits as a float); None when the
-    route should say what is wrong, or the client left before the body's end."""
-    if received[-1]["type"] != "http.request":
-        return None  # the route sees the client leave, as it would have
+def _valid_spec(body: bytes) -> JobCreate | None:
+    """The job ``body`` describes, parsed and validated as the route does it (Starlette's
+    ``json.loads``, then the model in Python mode: a faster parser reads some bodies
+    differently, orjson an integer past 64 bits as a float); None when the route should
+    say what is wrong."""
     try:
-        data = json.loads(b"".join(m.get("body", b"") for m in received))
+        data = json.loads(body)
     except Exception:  # whatever the route's parser raises, the route answers
         return None
     if not isinstance(data, dict):
@@ -145,9 +165,12 @@ def _valid_spec(received: list[Message]) -> JobCreate | None:
         return None
 
 
-def _replay(received: list[Message], receive: Receive) -> Receive:
-    """``receive`` that hands out the messages already read here, then the rest."""
-    pending = list(received)
+def _replay(body: bytes, rest: Message | None, receive: Receive) -> Receive:
+    """``receive`` that hands out the body read here as one message (and the client's
+    leaving, if it left before the end), then whatever comes next."""
+    pending: list[Message] = [{"type": "http.request", "body": body, "more_body": rest is not None}]
+    if rest is not None:
+        pending.append(rest)
 
     async def replayed() -> Message:
         return pending.pop(0) if pending else await receive()
@@ -159,9 +182,9 @@ async def _handled(scope: Scope, receive: Receive, send: Send, exc: Exception) -
     """Answer ``exc`` with the app's handler for it, as Starlette's exception layer
     would (status handlers first, then by class); re-raised when it has none, for the
     outer layers (``CatchUnexpected``) to answer."""
-    handlers = scope["app"].exception_handlers
+    handlers = scope["app"].exception_handlers  # 500 and Exception: the outermost layer's
     handler = None
-    if isinstance(exc, HTTPException):
+    if isinstance(exc, HTTPException) and exc.status_code != 500:
         handler = handlers.get(exc.status_code)
     if handler is None:
         handler = next(
@@ -171,8 +194,10 @@ async def _handled(scope: Scope, receive: Receive, send: Send, exc: Exception) -
         )  # fmt: skip
     if handler is None:
         raise exc
-    response = handler(Request(scope, receive), exc)
-    if inspect.isawaitable(response):
-        response = await response
+    request = Request(scope, receive)
+    if inspect.iscoroutinefunction(handler):
+        response = await handler(request, exc)
+    else:
+        response = await run_in_threadpool(handler, request, exc)
     if response is not None:
         await response(scope, receive, send)
