@@ -159,3 +159,13 @@ def statements_on(app: Any, table: str) -> list[str]:
 
 def auth(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
+
+
+async def asgi_body(receive: Any) -> bytes:
+    """The whole body of a request, read by an ASGI app a test stands in for a server."""
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            return body

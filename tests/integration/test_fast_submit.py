@@ -23,6 +23,7 @@ from tests.conftest import (
     ADMIN_KEY,
     SUBMITTER_KEY,
     VIEWER_KEY,
+    asgi_body,
     auth,
     listening_key_cache,
     wait_for,
@@ -239,13 +240,7 @@ async def test_a_plain_submit_is_stored_without_the_route_and_the_rest_reaches_i
     handed: list[bytes] = []
 
     async def route(scope: Any, receive: Any, send: Any) -> None:
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
-        handed.append(body)
+        handed.append(await asgi_body(receive))
         await send({"type": "http.response.start", "status": 299, "headers": []})
         await send({"type": "http.response.body", "body": b""})
 

@@ -13,7 +13,7 @@ import pytest
 import uvicorn
 
 from bench.loadgen import LightClient
-from tests.conftest import wait_for
+from tests.conftest import asgi_body, wait_for
 
 connections_seen: set[tuple[str, int]] = set()
 
@@ -23,12 +23,7 @@ async def echo_app(scope, receive, send):  # type: ignore[no-untyped-def]
     to /close is answered with ``Connection: close``."""
     if scope["type"] != "http":
         return
-    body = b""
-    while True:
-        message = await receive()
-        body += message.get("body", b"")
-        if not message.get("more_body"):
-            break
+    body = await asgi_body(receive)
     connections_seen.add(scope["client"])
     headers = [(b"content-type", b"application/json")]
     if scope["path"] == "/close":
