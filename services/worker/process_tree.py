@@ -137,14 +137,22 @@ def _our_groups() -> set[int]:
     return groups
 
 
-def end_own_descendants() -> bool:
+def end_own_descendants(*, patience: float = 1.0) -> bool:
     """Kill and collect whatever this process's task left running (nothing to walk
-    when it started nothing, the usual case); whether none is left."""
-    if not has_children():
-        return True
-    gone = end_descendants(os.getpid())
-    reap_adopted()
-    return gone
+    when it started nothing, the usual case); whether none is left.
+
+    A walk that finds nothing does not prove it: ``/proc`` is not read at one instant,
+    and a process that forks and exits in a loop can be between two pids as the walk
+    passes both. So it ends when this process has no child at all once the exited ones
+    are collected: every process under a subreaper has one of its children as an
+    ancestor (or is one)."""
+    deadline = time.monotonic() + patience
+    while has_children():
+        end_descendants(os.getpid(), patience=max(0.0, deadline - time.monotonic()))
+        reap_adopted()
+        if time.monotonic() > deadline:
+            return not has_children()
+    return True
 
 
 def reap_adopted() -> None:
