@@ -24,6 +24,7 @@ from shared.catalog import TaskCatalog, TaskTypeInfo
 from shared.db import json_text
 from shared.errors import InvalidJobRequest, UnknownDependency
 from shared.jobs import reads, sql, transitions
+from shared.jobs.events import submitted_event, utcnow
 from shared.jobs.grouped import GroupedInserts
 from shared.jobs.prepare import Limits, Prepared, prepare, resolve_batch_refs
 from shared.jobs.prepare import task_type as lookup_task_type
@@ -86,7 +87,7 @@ async def submit_jobs(
     items = await _prepare_all(session, catalog, specs, actor, limits, batch=batch)
     await _find_repeats(session, items)
     parents = await _lock_stored_parents(session, items)
-    now = transitions.utcnow()
+    now = utcnow()
     rows, edges = _new_rows(items, parents, actor=actor, now=now)
     stored: dict[UUID, Any] = {it.existing.id: it.existing for it in items if it.existing}
     if rows:
@@ -102,7 +103,7 @@ async def submit_jobs(
     await _audit(session, items, actor=actor, batch=batch)
     jobs = [stored[it.existing.id if it.existing else it.id] for it in items]
     events = [
-        transitions.submitted_event(job, ts=now)
+        submitted_event(job, ts=now)
         for job, it in zip(jobs, items, strict=True)
         if it.existing is None
     ]
@@ -354,7 +355,7 @@ async def submit_one_fast(
         async with sessions() as session:
             task = await lookup_task_type(session, catalog, spec.type, where="")
     it = prepare(task, spec, actor, limits, where="")
-    now = transitions.utcnow()
+    now = utcnow()
     run_at = start_time(spec.run_at, now)
     status = initial_status(unmet_dependencies=0, failed_dependency=False, delayed=run_at > now)
     row = job_row(
@@ -365,4 +366,4 @@ async def submit_one_fast(
         json_text({"job_ids": [str(it.id)], "count": 1}),
     )  # fmt: skip
     job = SimpleNamespace(**dict(await inserts.insert(_wire(row), audit)))
-    return job, transitions.submitted_event(job)
+    return job, submitted_event(job)

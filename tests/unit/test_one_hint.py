@@ -8,7 +8,7 @@ import uuid
 from types import SimpleNamespace
 
 from shared.bodies import batched, one_hint
-from shared.jobs.transitions import submitted_event
+from shared.jobs.events import submitted_event
 from shared.messages import Batch, JobStateChanged, JobSubmitted, _Message, unpack
 
 

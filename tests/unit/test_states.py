@@ -10,8 +10,8 @@ from datetime import UTC, datetime
 import pytest
 
 from shared.errors import InvalidTransition
+from shared.jobs.events import state_event, stored_event
 from shared.jobs.outcomes import RunningJob, decide_end
-from shared.jobs.transitions import state_event, stored_event
 from shared.messages import MAX_TEXT_CHARS, JobStateChanged, JobStatusReport
 from shared.states import (
     CANCELLABLE_AT_ONCE,

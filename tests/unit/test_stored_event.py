@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 from asyncpg.pgproto.pgproto import UUID as DatabaseUUID
 
-from shared.jobs.transitions import state_event, stored_event, submitted_event
+from shared.jobs.events import state_event, stored_event, submitted_event
 from shared.messages import JobStateChanged, decode, encode
 from shared.states import InvalidTransition
 
