@@ -74,11 +74,13 @@ class FastSubmit:
             return
         # The route checks the key once the body is in: so does this (a key revoked
         # while a slow body arrived is refused, by the route).
-        actor = _known_submitter(state, scope)
-        spec = _valid_spec(body) if rest is None and actor is not None else None
-        if spec is None or not can_submit_fast(spec):
+        known = _known_submitter(state, scope)
+        spec = _valid_spec(body) if rest is None and known is not None else None
+        if known is None or spec is None or not can_submit_fast(spec):
             await self.app(scope, _replay(body, rest, receive), send)
             return
+        client = scope.get("client")
+        actor = replace(known, client=client[0] if client else None)  # for the audit log
         scope.setdefault("state", {})["actor"] = actor  # request.state.actor, for audit rows
         try:
             answer = await submit_fast(state, spec, actor)
@@ -122,7 +124,7 @@ def _plain_submit(scope: Scope) -> bool:
 
 
 def _known_submitter(state: Any, scope: Scope) -> Actor | None:
-    """The caller, when its key is in this replica's cache with role submitter or
+    """The caller's key as this replica's cache holds it, when its role is submitter or
     higher; None sends the request to the route (which looks the key up or refuses it)."""
     cache = getattr(state, "key_cache", None)
     token = bearer_token(scope)
@@ -131,8 +133,7 @@ def _known_submitter(state: Any, scope: Scope) -> Actor | None:
     actor = cache.get(scope.get(KEY_DIGEST) or hash_key(token))
     if actor is None or not actor.has_role("submitter"):
         return None
-    client = scope.get("client")
-    return replace(actor, client=client[0] if client else None)
+    return actor
 
 
 async def _receive_body(receive: Receive) -> tuple[bytes, Message | None]:

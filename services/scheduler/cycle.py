@@ -235,12 +235,15 @@ class Scheduler:
         if not await self.dispatch.undo_unconfirmed():
             await self.dispatch.place()
         await self.fleet.send_cancels()
-        if self.dependents_left and time.monotonic() >= self.dependents_paused_until:
+        if self._dependents_due():
             await self._fail_dependents_left()
         await self.maintenance.monitor()
         self.maintenance.start_due_tasks()
-        if self.dependents_left and time.monotonic() >= self.dependents_paused_until:
+        if self._dependents_due():
             self.wake.set()  # the next slice in the next cycle, after its inbox
+
+    def _dependents_due(self) -> bool:
+        return self.dependents_left and time.monotonic() >= self.dependents_paused_until
 
     async def _fail_dependents_left(self) -> None:
         """One slice of the queued dependents of failed and cancelled jobs (committed),
