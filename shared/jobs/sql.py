@@ -238,25 +238,29 @@ def insert_jobs(same: frozenset[str], *, keyed: bool = True, returning: str = "i
 AUDIT_COLUMNS = ("actor", "role", "action", "client", "job_id", "outcome", "detail")
 
 
+def _audit_parameters() -> str:
+    """An audit row's values as the parameters after a job's (``detail`` as JSON text)."""
+    n = len(INSERT_COLUMNS)
+    return ", ".join(
+        f"${n + i}::text::jsonb" if column == "detail" else f"${n + i}"
+        for i, column in enumerate(AUDIT_COLUMNS, start=1)
+    )
+
+
 def insert_one_with_audit() -> str:
     """One job (``$1..$24``, the columns of ``INSERT_COLUMNS``) and its audit row (the
     ``AUDIT_COLUMNS`` after them, ``detail`` as JSON text): one statement, atomic on its
     own."""
-    n = len(INSERT_COLUMNS)
     job_values = [
         f"${i}::{wire}{_INSERT_CASTS.get(c, '')}"
         for i, (c, wire) in enumerate(INSERT_COLUMNS.items(), start=1)
     ]
     status = job_values[list(INSERT_COLUMNS).index("status")]
-    audit_values = ", ".join(
-        f"${n + i}::text::jsonb" if column == "detail" else f"${n + i}"
-        for i, column in enumerate(AUDIT_COLUMNS, start=1)
-    )
     return (
         f"WITH j AS (INSERT INTO jobs ({', '.join(INSERT_COLUMNS)}) "
         f"SELECT {', '.join(job_values)} WHERE {status} IN {NEW_STATUSES} RETURNING *), "
         f"a AS (INSERT INTO audit_log ({', '.join(AUDIT_COLUMNS)}) "
-        f"SELECT {audit_values} FROM j) "
+        f"SELECT {_audit_parameters()} FROM j) "
         "SELECT * FROM j"
     )
 
@@ -288,6 +292,19 @@ def insert_several_with_audit() -> str:
 
 
 INSERT_SEVERAL_WITH_AUDIT = insert_several_with_audit()
+
+
+def insert_jobs_with_audit(same: frozenset[str]) -> str:
+    """``insert_jobs`` for jobs none of which has an idempotency key (``$1..$24``), and
+    the request's one audit row (``AUDIT_COLUMNS`` after them, ``detail`` as JSON
+    text): a batch and its audit row as one statement. How many jobs went in."""
+    return (
+        f"WITH j AS ({insert_jobs(same, keyed=False)}), "
+        f"a AS (INSERT INTO audit_log ({', '.join(AUDIT_COLUMNS)}) "
+        f"SELECT {_audit_parameters()}) "
+        "SELECT count(*) FROM j"
+    )
+
 
 # ready -> running on the chosen worker, with a new attempt number (the fence).
 DISPATCH = f"""

@@ -1,27 +1,30 @@
 """Submission: validated jobs (``shared.jobs.prepare``) stored with their edges and
 audit row, in the caller's transaction (``submit_jobs``) or, for a job with no parent and
 no idempotency key, in one statement (``submit_one_fast``; several such submits that
-arrive together share one, ``shared.jobs.grouped``).
+arrive together share one, ``shared.jobs.grouped``), and for a batch none of whose jobs
+has a parent or a key, in one statement too (``submit_batch_fast``).
 
 Each returns the ``job.state`` events to publish after the commit.
 """
 
 from __future__ import annotations
 
+import asyncio
 import graphlib
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
+import asyncpg
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared.auth import Actor
 from shared.catalog import TaskCatalog, TaskTypeInfo
-from shared.db import json_text
+from shared.db import json_text, pool_transaction
 from shared.errors import InvalidJobRequest, UnknownDependency
 from shared.jobs import reads, sql, transitions
 from shared.jobs.events import submitted_event, utcnow
@@ -84,7 +87,8 @@ async def submit_jobs(
     if not schedule_fire:
         for i, spec in enumerate(specs):
             _refuse_reserved_key(spec, where=f"jobs[{i}]." if batch else "")
-    items = await _prepare_all(session, catalog, specs, actor, limits, batch=batch)
+    lookup = _session_lookup(session, catalog)
+    items = await _prepare_all(lookup, specs, actor, limits, batch=batch)
     await _find_repeats(session, items)
     parents = await _lock_stored_parents(session, items)
     now = utcnow()
@@ -110,9 +114,16 @@ async def submit_jobs(
     return SubmitResult(jobs=jobs, created=[it.existing is None for it in items], events=events)
 
 
+# A task type by name, for the job at ``where`` (raises InvalidJobRequest naming it).
+TypeLookup = Callable[[str, str], Awaitable[TaskTypeInfo]]
+
+
+def _session_lookup(session: AsyncSession, catalog: TaskCatalog) -> TypeLookup:
+    return lambda name, where: lookup_task_type(session, catalog, name, where=where)
+
+
 async def _prepare_all(
-    session: AsyncSession,
-    catalog: TaskCatalog,
+    lookup: TypeLookup,
     specs: Sequence[JobCreate | BatchJobCreate],
     actor: Actor,
     limits: Limits,
@@ -129,9 +140,7 @@ async def _prepare_all(
         where = f"jobs[{i}]." if batch else ""
         task = tasks.get(spec.type)
         if task is None:
-            task = tasks[spec.type] = await lookup_task_type(
-                session, catalog, spec.type, where=where
-            )
+            task = tasks[spec.type] = await lookup(spec.type, where)
         items.append(prepare(task, spec, actor, limits, where=where))
     if batch:
         resolve_batch_refs(items)
@@ -270,9 +279,14 @@ async def _audit(
             job_id=None if batch else first,
             outcome="ok" if new_ids else "idempotent_repeat",
             status_code=None,
-            detail={"job_ids": [str(i) for i in new_ids[:1000]], "count": len(new_ids)},
+            detail=_audit_detail(new_ids),
         )
     )
+
+
+def _audit_detail(new_ids: Sequence[UUID]) -> dict[str, Any]:
+    """A submission's audit detail: the new jobs' ids (the first 1,000) and how many."""
+    return {"job_ids": [str(i) for i in new_ids[:1000]], "count": len(new_ids)}
 
 
 def start_time(requested: datetime | None, now: datetime) -> datetime:
@@ -363,7 +377,75 @@ async def submit_one_fast(
     )
     audit = (
         actor.key_id, actor.role, "job.submit", actor.client, it.id, "ok",
-        json_text({"job_ids": [str(it.id)], "count": 1}),
+        json_text(_audit_detail([it.id])),
     )  # fmt: skip
     job = SimpleNamespace(**dict(await inserts.insert(_wire(row), audit)))
     return job, submitted_event(job)
+
+
+def can_submit_batch_fast(specs: Sequence[BatchJobCreate]) -> bool:
+    """No job names a parent (no rows to lock, no order among the jobs) and none has an
+    idempotency key (no lookup, no race): the batch and its audit row can go in as one
+    statement."""
+    return all(not spec.depends_on and not spec.idempotency_key for spec in specs)
+
+
+Built = TypeVar("Built")
+
+
+async def submit_batch_fast(
+    pool: asyncpg.Pool,
+    *,
+    catalog: TaskCatalog,
+    specs: Sequence[BatchJobCreate],
+    actor: Actor,
+    limits: Limits,
+    meanwhile: Callable[[list[Any]], Built],
+) -> tuple[list[Any], list[JobStateChanged], Built] | None:
+    """``POST /jobs/batch`` for a batch ``can_submit_batch_fast`` accepts: validated
+    exactly as ``submit_jobs`` validates it, then stored with its audit row in one
+    statement (in a transaction of its own: all or nothing). While the database stores
+    it, the jobs' events and ``meanwhile(jobs)`` (the answer) are built: both come from
+    the rows sent, nothing is read back.
+
+    Returns the stored rows, their events and what ``meanwhile`` returned; None, having
+    written nothing, when a type of the batch is not in the catalog's cache (the caller
+    submits through a session then, which reads it)."""
+    tasks: dict[str, TaskTypeInfo] = {}
+    for spec in specs:
+        if spec.type not in tasks:
+            if (task := catalog.cached(spec.type)) is None:
+                return None
+            tasks[spec.type] = task
+
+    async def cached(name: str, where: str) -> TaskTypeInfo:
+        return tasks[name]
+
+    items = await _prepare_all(cached, specs, actor, limits, batch=True)
+    now = utcnow()
+    rows, _ = _new_rows(items, {}, actor=actor, now=now)
+    jobs = [SimpleNamespace(**sql.INSERT_DEFAULTS, **row) for row in rows]
+    audit = (
+        actor.key_id, actor.role, "job.batch_submit", actor.client, None, "ok",
+        json_text(_audit_detail([row["id"] for row in rows])),
+    )  # fmt: skip
+    async with pool_transaction(pool) as conn:
+        insert = asyncio.ensure_future(
+            transitions.insert_jobs_with_audit(conn, _columns(rows), audit)
+        )
+        try:
+            # The statement goes out in the task's first step (this yield gives it one).
+            # What follows needs nothing back from the database: it is built while the
+            # database works, instead of after (the batch's time is the longer of the
+            # two, not their sum: docs/performance.md).
+            await asyncio.sleep(0)
+            events = [submitted_event(job, ts=now) for job in jobs]
+            built = meanwhile(jobs)
+        except BaseException:
+            await asyncio.gather(insert, return_exceptions=True)  # the connection is free
+            raise
+        inserted = await insert
+        if inserted != len(rows):  # a status the insert's guard refused: a bug
+            raise RuntimeError(f"{len(rows) - inserted} of the batch's {len(rows)} jobs "
+                               "were not stored; none is")  # fmt: skip
+    return jobs, events, built

@@ -20,7 +20,7 @@ from uuid import UUID
 
 import asyncpg
 
-from shared.db import Db, fetch, json_text, pool_fetch
+from shared.db import STATEMENT_TIMEOUT, Db, fetch, json_text, pool_fetch
 from shared.jobs import sql
 from shared.jobs.events import state_event, stored_event, utcnow
 from shared.jobs.outcomes import AttemptEnd, RunningJob, decide_end, run_seconds
@@ -55,27 +55,45 @@ async def insert_jobs(db: Db, columns: dict[str, list[Any]]) -> int:
     """Insert new jobs (``columns``: each of ``sql.INSERT_COLUMNS`` as one list of values,
     JSON as text, uuid arrays as literals); how many went in (fewer when another request
     took one of their idempotency keys first)."""
-    # A column with one value for the whole batch (the type, the defaults, the times...:
-    # most of them) travels once, not once per job.
+    same, args = _batch_arguments(columns)
+    keyed = any(key is not None for key in columns["idempotency_key"])
+    return len(await fetch(db, _insert_statement(same, keyed=keyed, audited=False), *args))
+
+
+async def insert_jobs_with_audit(
+    conn: asyncpg.Connection, columns: dict[str, list[Any]], audit: Sequence[Any]
+) -> int:
+    """``insert_jobs`` for jobs none of which has an idempotency key, with the request's
+    audit row (the values of ``sql.AUDIT_COLUMNS``), as one statement on ``conn``; how
+    many jobs went in."""
+    same, args = _batch_arguments(columns)
+    statement = _insert_statement(same, keyed=False, audited=True)
+    return int(await conn.fetchval(statement, *args, *audit, timeout=STATEMENT_TIMEOUT))
+
+
+def _batch_arguments(columns: dict[str, list[Any]]) -> tuple[frozenset[str], list[Any]]:
+    """The columns with one value for the whole batch (the type, the defaults, the
+    times...: most of them), which travel once, not once per job; and the arguments."""
     same = frozenset(
         name
         for name, values in columns.items()
         if name != "id" and values.count(values[0]) == len(values)
     )
-    args = [values[0] if name in same else values for name, values in columns.items()]
-    keyed = any(key is not None for key in columns["idempotency_key"])
-    return len(await fetch(db, _insert_statement(same, keyed), *args))
+    return same, [values[0] if name in same else values for name, values in columns.items()]
 
 
-_INSERT_STATEMENTS: dict[tuple[frozenset[str], bool], str] = {}
+_INSERT_STATEMENTS: dict[tuple[frozenset[str], bool, bool], str] = {}
 
 
-def _insert_statement(same: frozenset[str], keyed: bool) -> str:
-    statement = _INSERT_STATEMENTS.get((same, keyed))
+def _insert_statement(same: frozenset[str], *, keyed: bool, audited: bool) -> str:
+    statement = _INSERT_STATEMENTS.get((same, keyed, audited))
     if statement is None:
         if len(_INSERT_STATEMENTS) >= 256:  # bounded; in practice a handful of shapes
             _INSERT_STATEMENTS.clear()
-        statement = _INSERT_STATEMENTS[same, keyed] = sql.insert_jobs(same, keyed=keyed)
+        statement = (
+            sql.insert_jobs_with_audit(same) if audited else sql.insert_jobs(same, keyed=keyed)
+        )
+        _INSERT_STATEMENTS[same, keyed, audited] = statement
     return statement
 
 

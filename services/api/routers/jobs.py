@@ -23,7 +23,9 @@ from shared.jobs.reads import get_job
 from shared.jobs.submit import (
     IdempotencyRace,
     SubmitResult,
+    can_submit_batch_fast,
     can_submit_fast,
+    submit_batch_fast,
     submit_jobs,
     submit_one_fast,
 )
@@ -145,15 +147,21 @@ async def submit_fast(state: Any, spec: JobCreate, actor: Any) -> bytes:
     response_model=BatchRead,
     responses=error_responses(401, 403, 404, 413, 422, 503),
 )
-async def submit_batch(
-    body: BatchCreate,
-    request: Request,
-    session: SessionDep,
-    actor: SubmitterDep,
-) -> Response:
+async def submit_batch(body: BatchCreate, request: Request, actor: SubmitterDep) -> Response:
     """Submit a DAG at once: ``depends_on`` may name ``@ref`` of any job of the same
     request, or ids of stored jobs. All or nothing; a cycle is refused naming it."""
-    result = await _submit(request, session, actor, body.jobs, batch=True)
+    state = request.app.state
+    if can_submit_batch_fast(body.jobs) and state.pool is not None:
+        fast = await submit_batch_fast(
+            state.pool, catalog=state.catalog, specs=body.jobs, actor=actor,
+            limits=state.limits, meanwhile=batch_json,
+        )  # fmt: skip
+        if fast is not None:
+            jobs, events, answer = fast
+            _announce(state, events, jobs)
+            return _json(answer, status_code=201)
+    async with state.sessionmaker() as session:
+        result = await _submit(request, session, actor, body.jobs, batch=True)
     return _json(batch_json(result.jobs), status_code=201)
 
 

@@ -1,0 +1,246 @@
+"""``POST /jobs/batch`` in one statement (``shared.jobs.submit.submit_batch_fast``): the
+same answers, jobs and audit rows as the session path for every batch it takes, the
+session path for the others, all or nothing, and its answer built while the database
+stores the batch."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+
+from services.api.routers import jobs as jobs_router
+from shared.auth import Actor
+from shared.jobs.submit import submit_batch_fast
+from shared.jobs.views import batch_json
+from shared.schemas import BatchJobCreate
+from tests.conftest import ADMIN_KEY, SUBMITTER_KEY, VIEWER_KEY, auth, wait_for
+
+VOLATILE = {"id", "created_at", "updated_at", "run_at", "job_ids", "idempotency_key"}
+
+
+def _normalized(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {
+            k: len(v) if k == "depends_on" else _normalized(v)  # the parents' ids differ
+            for k, v in value.items()
+            if k not in VOLATILE
+        }
+    if isinstance(value, list):
+        return [_normalized(v) for v in value]
+    return value
+
+
+ECHO = {"type": "demo.echo", "payload": {"a": 1}}
+SLEEP = {
+    "type": "demo.sleep",
+    "payload": {"seconds": 1},
+    "priority": "high",
+    "name": "nap",
+    "resources": {"cpu_units": 0.5, "memory_mb": 64},
+    "timeout_seconds": 30,
+    "retry": {"max_attempts": 5},
+}
+LATER = {"type": "demo.echo", "run_at": "2999-01-01T00:00:00Z"}
+
+# (what, jobs, key, whether the one-statement path answers it)
+CASES: list[tuple[str, list[dict[str, Any]], str, bool]] = [
+    ("plain", [ECHO, ECHO, {"type": "demo.echo", "payload": {"b": [1, 2]}}], SUBMITTER_KEY, True),
+    ("mixed types and options", [SLEEP, ECHO, SLEEP], ADMIN_KEY, True),
+    ("delayed", [LATER, ECHO], SUBMITTER_KEY, True),
+    ("refs but no dependencies", [{**ECHO, "ref": "a"}, {**ECHO, "ref": "b"}], SUBMITTER_KEY, True),
+    ("one job", [ECHO], SUBMITTER_KEY, True),
+    ("a ref used twice", [{**ECHO, "ref": "a"}, {**ECHO, "ref": "a"}], SUBMITTER_KEY, False),
+    (
+        "a bad payload in the middle",
+        [ECHO, {"type": "demo.sleep", "payload": {"seconds": "x"}}, ECHO],
+        SUBMITTER_KEY,
+        False,
+    ),
+    (
+        "a payload over its limit",
+        [ECHO, {"type": "demo.echo", "payload": {"x": "y" * 300_000}}],
+        SUBMITTER_KEY,
+        False,
+    ),
+    ("an unknown type", [ECHO, {"type": "no.such.task"}], SUBMITTER_KEY, False),
+    ("a dependency", [{**ECHO, "ref": "a"}, {**ECHO, "depends_on": ["@a"]}], SUBMITTER_KEY, False),
+    ("an idempotency key", [ECHO, {**ECHO, "idempotency_key": "k-{unique}"}], SUBMITTER_KEY, False),
+    ("a reserved key", [{**ECHO, "idempotency_key": "schedule:x"}], SUBMITTER_KEY, False),
+    ("a viewer", [ECHO], VIEWER_KEY, False),
+    ("too many jobs", [ECHO] * 10_001, SUBMITTER_KEY, False),
+]
+
+
+async def _audit_since(db: asyncpg.Connection, after: int) -> list[tuple[Any, ...]]:
+    rows = await db.fetch(
+        "SELECT actor, role, action, outcome, status_code, client, detail, job_id IS NULL"
+        " AS no_job FROM audit_log WHERE id > $1 ORDER BY id",
+        after,
+    )
+    return [
+        (
+            r["actor"],
+            r["role"],
+            r["action"],
+            r["outcome"],
+            r["status_code"],
+            r["client"],
+            _normalized(json.loads(r["detail"])) if r["detail"] else None,
+            r["no_job"],
+        )
+        for r in rows
+    ]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+async def test_one_statement_answers_as_the_session_path(
+    client: httpx.AsyncClient,
+    db: asyncpg.Connection,
+    monkeypatch: pytest.MonkeyPatch,
+    case: tuple[str, list[dict[str, Any]], str, bool],
+) -> None:
+    _, jobs, key, fast_expected = case
+    answered_fast: list[bool] = []
+
+    async def watched(*args: Any, **kwargs: Any) -> Any:
+        out = await submit_batch_fast(*args, **kwargs)
+        answered_fast.append(out is not None)
+        return out
+
+    monkeypatch.setattr(jobs_router, "submit_batch_fast", watched)
+    # The task types in the catalog's cache, as on a replica that has seen them.
+    assert (await client.post("/jobs/batch", json={"jobs": [ECHO, SLEEP]})).status_code == 201
+    answered_fast.clear()
+    answers = []
+    for path in ("one statement", "session"):
+        if path == "session":
+            monkeypatch.setattr(jobs_router, "can_submit_batch_fast", lambda specs: False)
+        before = await db.fetchval("SELECT coalesce(max(id), 0) FROM audit_log")
+        jobs_before = await db.fetchval("SELECT count(*) FROM jobs")
+        unique = json.loads(json.dumps({"jobs": jobs}).replace("{unique}", path.replace(" ", "")))
+        r = await client.post("/jobs/batch", json=unique, headers=auth(key))
+        stored = []
+        if r.status_code == 201:
+            for job in r.json()["jobs"]:
+                read = await client.get(f"/jobs/{job['id']}")
+                stored.append(read.json())
+                assert _normalized(read.json()) == _normalized(job)
+        new_rows = await db.fetchval("SELECT count(*) FROM jobs") - jobs_before
+        answers.append(
+            (
+                r.status_code,
+                _normalized(r.json()),
+                _normalized(stored),
+                new_rows,
+                await _audit_since(db, before),
+            )
+        )
+    assert answers[0] == answers[1]
+    assert answered_fast.count(True) == (1 if fast_expected else 0)
+    status, _, _, new_rows, audit = answers[0]
+    assert new_rows == (len(jobs) if status == 201 else 0)
+    if status == 201:
+        assert [a[2] for a in audit] == ["job.batch_submit"]
+
+
+async def test_a_batch_is_all_or_nothing(app: Any, db: asyncpg.Connection) -> None:
+    """What fails while the statement is in flight (here the answer being built) takes
+    the whole batch and its audit row back, and leaves the connection to the pool."""
+    state = app.state
+    specs = [BatchJobCreate.model_validate(ECHO) for _ in range(50)]
+    actor = Actor(key_id="k-test", role="submitter", client="test")
+    async with state.sessionmaker() as session:
+        await state.catalog.get(session, "demo.echo")  # in the cache
+    before = (
+        await db.fetchval("SELECT count(*) FROM jobs"),
+        await db.fetchval("SELECT count(*) FROM audit_log"),
+    )
+
+    def broken(jobs: list[Any]) -> bytes:
+        raise ValueError("the answer could not be built")
+
+    with pytest.raises(ValueError, match="could not be built"):
+        await submit_batch_fast(
+            state.pool,
+            catalog=state.catalog,
+            specs=specs,
+            actor=actor,
+            limits=state.limits,
+            meanwhile=broken,
+        )
+    after = (
+        await db.fetchval("SELECT count(*) FROM jobs"),
+        await db.fetchval("SELECT count(*) FROM audit_log"),
+    )
+    assert after == before
+    assert state.pool.get_idle_size() == state.pool.get_size()
+    done = await submit_batch_fast(
+        state.pool,
+        catalog=state.catalog,
+        specs=specs,
+        actor=actor,
+        limits=state.limits,
+        meanwhile=batch_json,
+    )
+    assert done is not None and len(done[0]) == 50
+    assert await db.fetchval("SELECT count(*) FROM jobs") == before[0] + 50
+
+
+async def test_the_answer_is_built_while_the_database_stores_the_batch(
+    app: Any, db: asyncpg.Connection, database_url: str
+) -> None:
+    """The batch's statement is made to wait on a lock; the answer must be built by the
+    time the statement is seen waiting (built after it, the batch would take the sum of
+    the two times, not the longer)."""
+    state = app.state
+    specs = [BatchJobCreate.model_validate(ECHO) for _ in range(20)]
+    actor = Actor(key_id="k-test", role="submitter", client="test")
+    async with state.sessionmaker() as session:
+        await state.catalog.get(session, "demo.echo")
+    built: list[int] = []
+
+    def answer(jobs: list[Any]) -> bytes:
+        built.append(len(jobs))
+        return batch_json(jobs)
+
+    blocker = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        await blocker.execute("BEGIN; LOCK TABLE audit_log IN EXCLUSIVE MODE")
+        submit = asyncio.create_task(
+            submit_batch_fast(
+                state.pool,
+                catalog=state.catalog,
+                specs=specs,
+                actor=actor,
+                limits=state.limits,
+                meanwhile=answer,
+            )
+        )
+
+        async def statement_waits() -> bool:
+            return bool(
+                await db.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                    " AND query LIKE 'WITH j AS (INSERT INTO jobs%'"
+                )
+            )
+
+        await wait_for(statement_waits, timeout=10)
+        assert built == [20], "the answer was not built while the statement waited"
+        assert not submit.done()
+        await blocker.execute("COMMIT")
+        jobs, events, body = await asyncio.wait_for(submit, 10)
+    finally:
+        await blocker.close()
+    assert len(json.loads(body)["jobs"]) == 20 == len(events)
+    assert (
+        await db.fetchval(
+            "SELECT count(*) FROM jobs WHERE id = ANY($1::uuid[])", [j.id for j in jobs]
+        )
+        == 20
+    )
