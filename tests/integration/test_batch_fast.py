@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
@@ -19,6 +20,7 @@ from shared.jobs.submit import submit_batch_fast
 from shared.jobs.views import batch_json
 from shared.schemas import BatchJobCreate
 from tests.conftest import ADMIN_KEY, SUBMITTER_KEY, VIEWER_KEY, auth, wait_for
+from tests.integration.test_fast_submit import ALL_OPTIONS
 
 VOLATILE = {"id", "created_at", "updated_at", "run_at", "job_ids", "idempotency_key"}
 
@@ -36,15 +38,7 @@ def _normalized(value: Any) -> Any:
 
 
 ECHO = {"type": "demo.echo", "payload": {"a": 1}}
-SLEEP = {
-    "type": "demo.sleep",
-    "payload": {"seconds": 1},
-    "priority": "high",
-    "name": "nap",
-    "resources": {"cpu_units": 0.5, "memory_mb": 64},
-    "timeout_seconds": 30,
-    "retry": {"max_attempts": 5},
-}
+SLEEP = ALL_OPTIONS
 LATER = {"type": "demo.echo", "run_at": "2999-01-01T00:00:00Z"}
 
 # (what, jobs, key, whether the one-statement path answers it)
@@ -148,47 +142,44 @@ async def test_one_statement_answers_as_the_session_path(
         assert [a[2] for a in audit] == ["job.batch_submit"]
 
 
-async def test_a_batch_is_all_or_nothing(app: Any, db: asyncpg.Connection) -> None:
-    """What fails while the statement is in flight (here the answer being built) takes
-    the whole batch and its audit row back, and leaves the connection to the pool."""
+async def _echo_batch(app: Any, n: int, meanwhile: Callable[[list[Any]], Any]) -> Any:
+    """``submit_batch_fast`` on the app's pool: ``n`` demo.echo jobs (their type cached)."""
     state = app.state
-    specs = [BatchJobCreate.model_validate(ECHO) for _ in range(50)]
-    actor = Actor(key_id="k-test", role="submitter", client="test")
     async with state.sessionmaker() as session:
-        await state.catalog.get(session, "demo.echo")  # in the cache
-    before = (
+        await state.catalog.get(session, "demo.echo")  # in the cache, as the route finds it
+    return await submit_batch_fast(
+        state.pool,
+        catalog=state.catalog,
+        specs=[BatchJobCreate.model_validate(ECHO) for _ in range(n)],
+        actor=Actor(key_id="k-test", role="submitter", client="test"),
+        limits=state.limits,
+        meanwhile=meanwhile,
+    )
+
+
+async def _rows(db: asyncpg.Connection) -> tuple[int, int]:
+    """How many jobs and audit rows are stored."""
+    return (
         await db.fetchval("SELECT count(*) FROM jobs"),
         await db.fetchval("SELECT count(*) FROM audit_log"),
     )
+
+
+async def test_a_batch_is_all_or_nothing(app: Any, db: asyncpg.Connection) -> None:
+    """What fails while the statement is in flight (here the answer being built) takes
+    the whole batch and its audit row back, and leaves the connection to the pool."""
+    before = await _rows(db)
 
     def broken(jobs: list[Any]) -> bytes:
         raise ValueError("the answer could not be built")
 
     with pytest.raises(ValueError, match="could not be built"):
-        await submit_batch_fast(
-            state.pool,
-            catalog=state.catalog,
-            specs=specs,
-            actor=actor,
-            limits=state.limits,
-            meanwhile=broken,
-        )
-    after = (
-        await db.fetchval("SELECT count(*) FROM jobs"),
-        await db.fetchval("SELECT count(*) FROM audit_log"),
-    )
-    assert after == before
-    assert state.pool.get_idle_size() == state.pool.get_size()
-    done = await submit_batch_fast(
-        state.pool,
-        catalog=state.catalog,
-        specs=specs,
-        actor=actor,
-        limits=state.limits,
-        meanwhile=batch_json,
-    )
+        await _echo_batch(app, 50, broken)
+    assert await _rows(db) == before
+    assert app.state.pool.get_idle_size() == app.state.pool.get_size()
+    done = await _echo_batch(app, 50, batch_json)
     assert done is not None and len(done[0]) == 50
-    assert await db.fetchval("SELECT count(*) FROM jobs") == before[0] + 50
+    assert await _rows(db) == (before[0] + 50, before[1] + 1)
 
 
 async def test_the_answer_is_built_while_the_database_stores_the_batch(
@@ -197,11 +188,6 @@ async def test_the_answer_is_built_while_the_database_stores_the_batch(
     """The batch's statement is made to wait on a lock; the answer must be built by the
     time the statement is seen waiting (built after it, the batch would take the sum of
     the two times, not the longer)."""
-    state = app.state
-    specs = [BatchJobCreate.model_validate(ECHO) for _ in range(20)]
-    actor = Actor(key_id="k-test", role="submitter", client="test")
-    async with state.sessionmaker() as session:
-        await state.catalog.get(session, "demo.echo")
     built: list[int] = []
 
     def answer(jobs: list[Any]) -> bytes:
@@ -211,16 +197,7 @@ async def test_the_answer_is_built_while_the_database_stores_the_batch(
     blocker = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://"))
     try:
         await blocker.execute("BEGIN; LOCK TABLE audit_log IN EXCLUSIVE MODE")
-        submit = asyncio.create_task(
-            submit_batch_fast(
-                state.pool,
-                catalog=state.catalog,
-                specs=specs,
-                actor=actor,
-                limits=state.limits,
-                meanwhile=answer,
-            )
-        )
+        submit = asyncio.create_task(_echo_batch(app, 20, answer))
 
         async def statement_waits() -> bool:
             return bool(
@@ -238,9 +215,7 @@ async def test_the_answer_is_built_while_the_database_stores_the_batch(
     finally:
         await blocker.close()
     assert len(json.loads(body)["jobs"]) == 20 == len(events)
-    assert (
-        await db.fetchval(
-            "SELECT count(*) FROM jobs WHERE id = ANY($1::uuid[])", [j.id for j in jobs]
-        )
-        == 20
+    stored = await db.fetchval(
+        "SELECT count(*) FROM jobs WHERE id = ANY($1::uuid[])", [j.id for j in jobs]
     )
+    assert stored == 20
