@@ -93,6 +93,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.outbox.start()
         app.state.pool = await create_pool(settings)
         app.state.inserts = GroupedInserts(app.state.pool)
+        # Batches in one statement hold a pooled connection each for their insert: at
+        # most half the pool, so single submits always find one (the rest go through
+        # a session, as batches with parents do).
+        app.state.batch_connections = asyncio.Semaphore(app.state.pool.get_max_size() // 2)
         app.state.key_cache = KeyCache(
             settings.sync_database_url,
             refused_ttl=settings.key_refused_cache_seconds,
@@ -142,6 +146,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.outbox = None
     app.state.pool = None
     app.state.inserts = None
+    app.state.batch_connections = None
     install_error_handlers(app)
     app.add_middleware(FastSubmit)  # inside the limits: they see every request
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)

@@ -430,14 +430,15 @@ async def submit_batch_fast(
         json_text(_audit_detail([row["id"] for row in rows])),
     )  # fmt: skip
     async with pool_transaction(pool) as conn:
-        insert = asyncio.ensure_future(
+        insert = asyncio.create_task(
             transitions.insert_jobs_with_audit(conn, _columns(rows), audit)
         )
         try:
-            # The statement goes out in the task's first step (this yield gives it one).
-            # What follows needs nothing back from the database: it is built while the
-            # database works, instead of after (the batch's time is the longer of the
-            # two, not their sum: docs/performance.md).
+            # The statement goes out in the task's first step (this yield gives it one;
+            # the first statement of its shape on a connection sends its Parse first, and
+            # the rest after). What follows needs nothing back from the database: it is
+            # built while the database works, instead of after (the batch's time is the
+            # longer of the two, not their sum: docs/performance.md).
             await asyncio.sleep(0)
             events = [submitted_event(job, ts=now) for job in jobs]
             built = meanwhile(jobs)

@@ -41,32 +41,45 @@ ECHO = {"type": "demo.echo", "payload": {"a": 1}}
 SLEEP = ALL_OPTIONS
 LATER = {"type": "demo.echo", "run_at": "2999-01-01T00:00:00Z"}
 
-# (what, jobs, key, whether the one-statement path answers it)
-CASES: list[tuple[str, list[dict[str, Any]], str, bool]] = [
-    ("plain", [ECHO, ECHO, {"type": "demo.echo", "payload": {"b": [1, 2]}}], SUBMITTER_KEY, True),
-    ("mixed types and options", [SLEEP, ECHO, SLEEP], ADMIN_KEY, True),
-    ("delayed", [LATER, ECHO], SUBMITTER_KEY, True),
-    ("refs but no dependencies", [{**ECHO, "ref": "a"}, {**ECHO, "ref": "b"}], SUBMITTER_KEY, True),
-    ("one job", [ECHO], SUBMITTER_KEY, True),
-    ("a ref used twice", [{**ECHO, "ref": "a"}, {**ECHO, "ref": "a"}], SUBMITTER_KEY, False),
+# (what, jobs, key, what the one-statement path does with it: "answered" it, "raised"
+# the refusal itself, "declined" it (a type not cached: the session path answers), or
+# None: it never saw it)
+ANSWERED, RAISED, DECLINED = "answered", "raised", "declined"
+CASES: list[tuple[str, list[dict[str, Any]], str, str | None]] = [
+    (
+        "plain",
+        [ECHO, ECHO, {"type": "demo.echo", "payload": {"b": [1, 2]}}],
+        SUBMITTER_KEY,
+        ANSWERED,
+    ),
+    ("mixed types and options", [SLEEP, ECHO, SLEEP], ADMIN_KEY, ANSWERED),
+    ("delayed", [LATER, ECHO], SUBMITTER_KEY, ANSWERED),
+    (
+        "refs but no dependencies",
+        [{**ECHO, "ref": "a"}, {**ECHO, "ref": "b"}],
+        SUBMITTER_KEY,
+        ANSWERED,
+    ),
+    ("one job", [ECHO], SUBMITTER_KEY, ANSWERED),
+    ("a ref used twice", [{**ECHO, "ref": "a"}, {**ECHO, "ref": "a"}], SUBMITTER_KEY, RAISED),
     (
         "a bad payload in the middle",
         [ECHO, {"type": "demo.sleep", "payload": {"seconds": "x"}}, ECHO],
         SUBMITTER_KEY,
-        False,
+        RAISED,
     ),
     (
         "a payload over its limit",
         [ECHO, {"type": "demo.echo", "payload": {"x": "y" * 300_000}}],
         SUBMITTER_KEY,
-        False,
+        RAISED,
     ),
-    ("an unknown type", [ECHO, {"type": "no.such.task"}], SUBMITTER_KEY, False),
-    ("a dependency", [{**ECHO, "ref": "a"}, {**ECHO, "depends_on": ["@a"]}], SUBMITTER_KEY, False),
-    ("an idempotency key", [ECHO, {**ECHO, "idempotency_key": "k-{unique}"}], SUBMITTER_KEY, False),
-    ("a reserved key", [{**ECHO, "idempotency_key": "schedule:x"}], SUBMITTER_KEY, False),
-    ("a viewer", [ECHO], VIEWER_KEY, False),
-    ("too many jobs", [ECHO] * 10_001, SUBMITTER_KEY, False),
+    ("too many jobs", [ECHO] * 10_001, SUBMITTER_KEY, RAISED),
+    ("an unknown type", [ECHO, {"type": "no.such.task"}], SUBMITTER_KEY, DECLINED),
+    ("a dependency", [{**ECHO, "ref": "a"}, {**ECHO, "depends_on": ["@a"]}], SUBMITTER_KEY, None),
+    ("an idempotency key", [ECHO, {**ECHO, "idempotency_key": "k-{unique}"}], SUBMITTER_KEY, None),
+    ("a reserved key", [{**ECHO, "idempotency_key": "schedule:x"}], SUBMITTER_KEY, None),
+    ("a viewer", [ECHO], VIEWER_KEY, None),
 ]
 
 
@@ -96,20 +109,24 @@ async def test_one_statement_answers_as_the_session_path(
     client: httpx.AsyncClient,
     db: asyncpg.Connection,
     monkeypatch: pytest.MonkeyPatch,
-    case: tuple[str, list[dict[str, Any]], str, bool],
+    case: tuple[str, list[dict[str, Any]], str, str | None],
 ) -> None:
-    _, jobs, key, fast_expected = case
-    answered_fast: list[bool] = []
+    _, jobs, key, expected = case
+    seen: list[str] = []  # what the one-statement path did with each batch it saw
 
     async def watched(*args: Any, **kwargs: Any) -> Any:
-        out = await submit_batch_fast(*args, **kwargs)
-        answered_fast.append(out is not None)
+        try:
+            out = await submit_batch_fast(*args, **kwargs)
+        except Exception:
+            seen.append(RAISED)
+            raise
+        seen.append(DECLINED if out is None else ANSWERED)
         return out
 
     monkeypatch.setattr(jobs_router, "submit_batch_fast", watched)
     # The task types in the catalog's cache, as on a replica that has seen them.
     assert (await client.post("/jobs/batch", json={"jobs": [ECHO, SLEEP]})).status_code == 201
-    answered_fast.clear()
+    seen.clear()
     answers = []
     for path in ("one statement", "session"):
         if path == "session":
@@ -124,6 +141,12 @@ async def test_one_statement_answers_as_the_session_path(
                 read = await client.get(f"/jobs/{job['id']}")
                 stored.append(read.json())
                 assert _normalized(read.json()) == _normalized(job)
+        if r.status_code == 201:  # the audit row names the jobs the answer names
+            detail = await db.fetchval(
+                "SELECT detail FROM audit_log WHERE id > $1 AND action = 'job.batch_submit'",
+                before,
+            )
+            assert json.loads(detail)["job_ids"] == [job["id"] for job in r.json()["jobs"]]
         new_rows = await db.fetchval("SELECT count(*) FROM jobs") - jobs_before
         answers.append(
             (
@@ -135,11 +158,39 @@ async def test_one_statement_answers_as_the_session_path(
             )
         )
     assert answers[0] == answers[1]
-    assert answered_fast.count(True) == (1 if fast_expected else 0)
+    assert seen == ([expected] if expected else [])  # the session leg never takes it
     status, _, _, new_rows, audit = answers[0]
     assert new_rows == (len(jobs) if status == 201 else 0)
     if status == 201:
         assert [a[2] for a in audit] == ["job.batch_submit"]
+
+
+async def test_batches_in_one_statement_hold_at_most_half_the_pool(
+    app: Any, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each holds a pooled connection while its statement runs: once half the pool is
+    held so, a batch goes through a session, and single submits keep the other half."""
+    calls: list[int] = []
+
+    async def watched(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return await submit_batch_fast(*args, **kwargs)
+
+    monkeypatch.setattr(jobs_router, "submit_batch_fast", watched)
+    slots = app.state.batch_connections
+    half = app.state.pool.get_max_size() // 2
+    for _ in range(half):
+        await asyncio.wait_for(slots.acquire(), 1)  # as many batches in flight
+    assert slots.locked()
+    try:
+        r = await client.post("/jobs/batch", json={"jobs": [ECHO, ECHO]})
+        assert r.status_code == 201 and calls == []
+        assert (await client.post("/jobs", json=ECHO)).status_code == 201
+    finally:
+        for _ in range(half):
+            slots.release()
+    assert (await client.post("/jobs/batch", json={"jobs": [ECHO]})).status_code == 201
+    assert calls == [1]
 
 
 async def _echo_batch(app: Any, n: int, meanwhile: Callable[[list[Any]], Any]) -> Any:

@@ -151,11 +151,13 @@ async def submit_batch(body: BatchCreate, request: Request, actor: SubmitterDep)
     """Submit a DAG at once: ``depends_on`` may name ``@ref`` of any job of the same
     request, or ids of stored jobs. All or nothing; a cycle is refused naming it."""
     state = request.app.state
-    if can_submit_batch_fast(body.jobs) and state.pool is not None:
-        fast = await submit_batch_fast(
-            state.pool, catalog=state.catalog, specs=body.jobs, actor=actor,
-            limits=state.limits, meanwhile=batch_json,
-        )  # fmt: skip
+    slots = state.batch_connections
+    if can_submit_batch_fast(body.jobs) and slots is not None and not slots.locked():
+        async with slots:
+            fast = await submit_batch_fast(
+                state.pool, catalog=state.catalog, specs=body.jobs, actor=actor,
+                limits=state.limits, meanwhile=batch_json,
+            )  # fmt: skip
         if fast is not None:
             jobs, events, answer = fast
             _announce(state, events, jobs)
