@@ -98,6 +98,9 @@ class Outbox:
         self._pending: list[_Message] = []
         self._sending: list[_Message] = []
         self._wake = asyncio.Event()
+        # The linger's end: its timer, or ``hurry`` (nothing more is coming soon).
+        self._linger_over = asyncio.Event()
+        self._hurried = False
         self._idle = asyncio.Event()
         self._idle.set()
         self._task: asyncio.Task[None] | None = None
@@ -156,11 +159,28 @@ class Outbox:
         self._idle.clear()
         self._wake.set()
 
+    def hurry(self) -> None:
+        """What waits goes now, without the rest of the linger: the producer knows that
+        nothing more will come soon to travel with it."""
+        self._hurried = True
+        self._linger_over.set()
+
+    def waiting(self) -> int:
+        """Messages put and not yet taken to be published."""
+        return len(self._pending)
+
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             await self._wake.wait()
-            if self._linger > 0:
-                await asyncio.sleep(self._linger)
+            if self._linger > 0 and not self._hurried:
+                self._linger_over.clear()
+                timer = loop.call_later(self._linger, self._linger_over.set)
+                try:
+                    await self._linger_over.wait()
+                finally:
+                    timer.cancel()
+            self._hurried = False
             self._wake.clear()
             while self._pending:
                 self._sending = self._pending[: self._chunk]

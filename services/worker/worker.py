@@ -78,6 +78,10 @@ SEEN_MEMORY = 10_000  # (job, attempt) pairs remembered for duplicate detection
 # jobs that ran meanwhile go as a body of each kind (kinds_together): a few messages,
 # one scheduler cycle, one logger write.
 OUTBOX_LINGER = 0.002
+# Messages waiting in the outbox when the last running attempt ends, from which they
+# go at once instead of lingering: the reports of several attempts (a lone attempt
+# leaves its start and its end: two).
+HURRY_AT = 3
 # What the worker's unsent messages may weigh (about their bytes) before a task that
 # logs waits for the broker to take them: its lines then cost about this much memory
 # (a soft bound: see Outbox.wait_for_room), and a heartbeat put behind them goes out
@@ -556,6 +560,10 @@ class Worker:
         self._emit(report)
         if not self.held.running:
             self._idle.set()
+            if self.outbox.waiting() >= HURRY_AT:
+                # Nothing runs, so no report will join these (a wave of attempts that
+                # ended together): they go now, not after the rest of the linger.
+                self.outbox.hurry()
 
     # ------------------------------------------------------------ messages out
 

@@ -72,6 +72,44 @@ async def test_linger_gathers_puts_into_one_delivery(settings: Settings, linger:
         await sender.delete_namespace()
 
 
+async def test_hurry_sends_what_waits_without_the_rest_of_the_linger(settings: Settings) -> None:
+    """A linger far longer than the test: what was put goes at once when the producer
+    says nothing more is coming, still as one body; the next put lingers again."""
+    ns = settings.namespace
+    async with (
+        Broker(settings.amqp_url, ns, name="sender") as sender,
+        Broker(settings.amqp_url, ns, name="receiver") as receiver,
+    ):
+        deliveries: list[list[uuid.UUID]] = []
+
+        async def on(delivery: Delivery) -> None:
+            deliveries.append([m.job_id for m in delivery.messages])
+
+        consumer = await receiver.consume(
+            f"{ns}.outbox-test", ["job.state.#"], on, no_ack=True, auto_delete=True
+        )
+        outbox = Outbox(sender, linger=60.0)
+        outbox.start()
+        jobs = [uuid.uuid4() for _ in range(3)]
+        for job in jobs:
+            outbox.put([event(job)])
+            await asyncio.sleep(0.01)
+        assert outbox.waiting() == 3
+        outbox.hurry()
+
+        async def arrived() -> bool:
+            return sum(len(d) for d in deliveries) >= len(jobs)
+
+        await wait_for(arrived, timeout=10, what="the hurried events arrive")
+        assert deliveries == [jobs]
+        outbox.put([event(uuid.uuid4())])
+        await asyncio.sleep(0.5)
+        assert len(deliveries) == 1 and outbox.waiting() == 1  # lingering again
+        await outbox.close(timeout=0.1)
+        await consumer.close()
+        await sender.delete_namespace()
+
+
 def report(job: uuid.UUID) -> JobStatusReport:
     return JobStatusReport(job_id=job, attempt=1, worker_id="w1", status="started")
 
