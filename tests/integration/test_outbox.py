@@ -37,8 +37,12 @@ def event(job: uuid.UUID) -> JobStateChanged:
     )
 
 
-@pytest.mark.parametrize("linger", [0.0, 0.3])
-async def test_linger_gathers_puts_into_one_delivery(settings: Settings, linger: float) -> None:
+@contextlib.asynccontextmanager
+async def job_state_bodies(
+    settings: Settings,
+) -> AsyncIterator[tuple[Broker, list[list[uuid.UUID]]]]:
+    """A sending broker, and the job ids of each ``job.state`` body a consumer receives
+    (one list per delivery)."""
     ns = settings.namespace
     async with (
         Broker(settings.amqp_url, ns, name="sender") as sender,
@@ -52,6 +56,23 @@ async def test_linger_gathers_puts_into_one_delivery(settings: Settings, linger:
         consumer = await receiver.consume(
             f"{ns}.outbox-test", ["job.state.#"], on, no_ack=True, auto_delete=True
         )
+        try:
+            yield sender, deliveries
+        finally:
+            await consumer.close()
+            await sender.delete_namespace()
+
+
+async def arrive(deliveries: list[list[uuid.UUID]], jobs: list[uuid.UUID], what: str) -> None:
+    async def arrived() -> bool:
+        return sum(len(d) for d in deliveries) >= len(jobs)
+
+    await wait_for(arrived, timeout=10, what=what)
+
+
+@pytest.mark.parametrize("linger", [0.0, 0.3])
+async def test_linger_gathers_puts_into_one_delivery(settings: Settings, linger: float) -> None:
+    async with job_state_bodies(settings) as (sender, deliveries):
         outbox = Outbox(sender, linger=linger)
         outbox.start()
         jobs = [uuid.uuid4() for _ in range(3)]
@@ -60,34 +81,16 @@ async def test_linger_gathers_puts_into_one_delivery(settings: Settings, linger:
             # A moment between puts (well inside the linger): without one, each goes out
             # before the next is put.
             await asyncio.sleep(0.05)
-
-        async def all_arrived() -> bool:
-            return sum(len(d) for d in deliveries) >= len(jobs)
-
-        await wait_for(all_arrived, timeout=10, what="the three events arrive")
+        await arrive(deliveries, jobs, "the three events arrive")
         assert [j for d in deliveries for j in d] == jobs  # in order, none lost
         assert len(deliveries) == (1 if linger else 3)
         await outbox.close()
-        await consumer.close()
-        await sender.delete_namespace()
 
 
 async def test_hurry_sends_what_waits_without_the_rest_of_the_linger(settings: Settings) -> None:
     """A linger far longer than the test: what was put goes at once when the producer
     says nothing more is coming, still as one body; the next put lingers again."""
-    ns = settings.namespace
-    async with (
-        Broker(settings.amqp_url, ns, name="sender") as sender,
-        Broker(settings.amqp_url, ns, name="receiver") as receiver,
-    ):
-        deliveries: list[list[uuid.UUID]] = []
-
-        async def on(delivery: Delivery) -> None:
-            deliveries.append([m.job_id for m in delivery.messages])
-
-        consumer = await receiver.consume(
-            f"{ns}.outbox-test", ["job.state.#"], on, no_ack=True, auto_delete=True
-        )
+    async with job_state_bodies(settings) as (sender, deliveries):
         outbox = Outbox(sender, linger=60.0)
         outbox.start()
         jobs = [uuid.uuid4() for _ in range(3)]
@@ -96,18 +99,12 @@ async def test_hurry_sends_what_waits_without_the_rest_of_the_linger(settings: S
             await asyncio.sleep(0.01)
         assert outbox.waiting() == 3
         outbox.hurry()
-
-        async def arrived() -> bool:
-            return sum(len(d) for d in deliveries) >= len(jobs)
-
-        await wait_for(arrived, timeout=10, what="the hurried events arrive")
+        await arrive(deliveries, jobs, "the hurried events arrive")
         assert deliveries == [jobs]
         outbox.put([event(uuid.uuid4())])
         await asyncio.sleep(0.5)
         assert len(deliveries) == 1 and outbox.waiting() == 1  # lingering again
         await outbox.close(timeout=0.1)
-        await consumer.close()
-        await sender.delete_namespace()
 
 
 def report(job: uuid.UUID) -> JobStatusReport:
