@@ -161,7 +161,8 @@ class Outbox:
 
     def hurry(self) -> None:
         """What waits goes now, without the rest of the linger: the producer knows that
-        nothing more will come soon to travel with it."""
+        nothing more will come soon to travel with it. For when something waits: with
+        nothing waiting, the next put would skip its linger instead."""
         self._hurried = True
         self._linger_over.set()
 

@@ -80,7 +80,8 @@ SEEN_MEMORY = 10_000  # (job, attempt) pairs remembered for duplicate detection
 OUTBOX_LINGER = 0.002
 # Messages waiting in the outbox when the last running attempt ends, from which they
 # go at once instead of lingering: the reports of several attempts (a lone attempt
-# leaves its start and its end: two).
+# leaves its start and its end: two, which linger; with a log line, a progress update
+# or a heartbeat beside them they go at once too).
 HURRY_AT = 3
 # What the worker's unsent messages may weigh (about their bytes) before a task that
 # logs waits for the broker to take them: its lines then cost about this much memory
