@@ -270,23 +270,31 @@ async def _audit(
     new_ids = [it.id for it in items if it.existing is None]
     first = items[0].existing.id if items[0].existing else items[0].id
     # A Core insert: no unit-of-work flush on the request path.
-    await session.execute(
-        insert(AuditEntry).values(
-            actor=actor.key_id,
-            role=actor.role,
-            action="job.batch_submit" if batch else "job.submit",
-            client=actor.client,
-            job_id=None if batch else first,
-            outcome="ok" if new_ids else "idempotent_repeat",
-            status_code=None,
-            detail=_audit_detail(new_ids),
-        )
-    )
+    row = _audit_row(actor, batch=batch, first=first, new_ids=new_ids)
+    await session.execute(insert(AuditEntry).values(**row, status_code=None))
 
 
-def _audit_detail(new_ids: Sequence[UUID]) -> dict[str, Any]:
-    """A submission's audit detail: the new jobs' ids (the first 1,000) and how many."""
-    return {"job_ids": [str(i) for i in new_ids[:1000]], "count": len(new_ids)}
+def _audit_row(
+    actor: Actor, *, batch: bool, first: UUID, new_ids: Sequence[UUID]
+) -> dict[str, Any]:
+    """A submission's audit row (``sql.AUDIT_COLUMNS``): who, which action, its job (a
+    single submit's), whether it made new jobs, and their ids (the first 1,000) and
+    how many."""
+    return {
+        "actor": actor.key_id,
+        "role": actor.role,
+        "action": "job.batch_submit" if batch else "job.submit",
+        "client": actor.client,
+        "job_id": None if batch else first,
+        "outcome": "ok" if new_ids else "idempotent_repeat",
+        "detail": {"job_ids": [str(i) for i in new_ids[:1000]], "count": len(new_ids)},
+    }
+
+
+def _audit_parameters(row: dict[str, Any]) -> tuple[Any, ...]:
+    """An audit row as the one-statement inserts take it: in ``sql.AUDIT_COLUMNS``
+    order, the detail as JSON text."""
+    return tuple(json_text(row[c]) if c == "detail" else row[c] for c in sql.AUDIT_COLUMNS)
 
 
 def start_time(requested: datetime | None, now: datetime) -> datetime:
@@ -375,10 +383,7 @@ async def submit_one_fast(
     row = job_row(
         it, status=status, run_at=run_at, now=now, actor=actor, dep_ids=[], unmet=0, error=None
     )
-    audit = (
-        actor.key_id, actor.role, "job.submit", actor.client, it.id, "ok",
-        json_text(_audit_detail([it.id])),
-    )  # fmt: skip
+    audit = _audit_parameters(_audit_row(actor, batch=False, first=it.id, new_ids=[it.id]))
     job = SimpleNamespace(**dict(await inserts.insert(_wire(row), audit)))
     return job, submitted_event(job)
 
@@ -425,10 +430,8 @@ async def submit_batch_fast(
     now = utcnow()
     rows, _ = _new_rows(items, {}, actor=actor, now=now)
     jobs = [SimpleNamespace(**sql.INSERT_DEFAULTS, **row) for row in rows]
-    audit = (
-        actor.key_id, actor.role, "job.batch_submit", actor.client, None, "ok",
-        json_text(_audit_detail([row["id"] for row in rows])),
-    )  # fmt: skip
+    new_ids = [row["id"] for row in rows]
+    audit = _audit_parameters(_audit_row(actor, batch=True, first=new_ids[0], new_ids=new_ids))
     async with pool_transaction(pool) as conn:
         insert = asyncio.create_task(
             transitions.insert_jobs_with_audit(conn, _columns(rows), audit)
