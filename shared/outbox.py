@@ -161,8 +161,10 @@ class Outbox:
 
     def hurry(self) -> None:
         """What waits goes now, without the rest of the linger: the producer knows that
-        nothing more will come soon to travel with it. For when something waits: with
-        nothing waiting, the next put would skip its linger instead."""
+        nothing more will come soon to travel with it. With nothing waiting, nothing
+        changes (the next put lingers as usual)."""
+        if not self._pending:
+            return
         self._hurried = True
         self._linger_over.set()
 

@@ -93,6 +93,7 @@ async def test_hurry_sends_what_waits_without_the_rest_of_the_linger(settings: S
     async with job_state_bodies(settings) as (sender, deliveries):
         outbox = Outbox(sender, linger=60.0)
         outbox.start()
+        outbox.hurry()  # nothing waits: it changes nothing
         jobs = [uuid.uuid4() for _ in range(3)]
         for job in jobs:
             outbox.put([event(job)])
@@ -101,6 +102,7 @@ async def test_hurry_sends_what_waits_without_the_rest_of_the_linger(settings: S
         outbox.hurry()
         await arrive(deliveries, jobs, "the hurried events arrive")
         assert deliveries == [jobs]
+        outbox.hurry()  # nothing waits again
         outbox.put([event(uuid.uuid4())])
         await asyncio.sleep(0.5)
         assert len(deliveries) == 1 and outbox.waiting() == 1  # lingering again
