@@ -14,6 +14,7 @@ compares the two.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
@@ -76,3 +77,25 @@ def prechecked(cls: type[M], **values: Any) -> M:
     _set(model, "__pydantic_extra__", None)
     _set(model, "__pydantic_private__", None)
     return model  # type: ignore[no-any-return]
+
+
+def prechecked_copies(model: M, field: str, values: Iterable[Any]) -> list[M]:
+    """Copies of ``model`` (built by ``prechecked``), each with one of ``values`` (checked
+    already) as its ``field``: what ``model.model_copy(update={field: value})`` builds,
+    without its per-call work (the events of a batch's jobs, which differ in their id:
+    about 1 against 2.9 µs each here)."""
+    if field not in model.__dict__:
+        raise TypeError(f"{type(model).__name__} has no field {field}")
+    cls, own = type(model), model.__dict__
+    fields_set = model.__pydantic_fields_set__ | {field}
+    copies = []
+    for value in values:
+        fields = own.copy()
+        fields[field] = value
+        copy = _new(cls)
+        _set(copy, "__dict__", fields)
+        _set(copy, "__pydantic_fields_set__", set(fields_set))
+        _set(copy, "__pydantic_extra__", None)
+        _set(copy, "__pydantic_private__", None)
+        copies.append(copy)
+    return copies

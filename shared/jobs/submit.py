@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import graphlib
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence, Sized
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from types import SimpleNamespace
 from typing import Any, TypeVar
 from uuid import UUID
@@ -29,8 +29,10 @@ from shared.errors import InvalidJobRequest, UnknownDependency
 from shared.jobs import reads, sql, transitions
 from shared.jobs.events import submitted_event, utcnow
 from shared.jobs.grouped import GroupedInserts
+from shared.jobs.plain_batch import Created, PlainBatch
 from shared.jobs.prepare import Limits, Prepared, prepare, resolve_batch_refs
 from shared.jobs.prepare import task_type as lookup_task_type
+from shared.jobs.rows import job_row, start_time, wire_columns, wire_row
 from shared.messages import JobStateChanged
 from shared.models import AuditEntry, JobDependency
 from shared.schemas import BatchJobCreate, JobCreate
@@ -95,7 +97,7 @@ async def submit_jobs(
     rows, edges = _new_rows(items, parents, actor=actor, now=now)
     stored: dict[UUID, Any] = {it.existing.id: it.existing for it in items if it.existing}
     if rows:
-        if await transitions.insert_jobs(session, _columns(rows)) != len(rows):
+        if await transitions.insert_jobs(session, wire_columns(rows)) != len(rows):
             # A concurrent request took one of our idempotency keys between our check
             # and our insert; the caller retries once and then sees the stored job.
             raise IdempotencyRace()
@@ -130,14 +132,12 @@ async def _prepare_all(
     *,
     batch: bool,
 ) -> list[Prepared]:
-    if batch and len(specs) > limits.max_batch_jobs:
-        raise InvalidJobRequest(
-            f"jobs: the batch has {len(specs)} jobs; the limit is {limits.max_batch_jobs}"
-        )
+    if batch:
+        _refuse_too_many(specs, limits)
     tasks: dict[str, TaskTypeInfo] = {}  # each type looked up once per request
     items = []
     for i, spec in enumerate(specs):
-        where = f"jobs[{i}]." if batch else ""
+        where = _batch_where(i) if batch else ""
         task = tasks.get(spec.type)
         if task is None:
             task = tasks[spec.type] = await lookup(spec.type, where)
@@ -148,6 +148,18 @@ async def _prepare_all(
         for item in items:
             item.external_deps = list(dict.fromkeys(item.spec.depends_on))  # type: ignore[arg-type]
     return items
+
+
+def _refuse_too_many(specs: Sized, limits: Limits) -> None:
+    if len(specs) > limits.max_batch_jobs:
+        raise InvalidJobRequest(
+            f"jobs: the batch has {len(specs)} jobs; the limit is {limits.max_batch_jobs}"
+        )
+
+
+def _batch_where(i: int) -> str:
+    """Where a batch job's errors say they are."""
+    return f"jobs[{i}]."
 
 
 async def _find_repeats(session: AsyncSession, items: list[Prepared]) -> None:
@@ -240,30 +252,6 @@ _DEAD = frozenset({S.FAILED, S.CANCELLED})
 _DONE_OR_DEAD = _DEAD | {S.COMPLETED}
 
 
-# The columns whose value travels otherwise than the row holds it: the payload as its
-# JSON text, the parents as a uuid[] literal (a column of arrays cannot travel as one
-# array of arrays).
-_WIRE_FORMS: dict[str, Callable[[dict[str, Any]], Any]] = {
-    "payload": lambda row: row["payload_json"],
-    "depends_on": lambda row: uuid_array(row["depends_on"]),
-}
-
-
-def _wire(row: dict[str, Any]) -> dict[str, Any]:
-    """A row's values as they travel (``sql.INSERT_COLUMNS``)."""
-    wire = {name: row[name] for name in sql.INSERT_COLUMNS}
-    wire.update((name, form(row)) for name, form in _WIRE_FORMS.items())
-    return wire
-
-
-def _columns(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
-    """The rows as they travel, one list per column: built column by column, without a
-    ``_wire`` copy of each row."""
-    columns = transitions.as_columns(rows)
-    columns.update((name, [form(row) for row in rows]) for name, form in _WIRE_FORMS.items())
-    return columns
-
-
 async def _audit(
     session: AsyncSession, items: list[Prepared], *, actor: Actor, batch: bool
 ) -> None:
@@ -297,63 +285,6 @@ def _audit_parameters(row: dict[str, Any]) -> tuple[Any, ...]:
     return tuple(json_text(row[c]) if c == "detail" else row[c] for c in sql.AUDIT_COLUMNS)
 
 
-def start_time(requested: datetime | None, now: datetime) -> datetime:
-    """A job's ``run_at``: when it asked to start, never earlier than its submission.
-    Jobs of one priority are taken in ``run_at`` order, so a time in the past would
-    jump the queue; it means "now". In UTC, as the database answers it (the batch
-    answer is built from this row)."""
-    return max(requested.astimezone(UTC), now) if requested is not None else now
-
-
-def uuid_array(ids: Sequence[UUID]) -> str:
-    """A uuid[] literal."""
-    return "{" + ",".join(str(i) for i in ids) + "}"
-
-
-def job_row(
-    it: Prepared,
-    *,
-    status: str,
-    run_at: datetime,
-    now: datetime,
-    actor: Actor,
-    dep_ids: list[UUID],
-    unmet: int,
-    error: str | None,
-) -> dict[str, Any]:
-    """The ``jobs`` row of a prepared submission (the columns of ``sql.INSERT_COLUMNS``
-    in order, as Python values), then its payload as JSON text (``payload_json``).
-    (tests/unit/test_job_json.py checks the order.)"""
-    spec = it.spec
-    return {
-        "id": it.id,
-        "type": spec.type,
-        "name": spec.name,
-        "status": str(status),
-        "priority": spec.priority.rank,
-        "payload": spec.payload,
-        "cpu_units": it.resources.cpu_units,
-        "memory_mb": it.resources.memory_mb,
-        "timeout_seconds": it.timeout_seconds,
-        "max_attempts": it.retry.max_attempts,
-        "retry_initial_delay": it.retry.initial_delay_seconds,
-        "retry_backoff": it.retry.backoff_multiplier,
-        "retry_max_delay": it.retry.max_delay_seconds,
-        "run_at": run_at,
-        "depends_on": dep_ids,
-        "unmet_dependencies": unmet,
-        "error": error,
-        "idempotency_key": spec.idempotency_key,
-        "idempotency_fingerprint": it.fingerprint if spec.idempotency_key else None,
-        "created_by": actor.key_id,
-        "created_at": now,
-        "updated_at": now,
-        "ready_at": now if status == S.READY else None,
-        "finished_at": now if status == S.FAILED else None,
-        "payload_json": it.payload_json,
-    }
-
-
 def can_submit_fast(spec: JobCreate) -> bool:
     """No dependencies (no parent rows to lock) and no idempotency key (no lookup, no
     race): the job and its audit row can go in as one statement."""
@@ -384,7 +315,7 @@ async def submit_one_fast(
         it, status=status, run_at=run_at, now=now, actor=actor, dep_ids=[], unmet=0, error=None
     )
     audit = _audit_parameters(_audit_row(actor, batch=False, first=it.id, new_ids=[it.id]))
-    job = SimpleNamespace(**dict(await inserts.insert(_wire(row), audit)))
+    job = SimpleNamespace(**dict(await inserts.insert(wire_row(row), audit)))
     return job, submitted_event(job)
 
 
@@ -397,6 +328,11 @@ def can_submit_batch_fast(specs: Sequence[BatchJobCreate]) -> bool:
 
 Built = TypeVar("Built")
 
+# A plain batch goes in by parts of this many jobs, each part's statement sent as soon
+# as its jobs are checked, so that PostgreSQL stores one part while the next is checked
+# (both take some 5-15 µs a job here), all in one transaction.
+BATCH_PART = 500
+
 
 async def submit_batch_fast(
     pool: asyncpg.Pool,
@@ -405,15 +341,16 @@ async def submit_batch_fast(
     specs: Sequence[BatchJobCreate],
     actor: Actor,
     limits: Limits,
-    meanwhile: Callable[[list[Any]], Built],
-) -> tuple[list[Any], list[JobStateChanged], Built] | None:
-    """``POST /jobs/batch`` for a batch ``can_submit_batch_fast`` accepts: validated
-    exactly as ``submit_jobs`` validates it, then stored with its audit row in one
-    statement (in a transaction of its own: all or nothing). While the database stores
-    it, the jobs' events and ``meanwhile(jobs)`` (the answer) are built: both come from
-    the rows sent, nothing is read back.
+    meanwhile: Callable[[PlainBatch], Built],
+) -> tuple[list[Created], list[JobStateChanged], Built] | None:
+    """``POST /jobs/batch`` for a batch ``can_submit_batch_fast`` accepts: checked
+    exactly as ``submit_jobs`` checks it, job by job in request order, and stored with
+    its audit row in one transaction (all or nothing), by parts of ``BATCH_PART`` jobs:
+    each part's statement goes out once its jobs are checked, and the database stores
+    it while the next part is checked and the events and ``meanwhile(batch)`` (the
+    answer) are built. Nothing is read back (``shared.jobs.plain_batch``).
 
-    Returns the stored rows, their events and what ``meanwhile`` returned; None, having
+    Returns the stored jobs, their events and what ``meanwhile`` returned; None, having
     written nothing, when a type of the batch is not in the catalog's cache (the caller
     submits through a session then, which reads it)."""
     tasks: dict[str, TaskTypeInfo] = {}
@@ -422,34 +359,54 @@ async def submit_batch_fast(
             if (task := catalog.cached(spec.type)) is None:
                 return None
             tasks[spec.type] = task
-
-    async def cached(name: str, where: str) -> TaskTypeInfo:
-        return tasks[name]
-
-    items = await _prepare_all(cached, specs, actor, limits, batch=True)
-    now = utcnow()
-    rows, _ = _new_rows(items, {}, actor=actor, now=now)
-    jobs = [SimpleNamespace(**sql.INSERT_DEFAULTS, **row) for row in rows]
-    new_ids = [row["id"] for row in rows]
-    audit = _audit_parameters(_audit_row(actor, batch=True, first=new_ids[0], new_ids=new_ids))
+    _refuse_too_many(specs, limits)
+    batch = PlainBatch(actor=actor, now=utcnow())
+    events: list[JobStateChanged] = []
     async with pool_transaction(pool) as conn:
-        insert = asyncio.create_task(
-            transitions.insert_jobs_with_audit(conn, _columns(rows), audit)
-        )
+        insert: asyncio.Task[int] | None = None  # the last part's statement
+        sent = 0  # its jobs
         try:
-            # The statement goes out in the task's first step (this yield gives it one;
-            # the first statement of its shape on a connection sends its Parse first, and
-            # the rest after). What follows needs nothing back from the database: it is
-            # built while the database works, instead of after (the batch's time is the
-            # longer of the two, not their sum: docs/performance.md).
-            await asyncio.sleep(0)
-            events = [submitted_event(job, ts=now) for job in jobs]
-            built = meanwhile(jobs)
+            for start in range(0, len(specs), BATCH_PART):
+                part = batch.add([
+                    prepare(tasks[spec.type], spec, actor, limits, where=_batch_where(i))
+                    for i, spec in enumerate(specs[start : start + BATCH_PART], start)
+                ])  # fmt: skip
+                audit = None
+                if part.stop == len(specs):  # the last part: the batch is checked whole
+                    resolve_batch_refs(batch.items)  # (refs used twice: nothing depends)
+                    ids = batch.ids
+                    audit = _audit_parameters(
+                        _audit_row(actor, batch=True, first=ids[0], new_ids=ids)
+                    )
+                if insert is not None:
+                    await _all_stored(insert, sent)
+                insert = asyncio.create_task(_insert_part(conn, batch.columns(part), audit))
+                sent = len(part)
+                # The statement goes out in the task's first step (this yield gives it
+                # one). What follows needs nothing back from the database: it is done
+                # while the database works, instead of after (docs/performance.md).
+                await asyncio.sleep(0)
+                events.extend(batch.events(part))
+            built = meanwhile(batch)
         except BaseException:
-            await asyncio.gather(insert, return_exceptions=True)  # the connection is free
+            if insert is not None:  # the connection is free before it rolls back
+                await asyncio.gather(insert, return_exceptions=True)
             raise
-        inserted = await insert
-        if inserted != len(rows):  # a status the insert's guard refused: a bug
-            raise RuntimeError(f"{len(rows) - inserted} of the batch's {len(rows)} jobs "
-                               "were not stored; none is")  # fmt: skip
-    return jobs, events, built
+        assert insert is not None  # a batch has at least one job
+        await _all_stored(insert, sent)
+    return batch.created(), events, built
+
+
+async def _insert_part(
+    conn: asyncpg.Connection, columns: dict[str, list[Any]], audit: Sequence[Any] | None
+) -> int:
+    if audit is None:
+        return await transitions.insert_jobs(conn, columns)
+    return await transitions.insert_jobs_with_audit(conn, columns, audit)
+
+
+async def _all_stored(insert: asyncio.Task[int], sent: int) -> None:
+    inserted = await insert
+    if inserted != sent:  # a status the insert's guard refused: a bug
+        raise RuntimeError(f"{sent - inserted} of a batch's {sent} jobs were not stored; "
+                           "none is")  # fmt: skip

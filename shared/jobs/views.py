@@ -39,7 +39,13 @@ def job_json(job: StoredJob) -> bytes:
 
 def batch_json(jobs: Sequence[StoredJob]) -> bytes:
     """The jobs of a batch submission: ``BatchRead``."""
-    return _dumps({"jobs": [job_dict(j) for j in jobs]})
+    return batch_dicts_json([job_dict(j) for j in jobs])
+
+
+def batch_dicts_json(jobs: list[dict[str, Any]]) -> bytes:
+    """``BatchRead`` of jobs already written as ``job_dict`` writes them
+    (``shared.jobs.plain_batch`` copies them from one per shape)."""
+    return _dumps({"jobs": jobs})
 
 
 def page_json(jobs: Sequence[StoredJob], next_cursor: str | None) -> bytes:

@@ -16,8 +16,9 @@ import pytest
 
 from services.api.routers import jobs as jobs_router
 from shared.auth import Actor
+from shared.jobs import submit
+from shared.jobs.plain_batch import PlainBatch
 from shared.jobs.submit import submit_batch_fast
-from shared.jobs.views import batch_json
 from shared.schemas import BatchJobCreate
 from tests.conftest import ADMIN_KEY, SUBMITTER_KEY, VIEWER_KEY, auth, wait_for
 from tests.integration.test_fast_submit import ALL_OPTIONS
@@ -80,7 +81,24 @@ CASES: list[tuple[str, list[dict[str, Any]], str, str | None]] = [
     ("an idempotency key", [ECHO, {**ECHO, "idempotency_key": "k-{unique}"}], SUBMITTER_KEY, None),
     ("a reserved key", [{**ECHO, "idempotency_key": "schedule:x"}], SUBMITTER_KEY, None),
     ("a viewer", [ECHO], VIEWER_KEY, None),
+    # Parts of PART jobs: the first parts are stored before the last is checked.
+    ("several parts", [ECHO, SLEEP, ECHO, ECHO, LATER], ADMIN_KEY, ANSWERED),
+    (
+        "a bad payload in the last part",
+        [ECHO, ECHO, ECHO, ECHO, {"type": "demo.sleep", "payload": {"seconds": "x"}}],
+        SUBMITTER_KEY,
+        RAISED,
+    ),
+    (
+        "a ref used twice in different parts",
+        [{**ECHO, "ref": "a"}, ECHO, ECHO, {**ECHO, "ref": "a"}, ECHO],
+        SUBMITTER_KEY,
+        RAISED,
+    ),
 ]
+# The part size the comparisons run with (``submit.BATCH_PART``): small, so that the
+# batches above go in by several parts.
+PART = 2
 
 
 async def _audit_since(db: asyncpg.Connection, after: int) -> list[tuple[Any, ...]]:
@@ -124,6 +142,7 @@ async def test_one_statement_answers_as_the_session_path(
         return out
 
     monkeypatch.setattr(jobs_router, "submit_batch_fast", watched)
+    monkeypatch.setattr(submit, "BATCH_PART", PART)
     # The task types in the catalog's cache, as on a replica that has seen them.
     assert (await client.post("/jobs/batch", json={"jobs": [ECHO, SLEEP]})).status_code == 201
     seen.clear()
@@ -193,7 +212,7 @@ async def test_batches_in_one_statement_hold_at_most_half_the_pool(
     assert calls == [1]
 
 
-async def _echo_batch(app: Any, n: int, meanwhile: Callable[[list[Any]], Any]) -> Any:
+async def _echo_batch(app: Any, n: int, meanwhile: Callable[[PlainBatch], Any]) -> Any:
     """``submit_batch_fast`` on the app's pool: ``n`` demo.echo jobs (their type cached)."""
     state = app.state
     async with state.sessionmaker() as session:
@@ -221,14 +240,14 @@ async def test_a_batch_is_all_or_nothing(app: Any, db: asyncpg.Connection) -> No
     the whole batch and its audit row back, and leaves the connection to the pool."""
     before = await _rows(db)
 
-    def broken(jobs: list[Any]) -> bytes:
+    def broken(batch: PlainBatch) -> bytes:
         raise ValueError("the answer could not be built")
 
     with pytest.raises(ValueError, match="could not be built"):
         await _echo_batch(app, 50, broken)
     assert await _rows(db) == before
     assert app.state.pool.get_idle_size() == app.state.pool.get_size()
-    done = await _echo_batch(app, 50, batch_json)
+    done = await _echo_batch(app, 50, PlainBatch.answer)
     assert done is not None and len(done[0]) == 50
     assert await _rows(db) == (before[0] + 50, before[1] + 1)
 
@@ -241,9 +260,9 @@ async def test_the_answer_is_built_while_the_database_stores_the_batch(
     the two times, not the longer)."""
     built: list[int] = []
 
-    def answer(jobs: list[Any]) -> bytes:
-        built.append(len(jobs))
-        return batch_json(jobs)
+    def answer(batch: PlainBatch) -> bytes:
+        built.append(len(batch))
+        return batch.answer()
 
     blocker = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://"))
     try:
@@ -270,3 +289,23 @@ async def test_the_answer_is_built_while_the_database_stores_the_batch(
         "SELECT count(*) FROM jobs WHERE id = ANY($1::uuid[])", [j.id for j in jobs]
     )
     assert stored == 20
+
+
+async def test_a_batch_of_several_parts_goes_in_whole(app: Any, db: asyncpg.Connection) -> None:
+    """At the default part size: every job stored once, in request order, one audit
+    row naming them, an event for each."""
+    n = 2 * submit.BATCH_PART + 1
+    before = await _rows(db)
+    done = await _echo_batch(app, n, PlainBatch.answer)
+    assert done is not None
+    created, events, body = done
+    answered = [job["id"] for job in json.loads(body)["jobs"]]
+    assert answered == [str(job.id) for job in created] == [str(e.job_id) for e in events]
+    assert len(set(answered)) == n
+    assert await _rows(db) == (before[0] + n, before[1] + 1)
+    stored = await db.fetch(
+        "SELECT id::text FROM jobs WHERE id = ANY($1::uuid[]) ORDER BY created_at, id", answered
+    )
+    assert [r["id"] for r in stored] == answered  # uuid7 ids: request order
+    detail = json.loads(await db.fetchval("SELECT detail FROM audit_log ORDER BY id DESC LIMIT 1"))
+    assert detail == {"job_ids": answered[:1000], "count": n}

@@ -158,14 +158,14 @@ def test_insert_defaults_cover_every_other_column() -> None:
 def test_a_new_jobs_row_has_the_insert_columns_in_order() -> None:
     """``job_row`` builds the values of a new job: the columns of ``INSERT_COLUMNS`` in
     their order, then the payload's JSON text; a batch's columns are the rows' wire
-    forms (``_wire``), however they are built."""
+    forms (``wire_row``), however they are built."""
     from datetime import UTC, datetime
     from uuid import uuid4
 
     from shared.auth import Actor
     from shared.jobs.prepare import Prepared
+    from shared.jobs.rows import job_row, wire_columns, wire_row
     from shared.jobs.sql import INSERT_COLUMNS
-    from shared.jobs.submit import _columns, _wire, job_row
     from shared.jobs.transitions import as_columns
     from shared.schemas import JobCreate, Resources, RetryPolicy
 
@@ -185,8 +185,8 @@ def test_a_new_jobs_row_has_the_insert_columns_in_order() -> None:
     child = job_row(it, status="blocked", run_at=now, now=now, actor=Actor("k", "admin"),
                     dep_ids=parents, unmet=2, error=None)  # fmt: skip
     rows = [row, child]
-    wire = [_wire(r) for r in rows]
-    assert _columns(rows) == as_columns(wire)
-    assert list(_columns(rows)) == list(INSERT_COLUMNS)  # the statements take them in order
+    wire = [wire_row(r) for r in rows]
+    assert wire_columns(rows) == as_columns(wire)
+    assert list(wire_columns(rows)) == list(INSERT_COLUMNS)  # the statements take them in order
     assert wire[1]["depends_on"] == "{" + ",".join(map(str, parents)) + "}"
     assert wire[0]["payload"] == '{"a":1}'

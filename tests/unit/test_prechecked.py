@@ -11,7 +11,7 @@ import pytest
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from shared.messages import JobCancel, JobStateChanged, JobSubmitted, encode
-from shared.prechecked import prechecked
+from shared.prechecked import prechecked, prechecked_copies
 
 NOW = datetime(2026, 12, 4, 21, 0, tzinfo=UTC)
 
@@ -93,3 +93,25 @@ def test_models_it_cannot_build_as_model_construct_would_are_refused(
 ) -> None:
     with pytest.raises(TypeError, match=why):
         prechecked(cls, **values)
+
+
+@pytest.mark.parametrize(("cls", "values"), CASES)
+def test_copies_are_what_model_copy_builds(cls: type[BaseModel], values: dict[str, Any]) -> None:
+    model = prechecked(cls, **values)
+    ids = [uuid.uuid4(), uuid.uuid4()]
+    copies = prechecked_copies(model, "job_id", ids)
+    for copy, job_id in zip(copies, ids, strict=True):
+        slow = model.model_copy(update={"job_id": job_id})
+        assert type(copy) is cls
+        assert list(copy.__dict__.items()) == list(slow.__dict__.items())  # order included
+        assert copy.model_fields_set == slow.model_fields_set
+        assert copy == slow and encode(copy) == encode(slow)  # type: ignore[arg-type]
+    assert model.job_id == values["job_id"]  # the model itself is left as it was
+    copies[0].__pydantic_fields_set__.add("x")  # each copy has a set of its own
+    assert "x" not in copies[1].model_fields_set | model.model_fields_set
+
+
+def test_a_copy_of_an_unknown_field_is_refused() -> None:
+    model = prechecked(JobCancel, ts=NOW, job_id=uuid.uuid4(), attempt=1)
+    with pytest.raises(TypeError, match="no field atempt"):
+        prechecked_copies(model, "atempt", [2])

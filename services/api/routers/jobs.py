@@ -19,6 +19,7 @@ from shared.jobs.bulk import run_bulk
 from shared.jobs.commands import cancel_job, retry_job
 from shared.jobs.listing import JobSelection, list_page
 from shared.jobs.logs import LOG_PAGE_DEFAULT, LOG_PAGE_MAX, InvalidLogCursor, job_log_page
+from shared.jobs.plain_batch import PlainBatch
 from shared.jobs.reads import get_job
 from shared.jobs.submit import (
     IdempotencyRace,
@@ -156,7 +157,7 @@ async def submit_batch(body: BatchCreate, request: Request, actor: SubmitterDep)
         async with slots:
             fast = await submit_batch_fast(
                 state.pool, catalog=state.catalog, specs=body.jobs, actor=actor,
-                limits=state.limits, meanwhile=batch_json,
+                limits=state.limits, meanwhile=PlainBatch.answer,
             )  # fmt: skip
         if fast is not None:
             jobs, events, answer = fast

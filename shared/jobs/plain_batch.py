@@ -1,0 +1,144 @@
+"""The rows, events and answer of a plain batch: one whose jobs name no parent and carry
+no idempotency key (``shared.jobs.submit.can_submit_batch_fast``).
+
+Such jobs, once validated, differ from one another in their id, name and payload only,
+given their type, priority, resources, retry policy, timeout and start. Each such
+combination (a shape: usually one per batch) is built once, as a single job is built
+(``submit.job_row``, ``views.job_dict``, ``events.submitted_event``), and every job of it
+is a copy with its own id, name and payload: about a fifth of the Python per job that
+building each job whole takes (docs/performance.md). ``tests/integration/
+test_batch_fast.py`` compares what comes out of here with the session path's rows,
+answers and audit rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from types import SimpleNamespace
+from typing import Any, NamedTuple
+from uuid import UUID
+
+from shared.auth import Actor
+from shared.jobs import sql
+from shared.jobs.events import submitted_event
+from shared.jobs.prepare import Prepared
+from shared.jobs.rows import job_row, start_time, wire_row
+from shared.jobs.views import batch_dicts_json, job_dict
+from shared.messages import JobStateChanged
+from shared.prechecked import prechecked_copies
+from shared.states import initial_status
+
+
+class Created(NamedTuple):
+    """A job the batch stores: what its announcement reads (the hint, the counters)."""
+
+    id: UUID
+    type: str
+    status: str
+    priority: int
+
+
+class _Shape:
+    """What the jobs of one shape share, built from the first of them."""
+
+    __slots__ = ("answer", "event", "wire")
+
+    def __init__(self, first: Prepared, *, actor: Actor, now: datetime) -> None:
+        run_at = start_time(first.spec.run_at, now)
+        status = initial_status(unmet_dependencies=0, failed_dependency=False, delayed=run_at > now)
+        row = job_row(
+            first, status=status, run_at=run_at, now=now, actor=actor, dep_ids=[], unmet=0,
+            error=None,
+        )  # fmt: skip
+        job = SimpleNamespace(**sql.INSERT_DEFAULTS, **row)
+        self.wire = wire_row(row)  # the insert's values, as they travel
+        self.answer = job_dict(job)
+        self.event = submitted_event(job, ts=now)
+
+
+class PlainBatch:
+    """The jobs (validated; no parent, no idempotency key) that ``actor`` submits at
+    ``now``, added part by part in request order."""
+
+    def __init__(self, *, actor: Actor, now: datetime) -> None:
+        self.actor, self.now = actor, now
+        self.items: list[Prepared] = []
+        self._shapes: list[_Shape] = []  # each job's, in request order
+        self._by_key: dict[tuple[Any, ...], _Shape] = {}
+
+    def add(self, items: Sequence[Prepared]) -> range:
+        """Add the next jobs; where they are in the batch."""
+        if any(it.spec.depends_on or it.spec.idempotency_key for it in items):
+            raise ValueError("a plain batch has no dependencies and no idempotency keys")
+        start = len(self.items)
+        for it in items:
+            spec = it.spec
+            # Resources and retry policies by identity: a type's defaults are one object
+            # for all its jobs; a job that gives its own gets a shape of its own.
+            key = (
+                spec.type, spec.priority, id(it.resources), id(it.retry), it.timeout_seconds,
+                spec.run_at,
+            )  # fmt: skip
+            shape = self._by_key.get(key)
+            if shape is None:
+                shape = self._by_key[key] = _Shape(it, actor=self.actor, now=self.now)
+            self._shapes.append(shape)
+        self.items.extend(items)
+        return range(start, len(self.items))
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @property
+    def ids(self) -> list[UUID]:
+        return [it.id for it in self.items]
+
+    def columns(self, part: range) -> dict[str, list[Any]]:
+        """The insert's values of the jobs at ``part``, one list per column
+        (``sql.INSERT_COLUMNS``)."""
+        items = self.items[part.start : part.stop]
+        shapes = self._shapes[part.start : part.stop]
+        own: dict[str, list[Any]] = {
+            "id": [it.id for it in items],
+            "name": [it.spec.name for it in items],
+            "payload": [it.payload_json for it in items],  # as it travels: JSON text
+        }
+        first = shapes[0].wire
+        one_shape = len(self._by_key) == 1
+        columns: dict[str, list[Any]] = {}
+        for name in first:
+            if name in own:
+                columns[name] = own[name]
+            elif one_shape:
+                columns[name] = [first[name]] * len(items)
+            else:
+                columns[name] = [shape.wire[name] for shape in shapes]
+        return columns
+
+    def events(self, part: range) -> list[JobStateChanged]:
+        """The ``job.state`` event (None -> its first status) of each job at ``part``."""
+        items = self.items[part.start : part.stop]
+        if len(self._by_key) == 1:
+            return prechecked_copies(self._shapes[0].event, "job_id", [it.id for it in items])
+        return [
+            prechecked_copies(shape.event, "job_id", [it.id])[0]
+            for it, shape in zip(items, self._shapes[part.start : part.stop], strict=True)
+        ]
+
+    def answer(self) -> bytes:
+        """``BatchRead``: the jobs as ``views.job_dict`` writes them, in request order."""
+        jobs = []
+        for it, shape in zip(self.items, self._shapes, strict=True):
+            job = shape.answer.copy()  # the fields in their order; assignment keeps it
+            job["id"] = str(it.id)
+            job["name"] = it.spec.name
+            job["payload"] = it.spec.payload
+            jobs.append(job)
+        return batch_dicts_json(jobs)
+
+    def created(self) -> list[Created]:
+        return [
+            Created(it.id, it.spec.type, shape.answer["status"], shape.wire["priority"])
+            for it, shape in zip(self.items, self._shapes, strict=True)
+        ]
