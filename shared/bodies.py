@@ -23,7 +23,9 @@ from shared.messages import (
     JobSubmitted,
     _Message,
     dispatch_key,
+    utcnow,
 )
+from shared.prechecked import prechecked
 
 _TEXT_FIELDS = ("message", "error", "traceback", "reason")
 _JSON_FIELDS = ("result", "payload")
@@ -72,6 +74,13 @@ def _chunks(messages: list[Any]) -> list[list[Any]]:
     return out
 
 
+def _batch(of: str, chunk: list[Any]) -> Batch:
+    """A ``Batch`` of one ``_chunks`` chunk of messages of kind ``of`` (built messages):
+    what ``Batch(of=of, items=chunk)`` builds, without checking again what the chunk
+    is by construction (0.7 ms for 2,000 state events, per body of every service)."""
+    return prechecked(Batch, ts=utcnow(), of=of, items=chunk)
+
+
 def batched(messages: list[_Message]) -> list[_Message]:
     """Runs of consecutive same-kind batchable messages become batches (order kept);
     a run of one stays a plain message, routed as design.md gives it."""
@@ -83,7 +92,7 @@ def batched(messages: list[_Message]) -> list[_Message]:
             if len(chunk) == 1:
                 out.append(chunk[0])
             else:
-                out.append(Batch(of=chunk[0].kind, items=chunk))
+                out.append(_batch(chunk[0].kind, chunk))
         run.clear()
 
     for m in messages:
@@ -179,5 +188,5 @@ def dispatches_for(worker_id: str, dispatches: list[JobDispatch]) -> list[tuple[
         if len(chunk) == 1:
             out.append((chunk[0], dispatch_key(worker_id, chunk[0].job_id)))
         else:
-            out.append((Batch(of="job.dispatch", items=chunk), dispatch_key(worker_id, None)))
+            out.append((_batch("job.dispatch", chunk), dispatch_key(worker_id, None)))
     return out

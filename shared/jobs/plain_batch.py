@@ -42,7 +42,7 @@ class Created(NamedTuple):
 class _Shape:
     """What the jobs of one shape share, built from the first of them."""
 
-    __slots__ = ("answer", "event", "wire")
+    __slots__ = ("announced", "answer", "event", "wire")
 
     def __init__(self, first: Prepared, *, actor: Actor, now: datetime) -> None:
         run_at = start_time(first.spec.run_at, now)
@@ -55,6 +55,7 @@ class _Shape:
         self.wire = wire_row(row)  # the insert's values, as they travel
         self.answer = job_dict(job)
         self.event = submitted_event(job, ts=now)
+        self.announced = (job.type, job.status, job.priority)  # Created's, after its id
 
 
 class PlainBatch:
@@ -139,6 +140,6 @@ class PlainBatch:
 
     def created(self) -> list[Created]:
         return [
-            Created(it.id, it.spec.type, shape.answer["status"], shape.wire["priority"])
+            Created(it.id, *shape.announced)
             for it, shape in zip(self.items, self._shapes, strict=True)
         ]

@@ -103,3 +103,17 @@ def test_batches_are_capped_by_size_too() -> None:
     assert [len(unpack(m)) for m in out] == [2, 2, 2, 1]  # the last one alone: plain
     assert all(len(encode(m)) < MAX_BATCH_BYTES for m in out)
     assert [r for m in out for r in unpack(m)] == reports  # type: ignore[arg-type]
+
+
+def test_the_batches_a_sender_builds_are_what_validation_builds() -> None:
+    """``batched`` and ``dispatches_for`` build their batches without checking them again:
+    each is the ``Batch`` that validating the same values builds, body included."""
+    messages = [line(i) for i in range(3)] + [report(), report()]
+    built = batched(messages) + [b for b, _ in dispatches_for("w1", [dispatch(), dispatch()])]
+    assert [type(b) for b in built] == [Batch, Batch, Batch]
+    for body in built:
+        assert isinstance(body, Batch)
+        checked = Batch(of=body.of, items=body.items, ts=body.ts)
+        assert body == checked and encode(body) == encode(checked)
+        assert body.model_fields_set == checked.model_fields_set
+        assert decode(encode(body)) == checked
