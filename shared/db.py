@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from shared.errors import JobRequestError
 from shared.settings import Settings
 
 # Every statement's bound on the server, past every bound our clients set (at most 60 s,
@@ -206,11 +207,15 @@ Db: TypeAlias = asyncpg.Pool | KeptConnection | asyncpg.Connection | AsyncSessio
 async def pool_transaction(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
     """A connection of ``pool`` inside one transaction (committed when the block ends,
     rolled back if it raises); dropped like in ``pool_fetch`` when it failed for another
-    reason than a statement."""
+    reason than a statement or a request's refusal."""
     async with pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
         try:
             async with conn.transaction():
                 yield conn
+        except JobRequestError:
+            # Refused by a check of ours inside the block; the rollback went through
+            # (else its own error would be the one raised): the connection is clean.
+            raise
         except Exception as exc:
             _drop_if_broken(conn, exc)
             raise

@@ -93,9 +93,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.outbox.start()
         app.state.pool = await create_pool(settings)
         app.state.inserts = GroupedInserts(app.state.pool)
-        # Batches in one statement hold a pooled connection each for their insert: at
-        # most half the pool, so single submits always find one (the rest go through
-        # a session, as batches with parents do).
+        # Plain batches hold a pooled connection each while their parts are checked
+        # and stored: at most half the pool, so single submits always find one (the
+        # rest go through a session, as batches with parents do).
         app.state.batch_connections = asyncio.Semaphore(app.state.pool.get_max_size() // 2)
         app.state.key_cache = KeyCache(
             settings.sync_database_url,

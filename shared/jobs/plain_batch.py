@@ -4,7 +4,7 @@ no idempotency key (``shared.jobs.submit.can_submit_batch_fast``).
 Such jobs, once validated, differ from one another in their id, name and payload only,
 given their type, priority, resources, retry policy, timeout and start. Each such
 combination (a shape: usually one per batch) is built once, as a single job is built
-(``submit.job_row``, ``views.job_dict``, ``events.submitted_event``), and every job of it
+(``rows.plain_row``, ``views.job_dict``, ``events.submitted_event``), and every job of it
 is a copy with its own id, name and payload: about a fifth of the Python per job that
 building each job whole takes (docs/performance.md). ``tests/integration/
 test_batch_fast.py`` compares what comes out of here with the session path's rows,
@@ -23,11 +23,10 @@ from shared.auth import Actor
 from shared.jobs import sql
 from shared.jobs.events import submitted_event
 from shared.jobs.prepare import Prepared
-from shared.jobs.rows import job_row, start_time, wire_row
+from shared.jobs.rows import is_plain, plain_row, wire_row
 from shared.jobs.views import batch_dicts_json, job_dict
 from shared.messages import JobStateChanged
 from shared.prechecked import prechecked_copies
-from shared.states import initial_status
 
 
 class Created(NamedTuple):
@@ -45,12 +44,7 @@ class _Shape:
     __slots__ = ("announced", "answer", "event", "wire")
 
     def __init__(self, first: Prepared, *, actor: Actor, now: datetime) -> None:
-        run_at = start_time(first.spec.run_at, now)
-        status = initial_status(unmet_dependencies=0, failed_dependency=False, delayed=run_at > now)
-        row = job_row(
-            first, status=status, run_at=run_at, now=now, actor=actor, dep_ids=[], unmet=0,
-            error=None,
-        )  # fmt: skip
+        row = plain_row(first, now=now, actor=actor)
         job = SimpleNamespace(**sql.INSERT_DEFAULTS, **row)
         self.wire = wire_row(row)  # the insert's values, as they travel
         self.answer = job_dict(job)
@@ -70,16 +64,16 @@ class PlainBatch:
 
     def add(self, items: Sequence[Prepared]) -> range:
         """Add the next jobs; where they are in the batch."""
-        if any(it.spec.depends_on or it.spec.idempotency_key for it in items):
+        if not all(is_plain(it.spec) for it in items):
             raise ValueError("a plain batch has no dependencies and no idempotency keys")
         start = len(self.items)
         for it in items:
             spec = it.spec
-            # Resources and retry policies by identity: a type's defaults are one object
-            # for all its jobs; a job that gives its own gets a shape of its own.
+            # Every value ``plain_row`` and ``job_dict`` take from the job but its id,
+            # name and payload (the resources' and retry policy's fields by value).
             key = (
-                spec.type, spec.priority, id(it.resources), id(it.retry), it.timeout_seconds,
-                spec.run_at,
+                spec.type, spec.priority, *it.resources.__dict__.values(),
+                *it.retry.__dict__.values(), it.timeout_seconds, spec.run_at,
             )  # fmt: skip
             shape = self._by_key.get(key)
             if shape is None:

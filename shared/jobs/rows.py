@@ -11,7 +11,8 @@ from uuid import UUID
 from shared.auth import Actor
 from shared.jobs import sql, transitions
 from shared.jobs.prepare import Prepared
-from shared.states import JobStatus
+from shared.schemas import BatchJobCreate, JobCreate
+from shared.states import JobStatus, initial_status
 
 S = JobStatus
 
@@ -95,3 +96,20 @@ def wire_columns(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
     columns = transitions.as_columns(rows)
     columns.update((name, [form(row) for row in rows]) for name, form in _WIRE_FORMS.items())
     return columns
+
+
+def is_plain(spec: JobCreate | BatchJobCreate) -> bool:
+    """No parent (no rows to lock, no order among a batch's jobs, its first status its
+    own) and no idempotency key (no lookup, no race): such a job's row and its audit
+    row can go in by themselves (``plain_row``)."""
+    return not spec.depends_on and not spec.idempotency_key
+
+
+def plain_row(it: Prepared, *, now: datetime, actor: Actor) -> dict[str, Any]:
+    """``job_row`` of a job ``is_plain`` accepts, submitted at ``now``: ready, or pending
+    when it asked to start later."""
+    run_at = start_time(it.spec.run_at, now)
+    status = initial_status(unmet_dependencies=0, failed_dependency=False, delayed=run_at > now)
+    return job_row(
+        it, status=status, run_at=run_at, now=now, actor=actor, dep_ids=[], unmet=0, error=None
+    )

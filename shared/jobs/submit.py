@@ -2,7 +2,7 @@
 audit row, in the caller's transaction (``submit_jobs``) or, for a job with no parent and
 no idempotency key, in one statement (``submit_one_fast``; several such submits that
 arrive together share one, ``shared.jobs.grouped``), and for a batch none of whose jobs
-has a parent or a key, in one statement too (``submit_batch_fast``).
+has a parent or a key, in a transaction of its own, by parts (``submit_batch_fast``).
 
 Each returns the ``job.state`` events to publish after the commit.
 """
@@ -32,7 +32,7 @@ from shared.jobs.grouped import GroupedInserts
 from shared.jobs.plain_batch import Created, PlainBatch
 from shared.jobs.prepare import Limits, Prepared, prepare, resolve_batch_refs
 from shared.jobs.prepare import task_type as lookup_task_type
-from shared.jobs.rows import job_row, start_time, wire_columns, wire_row
+from shared.jobs.rows import is_plain, job_row, plain_row, start_time, wire_columns, wire_row
 from shared.messages import JobStateChanged
 from shared.models import AuditEntry, JobDependency
 from shared.schemas import BatchJobCreate, JobCreate
@@ -286,9 +286,8 @@ def _audit_parameters(row: dict[str, Any]) -> tuple[Any, ...]:
 
 
 def can_submit_fast(spec: JobCreate) -> bool:
-    """No dependencies (no parent rows to lock) and no idempotency key (no lookup, no
-    race): the job and its audit row can go in as one statement."""
-    return not spec.depends_on and not spec.idempotency_key
+    """The job and its audit row can go in as one statement (``rows.is_plain``)."""
+    return is_plain(spec)
 
 
 async def submit_one_fast(
@@ -308,22 +307,16 @@ async def submit_one_fast(
         async with sessions() as session:
             task = await lookup_task_type(session, catalog, spec.type, where="")
     it = prepare(task, spec, actor, limits, where="")
-    now = utcnow()
-    run_at = start_time(spec.run_at, now)
-    status = initial_status(unmet_dependencies=0, failed_dependency=False, delayed=run_at > now)
-    row = job_row(
-        it, status=status, run_at=run_at, now=now, actor=actor, dep_ids=[], unmet=0, error=None
-    )
+    row = plain_row(it, now=utcnow(), actor=actor)
     audit = _audit_parameters(_audit_row(actor, batch=False, first=it.id, new_ids=[it.id]))
     job = SimpleNamespace(**dict(await inserts.insert(wire_row(row), audit)))
     return job, submitted_event(job)
 
 
 def can_submit_batch_fast(specs: Sequence[BatchJobCreate]) -> bool:
-    """No job names a parent (no rows to lock, no order among the jobs) and none has an
-    idempotency key (no lookup, no race): the batch and its audit row can go in as one
-    statement."""
-    return all(not spec.depends_on and not spec.idempotency_key for spec in specs)
+    """Every job of the batch is plain (``rows.is_plain``): the batch and its audit row
+    can go in by themselves (``submit_batch_fast``)."""
+    return all(is_plain(spec) for spec in specs)
 
 
 Built = TypeVar("Built")
@@ -348,11 +341,16 @@ async def submit_batch_fast(
     its audit row in one transaction (all or nothing), by parts of ``BATCH_PART`` jobs:
     each part's statement goes out once its jobs are checked, and the database stores
     it while the next part is checked and the events and ``meanwhile(batch)`` (the
-    answer) are built. Nothing is read back (``shared.jobs.plain_batch``).
+    answer) are built. Nothing is read back (``shared.jobs.plain_batch``). The first
+    part is checked before a connection is taken. (A database failing under one part
+    is answered before the parts after it are checked, where the session path checks
+    every job first.)
 
     Returns the stored jobs, their events and what ``meanwhile`` returned; None, having
     written nothing, when a type of the batch is not in the catalog's cache (the caller
     submits through a session then, which reads it)."""
+    if not specs:
+        raise ValueError("a batch has at least one job")
     tasks: dict[str, TaskTypeInfo] = {}
     for spec in specs:
         if spec.type not in tasks:
@@ -360,6 +358,14 @@ async def submit_batch_fast(
                 return None
             tasks[spec.type] = task
     _refuse_too_many(specs, limits)
+
+    def checked(start: int) -> list[Prepared]:
+        return [
+            prepare(tasks[spec.type], spec, actor, limits, where=_batch_where(i))
+            for i, spec in enumerate(specs[start : start + BATCH_PART], start)
+        ]
+
+    first = checked(0)
     batch = PlainBatch(actor=actor, now=utcnow())
     events: list[JobStateChanged] = []
     async with pool_transaction(pool) as conn:
@@ -367,10 +373,7 @@ async def submit_batch_fast(
         sent = 0  # its jobs
         try:
             for start in range(0, len(specs), BATCH_PART):
-                part = batch.add([
-                    prepare(tasks[spec.type], spec, actor, limits, where=_batch_where(i))
-                    for i, spec in enumerate(specs[start : start + BATCH_PART], start)
-                ])  # fmt: skip
+                part = batch.add(first if start == 0 else checked(start))
                 audit = None
                 if part.stop == len(specs):  # the last part: the batch is checked whole
                     resolve_batch_refs(batch.items)  # (refs used twice: nothing depends)
@@ -382,9 +385,11 @@ async def submit_batch_fast(
                     await _all_stored(insert, sent)
                 insert = asyncio.create_task(_insert_part(conn, batch.columns(part), audit))
                 sent = len(part)
-                # The statement goes out in the task's first step (this yield gives it
-                # one). What follows needs nothing back from the database: it is done
-                # while the database works, instead of after (docs/performance.md).
+                # The statement goes out in the task's first step, which this yield
+                # gives it (one not yet prepared on this connection sends its Parse
+                # then, the rest once the loop comes back). What follows needs nothing
+                # back from the database: it is done while the database works, instead
+                # of after (docs/performance.md).
                 await asyncio.sleep(0)
                 events.extend(batch.events(part))
             built = meanwhile(batch)
@@ -392,7 +397,7 @@ async def submit_batch_fast(
             if insert is not None:  # the connection is free before it rolls back
                 await asyncio.gather(insert, return_exceptions=True)
             raise
-        assert insert is not None  # a batch has at least one job
+        assert insert is not None  # specs is not empty
         await _all_stored(insert, sent)
     return batch.created(), events, built
 

@@ -1,7 +1,8 @@
-"""``POST /jobs/batch`` in one statement (``shared.jobs.submit.submit_batch_fast``): the
-same answers, jobs and audit rows as the session path for every batch it takes, the
-session path for the others, all or nothing, and its answer built while the database
-stores the batch."""
+"""``POST /jobs/batch`` for a plain batch (``shared.jobs.submit.submit_batch_fast``: a
+transaction of its own, by parts): the same answers, jobs and audit rows as the session
+path for every batch it takes, the session path for the others, all or nothing, its
+answer built while the database stores the batch, and a refusal that costs no pooled
+connection."""
 
 from __future__ import annotations
 
@@ -237,7 +238,7 @@ async def _rows(db: asyncpg.Connection) -> tuple[int, int]:
 
 async def test_a_batch_is_all_or_nothing(app: Any, db: asyncpg.Connection) -> None:
     """What fails while the statement is in flight (here the answer being built) takes
-    the whole batch and its audit row back, and leaves the connection to the pool."""
+    the whole batch and its audit row back, and leaves no connection held."""
     before = await _rows(db)
 
     def broken(batch: PlainBatch) -> bytes:
@@ -292,8 +293,8 @@ async def test_the_answer_is_built_while_the_database_stores_the_batch(
 
 
 async def test_a_batch_of_several_parts_goes_in_whole(app: Any, db: asyncpg.Connection) -> None:
-    """At the default part size: every job stored once, in request order, one audit
-    row naming them, an event for each."""
+    """At the default part size: every job stored once, answered, announced and given
+    its event in request order, one audit row naming them."""
     n = 2 * submit.BATCH_PART + 1
     before = await _rows(db)
     done = await _echo_batch(app, n, PlainBatch.answer)
@@ -303,9 +304,33 @@ async def test_a_batch_of_several_parts_goes_in_whole(app: Any, db: asyncpg.Conn
     assert answered == [str(job.id) for job in created] == [str(e.job_id) for e in events]
     assert len(set(answered)) == n
     assert await _rows(db) == (before[0] + n, before[1] + 1)
-    stored = await db.fetch(
-        "SELECT id::text FROM jobs WHERE id = ANY($1::uuid[]) ORDER BY created_at, id", answered
-    )
-    assert [r["id"] for r in stored] == answered  # uuid7 ids: request order
+    stored = await db.fetch("SELECT id::text FROM jobs WHERE id = ANY($1::uuid[])", answered)
+    assert sorted(r["id"] for r in stored) == sorted(answered)
     detail = json.loads(await db.fetchval("SELECT detail FROM audit_log ORDER BY id DESC LIMIT 1"))
     assert detail == {"job_ids": answered[:1000], "count": n}
+
+
+async def _backends(pool: asyncpg.Pool) -> set[int]:
+    """The server process of each of the pool's connections, all of them opened."""
+    held = [await pool.acquire() for _ in range(pool.get_max_size())]
+    try:
+        return {await conn.fetchval("SELECT pg_backend_pid()") for conn in held}
+    finally:
+        for conn in held:
+            await pool.release(conn)
+
+
+async def test_a_refused_batch_costs_no_pooled_connection(
+    app: Any, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 422 in the first part (checked before a connection is taken) or in a later one
+    (inside the transaction, after earlier parts went in) leaves every connection of
+    the pool as it was: none is terminated and opened again."""
+    monkeypatch.setattr(submit, "BATCH_PART", PART)
+    bad = {"type": "demo.sleep", "payload": {"seconds": "x"}}
+    assert (await client.post("/jobs/batch", json={"jobs": [ECHO]})).status_code == 201
+    before = await _backends(app.state.pool)
+    for jobs in ([bad, ECHO], [ECHO, ECHO, ECHO, ECHO, bad]):
+        r = await client.post("/jobs/batch", json={"jobs": jobs})
+        assert r.status_code == 422 and "payload.seconds" in r.text, r.text
+    assert await _backends(app.state.pool) == before
