@@ -5,7 +5,7 @@ Such jobs, once validated, differ from one another in their id, name and payload
 given their type, priority, resources, retry policy, timeout and start. Each such
 combination (a shape: usually one per batch) is built once, as a single job is built
 (``rows.plain_row``, ``views.job_dict``, ``events.submitted_event``), and every job of it
-is a copy with its own id, name and payload: about a fifth of the Python per job that
+is a copy with its own id, name and payload: under a third of the Python per job that
 building each job whole takes (docs/performance.md). ``tests/integration/
 test_batch_fast.py`` compares what comes out of here with the session path's rows,
 answers and audit rows.
