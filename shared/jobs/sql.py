@@ -113,17 +113,24 @@ _PARK_WINDOWS = "\n    UNION ALL\n    ".join(
     f" AND priority = {p} ORDER BY run_at, id LIMIT $4)"
     for p in range(4)
 )
-# The heads are computed once and drive the statement (each looked up by its key): with
-# ``jobs`` statistics older than a batch of 10,000 unfittable jobs, the planner once took
-# the whole ready set as one row and ran the heads again for each of its rows, and the
-# statement outlasted every timeout, holding the scheduler's cycle for minutes.
+# The heads are computed once and drive the statement, each unfit one looked up by its
+# key, whatever the statistics say. With ``jobs`` statistics older than a batch of
+# 10,000 unfittable jobs, the planner once took the whole ready set as one row and ran
+# the heads again for each of its rows; with the claim index's taken while it held
+# nothing, a generic plan looked each head up in the claim index (by ``id``, not its
+# leading column: the whole index a head). Both outlasted every timeout and held the
+# scheduler's cycle for minutes. So the look-up is a LATERAL subquery that locks its
+# row (a subquery with a locking clause is never flattened into a join), and its
+# ``parked IS NOT TRUE`` (``parked`` is NOT NULL: the same rows) is not the partial
+# indexes' predicate, which leaves the primary key as its one index.
 PARK_UNFITTABLE = f"""
 WITH heads AS MATERIALIZED (
     {_PARK_WINDOWS}
 ), unfit AS (
-    SELECT j.id FROM heads h JOIN jobs j ON j.id = h.id
-    WHERE NOT {fits_one_of("h", 1)} AND j.status = 'ready' AND NOT j.parked
-    ORDER BY j.id FOR NO KEY UPDATE OF j SKIP LOCKED
+    SELECT j.id
+    FROM (SELECT h.id FROM heads h WHERE NOT {fits_one_of("h", 1)} ORDER BY h.id) h,
+    LATERAL (SELECT id FROM jobs WHERE id = h.id AND status = 'ready' AND parked IS NOT TRUE
+             FOR NO KEY UPDATE SKIP LOCKED) j
 )
 UPDATE jobs j SET parked = true, waiting_reason = format(
     COALESCE((SELECT t.template FROM unnest($5::text[], $6::text[]) AS t(type, template)
