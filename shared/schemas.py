@@ -17,6 +17,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    field_validator,
 )
 
 from shared.jsonvalues import CLIENT_JSON, CLIENT_TIMES, JsonRules, check_json
@@ -92,6 +93,8 @@ class RetryIn(BaseModel):
     initial_delay_seconds: float | None = Field(default=None, ge=0, le=86_400)
     backoff_multiplier: float | None = Field(default=None, ge=1, le=100)
     max_delay_seconds: float | None = Field(default=None, ge=0, le=604_800)
+
+    _delays = field_validator("initial_delay_seconds", "max_delay_seconds")(_public.unsigned_zero)
 
 
 class _JobFields(BaseModel):

@@ -11,7 +11,7 @@ from enum import StrEnum
 from typing import Any
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from switchyard.states import JobStatus
 
@@ -19,6 +19,13 @@ from switchyard.states import JobStatus
 ROLES = ("viewer", "submitter", "admin")
 
 _STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+def unsigned_zero(value: float | None) -> float | None:
+    """-0.0 as 0.0 (anything else as it is): the two compare equal, so what groups equal
+    values (a batch's shared columns, its shapes of job) would store or answer one for
+    the other."""
+    return None if value is None else value + 0.0
 
 
 class Priority(StrEnum):
@@ -59,6 +66,8 @@ class RetryPolicy(BaseModel):
     initial_delay_seconds: float = Field(default=1.0, ge=0, le=86_400)
     backoff_multiplier: float = Field(default=2.0, ge=1, le=100)
     max_delay_seconds: float = Field(default=300.0, ge=0, le=604_800)
+
+    _delays = field_validator("initial_delay_seconds", "max_delay_seconds")(unsigned_zero)
 
 
 class JobRead(BaseModel):

@@ -334,3 +334,26 @@ async def test_a_refused_batch_costs_no_pooled_connection(
         r = await client.post("/jobs/batch", json={"jobs": jobs})
         assert r.status_code == 422 and "payload.seconds" in r.text, r.text
     assert await _backends(app.state.pool) == before
+
+
+async def test_negative_zero_is_zero_in_answers_and_rows(
+    client: httpx.AsyncClient, db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """-0.0 and 0 compare equal, so a batch's shared columns and its shapes of job took
+    one for the other (an attacking helper: one job answered 0.0 and stored 0 for the
+    -0.0 it sent, or the reverse). Delays of -0.0 are 0.0, on every path."""
+    zero = {**ECHO, "retry": {"initial_delay_seconds": 0, "max_delay_seconds": 0}}
+    signed = {**ECHO, "retry": {"initial_delay_seconds": -0.0, "max_delay_seconds": -0.0}}
+    for jobs in ([zero, signed], [signed, zero], [signed, {**zero, "idempotency_key": "z"}]):
+        r = await client.post("/jobs/batch", json={"jobs": jobs})
+        assert r.status_code == 201, r.text
+        assert "-0.0" not in r.text
+        ids = [job["id"] for job in r.json()["jobs"]]
+        stored = await db.fetch(
+            "SELECT retry_initial_delay::text AS a, retry_max_delay::text AS b FROM jobs"
+            " WHERE id = ANY($1::uuid[])",
+            ids,
+        )
+        assert {(row["a"], row["b"]) for row in stored} == {("0", "0")}
+    single = await client.post("/jobs", json=signed)
+    assert single.status_code == 201 and "-0.0" not in single.text
