@@ -121,15 +121,19 @@ _PARK_WINDOWS = "\n    UNION ALL\n    ".join(
 # leading column: the whole index a head). Both outlasted every timeout and held the
 # scheduler's cycle for minutes. So the look-up is a LATERAL subquery that locks its
 # row (a subquery with a locking clause is never flattened into a join), and its
-# ``parked IS NOT TRUE`` (``parked`` is NOT NULL: the same rows) is not the partial
-# indexes' predicate, which leaves the primary key as its one index.
+# conditions are written so that no index matches them but the primary key:
+# ``(status = 'ready') IS TRUE`` is no index's leading column (``status`` leads the
+# list's indexes, ``id`` last), ``parked IS NOT TRUE`` (``parked`` is NOT NULL: the
+# same rows) is not the partial indexes' predicate. (The update joins its rows by key;
+# a plan that hashes the table instead is one the planner takes for a small table.)
 PARK_UNFITTABLE = f"""
 WITH heads AS MATERIALIZED (
     {_PARK_WINDOWS}
 ), unfit AS (
     SELECT j.id
     FROM (SELECT h.id FROM heads h WHERE NOT {fits_one_of("h", 1)} ORDER BY h.id) h,
-    LATERAL (SELECT id FROM jobs WHERE id = h.id AND status = 'ready' AND parked IS NOT TRUE
+    LATERAL (SELECT id FROM jobs
+             WHERE id = h.id AND (status = 'ready') IS TRUE AND parked IS NOT TRUE
              FOR NO KEY UPDATE SKIP LOCKED) j
 )
 UPDATE jobs j SET parked = true, waiting_reason = format(

@@ -8,11 +8,12 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
 import httpx
+import pytest
 
 from shared.jobs import sql
 from tests.integration.conftest import Placement
@@ -220,33 +221,66 @@ async def test_parking_behind_stale_statistics_is_one_pass_of_the_heads(
     assert await db.fetchval("SELECT count(*) FROM jobs WHERE parked") > 0
 
 
-async def test_parking_is_key_look_ups_whatever_the_claim_index_is_thought_to_hold(
+async def _statistics_with_the_claim_index_empty(
     client: httpx.AsyncClient, db: asyncpg.Connection, placement: Placement
 ) -> None:
-    """The claim index's statistics taken while it held nothing (every unfittable job
-    parked), then 20,000 more unfittable jobs: the scheduler's generic plan read the
-    whole claim index against every head (an attacking helper: 11.5 s a statement at
-    108,000 entries, the scheduler's cycle timed out for minutes). The claim index is
-    only ever read as ranges of a priority, and the cycle places the fitting job."""
+    """Every unfittable job parked when ``jobs`` is analyzed: the claim index holds none."""
     await submit(client, [CRITICAL_HUGE] * 1000)
-    placement.worker("w4", cpu=4, memory_mb=4096, types=["demo.echo"])
     await asyncio.wait_for(placement.dispatcher.place(), 60)
     assert await db.fetchval("SELECT count(*) FROM jobs WHERE NOT parked") == 0
-    await db.execute("ANALYZE jobs")  # the claim index: no entry
+    await db.execute("ANALYZE jobs")
+
+
+async def _statistics_with_no_job_ready(
+    client: httpx.AsyncClient, db: asyncpg.Connection, placement: Placement
+) -> None:
+    """A history of finished jobs and none ready when ``jobs`` is analyzed."""
+    await submit(client, [{"type": "demo.echo"}] * 2000)
+    await db.execute("UPDATE jobs SET status = 'completed'")
+    await db.execute("ANALYZE jobs")
+
+
+@pytest.mark.parametrize(
+    "stale", [_statistics_with_the_claim_index_empty, _statistics_with_no_job_ready]
+)
+async def test_parking_reads_ranges_and_keys_whatever_the_statistics_say(
+    client: httpx.AsyncClient,
+    db: asyncpg.Connection,
+    placement: Placement,
+    stale: Callable[..., Awaitable[None]],
+) -> None:
+    """Statistics taken before 20,000 unfittable jobs arrived (an attacking helper's
+    batches), with the claim index empty or no job ready: generic plans once looked each
+    head up in an index by ``id``, not its leading column (the claim index, then the
+    status index), reading every ready entry for every head (11.5 s a statement at
+    108,000 entries, the scheduler's cycle timing out for minutes). In the plan the
+    scheduler runs (planned once, for every value): no sequential scan of ``jobs``, the
+    claim index (where it is read) read as ranges by priority, each unfit head found by
+    the primary key; and one cycle places the fitting job."""
+    placement.worker("w4", cpu=4, memory_mb=4096, types=["demo.echo"])
+    await stale(client, db, placement)
     for _ in range(20):
         await submit(client, [CRITICAL_HUGE] * 1000)
     (small,) = await submit(client, [CRITICAL_SMALL])
 
-    # The plan the scheduler runs (planned once, for every value), on these statistics.
+    await db.execute(f"PREPARE parking AS {sql.PARK_UNFITTABLE}")
     await db.execute("SET plan_cache_mode = force_generic_plan")
-    statement = await db.prepare("EXPLAIN (FORMAT JSON) " + sql.PARK_UNFITTABLE)
-    (plan,) = json.loads(await statement.fetchval(["demo.echo"], [4.0], [4096], 5000, [], [], ""))
-    await db.execute("RESET plan_cache_mode")
-    nodes = list(_nodes(plan["Plan"]))
-    claim_reads = [n for n in nodes if n.get("Index Name") == "jobs_claim_idx"]
-    assert claim_reads and all("priority" in n.get("Index Cond", "") for n in claim_reads)
-    looked_up = [n for n in nodes if n.get("Index Cond") == "(id = h.id)"]  # each head
-    assert [n.get("Index Name") for n in looked_up] == ["jobs_pkey"]
+    try:
+        explained = await db.fetchval(
+            "EXPLAIN (FORMAT JSON) EXECUTE parking("
+            "'{demo.echo}', '{4.0}', '{4096}', 5000, '{}', '{}', '')"
+        )
+    finally:
+        await db.execute("DEALLOCATE parking")
+        await db.execute("RESET plan_cache_mode")
+    nodes = _nodes(json.loads(explained)[0]["Plan"])
+    scans = [n for n in nodes if "Scan" in n["Node Type"] and n.get("Relation Name") == "jobs"]
+    assert all(n["Node Type"] != "Seq Scan" for n in scans), scans
+    claim = [n for n in scans if n.get("Index Name") == "jobs_claim_idx"]
+    assert all("priority" in n.get("Index Cond", "") for n in claim), claim  # ranges only
+    # Each unfit head's look-up: by the primary key.
+    by_key = [n for n in scans if "h.id" in n.get("Index Cond", "")]
+    assert [n.get("Index Name") for n in by_key] == ["jobs_pkey"], by_key
 
     placement.dispatcher.maybe_ready = True  # what their wake-up hint does
     started = time.monotonic()
@@ -258,7 +292,5 @@ async def test_parking_is_key_look_ups_whatever_the_claim_index_is_thought_to_ho
     assert took < 10, f"one cycle's placement took {took:.1f} s"
 
 
-def _nodes(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    yield node
-    for child in node.get("Plans", []):
-        yield from _nodes(child)
+def _nodes(node: dict[str, Any]) -> list[dict[str, Any]]:
+    return [node, *(n for child in node.get("Plans", []) for n in _nodes(child))]
