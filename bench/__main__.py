@@ -289,9 +289,7 @@ async def batch_rate_prepared(url: str, batches: int, size: int) -> float:
     figure is the yard's, not the client's (httpx and its JSON encoding took 14-15 ms of
     CPU a batch of 2,000 on the two cores the yard runs on, the light client 3)."""
     bodies = [orjson.dumps({"jobs": [echo_job(b, i) for i in range(size)]}) for b in range(batches)]
-    where = urlsplit(url)
-    client = LightClient(where.hostname or "127.0.0.1", where.port or 80,
-                         {"Authorization": f"Bearer {KEY}"}, limit=1)  # fmt: skip
+    client = light_client(url, connections=1)
     try:
         start = time.perf_counter()
         for body in bodies:
@@ -540,15 +538,21 @@ CLIENTS = ("light", "aiohttp", "httpx")
 Post = Callable[[dict[str, Any]], Awaitable[tuple[int, bytes]]]
 
 
+def light_client(url: str, *, connections: int) -> LightClient:
+    """The light load generator to ``url``, as the bench's key, over at most
+    ``connections`` keep-alive connections."""
+    where = urlsplit(url)
+    return LightClient(where.hostname or "127.0.0.1", where.port or 80,
+                       {"Authorization": f"Bearer {KEY}"}, limit=connections)  # fmt: skip
+
+
 @contextlib.asynccontextmanager
 async def job_poster(url: str, client: str, *, connections: int) -> AsyncIterator[Post]:
     """``POST /jobs`` with a JSON body through ``client``, over at most ``connections``
     keep-alive connections: the answer's status and body."""
     headers = {"Authorization": f"Bearer {KEY}"}
     if client == "light":
-        where = urlsplit(url)
-        light = LightClient(where.hostname or "127.0.0.1", where.port or 80, headers,
-                            limit=connections)  # fmt: skip
+        light = light_client(url, connections=connections)
 
         async def post_light(body: dict[str, Any]) -> tuple[int, bytes]:
             return await light.post("/jobs", orjson.dumps(body))
