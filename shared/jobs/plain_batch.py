@@ -24,7 +24,7 @@ from shared.jobs import sql
 from shared.jobs.events import submitted_event
 from shared.jobs.prepare import Prepared
 from shared.jobs.rows import is_plain, plain_row, wire_row
-from shared.jobs.views import batch_dicts_json, job_dict
+from shared.jobs.views import JobTemplate, batch_of_json
 from shared.messages import JobStateChanged
 from shared.prechecked import prechecked_copies
 
@@ -47,7 +47,7 @@ class _Shape:
         row = plain_row(first, now=now, actor=actor)
         job = SimpleNamespace(**sql.INSERT_DEFAULTS, **row)
         self.wire = wire_row(row)  # the insert's values, as they travel
-        self.answer = job_dict(job)
+        self.answer = JobTemplate(job)
         self.event = submitted_event(job, ts=now)
         self.announced = (job.type, job.status, job.priority)  # Created's, after its id
 
@@ -122,15 +122,11 @@ class PlainBatch:
         ]
 
     def answer(self) -> bytes:
-        """``BatchRead``: the jobs as ``views.job_dict`` writes them, in request order."""
-        jobs = []
-        for it, shape in zip(self.items, self._shapes, strict=True):
-            job = shape.answer.copy()  # the fields in their order; assignment keeps it
-            job["id"] = str(it.id)
-            job["name"] = it.spec.name
-            job["payload"] = it.spec.payload
-            jobs.append(job)
-        return batch_dicts_json(jobs)
+        """``BatchRead``: the jobs as ``views.job_json`` writes them, in request order."""
+        return batch_of_json([
+            shape.answer.json(it.id, it.spec.name, it.payload_json.encode())
+            for it, shape in zip(self.items, self._shapes, strict=True)
+        ])  # fmt: skip
 
     def created(self) -> list[Created]:
         return [

@@ -10,10 +10,12 @@ from types import SimpleNamespace
 from typing import Any
 from uuid import uuid4
 
+import asyncpg.pgproto.pgproto as pgproto
+import orjson
 import pytest
 from pydantic import BaseModel
 
-from shared.jobs.views import batch_json, job_json, page_json
+from shared.jobs.views import JobTemplate, batch_json, batch_of_json, job_json, page_json
 from shared.models import Job
 from shared.schemas import BatchRead, JobPage, JobRead
 
@@ -92,6 +94,41 @@ def test_an_orm_job_is_a_job_read(status: str) -> None:
 
 def test_a_batch_answer_is_a_batch_read() -> None:
     assert_writes_schema(BatchRead, batch_json(CASES))
+
+
+# A job's own values, as a plain batch's jobs differ from their shape's first job.
+OWN_VALUES = [
+    (uuid4(), None, {}),
+    (uuid4(), "a name", {"i": 1}),
+    (uuid4(), 'quote " back \\ tab \t ctl \x01 é 🎉 \u2028', {"l": ["x", None, 1.5, -0.0, 1e16]}),
+    (pgproto.UUID(str(uuid4())), "asyncpg's uuid", {"s": "text"}),
+    (uuid4(), "", {"deep": [[{"a": [2**63 - 1, -(2**63)]}]]}),
+    (uuid4(), "x" * 200, {"": None}),
+]
+
+
+@pytest.mark.parametrize("shape", CASES, ids=lambda j: j.status)
+def test_a_template_writes_each_job_as_job_json_does(shape: SimpleNamespace) -> None:
+    """Byte for byte: a job written from its shape's template is the job written whole,
+    whatever its id, name and payload (the template's marks take their places only)."""
+    template = JobTemplate(shape)
+    written = []
+    for job_id, name, payload in OWN_VALUES:
+        job = SimpleNamespace(**{**vars(shape), "id": job_id, "name": name, "payload": payload})
+        written.append(template.json(job_id, name, orjson.dumps(payload)))
+        assert written[-1] == job_json(job)
+    assert_writes_schema(BatchRead, batch_of_json(written))
+    assert orjson.loads(batch_of_json(written))["jobs"] == [orjson.loads(j) for j in written]
+    assert batch_of_json([]) == b'{"jobs":[]}' == batch_json([])
+
+
+def test_a_template_refuses_a_job_that_holds_a_mark() -> None:
+    """A value that holds a mark would be taken for a job's own: refused, not written
+    wrong (the marks are 128 random bits: no job holds one but on purpose)."""
+    from shared.jobs import views
+
+    with pytest.raises(ValueError, match="name mark"):
+        JobTemplate(row(error=views._MARKS["name"], status="failed"))
 
 
 @pytest.mark.parametrize("next_cursor", ["MjAyNi0xMS0yM1Q", None])
