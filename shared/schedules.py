@@ -21,11 +21,11 @@ from pydantic import ValidationError
 from sqlalchemy import Text, cast, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
-from uuid_utils.compat import uuid7
 
 from shared.auth import Actor
 from shared.catalog import TaskCatalog
 from shared.errors import InvalidJobRequest, JobConflict, JobNotFound
+from shared.ids import uuid7
 from shared.jobs.prepare import Limits, prepare_submission
 from shared.jobs.submit import schedule_fire_key, submit_jobs
 from shared.messages import JobStateChanged

@@ -14,10 +14,10 @@ from uuid import UUID
 from sqlalchemy import case, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
-from uuid_utils.compat import uuid7
 
 from shared.auth import Actor
 from shared.errors import JobConflict, JobNotFound
+from shared.ids import uuid7
 from shared.models import ApiKey, AuditEntry
 from shared.settings import ROLES
 

@@ -11,11 +11,11 @@ from uuid import UUID
 
 import orjson
 from sqlalchemy.ext.asyncio import AsyncSession
-from uuid_utils.compat import uuid7
 
 from shared.auth import Actor
 from shared.catalog import TaskCatalog, TaskTypeInfo
 from shared.errors import InvalidJobRequest, PermissionDenied
+from shared.ids import uuid7
 from shared.jsonvalues import encoded_within
 from shared.schemas import BatchJobCreate, JobCreate, Resources, RetryPolicy, check_json_value
 from shared.settings import Settings
