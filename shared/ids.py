@@ -4,7 +4,7 @@ the primary key's index), as the standard library's ``uuid.UUID``.
 uuid_utils makes the value in Rust. ``uuid_utils.compat.uuid7`` makes the ``uuid.UUID``
 as this does (an object whose two slots are set, without ``__init__``), but looks up
 ``SafeUUID.unknown`` (an enum member: slow to reach on Python 3.11) and passes its
-keyword arguments on every call: 1.7-2.5 against 0.5-1.1 µs an id here, timed in turn
+keyword arguments on every call: 0.9-2.5 against 0.5-1.1 µs an id here, timed in turn
 (a batch of 2,000 jobs makes 2,000). ``tests/unit/test_ids.py`` checks that it is the
 same UUID in every way the yard uses one.
 """
