@@ -336,7 +336,8 @@ async def submit_batch_fast(
     limits: Limits,
     meanwhile: Callable[[PlainBatch], Built],
 ) -> tuple[list[Created], list[JobStateChanged], Built] | None:
-    """``POST /jobs/batch`` for a batch ``can_submit_batch_fast`` accepts: checked
+    """``POST /jobs/batch`` for a batch ``can_submit_batch_fast`` accepts (ValueError for
+    any other, before a connection is taken): checked
     exactly as ``submit_jobs`` checks it, job by job in request order, and stored with
     its audit row in one transaction (all or nothing), by parts of ``BATCH_PART`` jobs:
     each part's statement goes out once its jobs are checked, and the database stores
@@ -353,6 +354,8 @@ async def submit_batch_fast(
         raise ValueError("a batch has at least one job")
     tasks: dict[str, TaskTypeInfo] = {}
     for spec in specs:
+        if not is_plain(spec):  # checked here, in the pass over the types, and only here
+            raise ValueError("a plain batch has no dependencies and no idempotency keys")
         if spec.type not in tasks:
             if (task := catalog.cached(spec.type)) is None:
                 return None

@@ -17,6 +17,7 @@ import pytest
 
 from services.api.routers import jobs as jobs_router
 from shared.auth import Actor
+from shared.catalog import TaskCatalog
 from shared.jobs import submit
 from shared.jobs.plain_batch import PlainBatch
 from shared.jobs.submit import submit_batch_fast
@@ -357,3 +358,21 @@ async def test_negative_zero_is_zero_in_answers_and_rows(
         assert {(row["a"], row["b"]) for row in stored} == {("0", "0")}
     single = await client.post("/jobs", json=signed)
     assert single.status_code == 201 and "-0.0" not in single.text
+
+
+@pytest.mark.parametrize(
+    "odd", [{"depends_on": ["@first"]}, {"idempotency_key": "k-1"}], ids=["parent", "key"]
+)
+async def test_a_batch_that_is_not_plain_is_refused_before_anything_is_taken(
+    odd: dict[str, Any],
+) -> None:
+    """A caller that hands the plain path a job with a parent or a key (the route never
+    does) gets an error, not a batch stored without them, before a connection is taken
+    (none is given here)."""
+    specs = [BatchJobCreate(type="demo.echo", **odd), BatchJobCreate(type="demo.echo", ref="first")]
+    with pytest.raises(ValueError, match="no dependencies and no idempotency keys"):
+        await submit_batch_fast(
+            None,  # type: ignore[arg-type]
+            catalog=TaskCatalog(), specs=specs, actor=Actor("k", "admin"),
+            limits=submit.Limits(), meanwhile=PlainBatch.answer,
+        )  # fmt: skip
