@@ -110,7 +110,8 @@ async def _measure(
 
     # The claim runs as the scheduler runs it: planned once (shared.db.GENERIC_PLANS).
     for conn in conns.values():
-        await conn.execute(f"SET plan_cache_mode = {GENERIC_PLANS['plan_cache_mode']}")
+        for setting, value in GENERIC_PLANS.items():
+            await conn.execute(f"SET {setting} = {value}")
     # 16 heads per priority: the smallest table has 25 ready per level, so every size
     # returns the same 64 rows (the same work).
     claim = await _interleaved(conns, sql.CLAIM_READY_HEADS, each(16))
@@ -118,7 +119,7 @@ async def _measure(
     list_page = await _interleaved(conns, list_all[0], each(*list_all[1]))
     list_page_failed = await _interleaved(conns, list_failed[0], each(*list_failed[1]))
     for conn in conns.values():
-        await conn.execute("RESET plan_cache_mode")
+        await conn.execute("RESET ALL")
     out = {
         "claim": claim,
         "status_read": await _interleaved(conns, STATUS_READ, sample),
@@ -143,7 +144,7 @@ async def _load(db: str, size: int, *, named: bool = False) -> asyncpg.Connectio
     t = time.monotonic()
     # The newest rows are the last ones: g counts up to 6M.
     await conn.execute(LOAD, 6_000_000 - size + 1, 6_000_000, named)
-    await conn.execute("VACUUM ANALYZE jobs")
+    await conn.execute("VACUUM ANALYZE jobs, ready_jobs")
     print(f"  scale: {size:,} rows loaded in {time.monotonic() - t:.0f} s", flush=True)
     return conn
 
@@ -331,8 +332,9 @@ async def run_unfittable(
         out["park_seconds"] = round(time.perf_counter() - t, 3)
         out["parked"] = parked
         for conn in conns.values():
-            await conn.execute("VACUUM ANALYZE jobs")
-            await conn.execute(f"SET plan_cache_mode = {GENERIC_PLANS['plan_cache_mode']}")
+            await conn.execute("VACUUM ANALYZE jobs, ready_jobs")
+            for setting, value in GENERIC_PLANS.items():
+                await conn.execute(f"SET {setting} = {value}")
         per_priority = [(32,)] * repeat
         claim = await _interleaved(
             {0: conns["none"], unfittable: conns["parked"]},

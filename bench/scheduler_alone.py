@@ -351,7 +351,7 @@ async def until_completed(dsn: str, timeout: float) -> datetime:
         left = True
         while time.monotonic() < deadline:
             left = await conn.fetchval(
-                "SELECT EXISTS (SELECT FROM jobs WHERE status = 'ready' AND NOT parked)"
+                "SELECT EXISTS (SELECT FROM ready_jobs)"
                 " OR EXISTS (SELECT FROM jobs WHERE status = 'running')"
             )
             if not left:
@@ -494,7 +494,7 @@ async def _profiling(yard: Yard, out: Path | None) -> AsyncIterator[ActivitySamp
 # test of the scheduler's CLAIM_READY_HEADS_AND_FITTING.
 DB_CLAIM = """
 WITH c AS (
-    SELECT id FROM jobs WHERE status = 'ready' AND NOT parked AND priority = 2
+    SELECT id FROM ready_jobs WHERE priority = 2
     ORDER BY run_at, id LIMIT $1 FOR UPDATE SKIP LOCKED)
 UPDATE jobs j
 SET status = 'running', attempts = j.attempts + 1, runs = j.runs + 1, worker_id = $2,

@@ -47,8 +47,11 @@ def create_engine(settings: Settings, *, pool_size: int = 10) -> AsyncEngine:
 # re-plans a prepared statement each time while it guesses a custom plan is cheaper,
 # and for the scheduler's claim on a large table planning costs more than running
 # (docs/performance-history.md). Only for statements whose best plan does not depend on their
-# parameters.
-GENERIC_PLANS = {"plan_cache_mode": "force_generic_plan"}
+# parameters. And by index where there is one: a plan made once must not rest on the
+# statistics of the moment, and the ready queue's swing by the second (a few rows and
+# many empty pages after a vacuum took the claim to a scan and sort of the whole queue,
+# then tens of thousands of rows a batch later).
+GENERIC_PLANS = {"plan_cache_mode": "force_generic_plan", "enable_seqscan": "off"}
 
 
 async def create_pool(

@@ -3,11 +3,12 @@ plus what SQLAlchemy cannot express (the audit-log trigger).
 
 Index choices (see docs/database.md for the plans on 1M rows):
 
-* claim: ``(priority, run_at, id) INCLUDE (type, cpu_units, memory_mb, ready_at, attempts)
-  WHERE status = 'ready' AND NOT parked`` — the scheduler reads the head of this partial
-  index; it only ever holds the ready jobs some live worker could run, however large
-  history grows and however many jobs fit nowhere, and it covers every column the claim
-  reads, so on all-visible pages the claim never touches the table.
+* claim: the claimable jobs (ready, not parked) are rows of ``ready_jobs`` as well, kept
+  by triggers on ``jobs`` (migration 0015), keyed ``(priority, run_at, id) INCLUDE (type,
+  cpu_units, memory_mb, ready_at, attempts)``: the scheduler reads the head of that key.
+  It only ever holds the ready jobs some live worker could run, and stays small (the
+  scheduler vacuums it every few seconds), so the dead entries of dispatched jobs ahead
+  of the head are a few seconds' worth, however large history grows.
 * parked: ``(id) INCLUDE (type, cpu_units, memory_mb) WHERE status = 'ready' AND parked``
   — the ready jobs that fit no live worker, read in id chunks when the fleet grows.
 * due: ``(run_at) WHERE status IN ('pending', 'retrying')`` — delayed jobs and backoffs.
@@ -102,7 +103,7 @@ class Job(Base):
     progress: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, server_default="false")
     waiting_reason: Mapped[str | None] = mapped_column(Text)
-    # Ready, but no live worker could run it even when empty: out of the claim index
+    # Ready, but no live worker could run it even when empty: out of ready_jobs
     # (shared.jobs.parking). Cleared by a trigger whenever the status changes.
     parked: Mapped[bool] = mapped_column(Boolean, server_default="false")
     idempotency_key: Mapped[str | None] = mapped_column(Text)
@@ -120,14 +121,6 @@ class Job(Base):
         CheckConstraint("priority BETWEEN 0 AND 3", name="jobs_priority_valid"),
         CheckConstraint("cpu_units > 0 AND memory_mb > 0", name="jobs_resources_positive"),
         CheckConstraint("unmet_dependencies >= 0", name="jobs_unmet_nonnegative"),
-        Index(
-            "jobs_claim_idx",
-            "priority",
-            "run_at",
-            "id",
-            postgresql_include=["type", "cpu_units", "memory_mb", "ready_at", "attempts"],
-            postgresql_where=text("status = 'ready' AND NOT parked"),
-        ),
         Index(
             "jobs_parked_idx",
             "id",
@@ -173,6 +166,23 @@ class Job(Base):
             postgresql_where=text("idempotency_key IS NOT NULL"),
         ),
     )
+
+
+class ReadyJob(Base):
+    """A claimable job (ready, not parked), in claim order: written only by the triggers
+    on ``jobs`` (migration 0015), read by the claim. The key's index carries the other
+    columns (``INCLUDE``, which SQLAlchemy cannot declare: the migration adds it)."""
+
+    __tablename__ = "ready_jobs"
+
+    priority: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    run_at: Mapped[datetime] = mapped_column(TZ, primary_key=True)
+    id: Mapped[UUID] = mapped_column(PG_UUID(as_uuid=True), primary_key=True)
+    type: Mapped[str] = mapped_column(Text)
+    cpu_units: Mapped[float] = mapped_column(Float)
+    memory_mb: Mapped[int] = mapped_column(Integer)
+    ready_at: Mapped[datetime | None] = mapped_column(TZ)
+    attempts: Mapped[int] = mapped_column(Integer)
 
 
 class JobDependency(Base):

@@ -95,8 +95,12 @@ class Settings(BaseSettings):
     # Dispatches never wait. 0: publish each cycle's events at once.
     event_linger_seconds: float = Field(default=0.02, ge=0, le=1)
     # When the PostgreSQL server runs without autovacuum, the active scheduler vacuums
-    # the jobs table this often (dead row versions slow the claim index). 0: never.
+    # (and analyzes) the jobs table this often. 0: never.
     vacuum_seconds: float = Field(default=30.0, ge=0)
+    # The active scheduler vacuums the ready queue (ready_jobs) this often, autovacuum on
+    # or off: each dispatch leaves a dead entry at the head the claim reads, and
+    # autovacuum visits a database once a minute at most. 0: never.
+    queue_vacuum_seconds: float = Field(default=5.0, ge=0)
 
     # Retention: when > 0, finished jobs (completed, failed, cancelled) are deleted with
     # their log lines, executions and dependency edges this many days after they

@@ -9,10 +9,10 @@ scrape time, so every replica reports the same value: aggregate them with ``max`
 
 The ready backlog (``switchyard_ready_jobs``) is what an autoscaler should watch, not the
 RabbitMQ queues: dispatch queues are short by design, the backlog lives in PostgreSQL.
-It is counted from the two partial covering indexes that hold exactly the ready jobs
-(``jobs_claim_idx`` for the claimable ones, ``jobs_parked_idx`` for the parked ones,
-both carrying ``type``): an index-only scan over the backlog, never over the finished
-jobs, whatever the table's size (docs/operations.md, "Metrics").
+It is counted from what holds exactly the ready jobs, both carrying ``type``: the ready
+queue (``ready_jobs``, the claimable ones) and the partial covering index of the parked
+ones (``jobs_parked_idx``): a scan over the backlog, never over the finished jobs,
+whatever the table's size (docs/operations.md, "Metrics").
 """
 
 from __future__ import annotations
@@ -29,11 +29,10 @@ from shared.states import TERMINAL
 from shared.stats import depth_by_status_and_priority, list_workers
 
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
-# Each half matches one partial index's predicate word for word, so the planner can
-# answer it with an index-only scan of that index (checked by a test with EXPLAIN).
+# The parked half matches the partial index's predicate word for word, so the planner
+# can answer it with an index-only scan of that index (checked by a test with EXPLAIN).
 READY_JOBS_BY_TYPE = """
-SELECT type, false AS parked, count(*) AS n FROM jobs
-WHERE status = 'ready' AND NOT parked GROUP BY type
+SELECT type, false AS parked, count(*) AS n FROM ready_jobs GROUP BY type
 UNION ALL
 SELECT type, true AS parked, count(*) AS n FROM jobs
 WHERE status = 'ready' AND parked GROUP BY type

@@ -59,19 +59,22 @@ class Maintenance:
         self._vacuum_task: asyncio.Task[None] | None = None
         self._server_vacuums = False
         self._last_analyze_check = 0.0
+        self._last_queue_vacuum = time.monotonic()
+        self._queue_vacuum_task: asyncio.Task[None] | None = None
         # jobs' insert count when it was last analyzed (None: not known since taking over
         # or since the last vacuum; then all changes since that analyze count)
         self._inserted_at_analyze: int | None = None
         self._last_monitoring = 0.0
 
     def start_due_tasks(self) -> None:
-        """Start the retention sweep and the vacuum if their time has come."""
+        """Start the retention sweep and the vacuums if their time has come."""
         self._start_retention()
         self._start_vacuum()
+        self._start_queue_vacuum()
 
     async def stop(self) -> None:
         """Cancel the background tasks (the next leader runs its own)."""
-        for task in (self._vacuum_task, self._prune_task):
+        for task in (self._vacuum_task, self._queue_vacuum_task, self._prune_task):
             if task is not None and not task.done():
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -121,9 +124,9 @@ class Maintenance:
         """Vacuum (and analyze) ``jobs`` in the background when the server's autovacuum
         is off, and analyze it in between as soon as enough rows were inserted.
 
-        Every dispatch and report writes a new row version; the old ones stay in the
-        ready index until a vacuum, so the claim scans more dead entries the longer
-        the run. And a plan made with the statistics of a table that was nearly empty
+        Every dispatch and report writes a new row version; the old ones stay in every
+        index of ``jobs`` until a vacuum, and the table only grows. And a plan made with
+        the statistics of a table that was nearly empty
         takes "status = 'ready'" for one row, so looking up a few ready jobs by id
         walks every ready entry of the status index (about 1 ms a row behind 20,000
         ready jobs): statistics must follow a table that fills in seconds. PostgreSQL's
@@ -181,6 +184,29 @@ class Maintenance:
             log.warning("vacuum of jobs failed: %s", exc)
         finally:
             await conn.close()
+
+    def _start_queue_vacuum(self) -> None:
+        """Every ``SWITCHYARD_QUEUE_VACUUM_SECONDS``, in the background: vacuum the ready
+        queue, whatever the server's autovacuum does. Each dispatch leaves its entry at
+        the head of the key the claim reads, dead, until a vacuum; autovacuum looks at a
+        database once a minute at most, and a busy yard dispatches tens of thousands of
+        jobs a minute. The queue holds only the claimable jobs, so this is cheap;
+        INDEX_CLEANUP ON, since those dead entries are the point (PostgreSQL skips the
+        index when few pages have dead rows)."""
+        every = self._settings.queue_vacuum_seconds
+        now = time.monotonic()
+        if every <= 0 or now - self._last_queue_vacuum < every:
+            return
+        if self._queue_vacuum_task is not None and not self._queue_vacuum_task.done():
+            return
+        self._last_queue_vacuum = now
+        self._queue_vacuum_task = asyncio.create_task(self._vacuum_queue(), name="queue-vacuum")
+
+    async def _vacuum_queue(self) -> None:
+        try:
+            await self._db.pool.execute("VACUUM (INDEX_CLEANUP ON) ready_jobs", timeout=60)
+        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+            log.warning("vacuum of the ready queue failed: %s", exc)
 
     # ------------------------------------------------------------ monitoring
 

@@ -69,12 +69,13 @@ def fits_one_of(job: str, first: int) -> str:
     )
 
 
-# The head of each priority level of the claim index, oldest first. The scheduler
-# merges the four heads, applies aging and places what fits. Four short index range
-# scans, whatever the table size and however many jobs are parked (they are not in the
-# index: ``PARK_UNFITTABLE``). ``NOT parked`` is literal: the partial index's predicate.
+# The head of each priority level of the ready queue (``ready_jobs``: the claimable jobs,
+# kept by triggers on ``jobs``), oldest first. The scheduler merges the four heads,
+# applies aging and places what fits. Four short ranges of its key, read index-only,
+# whatever the size of the history and however many jobs are parked (they are not in
+# the queue: ``PARK_UNFITTABLE``).
 _HEAD = """(SELECT id, type, priority, cpu_units, memory_mb, run_at, ready_at, attempts
-     FROM jobs WHERE status = 'ready' AND NOT parked AND priority = {p}{fits}
+     FROM ready_jobs WHERE priority = {p}{fits}
      ORDER BY run_at, id LIMIT $1)"""
 
 
@@ -90,27 +91,27 @@ CLAIM_READY_HEADS = "SELECT * FROM (\n    " + "\n    UNION ALL\n    ".join(_head
 # The largest room first (computed once per statement, tested on the index tuple alone):
 # the jobs too big for every worker's room are passed over without the per-row EXISTS.
 _WITHIN_THE_LARGEST_ROOM = (
-    " AND jobs.cpu_units <= (SELECT max(c) FROM unnest($3::float8[]) AS c) + 1e-9"
-    " AND jobs.memory_mb <= (SELECT max(m) FROM unnest($4::int[]) AS m) AND "
+    " AND ready_jobs.cpu_units <= (SELECT max(c) FROM unnest($3::float8[]) AS c) + 1e-9"
+    " AND ready_jobs.memory_mb <= (SELECT max(m) FROM unnest($4::int[]) AS m) AND "
 )
 CLAIM_READY_HEADS_AND_FITTING = (
     "SELECT * FROM (\n    "
     + "\n    UNION ALL\n    ".join(
-        _heads() + _heads(_WITHIN_THE_LARGEST_ROOM + fits_one_of("jobs", 2))
+        _heads() + _heads(_WITHIN_THE_LARGEST_ROOM + fits_one_of("ready_jobs", 2))
     )
     + "\n) heads"
 )
 
 # Parking: the first ``$4`` unparked ready jobs of each priority, in claim order, that
 # fit none of the live workers' capacities (``$1..$3``, as for ``fits_one_of``) leave
-# the claim index, with their waiting reason: ``format(template, cpu units, MB, type)``,
+# the ready queue, with their waiting reason: ``format(template, cpu units, MB, type)``,
 # the template of their type (``$5``, ``$6``) or, for a type no live worker runs, ``$7``.
 # Run in chunks by the scheduler until a chunk parks less than a whole window, so each
 # such job is parked once, whatever their number. A row another transaction holds (a
 # cancel) is skipped: it stays claimable.
 _PARK_WINDOWS = "\n    UNION ALL\n    ".join(
-    f"(SELECT id, type, cpu_units, memory_mb FROM jobs WHERE status = 'ready' AND NOT parked"
-    f" AND priority = {p} ORDER BY run_at, id LIMIT $4)"
+    f"(SELECT id, type, cpu_units, memory_mb FROM ready_jobs"
+    f" WHERE priority = {p} ORDER BY run_at, id LIMIT $4)"
     for p in range(4)
 )
 # The heads are computed once and drive the statement, each unfit one looked up by its

@@ -44,12 +44,10 @@ SELECT worker_id, sum(cpu_units)::float8 AS cpu_units, sum(memory_mb)::int AS me
 FROM jobs WHERE status = 'running' AND worker_id IS NOT NULL GROUP BY worker_id
 """
 # The claimable ready jobs placed before ($1, $2, $3) in claim order, counted up to $4:
-# a range of the claim index (priority, run_at, id), read index-only.
+# a range of the ready queue's key (priority, run_at, id), read index-only.
 _AHEAD_IN_CLAIM_ORDER = """
 SELECT count(*) AS n FROM (
-    SELECT 1 FROM jobs
-    WHERE status = 'ready' AND NOT parked AND (priority, run_at, id) < ($1::smallint, $2, $3)
-    LIMIT $4
+    SELECT 1 FROM ready_jobs WHERE (priority, run_at, id) < ($1::smallint, $2, $3) LIMIT $4
 ) ahead
 """
 

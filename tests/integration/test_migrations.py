@@ -34,6 +34,7 @@ async def tables(url: str) -> set[str]:
 EXPECTED = {
     "alembic_version", "jobs", "job_dependencies", "job_executions", "job_logs",
     "workers", "task_types", "api_keys", "audit_log", "schedules", "dependents_to_fail",
+    "ready_jobs",
 }  # fmt: skip
 
 

@@ -304,8 +304,8 @@ def test_autoscaling_targets_the_workers_on_the_ready_backlog(
         else:
             assert trigger["type"] == "postgresql"
             query = trigger["metadata"]["query"]
-            # The same predicate as the metric's claimable half (jobs_claim_idx).
-            assert "status = 'ready' AND NOT parked" in query
-            assert "status = 'ready' AND NOT parked" in READY_JOBS_BY_TYPE
+            # The same rows as the metric's claimable half: the ready queue.
+            assert query == "SELECT count(*) FROM ready_jobs"
+            assert "FROM ready_jobs GROUP BY type" in READY_JOBS_BY_TYPE
             auth = find(objects, "TriggerAuthentication", trigger["authenticationRef"]["name"])
             assert auth["spec"]["secretTargetRef"][0]["parameter"] == "connection"
