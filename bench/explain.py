@@ -35,7 +35,7 @@ def queries() -> dict[str, tuple[str, list[object]]]:
         SimpleNamespace(created_at=datetime.now(UTC), id=uuid.UUID(int=2**128 - 1))
     )
     return {
-        "claim (heads of the ready index, per priority)": (sql.CLAIM_READY_HEADS, [200]),
+        "claim (heads of the ready queue, per priority)": (sql.CLAIM_READY_HEADS, [200]),
         "due delayed / retrying jobs": (sql.DUE_JOBS, [500]),
         "list page, newest first, no filter": page_query(JobSelection(), limit=101, cursor=cursor),
         "list page, status = failed": page_query(
@@ -55,7 +55,7 @@ async def main(rows: int, keep: bool) -> None:
     conn = await asyncpg.connect(await create_migrated(DB))
     start = time.monotonic()
     await conn.execute(LOAD, 6_000_000 - rows + 1, 6_000_000, False)  # the newest `rows` rows
-    await conn.execute("VACUUM ANALYZE jobs")
+    await conn.execute("VACUUM ANALYZE jobs, ready_jobs")
     print(f"-- loaded {rows:,} jobs in {time.monotonic() - start:.1f} s")
     counts = await conn.fetch("SELECT status, count(*) FROM jobs GROUP BY 1 ORDER BY 1")
     print("-- " + ", ".join(f"{r['status']}: {r['count']:,}" for r in counts))

@@ -162,6 +162,8 @@ async def run_scale(sizes: list[int], repeat: int = 200) -> dict[str, Any]:
         )
         conns = dict(sorted({largest: big, **others}.items()))
         by_size = await _measure(conns, repeat)
+        for size, ms in (await _claim_behind_dispatched(conns, repeat)).items():
+            by_size[size]["claim_behind_dispatched"] = round(ms, 4)
     finally:
         for conn in conns.values():
             await conn.close()
@@ -178,6 +180,53 @@ async def run_scale(sizes: list[int], repeat: int = 200) -> dict[str, Any]:
         "method": "one database per size; executions interleaved across sizes",
         "behind_unfittable": await run_unfittable(repeat),
     }
+
+
+# The jobs dispatched since ``jobs`` was last vacuumed, as a share of its rows: autovacuum
+# takes a table once a fifth of its rows changed, and each job changes twice (its
+# dispatch, its completion), so up to a tenth of the rows were dispatched since.
+DISPATCHED_SINCE_VACUUM = 0.1
+DISPATCH_CHUNK = 2000
+
+
+async def _claim_behind_dispatched(
+    conns: dict[int, asyncpg.Connection], repeat: int
+) -> dict[int, float]:
+    """The claim at each size once a tenth of its rows' worth of jobs, ahead of the ready
+    ones in claim order, were dispatched and completed since ``jobs`` was last vacuumed
+    (its autovacuum off meanwhile), the ready queue vacuumed as the scheduler does every
+    ``SWITCHYARD_QUEUE_VACUUM_SECONDS``: what a yard whose history is that large meets
+    between two autovacuums of ``jobs``."""
+    for size, conn in conns.items():
+        await conn.execute("ALTER TABLE jobs SET (autovacuum_enabled = false)")
+        # Ahead of every ready job (an older run_at), at the normal priority.
+        await conn.execute(
+            LOAD_READY.replace("g % 4", "2"), -2_000_000, "demo.echo",
+            int(size * DISPATCHED_SINCE_VACUUM), 0.1,
+        )  # fmt: skip
+        ids = [r["id"] for r in await conn.fetch(
+            "SELECT id FROM ready_jobs WHERE priority = 2 ORDER BY run_at, id LIMIT $1",
+            int(size * DISPATCHED_SINCE_VACUUM))]  # fmt: skip
+        for i in range(0, len(ids), DISPATCH_CHUNK):
+            chunk = ids[i : i + DISPATCH_CHUNK]
+            await conn.execute(
+                "UPDATE jobs SET status = 'running', attempts = attempts + 1, worker_id = 'w',"
+                " dispatched_at = now() WHERE id = ANY($1::uuid[])", chunk,
+            )  # fmt: skip
+            await conn.execute(
+                "UPDATE jobs SET status = 'completed', finished_at = now()"
+                " WHERE id = ANY($1::uuid[])", chunk,
+            )  # fmt: skip
+        await conn.execute("VACUUM (INDEX_CLEANUP ON) ready_jobs")
+        for setting, value in GENERIC_PLANS.items():
+            await conn.execute(f"SET {setting} = {value}")
+    try:
+        return await _interleaved(
+            conns, sql.CLAIM_READY_HEADS, {size: [(16,)] * repeat for size in conns}
+        )
+    finally:
+        for conn in conns.values():
+            await conn.execute("RESET ALL")
 
 
 async def _load_in_turn(
