@@ -1,11 +1,12 @@
-"""Parking: ready jobs that no live worker could run, even empty, leave the claim index.
+"""Parking: ready jobs that no live worker could run, even empty, leave the ready queue.
 
 A job whose type no live worker runs, or that needs more CPU or memory than every live
 worker running its type has, cannot be placed until the fleet changes. Left in the
-claim index it would fill the heads the scheduler reads and hide the jobs behind it; so
-the scheduler *parks* it (``jobs.parked``, migration 0005) and *un-parks* what fits when
-the fleet's capacities grow. A status change clears ``parked`` (a trigger), so a job
-that leaves ``ready`` and comes back is claimable again whatever took it there.
+ready queue (``ready_jobs``) it would fill the heads the scheduler reads and hide the
+jobs behind it; so the scheduler *parks* it (``jobs.parked``, migration 0005) and
+*un-parks* what fits when the fleet's capacities grow. A status change clears ``parked``
+(a trigger), so a job that leaves ``ready`` and comes back is claimable again whatever
+took it there.
 
 Capacities travel as rows ``(type, cpu_units, memory_mb)``: one per live worker and
 task type it runs, with that worker's whole capacity.

@@ -13,7 +13,7 @@ as the scheduler counts it.
 
 Every read is bounded: one row, its dependencies (at most 1,000), the worker rows, the
 running jobs (at most the fleet's slots) and a count of the ready jobs ahead that stops
-at ``POSITION_COUNT_MAX`` (an index-only range scan of the claim index).
+at ``POSITION_COUNT_MAX`` (an index-only range scan of the ready queue's key).
 """
 
 from __future__ import annotations

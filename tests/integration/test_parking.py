@@ -221,14 +221,14 @@ async def test_parking_behind_stale_statistics_is_one_pass_of_the_heads(
     assert await db.fetchval("SELECT count(*) FROM jobs WHERE parked") > 0
 
 
-async def _statistics_with_the_claim_index_empty(
+async def _statistics_with_the_ready_queue_empty(
     client: httpx.AsyncClient, db: asyncpg.Connection, placement: Placement
 ) -> None:
-    """Every unfittable job parked when ``jobs`` is analyzed: the claim index holds none."""
+    """Every unfittable job parked when ``jobs`` is analyzed: the ready queue holds none."""
     await submit(client, [CRITICAL_HUGE] * 1000)
     await asyncio.wait_for(placement.dispatcher.place(), 60)
     assert await db.fetchval("SELECT count(*) FROM jobs WHERE NOT parked") == 0
-    await db.execute("ANALYZE jobs")
+    await db.execute("ANALYZE jobs, ready_jobs")
 
 
 async def _statistics_with_no_job_ready(
@@ -237,11 +237,11 @@ async def _statistics_with_no_job_ready(
     """A history of finished jobs and none ready when ``jobs`` is analyzed."""
     await submit(client, [{"type": "demo.echo"}] * 2000)
     await db.execute("UPDATE jobs SET status = 'completed'")
-    await db.execute("ANALYZE jobs")
+    await db.execute("ANALYZE jobs, ready_jobs")
 
 
 @pytest.mark.parametrize(
-    "stale", [_statistics_with_the_claim_index_empty, _statistics_with_no_job_ready]
+    "stale", [_statistics_with_the_ready_queue_empty, _statistics_with_no_job_ready]
 )
 async def test_parking_reads_ranges_and_keys_whatever_the_statistics_say(
     client: httpx.AsyncClient,
@@ -250,12 +250,12 @@ async def test_parking_reads_ranges_and_keys_whatever_the_statistics_say(
     stale: Callable[..., Awaitable[None]],
 ) -> None:
     """Statistics taken before 20,000 unfittable jobs arrived (an attacking helper's
-    batches), with the claim index empty or no job ready: generic plans once looked each
+    batches), with the ready queue empty or no job ready: generic plans once looked each
     head up in an index by ``id``, not its leading column (the claim index, then the
     status index), reading every ready entry for every head (11.5 s a statement at
     108,000 entries, the scheduler's cycle timing out for minutes). In the plan the
     scheduler runs (planned once, for every value): no sequential scan of ``jobs``, the
-    claim index (where it is read) read as ranges by priority, each unfit head found by
+    ready queue read as ranges by priority, each unfit head found by
     the primary key; and one cycle places the fitting job."""
     placement.worker("w4", cpu=4, memory_mb=4096, types=["demo.echo"])
     await stale(client, db, placement)
@@ -276,8 +276,12 @@ async def test_parking_reads_ranges_and_keys_whatever_the_statistics_say(
     nodes = _nodes(json.loads(explained)[0]["Plan"])
     scans = [n for n in nodes if "Scan" in n["Node Type"] and n.get("Relation Name") == "jobs"]
     assert all(n["Node Type"] != "Seq Scan" for n in scans), scans
-    claim = [n for n in scans if n.get("Index Name") == "jobs_claim_idx"]
-    assert all("priority" in n.get("Index Cond", "") for n in claim), claim  # ranges only
+    # The heads: ranges of the ready queue's key, a priority each.
+    queue = [
+        n for n in nodes if "Scan" in n["Node Type"] and n.get("Relation Name") == "ready_jobs"
+    ]
+    assert len(queue) == 4, queue
+    assert all("priority" in n.get("Index Cond", "") for n in queue), queue
     # Each unfit head's look-up: by the primary key.
     by_key = [n for n in scans if "h.id" in n.get("Index Cond", "")]
     assert [n.get("Index Name") for n in by_key] == ["jobs_pkey"], by_key
