@@ -197,6 +197,8 @@ async def _claim_behind_dispatched(
     (its autovacuum off meanwhile), the ready queue vacuumed as the scheduler does every
     ``SWITCHYARD_QUEUE_VACUUM_SECONDS``: what a yard whose history is that large meets
     between two autovacuums of ``jobs``."""
+    from services.scheduler.maintenance import QUEUE_VACUUM
+
     for size, conn in conns.items():
         await conn.execute("ALTER TABLE jobs SET (autovacuum_enabled = false)")
         # Ahead of every ready job (an older run_at), at the normal priority.
@@ -217,7 +219,7 @@ async def _claim_behind_dispatched(
                 "UPDATE jobs SET status = 'completed', finished_at = now()"
                 " WHERE id = ANY($1::uuid[])", chunk,
             )  # fmt: skip
-        await conn.execute("VACUUM (INDEX_CLEANUP ON) ready_jobs")
+        await conn.execute(QUEUE_VACUUM)  # as the scheduler does
         for setting, value in GENERIC_PLANS.items():
             await conn.execute(f"SET {setting} = {value}")
     try:

@@ -492,10 +492,14 @@ async def _profiling(yard: Yard, out: Path | None) -> AsyncIterator[ActivitySamp
 # the same statement as the dispatch (running, a new attempt number: the same fence).
 # One priority and one type here; a real claim needs the four heads and the capacity
 # test of the scheduler's CLAIM_READY_HEADS_AND_FITTING.
+# The job's row is locked first, as every writer of jobs locks it before the queue's
+# trigger touches its ready_jobs row: the queue is read in order, not locked.
 DB_CLAIM = """
 WITH c AS (
-    SELECT id FROM ready_jobs WHERE priority = 2
-    ORDER BY run_at, id LIMIT $1 FOR UPDATE SKIP LOCKED)
+    SELECT j.id FROM ready_jobs q,
+        LATERAL (SELECT id FROM jobs WHERE id = q.id AND status = 'ready' AND NOT parked
+                 FOR UPDATE SKIP LOCKED) j
+    WHERE q.priority = 2 ORDER BY q.run_at, q.id LIMIT $1)
 UPDATE jobs j
 SET status = 'running', attempts = j.attempts + 1, runs = j.runs + 1, worker_id = $2,
     dispatched_at = now(), lease_expires_at = now() + interval '10 seconds',

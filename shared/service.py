@@ -72,7 +72,7 @@ SERVICE_FIELDS: dict[str, frozenset[str]] = {
     ),
     "scheduler": frozenset(
         {"scheduler_tick_seconds", "scheduler_batch_size", "monitoring_seconds"}
-        | {"event_linger_seconds", "vacuum_seconds", "retention_days"}
+        | {"event_linger_seconds", "vacuum_seconds", "queue_vacuum_seconds", "retention_days"}
         | {"retention_sweep_seconds", "audit_retention_days", "aging_seconds"}
         | {"worker_lease_seconds"}
     ),

@@ -5,9 +5,10 @@ and heartbeats, losses, timed work, undo, monitoring), and a raw asyncpg pool fo
 statements of the placement path (claim, dispatch, reports, waiting reasons,
 retention), where a transaction's round trips would cost more than the statement. The
 cycle's statements, one after another, run on a connection of the pool kept for them
-(``cycle``), given back when the scheduler stands by; retention and the maintenance
-reads take theirs from the pool.
-The advisory lock has a connection of its own (``leadership``), as has a vacuum.
+(``cycle``), given back when the scheduler stands by; retention, the maintenance reads
+and the ready queue's vacuum take theirs from the pool (four: the kept one, and room
+for those three at once). The advisory lock has a connection of its own
+(``leadership``), as has the vacuum of ``jobs``.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ class Database:
         # Its statements have one good plan whatever the parameters: plan them once per
         # connection. The cycle keeps one connection, the retention sweep and the
         # maintenance reads use one beside it.
-        self._pool = await create_pool(self._settings, min_size=0, max_size=3, generic_plans=True)
+        self._pool = await create_pool(self._settings, min_size=0, max_size=4, generic_plans=True)
         self._cycle = KeptConnection(self._pool)
         try:
             yield

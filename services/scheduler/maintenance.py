@@ -1,5 +1,5 @@
-"""Housekeeping beside the cycle: the retention sweep, a vacuum where the server does
-not autovacuum, and the monitoring messages.
+"""Housekeeping beside the cycle: the retention sweep, the ready queue's vacuum, a
+vacuum of ``jobs`` where the server does not autovacuum, and the monitoring messages.
 
 The sweep and the vacuum run as background tasks (they can take long, and the cycle
 must not wait for them), at most one of each at a time; the leader cancels them when
@@ -45,6 +45,7 @@ WHERE s.relid = 'jobs'::regclass
 
 
 JOBS_INSERTED = "SELECT n_tup_ins FROM pg_stat_user_tables WHERE relid = 'jobs'::regclass"
+QUEUE_VACUUM = "VACUUM (INDEX_CLEANUP ON, TRUNCATE OFF) ready_jobs"
 
 
 class Maintenance:
@@ -190,9 +191,11 @@ class Maintenance:
         queue, whatever the server's autovacuum does. Each dispatch leaves its entry at
         the head of the key the claim reads, dead, until a vacuum; autovacuum looks at a
         database once a minute at most, and a busy yard dispatches tens of thousands of
-        jobs a minute. The queue holds only the claimable jobs, so this is cheap;
-        INDEX_CLEANUP ON, since those dead entries are the point (PostgreSQL skips the
-        index when few pages have dead rows)."""
+        jobs a minute. The queue holds only the claimable jobs, so this costs a pass over
+        the backlog's index, not the history's. INDEX_CLEANUP ON, since those dead
+        entries are the point (PostgreSQL skips the index when few pages have dead
+        rows); TRUNCATE OFF, since cutting a drained queue's empty pages would take a
+        lock that holds every write to ``jobs`` (each fires the queue's trigger)."""
         every = self._settings.queue_vacuum_seconds
         now = time.monotonic()
         if every <= 0 or now - self._last_queue_vacuum < every:
@@ -204,7 +207,7 @@ class Maintenance:
 
     async def _vacuum_queue(self) -> None:
         try:
-            await self._db.pool.execute("VACUUM (INDEX_CLEANUP ON) ready_jobs", timeout=60)
+            await self._db.pool.execute(QUEUE_VACUUM, timeout=60)
         except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
             log.warning("vacuum of the ready queue failed: %s", exc)
 

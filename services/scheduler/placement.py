@@ -2,7 +2,7 @@
 
 Placement, each cycle:
 
-1. Candidates are the heads of the ready index, one window per priority level.
+1. Candidates are the heads of the ready queue, one window per priority level.
 2. Effective priority = priority − ⌊waited / aging_seconds⌋ (never above critical):
    a job rises one level per ``SWITCHYARD_AGING_SECONDS`` spent ready, slowly enough
    that fresh priority still wins.

@@ -52,8 +52,11 @@ def _claimable(alias: str) -> str:
 # claimable (re)enter it. No join of the old and new rows: a plan made for a statement
 # of one row (plpgsql keeps it) would compare every old row with every new one in a
 # statement of thousands (seen: 3.4 s to park 5,000 jobs); each part is a scan of one
-# transition table, a key probe per row where it meets the queue (never a scan of the
-# queue, whatever its statistics said when the plan was made). A row that stays
+# transition table, a key probe per row where it meets the queue, in that order: the
+# LATERAL subquery (OFFSET 0: never flattened into a join the planner may turn around)
+# is looked up for each row. A join was planned the other way round once the queue's
+# statistics said it was empty: every queued job against every parked one, past any
+# timeout. A row that stays
 # claimable is replaced (a priority or attempt may have changed): the statements that
 # write such rows (a waiting reason changed) write few. A plain insert, not ON CONFLICT
 # (which cost a batch of 2,000 ready jobs 11 % more than the index this replaces, the
@@ -65,9 +68,12 @@ CREATE FUNCTION switchyard_ready_queue() RETURNS trigger LANGUAGE plpgsql
 SET enable_seqscan = off AS $fn$
 BEGIN
     IF TG_OP IN ('UPDATE', 'DELETE') THEN
-        DELETE FROM ready_jobs q USING old_rows o
-        WHERE {_claimable("o")}
-          AND q.priority = o.priority AND q.run_at = o.run_at AND q.id = o.id;
+        DELETE FROM ready_jobs WHERE ctid = ANY (ARRAY(
+            SELECT q.ctid FROM old_rows o,
+                LATERAL (SELECT ctid FROM ready_jobs
+                         WHERE priority = o.priority AND run_at = o.run_at AND id = o.id
+                         OFFSET 0) q
+            WHERE {_claimable("o")}));
     END IF;
     IF TG_OP IN ('INSERT', 'UPDATE') THEN
         INSERT INTO ready_jobs ({COLUMNS})
