@@ -36,8 +36,8 @@ class Database:
         self._sessionmaker = create_sessionmaker(engine)
         # Connects on first use (a standby, or a start during an outage, holds none).
         # Its statements have one good plan whatever the parameters: plan them once per
-        # connection. The cycle keeps one connection, the retention sweep and the
-        # maintenance reads use one beside it.
+        # connection. The cycle keeps one connection; the retention sweep, the
+        # maintenance reads and the ready queue's vacuum use others beside it.
         self._pool = await create_pool(self._settings, min_size=0, max_size=4, generic_plans=True)
         self._cycle = KeptConnection(self._pool)
         try:

@@ -127,12 +127,11 @@ class Maintenance:
 
         Every dispatch and report writes a new row version; the old ones stay in every
         index of ``jobs`` until a vacuum, and the table only grows. And a plan made with
-        the statistics of a table that was nearly empty
-        takes "status = 'ready'" for one row, so looking up a few ready jobs by id
-        walks every ready entry of the status index (about 1 ms a row behind 20,000
-        ready jobs): statistics must follow a table that fills in seconds. PostgreSQL's
-        autovacuum does both on its own when it is on (the default, and in
-        docker-compose.yml)."""
+        the statistics of a table that was nearly empty takes "status = 'ready'" for one
+        row, so looking up a few ready jobs by id walks every ready entry of the status
+        index (about 1 ms a row behind 20,000 ready jobs): statistics must follow a table
+        that fills in seconds. PostgreSQL's autovacuum does both on its own when it is on
+        (the default, and in docker-compose.yml)."""
         every = self._settings.vacuum_seconds
         now = time.monotonic()
         if every <= 0 or self._server_vacuums:
