@@ -28,7 +28,7 @@ from typing import Any
 import asyncpg
 
 from bench.databases import create_migrated, drop
-from shared.db import GENERIC_PLANS
+from shared.db import GENERIC_PLANS, plan_as_the_scheduler
 from shared.jobs import sql
 from shared.jobs.listing import JobSelection, page_query, plans_once
 from shared.jobs.reads import encode_cursor
@@ -110,8 +110,7 @@ async def _measure(
 
     # The claim runs as the scheduler runs it: planned once (shared.db.GENERIC_PLANS).
     for conn in conns.values():
-        for setting, value in GENERIC_PLANS.items():
-            await conn.execute(f"SET {setting} = {value}")
+        await plan_as_the_scheduler(conn)
     # 16 heads per priority: the smallest table has 25 ready per level, so every size
     # returns the same 64 rows (the same work).
     claim = await _interleaved(conns, sql.CLAIM_READY_HEADS, each(16))
@@ -220,8 +219,7 @@ async def _claim_behind_dispatched(
                 " WHERE id = ANY($1::uuid[])", chunk,
             )  # fmt: skip
         await conn.execute(QUEUE_VACUUM)  # as the scheduler does
-        for setting, value in GENERIC_PLANS.items():
-            await conn.execute(f"SET {setting} = {value}")
+        await plan_as_the_scheduler(conn)
     try:
         return await _interleaved(
             conns, sql.CLAIM_READY_HEADS, {size: [(16,)] * repeat for size in conns}
@@ -384,8 +382,7 @@ async def run_unfittable(
         out["parked"] = parked
         for conn in conns.values():
             await conn.execute("VACUUM ANALYZE jobs, ready_jobs")
-            for setting, value in GENERIC_PLANS.items():
-                await conn.execute(f"SET {setting} = {value}")
+            await plan_as_the_scheduler(conn)
         per_priority = [(32,)] * repeat
         claim = await _interleaved(
             {0: conns["none"], unfittable: conns["parked"]},

@@ -54,6 +54,12 @@ def create_engine(settings: Settings, *, pool_size: int = 10) -> AsyncEngine:
 GENERIC_PLANS = {"plan_cache_mode": "force_generic_plan", "enable_seqscan": "off"}
 
 
+async def plan_as_the_scheduler(conn: asyncpg.Connection) -> None:
+    """``GENERIC_PLANS`` for the rest of ``conn``'s session: a bench or a test that runs
+    a statement as the scheduler's pool plans it."""
+    await conn.execute("; ".join(f"SET {k} = {v}" for k, v in GENERIC_PLANS.items()))
+
+
 async def create_pool(
     settings: Settings, *, min_size: int = 1, max_size: int = 10, generic_plans: bool = False
 ) -> asyncpg.Pool:

@@ -13,7 +13,7 @@ import asyncpg
 
 from services.scheduler.database import Database
 from services.scheduler.maintenance import Maintenance
-from shared.db import GENERIC_PLANS
+from shared.db import plan_as_the_scheduler
 from shared.jobs import sql
 from shared.settings import Settings
 
@@ -71,8 +71,7 @@ async def test_the_queue_holds_exactly_the_claimable_jobs_after_any_statement(
     # Statistics of an empty queue and table, as at a start, and plans made once on them
     # (a join the trigger once made was planned the wrong way round on such statistics).
     await db.execute("ANALYZE jobs, ready_jobs")
-    for setting, value in GENERIC_PLANS.items():
-        await db.execute(f"SET {setting} = {value}")
+    await plan_as_the_scheduler(db)
     await db.execute(FILL, 6000)
     await _same(db, "the insert")
     for i in range(60):
@@ -108,8 +107,7 @@ async def test_the_claim_does_not_walk_the_dispatched_jobs_once_the_scheduler_va
     itself was vacuumed: after a fifth of its rows changed, half a million dispatched
     jobs at 5 million rows.)"""
     await db.execute("ALTER TABLE ready_jobs SET (autovacuum_enabled = false)")
-    for setting, value in GENERIC_PLANS.items():  # as the scheduler plans the claim
-        await db.execute(f"SET {setting} = {value}")
+    await plan_as_the_scheduler(db)  # as the scheduler plans the claim
     await db.execute(
         """
         INSERT INTO jobs (id, type, status, priority, payload, cpu_units, memory_mb,
