@@ -1,0 +1,135 @@
+"""The statements given the ids of their rows reach them by the primary key, whatever
+the statistics of ``jobs`` say. Taken while nothing waited, the statistics count no
+ready job and a handful running; a burst then fills the backlog, and the workers'
+past jobs leave dead entries in the running index until the next vacuum. A plan made
+on them read the rows from a status index instead: the whole backlog for a dispatch of
+20 jobs, every entry its worker's jobs had left for a completion."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import asyncpg
+import pytest
+
+from shared.db import plan_as_the_scheduler
+from shared.jobs import sql
+
+FILL = """
+INSERT INTO jobs (id, type, status, priority, payload, cpu_units, memory_mb, max_attempts,
+                  retry_initial_delay, retry_backoff, retry_max_delay, run_at, ready_at)
+SELECT gen_random_uuid(), 'demo.echo', 'ready', 1, '{}', 0.1, 64, 3, 1, 2, 60, now(), now()
+FROM generate_series(1, $1)
+"""
+# Forty jobs of the backlog to two workers, as a dispatch leaves them.
+DISPATCH_40 = """
+UPDATE jobs SET status = 'running', attempts = attempts + 1, runs = runs + 1,
+       worker_id = CASE WHEN random() < 0.5 THEN 'w1' ELSE 'w2' END, dispatched_at = now()
+WHERE id IN (SELECT id FROM jobs WHERE status = 'ready' ORDER BY id LIMIT 40)
+"""
+COMPLETE_RUNNING = """
+UPDATE jobs SET status = 'completed', finished_at = now(), started_at = now()
+WHERE status = 'running'
+"""
+
+
+async def _a_burst_after_a_quiet_analyze(db: asyncpg.Connection) -> None:
+    await db.execute("ALTER TABLE jobs SET (autovacuum_enabled = off)")
+    await db.execute(FILL, 5040)
+    await db.execute(
+        "UPDATE jobs SET status = 'completed', finished_at = now()"
+        " WHERE id IN (SELECT id FROM jobs ORDER BY id LIMIT 5000)"
+    )
+    await db.execute(DISPATCH_40)
+    await db.execute("VACUUM ANALYZE jobs")  # a yard with nothing waiting
+    await db.execute(COMPLETE_RUNNING)
+    await db.execute(FILL, 5000)  # the burst
+    for _ in range(60):  # 2,400 jobs run since the vacuum
+        await db.execute(DISPATCH_40)
+        await db.execute(COMPLETE_RUNNING)
+    await db.execute(DISPATCH_40)  # running now
+
+
+def _arr(values: list[Any], pg_type: str) -> str:
+    return "'{" + ",".join(str(v) for v in values) + "}'::" + pg_type + "[]"
+
+
+async def _indexes(db: asyncpg.Connection, statement: str, args: list[str]) -> list[str]:
+    """The indexes of ``jobs`` the statement's plan reads (its writes rolled back)."""
+    transaction = db.transaction()
+    await transaction.start()
+    try:
+        await db.execute(f"PREPARE looked_up AS {statement}")
+        explained = await db.fetchval(
+            f"EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE looked_up({', '.join(args)})"
+        )
+    finally:
+        await transaction.rollback()
+        await db.execute("DEALLOCATE looked_up")
+    stack, names = [json.loads(explained)[0]["Plan"]], []
+    while stack:
+        node = stack.pop()
+        stack.extend(node.get("Plans", []))
+        if node.get("Relation Name") == "jobs" and "Index Name" in node:
+            names.append(node["Index Name"])
+        if node["Node Type"] == "Bitmap Index Scan":  # names no relation
+            names.append(node["Index Name"])
+    return names
+
+
+@pytest.mark.parametrize("plans", ["the scheduler's", "a session's"])
+async def test_statements_given_ids_read_jobs_by_the_primary_key(
+    db: asyncpg.Connection, plans: str
+) -> None:
+    await _a_burst_after_a_quiet_analyze(db)
+    if plans == "the scheduler's":
+        await plan_as_the_scheduler(db)
+    ready = [r["id"] for r in await db.fetch("SELECT id FROM jobs WHERE status = 'ready' LIMIT 20")]
+    running = await db.fetch(
+        "SELECT id, attempts FROM jobs WHERE status = 'running' AND worker_id = 'w1'"
+    )
+    assert len(ready) == 20 and len(running) >= 5
+    n = len(running)
+    ids, attempts = (
+        _arr([r["id"] for r in running], "uuid"),
+        _arr([r["attempts"] for r in running], "int"),
+    )
+    statements = {
+        "DISPATCH": (sql.DISPATCH, [_arr(ready, "uuid"), _arr(["w1"] * 20, "text"), "60"]),
+        "APPLY_SUCCESSES": (
+            sql.APPLY_SUCCESSES,
+            [
+                ids,
+                attempts,
+                _arr(["w1"] * n, "text"),
+                _arr(['"{}"'] * n, "text"),
+                _arr(["2026-01-01"] * n, "timestamptz"),
+                _arr(["true"] * n, "bool"),
+                "now()",
+            ],
+        ),
+        "APPLY_ENDS": (
+            sql.APPLY_ENDS,
+            [
+                ids,
+                attempts,
+                _arr(["failed"] * n, "text"),
+                _arr(['"x"'] * n, "text"),
+                _arr(["2026-01-01"] * n, "timestamptz"),
+                "now()",
+            ],
+        ),
+        "UNDO_DISPATCH": (sql.UNDO_DISPATCH, [ids, attempts]),
+        "SET_WAITING_REASONS": (
+            sql.SET_WAITING_REASONS,
+            [_arr(ready, "uuid"), _arr(["x"] * 20, "text")],
+        ),
+        "CANCEL_WAITING": (sql.CANCEL_WAITING, [f"'{ready[0]}'::uuid", "now()", "'x'"]),
+    }
+    read = {
+        name: await _indexes(db, statement, args) for name, (statement, args) in statements.items()
+    }
+    # A session's plans may scan a table this small instead; the scheduler's may not.
+    expected = [["jobs_pkey"]] if plans == "the scheduler's" else [["jobs_pkey"], []]
+    assert {k: v for k, v in read.items() if sorted(set(v)) not in expected} == {}
