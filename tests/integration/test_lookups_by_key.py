@@ -18,9 +18,12 @@ from shared.jobs import sql
 
 FILL = """
 INSERT INTO jobs (id, type, status, priority, payload, cpu_units, memory_mb, max_attempts,
-                  retry_initial_delay, retry_backoff, retry_max_delay, run_at, ready_at)
-SELECT gen_random_uuid(), 'demo.echo', 'ready', 1, '{}', 0.1, 64, 3, 1, 2, 60, now(), now()
+                  retry_initial_delay, retry_backoff, retry_max_delay, run_at, ready_at,
+                  unmet_dependencies)
+SELECT gen_random_uuid(), 'demo.echo', $2, 1, '{}', 0.1, 64, 3, 1, 2, 60, now(), now(),
+       CASE WHEN $2 = 'blocked' THEN 1 ELSE 0 END
 FROM generate_series(1, $1)
+RETURNING id
 """
 # Forty jobs of the backlog to two workers, as a dispatch leaves them.
 DISPATCH_40 = """
@@ -36,7 +39,7 @@ WHERE status = 'running'
 
 async def _a_burst_after_a_quiet_analyze(db: asyncpg.Connection) -> None:
     await db.execute("ALTER TABLE jobs SET (autovacuum_enabled = off)")
-    await db.execute(FILL, 5040)
+    await db.execute(FILL, 5040, "ready")
     await db.execute(
         "UPDATE jobs SET status = 'completed', finished_at = now()"
         " WHERE id IN (SELECT id FROM jobs ORDER BY id LIMIT 5000)"
@@ -44,7 +47,7 @@ async def _a_burst_after_a_quiet_analyze(db: asyncpg.Connection) -> None:
     await db.execute(DISPATCH_40)
     await db.execute("VACUUM ANALYZE jobs")  # a yard with nothing waiting
     await db.execute(COMPLETE_RUNNING)
-    await db.execute(FILL, 5000)  # the burst
+    await db.execute(FILL, 5000, "ready")  # the burst
     for _ in range(60):  # 2,400 jobs run since the vacuum
         await db.execute(DISPATCH_40)
         await db.execute(COMPLETE_RUNNING)
@@ -55,19 +58,24 @@ def _arr(values: list[Any], pg_type: str) -> str:
     return "'{" + ",".join(str(v) for v in values) + "}'::" + pg_type + "[]"
 
 
-async def _indexes(db: asyncpg.Connection, statement: str, args: list[str]) -> list[str]:
-    """The indexes of ``jobs`` the statement's plan reads (its writes rolled back)."""
+async def _explained(db: asyncpg.Connection, query: str, *args: Any) -> dict[str, Any]:
+    """The plan of ``query`` as run (``EXPLAIN ANALYZE``), its writes rolled back."""
     transaction = db.transaction()
     await transaction.start()
     try:
-        await db.execute(f"PREPARE looked_up AS {statement}")
-        explained = await db.fetchval(
-            f"EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE looked_up({', '.join(args)})"
-        )
+        explained = await db.fetchval(f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {query}", *args)
     finally:
         await transaction.rollback()
+    return json.loads(explained)[0]["Plan"]  # type: ignore[no-any-return]
+
+
+async def _indexes(db: asyncpg.Connection, statement: str, args: list[str]) -> list[str]:
+    """The indexes the statement's plan reads."""
+    await db.execute(f"PREPARE looked_up AS {statement}")
+    try:
+        stack, names = [await _explained(db, f"EXECUTE looked_up({', '.join(args)})")], []
+    finally:
         await db.execute("DEALLOCATE looked_up")
-    stack, names = [json.loads(explained)[0]["Plan"]], []
     while stack:
         node = stack.pop()
         stack.extend(node.get("Plans", []))
@@ -133,3 +141,30 @@ async def test_statements_given_ids_read_jobs_by_the_primary_key(
     # A session's plans may scan a table this small instead; the scheduler's may not.
     expected = [["jobs_pkey"]] if plans == "the scheduler's" else [["jobs_pkey"], []]
     assert {k: v for k, v in read.items() if sorted(set(v)) not in expected} == {}
+
+
+async def test_unblocking_a_child_reads_it_by_the_primary_key(db: asyncpg.Connection) -> None:
+    """``switchyard_unblock_children`` (run by every completion statement) behind 3,000
+    blocked jobs the statistics never saw: its own plan read all of them for one child."""
+    await db.execute(FILL, 3000, "completed")
+    await db.execute("VACUUM ANALYZE jobs")  # a yard with nothing blocked
+    parents = [r["id"] for r in await db.fetch(FILL, 10, "running")]
+    children = [r["id"] for r in await db.fetch(FILL, 3000, "blocked")]
+    await db.execute(
+        "INSERT INTO job_dependencies (job_id, depends_on_id)"
+        " SELECT child, $1 FROM unnest($2::uuid[]) AS child",
+        parents[0],
+        children[:-9],
+    )
+    await db.executemany(
+        "INSERT INTO job_dependencies (job_id, depends_on_id) VALUES ($1, $2)",
+        list(zip(children[-9:], parents[1:], strict=True)),
+    )
+    buffers = []
+    for parent in parents[1:]:  # past plpgsql's five custom plans: its generic one too
+        plan = await _explained(
+            db, "SELECT * FROM switchyard_unblock_children($1::uuid[])", [parent]
+        )
+        assert plan["Actual Rows"] == 1
+        buffers.append(plan["Shared Hit Blocks"] + plan["Shared Read Blocks"])
+    assert max(buffers) < 1000, buffers  # 3,000 and more: every blocked job
