@@ -37,7 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from shared.db import GENERIC_PLANS, session_connection
 from shared.errors import SearchTooBroad
 from shared.jobs.reads import decode_cursor, encode_cursor, within_budget
-from shared.jobs.sql import status_list
+from shared.jobs.sql import status_list, unindexed_in
 from shared.schemas import Priority
 from shared.states import TERMINAL, WAITING, JobStatus
 
@@ -117,9 +117,10 @@ def _parts(selection: JobSelection) -> list[str]:
     Otherwise one per pair of a status and a priority the selection admits (all of
     either when it names none): each pair is one range of the status index, and of
     the type and owner indexes, so no combination of status, type and priority walks
-    jobs it does not select. With ids, one: those rows are the whole work."""
+    jobs it does not select. With ids, one: those rows are the whole work, read by
+    their key whatever the statistics say (``unindexed_in``)."""
     if selection.ids:
-        where = f"status IN {status_list(selection.status or JobStatus)}"
+        where = unindexed_in("status", status_list(selection.status or JobStatus))
         if selection.priority:
             where += f" AND priority = {selection.priority.rank}"
         return [where]

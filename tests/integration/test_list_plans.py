@@ -98,6 +98,9 @@ async def crowd(db: asyncpg.Connection) -> None:
 
 def literal(value: object) -> str:
     """A test value as SQL text (the cases' types, times and ids only)."""
+    if isinstance(value, list):
+        assert all(isinstance(v, UUID) for v in value)
+        return "'{" + ",".join(map(str, value)) + "}'"
     text = value.isoformat() if isinstance(value, datetime) else str(value)
     assert isinstance(value, str | datetime | UUID) and "'" not in text
     return f"'{text}'"
@@ -180,3 +183,21 @@ async def test_a_bulk_selection_reads_what_it_selects(
     assert read <= len(expected) + 32 and buffers < 200 + len(expected), (
         f"{case}: {read} rows, {buffers} buffers for {len(expected)}"
     )
+
+
+@PLANNING
+async def test_a_selection_by_ids_reads_them_by_key_whatever_the_statistics_say(
+    db: asyncpg.Connection, generic: bool
+) -> None:
+    """A bulk retry by ids after a burst of failures the statistics never saw (taken
+    while nothing had failed): the ids' rows, not every failed job, are what it reads."""
+    await db.execute("ALTER TABLE jobs SET (autovacuum_enabled = off)")
+    await db.execute(CROWD, 5000, "crowd.busy", S.COMPLETED.value, P.NORMAL.rank, 100, T0)
+    await db.execute("VACUUM ANALYZE jobs")
+    await db.execute(CROWD, 5000, "crowd.fails", S.FAILED.value, P.NORMAL.rank, 10, T0)
+    ids = [r["id"] for r in await db.fetch("SELECT id FROM jobs WHERE status = 'failed' LIMIT 20")]
+    selection = JobSelection(ids=ids, status=[S.FAILED, S.CANCELLED])
+    chosen, args = ids_query(selection, limit=1001)
+    assert sorted(r["id"] for r in await db.fetch(chosen, *args)) == sorted(ids)
+    read, buffers = await work(db, chosen, args, generic=generic)
+    assert read <= 20 + 32 and buffers < 200, f"{read} rows, {buffers} buffers"
