@@ -377,7 +377,7 @@ FROM jobs WHERE id = ANY($1::uuid[]) ORDER BY id FOR NO KEY UPDATE
 # ``started_at`` is its start report when that came in the same batch (or in the end
 # report itself: ``JobStatusReport.started_at``); a start alone
 # only fills ``started_at`` once. The children the completions unblock are updated in
-# the same statement by ``switchyard_unblock_children`` (migration 0004), whose query
+# the same statement by ``switchyard_unblock_children`` (migrations 0004, 0016), whose query
 # takes its own snapshot after this UPDATE has its row locks: a child whose submit this
 # UPDATE waited for is seen (a CTE here would miss it). Rows with ``done`` NULL are
 # those children (``status`` their new status; still ``blocked`` while parents remain).
