@@ -36,8 +36,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.db import GENERIC_PLANS, session_connection
 from shared.errors import SearchTooBroad
+from shared.jobs.guards import status_list, unindexed_in
 from shared.jobs.reads import decode_cursor, encode_cursor, within_budget
-from shared.jobs.sql import status_list, unindexed_in
 from shared.schemas import Priority
 from shared.states import TERMINAL, WAITING, JobStatus
 

@@ -76,7 +76,7 @@ async def jobs_by_idempotency_key(session: AsyncSession, keys: list[str]) -> dic
 async def failed_by_dependency(session: AsyncSession, parents: list[UUID]) -> list[Job]:
     """The children of ``parents`` that failed because a dependency did, locked FOR NO
     KEY UPDATE (to requeue them). Each child is reached through its edges and its key:
-    the status is checked in a form no index matches (``sql.unindexed_in``'s), so no
+    the status is checked in a form no index matches (``guards.unindexed_in``'s), so no
     plan reads every failed job of the history instead."""
     stmt = (
         select(Job)

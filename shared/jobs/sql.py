@@ -6,12 +6,12 @@ into its own tables (which check that the job exists) name ``jobs``.
 
 Rules every statement here keeps:
 - A statement that writes ``status`` guards it with the statuses it may leave, rendered
-  from ``shared.states`` by :func:`allowed_from` (so an illegal transition cannot be
+  from ``shared.states`` by ``guards.allowed_from`` (so an illegal transition cannot be
   written, and a concurrent change is never overwritten); a statement about an attempt
   is also fenced by the attempt number.
 - The guard is literal SQL, not a parameter: the partial indexes (``status = 'ready'``,
   ``status IN ('pending', 'retrying')``) are used only when the planner sees the list.
-- A statement given the ids of its rows writes its guard with :func:`unindexed_in`, so
+- A statement given the ids of its rows writes its guard with ``guards.unindexed_in``, so
   it reaches them by the primary key whatever the statistics say.
 - JSON travels as ``text`` and is cast in SQL (``$n::text::jsonb``): the pool and a
   session's connection decode jsonb alike but encode it differently.
@@ -22,48 +22,13 @@ Only ``shared.jobs.transitions`` runs the statements that change a status
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 from sqlalchemy.dialects import postgresql
 
+from shared.jobs.guards import allowed_from, status_list, unindexed_in
 from shared.models import AuditEntry, Job
-from shared.states import CANCELLABLE_AT_ONCE, TERMINAL, TRANSITIONS, JobStatus, sources_for
+from shared.states import CANCELLABLE_AT_ONCE, TERMINAL, TRANSITIONS, JobStatus
 
 S = JobStatus
-
-
-def status_list(statuses: Iterable[JobStatus]) -> str:
-    """``('a', 'b')``: a literal SQL list of statuses, in a stable order."""
-    return "(" + ", ".join(f"'{s.value}'" for s in sorted(statuses)) + ")"
-
-
-def unindexed_in(column: str, statuses: str) -> str:
-    """``column IN statuses`` in a form no index matches, for a statement that is given
-    the ids of its rows: it reaches them by the primary key, whatever the statistics
-    say. Written plainly, the guard lets a plan made on statistics that counted few
-    jobs in those statuses (a yard idle at its last ANALYZE, then a burst) take the
-    rows from a status index instead and check every entry of it against the ids: a
-    dispatch of 20 jobs read the whole backlog (3,960 ready jobs: 6.3 ms against 1.8),
-    a completion every entry its worker's past jobs had left in the running index since
-    the last vacuum (433 buffers against 60). ``status`` is NOT NULL: the same rows."""
-    return f"({column} IN {statuses}) IS TRUE"
-
-
-def allowed_from(*targets: JobStatus, among: Iterable[JobStatus] | None = None) -> str:
-    """The SQL list of statuses a job may be in for a write that moves it to any of
-    ``targets``. ``among`` narrows it to the sources the statement means; each of those
-    must be allowed to reach every target, or this raises at import time."""
-    if among is None:
-        sources = set.intersection(*(set(map(JobStatus, sources_for(t))) for t in targets))
-    else:
-        sources = set(among)
-    for old in sources:
-        for new in targets:
-            if new not in TRANSITIONS[old]:
-                raise AssertionError(f"{old} -> {new} is not a transition of shared.states")
-    if not sources:
-        raise AssertionError(f"no status may move to all of {targets}")
-    return status_list(sources)
 
 
 FINISHED = status_list(TERMINAL)
@@ -137,7 +102,7 @@ _PARK_WINDOWS = "\n    UNION ALL\n    ".join(
 # scheduler's cycle for minutes. So the look-up is a LATERAL subquery that locks its
 # row (a subquery with a locking clause is never flattened into a join), and its
 # conditions are written so that no index matches them but the primary key
-# (:func:`unindexed_in`; ``parked IS NOT TRUE``, ``parked`` being NOT NULL, is not the
+# (``guards.unindexed_in``; ``parked IS NOT TRUE``, ``parked`` being NOT NULL, is not the
 # partial indexes' predicate either). (The update joins its rows by key;
 # a plan that hashes the table instead is one the planner takes for a small table.)
 PARK_UNFITTABLE = f"""

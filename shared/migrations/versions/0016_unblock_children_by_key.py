@@ -4,9 +4,10 @@
 ``j.status = 'blocked'``. On statistics of ``jobs`` taken while nothing was blocked,
 then a burst of pipelines, its plan read every blocked job from a status index and
 checked each against the children: unblocking one child read 5,032 buffers (10 ms)
-behind 5,000 blocked jobs. The guard is now written as ``shared.jobs.sql.unindexed_in``
-writes the guards of the statements given their rows' ids, so no index but the
-primary key matches it. The function is otherwise unchanged.
+behind 5,000 blocked jobs. The guard is now written as
+``shared.jobs.guards.unindexed_in`` writes the guards of the statements given their
+rows' ids, so no index but the primary key matches it. The function is otherwise
+unchanged.
 
 Revision ID: 0016
 Revises: 0015
